@@ -1,0 +1,107 @@
+"""The model-set manifest (``manifest.yaml``): reading, validating, checksums. No torch/onnx.
+
+See docs/model-set.md for the format. Every problem is one :class:`ManifestError` whose
+message names the file and the key or file that is wrong.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+from typing import Any, Dict, List
+
+import yaml
+
+FORMAT = "dnnscale-modelset/1"
+MANIFEST = "manifest.yaml"
+KINDS = ("group", "portfolio")
+
+
+class ModelSetError(ValueError):
+    """The model set is incomplete, altered or malformed, or a request to it is invalid."""
+
+
+class ManifestError(ModelSetError):
+    """The model set's files or manifest are missing, altered or malformed."""
+
+
+def sha256_file(path: str) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _need(d: Dict, key: str, types, where: str):
+    if not isinstance(d, dict) or key not in d:
+        raise ManifestError("%s: missing key '%s'" % (where, key))
+    v = d[key]
+    if not isinstance(v, types) or (isinstance(v, bool) and types is int):
+        raise ManifestError("%s: '%s' must be %s, got %r" % (where, key, getattr(types, "__name__", types), v))
+    return v
+
+
+def read(model_dir: str, verify: bool = True) -> Dict[str, Any]:
+    """Read and validate ``model_dir/manifest.yaml``; with ``verify`` check every file's sha256."""
+    path = os.path.join(model_dir, MANIFEST)
+    if not os.path.isdir(model_dir):
+        raise ManifestError("model folder %s does not exist" % model_dir)
+    if not os.path.isfile(path):
+        raise ManifestError("%s is missing: not a dnnscale model set" % path)
+    try:
+        with open(path) as f:
+            m = yaml.safe_load(f)
+    except yaml.YAMLError as e:
+        raise ManifestError("%s is not valid YAML: %s" % (path, str(e).replace("\n", " "))) from None
+    if not isinstance(m, dict):
+        raise ManifestError("%s must be a YAML mapping" % path)
+    if m.get("format") != FORMAT:
+        raise ManifestError("%s: format must be '%s', got %r" % (path, FORMAT, m.get("format")))
+    kind = _need(m, "kind", str, path)
+    if kind not in KINDS:
+        raise ManifestError("%s: kind must be one of %s, got %r" % (path, ", ".join(KINDS), kind))
+    _need(m, "name", str, path)
+    inp = _need(m, "input", dict, path)
+    for key in ("shape", "mean", "std", "classes"):
+        _need(inp, key, list, path + ": input")
+    if len(inp["mean"]) != inp["shape"][0] or len(inp["std"]) != inp["shape"][0]:
+        raise ManifestError("%s: input mean/std need one value per channel" % path)
+    if any(not isinstance(s, (int, float)) or s <= 0 for s in inp["std"]):
+        raise ManifestError("%s: input std must be positive numbers" % path)
+    levels: List[Dict] = _need(m, "levels", list, path)
+    if not levels:
+        raise ManifestError("%s: 'levels' is empty" % path)
+    files = _need(m, "files", dict, path)
+    for i, lv in enumerate(levels, 1):
+        where = "%s: levels[%d]" % (path, i - 1)
+        if _need(lv, "level", int, where) != i:
+            raise ManifestError("%s: level must be %d (levels are numbered 1..n in order)" % (where, i))
+        f = _need(lv, "file", str, where)
+        if f not in files:
+            raise ManifestError("%s: file %s is not listed under 'files'" % (where, f))
+    for name, info in files.items():
+        where = "%s: files.%s" % (path, name)
+        if os.path.basename(name) != name or name in (".", ".."):
+            raise ManifestError("%s: file names must be plain names in the model folder" % where)
+        digest = _need(info, "sha256", str, where)
+        if verify:
+            p = os.path.join(model_dir, name)
+            if not os.path.isfile(p):
+                raise ManifestError("model file %s is missing" % p)
+            if sha256_file(p) != digest:
+                raise ManifestError("model file %s is altered: its sha256 does not match the manifest" % p)
+    return m
+
+
+def write(model_dir: str, manifest: Dict[str, Any]) -> str:
+    """Fill in ``files`` checksums and write the manifest atomically."""
+    for name, info in manifest["files"].items():
+        p = os.path.join(model_dir, name)
+        info["sha256"] = sha256_file(p)
+        info["bytes"] = os.path.getsize(p)
+    path = os.path.join(model_dir, MANIFEST)
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        yaml.safe_dump(manifest, f, sort_keys=False, default_flow_style=None, width=100)
+    os.replace(tmp, path)
+    return path

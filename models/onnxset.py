@@ -1,0 +1,133 @@
+"""Write a group model set as ONNX (needs the ``onnx`` package; no torch).
+
+Input: per-group folded float32 tensors (see :func:`models.network.fold_column`) and one
+head per k. Output in ``out_dir``:
+
+* ``weights.bin``: every tensor of the G-group network once (each per-layer tensor is the
+  concatenation of the groups along the output channels), plus the G heads; 64-byte aligned.
+* ``k1.onnx`` .. ``kG.onnx``: standard ONNX graphs whose initializers are *external data*
+  pointing into ``weights.bin``: the k-network's tensor of a layer is the prefix of the
+  G-network's (out-channel-major, C order), so its (offset, length) is the same offset and
+  a shorter length. Any ONNX tool loads each file alone; all of them share one weight file.
+"""
+from __future__ import annotations
+
+import os
+from typing import Dict, List, Sequence, Tuple
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper
+
+from .arch import Arch
+
+OPSET = 13       # loadable by onnxruntime >= 1.6 (the Jetson Nano's JetPack 4 builds included)
+IR_VERSION = 7
+WEIGHTS = "weights.bin"
+INPUT, OUTPUT = "input", "logits"
+
+
+def level_file(k: int) -> str:
+    return "k%d.onnx" % k
+
+
+def _concat_groups(arch: Arch, groups: Sequence[Dict[str, np.ndarray]]) -> Dict[str, np.ndarray]:
+    s = arch.final_size
+    full: Dict[str, np.ndarray] = {}
+    for i in range(len(arch.widths)):
+        full["conv%d.w" % i] = np.concatenate([g["conv%d.w" % i] for g in groups])
+        full["conv%d.b" % i] = np.concatenate([g["conv%d.b" % i] for g in groups])
+    # FC1 of a group is a conv over its final feature map: [hidden, C, s, s].
+    full["fc1.w"] = np.concatenate([g["fc1.w"].reshape(arch.hidden, arch.widths[-1], s, s) for g in groups])
+    full["fc1.b"] = np.concatenate([g["fc1.b"] for g in groups])
+    return full
+
+
+def _write_weights(path: str, tensors: Dict[str, np.ndarray]) -> Dict[str, int]:
+    offsets: Dict[str, int] = {}
+    with open(path, "wb") as f:
+        for name, t in tensors.items():
+            pad = (-f.tell()) % 64
+            f.write(b"\0" * pad)
+            offsets[name] = f.tell()
+            f.write(np.ascontiguousarray(t, dtype="<f4").tobytes())
+    return offsets
+
+
+def _external(name: str, shape: Sequence[int], offset: int) -> TensorProto:
+    t = TensorProto()
+    t.name = name
+    t.data_type = TensorProto.FLOAT
+    t.dims.extend(int(d) for d in shape)
+    t.data_location = TensorProto.EXTERNAL
+    length = int(np.prod(shape)) * 4
+    for key, val in (("location", WEIGHTS), ("offset", str(offset)), ("length", str(length))):
+        e = t.external_data.add()
+        e.key, e.value = key, val
+    return t
+
+
+def _graph(arch: Arch, k: int, shapes: Dict[str, Tuple[int, ...]], offsets: Dict[str, int]) -> onnx.ModelProto:
+    nodes, inits = [], []
+
+    def init(name: str, key: str, shape):
+        inits.append(_external(name, shape, offsets[key]))
+        return name
+
+    x = INPUT
+    cin = arch.in_channels
+    for i, (w, ks, pool) in enumerate(zip(arch.widths, arch.kernels, arch.pools)):
+        wshape = (w * k, cin if i == 0 else arch.widths[i - 1], ks, ks)
+        wn = init("conv%d.w" % i, "conv%d.w" % i, wshape)
+        bn = init("conv%d.b" % i, "conv%d.b" % i, (w * k,))
+        p = ks // 2
+        nodes.append(helper.make_node("Conv", [x, wn, bn], ["conv%d" % i], group=1 if i == 0 else k,
+                                      kernel_shape=[ks, ks], pads=[p, p, p, p], name="conv%d" % i))
+        nodes.append(helper.make_node("Relu", ["conv%d" % i], ["relu%d" % i], name="relu%d" % i))
+        x = "relu%d" % i
+        if pool:
+            nodes.append(helper.make_node("MaxPool", [x], ["pool%d" % i], kernel_shape=[3, 3],
+                                          strides=[2, 2], pads=[1, 1, 1, 1], name="pool%d" % i))
+            x = "pool%d" % i
+    s = arch.final_size
+    fw = init("fc1.w", "fc1.w", (arch.hidden * k, arch.widths[-1], s, s))
+    fb = init("fc1.b", "fc1.b", (arch.hidden * k,))
+    nodes.append(helper.make_node("Conv", [x, fw, fb], ["fc1"], group=k, kernel_shape=[s, s], name="fc1"))
+    nodes.append(helper.make_node("Relu", ["fc1"], ["features4d"], name="relu_fc1"))
+    nodes.append(helper.make_node("Flatten", ["features4d"], ["features"], axis=1, name="flatten"))
+    hw = init("head.w", "head%d.w" % k, shapes["head%d.w" % k])
+    hb = init("head.b", "head%d.b" % k, shapes["head%d.b" % k])
+    nodes.append(helper.make_node("Gemm", ["features", hw, hb], [OUTPUT], transB=1, name="head"))
+    graph = helper.make_graph(
+        nodes, "dnnscale_k%d" % k,
+        [helper.make_tensor_value_info(INPUT, TensorProto.FLOAT, ["N", arch.in_channels, arch.image, arch.image])],
+        [helper.make_tensor_value_info(OUTPUT, TensorProto.FLOAT, ["N", arch.classes])],
+        initializer=inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)],
+                              producer_name="dnnscale")
+    model.ir_version = IR_VERSION
+    return model
+
+
+def write_group_set(out_dir: str, arch: Arch, groups: Sequence[Dict[str, np.ndarray]],
+                    heads: Sequence[Dict[str, np.ndarray]]) -> List[str]:
+    """Write weights.bin and k1..kG.onnx; return the file names (weights first)."""
+    if len(heads) != len(groups):
+        raise ValueError("need one head per k (%d groups, %d heads)" % (len(groups), len(heads)))
+    os.makedirs(out_dir, exist_ok=True)
+    tensors = _concat_groups(arch, groups)
+    for k, h in enumerate(heads, 1):
+        if h["w"].shape != (arch.classes, arch.hidden * k):
+            raise ValueError("head %d has shape %s, expected %s" % (k, h["w"].shape, (arch.classes, arch.hidden * k)))
+        tensors["head%d.w" % k] = h["w"]
+        tensors["head%d.b" % k] = h["b"]
+    offsets = _write_weights(os.path.join(out_dir, WEIGHTS), tensors)
+    shapes = {n: t.shape for n, t in tensors.items()}
+    names = [WEIGHTS]
+    for k in range(1, len(groups) + 1):
+        model = _graph(arch, k, shapes, offsets)
+        path = os.path.join(out_dir, level_file(k))
+        onnx.save(model, path)
+        onnx.checker.check_model(path)
+        names.append(level_file(k))
+    return names

@@ -1,0 +1,277 @@
+"""Incremental training of the grouped network (needs the ``train`` extra: torch).
+
+Group 1 is trained alone; group g is then trained with groups 1..g-1 frozen. Each new
+group is trained on its *own* classifier's loss, so it becomes a strong, diverse member
+of the ensemble (training it on the averaged logits makes it learn only a residual and
+adds nothing: see shared/notes/training.md). After group g's epochs, the head of the
+g-group network is fitted on the frozen features of groups 1..g; the validation split
+(held out of training) then picks, per k, the better of that learned head and the plain
+mean of the groups' own logits.
+
+Frozen groups are never handed to an optimizer and run in ``eval()`` under ``no_grad``,
+so their parameters and BatchNorm statistics stay bit-identical and nothing for k < g
+changes when group g is trained.
+
+Everything is checkpointed under ``checkpoint_dir``: ``run.json`` (the settings),
+``group{g}.partial.pt`` after every epoch of the group in progress, ``group{g}.pt`` when
+a group (and its head) is done. ``resume=True`` continues where an interrupted run
+stopped, bit-for-bit as if it had not been interrupted.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import sys
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Dict, List, Optional
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from . import cifar
+from .arch import Arch
+from .network import Column, columns_from_states, mean_head
+
+
+class TrainError(RuntimeError):
+    """A training run cannot start or continue (bad settings, mismatched checkpoints)."""
+
+
+@dataclass
+class TrainConfig:
+    groups: int = 4
+    epochs: int = 30
+    seed: int = 0
+    batch: int = 128
+    lr: float = 0.05
+    weight_decay: float = 5e-4
+    momentum: float = 0.9
+    val: int = 2500            # training images held out to choose each k's head
+    head_epochs: int = 15
+    head_aug_passes: int = 2   # augmented passes over the training set to fit a head on
+    arch: Arch = field(default_factory=Arch)
+
+    def to_dict(self) -> Dict:
+        d = dict(self.__dict__)
+        d["arch"] = self.arch.to_dict()
+        return d
+
+
+def _atomic_save(obj, path: str) -> None:
+    tmp = path + ".tmp"
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def _augment(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+    """Random crop (zero pad 4) and horizontal flip of a normalised NCHW batch."""
+    b, _, h, w = x.shape
+    p = F.pad(x, (4, 4, 4, 4))
+    dy = torch.randint(0, 9, (b,), generator=gen)
+    dx = torch.randint(0, 9, (b,), generator=gen)
+    rows = (dy[:, None] + torch.arange(h))[:, None, :, None]       # b,1,h,1
+    cols = (dx[:, None] + torch.arange(w))[:, None, None, :]       # b,1,1,w
+    out = p[torch.arange(b)[:, None, None, None], torch.arange(3)[None, :, None, None], rows, cols]
+    flip = torch.rand(b, generator=gen) < 0.5
+    return torch.where(flip[:, None, None, None], out.flip(3), out)
+
+
+def _features(cols: List[Column], x: torch.Tensor, batch: int = 1000) -> torch.Tensor:
+    with torch.no_grad():
+        return torch.cat([torch.cat([c.features(x[i:i + batch]) for c in cols], 1)
+                          for i in range(0, len(x), batch)])
+
+
+def _accuracy(logits: torch.Tensor, y: torch.Tensor) -> float:
+    return float((logits.argmax(1) == y).float().mean()) * 100 if len(y) else float("nan")
+
+
+class Trainer:
+    def __init__(self, data_dir: str, checkpoint_dir: str, cfg: TrainConfig,
+                 resume: bool = False, threads: Optional[int] = None,
+                 log: Callable[[str], None] = None):
+        self.cfg = cfg
+        self.dir = checkpoint_dir
+        self.log = log or (lambda s: tqdm.write(s, file=sys.stderr))
+        if cfg.groups < 1 or cfg.epochs < 1:
+            raise TrainError("--groups and --epochs must be >= 1")
+        if threads:
+            torch.set_num_threads(threads)
+        self.data = cifar.load(data_dir)
+        n = len(self.data.x_train)
+        if n <= cfg.val + cfg.batch:
+            raise TrainError("%d training images: too few for a validation split of %d and "
+                             "a batch of %d" % (n, cfg.val, cfg.batch))
+        self._prepare_dir(resume)
+        perm = np.random.default_rng(cfg.seed).permutation(n)
+        val_idx, train_idx = np.sort(perm[:cfg.val]), np.sort(perm[cfg.val:])
+        to_t = lambda a: torch.from_numpy(cifar.normalize(a)).contiguous(memory_format=torch.channels_last)
+        self.x_train, self.y_train = to_t(self.data.x_train[train_idx]), torch.from_numpy(self.data.y_train[train_idx])
+        self.x_val, self.y_val = to_t(self.data.x_train[val_idx]), torch.from_numpy(self.data.y_train[val_idx])
+
+    # ----------------------------------------------------------------- checkpoints
+    def _prepare_dir(self, resume: bool) -> None:
+        os.makedirs(self.dir, exist_ok=True)
+        run = os.path.join(self.dir, "run.json")
+        settings = {"config": self.cfg.to_dict(), "data_sha256": self.data.sha256}
+        if os.path.exists(run):
+            if not resume:
+                raise TrainError("%s already holds a training run: pass --resume to continue it, "
+                                 "or choose another --out/--checkpoint-dir" % self.dir)
+            with open(run) as f:
+                old = json.load(f)
+            for key in ("data_sha256",):
+                if old.get(key) != settings[key]:
+                    raise TrainError("cannot resume: the data differs from the run in %s" % self.dir)
+            for key, val in settings["config"].items():
+                if old["config"].get(key) != val:
+                    raise TrainError("cannot resume: %s was %r in %s, now %r"
+                                     % (key, old["config"].get(key), self.dir, val))
+        else:
+            with open(run, "w") as f:
+                json.dump(settings, f, indent=1)
+
+    def _path(self, g: int, partial: bool = False) -> str:
+        return os.path.join(self.dir, "group%d%s.pt" % (g, ".partial" if partial else ""))
+
+    # ----------------------------------------------------------------- training
+    def run(self) -> Dict:
+        """Train (or resume) every group; return the finished state (see :meth:`result`)."""
+        states: List[Dict] = []
+        for g in range(1, self.cfg.groups + 1):
+            if os.path.exists(self._path(g)):
+                done = torch.load(self._path(g), weights_only=True)
+                self.log("group %d/%d: done earlier (val k=%d %.2f%%)"
+                         % (g, self.cfg.groups, g, done["val"]["chosen_acc"]))
+            else:
+                done = self._train_group(g, states)
+                _atomic_save(done, self._path(g))
+                if os.path.exists(self._path(g, True)):
+                    os.remove(self._path(g, True))
+            states.append(done)
+        return self.result(states)
+
+    def result(self, states: List[Dict]) -> Dict:
+        arch = self.cfg.arch
+        cols = columns_from_states(arch, [s["column"] for s in states])
+        heads = []
+        for k, s in enumerate(states, 1):
+            h = mean_head(cols[:k])
+            if s["head"] is not None:
+                h.load_state_dict(s["head"])
+            heads.append(h)
+        return {"columns": cols, "heads": heads,
+                "head_kinds": [s["val"]["head"] for s in states],
+                "val": [s["val"] for s in states], "data": self.data}
+
+    def _train_group(self, g: int, earlier: List[Dict]) -> Dict:
+        cfg = self.cfg
+        torch.manual_seed(cfg.seed * 1000 + g)
+        col = Column(cfg.arch).to(memory_format=torch.channels_last)
+        decay = [p for n, p in col.named_parameters() if n.endswith("weight") and p.dim() > 1]
+        other = [p for n, p in col.named_parameters() if not (n.endswith("weight") and p.dim() > 1)]
+        opt = torch.optim.SGD([{"params": decay, "weight_decay": cfg.weight_decay},
+                               {"params": other, "weight_decay": 0.0}],
+                              lr=cfg.lr, momentum=cfg.momentum, nesterov=True)
+        gen = torch.Generator().manual_seed(cfg.seed * 1000 + g)
+        start = 0
+        history: List[Dict] = []
+        if os.path.exists(self._path(g, True)):
+            ck = torch.load(self._path(g, True), weights_only=False)
+            col.load_state_dict(ck["column"])
+            opt.load_state_dict(ck["opt"])
+            gen.set_state(ck["gen"])
+            torch.set_rng_state(ck["torch_rng"])
+            start, history = ck["epoch"], ck["history"]
+            self.log("group %d/%d: resuming after epoch %d" % (g, cfg.groups, start))
+        n = len(self.x_train)
+        steps = n // cfg.batch
+        total = steps * cfg.epochs
+        for epoch in range(start, cfg.epochs):
+            col.train()
+            t0 = time.time()
+            order = torch.randperm(n, generator=gen)
+            bar = tqdm(range(steps), desc="group %d/%d epoch %d/%d" % (g, cfg.groups, epoch + 1, cfg.epochs),
+                       leave=False, file=sys.stderr, mininterval=1.0 if sys.stderr.isatty() else 30.0)
+            run_loss = run_acc = 0.0
+            for s in bar:
+                t = epoch * steps + s
+                for group in opt.param_groups:
+                    group["lr"] = cfg.lr * 0.5 * (1 + math.cos(math.pi * t / total))
+                idx = order[s * cfg.batch:(s + 1) * cfg.batch]
+                x = _augment(self.x_train[idx], gen).contiguous(memory_format=torch.channels_last)
+                y = self.y_train[idx]
+                logits = col(x)
+                loss = F.cross_entropy(logits, y)
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                run_loss = 0.98 * run_loss + 0.02 * loss.item() if s else loss.item()
+                run_acc = 0.98 * run_acc + 0.02 * _accuracy(logits, y) if s else _accuracy(logits, y)
+                if s % 20 == 0:
+                    bar.set_postfix(loss="%.3f" % run_loss, acc="%.1f" % run_acc)
+            col.eval()
+            val_acc = _accuracy(self._val_logits([col]), self.y_val)
+            history.append({"epoch": epoch + 1, "loss": run_loss, "val_acc": val_acc,
+                            "seconds": round(time.time() - t0, 1)})
+            _atomic_save({"column": col.state_dict(), "opt": opt.state_dict(), "gen": gen.get_state(),
+                          "torch_rng": torch.get_rng_state(), "epoch": epoch + 1, "history": history},
+                         self._path(g, True))
+            self.log("group %d/%d epoch %d/%d: loss %.3f, group alone val %.2f%% (%.0f s)"
+                     % (g, cfg.groups, epoch + 1, cfg.epochs, run_loss, val_acc, time.time() - t0))
+        col.eval()
+        col = col.to(memory_format=torch.contiguous_format)
+        frozen = columns_from_states(cfg.arch, [s["column"] for s in earlier])
+        head, val = self._fit_head(frozen + [col], gen)
+        val["history"] = history
+        state = {k: v.contiguous() for k, v in col.state_dict().items()}
+        return {"column": state, "head": head, "val": val}
+
+    def _val_logits(self, cols: List[Column], head=None) -> torch.Tensor:
+        head = head or mean_head(cols)
+        with torch.no_grad():
+            return head(_features(cols, self.x_val))
+
+    def _fit_head(self, cols: List[Column], gen: torch.Generator):
+        """Fit the head of the len(cols)-group network; keep it only if it beats the mean on val."""
+        k = len(cols)
+        mean = mean_head(cols)
+        mean_acc = _accuracy(self._val_logits(cols, mean), self.y_val)
+        val = {"k": k, "mean_acc": mean_acc, "learned_acc": None, "head": "mean", "chosen_acc": mean_acc}
+        if k == 1:
+            return None, val
+        cfg = self.cfg
+        feats, labels = [], []
+        for _ in range(cfg.head_aug_passes):
+            for i in range(0, len(self.x_train), 1000):
+                x = _augment(self.x_train[i:i + 1000], gen).contiguous(memory_format=torch.channels_last)
+                feats.append(_features(cols, x))
+                labels.append(self.y_train[i:i + 1000])
+        feats, labels = torch.cat(feats), torch.cat(labels)
+        head = mean_head(cols)
+        opt = torch.optim.SGD(head.parameters(), lr=0.01, momentum=0.9, weight_decay=cfg.weight_decay)
+        steps = (len(feats) // 256) * cfg.head_epochs
+        t = 0
+        for _ in range(cfg.head_epochs):
+            order = torch.randperm(len(feats), generator=gen)
+            for s in range(len(feats) // 256):
+                idx = order[s * 256:(s + 1) * 256]
+                for group in opt.param_groups:
+                    group["lr"] = 0.01 * 0.5 * (1 + math.cos(math.pi * t / steps))
+                loss = F.cross_entropy(head(feats[idx]), labels[idx])
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                t += 1
+        learned_acc = _accuracy(self._val_logits(cols, head), self.y_val)
+        val["learned_acc"] = learned_acc
+        if learned_acc > mean_acc:
+            val["head"], val["chosen_acc"] = "learned", learned_acc
+        self.log("group %d/%d: val k=%d mean-of-logits head %.2f%%, learned head %.2f%% -> %s"
+                 % (k, cfg.groups, k, mean_acc, learned_acc, val["head"]))
+        state = {n: p.detach().clone() for n, p in head.state_dict().items()}
+        return (state if val["head"] == "learned" else None), val

@@ -1,0 +1,100 @@
+"""Shared fixtures: tiny CIFAR-format data made here, tiny model sets, the real data if present."""
+from __future__ import annotations
+
+import os
+import sys
+
+import numpy as np
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if ROOT not in sys.path:
+    sys.path.insert(0, ROOT)
+
+SHARED_CIFAR = os.path.join(ROOT, "..", "shared", "data", "cifar10", "cifar-10-batches-py")
+
+
+def make_images(n: int, seed: int):
+    """Images whose class is visible in their colour and a stripe, so a tiny net learns it."""
+    rng = np.random.default_rng(seed)
+    y = rng.integers(0, 10, n)
+    x = rng.integers(0, 90, (n, 32, 32, 3))
+    x[:, :, :, 0] += (y * 16)[:, None, None]
+    for i, c in enumerate(y):
+        x[i, 3 * c:3 * c + 3, :, 1] += 120
+    return x.clip(0, 255).astype(np.uint8), y.astype(np.int64)
+
+
+@pytest.fixture(scope="session")
+def tiny_data(tmp_path_factory):
+    from models import cifar
+    root = str(tmp_path_factory.mktemp("cifar") / "cifar-10-batches-py")
+    xtr, ytr = make_images(800, 0)
+    xte, yte = make_images(200, 1)
+    cifar.write_batches(root, xtr, ytr, xte, yte)
+    return root
+
+
+def tiny_config(groups=3, epochs=1, **kw):
+    from models.arch import TINY
+    from models.train import TrainConfig
+    return TrainConfig(groups=groups, epochs=epochs, val=100, batch=50, head_epochs=2, arch=TINY, **kw)
+
+
+@pytest.fixture(scope="session")
+def tiny_trained(tiny_data, tmp_path_factory):
+    """A trained and exported tiny G=3 group set: (model_dir, trainer result, config)."""
+    pytest.importorskip("torch")
+    from models import export
+    from models.train import Trainer
+    out = str(tmp_path_factory.mktemp("tinyset"))
+    cfg = tiny_config()
+    result = Trainer(tiny_data, os.path.join(out, "checkpoints"), cfg, log=lambda s: None).run()
+    export.export_group_set(result, out, cfg, name="tiny", command="test")
+    return out, result, cfg
+
+
+def write_random_set(out_dir: str, groups: int = 3, seed: int = 0, arch=None) -> str:
+    """A group model set with random weights, written without torch (needs onnx)."""
+    from models import manifest as mf, onnxset
+    from models.arch import TINY
+    from models.cifar import DEFAULT_CLASSES, MEAN, STD
+    arch = arch or TINY
+    rng = np.random.default_rng(seed)
+    s = arch.final_size
+
+    def t(*shape):
+        return (rng.standard_normal(shape) * 0.3).astype(np.float32)
+
+    per_group = []
+    for _ in range(groups):
+        g, cin = {}, arch.in_channels
+        for i, (w, k) in enumerate(zip(arch.widths, arch.kernels)):
+            g["conv%d.w" % i], g["conv%d.b" % i] = t(w, cin, k, k), t(w)
+            cin = w
+        g["fc1.w"], g["fc1.b"] = t(arch.hidden, arch.widths[-1] * s * s), t(arch.hidden)
+        per_group.append(g)
+    heads = [{"w": t(arch.classes, arch.hidden * k), "b": t(arch.classes)} for k in range(1, groups + 1)]
+    files = onnxset.write_group_set(out_dir, arch, per_group, heads)
+    m = {"format": mf.FORMAT, "kind": "group", "name": "random", "shares_weights": True,
+         "input": {"name": "input", "shape": [3, 32, 32], "layout": "NCHW", "dtype": "float32",
+                   "mean": list(MEAN), "std": list(STD), "classes": list(DEFAULT_CLASSES)},
+         "output": {"name": "logits", "shape": ["N", 10]}, "arch": arch.to_dict(),
+         "levels": [dict(level=k, file=onnxset.level_file(k), accuracy=50.0 + k, confidence=1.0,
+                         **arch.cost(k)) for k in range(1, groups + 1)],
+         "files": {f: {} for f in files}}
+    mf.write(out_dir, m)
+    return out_dir
+
+
+@pytest.fixture(scope="session")
+def random_set(tmp_path_factory):
+    pytest.importorskip("onnx")
+    return write_random_set(str(tmp_path_factory.mktemp("randomset")))
+
+
+@pytest.fixture
+def shared_cifar():
+    if not os.path.isfile(os.path.join(SHARED_CIFAR, "test_batch")):
+        pytest.skip("../shared/data/cifar10 is not here")
+    return SHARED_CIFAR

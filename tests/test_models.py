@@ -1,0 +1,240 @@
+"""The dynamic DNN: data loading, incremental training, export, ModelSet."""
+from __future__ import annotations
+
+import os
+import pickle
+import shutil
+
+import numpy as np
+import pytest
+import yaml
+
+from models import ModelSet, ModelSetError, cifar, manifest as mf
+from tests.conftest import make_images, tiny_config
+
+
+# ----------------------------------------------------------------------------- data
+def test_cifar_roundtrip(tmp_path):
+    x, y = make_images(50, 3)
+    cifar.write_batches(str(tmp_path), x, y, x[:10], y[:10])
+    d = cifar.load(str(tmp_path))
+    assert np.array_equal(d.x_train, x) and np.array_equal(d.y_train, y)
+    assert np.array_equal(d.x_test, x[:10]) and d.classes[0] == "airplane"
+    assert cifar.load(str(tmp_path)).sha256 == d.sha256  # the data checksum is stable
+
+
+def test_cifar_accepts_parent_folder(tmp_path):
+    x, y = make_images(20, 3)
+    cifar.write_batches(str(tmp_path / "cifar-10-batches-py"), x, y, x, y)
+    assert len(cifar.load(str(tmp_path)).x_test) == 20
+
+
+@pytest.mark.parametrize("damage, expect", [
+    ("nodir", "does not exist"),
+    ("missing", "test_batch is missing"),
+    ("garbage", "not a CIFAR-10 python batch"),
+    ("evil", "refusing to load posix.system"),
+    ("shape", "must be uint8 [N, 3072]"),
+    ("labels", "labels outside 0..9"),
+])
+def test_cifar_bad_data_dir(tmp_path, damage, expect):
+    x, y = make_images(20, 3)
+    root = str(tmp_path / "d")
+    cifar.write_batches(root, x, y, x, y)
+    tb = os.path.join(root, "test_batch")
+    if damage == "nodir":
+        root = str(tmp_path / "nope")
+    elif damage == "missing":
+        os.remove(tb)
+    elif damage == "garbage":
+        open(tb, "wb").write(b"not a pickle at all")
+    elif damage == "evil":
+        class Evil:
+            def __reduce__(self):
+                return (os.system, ("true",))
+        pickle.dump({b"data": Evil(), b"labels": []}, open(tb, "wb"))
+    elif damage == "shape":
+        pickle.dump({b"data": np.zeros((2, 100), np.uint8), b"labels": [0, 1]}, open(tb, "wb"))
+    elif damage == "labels":
+        pickle.dump({b"data": np.zeros((2, 3072), np.uint8), b"labels": [0, 12]}, open(tb, "wb"))
+    with pytest.raises(cifar.DataError, match=expect.replace("[", r"\[").replace("]", r"\]")):
+        cifar.load(root)
+
+
+@pytest.mark.shared
+def test_real_cifar10(shared_cifar):
+    d = cifar.load(shared_cifar)
+    assert d.x_train.shape == (50000, 32, 32, 3) and d.x_test.shape == (10000, 32, 32, 3)
+    assert np.bincount(d.y_test).tolist() == [1000] * 10
+    assert d.y_test[:10].tolist() == [3, 8, 8, 0, 6, 6, 1, 6, 3, 1]
+
+
+# ----------------------------------------------------------------------------- training
+def test_round_trip_and_prefix_exactness(tiny_trained):
+    """train -> export -> load -> run: every level equals the torch network of its first k
+    groups and its head (1e-5)."""
+    import torch
+    from models.network import GroupedNet
+    out, result, cfg = tiny_trained
+    ms = ModelSet.load(out)
+    assert ms.groups == 3 and ms.kind == "group"
+    x = np.random.default_rng(5).standard_normal((7, 3, 32, 32)).astype(np.float32)
+    for k in range(1, 4):
+        ref = GroupedNet(result["columns"][:k], result["heads"][k - 1]).eval()
+        with torch.no_grad():
+            want = ref(torch.from_numpy(x)).numpy()
+        np.testing.assert_allclose(ms.run(k, x), want, rtol=1e-5, atol=1e-5)
+    for lv in ms.manifest["levels"]:
+        assert 0 <= lv["accuracy"] <= 100 and lv["macs"] > 0 and lv["params"] > 0
+    assert ms.manifest["levels"][-1]["confidence"] == 1.0
+    assert ms.manifest["provenance"]["data_sha256"] == result["data"].sha256
+
+
+def test_training_learns(tiny_trained):
+    out, _, _ = tiny_trained
+    accs = [lv["accuracy"] for lv in ModelSet.load(out).manifest["levels"]]
+    assert max(accs) > 30  # 10 classes: chance is 10%
+
+
+def test_frozen_groups_bit_identical(tiny_data, tiny_trained, tmp_path):
+    """Training group g changes nothing for k < g: a 1-group run gives the same column 1,
+    bit for bit (weights and BatchNorm statistics), as the 3-group run."""
+    import torch
+    from models.train import Trainer
+    _, three, _ = tiny_trained
+    one = Trainer(tiny_data, str(tmp_path / "ck"), tiny_config(groups=1), log=lambda s: None).run()
+    a, b = one["columns"][0].state_dict(), three["columns"][0].state_dict()
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert any("running_mean" in k for k in a)  # BN statistics are part of the comparison
+
+
+def test_frozen_group_file_untouched(tiny_data, tmp_path):
+    """The finished group-1 checkpoint is not rewritten while group 2 trains."""
+    from models.train import Trainer
+    ck = str(tmp_path / "ck")
+    Trainer(tiny_data, ck, tiny_config(groups=2), log=lambda s: None).run()
+    digest = mf.sha256_file(os.path.join(ck, "group1.pt"))
+    os.remove(os.path.join(ck, "group2.pt"))
+    Trainer(tiny_data, ck, tiny_config(groups=2), resume=True, log=lambda s: None).run()
+    assert mf.sha256_file(os.path.join(ck, "group1.pt")) == digest
+
+
+def test_resume_is_bit_identical(tiny_data, tiny_trained, tmp_path):
+    import torch
+    from models.train import Trainer
+
+    class Stop(Exception):
+        pass
+
+    def stop_in_group2(msg):
+        if msg.startswith("group 2/3 epoch 1/2"):
+            raise Stop
+
+    cfg = tiny_config(epochs=2)
+    ck = str(tmp_path / "ck")
+    with pytest.raises(Stop):
+        Trainer(tiny_data, ck, cfg, log=stop_in_group2).run()
+    assert os.path.exists(os.path.join(ck, "group2.partial.pt"))
+    resumed = Trainer(tiny_data, ck, cfg, resume=True, log=lambda s: None).run()
+    fresh = Trainer(tiny_data, str(tmp_path / "ck2"), cfg, log=lambda s: None).run()
+    for a, b in zip(resumed["columns"], fresh["columns"]):
+        sa, sb = a.state_dict(), b.state_dict()
+        assert all(torch.equal(sa[k], sb[k]) for k in sa)
+
+
+def test_resume_guards(tiny_data, tmp_path):
+    from models.train import Trainer, TrainError
+    ck = str(tmp_path / "ck")
+    Trainer(tiny_data, ck, tiny_config(groups=1), log=lambda s: None).run()
+    with pytest.raises(TrainError, match="--resume"):
+        Trainer(tiny_data, ck, tiny_config(groups=1), log=lambda s: None)
+    with pytest.raises(TrainError, match="epochs was 1 .* now 3"):
+        Trainer(tiny_data, ck, tiny_config(groups=1, epochs=3), resume=True, log=lambda s: None)
+
+
+# ----------------------------------------------------------------------------- ModelSet
+def _copy(src, tmp_path):
+    dst = str(tmp_path / "set")
+    shutil.copytree(src, dst)
+    return dst
+
+
+def test_manifest_missing_file(random_set, tmp_path):
+    d = _copy(random_set, tmp_path)
+    os.remove(os.path.join(d, "k2.onnx"))
+    with pytest.raises(ModelSetError, match="k2.onnx is missing"):
+        ModelSet.load(d)
+
+
+def test_manifest_altered_file(random_set, tmp_path):
+    d = _copy(random_set, tmp_path)
+    p = os.path.join(d, "weights.bin")
+    data = bytearray(open(p, "rb").read())
+    data[100] ^= 0xFF
+    open(p, "wb").write(bytes(data))
+    with pytest.raises(ModelSetError, match="weights.bin is altered"):
+        ModelSet.load(d)
+
+
+def test_manifest_bad_yaml(random_set, tmp_path):
+    d = _copy(random_set, tmp_path)
+    open(os.path.join(d, "manifest.yaml"), "w").write("format: [unclosed\n")
+    with pytest.raises(ModelSetError, match="manifest.yaml is not valid YAML"):
+        ModelSet.load(d)
+
+
+@pytest.mark.parametrize("edit, expect", [
+    (lambda m: m.pop("levels"), "missing key 'levels'"),
+    (lambda m: m.update(kind="weird"), "kind must be one of"),
+    (lambda m: m["levels"][1].update(level=5), r"levels\[1\]: level must be 2"),
+    (lambda m: m["files"].update({"../etc/passwd": {"sha256": "0"}}), "plain names"),
+    (lambda m: m["input"].update(std=[0, 1, 1]), "std must be positive"),
+])
+def test_manifest_bad_keys(random_set, tmp_path, edit, expect):
+    d = _copy(random_set, tmp_path)
+    p = os.path.join(d, "manifest.yaml")
+    m = yaml.safe_load(open(p))
+    edit(m)
+    yaml.safe_dump(m, open(p, "w"))
+    with pytest.raises(ModelSetError, match=expect):
+        ModelSet.load(d)
+
+
+def test_not_a_model_dir(tmp_path):
+    with pytest.raises(ModelSetError, match="manifest.yaml is missing"):
+        ModelSet.load(str(tmp_path))
+
+
+def test_run_validates_input(random_set):
+    ms = ModelSet.load(random_set)
+    good = np.zeros((2, 3, 32, 32), np.float32)
+    assert ms.run(1, good).shape == (2, 10)
+    for k in (0, 4, 1.5, True, "2"):
+        with pytest.raises(ModelSetError, match="level must be an integer in 1..3"):
+            ms.run(k, good)
+    for bad in (good.astype(np.float64), np.zeros((2, 32, 32, 3), np.float32), good[0],
+                np.zeros((0, 3, 32, 32), np.float32)):
+        with pytest.raises(ModelSetError, match="input must be float32"):
+            ms.run(1, bad)
+    with pytest.raises(ModelSetError, match="target gpu is not available"):
+        ms.run(1, good, target="gpu")
+
+
+def test_preprocess_matches_training_normalisation(random_set):
+    ms = ModelSet.load(random_set)
+    x, _ = make_images(4, 9)
+    np.testing.assert_allclose(ms.preprocess(x), cifar.normalize(x), rtol=1e-6)
+    with pytest.raises(ModelSetError, match="uint8"):
+        ms.preprocess(x.astype(np.float32))
+
+
+def test_levels_share_one_weight_file(random_set):
+    """Every level's ONNX file holds no weights of its own: all point into weights.bin."""
+    import onnx
+    for k in (1, 2, 3):
+        model = onnx.load(os.path.join(random_set, "k%d.onnx" % k), load_external_data=False)
+        locs = {e.value for t in model.graph.initializer for e in t.external_data if e.key == "location"}
+        assert locs == {"weights.bin"}
+        assert all(t.data_location == onnx.TensorProto.EXTERNAL for t in model.graph.initializer)
+    sizes = [os.path.getsize(os.path.join(random_set, "k%d.onnx" % k)) for k in (1, 2, 3)]
+    assert max(sizes) < 10_000
