@@ -60,6 +60,44 @@ def cmd_eval(a: argparse.Namespace) -> int:
     return 0
 
 
+# ---------------------------------------------------------------------------- platform
+def format_platform(d) -> str:
+    lines = ["platform: %s%s" % (d["platform"], " (SIMULATED)" if d.get("simulated") else "")]
+    for name, t in d["targets"].items():
+        f = t["freqs_khz"]
+        freqs = "%d-%d MHz, %d steps" % (f[0] // 1000, f[-1] // 1000, len(f)) if f else "fixed frequency"
+        cpus = "cpus %s" % ",".join(map(str, t["cpus"])) if t["cpus"] else t["kind"]
+        lines.append("  target %-6s %-16s %-28s control: %s" % (name, cpus, freqs, t["method"]))
+    gpu = d.get("gpu")
+    if gpu and "gpu" not in d["targets"]:
+        lines.append("  gpu (not an inference target) %d-%d MHz" % (gpu["freqs_khz"][0] // 1000,
+                                                                  gpu["freqs_khz"][-1] // 1000))
+    lines.append("  power rails: %s" % (", ".join("%s (%s)" % (r["name"], r["kind"]) for r in d["rails"]) or "none"))
+    en = d.get("energy", {})
+    lines.append("  energy per inference: %s" % ("from " + "+".join(en.get("rails", [])) if en.get("available")
+                                                   else en.get("reason") or "not metered"))
+    lines.append("  thermal zones: %s" % (", ".join(d["thermal"]) or "none"))
+    dv = d.get("dvfs", {})
+    lines.append("  dvfs: %s" % ("on" if dv.get("enabled") else "off (%s)" % dv.get("reason")))
+    for w in d.get("warnings", []):
+        lines.append("  warning: %s" % w)
+    return "\n".join(lines)
+
+
+def cmd_platform(a: argparse.Namespace) -> int:
+    import json
+    import platforms
+    try:
+        p = platforms.create(a.platform, root=a.sysfs_root)
+    except (ValueError, platforms.PlatformError) as e:
+        raise CliError(str(e))
+    d = p.describe()
+    temps = p.temperatures()
+    d["temperatures_c"] = temps
+    print(json.dumps(d, indent=1) if a.json else format_platform(d))
+    return 0
+
+
 # ---------------------------------------------------------------------------- parser
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
@@ -99,6 +137,13 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--limit", type=int, default=None, help="evaluate only the first N test images")
     e.add_argument("--latency-runs", type=int, default=200, help="batch-1 runs timed per k")
     e.set_defaults(func=cmd_eval)
+    pl = sub.add_parser("platform", help="what dnnscale sees on this board",
+                        description="Targets with CPUs and frequencies, GPU, power rails, thermal zones.")
+    pl.add_argument("--platform", default=None, help="platform name (default: detect); one of "
+                    "odroid-xu3, jetson-nano, generic, sim-odroid-xu3, sim-jetson-nano")
+    pl.add_argument("--sysfs-root", default="/", help="root of the sysfs tree (a fake tree in tests)")
+    pl.add_argument("--json", action="store_true", help="machine-readable output")
+    pl.set_defaults(func=cmd_platform)
     return p
 
 

@@ -1,0 +1,305 @@
+"""``SysfsPlatform``: one adapter for every real board. The board is data (a BoardSpec);
+what differs between kernels and revisions is discovered (see discover.py).
+
+Writes follow boards.md §4-5: with the ``userspace`` governor, one exact frequency
+(``scaling_setspeed`` / ``userspace/set_freq``); otherwise min = max, written in the order
+the kernel accepts (raising: max first; lowering: min first). Only what changed is written,
+and what the kernel actually set is read back.
+
+Every file is saved before its first write, to a JSON file in the state directory that is
+synced before the write happens. :meth:`stop` restores it; :meth:`start` restores what a
+crashed earlier run left behind before it touches anything else.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+from typing import Dict, List, Optional
+
+from . import discover
+from .energy import EnergyMeter, read_watts
+from .model import BoardSpec, Target
+from .sysfs import PlatformError, Sysfs
+
+log = logging.getLogger("dnnscale.platform")
+ORIGINALS = "platform-originals.json"
+_PAIRS = (("scaling_min_freq", "scaling_max_freq"), ("min_freq", "max_freq"))
+
+
+class Originals:
+    """Values of sysfs files before dnnscale first wrote them, kept on disk."""
+
+    def __init__(self, fs: Sysfs, state_dir: Optional[str]):
+        self.fs = fs
+        self.path = os.path.join(state_dir, ORIGINALS) if state_dir else None
+        self.saved: Dict[str, str] = {}
+
+    def load(self) -> Dict[str, str]:
+        if not self.path or not os.path.exists(self.path):
+            return {}
+        try:
+            with open(self.path) as f:
+                data = json.load(f)
+            if data.get("root") != self.fs.root or not isinstance(data.get("files"), dict):
+                log.warning("%s belongs to another sysfs root; ignoring it", self.path)
+                return {}
+            return {str(k): str(v) for k, v in data["files"].items()}
+        except (OSError, ValueError) as e:
+            log.error("cannot read saved platform settings %s: %s", self.path, e)
+            return {}
+
+    def _flush(self) -> None:
+        if not self.path:
+            return
+        os.makedirs(os.path.dirname(self.path), exist_ok=True)
+        tmp = self.path + ".tmp"
+        with open(tmp, "w") as f:
+            json.dump({"root": self.fs.root, "files": self.saved}, f, indent=1)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, self.path)
+
+    def remember(self, p: str) -> None:
+        """Save ``p``'s current value (once) before it is first written."""
+        if p not in self.saved:
+            self.saved[p] = self.fs.read(p)
+            self._flush()
+
+    def restore(self, files: Optional[Dict[str, str]] = None) -> List[str]:
+        """Write the saved values back (min/max pairs in a valid order, governors last);
+        return the errors. The file on disk goes only when everything was restored."""
+        files = dict(self.saved if files is None else files)
+        errors: List[str] = []
+        by_dir: Dict[str, Dict[str, str]] = {}
+        for p, v in files.items():
+            by_dir.setdefault(os.path.dirname(p), {})[os.path.basename(p)] = v
+        for d, vals in by_dir.items():
+            order: List[str] = []
+            for lo, hi in _PAIRS:
+                if lo in vals and hi in vals:
+                    try:
+                        cur_lo = self.fs.read_int(d + "/" + lo)
+                        max_first = int(vals[hi]) == 0 or int(vals[hi]) >= cur_lo
+                    except (PlatformError, ValueError):
+                        max_first = True
+                    order += [hi, lo] if max_first else [lo, hi]
+            order += [n for n in vals if n not in order and "governor" not in n]
+            order += [n for n in vals if "governor" in n]
+            for n in order:
+                try:
+                    self.fs.write(d + "/" + n, vals[n])
+                except PlatformError as e:
+                    errors.append(str(e))
+        if not errors:
+            self.saved.clear()
+            if self.path and os.path.exists(self.path):
+                os.remove(self.path)
+        return errors
+
+
+class SysfsPlatform:
+    simulated = False
+
+    def __init__(self, spec: BoardSpec, root: str = "/", state_dir: Optional[str] = None,
+                 fs: Optional[Sysfs] = None):
+        self.spec = spec
+        self.fs = fs or Sysfs(root)
+        self.desc = discover.describe(self.fs, spec)
+        self.originals = Originals(self.fs, state_dir)
+        self.meter: Optional[EnergyMeter] = None
+        self.energy_reason = ""
+        self._set: Dict[str, int] = {}          # control dir → kHz we last set there
+        self._pinned: Optional[List[int]] = None
+        self._affinity_before = sorted(os.sched_getaffinity(0))
+        self._warned_pin = set()
+        self.dvfs_error: Optional[str] = None
+
+    # ------------------------------------------------------------------ description
+    @property
+    def name(self) -> str:
+        return self.spec.name
+
+    @property
+    def targets(self) -> Dict[str, Target]:
+        return self.desc.targets
+
+    def describe(self) -> Dict:
+        d = self.desc.to_dict()
+        rails = [r.name for r in self._energy_rails()]
+        reason = self.energy_reason or ("" if rails else "no power sensor on this board")
+        d["energy"] = {"available": bool(rails) and not self.energy_reason, "reason": reason,
+                       "rails": rails, "metering": self.meter is not None}
+        d["dvfs"] = {"enabled": self.dvfs_enabled, "reason": self.dvfs_reason}
+        d["notes"] = self.spec.notes
+        return d
+
+    @property
+    def dvfs_enabled(self) -> bool:
+        return self.dvfs_error is None and any(t.freqs_khz and t.control for t in self.targets.values())
+
+    @property
+    def dvfs_reason(self) -> str:
+        if self.dvfs_error:
+            return self.dvfs_error
+        return "" if self.dvfs_enabled else "no frequency control found (no cpufreq/devfreq)"
+
+    def disable_dvfs(self, reason: str) -> None:
+        self.dvfs_error = reason
+
+    # ------------------------------------------------------------------ lifecycle
+    def start(self) -> List[str]:
+        """Restore what a crashed run left, then enable sensors and start metering.
+        Returns the restore errors (empty when nothing was pending or all went back)."""
+        errors: List[str] = []
+        pending = self.originals.load()
+        if pending:
+            log.warning("restoring %d platform settings left by an earlier run", len(pending))
+            self.originals.saved.update(pending)
+            errors = self.originals.restore()
+        self._start_energy()
+        return errors
+
+    def stop(self) -> List[str]:
+        if self.meter:
+            self.meter.stop()
+        if self._pinned is not None:
+            self._setaffinity(self._affinity_before)
+            self._pinned = None
+        self._set.clear()
+        return self.originals.restore()
+
+    def _energy_rails(self):
+        by_name = {r.name: r for r in self.desc.rails}
+        return [by_name[n] for n in self.spec.energy_rails if n in by_name]
+
+    def _start_energy(self) -> None:
+        rails = self._energy_rails()
+        if not rails:
+            self.energy_reason = "no power sensor on this board (energy is reported as null)"
+            return
+        try:
+            for r in rails:
+                if r.enable and self.fs.read(r.enable) != "1":
+                    self.originals.remember(r.enable)
+                    self.fs.write(r.enable, 1)
+            self.meter = EnergyMeter(self.fs, rails)
+            self.meter.start()
+        except PlatformError as e:
+            self.meter = None
+            self.energy_reason = "energy reporting off: %s" % e
+            log.warning("%s", self.energy_reason)
+
+    # ------------------------------------------------------------------ frequency
+    def frequency(self, target: str) -> Optional[int]:
+        """The frequency the kernel reports now (kHz), or None without cpufreq/devfreq."""
+        t = self.targets[target] if target in self.targets else self.desc.gpu
+        if not t or not t.control:
+            return None
+        d = t.control[0]
+        if t.kind == "gpu":
+            return self.fs.read_int(d + "/cur_freq") // 1000
+        return self.fs.read_int(d + "/scaling_cur_freq")
+
+    def set_frequency(self, target: str, khz: int) -> Optional[int]:
+        """Set ``target`` to exactly ``khz`` (a value from its table); write only what
+        changed; return what the kernel reports after the write."""
+        t = self.targets.get(target)
+        if t is None:
+            raise ValueError("unknown target %r (have %s)" % (target, ", ".join(self.targets)))
+        if not t.freqs_khz or not t.control:
+            raise PlatformError("target %s has no frequency control" % target)
+        if khz not in t.freqs_khz:
+            raise ValueError("%d kHz is not an available frequency of %s (%s)"
+                             % (khz, target, " ".join(map(str, t.freqs_khz))))
+        for d in t.control:
+            if self._set.get(d) == khz:
+                continue
+            if t.kind == "gpu":
+                self._set_devfreq(d, t.method, khz * 1000)
+            else:
+                self._set_cpufreq(d, t.method, khz)
+            self._set[d] = khz
+        return self.frequency(target)
+
+    def _set_cpufreq(self, d: str, method: str, khz: int) -> None:
+        if method == "userspace":
+            self._ensure_governor(d + "/scaling_governor", "userspace")
+            self._write(d + "/scaling_setspeed", khz)
+        else:
+            self._write_minmax(d + "/scaling_min_freq", d + "/scaling_max_freq", khz)
+
+    def _set_devfreq(self, d: str, method: str, hz: int) -> None:
+        if method == "userspace":
+            self._ensure_governor(d + "/governor", "userspace")
+            # The kernel creates userspace/set_freq on the governor switch (boards.md §5);
+            # where it did not appear, min = max does the same job.
+            if self.fs.exists(d + "/userspace/set_freq"):
+                self._write(d + "/userspace/set_freq", hz)
+                return
+        self._write_minmax(d + "/min_freq", d + "/max_freq", hz)
+
+    def _ensure_governor(self, p: str, gov: str) -> None:
+        if self.fs.read(p) != gov:
+            self._write(p, gov)
+
+    def _write_minmax(self, lo: str, hi: str, value: int) -> None:
+        cur_hi = self.fs.read_int(hi)
+        raising = cur_hi != 0 and value > cur_hi       # 0 = unset on XU3 4.14 devfreq (§5)
+        for p in ((hi, lo) if raising else (lo, hi)):
+            self._write(p, value)
+
+    def _write(self, p: str, value) -> None:
+        if not p.endswith("set_freq") and not p.endswith("scaling_setspeed"):
+            self.originals.remember(p)   # setspeed/set_freq follow the governor; not restored
+        self.fs.write(p, value)
+
+    # ------------------------------------------------------------------ mapping
+    def pin(self, target: str) -> List[int]:
+        """Pin every thread of this process to ``target``'s CPUs. CPUs that this machine
+        lacks (a fake tree) are dropped with one warning; none left → no pinning."""
+        t = self.targets.get(target)
+        if t is None or not t.cpus:
+            return []
+        have = set(range(os.cpu_count() or 1))
+        cpus = sorted(set(t.cpus) & have)
+        if cpus != sorted(t.cpus) and target not in self._warned_pin:
+            self._warned_pin.add(target)
+            log.warning("target %s wants CPUs %s; this machine has %s", target, t.cpus, sorted(have))
+        if not cpus or cpus == self._pinned:
+            return cpus
+        self._setaffinity(cpus)
+        return cpus
+
+    def _setaffinity(self, cpus: List[int]) -> None:
+        for tid in os.listdir("/proc/self/task"):   # the real process, not the sysfs root
+            try:
+                os.sched_setaffinity(int(tid), cpus)
+            except (ProcessLookupError, OSError):
+                pass                                 # a thread that just exited
+        self._pinned = cpus
+
+    # ------------------------------------------------------------------ sensors
+    def read_power(self) -> Dict[str, float]:
+        out = {}
+        for r in self.desc.rails:
+            if r.kind != "rapl":
+                try:
+                    out[r.name] = read_watts(self.fs, r)
+                except PlatformError:
+                    pass
+        return out
+
+    def temperatures(self) -> Dict[str, float]:
+        out: Dict[str, float] = {}
+        for zone, p in self.desc.thermal.items():
+            try:
+                if "#" in p:                        # XU3 3.10: one file with "name : m°C" lines
+                    f, name = p.split("#")
+                    line = [l for l in self.fs.read(f).splitlines() if l.split(":")[0].strip() == name][0]
+                    out[zone] = int(line.split(":")[1]) / 1000.0
+                else:
+                    out[zone] = self.fs.read_int(p) / 1000.0
+            except (PlatformError, IndexError, ValueError):
+                continue
+        return out

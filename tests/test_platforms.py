@@ -1,0 +1,248 @@
+"""Platform adapters against fake sysfs trees with the kernel's write rules."""
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import subprocess
+
+import pytest
+
+import platforms
+from platforms import boards
+from platforms.adapter import ORIGINALS, SysfsPlatform
+from platforms.energy import EnergyMeter
+from platforms.model import Rail
+from platforms.sysfs import NotPermitted, Sysfs, Vanished
+from tests.fixtures import trees
+from tests.fixtures.kernel import KernelSysfs, snapshot
+
+POL0 = "/sys/devices/system/cpu/cpufreq/policy0"
+POL4 = "/sys/devices/system/cpu/cpufreq/policy4"
+NANO_GPU = "/sys/devices/57000000.gpu/devfreq/57000000.gpu"
+
+
+def tree(tmp_path, name):
+    return trees.build(name, str(tmp_path / name))
+
+
+def board(tmp_path, name, spec, state=True):
+    root = tree(tmp_path, name)
+    fs = KernelSysfs(root)
+    return SysfsPlatform(spec, root, str(tmp_path / "state") if state else None, fs=fs), fs, root
+
+
+# ----------------------------------------------------------------------------- discovery
+@pytest.mark.parametrize("name, want", [
+    ("odroid-xu3", "odroid-xu3"), ("odroid-xu3-3.10", "odroid-xu3"), ("jetson-nano", "jetson-nano"),
+    ("generic", "generic"), ("generic-nocpufreq", "generic"),
+])
+def test_detect(tmp_path, name, want):
+    assert platforms.detect(tree(tmp_path, name)).name == want
+
+
+def test_discover_xu3_414(tmp_path):
+    p = platforms.detect(tree(tmp_path, "odroid-xu3"))
+    assert list(p.targets) == ["a7", "a15"]
+    a7, a15 = p.targets["a7"], p.targets["a15"]
+    assert a7.cpus == [0, 1, 2, 3] and a15.cpus == [4, 5, 6, 7]
+    assert a7.freqs_khz == [200000 + 100000 * i for i in range(13)]
+    assert a15.freqs_khz[-1] == 2000000 and len(a15.freqs_khz) == 19
+    assert a15.control == [POL4] and a15.method == "minmax"   # userspace is a module, not listed
+    assert p.desc.gpu.freqs_khz[0] == 177000 and "11800000.mali" in p.desc.gpu.control[0]
+    assert {r.name for r in p.desc.rails} == {"arm", "kfc", "g3d", "mem"}
+    assert all(abs(r.period_s - 0.263808) < 1e-9 for r in p.desc.rails)
+    assert "gpu-thermal" in p.desc.thermal
+
+
+def test_discover_xu3_310_per_cpu_dirs_and_other_bus(tmp_path):
+    p = platforms.detect(tree(tmp_path, "odroid-xu3-3.10"))
+    assert p.targets["a15"].control == ["/sys/devices/system/cpu/cpu4/cpufreq"]
+    assert all(r.path.startswith("/sys/bus/i2c/drivers/INA231/3-00") for r in p.desc.rails)
+    temps = p.temperatures()
+    assert temps["sensor0"] == 45.0 and temps["sensor4"] == 49.0
+
+
+def test_discover_nano(tmp_path):
+    p = platforms.detect(tree(tmp_path, "jetson-nano"))
+    assert list(p.targets) == ["cpu", "gpu"]
+    assert p.targets["cpu"].freqs_khz[-1] == 1479000 and p.targets["cpu"].method == "userspace"
+    assert p.targets["gpu"].freqs_khz == [76800 * i for i in range(1, 13)]
+    assert {r.name: r.kind for r in p.desc.rails} == {"in": "ina3221", "gpu": "ina3221", "cpu": "ina3221"}
+    assert p.temperatures()["CPU-therm"] == 45.0
+
+
+def test_discover_generic_mapping_and_no_cpufreq(tmp_path):
+    p = platforms.detect(tree(tmp_path, "generic"))
+    assert list(p.targets) == ["cpu", "cpu:1"] and p.targets["cpu:1"].cpus == [0]
+    assert p.dvfs_enabled
+    q = platforms.detect(tree(tmp_path, "generic-nocpufreq"))
+    assert q.targets["cpu"].freqs_khz == [] and not q.dvfs_enabled
+    assert "no frequency control" in q.dvfs_reason
+
+
+def test_platform_cli_json(tmp_path):
+    from daemon.cli import main
+    import io
+    root = tree(tmp_path, "jetson-nano")
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        assert main(["platform", "--sysfs-root", root, "--json"]) == 0
+    d = json.loads(out.getvalue())
+    assert d["platform"] == "jetson-nano" and d["targets"]["gpu"]["freqs_khz"][-1] == 921600
+
+
+# ----------------------------------------------------------------------------- writes
+def test_xu3_minmax_write_order(tmp_path):
+    p, fs, root = board(tmp_path, "odroid-xu3", boards.ODROID_XU3)
+    assert p.set_frequency("a15", 1000000) == 1000000          # lowering: min first
+    assert fs.writes == [(POL4 + "/scaling_min_freq", "1000000"), (POL4 + "/scaling_max_freq", "1000000")]
+    fs.writes.clear()
+    assert p.set_frequency("a15", 1800000) == 1800000          # raising: max first
+    assert fs.writes == [(POL4 + "/scaling_max_freq", "1800000"), (POL4 + "/scaling_min_freq", "1800000")]
+    fs.writes.clear()
+    p.set_frequency("a15", 1800000)                            # unchanged: no write
+    assert fs.writes == []
+
+
+def test_nano_userspace_cpu_and_gpu(tmp_path):
+    p, fs, root = board(tmp_path, "jetson-nano", boards.JETSON_NANO)
+    assert p.set_frequency("cpu", 921600) == 921600
+    assert fs.writes == [(POL0 + "/scaling_governor", "userspace"), (POL0 + "/scaling_setspeed", "921600")]
+    fs.writes.clear()
+    assert p.set_frequency("gpu", 460800) == 460800
+    assert fs.writes == [(NANO_GPU + "/governor", "userspace"), (NANO_GPU + "/userspace/set_freq", "460800000")]
+    fs.writes.clear()
+    p.set_frequency("cpu", 1479000)                            # governor already userspace
+    assert fs.writes == [(POL0 + "/scaling_setspeed", "1479000")]
+
+
+def test_reject_frequency_not_in_table(tmp_path):
+    p, fs, _ = board(tmp_path, "jetson-nano", boards.JETSON_NANO)
+    with pytest.raises(ValueError, match="not an available frequency of cpu"):
+        p.set_frequency("cpu", 1000000)
+    with pytest.raises(ValueError, match="unknown target"):
+        p.set_frequency("a15", 1000000)
+    assert fs.writes == []
+
+
+def test_stop_restores_every_file(tmp_path):
+    p, fs, root = board(tmp_path, "odroid-xu3", boards.ODROID_XU3)
+    before = snapshot(root)
+    p.start()
+    p.set_frequency("a15", 600000)
+    p.set_frequency("a7", 1400000)
+    assert snapshot(root) != before
+    assert p.stop() == []
+    assert snapshot(root) == before
+    assert not os.path.exists(str(tmp_path / "state" / ORIGINALS))
+
+
+def test_restore_after_crash(tmp_path):
+    p, fs, root = board(tmp_path, "jetson-nano", boards.JETSON_NANO)
+    before = snapshot(root)
+    p.set_frequency("cpu", 403200)
+    p.set_frequency("gpu", 76800)
+    saved = json.load(open(str(tmp_path / "state" / ORIGINALS)))["files"]
+    assert saved[POL0 + "/scaling_governor"] == "schedutil"
+    del p                                                       # the process dies: no stop()
+    q = SysfsPlatform(boards.JETSON_NANO, root, str(tmp_path / "state"), fs=KernelSysfs(root))
+    assert q.start() == []
+    assert snapshot(root) == before
+
+
+@contextlib.contextmanager
+def read_only(path):
+    """A read-only view of ``path``: a read-only bind mount as root, chmod otherwise."""
+    if os.geteuid() != 0:
+        subprocess.check_call(["chmod", "-R", "a-w", path])
+        yield
+        subprocess.check_call(["chmod", "-R", "u+w", path])
+        return
+    if subprocess.call(["mount", "--bind", path, path], stderr=subprocess.DEVNULL) != 0:
+        pytest.skip("cannot bind-mount here")
+    try:
+        subprocess.check_call(["mount", "-o", "remount,bind,ro", path])
+        yield
+    finally:
+        subprocess.call(["umount", path])
+
+
+def test_read_only_tree_gives_typed_error(tmp_path):
+    root = tree(tmp_path, "jetson-nano")
+    p = SysfsPlatform(boards.JETSON_NANO, root, str(tmp_path / "state"))
+    with read_only(os.path.join(root, "sys")):
+        with pytest.raises(NotPermitted, match=r"scaling_governor.*Run dnnscale as root"):
+            p.set_frequency("cpu", 921600)
+
+
+def test_vanished_file(tmp_path):
+    p, fs, root = board(tmp_path, "jetson-nano", boards.JETSON_NANO)
+    os.remove(os.path.join(root, POL0.lstrip("/"), "scaling_setspeed"))
+    with pytest.raises(Vanished, match="scaling_setspeed"):
+        p.set_frequency("cpu", 921600)
+
+
+# ----------------------------------------------------------------------------- sensors
+def test_xu3_sensors_enabled_at_start_and_restored(tmp_path):
+    p, fs, root = board(tmp_path, "odroid-xu3", boards.ODROID_XU3)
+    enable = "/sys/bus/i2c/drivers/INA231/0-0040/enable"
+    p.start()
+    assert fs.read(enable) == "1" and p.meter is not None
+    p.stop()
+    assert fs.read(enable) == "0"
+
+
+def test_energy_integration_zero_order_hold(tmp_path):
+    root = tree(tmp_path, "jetson-nano")
+    fs = Sysfs(root)
+    iio = "/sys/bus/i2c/drivers/ina3221x/6-0040/iio:device0"
+    now = [100.0]
+    m = EnergyMeter(fs, [Rail("in", "ina3221", iio + "/in_power0_input")], clock=lambda: now[0])
+    fs.write(iio + "/in_power0_input", 2000)       # 2 W
+    m.sample()
+    j0 = m.joules()
+    now[0] += 0.5
+    fs.write(iio + "/in_power0_input", 4000)       # 4 W from t = 100.5
+    m.sample()
+    now[0] += 0.25
+    assert m.energy_between(j0, m.joules()) == pytest.approx(2.0 * 0.5 * 1000 + 4.0 * 0.25 * 1000)
+
+
+def test_rapl_counter_and_wrap(tmp_path):
+    root = tree(tmp_path, "generic-rapl")
+    p = platforms.detect(root)
+    p.start()
+    e = "/sys/class/powercap/intel-rapl:0/energy_uj"
+    j0 = p.meter.joules()
+    p.fs.write(e, 1000000 + 2500)                  # +2.5 mJ
+    assert p.meter.energy_between(j0, p.meter.joules()) == pytest.approx(2.5)
+    p.fs.write(e, 500)                             # wrapped past max_energy_range_uj
+    assert p.meter.energy_between(j0, p.meter.joules()) > 0
+
+
+def test_no_sensor_means_no_energy(tmp_path):
+    p = platforms.detect(tree(tmp_path, "generic-nocpufreq"))
+    p.start()
+    assert p.meter is None and "no power sensor" in p.describe()["energy"]["reason"]
+
+
+# ----------------------------------------------------------------------------- mapping
+def test_pin_to_missing_cpus_warns_not_crashes(tmp_path, caplog):
+    p = platforms.detect(tree(tmp_path, "odroid-xu3"))
+    have = os.cpu_count()
+    cpus = p.pin("a15")                           # cpu4-7: absent on a small machine
+    assert cpus == [c for c in (4, 5, 6, 7) if c < have]
+    if have <= 4:
+        assert "wants CPUs" in caplog.text
+
+
+def test_pin_and_unpin(tmp_path):
+    if os.cpu_count() < 2:
+        pytest.skip("needs 2 CPUs")
+    before = os.sched_getaffinity(0)
+    p = platforms.detect(tree(tmp_path, "generic"))
+    assert p.pin("cpu:1") == [0]
+    assert os.sched_getaffinity(0) == {0}
+    p.stop()
+    assert os.sched_getaffinity(0) == before
