@@ -1,0 +1,10 @@
+"""Pure decision logic: configuration space, profile, feedback governor, baselines.
+
+No sysfs, no sockets, no onnxruntime: plain data in, decisions out, an injectable clock.
+"""
+from .controller import Budget, Decision, Governor, Params
+from .profile import Profile, Sample, TargetFit, plan_measurements
+from .space import Config, Level, build_space, levels_from_manifest
+
+__all__ = ["Budget", "Decision", "Governor", "Params", "Profile", "Sample", "TargetFit",
+           "plan_measurements", "Config", "Level", "build_space", "levels_from_manifest"]

@@ -1,0 +1,363 @@
+"""The feedback governor: per inference, the configuration that meets the budget with the
+highest accuracy, and the lowest energy among equals.
+
+* Prediction: the profile's latency/energy for every configuration, times a per-target
+  correction: an EWMA of observed / predicted. Interference, thermal throttling or a stale
+  profile show up as a correction above 1 on the target they affect. A target that has not
+  been observed for a while drifts back towards its profile (so the governor probes it again).
+* Safety: a configuration meets a latency limit when prediction x (1 + safety) <= limit.
+  The current configuration is left as soon as it is at risk (step down at once).
+* Hysteresis: while the current configuration is safe, a move needs a further
+  ``up_margin`` of slack (so noise does not make it hop between neighbouring frequencies),
+  and a move *up* in accuracy needs it for ``up_patience`` consecutive decisions.
+* Rate limit: a frequency change within ``freq_interval_s`` of the last one is avoided
+  when a configuration at the current frequency is as accurate and feasible.
+* Infeasible budget: the configuration closest to it (the smallest worst-case ratio of
+  prediction to limit), and ``feasible`` is False in the decision and the status.
+
+Speed: the correction is one scalar per target, so for each (level, target) "lane" the
+configurations that meet a latency limit are a prefix of the lane sorted by predicted
+latency, and the lowest-energy one among them is a precomputed prefix minimum: a decision
+is one bisection per lane, in plain Python. Budgets with a power cap and infeasible budgets
+take a vectorised slow path.
+
+Pure logic; the clock is injected. No I/O.
+"""
+from __future__ import annotations
+
+import bisect
+import math
+import time
+from collections import deque
+from dataclasses import asdict, dataclass
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+
+from .profile import Profile
+from .space import Config, Level
+
+LIMITS = {"latency_ms": 600_000.0, "energy_mj": 1e9, "power_w": 1e4}   # above these: absurd
+
+
+@dataclass
+class Budget:
+    latency_ms: Optional[float] = None
+    energy_mj: Optional[float] = None
+    power_w: Optional[float] = None
+
+    def validate(self) -> "Budget":
+        for key, limit in LIMITS.items():
+            v = getattr(self, key)
+            if v is None:
+                continue
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+                raise ValueError("%s must be a finite number or null, got %r" % (key, v))
+            if not 0 < v <= limit:
+                raise ValueError("%s must be in (0, %g], got %r" % (key, limit, v))
+            setattr(self, key, float(v))
+        return self
+
+    @property
+    def empty(self) -> bool:
+        return self.latency_ms is None and self.energy_mj is None and self.power_w is None
+
+    def to_dict(self) -> Dict:
+        return asdict(self)
+
+
+@dataclass
+class Decision:
+    config: Config
+    predicted_latency_s: float
+    predicted_energy_j: Optional[float]
+    feasible: bool
+    latency_limit_ms: Optional[float]
+
+
+@dataclass
+class Params:
+    safety: float = 0.10
+    up_margin: float = 0.10
+    up_patience: int = 5
+    alpha: float = 0.3
+    stale_s: float = 2.0           # unobserved for this long → the correction decays to 1
+    freq_interval_s: float = 0.05
+    window: int = 2000             # observations kept for the status percentiles
+
+
+class _Lane:
+    """The allowed configurations of one (level, target), sorted by base latency."""
+    __slots__ = ("target", "idx", "lat", "best")
+
+    def __init__(self, target: int, idx: List[int], base_lat, base_ekey, freq):
+        idx = sorted(idx, key=lambda i: (base_lat[i], -freq[i]))
+        self.target = target
+        self.idx = idx
+        self.lat = [float(base_lat[i]) for i in idx]
+        self.best: List[int] = []       # best[j]: lowest-energy config among idx[0..j]
+        for i in idx:                   # (ties, or unknown energy: the lowest frequency)
+            if not self.best:
+                self.best.append(i)
+                continue
+            b = self.best[-1]
+            self.best.append(i if (base_ekey[i], freq[i]) < (base_ekey[b], freq[b]) else b)
+
+
+class Governor:
+    def __init__(self, space: Sequence[Config], levels: Sequence[Level], profile: Profile,
+                 clock: Callable[[], float] = time.monotonic, params: Optional[Params] = None):
+        if not space:
+            raise ValueError("empty configuration space")
+        self.space = list(space)
+        self.index = {c: i for i, c in enumerate(self.space)}
+        self.levels = {l.level: l for l in levels}
+        self.clock = clock
+        self.p = params or Params()
+        self.targets = sorted({c.target for c in self.space})
+        t_of = {t: i for i, t in enumerate(self.targets)}
+        self._tgt = np.array([t_of[c.target] for c in self.space])
+        self._lvl = np.array([c.level for c in self.space])
+        self._freq = np.array([c.freq_khz or 0 for c in self.space], dtype=float)
+        self._acc = np.array([self.levels[c.level].accuracy for c in self.space])
+        self._tgt_l, self._freq_l, self._acc_l = self._tgt.tolist(), self._freq.tolist(), self._acc.tolist()
+        # levels by accuracy, best first (level number breaks ties)
+        self._level_order = sorted({c.level for c in self.space},
+                                   key=lambda l: (-self.levels[l].accuracy, -l))
+        self.corr_lat = [1.0] * len(self.targets)
+        self.corr_en = [1.0] * len(self.targets)
+        self._seen = [-math.inf] * len(self.targets)
+        self.budget = Budget()
+        self._pin = np.ones(len(self.space), bool)
+        self.pinned: Dict = {}
+        self.set_profile(profile)
+        self.current: Optional[int] = None
+        self._up_count = 0
+        self._freq_changed_at = -math.inf
+        self.last: Optional[Decision] = None
+        self.decisions = self.switches = 0
+        self._obs_lat = deque(maxlen=self.p.window)
+        self._miss = deque(maxlen=self.p.window)
+        self._energy = deque(maxlen=self.p.window)
+
+    # ------------------------------------------------------------------ inputs
+    def set_profile(self, profile: Profile) -> None:
+        missing = {c.target for c in self.space} - set(profile.fits)
+        if missing:
+            raise ValueError("the profile has no fit for target(s) %s" % ", ".join(sorted(missing)))
+        self.profile = profile
+        preds = [profile.predict(c, self.levels[c.level].macs) for c in self.space]
+        self._base_lat = np.array([p[0] for p in preds])
+        self._base_en = np.array([np.nan if p[1] is None else p[1] for p in preds])
+        self._base_ekey = np.where(np.isnan(self._base_en), np.inf, self._base_en)
+        self._lat_l, self._ekey_l = self._base_lat.tolist(), self._base_ekey.tolist()
+        self._build_lanes()
+
+    def _build_lanes(self) -> None:
+        self._lanes: Dict[int, List[_Lane]] = {}
+        for lv in self._level_order:
+            lanes = []
+            for t in range(len(self.targets)):
+                idx = np.flatnonzero(self._pin & (self._lvl == lv) & (self._tgt == t)).tolist()
+                if idx:
+                    lanes.append(_Lane(t, idx, self._base_lat, self._base_ekey, self._freq))
+            self._lanes[lv] = lanes
+
+    def set_budget(self, budget: Budget) -> None:
+        self.budget = budget.validate()
+        self._up_count = 0
+
+    def clear_budget(self) -> None:
+        self.set_budget(Budget())
+
+    def pin(self, level: Optional[int] = None, target: Optional[str] = None,
+            freq_khz: Optional[int] = None) -> None:
+        """Restrict decisions to configurations matching what is given (any subset)."""
+        mask = np.ones(len(self.space), bool)
+        if level is not None:
+            mask &= self._lvl == level
+        if target is not None:
+            mask &= self._tgt == (self.targets.index(target) if target in self.targets else -1)
+        if freq_khz is not None:
+            mask &= self._freq == freq_khz
+        if not mask.any():
+            raise ValueError("no configuration has %s" % ", ".join(
+                "%s=%s" % kv for kv in (("groups", level), ("target", target), ("freq_khz", freq_khz))
+                if kv[1] is not None))
+        self._pin = mask
+        self.pinned = {k: v for k, v in (("groups", level), ("target", target), ("freq_khz", freq_khz))
+                       if v is not None}
+        self._build_lanes()
+
+    def release(self) -> None:
+        self._pin = np.ones(len(self.space), bool)
+        self.pinned = {}
+        self._build_lanes()
+
+    # ------------------------------------------------------------------ decide
+    def _decay_stale(self) -> None:
+        now = self.clock()
+        for t, seen in enumerate(self._seen):
+            if now - seen > self.p.stale_s and (self.corr_lat[t] != 1.0 or self.corr_en[t] != 1.0):
+                d = math.exp(-self.p.alpha)
+                self.corr_lat[t] = 1 + (self.corr_lat[t] - 1) * d
+                self.corr_en[t] = 1 + (self.corr_en[t] - 1) * d
+
+    def _lat(self, i: int) -> float:
+        return self._lat_l[i] * self.corr_lat[self._tgt_l[i]]
+
+    def _ekey(self, i: int) -> float:
+        return self._ekey_l[i] * self.corr_en[self._tgt_l[i]]
+
+    def _meets(self, i: int, lat_limit_s: Optional[float], margin: float) -> bool:
+        if lat_limit_s is not None and self._lat(i) * margin > lat_limit_s:
+            return False
+        e = self.budget.energy_mj
+        return e is None or not self._ekey(i) > e / 1e3 or math.isinf(self._ekey(i))
+
+    def _best_at(self, lv: int, lat_limit_s: Optional[float], margin: float,
+                 extra: Optional[int] = None) -> Optional[int]:
+        """Lowest-energy configuration of level ``lv`` meeting the budget (``extra``: one
+        more candidate to consider, the current configuration)."""
+        e_lim = self.budget.energy_mj
+        best, best_key = None, None
+        for lane in self._lanes.get(lv, ()):
+            if lat_limit_s is None:
+                j = len(lane.lat) - 1
+            else:
+                j = bisect.bisect_right(lane.lat, lat_limit_s / (margin * self.corr_lat[lane.target])) - 1
+                if j < 0:
+                    continue
+            i = lane.best[j]
+            key = (self._ekey(i), self._freq_l[i], self._lat(i))
+            if e_lim is not None and key[0] > e_lim / 1e3 and not math.isinf(key[0]):
+                continue
+            if best_key is None or key < best_key:
+                best, best_key = i, key
+        if extra is not None and self._lvl[extra] == lv:
+            key = (self._ekey(extra), self._freq_l[extra], self._lat(extra))
+            if best_key is None or key < best_key:
+                best = extra
+        return best
+
+    def decide(self, deadline_ms: Optional[float] = None, level: Optional[int] = None) -> Decision:
+        self._decay_stale()
+        b = self.budget
+        limit_ms = deadline_ms if deadline_ms is not None else b.latency_ms
+        limit_s = None if limit_ms is None else limit_ms / 1e3
+        margin = 1 + self.p.safety
+        order = self._level_order if level is None else [level]
+        if level is not None and not self._lanes.get(level):   # a forced level beats a pin
+            self._lanes[level] = [_Lane(t, np.flatnonzero((self._lvl == level) & (self._tgt == t)).tolist(),
+                                        self._base_lat, self._base_ekey, self._freq)
+                                  for t in range(len(self.targets)) if ((self._lvl == level) & (self._tgt == t)).any()]
+        cur = self.current
+        if b.power_w is not None:
+            cand, feasible = self._slow(order, limit_s, margin)
+        else:
+            cand = None
+            cur_safe = cur is not None and self._pin[cur] and self._meets(cur, limit_s, margin) \
+                and (level is None or self._lvl[cur] == level)
+            if cur_safe:
+                # Current is safe: any move needs the extra slack (no hopping on noise),
+                # and a move up in accuracy needs it for up_patience decisions in a row.
+                roomy = margin + self.p.up_margin
+                for lv in order:
+                    cand = self._best_at(lv, limit_s, roomy, extra=cur)
+                    if cand is not None:
+                        break
+                if cand is not None and self._acc_l[cand] > self._acc_l[cur]:
+                    self._up_count += 1
+                    if self._up_count < self.p.up_patience:
+                        cand = self._best_at(int(self._lvl[cur]), limit_s, roomy, extra=cur)
+                else:
+                    self._up_count = 0
+            else:
+                self._up_count = 0
+                for lv in order:
+                    cand = self._best_at(lv, limit_s, margin)
+                    if cand is not None:
+                        break
+            feasible = cand is not None
+            if not feasible:
+                cand, feasible = self._slow(order, limit_s, margin)
+            elif cur is not None and cand != cur and self._freq_l[cand] != self._freq_l[cur] and \
+                    self.clock() - self._freq_changed_at < self.p.freq_interval_s:
+                alt = self.index.get(Config(self.space[cand].level, self.space[cur].target, self.space[cur].freq_khz))
+                if alt is not None and self._pin[alt] and self._meets(alt, limit_s, margin):
+                    cand = alt
+        if cur is not None and cand != cur:
+            self.switches += 1
+            if self._freq_l[cand] != self._freq_l[cur] or self._tgt_l[cand] != self._tgt_l[cur]:
+                self._freq_changed_at = self.clock()
+        self.current = cand
+        self.decisions += 1
+        e = self._ekey(cand)
+        self.last = Decision(self.space[cand], self._lat(cand), None if math.isinf(e) else e,
+                             feasible, limit_ms)
+        return self.last
+
+    def _slow(self, order: Sequence[int], limit_s: Optional[float], margin: float) -> Tuple[int, bool]:
+        """Vectorised decision for power caps, and the closest configuration when nothing
+        meets the budget."""
+        b = self.budget
+        ct, ce = np.array(self.corr_lat), np.array(self.corr_en)
+        lat = self._base_lat * ct[self._tgt]
+        en = self._base_en * ce[self._tgt]
+        allowed = np.isin(self._lvl, order) & (self._pin if len(order) > 1 else True)
+        ratios = [np.zeros_like(lat)]
+        if limit_s is not None:
+            ratios.append(lat * margin / limit_s)
+        if b.energy_mj is not None:
+            ratios.append(np.where(np.isnan(en), 0.0, en / (b.energy_mj / 1e3)))
+        if b.power_w is not None:
+            ratios.append(np.where(np.isnan(en), 0.0, en / lat / b.power_w))
+        worst = np.max(ratios, axis=0)
+        ok = allowed & (worst <= 1.0)
+        feasible = bool(ok.any())
+        if not feasible:
+            m = worst[allowed].min()
+            ok = allowed & (worst <= m * (1 + 1e-9))
+        idx = np.flatnonzero(ok)
+        idx = idx[self._acc[idx] == self._acc[idx].max()]
+        ekey = self._base_ekey[idx] * ce[self._tgt[idx]]
+        return int(idx[np.lexsort((lat[idx], self._freq[idx], ekey))[0]]), feasible
+
+    # ------------------------------------------------------------------ feedback
+    def observe(self, config: Config, latency_s: float, energy_j: Optional[float] = None,
+                limit_ms: Optional[float] = None) -> None:
+        """Feed back one measured inference; ``limit_ms`` is the latency limit it was
+        decided under (default: the last decision's) for the miss rate."""
+        i = self.index.get(config)
+        if i is None or not latency_s > 0:
+            return
+        t = self._tgt_l[i]
+        a = self.p.alpha
+        self.corr_lat[t] = (1 - a) * self.corr_lat[t] + a * min(max(latency_s / self._lat_l[i], 0.05), 50.0)
+        base_e = self._base_en[i]
+        if energy_j is not None and energy_j > 0 and not math.isnan(base_e):
+            self.corr_en[t] = (1 - a) * self.corr_en[t] + a * min(max(energy_j / base_e, 0.05), 50.0)
+        self._seen[t] = self.clock()
+        if limit_ms is None and self.last is not None:
+            limit_ms = self.last.latency_limit_ms
+        self._obs_lat.append(latency_s * 1e3)
+        self._miss.append(limit_ms is not None and latency_s * 1e3 > limit_ms)
+        if energy_j is not None:
+            self._energy.append(energy_j * 1e3)
+
+    # ------------------------------------------------------------------ status
+    def status(self) -> Dict:
+        lat = np.array(self._obs_lat) if self._obs_lat else None
+        return {
+            "budget": self.budget.to_dict(),
+            "feasible": None if self.last is None else self.last.feasible,
+            "config": None if self.current is None else self.space[self.current].to_dict(),
+            "pinned": dict(self.pinned),
+            "predicted_latency_ms": None if self.last is None else round(self.last.predicted_latency_s * 1e3, 4),
+            "latency_ms": None if lat is None else {q: round(float(np.percentile(lat, int(q[1:]))), 4)
+                                                    for q in ("p50", "p95", "p99")},
+            "miss_rate": round(float(np.mean(self._miss)), 5) if self._miss else 0.0,
+            "energy_mj_mean": round(float(np.mean(self._energy)), 4) if self._energy else None,
+            "corrections": {t: round(float(c), 3) for t, c in zip(self.targets, self.corr_lat)},
+            "decisions": self.decisions, "switches": self.switches, "profile": self.profile.source,
+        }

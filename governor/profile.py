@@ -1,0 +1,113 @@
+"""The profile: predicted latency and energy of every configuration.
+
+Measured on a few configurations, fitted per target, predicted for the rest:
+
+* latency = a_t x MACs / f + b_t   (work over clock plus a fixed cost; f = 1 without DVFS),
+  least squares per target over the measured points;
+* power   = measured mean power at each measured (target, f), interpolated linearly in f
+  for the frequencies not measured (None where the platform has no energy sensor);
+* energy  = power x latency.
+
+Plain data in and out (JSON-able), no I/O: the daemon stores it in its state directory.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+
+from .space import Config, Level
+
+
+@dataclass
+class Sample:
+    config: Config
+    latency_s: float
+    energy_j: Optional[float] = None
+
+
+@dataclass
+class TargetFit:
+    a: float                      # seconds per (MAC / kHz)
+    b: float                      # seconds
+    power: Dict[int, float] = field(default_factory=dict)   # kHz (0: no DVFS) → W
+
+    def latency(self, macs: float, khz: Optional[int]) -> float:
+        return max(self.a * macs / (khz or 1) + self.b, 1e-7)
+
+    def watts(self, khz: Optional[int]) -> Optional[float]:
+        if not self.power:
+            return None
+        pts = sorted(self.power.items())
+        f = khz or 0
+        xs, ys = [p[0] for p in pts], [p[1] for p in pts]
+        return float(np.interp(f, xs, ys))
+
+
+class Profile:
+    def __init__(self, fits: Dict[str, TargetFit], source: str = "fitted"):
+        self.fits = fits
+        self.source = source
+
+    @classmethod
+    def fit(cls, samples: Sequence[Sample], levels: Sequence[Level], source: str = "measured") -> "Profile":
+        macs = {l.level: l.macs for l in levels}
+        by_target: Dict[str, List[Sample]] = {}
+        for s in samples:
+            by_target.setdefault(s.config.target, []).append(s)
+        fits: Dict[str, TargetFit] = {}
+        for target, ss in by_target.items():
+            x = np.array([macs[s.config.level] / (s.config.freq_khz or 1) for s in ss])
+            y = np.array([s.latency_s for s in ss])
+            if len(set(np.round(x, 12))) >= 2:
+                a, b = np.linalg.lstsq(np.stack([x, np.ones_like(x)], 1), y, rcond=None)[0]
+                if a <= 0:                       # noise swamped the slope: fall back to a ratio
+                    a, b = float(np.median(y / x)), 0.0
+                b = max(float(b), 0.0)
+            else:
+                a, b = float(np.median(y / x)), 0.0
+            power: Dict[int, List[float]] = {}
+            for s in ss:
+                if s.energy_j is not None and s.latency_s > 0:
+                    power.setdefault(s.config.freq_khz or 0, []).append(s.energy_j / s.latency_s)
+            fits[target] = TargetFit(float(a), float(b), {f: float(np.median(v)) for f, v in power.items()})
+        return cls(fits, source)
+
+    def predict(self, config: Config, macs: int) -> Tuple[float, Optional[float]]:
+        fit = self.fits[config.target]
+        lat = fit.latency(macs, config.freq_khz)
+        w = fit.watts(config.freq_khz)
+        return lat, (None if w is None else w * lat)
+
+    def to_dict(self) -> Dict:
+        return {"source": self.source,
+                "targets": {t: {"a": f.a, "b": f.b, "power_w": {str(k): v for k, v in f.power.items()}}
+                            for t, f in self.fits.items()}}
+
+    @classmethod
+    def from_dict(cls, d: Dict) -> "Profile":
+        try:
+            fits = {t: TargetFit(float(v["a"]), float(v["b"]), {int(k): float(w) for k, w in v.get("power_w", {}).items()})
+                    for t, v in d["targets"].items()}
+        except (KeyError, TypeError, ValueError, AttributeError) as e:
+            raise ValueError("malformed profile: %s" % e) from None
+        return cls(fits, d.get("source", "loaded"))
+
+
+def plan_measurements(space: Sequence[Config]) -> List[Config]:
+    """Which configurations ``dnnscale profile`` measures: per target, every level at the
+    lowest and highest frequency (the latency slope and intercept) and the largest level at
+    every frequency (power per frequency). Everything else is predicted."""
+    out: List[Config] = []
+    by_target: Dict[str, List[Config]] = {}
+    for c in space:
+        by_target.setdefault(c.target, []).append(c)
+    for target, cs in by_target.items():
+        freqs = sorted({c.freq_khz or 0 for c in cs})
+        levels = sorted({c.level for c in cs})
+        for c in cs:
+            f = c.freq_khz or 0
+            if f in (freqs[0], freqs[-1]) or c.level == levels[-1]:
+                out.append(c)
+    return out

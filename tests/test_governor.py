@@ -1,0 +1,217 @@
+"""The governor: each rule on a small synthetic space, then the closed loop on the
+simulated boards (simulated time: deterministic and fast)."""
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from governor import Budget, Config, Governor, Level, Params, Profile, Sample, TargetFit, build_space, plan_measurements
+from models.arch import Arch
+
+LEVELS = [Level(1, 80.0, 10_000_000), Level(2, 84.0, 20_000_000), Level(3, 86.0, 30_000_000),
+          Level(4, 87.0, 40_000_000)]
+FREQS = {"big": [500000, 1000000, 2000000], "little": [500000, 1000000]}
+
+
+class Clock:
+    def __init__(self):
+        self.t = 0.0
+
+    def __call__(self):
+        return self.t
+
+
+def profile():
+    # big: 1 ms per 10 MMAC at 1 GHz; little: 3x slower. Power grows with f; energy = P x t.
+    return Profile({"big": TargetFit(1e-3 / (1e7 / 1e6), 0.0, {500000: 0.5, 1000000: 1.2, 2000000: 4.0}),
+                    "little": TargetFit(3e-3 / (1e7 / 1e6), 0.0, {500000: 0.1, 1000000: 0.25})})
+
+
+def gov(**params):
+    clock = Clock()
+    g = Governor(build_space(LEVELS, FREQS), LEVELS, profile(), clock=clock, params=Params(**params))
+    return g, clock
+
+
+def pred(g, c):
+    return g.profile.predict(c, g.levels[c.level].macs)
+
+
+def test_no_budget_best_accuracy_lowest_energy():
+    g, _ = gov()
+    d = g.decide()
+    assert d.config.level == 4 and d.feasible
+    same = [c for c in g.space if c.level == 4]
+    assert pred(g, d.config)[1] == min(pred(g, c)[1] for c in same)
+
+
+def test_latency_budget_highest_level_that_fits():
+    g, _ = gov()
+    g.set_budget(Budget(latency_ms=2.5))     # level 4 on big at 2 GHz: 2.0 ms x 1.1 = 2.2 ok
+    d = g.decide()
+    assert d.config == Config(4, "big", 2000000)
+    g.set_budget(Budget(latency_ms=1.5))     # level 4 needs 2.2: level 2 at 2 GHz (1.1) fits, level 3 (1.65) not
+    assert g.decide().config.level == 2
+
+
+def test_steps_down_at_once_on_risk():
+    g, clock = gov()
+    g.set_budget(Budget(latency_ms=2.5))
+    d = g.decide()
+    assert d.config.level == 4
+    for _ in range(2):                       # interference: the big cluster runs 1.5x slower
+        g.observe(d.config, pred(g, d.config)[0] * 1.5)
+    d2 = g.decide()
+    assert d2.config.level < 4 and d2.feasible
+    assert g.status()["corrections"]["big"] > 1.2
+
+
+def test_hysteresis_waits_before_going_up():
+    g, clock = gov(up_patience=5)
+    g.set_budget(Budget(latency_ms=2.5))
+    d = g.decide()
+    for _ in range(3):
+        g.observe(d.config, pred(g, d.config)[0] * 1.5)
+    d = g.decide()
+    assert d.config.level < 4
+    ups = []
+    for i in range(12):                      # the load is gone: observations match the profile
+        g.observe(d.config, pred(g, d.config)[0])
+        d = g.decide()
+        ups.append(d.config.level)
+    first_up = next(i for i, l in enumerate(ups) if l == 4)
+    assert first_up >= 4                     # not on the first slack decision
+    assert ups[-1] == 4
+
+
+def test_no_hopping_on_noise():
+    g, clock = gov()
+    g.set_budget(Budget(latency_ms=2.3))
+    d = g.decide()
+    import random
+    rng = random.Random(1)
+    for _ in range(300):
+        clock.t += 0.01
+        g.observe(d.config, pred(g, d.config)[0] * (1 + rng.gauss(0, 0.02)))
+        d = g.decide()
+    assert g.switches <= 3
+
+
+def test_infeasible_budget_closest_and_flagged():
+    g, _ = gov()
+    g.set_budget(Budget(latency_ms=0.1))     # nothing is that fast
+    d = g.decide()
+    assert not d.feasible
+    assert d.config == Config(1, "big", 2000000)   # the fastest: closest to the budget
+    assert g.status()["feasible"] is False
+
+
+def test_energy_budget():
+    g, _ = gov()
+    g.set_budget(Budget(energy_mj=2.0))
+    d = g.decide()
+    assert d.predicted_energy_j * 1e3 <= 2.0
+    best = max((c for c in g.space if pred(g, c)[1] * 1e3 <= 2.0), key=lambda c: g.levels[c.level].accuracy)
+    assert g.levels[d.config.level].accuracy == g.levels[best.level].accuracy
+
+
+def test_power_budget():
+    g, _ = gov()
+    g.set_budget(Budget(power_w=1.0))
+    d = g.decide()
+    assert d.predicted_energy_j / d.predicted_latency_s <= 1.0 and d.feasible
+
+
+def test_request_deadline_overrides_budget():
+    g, _ = gov()
+    g.set_budget(Budget(latency_ms=100.0))
+    assert g.decide().config.level == 4
+    d = g.decide(deadline_ms=0.9)
+    assert d.config.level == 1 and d.latency_limit_ms == 0.9
+    assert g.budget.latency_ms == 100.0
+
+
+def test_forced_level():
+    g, _ = gov()
+    g.set_budget(Budget(latency_ms=100.0))
+    assert g.decide(level=2).config.level == 2
+
+
+def test_rate_limit_on_frequency_changes():
+    g, clock = gov(freq_interval_s=1.0)
+    assert g.decide().config == Config(4, "little", 500000)     # no budget: the frugal one
+    clock.t = 0.01
+    g.set_budget(Budget(latency_ms=15.0))    # 24 ms at 500 MHz misses: a forced change
+    assert g.decide().config == Config(4, "little", 1000000)
+    clock.t = 0.02
+    g.set_budget(Budget(latency_ms=100.0))   # 500 MHz would save energy again, but the last
+    assert g.decide().config.freq_khz == 1000000                # change was 10 ms ago
+    clock.t = 1.5
+    assert g.decide().config.freq_khz == 500000
+
+
+def test_pin_and_release():
+    g, _ = gov()
+    g.pin(target="little")
+    assert g.decide().config.target == "little"
+    g.pin(level=1, freq_khz=500000)
+    d = g.decide()
+    assert (d.config.level, d.config.freq_khz) == (1, 500000)
+    with pytest.raises(ValueError, match="no configuration has target=gpu"):
+        g.pin(target="gpu")
+    g.release()
+    levels = [g.decide().config.level for _ in range(6)]   # up in accuracy after the hysteresis
+    assert levels[0] == 1 and levels[-1] == 4
+
+
+@pytest.mark.parametrize("bad", [dict(latency_ms=-1), dict(latency_ms=0), dict(latency_ms=float("nan")),
+                                 dict(energy_mj=float("inf")), dict(power_w=1e9), dict(latency_ms=True),
+                                 dict(latency_ms="5")])
+def test_budget_validation(bad):
+    with pytest.raises(ValueError):
+        Budget(**bad).validate()
+
+
+def test_profile_fit_recovers_the_model():
+    true = TargetFit(2e-9 * 1e3, 3e-4, {})
+    levels = LEVELS
+    space = build_space(levels, {"big": FREQS["big"]})
+    samples = [Sample(c, true.latency(levels[c.level - 1].macs, c.freq_khz), 1.0 * true.latency(
+        levels[c.level - 1].macs, c.freq_khz)) for c in plan_measurements(space)]
+    p = Profile.fit(samples, levels)
+    assert p.fits["big"].a == pytest.approx(true.a, rel=1e-6)
+    assert p.fits["big"].b == pytest.approx(true.b, rel=1e-6)
+    for c in space:
+        assert p.predict(c, levels[c.level - 1].macs)[0] == pytest.approx(true.latency(levels[c.level - 1].macs, c.freq_khz))
+    assert len(plan_measurements(space)) < len(space)
+    assert Profile.from_dict(p.to_dict()).fits["big"].a == p.fits["big"].a
+
+
+def test_profile_from_bad_dict():
+    with pytest.raises(ValueError, match="malformed profile"):
+        Profile.from_dict({"targets": {"cpu": {"a": "x"}}})
+
+
+# ----------------------------------------------------------------------------- closed loop
+@pytest.fixture(scope="module")
+def closed_loop():
+    from bench import scenarios as S
+    levels = S.default_levels([Arch().cost(k)["macs"] for k in range(1, 5)])
+    return {sc.board: {p: S.run(sc, p, levels) for p in S.POLICIES} for sc in S.scenarios()}
+
+
+@pytest.mark.parametrize("board", ["sim-odroid-xu3", "sim-jetson-nano"])
+def test_closed_loop_targets(closed_loop, board):
+    r = closed_loop[board]
+    ours, oracle, perf = r["dnnscale"], r["oracle"], r["performance"]
+    assert ours["miss_rate"] <= 0.01
+    assert ours["accuracy"] >= oracle["accuracy"] - 1.0
+    assert ours["miss_rate"] <= perf["miss_rate"]
+    assert ours["energy_mj"] <= oracle["energy_mj"] * 1.02     # as frugal as the oracle
+    assert ours["energy_mj"] < perf["energy_mj"]
+
+
+def test_closed_loop_xu3_saves_a_fifth_of_the_energy(closed_loop):
+    r = closed_loop["sim-odroid-xu3"]
+    assert r["dnnscale"]["energy_mj"] <= 0.8 * r["performance"]["energy_mj"]
