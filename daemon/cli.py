@@ -98,6 +98,234 @@ def cmd_platform(a: argparse.Namespace) -> int:
     return 0
 
 
+# ---------------------------------------------------------------------------- serve
+def _setup_logging(level: str) -> None:
+    import logging
+    logging.basicConfig(level=getattr(logging, level.upper(), logging.INFO), stream=sys.stderr,
+                        format="%(levelname)s %(name)s: %(message)s")
+
+
+def _load_config(a: argparse.Namespace):
+    from .config import ConfigError, load
+    keys = ("model", "platform", "sysfs_root", "infer_endpoint", "control_endpoint", "state_dir", "threads")
+    try:
+        return load(getattr(a, "config", None), {k: getattr(a, k, None) for k in keys})
+    except ConfigError as e:
+        raise CliError(str(e))
+
+
+def _build_service(cfg, show_progress: bool):
+    from models import ModelSetError
+    from .config import ConfigError
+    from .service import Service
+    bar = None
+
+    def progress(done, total):
+        nonlocal bar
+        if bar is None:
+            from tqdm import tqdm
+            bar = tqdm(total=total, desc="profiling", file=sys.stderr, disable=not show_progress, leave=False)
+        bar.update(1)
+
+    try:
+        return Service(cfg, progress=progress)
+    except (ModelSetError, ConfigError) as e:
+        raise CliError(str(e))
+    finally:
+        if bar is not None:
+            bar.close()
+
+
+def cmd_serve(a: argparse.Namespace) -> int:
+    import signal
+    import threading
+    from .config import ConfigError
+    from .notify import Notifier
+    from .server import Server
+    cfg = _load_config(a)
+    _setup_logging(cfg.log_level)
+    notifier = Notifier()
+    notifier.status("loading %s" % (cfg.model or "the shipped model"))
+    service = _build_service(cfg, show_progress=sys.stderr.isatty())
+    server = Server(service, cfg, notifier)
+    try:
+        server.bind()
+    except ConfigError as e:
+        service.stop()
+        server.close()
+        raise CliError(str(e))
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    signal.signal(signal.SIGHUP, lambda *_: server.reload_requested.set())
+    try:
+        server.serve(stop, ready_status="serving %s (%d levels) on %s" % (
+            service.models.name, service.models.groups, service.platform.name))
+    finally:
+        errors = service.stop()
+        server.close()
+        for e in errors:
+            print("dnnscale serve: could not restore %s" % e, file=sys.stderr)
+    return 0
+
+
+def cmd_profile(a: argparse.Namespace) -> int:
+    from . import profiler
+    cfg = _load_config(a)
+    _setup_logging(cfg.log_level)
+    cfg.profile_runs = a.runs
+    import os
+    path = os.path.join(cfg.state_dir, profiler.PROFILE_FILE)
+    if os.path.exists(path):
+        os.remove(path)   # force a fresh measurement
+    service = _build_service(cfg, show_progress=True)
+    try:
+        out = profiler.save(cfg.state_dir, service.governor.profile, service.profile_key)
+    finally:
+        service.stop()
+    n, m = len(service.space), len(profiler.plan_measurements(service.space))
+    print("profiled %d of %d configurations on %s (%s), predicted the rest; written to %s"
+          % (m, n, service.platform.name, service.governor.profile.source, out))
+    for t, f in service.governor.profile.fits.items():
+        print("  %-6s latency = %.3g s x MMAC/MHz + %.3f ms%s" % (t, f.a * 1e3, f.b * 1e3,
+              "" if not f.power else ", power %.2f-%.2f W" % (min(f.power.values()), max(f.power.values()))))
+    print("reload a running daemon with: dnnscale reload  (or systemctl reload dnnscale)")
+    return 0
+
+
+# ---------------------------------------------------------------------------- clients
+def _client(a: argparse.Namespace):
+    from .client import Client
+    return Client(endpoint=getattr(a, "endpoint", None), control_endpoint=getattr(a, "control_endpoint", None),
+                  timeout_s=a.timeout)
+
+
+def _call(fn):
+    from .client import ClientError
+    try:
+        return fn()
+    except ClientError as e:
+        raise CliError(str(e), code=1)
+
+
+def read_images(paths: List[str]):
+    """PNG/JPEG (any size: converted to RGB and resized to 32x32) or .npy (uint8 HWC/NHWC)."""
+    import numpy as np
+    out = []
+    for p in paths:
+        if not os.path.isfile(p):
+            raise CliError("%s does not exist" % p)
+        if p.lower().endswith(".npy"):
+            try:
+                arr = np.load(p, allow_pickle=False)
+            except (ValueError, OSError) as e:
+                raise CliError("%s is not a readable .npy file: %s" % (p, e))
+            if arr.dtype != np.uint8 or arr.ndim not in (3, 4) or arr.shape[-3:] != (32, 32, 3):
+                raise CliError("%s must hold uint8 images [32, 32, 3] or [N, 32, 32, 3], got %s %s"
+                               % (p, arr.dtype, list(arr.shape)))
+            out.extend(arr.reshape(-1, 32, 32, 3))
+        else:
+            from PIL import Image, UnidentifiedImageError
+            try:
+                with Image.open(p) as im:
+                    out.append(np.asarray(im.convert("RGB").resize((32, 32), Image.BILINEAR), dtype=np.uint8))
+            except (UnidentifiedImageError, OSError) as e:
+                raise CliError("%s is not an image Pillow can read: %s" % (p, e))
+    return np.stack(out)
+
+
+def cmd_infer(a: argparse.Namespace) -> int:
+    import json
+    images = read_images(a.files)
+    res = _call(lambda: _client(a).infer(images, groups=a.groups))
+    if a.json:
+        print(json.dumps(res.header))
+        return 0
+    cfg = res.config
+    print("config: %d groups on %s at %s, %.3f ms%s%s" % (
+        cfg["groups"], cfg["target"], "%d MHz" % (cfg["freq_khz"] // 1000) if cfg["freq_khz"] else "fixed frequency",
+        res.latency_ms, "" if res.energy_mj is None else ", %.3f mJ" % res.energy_mj,
+        " (SIMULATED)" if res.header.get("simulated") else ""))
+    names = res.header.get("names") or [str(l) for l in res.labels]
+    for i, (lab, name) in enumerate(zip(res.labels, names)):
+        print("%d: %d %s" % (i, lab, name))
+    return 0
+
+
+def cmd_budget(a: argparse.Namespace) -> int:
+    c = _client(a)
+    if a.clear:
+        if a.latency_ms is not None or a.energy_mj is not None or a.power_w is not None:
+            raise CliError("--clear takes no other option")
+        r = _call(c.clear_budget)
+    elif a.latency_ms is None and a.energy_mj is None and a.power_w is None:
+        r = {"budget": _call(c.status)["budget"]}
+    else:
+        r = _call(lambda: c.set_budget(a.latency_ms, a.energy_mj, a.power_w))
+    b = r["budget"]
+    parts = ["%s %s" % (k, v) for k, v in b.items() if v is not None]
+    print("budget: %s" % (", ".join(parts) or "none (best accuracy at the lowest energy)"))
+    return 0
+
+
+def format_status(s) -> str:
+    cfg = s.get("config") or {}
+    lat = s.get("latency_ms") or {}
+    lines = ["platform: %s%s   model: %s (%s, %d levels)" % (
+        s["platform"], " (SIMULATED)" if s.get("simulated") else "", s["model"]["name"], s["model"]["kind"],
+        s["model"]["levels"])]
+    b = {k: v for k, v in s["budget"].items() if v is not None}
+    lines.append("budget: %s%s" % (", ".join("%s %s" % kv for kv in b.items()) or "none",
+                                   "" if s.get("feasible") in (None, True) else "   INFEASIBLE: serving the closest configuration"))
+    if cfg:
+        lines.append("config: %s groups on %s at %s%s" % (cfg["groups"], cfg["target"],
+                     "%d MHz" % (cfg["freq_khz"] // 1000) if cfg.get("freq_khz") else "fixed frequency",
+                     "   pinned %s" % s["pinned"] if s.get("pinned") else ""))
+    if lat:
+        lines.append("latency ms: p50 %.3f  p95 %.3f  p99 %.3f   miss rate %.2f%%   served %d" % (
+            lat["p50"], lat["p95"], lat["p99"], 100 * s["miss_rate"], s["served"]))
+    else:
+        lines.append("no inference served yet")
+    lines.append("energy: %s" % ("%.3f mJ per inference (mean)" % s["energy_mj_mean"] if s.get("energy_mj_mean")
+                                 is not None else s["energy"]["reason"] or "not measured"))
+    lines.append("dvfs: %s" % ("on" if s["dvfs"]["enabled"] else "off (%s)" % s["dvfs"]["reason"]))
+    lines.append("targets: %s" % ", ".join(s["targets"]) + ("" if s.get("gpu") in ("available", "none")
+                                                           else "   (%s)" % s["gpu"]))
+    if s.get("temperatures_c"):
+        lines.append("temperatures: %s" % ", ".join("%s %.1f C" % kv for kv in s["temperatures_c"].items()))
+    if s.get("errors"):
+        lines.append("refused requests: %s" % ", ".join("%s %d" % kv for kv in sorted(s["errors"].items())))
+    return "\n".join(lines)
+
+
+def cmd_status(a: argparse.Namespace) -> int:
+    import json
+    s = _call(_client(a).status)
+    print(json.dumps(s, indent=1) if a.json else format_status(s))
+    return 0
+
+
+def cmd_pin(a: argparse.Namespace) -> int:
+    if a.groups is None and a.target is None and a.freq_mhz is None:
+        raise CliError("give at least one of --groups, --target, --freq-mhz")
+    freq = None if a.freq_mhz is None else int(round(a.freq_mhz * 1000))
+    r = _call(lambda: _client(a).pin(a.groups, a.target, freq))
+    print("pinned: %s" % r["pinned"])
+    return 0
+
+
+def cmd_release(a: argparse.Namespace) -> int:
+    _call(_client(a).release)
+    print("released: the governor chooses freely again")
+    return 0
+
+
+def cmd_reload(a: argparse.Namespace) -> int:
+    r = _call(_client(a).reload)
+    print("reloaded %s; profile: %s" % (r["model"], r["profile"]))
+    return 0
+
+
 # ---------------------------------------------------------------------------- parser
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
@@ -137,6 +365,62 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--limit", type=int, default=None, help="evaluate only the first N test images")
     e.add_argument("--latency-runs", type=int, default=200, help="batch-1 runs timed per k")
     e.set_defaults(func=cmd_eval)
+    sv = sub.add_parser("serve", help="run the daemon in the foreground (what systemd runs)",
+                        description="Load the model set, the platform adapter and the governor, and serve "
+                                    "inference and control requests over ZeroMQ until SIGTERM.")
+    sv.add_argument("--config", default=None, help="YAML config file (default: /etc/dnnscale/config.yaml "
+                    "or ~/.config/dnnscale/config.yaml if present)")
+    sv.add_argument("--model", default=None, help="model-set folder or shipped name (default: the shipped model)")
+    sv.add_argument("--platform", default=None, help="platform name (default: detect)")
+    sv.add_argument("--sysfs-root", default=None, help="root of the sysfs tree (default /)")
+    sv.add_argument("--infer-endpoint", default=None, help="default tcp://127.0.0.1:5555")
+    sv.add_argument("--control-endpoint", default=None, help="default ipc://<runtime dir>/control.sock")
+    sv.add_argument("--state-dir", default=None, help="default $STATE_DIRECTORY or ~/.local/state/dnnscale")
+    sv.add_argument("--threads", type=int, default=None, help="onnxruntime threads (default: all CPUs)")
+    sv.set_defaults(func=cmd_serve)
+
+    pr = sub.add_parser("profile", help="measure latency/power per configuration on this board",
+                        description="Measure the planned configurations on the live platform, fit the "
+                                    "latency and power model, predict the rest, and save the profile to "
+                                    "the state directory, where the daemon picks it up (dnnscale reload).")
+    for flag in ("--config", "--model", "--platform", "--sysfs-root", "--state-dir"):
+        pr.add_argument(flag, default=None)
+    pr.add_argument("--threads", type=int, default=None)
+    pr.add_argument("--runs", type=int, default=20, help="timed runs per configuration (median)")
+    pr.set_defaults(func=cmd_profile)
+
+    def client_parser(name, help, infer=False):
+        c = sub.add_parser(name, help=help, description=help)
+        if infer:
+            c.add_argument("--endpoint", default=None, help="inference endpoint (default tcp://127.0.0.1:5555)")
+        else:
+            c.add_argument("--control-endpoint", default=None,
+                           help="control endpoint (default: the daemon's ipc socket)")
+        c.add_argument("--timeout", type=float, default=5.0, help="seconds to wait for the daemon")
+        return c
+
+    inf = client_parser("infer", "classify images (PNG/JPEG/.npy) with the running daemon", infer=True)
+    inf.add_argument("files", nargs="+", metavar="FILE")
+    inf.add_argument("--groups", type=int, default=None, help="force k groups for this request")
+    inf.add_argument("--json", action="store_true")
+    inf.set_defaults(func=cmd_infer)
+    bu = client_parser("budget", "show, set or clear the latency/energy budget")
+    bu.add_argument("--latency-ms", type=float, default=None)
+    bu.add_argument("--energy-mj", type=float, default=None)
+    bu.add_argument("--power-w", type=float, default=None)
+    bu.add_argument("--clear", action="store_true")
+    bu.set_defaults(func=cmd_budget)
+    st = client_parser("status", "what the daemon is doing")
+    st.add_argument("--json", action="store_true")
+    st.set_defaults(func=cmd_status)
+    pn = client_parser("pin", "fix (part of) the configuration: groups, target, frequency")
+    pn.add_argument("--groups", type=int, default=None)
+    pn.add_argument("--target", default=None)
+    pn.add_argument("--freq-mhz", type=float, default=None)
+    pn.set_defaults(func=cmd_pin)
+    client_parser("release", "undo pin: let the governor choose").set_defaults(func=cmd_release)
+    client_parser("reload", "re-verify and reload the model set and the stored profile").set_defaults(func=cmd_reload)
+
     pl = sub.add_parser("platform", help="what dnnscale sees on this board",
                         description="Targets with CPUs and frequencies, GPU, power rails, thermal zones.")
     pl.add_argument("--platform", default=None, help="platform name (default: detect); one of "

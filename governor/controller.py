@@ -10,6 +10,8 @@ highest accuracy, and the lowest energy among equals.
 * Hysteresis: while the current configuration is safe, a move needs a further
   ``up_margin`` of slack (so noise does not make it hop between neighbouring frequencies),
   and a move *up* in accuracy needs it for ``up_patience`` consecutive decisions.
+* A request that forces its level (``decide(level=k)``) gets the best configuration of
+  that level but leaves the governed state (and its hysteresis) where it was.
 * Rate limit: a frequency change within ``freq_interval_s`` of the last one is avoided
   when a configuration at the current frequency is as accurate and feasible.
 * Infeasible budget: the configuration closest to it (the smallest worst-case ratio of
@@ -290,7 +292,8 @@ class Governor:
             self.switches += 1
             if self._freq_l[cand] != self._freq_l[cur] or self._tgt_l[cand] != self._tgt_l[cur]:
                 self._freq_changed_at = self.clock()
-        self.current = cand
+        if level is None:   # a request that forces its level does not move the governed state
+            self.current = cand
         self.decisions += 1
         e = self._ekey(cand)
         self.last = Decision(self.space[cand], self._lat(cand), None if math.isinf(e) else e,

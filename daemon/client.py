@@ -1,0 +1,159 @@
+"""``Client``: talk to a running ``dnnscale serve``.
+
+Each call sends one request with a fresh id on a DEALER socket and waits at most
+``timeout_s`` for the reply with that id (replies to earlier, timed-out requests are
+discarded). No daemon → :class:`DaemonUnavailable` after the time-out, never a hang.
+"""
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import time
+from dataclasses import dataclass
+from typing import Any, Dict, List, Optional
+
+import numpy as np
+import zmq
+
+from .config import DEFAULT_INFER_ENDPOINT, default_control_endpoint
+
+
+class ClientError(Exception):
+    pass
+
+
+class DaemonUnavailable(ClientError):
+    """No reply within the time-out."""
+
+
+class DaemonError(ClientError):
+    """The daemon refused the request; ``code`` is the stable error code."""
+
+    def __init__(self, code: str, message: str):
+        super().__init__("%s: %s" % (code, message))
+        self.code = code
+        self.message = message
+
+
+@dataclass
+class Result:
+    labels: List[int]
+    logits: np.ndarray
+    config: Dict
+    latency_ms: float
+    energy_mj: Optional[float]
+    header: Dict
+
+
+class Client:
+    def __init__(self, endpoint: Optional[str] = None, control_endpoint: Optional[str] = None,
+                 timeout_s: float = 5.0, ctx: Optional[zmq.Context] = None):
+        self.endpoint = endpoint or DEFAULT_INFER_ENDPOINT
+        self.control_endpoint = control_endpoint or default_control_endpoint(for_client=True)
+        self.timeout_s = timeout_s
+        self.ctx = ctx or zmq.Context.instance()
+        self._ids = itertools.count(1)
+        self._prefix = "%d-%x" % (os.getpid(), id(self) & 0xFFFFFF)
+        self._socks: Dict[str, zmq.Socket] = {}
+
+    def _sock(self, endpoint: str) -> zmq.Socket:
+        s = self._socks.get(endpoint)
+        if s is None:
+            s = self.ctx.socket(zmq.DEALER)
+            s.setsockopt(zmq.LINGER, 0)
+            s.connect(endpoint)
+            self._socks[endpoint] = s
+        return s
+
+    def _call(self, endpoint: str, frames: List[bytes], rid: str) -> List[bytes]:
+        s = self._sock(endpoint)
+        s.send_multipart(frames)
+        end = time.monotonic() + self.timeout_s
+        while True:
+            left = end - time.monotonic()
+            if left <= 0 or not s.poll(int(left * 1000) + 1):
+                # Drop the socket: a late reply must not be read as the next call's.
+                s.close(linger=0)
+                self._socks.pop(endpoint, None)
+                raise DaemonUnavailable("no reply from the dnnscale daemon at %s within %.1f s "
+                                        "(is `dnnscale serve` running?)" % (endpoint, self.timeout_s))
+            reply = s.recv_multipart()
+            try:
+                head = json.loads(reply[0])
+            except (ValueError, IndexError):
+                continue
+            if isinstance(head, dict) and head.get("id") == rid:
+                return reply
+
+    def _next_id(self) -> str:
+        return "%s-%d" % (self._prefix, next(self._ids))
+
+    # ------------------------------------------------------------------ inference
+    def infer(self, images: np.ndarray, groups: Optional[int] = None,
+              deadline_ms: Optional[float] = None) -> Result:
+        """Classify uint8 NHWC images or float32 NCHW normalised input."""
+        images = np.ascontiguousarray(images)
+        if images.dtype == np.uint8:
+            dtype = "uint8"
+        elif images.dtype == np.float32:
+            dtype = "float32"
+        else:
+            raise ClientError("images must be uint8 NHWC or float32 NCHW, got %s" % images.dtype)
+        if images.ndim == 3:
+            images = images[None]
+        rid = self._next_id()
+        header = {"id": rid, "dtype": dtype, "shape": list(images.shape)}
+        if groups is not None:
+            header["groups"] = groups
+        if deadline_ms is not None:
+            header["deadline_ms"] = deadline_ms
+        reply = self._call(self.endpoint, [json.dumps(header).encode(), images.tobytes()], rid)
+        head = json.loads(reply[0])
+        if not head.get("ok"):
+            err = head.get("error", {})
+            raise DaemonError(err.get("code", "?"), err.get("message", ""))
+        logits = np.frombuffer(reply[1], dtype="<f4").reshape(len(head["labels"]), -1)
+        return Result(head["labels"], logits, head["config"], head["latency_ms"], head.get("energy_mj"), head)
+
+    # ------------------------------------------------------------------ control
+    def command(self, cmd: str, **args: Any) -> Dict:
+        rid = self._next_id()
+        msg = dict(args, cmd=cmd, id=rid)
+        reply = json.loads(self._call(self.control_endpoint, [json.dumps(msg).encode()], rid)[0])
+        if not reply.get("ok"):
+            err = reply.get("error", {})
+            raise DaemonError(err.get("code", "?"), err.get("message", ""))
+        return reply
+
+    def set_budget(self, latency_ms: Optional[float] = None, energy_mj: Optional[float] = None,
+                   power_w: Optional[float] = None) -> Dict:
+        return self.command("set_budget", latency_ms=latency_ms, energy_mj=energy_mj, power_w=power_w)
+
+    def clear_budget(self) -> Dict:
+        return self.command("clear_budget")
+
+    def status(self) -> Dict:
+        return self.command("status")
+
+    def pin(self, groups: Optional[int] = None, target: Optional[str] = None,
+            freq_khz: Optional[int] = None) -> Dict:
+        args = {k: v for k, v in (("groups", groups), ("target", target), ("freq_khz", freq_khz)) if v is not None}
+        return self.command("pin", **args)
+
+    def release(self) -> Dict:
+        return self.command("release")
+
+    def reload(self) -> Dict:
+        return self.command("reload")
+
+    def close(self) -> None:
+        for s in self._socks.values():
+            s.close(linger=0)
+        self._socks.clear()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()

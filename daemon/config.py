@@ -1,0 +1,143 @@
+"""The daemon's configuration: defaults, the YAML file, command-line overrides; every key
+validated, and an error names the key and what is allowed.
+
+Default locations (the first that exists): ``$DNNSCALE_CONFIG``, ``/etc/dnnscale/config.yaml``,
+``$XDG_CONFIG_HOME/dnnscale/config.yaml``. Directories follow systemd when run by it
+(``$STATE_DIRECTORY``, ``$RUNTIME_DIRECTORY``) and per-user XDG locations otherwise.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field, fields
+from typing import Any, Dict, List, Optional
+
+import yaml
+
+DEFAULT_INFER_ENDPOINT = "tcp://127.0.0.1:5555"   # loopback only
+SYSTEM_RUNTIME = "/run/dnnscale"
+
+
+class ConfigError(ValueError):
+    """A configuration file or option is invalid; the message names the key."""
+
+
+def _user_dir(env: str, fallback: str) -> str:
+    base = os.environ.get(env) or os.path.join(os.path.expanduser("~"), fallback)
+    return os.path.join(base, "dnnscale")
+
+
+def default_state_dir() -> str:
+    return os.environ.get("STATE_DIRECTORY", "").split(":")[0] or _user_dir("XDG_STATE_HOME", ".local/state")
+
+
+def default_runtime_dir() -> str:
+    d = os.environ.get("RUNTIME_DIRECTORY", "").split(":")[0]
+    if d:
+        return d
+    if os.environ.get("XDG_RUNTIME_DIR"):
+        return os.path.join(os.environ["XDG_RUNTIME_DIR"], "dnnscale")
+    return "/tmp/dnnscale-%d" % os.getuid()
+
+
+def default_control_endpoint(for_client: bool = False) -> str:
+    """The daemon binds its control socket in its runtime directory. A client looks for the
+    system service's socket first, then the per-user one."""
+    if for_client and os.path.exists(os.path.join(SYSTEM_RUNTIME, "control.sock")) \
+            and not os.environ.get("RUNTIME_DIRECTORY"):
+        return "ipc://" + os.path.join(SYSTEM_RUNTIME, "control.sock")
+    return "ipc://" + os.path.join(default_runtime_dir(), "control.sock")
+
+
+@dataclass
+class Config:
+    model: Optional[str] = None            # a model-set folder or a shipped set's name
+    platform: Optional[str] = None         # None: detect
+    sysfs_root: str = "/"
+    infer_endpoint: str = DEFAULT_INFER_ENDPOINT
+    control_endpoint: Optional[str] = None  # None: ipc:// in the runtime directory
+    control_group: Optional[str] = None    # group owning the ipc control socket (mode 0660)
+    curve_secret_key: Optional[str] = None  # required for a tcp:// control endpoint
+    curve_authorized_keys: Optional[str] = None
+    state_dir: Optional[str] = None
+    runtime_dir: Optional[str] = None
+    threads: Optional[int] = None
+    max_batch: int = 64
+    queue_size: int = 256
+    dvfs: bool = True
+    gpu: bool = True
+    profile_runs: int = 5                  # runs per configuration of the start-up profile
+    log_level: str = "info"
+    source: List[str] = field(default_factory=list)   # where the values came from
+
+    def resolve(self) -> "Config":
+        self.state_dir = self.state_dir or default_state_dir()
+        self.runtime_dir = self.runtime_dir or default_runtime_dir()
+        self.control_endpoint = self.control_endpoint or "ipc://" + os.path.join(self.runtime_dir, "control.sock")
+        return self
+
+
+_TYPES = {f.name: f for f in fields(Config)}
+_CHOICES = {"log_level": ("debug", "info", "warning", "error"),
+            "platform": (None, "odroid-xu3", "jetson-nano", "generic", "sim-odroid-xu3", "sim-jetson-nano")}
+_ENDPOINT_KEYS = ("infer_endpoint", "control_endpoint")
+
+
+def _check(key: str, value: Any, where: str) -> Any:
+    if key not in _TYPES or key == "source":
+        raise ConfigError("%s: unknown key '%s' (allowed: %s)" % (where, key, ", ".join(
+            k for k in _TYPES if k != "source")))
+    if key in _CHOICES and value not in _CHOICES[key]:
+        raise ConfigError("%s: %s must be one of %s, got %r" % (where, key, ", ".join(
+            str(c) for c in _CHOICES[key] if c), value))
+    if key in ("max_batch", "queue_size", "profile_runs", "threads"):
+        if value is None and key == "threads":
+            return None
+        if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 1_000_000:
+            raise ConfigError("%s: %s must be a positive integer, got %r" % (where, key, value))
+    elif key in ("dvfs", "gpu"):
+        if not isinstance(value, bool):
+            raise ConfigError("%s: %s must be true or false, got %r" % (where, key, value))
+    elif value is not None and not isinstance(value, str):
+        raise ConfigError("%s: %s must be a string, got %r" % (where, key, value))
+    if key in _ENDPOINT_KEYS and value is not None and not value.startswith(("tcp://", "ipc://")):
+        raise ConfigError("%s: %s must be tcp://HOST:PORT or ipc://PATH, got %r" % (where, key, value))
+    return value
+
+
+def default_paths() -> List[str]:
+    out = []
+    if os.environ.get("DNNSCALE_CONFIG"):
+        out.append(os.environ["DNNSCALE_CONFIG"])
+    out.append("/etc/dnnscale/config.yaml")
+    xdg = os.environ.get("XDG_CONFIG_HOME") or os.path.join(os.path.expanduser("~"), ".config")
+    out.append(os.path.join(xdg, "dnnscale", "config.yaml"))
+    return out
+
+
+def load(path: Optional[str] = None, overrides: Optional[Dict[str, Any]] = None) -> Config:
+    """Defaults ← the config file (``path``, or the first default location that exists)
+    ← ``overrides`` (command-line options that were given)."""
+    cfg = Config()
+    if path is None:
+        path = next((p for p in default_paths() if os.path.isfile(p)), None)
+    elif not os.path.isfile(path):
+        raise ConfigError("config file %s does not exist" % path)
+    if path:
+        try:
+            with open(path) as f:
+                data = yaml.safe_load(f)
+        except yaml.YAMLError as e:
+            raise ConfigError("%s is not valid YAML: %s" % (path, str(e).replace("\n", " "))) from None
+        except OSError as e:
+            raise ConfigError("cannot read %s: %s" % (path, e.strerror)) from None
+        if data is None:
+            data = {}
+        if not isinstance(data, dict):
+            raise ConfigError("%s must be a YAML mapping of keys to values" % path)
+        for k, v in data.items():
+            setattr(cfg, str(k), _check(str(k), v, path))
+        cfg.source.append(path)
+    for k, v in (overrides or {}).items():
+        if v is not None:
+            setattr(cfg, k, _check(k, v, "--" + k.replace("_", "-")))
+    return cfg.resolve()

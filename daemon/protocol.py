@@ -1,0 +1,170 @@
+"""The wire protocol (docs/protocol.md): decoding and validating requests, encoding replies.
+
+Pure functions over bytes: no sockets. Nothing a client sends is unpickled or evaluated:
+headers are JSON, tensors are raw bytes read with ``numpy.frombuffer``.
+"""
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+
+MAX_HEADER_BYTES = 16 * 1024
+MAX_ID_CHARS = 256
+MAX_DEADLINE_MS = 600_000.0
+
+
+class ProtocolError(Exception):
+    """A request that is refused; ``code`` is stable (docs/protocol.md lists them)."""
+
+    def __init__(self, code: str, message: str):
+        super().__init__(message)
+        self.code = code
+
+
+@dataclass
+class InferRequest:
+    id: Any
+    dtype: str
+    tensor: np.ndarray
+    groups: Optional[int]
+    deadline_ms: Optional[float]
+
+
+@dataclass
+class InputSpec:
+    """What the loaded model accepts, from its manifest."""
+    chw: Tuple[int, int, int]
+    levels: int
+    max_batch: int
+
+
+def _scalar_id(v) -> bool:
+    return v is None or isinstance(v, (bool, int, float)) or (isinstance(v, str) and len(v) <= MAX_ID_CHARS)
+
+
+def parse_json(frame: bytes, what: str) -> Dict:
+    if len(frame) > MAX_HEADER_BYTES:
+        raise ProtocolError("too_large", "%s is %d bytes; the limit is %d" % (what, len(frame), MAX_HEADER_BYTES))
+    try:
+        obj = json.loads(frame.decode("utf-8"), parse_constant=_reject_constant)
+    except UnicodeDecodeError:
+        raise ProtocolError("bad_json", "%s is not valid UTF-8" % what) from None
+    except (ValueError, RecursionError) as e:
+        raise ProtocolError("bad_json", "%s is not valid JSON: %s" % (what, str(e)[:200])) from None
+    if not isinstance(obj, dict):
+        raise ProtocolError("bad_json", "%s must be a JSON object" % what)
+    return obj
+
+
+def _reject_constant(name):
+    raise ValueError("%s is not allowed" % name)
+
+
+def peek_id(frame: bytes) -> Any:
+    """The ``id`` of a header if it can be read at all (for error replies), else None."""
+    try:
+        obj = json.loads(frame.decode("utf-8")) if len(frame) <= MAX_HEADER_BYTES else None
+        v = obj.get("id") if isinstance(obj, dict) else None
+        return v if _scalar_id(v) else None
+    except Exception:
+        return None
+
+
+HEADER_KEYS = {"id", "dtype", "shape", "groups", "deadline_ms"}
+
+
+def positive_number(v, name: str, limit: float, code: str) -> float:
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or not 0 < v <= limit:
+        raise ProtocolError(code, "%s must be a number in (0, %g], got %r" % (name, limit, v))
+    return float(v)
+
+
+def decode_infer(frames: Sequence[bytes], spec: InputSpec) -> InferRequest:
+    if len(frames) != 2:
+        raise ProtocolError("bad_frames", "an inference request is 2 frames (JSON header, tensor bytes), got %d"
+                            % len(frames))
+    h = parse_json(frames[0], "the header")
+    unknown = set(h) - HEADER_KEYS
+    if unknown:
+        raise ProtocolError("bad_header", "unknown header field(s): %s (allowed: %s)"
+                            % (", ".join(sorted(map(str, unknown))), ", ".join(sorted(HEADER_KEYS))))
+    rid = h.get("id")
+    if not _scalar_id(rid):
+        raise ProtocolError("bad_header", "id must be a JSON scalar (string of at most %d characters, number, "
+                                          "boolean or null)" % MAX_ID_CHARS)
+    dtype = h.get("dtype")
+    if dtype not in ("uint8", "float32"):
+        raise ProtocolError("bad_dtype", "dtype must be \"uint8\" (NHWC images) or \"float32\" (normalised NCHW), "
+                                         "got %r" % (dtype,))
+    shape = h.get("shape")
+    c, hh, ww = spec.chw
+    want = [hh, ww, c] if dtype == "uint8" else [c, hh, ww]
+    if not isinstance(shape, list) or len(shape) != 4 or any(isinstance(s, bool) or not isinstance(s, int)
+                                                             for s in shape):
+        raise ProtocolError("bad_shape", "shape must be 4 integers [N, %s], got %r"
+                            % (", ".join(map(str, want)), shape))
+    if shape[1:] != want or shape[0] < 1:
+        raise ProtocolError("bad_shape", "shape must be [N, %s] for %s with N >= 1, got %r"
+                            % (", ".join(map(str, want)), dtype, shape))
+    if shape[0] > spec.max_batch:
+        raise ProtocolError("too_large", "batch of %d exceeds the maximum of %d" % (shape[0], spec.max_batch))
+    itemsize = 1 if dtype == "uint8" else 4
+    need = shape[0] * c * hh * ww * itemsize
+    if len(frames[1]) != need:
+        raise ProtocolError("bad_size", "shape %r of %s needs %d bytes, got %d" % (shape, dtype, need, len(frames[1])))
+    tensor = np.frombuffer(frames[1], dtype=np.uint8 if dtype == "uint8" else "<f4").reshape(shape)
+    if dtype == "float32":
+        if not np.isfinite(tensor).all():
+            raise ProtocolError("bad_values", "the tensor holds NaN or Inf")
+        tensor = tensor.astype(np.float32, copy=False)
+    groups = h.get("groups")
+    if groups is not None and (isinstance(groups, bool) or not isinstance(groups, int) or not 1 <= groups <= spec.levels):
+        raise ProtocolError("bad_groups", "groups must be an integer in 1..%d, got %r" % (spec.levels, groups))
+    deadline = h.get("deadline_ms")
+    if deadline is not None:
+        deadline = positive_number(deadline, "deadline_ms", MAX_DEADLINE_MS, "bad_deadline")
+    return InferRequest(rid, dtype, tensor, groups, deadline)
+
+
+def encode_reply(header: Dict, logits: Optional[np.ndarray] = None) -> List[bytes]:
+    frames = [json.dumps(header, separators=(",", ":")).encode()]
+    if logits is not None:
+        frames.append(np.ascontiguousarray(logits, dtype="<f4").tobytes())
+    return frames
+
+
+def error_reply(rid: Any, code: str, message: str) -> List[bytes]:
+    return encode_reply({"id": rid, "ok": False, "error": {"code": code, "message": message}})
+
+
+# ---------------------------------------------------------------------------- control
+COMMANDS = {
+    "set_budget": {"latency_ms", "energy_mj", "power_w"},
+    "clear_budget": set(),
+    "status": set(),
+    "pin": {"groups", "target", "freq_khz"},
+    "release": set(),
+    "reload": set(),
+}
+
+
+def decode_control(frames: Sequence[bytes]) -> Tuple[Any, str, Dict]:
+    if len(frames) != 1:
+        raise ProtocolError("bad_frames", "a control message is one JSON frame, got %d" % len(frames))
+    msg = parse_json(frames[0], "the control message")
+    rid = msg.get("id")
+    if not _scalar_id(rid):
+        raise ProtocolError("bad_request", "id must be a JSON scalar")
+    cmd = msg.get("cmd")
+    if cmd not in COMMANDS:
+        raise ProtocolError("unknown_command", "unknown command %r (commands: %s)" % (cmd, ", ".join(COMMANDS)))
+    args = {k: v for k, v in msg.items() if k not in ("cmd", "id")}
+    unknown = set(args) - COMMANDS[cmd]
+    if unknown:
+        raise ProtocolError("bad_properties", "%s does not take %s (it takes: %s)" % (
+            cmd, ", ".join(sorted(unknown)), ", ".join(sorted(COMMANDS[cmd])) or "nothing"))
+    return rid, cmd, args

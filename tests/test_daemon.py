@@ -1,0 +1,327 @@
+"""The real ``dnnscale serve`` process on a fake sysfs tree, driven by the real client and CLI."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import zmq
+
+from daemon.client import Client, DaemonError, DaemonUnavailable
+from models import ModelSet
+from tests.daemon_harness import ROOT, Daemon, dnnscale_cmd
+from tests.fixtures import trees
+from tests.fixtures.kernel import snapshot
+
+POL0 = "sys/devices/system/cpu/cpufreq/policy0"
+
+
+@pytest.fixture(scope="module")
+def served(random_set, tmp_path_factory):
+    work = str(tmp_path_factory.mktemp("daemon"))
+    root = trees.build("generic", os.path.join(work, "sysfs"))
+    d = Daemon(os.path.join(work, "run"), random_set, sysfs_root=root)
+    d.wait_ready()
+    yield d, root
+    d.stop()
+
+
+def test_results_equal_modelset(served, random_set):
+    d, _ = served
+    ms = ModelSet.load(random_set)
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 255, (3, 32, 32, 3), dtype=np.uint8)
+    with d.client() as c:
+        for k in (1, 2, 3):
+            r = c.infer(images, groups=k)
+            want = ms.run(k, ms.preprocess(images))
+            np.testing.assert_allclose(r.logits, want, rtol=1e-5, atol=1e-5)
+            assert r.labels == want.argmax(1).tolist() and r.config["groups"] == k
+        x = rng.standard_normal((2, 3, 32, 32)).astype(np.float32)
+        r = c.infer(x, groups=2)
+        np.testing.assert_allclose(r.logits, ms.run(2, x), rtol=1e-5, atol=1e-5)
+        assert r.energy_mj is None and r.latency_ms > 0
+
+
+def test_budget_changes_configuration_and_persists(served):
+    d, _ = served
+    img = np.zeros((1, 32, 32, 3), np.uint8)
+    with d.client() as c:
+        c.clear_budget()
+        assert c.infer(img).config["groups"] == 3                # no budget: best accuracy
+        c.set_budget(latency_ms=1e-3)                            # 1 µs: nothing meets it
+        r = c.infer(img)
+        assert r.config["groups"] == 1
+        s = c.status()
+        assert s["feasible"] is False and s["budget"]["latency_ms"] == 1e-3
+    assert json.load(open(os.path.join(d.state, "budget.json")))["latency_ms"] == 1e-3
+    with d.client() as c:
+        c.clear_budget()
+
+
+def test_status_fields(served):
+    d, _ = served
+    with d.client() as c:
+        c.infer(np.zeros((1, 32, 32, 3), np.uint8))
+        s = c.status()
+    for key in ("platform", "targets", "config", "budget", "feasible", "latency_ms", "miss_rate",
+                "dvfs", "energy", "temperatures_c", "model"):
+        assert key in s, key
+    assert s["platform"] == "generic" and "cpu" in s["targets"]
+    assert s["dvfs"]["enabled"] is True and s["model"]["levels"] == 3
+    assert set(s["latency_ms"]) == {"p50", "p95", "p99"}
+
+
+def test_pin_and_release(served):
+    d, _ = served
+    img = np.zeros((1, 32, 32, 3), np.uint8)
+    with d.client() as c:
+        c.pin(groups=2, freq_khz=1200000)
+        r = c.infer(img)
+        assert (r.config["groups"], r.config["freq_khz"]) == (2, 1200000)
+        with pytest.raises(DaemonError) as e:
+            c.pin(target="gpu")
+        assert e.value.code == "bad_pin"
+        c.release()
+        assert c.status()["pinned"] == {}
+
+
+def test_dvfs_writes_reach_the_tree(served):
+    d, root = served
+    with d.client() as c:
+        c.pin(freq_khz=1800000)
+        c.infer(np.zeros((1, 32, 32, 3), np.uint8))
+        c.release()
+    assert open(os.path.join(root, POL0, "scaling_governor")).read().strip() == "userspace"
+    assert open(os.path.join(root, POL0, "scaling_setspeed")).read().strip() == "1800000"
+
+
+def raw(ep, frames, timeout=5000):
+    ctx = zmq.Context.instance()
+    s = ctx.socket(zmq.DEALER)
+    s.setsockopt(zmq.LINGER, 0)
+    s.connect(ep)
+    s.send_multipart(frames)
+    assert s.poll(timeout), "no reply"
+    reply = s.recv_multipart()
+    s.close()
+    return reply
+
+
+def H(**kw):
+    base = {"id": "x", "dtype": "uint8", "shape": [1, 32, 32, 3]}
+    base.update(kw)
+    return json.dumps({k: v for k, v in base.items() if v is not None}).encode()
+
+
+GOOD = bytes(3072)
+BAD_REQUESTS = [
+    ("one frame", [H()], "bad_frames"),
+    ("three frames", [H(), GOOD, b"x"], "bad_frames"),
+    ("not json", [b"{nope", GOOD], "bad_json"),
+    ("not utf-8", [b"\xff\xfe{}", GOOD], "bad_json"),
+    ("json array", [b"[1,2]", GOOD], "bad_json"),
+    ("deep json", [b"[" * 100000 + b"]" * 100000, GOOD], "too_large"),
+    ("NaN constant", [b'{"id":1,"dtype":"uint8","shape":[1,32,32,3],"deadline_ms":NaN}', GOOD], "bad_json"),
+    ("unknown field", [H(evil="__import__('os')"), GOOD], "bad_header"),
+    ("object id", [json.dumps({"id": {"a": 1}, "dtype": "uint8", "shape": [1, 32, 32, 3]}).encode(), GOOD], "bad_header"),
+    ("dtype", [H(dtype="float64"), GOOD], "bad_dtype"),
+    ("shape rank", [H(shape=[32, 32, 3]), GOOD], "bad_shape"),
+    ("shape layout", [H(shape=[1, 3, 32, 32]), GOOD], "bad_shape"),
+    ("shape zero", [H(shape=[0, 32, 32, 3]), b""], "bad_shape"),
+    ("huge batch", [H(shape=[10 ** 9, 32, 32, 3]), GOOD], "too_large"),
+    ("truncated", [H(), GOOD[:-1]], "bad_size"),
+    ("too long", [H(), GOOD + b"x"], "bad_size"),
+    ("nan tensor", [H(dtype="float32", shape=[1, 3, 32, 32]), np.full(3072, np.nan, np.float32).tobytes()], "bad_values"),
+    ("inf tensor", [H(dtype="float32", shape=[1, 3, 32, 32]), np.full(3072, np.inf, np.float32).tobytes()], "bad_values"),
+    ("groups 0", [H(groups=0), GOOD], "bad_groups"),
+    ("groups too big", [H(groups=99), GOOD], "bad_groups"),
+    ("groups bool", [H(groups=True), GOOD], "bad_groups"),
+    ("deadline negative", [H(deadline_ms=-1), GOOD], "bad_deadline"),
+    ("deadline absurd", [H(deadline_ms=1e300), GOOD], "bad_deadline"),
+]
+
+
+@pytest.mark.parametrize("name, frames, code", BAD_REQUESTS, ids=[b[0] for b in BAD_REQUESTS])
+def test_bad_inference_requests(served, name, frames, code):
+    d, _ = served
+    reply = raw(d.infer_ep, frames)
+    head = json.loads(reply[0])
+    assert head["ok"] is False and head["error"]["code"] == code, head
+    assert len(reply) == 1
+    if name not in ("not json", "not utf-8", "json array", "deep json", "NaN constant", "object id"):
+        assert head["id"] == "x"
+    # and the daemon keeps serving everyone else
+    with d.client() as c:
+        assert len(c.infer(np.zeros((1, 32, 32, 3), np.uint8)).labels) == 1
+
+
+BAD_CONTROL = [
+    ([b"not json"], "bad_json"),
+    ([b'{"cmd": "status"}', b"extra"], "bad_frames"),
+    ([b'{"cmd": "format_disk"}'], "unknown_command"),
+    ([b'{"id": 7}'], "unknown_command"),
+    ([b'{"cmd": "set_budget", "latency_ms": -5}'], "bad_budget"),
+    ([b'{"cmd": "set_budget", "latency_ms": "fast"}'], "bad_budget"),
+    ([b'{"cmd": "set_budget", "latency_ms": 1e308}'], "bad_budget"),
+    ([b'{"cmd": "set_budget"}'], "bad_budget"),
+    ([b'{"cmd": "set_budget", "watts": 3}'], "bad_properties"),
+    ([b'{"cmd": "pin", "groups": 9}'], "bad_pin"),
+    ([b'{"cmd": "pin", "groups": "2"}'], "bad_pin"),
+    ([b'{"cmd": "pin"}'], "bad_pin"),
+]
+
+
+@pytest.mark.parametrize("frames, code", BAD_CONTROL)
+def test_bad_control_messages(served, frames, code):
+    d, _ = served
+    reply = json.loads(raw(d.control_ep, frames)[0])
+    assert reply["ok"] is False and reply["error"]["code"] == code, reply
+    with d.client() as c:
+        assert c.status()["platform"] == "generic"
+
+
+def test_req_socket_client(served):
+    d, _ = served
+    s = zmq.Context.instance().socket(zmq.REQ)
+    s.setsockopt(zmq.LINGER, 0)
+    s.connect(d.control_ep)
+    s.send(b'{"cmd": "status", "id": 42}')
+    assert s.poll(5000)
+    reply = json.loads(s.recv())
+    s.close()
+    assert reply["ok"] and reply["id"] == 42
+
+
+def test_concurrent_clients_get_their_own_replies(served):
+    d, _ = served
+    import threading
+    errors = []
+
+    def worker(n):
+        try:
+            with d.client() as c:
+                for i in range(20):
+                    k = 1 + (n + i) % 3
+                    r = c.infer(np.full((1, 32, 32, 3), n, np.uint8), groups=k)
+                    assert r.config["groups"] == k
+        except Exception as e:  # collected and asserted below
+            errors.append(e)
+
+    threads = [threading.Thread(target=worker, args=(n,)) for n in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors
+
+
+def test_cli_verbs(served, tmp_path):
+    d, _ = served
+    env = dict(os.environ, PYTHONPATH=ROOT)
+    run = lambda *a: subprocess.run(dnnscale_cmd() + list(a), cwd=ROOT, env=env, capture_output=True, text=True,
+                                    timeout=60)
+    r = run("budget", "--latency-ms", "50", "--control-endpoint", d.control_ep)
+    assert r.returncode == 0 and "latency_ms 50.0" in r.stdout
+    r = run("status", "--json", "--control-endpoint", d.control_ep)
+    assert json.loads(r.stdout)["budget"]["latency_ms"] == 50.0
+    r = run("status", "--control-endpoint", d.control_ep)
+    assert "platform: generic" in r.stdout
+    from PIL import Image
+    Image.fromarray(np.full((64, 48, 3), 200, np.uint8)).save(str(tmp_path / "a.png"))
+    np.save(str(tmp_path / "b.npy"), np.zeros((2, 32, 32, 3), np.uint8))
+    r = run("infer", str(tmp_path / "a.png"), str(tmp_path / "b.npy"), "--groups", "2", "--endpoint", d.infer_ep)
+    assert r.returncode == 0, r.stderr
+    assert "2 groups" in r.stdout and len([l for l in r.stdout.splitlines() if l[:1].isdigit()]) == 3
+    r = run("pin", "--groups", "1", "--control-endpoint", d.control_ep)
+    assert r.returncode == 0 and "'groups': 1" in r.stdout
+    r = run("release", "--control-endpoint", d.control_ep)
+    assert r.returncode == 0
+    r = run("budget", "--clear", "--control-endpoint", d.control_ep)
+    assert "none" in r.stdout
+    r = run("infer", str(tmp_path / "missing.png"), "--endpoint", d.infer_ep)
+    assert r.returncode == 2 and "missing.png does not exist" in r.stderr
+
+
+def test_sd_notify_ready_and_status(served):
+    d, _ = served
+    assert any("READY=1" in m and "STATUS=serving" in m for m in d.messages)
+
+
+def test_no_daemon_fails_fast(tmp_path):
+    t0 = time.time()
+    r = subprocess.run(dnnscale_cmd() + ["status", "--control-endpoint", "ipc://%s/none.sock" % tmp_path,
+                                         "--timeout", "1"], cwd=ROOT, env=dict(os.environ, PYTHONPATH=ROOT),
+                       capture_output=True, text=True, timeout=30)
+    assert r.returncode == 1 and time.time() - t0 < 20
+    assert r.stderr.count("\n") == 1 and "is `dnnscale serve` running?" in r.stderr
+    with pytest.raises(DaemonUnavailable):
+        Client("ipc://%s/none.sock" % tmp_path, "ipc://%s/none.sock" % tmp_path, timeout_s=0.3).status()
+
+
+def test_sigterm_restores_tree_and_watchdog(random_set, tmp_path):
+    root = trees.build("generic", str(tmp_path / "sysfs"))
+    before = snapshot(root)
+    d = Daemon(str(tmp_path / "run"), random_set, sysfs_root=root, env={"WATCHDOG_USEC": "400000"})
+    d.wait_ready()
+    with d.client() as c:
+        c.pin(freq_khz=1200000)
+        c.infer(np.zeros((1, 32, 32, 3), np.uint8))
+    assert snapshot(root) != before
+    assert d.read_notify("WATCHDOG=1", timeout=5)
+    assert d.stop(signal.SIGTERM) == 0, d.output()
+    assert snapshot(root) == before
+    assert any("STOPPING=1" in m for m in d.messages)
+
+
+def test_config_errors_one_line(random_set, tmp_path):
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("max_batch: lots\n")
+    env = dict(os.environ, PYTHONPATH=ROOT)
+    r = subprocess.run(dnnscale_cmd() + ["serve", "--config", str(cfg), "--model", random_set], cwd=ROOT, env=env,
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 2 and "max_batch must be a positive integer" in r.stderr
+    assert r.stderr.strip().count("\n") == 0
+    cfg.write_text("colour: blue\n")
+    r = subprocess.run(dnnscale_cmd() + ["serve", "--config", str(cfg)], cwd=ROOT, env=env,
+                       capture_output=True, text=True, timeout=60)
+    assert "unknown key 'colour'" in r.stderr
+    r = subprocess.run(dnnscale_cmd() + ["serve", "--model", str(tmp_path / "nope")], cwd=ROOT, env=env,
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 2 and "neither a model-set folder nor a shipped set" in r.stderr
+
+
+def test_tcp_control_needs_curve(random_set, tmp_path):
+    env = dict(os.environ, PYTHONPATH=ROOT)
+    r = subprocess.run(dnnscale_cmd() + ["serve", "--model", random_set, "--control-endpoint", "tcp://127.0.0.1:0",
+                                         "--infer-endpoint", "ipc://%s/i.sock" % tmp_path, "--state-dir",
+                                         str(tmp_path / "s")], cwd=ROOT, env=env,
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2 and "refusing a tcp:// control endpoint without CURVE" in r.stderr
+
+
+def test_control_socket_mode(served):
+    d, _ = served
+    assert oct(os.stat(d.control_ep[6:]).st_mode & 0o777) == "0o660"
+
+
+@pytest.mark.systemd
+def test_unit_file_verifies(tmp_path):
+    exe = shutil.which("systemd-analyze")
+    if not exe:
+        pytest.skip("systemd-analyze is not installed")
+    unit = os.path.join(ROOT, "systemd", "dnnscale.service")
+    text = open(unit).read()
+    # verify resolves ExecStart: point it at this checkout's console script (or python)
+    cmd = shutil.which("dnnscale") or sys.executable
+    local = tmp_path / "dnnscale.service"
+    local.write_text(text.replace("/usr/local/bin/dnnscale", cmd))
+    r = subprocess.run([exe, "verify", str(local)], capture_output=True, text=True)
+    bad = [l for l in (r.stdout + r.stderr).splitlines() if "dnnscale.service" in l and "Unknown" in l]
+    assert r.returncode == 0 and not bad, r.stdout + r.stderr
