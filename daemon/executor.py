@@ -22,8 +22,6 @@ class Executor:
         self.governor = governor
         self.clock = clock
         self.applied: Optional[Config] = None
-        self.served = 0
-        self.failures = 0
 
     def apply(self, c: Config) -> None:
         """Pin and set the frequency, touching only what differs from the last config."""
@@ -58,7 +56,6 @@ class Executor:
             macs = self.models.level(c.level)["macs"]
             latency, energy = self.platform.run(macs * n, c.target)
         self.governor.observe(c, latency / n, None if energy is None else energy / n, d.latency_limit_ms)
-        self.served += 1
         info = {"config": c.to_dict(), "latency_ms": round(latency * 1e3, 4),
                 "energy_mj": None if energy is None else round(energy * 1e3, 4)}
         if self.platform.simulated:

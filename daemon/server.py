@@ -1,20 +1,22 @@
-"""The ZeroMQ front: an inference ROUTER, a control ROUTER, one inference worker.
+"""The ZeroMQ front: an inference ROUTER served by the inference thread, a control ROUTER
+served by the main thread.
 
-The main thread owns both ROUTER sockets and polls them. Decoding and validation happen
-there; valid inference requests go through a bounded queue to the worker thread, which
-runs them (onnxruntime releases the GIL, so the sockets stay responsive) and hands the
-reply frames back over an inproc socket; the main thread sends them to the client that
-asked. Control commands are cheap and answered inline. No socket is shared between threads.
+The inference thread owns the inference socket: it drains what has arrived into a bounded
+backlog (over ``queue_size`` → ``busy``), decodes and validates, runs, and replies, with no
+hand-off between threads on the request path. Consecutive pending requests with the same
+dtype, groups and deadline run as one batch. While onnxruntime runs (it releases the GIL),
+ZeroMQ's I/O thread keeps queuing incoming messages and the main thread keeps answering
+control messages. No socket is shared between threads.
 """
 from __future__ import annotations
 
+import collections
 import grp
 import logging
 import os
-import queue
 import threading
 import time
-from typing import List, Optional
+from typing import Deque, List, Optional, Tuple
 
 import zmq
 
@@ -41,8 +43,9 @@ class Server:
         self.cfg = cfg
         self.notifier = notifier or Notifier({})
         self.ctx = ctx or zmq.Context()
-        self.queue: "queue.Queue" = queue.Queue(maxsize=cfg.queue_size)
+        self.backlog: Deque[Tuple[List[bytes], object]] = collections.deque()
         self.reload_requested = threading.Event()
+        self.heartbeat = time.monotonic()   # the inference thread's last loop iteration
         self._auth = None
         c, h, w = service.models.input_shape
         self.max_bytes = cfg.max_batch * c * h * w * 4 + HEADER_SLACK
@@ -68,8 +71,6 @@ class Server:
                     os.chown(path, -1, grp.getgrnam(self.cfg.control_group).gr_gid)
                 except (KeyError, PermissionError) as e:
                     raise ConfigError("control_group %r: %s" % (self.cfg.control_group, e))
-        self.replies = self.ctx.socket(zmq.PULL)
-        self.replies.bind("inproc://dnnscale-replies")
 
     def _bind(self, sock: zmq.Socket, ep: str) -> None:
         if ep.startswith("ipc://"):
@@ -103,38 +104,18 @@ class Server:
         self._auth.configure_curve(domain="*", location=self.cfg.curve_authorized_keys)
         sock.curve_secretkey, sock.curve_publickey, sock.curve_server = secret, public, True
 
-    # ------------------------------------------------------------------ worker
-    def _worker(self) -> None:
-        push = self.ctx.socket(zmq.PUSH)
-        push.setsockopt(zmq.LINGER, 0)
-        push.connect("inproc://dnnscale-replies")
-        while True:
-            item = self.queue.get()
-            if item is None:
-                break
-            envelope, req = item
-            try:
-                head, logits = self.service.infer(req)
-                frames = encode_reply(head, logits)
-            except Exception as e:   # an onnxruntime failure must not kill the worker
-                log.exception("inference failed")
-                self.service.count_error("internal")
-                frames = error_reply(req.id, "internal", "inference failed: %s" % str(e).splitlines()[0][:300])
-            push.send_multipart(envelope + frames)
-        push.send_multipart([b"", b"worker-done"])
-        push.close()
-
+    # ------------------------------------------------------------------ inference thread
     def _send(self, sock: zmq.Socket, frames: List[bytes]) -> None:
         try:
             sock.send_multipart(frames, flags=zmq.NOBLOCK)
         except zmq.ZMQError as e:   # the client left (EHOSTUNREACH) or its queue is full
             log.debug("reply dropped: %s", e)
 
-    # ------------------------------------------------------------------ loop
-    def _on_infer(self) -> None:
-        for _ in range(256):
+    def _receive(self) -> None:
+        """Move what has arrived into the backlog; refuse what is invalid or over the bound."""
+        while True:
             try:
-                frames = self.infer.recv_multipart(flags=zmq.NOBLOCK, copy=True)
+                frames = self.infer.recv_multipart(flags=zmq.NOBLOCK)
             except zmq.Again:
                 return
             envelope, body = _split(frames)
@@ -144,12 +125,54 @@ class Server:
                 self.service.count_error(e.code)
                 self._send(self.infer, envelope + error_reply(peek_id(body[0]) if body else None, e.code, str(e)))
                 continue
-            try:
-                self.queue.put_nowait((envelope, req))
-            except queue.Full:
+            if len(self.backlog) >= self.cfg.queue_size:
                 self.service.count_error("busy")
                 self._send(self.infer, envelope + error_reply(req.id, "busy", "the request queue is full (%d); "
                                                               "retry later" % self.cfg.queue_size))
+                continue
+            self.backlog.append((envelope, req))
+
+    def _next_batch(self):
+        envelope, r0 = self.backlog.popleft()
+        batch, envelopes, n = [r0], [envelope], len(r0.tensor)
+        while self.backlog:
+            env, r = self.backlog[0]
+            if (r.dtype, r.groups, r.deadline_ms) != (r0.dtype, r0.groups, r0.deadline_ms) or \
+                    n + len(r.tensor) > self.cfg.max_batch:
+                break
+            self.backlog.popleft()
+            batch.append(r)
+            envelopes.append(env)
+            n += len(r.tensor)
+        return envelopes, batch
+
+    def _run_one_batch(self) -> None:
+        envelopes, batch = self._next_batch()
+        try:
+            replies = [encode_reply(h, l) for h, l in self.service.infer(batch)]
+        except Exception as e:   # an onnxruntime failure must not kill the thread
+            log.exception("inference failed")
+            self.service.count_error("internal")
+            msg = "inference failed: %s" % (str(e).splitlines() or ["?"])[0][:300]
+            replies = [error_reply(r.id, "internal", msg) for r in batch]
+        for env, frames in zip(envelopes, replies):
+            self._send(self.infer, env + frames)
+
+    def _inference_loop(self, stop: threading.Event) -> None:
+        poller = zmq.Poller()
+        poller.register(self.infer, zmq.POLLIN)
+        while not stop.is_set():
+            self.heartbeat = time.monotonic()
+            if not self.backlog:
+                if not poller.poll(100):
+                    continue
+            self._receive()
+            if self.backlog:
+                self._run_one_batch()
+        # Stop accepting; finish what was accepted.
+        while self.backlog:
+            self.heartbeat = time.monotonic()
+            self._run_one_batch()
 
     def _on_control(self) -> None:
         for _ in range(64):
@@ -172,35 +195,20 @@ class Server:
                 reply = {"id": rid, "ok": False, "error": {"code": "internal", "message": str(e)[:300]}}
             self._send(self.control, envelope + encode_reply(reply))
 
-    def _forward_replies(self) -> bool:
-        """Send what the worker finished; False once the worker has exited."""
-        while True:
-            try:
-                frames = self.replies.recv_multipart(flags=zmq.NOBLOCK)
-            except zmq.Again:
-                return True
-            if frames == [b"", b"worker-done"]:
-                return False
-            self._send(self.infer, frames)
-
     def serve(self, stop: threading.Event, ready_status: str = "serving") -> None:
-        worker = threading.Thread(target=self._worker, name="dnnscale-worker", daemon=True)
+        worker_stop = threading.Event()
+        worker = threading.Thread(target=self._inference_loop, args=(worker_stop,), name="dnnscale-infer",
+                                  daemon=True)
         worker.start()
         poller = zmq.Poller()
-        for s in (self.infer, self.control, self.replies):
-            poller.register(s, zmq.POLLIN)
+        poller.register(self.control, zmq.POLLIN)
         self.notifier.ready(ready_status)
         log.info("ready: inference on %s, control on %s", self.cfg.infer_endpoint, self.cfg.control_endpoint)
         wd = self.notifier.watchdog_s
         last_wd = 0.0
         timeout_ms = 100 if not wd else max(10, min(100, int(wd * 1000 / 4)))
         while not stop.is_set():
-            events = dict(poller.poll(timeout_ms))
-            if self.replies in events:
-                self._forward_replies()
-            if self.infer in events:
-                self._on_infer()
-            if self.control in events:
+            if poller.poll(timeout_ms):
                 self._on_control()
             if self.reload_requested.is_set():
                 self.reload_requested.clear()
@@ -209,21 +217,17 @@ class Server:
                 except ProtocolError as e:
                     log.error("%s", e)
             now = time.monotonic()
-            if wd and now - last_wd >= wd / 2:
+            # Ping only while the inference thread is alive: a hung inference gets us restarted.
+            if wd and now - last_wd >= wd / 2 and now - self.heartbeat < wd:
                 self.notifier.watchdog()
                 last_wd = now
-        # Stop accepting; finish what is queued; send those replies.
         self.notifier.stopping()
-        poller.unregister(self.infer)
-        self.queue.put(None)
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline and self._forward_replies():
-            if self.replies.poll(100):
-                continue
-        worker.join(timeout=5)
+        worker_stop.set()
+        worker.join(timeout=60)
+        log.info("stopped: %d requests served", self.service.served)
 
     def close(self) -> None:
-        for s in ("infer", "control", "replies"):
+        for s in ("infer", "control"):
             sock = getattr(self, s, None)
             if sock is not None:
                 sock.close(linger=0)

@@ -39,6 +39,7 @@ class Service:
         self.cfg = cfg
         self.started = time.time()
         self.errors: Dict[str, int] = {}
+        self.served = 0
         self.model_dir = resolve_model(cfg.model)
         os.makedirs(cfg.state_dir, exist_ok=True)
         try:
@@ -83,13 +84,27 @@ class Service:
     def input_spec(self) -> InputSpec:
         return InputSpec(self.models.input_shape, self.models.groups, self.cfg.max_batch)
 
-    def infer(self, req: InferRequest) -> Tuple[Dict, np.ndarray]:
-        x = self.models.preprocess(req.tensor) if req.dtype == "uint8" else req.tensor
-        logits, info = self.executor.infer(x, groups=req.groups, deadline_ms=req.deadline_ms)
-        labels = logits.argmax(1).tolist()
-        head = {"id": req.id, "ok": True, "labels": labels, "names": [self.models.classes[i] for i in labels]}
-        head.update(info)
-        return head, logits
+    def infer(self, reqs: List[InferRequest]) -> List[Tuple[Dict, np.ndarray]]:
+        """Run requests that share dtype, groups and deadline as one batch; one reply each.
+        Each reply carries the batch's latency and its own share of the batch's energy."""
+        r0 = reqs[0]
+        x = np.concatenate([r.tensor for r in reqs]) if len(reqs) > 1 else r0.tensor
+        if r0.dtype == "uint8":
+            x = self.models.preprocess(x)
+        logits, info = self.executor.infer(x, groups=r0.groups, deadline_ms=r0.deadline_ms)
+        out, start, n = [], 0, len(x)
+        for r in reqs:
+            k = len(r.tensor)
+            part = logits[start:start + k]
+            start += k
+            labels = part.argmax(1).tolist()
+            head = {"id": r.id, "ok": True, "labels": labels, "names": [self.models.classes[i] for i in labels]}
+            head.update(info)
+            if info["energy_mj"] is not None and len(reqs) > 1:
+                head["energy_mj"] = round(info["energy_mj"] * k / n, 4)
+            out.append((head, part))
+        self.served += len(reqs)
+        return out
 
     def count_error(self, code: str) -> None:
         self.errors[code] = self.errors.get(code, 0) + 1
@@ -168,7 +183,7 @@ class Service:
             "model": {"name": self.models.name, "kind": self.models.kind, "levels": self.models.groups,
                       "shares_weights": bool(self.models.manifest.get("shares_weights", False)),
                       "accuracy": [l.accuracy for l in self.levels]},
-            "served": self.executor.served,
+            "served": self.served,
             "errors": dict(self.errors),
             "uptime_s": round(time.time() - self.started, 1),
         })

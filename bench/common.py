@@ -1,0 +1,45 @@
+"""Helpers shared by the benchmarks: fresh-process runs, tables, the machine description."""
+from __future__ import annotations
+
+import json
+import os
+import platform
+import subprocess
+import sys
+from typing import Dict, List, Sequence
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def in_fresh_process(code: str, timeout: float = 600) -> Dict:
+    """Run ``code`` in a new interpreter; it must print one JSON object as its last line."""
+    env = dict(os.environ, PYTHONPATH=ROOT)
+    r = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True,
+                       timeout=timeout)
+    if r.returncode != 0:
+        raise RuntimeError("benchmark subprocess failed:\n" + r.stderr[-3000:])
+    return json.loads(r.stdout.strip().splitlines()[-1])
+
+
+def machine() -> str:
+    cpu = "?"
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next((l.split(":", 1)[1].strip() for l in f if l.startswith("model name")), "?")
+    except OSError:
+        pass
+    import onnxruntime
+    return "%s, %d CPUs, Python %s, onnxruntime %s (measured on this machine)" % (
+        cpu, os.cpu_count(), platform.python_version(), onnxruntime.__version__)
+
+
+def table(headers: Sequence[str], rows: List[Sequence]) -> str:
+    """A Markdown table (also readable as plain text)."""
+    def fmt(v):
+        if isinstance(v, float):
+            return "%.3g" % v if abs(v) < 1000 else "%.0f" % v
+        return str(v)
+    cells = [[fmt(v) for v in r] for r in rows]
+    widths = [max(len(h), *(len(c[i]) for c in cells)) if cells else len(h) for i, h in enumerate(headers)]
+    line = lambda vals: "| " + " | ".join(v.ljust(w) for v, w in zip(vals, widths)) + " |"
+    return "\n".join([line(headers), "| " + " | ".join("-" * w for w in widths) + " |"] + [line(c) for c in cells])

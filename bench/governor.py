@@ -1,0 +1,168 @@
+"""The governor against its baselines (issue 4).
+
+(a) Simulated XU3 and Nano (bench/scenarios.py): budget changes, a background load that
+    appears and disappears, a thermal cap. Simulated time; every figure labelled simulated.
+(b) This machine, for real: the generic platform, real onnxruntime inference of the model
+    set, and a real competing CPU-bound process that starts and stops. No energy sensor
+    here, so energy is not reported for (b).
+
+Per policy: deadline-miss rate (outside the first 20 inferences after each change), mean
+accuracy of the served configurations, energy per inference, number of switches.
+
+    python -m bench.governor [--model DIR] [--real] [--plot docs/governor.png]
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import time
+from typing import Dict, List, Optional
+
+import numpy as np
+
+from . import scenarios as S
+from .common import machine, table
+
+
+def simulated(levels) -> List[Dict]:
+    return [S.run(sc, p, levels) for sc in S.scenarios() for p in S.POLICIES]
+
+
+def _burner() -> subprocess.Popen:
+    """A real CPU-bound competitor (one busy Python process per CPU)."""
+    code = "import os\nwhile True: pass"
+    return subprocess.Popen([sys.executable, "-c", code])
+
+
+def real(model_dir: str, n: int = 900, settle: int = 20) -> List[Dict]:
+    """The model set on this machine's generic platform with a competing process in the
+    middle third; budget = 1.3x the quiet k=G latency on all CPUs."""
+    import platforms
+    from daemon.executor import Executor
+    from daemon import profiler
+    from governor import Budget, Governor, build_space, levels_from_manifest
+    from governor.baselines import Performance, StepManager
+    from models import ModelSet
+    ms = ModelSet.load(model_dir)
+    plat = platforms.create("generic")
+    levels = levels_from_manifest(ms.manifest)
+    space = build_space(levels, {t: [] for t in plat.targets})
+    ex = Executor(ms, plat, None)
+    quiet = profiler.measure(ex, space, levels, runs=30)
+    G = ms.groups
+    budget_ms = 1.3 * quiet.predict(next(c for c in space if c.level == G and c.target == "cpu"),
+                                     levels[-1].macs)[0] * 1e3
+    x = np.zeros((1,) + ms.input_shape, np.float32)
+    acc = {l.level: l.accuracy for l in levels}
+    results = []
+    for name in ("dnnscale", "performance", "step (Dynamic-OFA)"):
+        if name == "dnnscale":
+            pol = Governor(space, levels, quiet)
+        elif name == "performance":
+            pol = Performance(space, levels, quiet)
+        else:
+            pol = StepManager(space, levels, quiet)
+        pol.set_budget(Budget(latency_ms=budget_ms))
+        ex.governor = pol
+        burners: List[subprocess.Popen] = []
+        rows = []
+        since = 0
+        try:
+            for i in range(n):
+                if i in (n // 3, 2 * n // 3):
+                    since = 0
+                    if i == n // 3:
+                        burners = [_burner() for _ in range(os.cpu_count() or 1)]
+                        time.sleep(0.2)
+                    else:
+                        for b in burners:
+                            b.kill()
+                            b.wait()
+                        burners = []
+                _, info = ex.infer(x)
+                c = info["config"]
+                rows.append((info["latency_ms"] > budget_ms, acc[c["groups"]], (c["groups"], c["target"]),
+                             since >= settle))
+                since += 1
+                time.sleep(0.005)
+        finally:
+            for b in burners:
+                b.kill()
+        counted = [r for r in rows if r[3]]
+        results.append({"scenario": "this machine, budget %.2f ms, competing process" % budget_ms,
+                        "board": "this machine (real)", "policy": name,
+                        "miss_rate": float(np.mean([r[0] for r in counted])),
+                        "accuracy": float(np.mean([r[1] for r in rows])), "energy_mj": None,
+                        "switches": sum(1 for a, b in zip(rows, rows[1:]) if a[2] != b[2])})
+    plat.stop()
+    return results
+
+
+def report(rows: List[Dict]) -> str:
+    out = []
+    for scen in dict.fromkeys(r["scenario"] for r in rows):
+        rs = [r for r in rows if r["scenario"] == scen]
+        perf = next((r for r in rs if r["policy"] == "performance"), None)
+        label = "SIMULATED board" if rs[0]["board"].startswith("sim") else "measured on this machine"
+        out.append("**%s** (%s)\n" % (scen, label))
+        out.append(table(["policy", "miss rate %", "mean accuracy %", "energy/inference mJ", "vs performance",
+                          "switches"],
+                         [[r["policy"], 100 * r["miss_rate"], r["accuracy"],
+                           "n/a (no sensor)" if r["energy_mj"] is None else r["energy_mj"],
+                           "-" if r["energy_mj"] is None or perf is None else
+                           "%+.1f%%" % (100 * (r["energy_mj"] / perf["energy_mj"] - 1)), r["switches"]] for r in rs]))
+        out.append("")
+    return "\n".join(out)
+
+
+def plot(levels, path: str) -> Optional[str]:
+    """Latency against the budget and the chosen k over time, per simulated board."""
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return None
+    scs = S.scenarios()
+    fig, axes = plt.subplots(2, len(scs), figsize=(6 * len(scs), 6), sharex=True)
+    for j, sc in enumerate(scs):
+        tr = S.run(sc, "dnnscale", levels)["trace"]
+        i = [t[0] for t in tr]
+        axes[0, j].plot(i, [t[1] for t in tr], lw=0.6, label="latency (simulated)")
+        axes[0, j].plot(i, [t[6] if t[6] is not None else np.nan for t in tr], "k--", lw=1, label="budget")
+        axes[0, j].set_ylabel("ms")
+        axes[0, j].set_title(sc.name + " (SIMULATED)", fontsize=9)
+        axes[0, j].legend(fontsize=7)
+        axes[1, j].step(i, [t[3] for t in tr], where="post", lw=1)
+        axes[1, j].set_ylabel("groups k")
+        axes[1, j].set_xlabel("inference")
+    fig.tight_layout()
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    fig.savefig(path, dpi=110)
+    return path
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", default=None)
+    p.add_argument("--real", action="store_true", help="also run (b) on this machine (about 2 minutes)")
+    p.add_argument("--plot", default=None, help="write the latency/k plot here (needs matplotlib)")
+    a = p.parse_args(argv)
+    from governor import levels_from_manifest
+    from models import manifest as mf, zoo
+    model = a.model or zoo.default_path()
+    levels = levels_from_manifest(mf.read(model))
+    rows = simulated(levels)
+    if a.real:
+        rows += real(model)
+    print("Machine: %s\n" % machine())
+    print(report(rows))
+    if a.plot:
+        print("plot: %s" % (plot(levels, a.plot) or "skipped (pip install matplotlib)"))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

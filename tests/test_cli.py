@@ -1,0 +1,66 @@
+"""The CLI verbs that do not need a running daemon: train, eval, profile, platform."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+
+import pytest
+
+from tests.daemon_harness import ROOT, dnnscale_cmd
+
+
+def run(*args, timeout=300):
+    return subprocess.run(dnnscale_cmd() + list(args), cwd=ROOT, env=dict(os.environ, PYTHONPATH=ROOT),
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def test_train_then_eval(tiny_data, tmp_path):
+    pytest.importorskip("torch")
+    out = str(tmp_path / "set")
+    r = run("train", "--data", tiny_data, "--groups", "2", "--epochs", "1", "--size", "tiny", "--val", "100",
+            "--batch", "50", "--out", out)
+    assert r.returncode == 0, r.stderr
+    assert "model set written to" in r.stdout and os.path.isfile(os.path.join(out, "manifest.yaml"))
+    assert "group 2/2" in r.stderr   # progress per group and epoch
+    r = run("eval", "--model", out, "--data", tiny_data, "--latency-runs", "5")
+    assert r.returncode == 0, r.stderr
+    rows = [l for l in r.stdout.splitlines() if l[:1].isdigit()]
+    assert len(rows) == 2 and all(len(l.split()) == 6 for l in rows)
+    # running it again without --resume refuses, with one line that says what to do
+    r = run("train", "--data", tiny_data, "--groups", "2", "--epochs", "1", "--size", "tiny", "--val", "100",
+            "--batch", "50", "--out", out)
+    assert r.returncode == 2 and "--resume" in r.stderr and r.stderr.strip().count("\n") == 0
+
+
+@pytest.mark.parametrize("data, expect", [("/nonexistent/cifar", "does not exist"), (ROOT, "data_batch_1 is missing")])
+def test_train_bad_data_dir_is_one_line(tmp_path, data, expect):
+    r = run("train", "--data", data, "--out", str(tmp_path / "o"))
+    assert r.returncode == 2 and expect in r.stderr
+    assert r.stderr.strip().count("\n") == 0 and "Traceback" not in r.stderr
+
+
+def test_eval_bad_model(tiny_data, tmp_path):
+    r = run("eval", "--model", str(tmp_path), "--data", tiny_data)
+    assert r.returncode == 2 and "manifest.yaml is missing" in r.stderr
+
+
+def test_profile_on_simulated_board(random_set, tmp_path):
+    state = str(tmp_path / "state")
+    r = run("profile", "--model", random_set, "--platform", "sim-jetson-nano", "--state-dir", state, "--runs", "2")
+    assert r.returncode == 0, r.stderr
+    d = json.load(open(os.path.join(state, "profile.json")))
+    assert set(d["profile"]["targets"]) == {"cpu", "gpu"} and d["key"]["platform"] == "sim-jetson-nano"
+    assert "profiled" in r.stdout and "of 81 configurations" in r.stdout
+
+
+def test_platform_unknown_name():
+    r = run("platform", "--platform", "raspberry-pi")
+    assert r.returncode == 2 and "unknown platform 'raspberry-pi'" in r.stderr
+
+
+def test_help_explains():
+    r = run("--help")
+    assert r.returncode == 0 and "serve" in r.stdout and "budget" in r.stdout
+    r = run("serve", "--help")
+    assert "--sysfs-root" in r.stdout and "--control-endpoint" in r.stdout
