@@ -325,3 +325,25 @@ def test_unit_file_verifies(tmp_path):
     r = subprocess.run([exe, "verify", str(local)], capture_output=True, text=True)
     bad = [l for l in (r.stdout + r.stderr).splitlines() if "dnnscale.service" in l and "Unknown" in l]
     assert r.returncode == 0 and not bad, r.stdout + r.stderr
+
+
+def test_read_only_sysfs_keeps_serving_with_dvfs_off(random_set, tmp_path):
+    """Not root / read-only sysfs: the first write fails with a typed error, the daemon turns
+    DVFS off, says why in status, and keeps serving."""
+    from tests.test_platforms import read_only
+    root = trees.build("generic", str(tmp_path / "sysfs"))
+    with read_only(os.path.join(root, "sys")):
+        d = Daemon(str(tmp_path / "run"), random_set, sysfs_root=root)
+        try:
+            d.wait_ready()
+            with d.client() as c:
+                c.pin(freq_khz=1200000)
+                r = c.infer(np.zeros((1, 32, 32, 3), np.uint8))
+                assert len(r.labels) == 1
+                s = c.status()
+                assert s["dvfs"]["enabled"] is False
+                assert "scaling_governor" in s["dvfs"]["reason"] and "root" in s["dvfs"]["reason"]
+                c.release()
+                assert len(c.infer(np.zeros((2, 32, 32, 3), np.uint8)).labels) == 2
+        finally:
+            assert d.stop() == 0, d.output()
