@@ -32,16 +32,20 @@ def cmd_train(a: argparse.Namespace) -> int:
                        "pip install 'dnnscale[train]'" % e)
     from models.cifar import DataError
     arch = TINY if a.size == "tiny" else Arch()
-    cfg = tr.TrainConfig(groups=a.groups, epochs=a.epochs, seed=a.seed, batch=a.batch, lr=a.lr,
-                         val=a.val, arch=arch)
+    common = dict(epochs=a.epochs, seed=a.seed, batch=a.batch, lr=a.lr, val=a.val, arch=arch)
+    if a.kind == "portfolio":
+        from models.portfolio import PortfolioConfig, PortfolioTrainer
+        cfg = PortfolioConfig(levels=a.levels, level_epochs=a.level_epochs, rewind_epoch=a.rewind_epoch, **common)
+        trainer_cls, exporter = PortfolioTrainer, export.export_portfolio
+    else:
+        cfg = tr.TrainConfig(groups=a.groups, **common)
+        trainer_cls, exporter = tr.Trainer, export.export_group_set
     ckpt = a.checkpoint_dir or os.path.join(a.out, "checkpoints")
     try:
-        trainer = tr.Trainer(a.data, ckpt, cfg, resume=a.resume, threads=a.threads)
-        result = trainer.run()
+        result = trainer_cls(a.data, ckpt, cfg, resume=a.resume, threads=a.threads).run()
     except (DataError, tr.TrainError) as e:
         raise CliError(str(e))
-    manifest = export.export_group_set(result, a.out, cfg, name=a.name,
-                                       command=" ".join(["dnnscale"] + sys.argv[1:]))
+    manifest = exporter(result, a.out, cfg, name=a.name, command=" ".join(["dnnscale"] + sys.argv[1:]))
     print(export.format_table(manifest))
     print("model set written to %s" % a.out)
     return 0
@@ -342,7 +346,12 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--data", required=True, help="folder with the CIFAR-10 python batches "
                    "(cifar-10-batches-py, or a folder holding it)")
     t.add_argument("--out", required=True, help="where to write the model set")
+    t.add_argument("--kind", choices=("group", "portfolio"), default="group",
+                   help="group: incremental groups (the default); portfolio: DNNShifter-style pruned variants")
     t.add_argument("--groups", type=int, default=4, help="number of groups G (default 4)")
+    t.add_argument("--levels", type=int, default=10, help="portfolio: pruning levels, 20%% each (default 10)")
+    t.add_argument("--level-epochs", type=int, default=10, help="portfolio: retraining epochs per level")
+    t.add_argument("--rewind-epoch", type=int, default=2, help="portfolio: weights are rewound to this epoch")
     t.add_argument("--epochs", type=int, default=30, help="epochs per group (default 30)")
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--batch", type=int, default=128)

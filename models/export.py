@@ -76,9 +76,75 @@ def export_group_set(result: Dict, out_dir: str, cfg, name: Optional[str] = None
     return m
 
 
+def export_portfolio(result: Dict, out_dir: str, cfg, name: Optional[str] = None, command: str = "") -> Dict:
+    """Structured-prune the chosen sparse models and write them as a portfolio set."""
+    import dataclasses
+    import numpy as np
+    import torch
+    from . import prune
+    from .network import Column
+    from .portfolio import choose_variants
+    arch, data = cfg.arch, result["data"]
+    os.makedirs(out_dir, exist_ok=True)
+    chosen = choose_variants(result["states"], cfg.max_variants)[::-1]   # smallest first
+    levels, files = [], []
+    probe = torch.from_numpy(np.random.default_rng(0).standard_normal((8, 3, arch.image, arch.image))
+                             .astype(np.float32))
+    for i, st in enumerate(chosen, 1):
+        col = Column(arch)
+        col.load_state_dict(st["column"])
+        col.eval()
+        folded = fold_column(col)
+        small, report = prune.remove_dead(folded, len(arch.widths), arch.final_size)
+        w, hidden = prune.widths(small, len(arch.widths))
+        varch = dataclasses.replace(arch, widths=tuple(w), hidden=hidden)
+        fname = "v%d.onnx" % i
+        onnxset.write_dense(os.path.join(out_dir, fname), varch, small)
+        files.append(fname)
+        with torch.no_grad():
+            want = col(probe).numpy()
+        params, nonzero = prune.count(small)
+        levels.append({"level": i, "file": fname, "accuracy": None, "confidence": None,
+                       "macs": varch.cost(1)["macs"], "params": params, "nonzero_params": nonzero,
+                       "density": round(st["density"], 4), "compression": round(1 / st["density"], 2),
+                       "imp_level": st["level"], "widths": list(w), "hidden": hidden,
+                       "removed_channels": {k: len(v["removed"]) for k, v in report.items()},
+                       "val_accuracy": round(st["val_acc"], 2), "_check": want})
+    m = {
+        "format": mf.FORMAT, "kind": "portfolio", "name": name or os.path.basename(os.path.abspath(out_dir)),
+        "shares_weights": False,
+        "input": {"name": onnxset.INPUT, "shape": [arch.in_channels, arch.image, arch.image], "layout": "NCHW",
+                  "dtype": "float32", "image": {"shape": [arch.image, arch.image, arch.in_channels],
+                                                "layout": "NHWC", "dtype": "uint8", "scale": "1/255"},
+                  "mean": list(MEAN), "std": list(STD), "classes": list(data.classes)},
+        "output": {"name": onnxset.OUTPUT, "shape": ["N", arch.classes], "meaning": "logits"},
+        "arch": arch.to_dict(), "opset": onnxset.OPSET, "levels": levels, "files": {f: {} for f in files},
+        "provenance": {"command": command, "seed": cfg.seed, "training": cfg.to_dict(), "data_sha256": data.sha256,
+                       "packages": package_versions(),
+                       "created": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")},
+    }
+    checks = [lv.pop("_check") for lv in levels]
+    mf.write(out_dir, m)
+    ms = ModelSet.load(out_dir)
+    for lv, want in zip(levels, checks):   # the structured variant must equal its sparse model
+        got = ms.run(lv["level"], probe.numpy())
+        err = float(np.abs(got - want).max())
+        if err > 1e-4:
+            raise RuntimeError("variant %d differs from its sparse model by %g: not exporting" % (lv["level"], err))
+        lv["max_abs_diff_vs_sparse"] = err
+    for row in evaluate.accuracy_table(ms, data.x_test, data.y_test):
+        lv = levels[row["level"] - 1]
+        lv["accuracy"], lv["confidence"] = row["accuracy"], row["confidence"]
+    m["measured_on"] = "test_batch (%d images)" % len(data.y_test)
+    mf.write(out_dir, m)
+    return m
+
+
 def format_table(m: Dict) -> str:
-    lines = ["%-5s %8s %10s %9s %9s %7s" % ("k", "top-1 %", "confidence", "MMACs", "params", "head")]
+    extra = "head" if m["kind"] == "group" else "compression"
+    lines = ["%-5s %8s %10s %9s %9s %11s" % ("level", "top-1 %", "confidence", "MMACs", "params", extra)]
     for lv in m["levels"]:
-        lines.append("%-5d %8.2f %10.4f %9.2f %9d %7s" % (lv["level"], lv["accuracy"], lv["confidence"],
-                                                        lv["macs"] / 1e6, lv["params"], lv["head"]))
+        x = lv["head"] if m["kind"] == "group" else "%.1fx" % lv["compression"]
+        lines.append("%-5d %8.2f %10.4f %9.2f %9d %11s" % (lv["level"], lv["accuracy"], lv["confidence"],
+                                                          lv["macs"] / 1e6, lv["params"], x))
     return "\n".join(lines)

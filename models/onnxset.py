@@ -13,11 +13,11 @@ head per k. Output in ``out_dir``:
 from __future__ import annotations
 
 import os
-from typing import Dict, List, Sequence, Tuple
+from typing import Callable, Dict, List, Sequence, Tuple
 
 import numpy as np
 import onnx
-from onnx import TensorProto, helper
+from onnx import TensorProto, helper, numpy_helper
 
 from .arch import Arch
 
@@ -67,11 +67,14 @@ def _external(name: str, shape: Sequence[int], offset: int) -> TensorProto:
     return t
 
 
-def _graph(arch: Arch, k: int, shapes: Dict[str, Tuple[int, ...]], offsets: Dict[str, int]) -> onnx.ModelProto:
+def _graph(arch: Arch, k: int, shapes: Dict[str, Tuple[int, ...]],
+           tensor: Callable[[str, str, Sequence[int]], TensorProto]) -> onnx.ModelProto:
+    """The k-group network of ``arch`` (k = 1: a plain dense network). ``tensor(name, key,
+    shape)`` makes each initializer: external data into weights.bin, or embedded."""
     nodes, inits = [], []
 
     def init(name: str, key: str, shape):
-        inits.append(_external(name, shape, offsets[key]))
+        inits.append(tensor(name, key, shape))
         return name
 
     x = INPUT
@@ -124,10 +127,31 @@ def write_group_set(out_dir: str, arch: Arch, groups: Sequence[Dict[str, np.ndar
     offsets = _write_weights(os.path.join(out_dir, WEIGHTS), tensors)
     shapes = {n: t.shape for n, t in tensors.items()}
     names = [WEIGHTS]
+    external = lambda name, key, shape: _external(name, shape, offsets[key])
     for k in range(1, len(groups) + 1):
-        model = _graph(arch, k, shapes, offsets)
+        model = _graph(arch, k, shapes, external)
         path = os.path.join(out_dir, level_file(k))
         onnx.save(model, path)
         onnx.checker.check_model(path)
         names.append(level_file(k))
     return names
+
+
+def write_dense(path: str, arch: Arch, t: Dict[str, np.ndarray]) -> None:
+    """One dense network (``fold_column`` layout, any widths) as a self-contained ONNX file
+    with embedded weights: a portfolio variant, which shares nothing with the others."""
+    s = arch.final_size
+    data = dict(t)
+    data["fc1.w"] = t["fc1.w"].reshape(arch.hidden, arch.widths[-1], s, s)
+    data["head1.w"], data["head1.b"] = t["fc2.w"], t["fc2.b"]
+    shapes = {n: v.shape for n, v in data.items()}
+
+    def embedded(name, key, shape):
+        arr = np.ascontiguousarray(data[key], dtype=np.float32)
+        if tuple(arr.shape) != tuple(shape):
+            raise ValueError("%s has shape %s, the graph needs %s" % (key, arr.shape, tuple(shape)))
+        return numpy_helper.from_array(arr, name)
+
+    model = _graph(arch, 1, shapes, embedded)
+    onnx.save(model, path)
+    onnx.checker.check_model(path)

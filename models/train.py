@@ -168,34 +168,38 @@ class Trainer:
                 "head_kinds": [s["val"]["head"] for s in states],
                 "val": [s["val"] for s in states], "data": self.data}
 
-    def _train_group(self, g: int, earlier: List[Dict]) -> Dict:
+    def _optimizer(self, col: Column) -> torch.optim.Optimizer:
         cfg = self.cfg
-        torch.manual_seed(cfg.seed * 1000 + g)
-        col = Column(cfg.arch).to(memory_format=torch.channels_last)
         decay = [p for n, p in col.named_parameters() if n.endswith("weight") and p.dim() > 1]
         other = [p for n, p in col.named_parameters() if not (n.endswith("weight") and p.dim() > 1)]
-        opt = torch.optim.SGD([{"params": decay, "weight_decay": cfg.weight_decay},
-                               {"params": other, "weight_decay": 0.0}],
-                              lr=cfg.lr, momentum=cfg.momentum, nesterov=True)
-        gen = torch.Generator().manual_seed(cfg.seed * 1000 + g)
-        start = 0
-        history: List[Dict] = []
-        if os.path.exists(self._path(g, True)):
-            ck = torch.load(self._path(g, True), weights_only=False)
-            col.load_state_dict(ck["column"])
-            opt.load_state_dict(ck["opt"])
-            gen.set_state(ck["gen"])
-            torch.set_rng_state(ck["torch_rng"])
-            start, history = ck["epoch"], ck["history"]
-            self.log("group %d/%d: resuming after epoch %d" % (g, cfg.groups, start))
+        return torch.optim.SGD([{"params": decay, "weight_decay": cfg.weight_decay},
+                                {"params": other, "weight_decay": 0.0}],
+                               lr=cfg.lr, momentum=cfg.momentum, nesterov=True)
+
+    def _resume(self, path: str, col: Column, opt, gen: torch.Generator):
+        """Load a partial checkpoint if there is one; return (epochs done, history)."""
+        if not os.path.exists(path):
+            return 0, []
+        ck = torch.load(path, weights_only=False)
+        col.load_state_dict(ck["column"])
+        opt.load_state_dict(ck["opt"])
+        gen.set_state(ck["gen"])
+        torch.set_rng_state(ck["torch_rng"])
+        return ck["epoch"], ck["history"]
+
+    def _epochs(self, col: Column, opt, gen: torch.Generator, start: int, epochs: int, ckpt: str,
+                tag: str, history: List[Dict], after_step=None) -> None:
+        """Epochs ``start``..``epochs`` of SGD with per-step cosine decay, augmentation, a
+        checkpoint after every epoch. ``after_step`` runs after each optimizer step (masks)."""
+        cfg = self.cfg
         n = len(self.x_train)
         steps = n // cfg.batch
-        total = steps * cfg.epochs
-        for epoch in range(start, cfg.epochs):
+        total = steps * epochs
+        for epoch in range(start, epochs):
             col.train()
             t0 = time.time()
             order = torch.randperm(n, generator=gen)
-            bar = tqdm(range(steps), desc="group %d/%d epoch %d/%d" % (g, cfg.groups, epoch + 1, cfg.epochs),
+            bar = tqdm(range(steps), desc="%s epoch %d/%d" % (tag, epoch + 1, epochs),
                        leave=False, file=sys.stderr, mininterval=1.0 if sys.stderr.isatty() else 30.0)
             run_loss = run_acc = 0.0
             for s in bar:
@@ -210,6 +214,8 @@ class Trainer:
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()
+                if after_step is not None:
+                    after_step()
                 run_loss = 0.98 * run_loss + 0.02 * loss.item() if s else loss.item()
                 run_acc = 0.98 * run_acc + 0.02 * _accuracy(logits, y) if s else _accuracy(logits, y)
                 if s % 20 == 0:
@@ -219,11 +225,22 @@ class Trainer:
             history.append({"epoch": epoch + 1, "loss": run_loss, "val_acc": val_acc,
                             "seconds": round(time.time() - t0, 1)})
             _atomic_save({"column": col.state_dict(), "opt": opt.state_dict(), "gen": gen.get_state(),
-                          "torch_rng": torch.get_rng_state(), "epoch": epoch + 1, "history": history},
-                         self._path(g, True))
-            self.log("group %d/%d epoch %d/%d: loss %.3f, group alone val %.2f%% (%.0f s)"
-                     % (g, cfg.groups, epoch + 1, cfg.epochs, run_loss, val_acc, time.time() - t0))
+                          "torch_rng": torch.get_rng_state(), "epoch": epoch + 1, "history": history}, ckpt)
+            self.log("%s epoch %d/%d: loss %.3f, %s val %.2f%% (%.0f s)"
+                     % (tag, epoch + 1, epochs, run_loss, "group alone" if tag.startswith("group") else "model",
+                        val_acc, time.time() - t0))
         col.eval()
+
+    def _train_group(self, g: int, earlier: List[Dict]) -> Dict:
+        cfg = self.cfg
+        torch.manual_seed(cfg.seed * 1000 + g)
+        col = Column(cfg.arch).to(memory_format=torch.channels_last)
+        opt = self._optimizer(col)
+        gen = torch.Generator().manual_seed(cfg.seed * 1000 + g)
+        start, history = self._resume(self._path(g, True), col, opt, gen)
+        if start:
+            self.log("group %d/%d: resuming after epoch %d" % (g, cfg.groups, start))
+        self._epochs(col, opt, gen, start, cfg.epochs, self._path(g, True), "group %d/%d" % (g, cfg.groups), history)
         col = col.to(memory_format=torch.contiguous_format)
         frozen = columns_from_states(cfg.arch, [s["column"] for s in earlier])
         head, val = self._fit_head(frozen + [col], gen)
