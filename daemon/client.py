@@ -48,7 +48,10 @@ class Result:
 
 class Client:
     def __init__(self, endpoint: Optional[str] = None, control_endpoint: Optional[str] = None,
-                 timeout_s: float = 5.0, ctx: Optional[zmq.Context] = None):
+                 timeout_s: float = 5.0, ctx: Optional[zmq.Context] = None,
+                 curve_secret_key: Optional[str] = None, curve_server_key: Optional[str] = None):
+        """``curve_secret_key`` (this client's certificate file) and ``curve_server_key``
+        (the daemon's public certificate) are needed for a tcp:// control endpoint."""
         self.endpoint = endpoint or DEFAULT_INFER_ENDPOINT
         self.control_endpoint = control_endpoint or default_control_endpoint(for_client=True)
         self.timeout_s = timeout_s
@@ -56,12 +59,20 @@ class Client:
         self._ids = itertools.count(1)
         self._prefix = "%d-%x" % (os.getpid(), id(self) & 0xFFFFFF)
         self._socks: Dict[str, zmq.Socket] = {}
+        self._curve = None
+        if curve_secret_key or curve_server_key:
+            from zmq.auth import load_certificate
+            pub, sec = load_certificate(curve_secret_key)
+            server_pub, _ = load_certificate(curve_server_key)
+            self._curve = (pub, sec, server_pub)
 
     def _sock(self, endpoint: str) -> zmq.Socket:
         s = self._socks.get(endpoint)
         if s is None:
             s = self.ctx.socket(zmq.DEALER)
             s.setsockopt(zmq.LINGER, 0)
+            if self._curve and endpoint == self.control_endpoint:
+                s.curve_publickey, s.curve_secretkey, s.curve_serverkey = self._curve
             s.connect(endpoint)
             self._socks[endpoint] = s
         return s

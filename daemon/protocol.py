@@ -160,7 +160,7 @@ def decode_control(frames: Sequence[bytes]) -> Tuple[Any, str, Dict]:
     if not _scalar_id(rid):
         raise ProtocolError("bad_request", "id must be a JSON scalar")
     cmd = msg.get("cmd")
-    if cmd not in COMMANDS:
+    if not isinstance(cmd, str) or cmd not in COMMANDS:
         raise ProtocolError("unknown_command", "unknown command %r (commands: %s)" % (cmd, ", ".join(COMMANDS)))
     args = {k: v for k, v in msg.items() if k not in ("cmd", "id")}
     unknown = set(args) - COMMANDS[cmd]

@@ -65,6 +65,10 @@ class Service:
                      cfg.profile_runs)
             profile = profiler.measure(self.executor, self.space, self.levels, runs=cfg.profile_runs,
                                        progress=progress)
+            profiler.save(cfg.state_dir, profile, self.profile_key)   # later starts reuse it
+            for err in self.platform.reset():   # serve from the board's own settings
+                log.error("could not restore after profiling: %s", err)
+            self.executor.applied = None
         self.governor = Governor(self.space, self.levels, profile)
         self.executor.governor = self.governor
         self._load_budget()

@@ -160,6 +160,12 @@ class SysfsPlatform:
         self._start_energy()
         return errors
 
+    def reset(self) -> List[str]:
+        """Put back every file written so far (as ``stop`` does) but keep metering: after the
+        start-up profile, so that serving starts from the board's own settings."""
+        self._set.clear()
+        return self.originals.restore()
+
     def stop(self) -> List[str]:
         if self.meter:
             self.meter.stop()

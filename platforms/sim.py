@@ -187,6 +187,9 @@ class SimBoard:
     def stop(self) -> List[str]:
         return []
 
+    def reset(self) -> List[str]:
+        return []
+
     def disable_dvfs(self, reason: str) -> None:
         self.dvfs_error = reason
 

@@ -1,0 +1,538 @@
+"""Reliability and security (issue 8): fuzzing, load and soak, fault injection, crash-safe
+restore, access control. Counts are small in the normal run; ``-m slow`` runs the full
+ones (docs/reliability.md). ``DNNSCALE_FUZZ_SCALE`` multiplies the fuzz counts."""
+from __future__ import annotations
+
+import errno
+import json
+import os
+import random
+import shutil
+import signal
+import subprocess
+import threading
+import time
+
+import numpy as np
+import psutil
+import pytest
+import zmq
+from hypothesis import HealthCheck, given, settings, strategies as st
+
+from daemon.protocol import (COMMANDS, InputSpec, ProtocolError, decode_control, decode_infer)
+from tests.daemon_harness import ROOT, Daemon, dnnscale_cmd
+from tests.fixtures import trees
+from tests.fixtures.kernel import snapshot
+
+SCALE = float(os.environ.get("DNNSCALE_FUZZ_SCALE", "1"))
+SPEC = InputSpec((3, 32, 32), 4, 64)
+INFER_CODES = {"bad_frames", "bad_json", "too_large", "bad_header", "bad_dtype", "bad_shape", "bad_size",
+               "bad_values", "bad_groups", "bad_deadline", "busy", "internal"}
+CONTROL_CODES = {"bad_json", "bad_frames", "bad_request", "unknown_command", "bad_properties", "bad_budget",
+                 "bad_pin", "reload_failed", "internal"}
+FLOATS = st.one_of(st.floats(allow_nan=True, allow_infinity=True), st.sampled_from(
+    [0.0, -0.0, 5e-324, 1.7976931348623157e308, -1.0, 1e-9, 600000.0, 600000.0000001]))
+SCALARS = st.one_of(st.none(), st.booleans(), st.integers(min_value=-2 ** 70, max_value=2 ** 70), FLOATS,
+                    st.text(max_size=40))
+JSONISH = st.recursive(SCALARS, lambda c: st.one_of(st.lists(c, max_size=4),
+                                                     st.dictionaries(st.text(max_size=8), c, max_size=4)),
+                       max_leaves=12)
+
+
+def headers():
+    good = {"id": SCALARS, "dtype": st.sampled_from(["uint8", "float32", "float64", "", 3]),
+            "shape": st.one_of(st.lists(st.integers(-3, 10 ** 12), max_size=6),
+                               st.sampled_from([[1, 32, 32, 3], [2, 3, 32, 32], [65, 32, 32, 3]]), JSONISH),
+            "groups": st.one_of(st.integers(-2, 9), FLOATS, st.booleans(), st.none()),
+            "deadline_ms": st.one_of(FLOATS, st.integers(-5, 10 ** 9), st.text(max_size=3), st.none()),
+            "evil": JSONISH}
+    return st.fixed_dictionaries({}, optional=good)
+
+
+def encode(h) -> bytes:
+    return json.dumps(h, allow_nan=True).encode()
+
+
+def tensor_for(h, rng_bytes: bytes) -> bytes:
+    """Mostly the right byte count for the declared shape, sometimes off by a little."""
+    try:
+        n = int(np.prod(h.get("shape"))) * (1 if h.get("dtype") == "uint8" else 4)
+    except Exception:
+        n = 0
+    if not 0 <= n <= 64 * 12288:
+        n = len(rng_bytes)
+    return (rng_bytes * (n // max(len(rng_bytes), 1) + 1))[:n] if rng_bytes else bytes(n)
+
+
+def check_decode(frames):
+    try:
+        req = decode_infer(frames, SPEC)
+    except ProtocolError as e:
+        assert e.code in INFER_CODES, e.code
+        return "refused"
+    assert req.tensor.shape[0] >= 1 and req.tensor.dtype in (np.uint8, np.float32)
+    assert req.groups is None or 1 <= req.groups <= 4
+    return "accepted"
+
+
+# ----------------------------------------------------------------------------- decoder fuzz
+@settings(max_examples=int(3000 * SCALE), deadline=None, suppress_health_check=list(HealthCheck))
+@given(st.lists(st.binary(max_size=200), min_size=0, max_size=4))
+def test_fuzz_decoder_random_frames(frames):
+    check_decode(frames)
+
+
+@settings(max_examples=int(3000 * SCALE), deadline=None, suppress_health_check=list(HealthCheck))
+@given(headers(), st.binary(max_size=64), st.integers(0, 3))
+def test_fuzz_decoder_structured(h, noise, cut):
+    body = tensor_for(h, noise)
+    frames = [encode(h), body[:len(body) - cut] if cut else body]
+    check_decode(frames)
+
+
+@settings(max_examples=int(1500 * SCALE), deadline=None, suppress_health_check=list(HealthCheck))
+@given(st.binary(min_size=1, max_size=300), st.integers(0, 299), st.integers(0, 255))
+def test_fuzz_decoder_mutated_valid_header(extra, pos, byte):
+    h = bytearray(b'{"id":"q","dtype":"uint8","shape":[1,32,32,3],"groups":2,"deadline_ms":5.5}')
+    h[pos % len(h)] = byte
+    check_decode([bytes(h), bytes(3072)])
+
+
+@settings(max_examples=int(2000 * SCALE), deadline=None, suppress_health_check=list(HealthCheck))
+@given(st.one_of(st.dictionaries(st.text(max_size=12), JSONISH, max_size=5),
+                 st.fixed_dictionaries({"cmd": st.sampled_from(sorted(COMMANDS) + ["", "rm"])},
+                                       optional={"latency_ms": FLOATS, "energy_mj": JSONISH, "groups": JSONISH,
+                                                 "target": JSONISH, "freq_khz": JSONISH, "id": JSONISH})))
+def test_fuzz_control_decoder(msg):
+    try:
+        rid, cmd, args = decode_control([encode(msg)])
+        assert cmd in COMMANDS and set(args) <= COMMANDS[cmd]
+    except ProtocolError as e:
+        assert e.code in CONTROL_CODES
+
+
+def test_deep_and_huge_json_refused():
+    for frame in (b"[" * 50000 + b"]" * 50000, b'{"id": "' + b"x" * 100000 + b'"}', b"\xc3\x28"):
+        with pytest.raises(ProtocolError) as e:
+            decode_infer([frame, b""], SPEC)
+        assert e.value.code in ("too_large", "bad_json")
+
+
+# ----------------------------------------------------------------------------- live daemon
+@pytest.fixture(scope="module")
+def live(random_set, tmp_path_factory):
+    work = str(tmp_path_factory.mktemp("rel"))
+    root = trees.build("generic-rapl", os.path.join(work, "sysfs"))
+    d = Daemon(os.path.join(work, "run"), random_set, sysfs_root=root)
+    d.wait_ready()
+    yield d, root
+    d.stop()
+
+
+def random_message(r: random.Random):
+    kind = r.random()
+    if kind < 0.25:
+        return [bytes(r.getrandbits(8) for _ in range(r.randrange(0, 60))) for _ in range(r.randrange(0, 4))]
+    h = {"id": r.choice([None, r.randrange(10 ** 6), "s%d" % r.randrange(100), 1.5, True])}
+    if r.random() < 0.9:
+        h["dtype"] = r.choice(["uint8", "float32", "int8"])
+    if r.random() < 0.9:
+        h["shape"] = r.choice([[r.randrange(0, 5), 32, 32, 3], [r.randrange(1, 4), 3, 32, 32], [1, 32, 32],
+                               [10 ** 9, 32, 32, 3], [1, 32, 32, 4]])
+    if r.random() < 0.3:
+        h["groups"] = r.choice([0, 1, 3, 7, -1, True, 2.5])
+    if r.random() < 0.3:
+        h["deadline_ms"] = r.choice([0.001, 5, -1, 1e308, 1e6, 50.0])
+    if r.random() < 0.05:
+        h["surprise"] = 1
+    header = json.dumps(h).encode()
+    if r.random() < 0.1:
+        header = header[:r.randrange(len(header))]
+    try:
+        n = int(np.prod(h.get("shape", [0]))) * (1 if h.get("dtype") == "uint8" else 4)
+    except Exception:
+        n = 0
+    n = n if 0 <= n <= 64 * 12288 else 100
+    if r.random() < 0.15:
+        n = max(0, n + r.choice([-1, 1, -4, 13]))
+    body = bytes(r.getrandbits(8) for _ in range(min(n, 64))) * (n // 64 + 1)
+    body = body[:n]
+    if h.get("dtype") == "float32" and r.random() < 0.5:
+        body = np.random.default_rng(r.randrange(1000)).standard_normal(n // 4).astype(np.float32).tobytes()[:n]
+    return [header, body]
+
+
+def fuzz_live(d, n: int, seed: int = 0):
+    r = random.Random(seed)
+    s = zmq.Context.instance().socket(zmq.DEALER)
+    s.setsockopt(zmq.LINGER, 0)
+    s.connect(d.infer_ep)
+    answered = ok = 0
+    codes = {}
+    for i in range(n):
+        frames = random_message(r)
+        if not frames:
+            continue
+        s.send_multipart(frames)
+        assert s.poll(10000), "no reply to fuzz message %d: %r" % (i, [f[:80] for f in frames])
+        reply = s.recv_multipart()
+        head = json.loads(reply[0])
+        answered += 1
+        if head["ok"]:
+            ok += 1
+        else:
+            assert head["error"]["code"] in INFER_CODES, head
+            codes[head["error"]["code"]] = codes.get(head["error"]["code"], 0) + 1
+    s.close()
+    return answered, ok, codes
+
+
+def test_fuzz_live_daemon(live):
+    d, _ = live
+    answered, ok, codes = fuzz_live(d, int(300 * SCALE))
+    assert answered > 0 and ok > 0 and len(codes) >= 5
+    assert d.proc.poll() is None
+
+
+@pytest.mark.slow
+def test_fuzz_live_daemon_full(live):
+    d, _ = live
+    answered, ok, codes = fuzz_live(d, 10000, seed=1)
+    print("live fuzz: %d answered, %d ok, refusals %s" % (answered, ok, codes))
+    assert d.proc.poll() is None
+
+
+# ----------------------------------------------------------------------------- load and soak
+def load(d, clients: int, per_client: int):
+    replies = {}
+    errors = []
+
+    def worker(c):
+        s = zmq.Context.instance().socket(zmq.DEALER)
+        s.setsockopt(zmq.LINGER, 0)
+        s.connect(d.infer_ep)
+        x = bytes(3072)
+        try:
+            for i in range(per_client):
+                rid = "c%d-%d" % (c, i)
+                s.send_multipart([json.dumps({"id": rid, "dtype": "uint8", "shape": [1, 32, 32, 3]}).encode(), x])
+                if not s.poll(30000):
+                    errors.append("no reply to %s" % rid)
+                    return
+                head = json.loads(s.recv_multipart()[0])
+                replies.setdefault(head["id"], []).append(head["ok"])
+        finally:
+            s.close()
+
+    threads = [threading.Thread(target=worker, args=(c,)) for c in range(clients)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return replies, errors
+
+
+def test_load_every_request_answered_once(live):
+    d, _ = live
+    replies, errors = load(d, 16, 40)
+    assert not errors
+    assert len(replies) == 16 * 40 and all(v == [True] for v in replies.values())
+
+
+@pytest.mark.slow
+def test_load_full(live):
+    d, _ = live
+    t0 = time.time()
+    replies, errors = load(d, 16, 2000)
+    print("load: %d requests answered in %.1f s" % (len(replies), time.time() - t0))
+    assert not errors and len(replies) == 32000 and all(v == [True] for v in replies.values())
+
+
+def soak(d, seconds: float):
+    proc = psutil.Process(d.proc.pid)
+    stop = time.time() + seconds
+    warm = stop - seconds * 0.8
+    base = None
+    vanished = 0
+    ctx = zmq.Context.instance()
+    while time.time() < stop:
+        load(d, 4, 10)
+        # a client that vanishes mid-request must not wedge the ROUTER
+        s = ctx.socket(zmq.DEALER)
+        s.setsockopt(zmq.LINGER, 0)
+        s.connect(d.infer_ep)
+        s.send_multipart([b'{"id":"gone","dtype":"uint8","shape":[4,32,32,3]}', bytes(4 * 3072)])
+        s.close()
+        vanished += 1
+        if base is None and time.time() >= warm:
+            base = settled(proc)
+    return base, settled(proc), vanished
+
+
+def settled(proc):
+    """RSS and open fds once ZeroMQ has finished closing the connections of clients that
+    just left (it does so asynchronously, in its I/O thread)."""
+    time.sleep(0.5)
+    return proc.memory_info().rss, proc.num_fds()
+
+
+def test_soak_short(live):
+    d, _ = live
+    base, end, vanished = soak(d, 8.0)
+    assert end[0] < base[0] * 1.05 and end[1] <= base[1] and vanished > 0
+    with d.client() as c:
+        assert len(c.infer(np.zeros((1, 32, 32, 3), np.uint8)).labels) == 1
+
+
+@pytest.mark.slow
+def test_soak_full(live):
+    d, _ = live
+    base, end, vanished = soak(d, 600.0)
+    print("soak: RSS %d -> %d (+%.2f%%), fds %d -> %d, %d vanished clients" % (
+        base[0], end[0], 100 * (end[0] / base[0] - 1), base[1], end[1], vanished))
+    assert end[0] < base[0] * 1.05 and end[1] <= base[1]
+
+
+def test_oversized_message_dropped_daemon_keeps_serving(live):
+    d, _ = live
+    s = zmq.Context.instance().socket(zmq.DEALER)
+    s.setsockopt(zmq.LINGER, 0)
+    s.connect(d.infer_ep)
+    s.send_multipart([b'{"id":"big","dtype":"uint8","shape":[1,32,32,3]}', bytes(64 * 12288 + 200 * 1024)])
+    assert not s.poll(1500)   # ZMQ_MAXMSGSIZE: the connection is dropped, nothing is read
+    s.close()
+    with d.client() as c:
+        assert len(c.infer(np.zeros((1, 32, 32, 3), np.uint8)).labels) == 1
+
+
+# ----------------------------------------------------------------------------- fault injection
+def test_sensor_vanishes_energy_off(live):
+    d, root = live
+    with d.client() as c:
+        assert c.infer(np.zeros((1, 32, 32, 3), np.uint8)).energy_mj is not None
+        os.remove(os.path.join(root, "sys/class/powercap/intel-rapl:0/energy_uj"))
+        r = c.infer(np.zeros((1, 32, 32, 3), np.uint8))
+        assert r.energy_mj is None
+        s = c.status()
+        assert s["energy"]["available"] is False and "energy_uj" in s["energy"]["reason"]
+
+
+def test_critical_temperature_reported_keeps_serving(live):
+    d, root = live
+    with open(os.path.join(root, "sys/class/thermal/thermal_zone0/temp"), "w") as f:
+        f.write("120000\n")
+    with d.client() as c:
+        assert len(c.infer(np.zeros((1, 32, 32, 3), np.uint8)).labels) == 1
+        assert c.status()["temperatures_c"]["x86_pkg_temp"] == 120.0
+
+
+@pytest.mark.parametrize("err", [errno.EBUSY, errno.EINVAL, errno.EACCES])
+def test_write_failure_mid_run_turns_dvfs_off(random_set, tmp_path, err):
+    """A kernel refusal in the middle of serving: DVFS off with the reason, serving goes on."""
+    from daemon.executor import Executor
+    from governor import Budget, Governor, Profile, TargetFit, build_space, levels_from_manifest
+    from models import ModelSet
+    from platforms import boards
+    from platforms.adapter import SysfsPlatform
+    from platforms.sysfs import Sysfs, _remedy
+    root = trees.build("generic", str(tmp_path / "sysfs"))
+
+    class Failing(Sysfs):
+        fail = False
+
+        def write(self, p, value):
+            if self.fail:
+                raise _remedy(OSError(err, os.strerror(err)), p, str(value))
+            super().write(p, value)
+
+    fs = Failing(root)
+    plat = SysfsPlatform(boards.GENERIC, root, str(tmp_path / "state"), fs=fs)
+    ms = ModelSet.load(random_set)
+    levels = levels_from_manifest(ms.manifest)
+    space = build_space(levels, {n: t.freqs_khz for n, t in plat.targets.items()})
+    prof = Profile({t: TargetFit(1e-12, 1e-4, {}) for t in plat.targets})
+    gov = Governor(space, levels, prof)
+    ex = Executor(ms, plat, gov)
+    x = np.zeros((1, 3, 32, 32), np.float32)
+    gov.pin(freq_khz=1800000)
+    ex.infer(x)
+    assert plat.dvfs_enabled
+    fs.fail = True
+    gov.pin(freq_khz=1200000)
+    logits, info = ex.infer(x)
+    assert logits.shape == (1, 10) and not plat.dvfs_enabled
+    assert os.strerror(err) in plat.dvfs_reason
+    ex.infer(x)   # and keeps serving
+
+
+def test_onnxruntime_error_in_one_run(random_set, tmp_path):
+    """One failing run → an ``internal`` error reply for that request; the next succeeds."""
+    from daemon.config import load as load_config
+    from daemon.server import Server
+    from daemon.service import Service
+    from daemon.client import Client, DaemonError
+    cfg = load_config(str(_empty(tmp_path)), {"model": random_set, "platform": "generic",
+                                              "state_dir": str(tmp_path / "s"),
+                                              "infer_endpoint": "ipc://%s/i.sock" % tmp_path,
+                                              "control_endpoint": "ipc://%s/c.sock" % tmp_path})
+    svc = Service(cfg)
+    real_run = svc.models.run
+    calls = {"n": 0}
+
+    def flaky(*a, **kw):
+        calls["n"] += 1
+        if calls["n"] == 1:
+            raise RuntimeError("[ONNXRuntimeError] : 6 : RUNTIME_EXCEPTION : injected")
+        return real_run(*a, **kw)
+
+    svc.models.run = flaky
+    server = Server(svc, cfg)
+    server.bind()
+    stop = threading.Event()
+    t = threading.Thread(target=server.serve, args=(stop,))
+    t.start()
+    try:
+        c = Client(cfg.infer_endpoint, cfg.control_endpoint, timeout_s=10)
+        with pytest.raises(DaemonError) as e:
+            c.infer(np.zeros((1, 32, 32, 3), np.uint8))
+        assert e.value.code == "internal" and "injected" in e.value.message
+        assert len(c.infer(np.zeros((1, 32, 32, 3), np.uint8)).labels) == 1
+        assert c.status()["errors"]["internal"] == 1
+        c.close()
+    finally:
+        stop.set()
+        t.join()
+        server.close()
+        svc.stop()
+
+
+def _empty(tmp_path):
+    p = tmp_path / "empty.yaml"
+    p.write_text("")
+    return p
+
+
+def test_corrupt_model_at_start_one_line(random_set, tmp_path):
+    bad = str(tmp_path / "set")
+    shutil.copytree(random_set, bad)
+    with open(os.path.join(bad, "weights.bin"), "r+b") as f:
+        f.seek(64)
+        f.write(b"\xff\xff")
+    r = subprocess.run(dnnscale_cmd() + ["serve", "--model", bad, "--config", str(_empty(tmp_path)),
+                                         "--state-dir", str(tmp_path / "s")], cwd=ROOT,
+                       env=dict(os.environ, PYTHONPATH=ROOT), capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2 and "weights.bin is altered" in r.stderr and r.stderr.strip().count("\n") == 0
+
+
+def test_corrupt_model_at_reload_keeps_serving(random_set, tmp_path):
+    mine = str(tmp_path / "set")
+    shutil.copytree(random_set, mine)
+    d = Daemon(str(tmp_path / "run"), mine)
+    try:
+        d.wait_ready()
+        os.remove(os.path.join(mine, "k2.onnx"))
+        with d.client() as c:
+            from daemon.client import DaemonError
+            with pytest.raises(DaemonError) as e:
+                c.reload()
+            assert e.value.code == "reload_failed" and "k2.onnx is missing" in e.value.message
+            assert len(c.infer(np.zeros((1, 32, 32, 3), np.uint8), groups=2).labels) == 1
+    finally:
+        assert d.stop() == 0
+
+
+# ----------------------------------------------------------------------------- crash-safe restore
+def test_sigkill_then_next_start_restores_first(random_set, tmp_path):
+    root = trees.build("generic", str(tmp_path / "sysfs"))
+    before = snapshot(root)
+    state = str(tmp_path / "run" / "state")
+    d = Daemon(str(tmp_path / "run"), random_set, sysfs_root=root)
+    d.wait_ready()
+    with d.client() as c:
+        c.pin(freq_khz=1200000)
+        c.infer(np.zeros((1, 32, 32, 3), np.uint8))
+    d.stop(signal.SIGKILL)
+    assert snapshot(root) != before
+    assert os.path.exists(os.path.join(state, "platform-originals.json"))
+    d2 = Daemon(str(tmp_path / "run"), random_set, sysfs_root=root)
+    try:
+        d2.wait_ready()
+        assert snapshot(root) == before     # restored before serving anything
+        assert "restoring" in d2.output()
+        assert not os.path.exists(os.path.join(state, "platform-originals.json"))
+    finally:
+        d2.stop()
+
+
+# ----------------------------------------------------------------------------- access control
+def test_defaults_are_local_only():
+    from daemon.config import Config
+    c = Config().resolve()
+    assert c.infer_endpoint.startswith("tcp://127.0.0.1:") and c.control_endpoint.startswith("ipc://")
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="chown to another group needs root")
+def test_control_group(random_set, tmp_path):
+    import grp
+    group = next((g.gr_name for g in grp.getgrall() if g.gr_gid != 0), None)
+    if group is None:
+        pytest.skip("no non-root group")
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("control_group: %s\n" % group)
+    d = Daemon(str(tmp_path / "run"), random_set, config=str(cfg))
+    try:
+        d.wait_ready()
+        st_ = os.stat(d.control_ep[6:])
+        assert st_.st_gid == grp.getgrnam(group).gr_gid and st_.st_mode & 0o777 == 0o660
+    finally:
+        d.stop()
+
+
+def test_tcp_control_with_curve(random_set, tmp_path):
+    import socket as _s
+    import zmq.auth
+    from daemon.client import Client, DaemonUnavailable
+    keys, auth = tmp_path / "keys", tmp_path / "authorized"
+    keys.mkdir()
+    auth.mkdir()
+    server_pub, server_sec = zmq.auth.create_certificates(str(keys), "server")
+    client_pub, client_sec = zmq.auth.create_certificates(str(keys), "client")
+    shutil.copy(client_pub, str(auth))
+    with _s.socket() as sk:
+        sk.bind(("127.0.0.1", 0))
+        port = sk.getsockname()[1]
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("curve_secret_key: %s\ncurve_authorized_keys: %s\n" % (server_sec, auth))
+    d = Daemon(str(tmp_path / "run"), random_set, config=str(cfg),
+               extra=["--control-endpoint", "tcp://127.0.0.1:%d" % port])
+    d.control_ep = "tcp://127.0.0.1:%d" % port
+    try:
+        d.wait_ready()
+        ok = Client(d.infer_ep, d.control_ep, timeout_s=10, curve_secret_key=client_sec, curve_server_key=server_pub)
+        assert ok.status()["platform"] == "generic"
+        ok.close()
+        anon = Client(d.infer_ep, d.control_ep, timeout_s=1.5)   # no keys: never answered
+        with pytest.raises(DaemonUnavailable):
+            anon.status()
+        anon.close()
+    finally:
+        d.stop()
+
+
+def test_platform_writes_only_discovered_files(tmp_path):
+    """Whatever is asked (good or bad), every write lands in a discovered control file."""
+    from platforms import boards
+    from platforms.adapter import SysfsPlatform
+    from tests.fixtures.kernel import KernelSysfs
+    root = trees.build("jetson-nano", str(tmp_path / "sysfs"))
+    fs = KernelSysfs(root)
+    p = SysfsPlatform(boards.JETSON_NANO, root, str(tmp_path / "state"), fs=fs)
+    p.start()
+    for target, khz in [("cpu", 921600), ("gpu", 460800), ("../../etc/passwd", 1), ("cpu", -1), ("gpu", 10 ** 12)]:
+        try:
+            p.set_frequency(target, khz)
+        except ValueError:
+            pass
+    allowed = [d for t in p.targets.values() for d in t.control] + [r.enable for r in p.desc.rails if r.enable]
+    assert fs.writes and all(any(w.startswith(a) for a in allowed) for w, _ in fs.writes)
+    p.stop()
