@@ -35,7 +35,7 @@ def _client_proc(infer_ep, control_ep, n, ready, go, done):
     c.close()
 
 
-def run(model_dir: str, requests: int = 1000, threads: int = None) -> Dict:
+def run(model_dir: str, requests: int = 1000, threads: int = None, clients=(1, 4, 8, 16)) -> Dict:
     from models import ModelSet
     from tests.daemon_harness import Daemon
     threads = threads or os.cpu_count()
@@ -73,7 +73,7 @@ def run(model_dir: str, requests: int = 1000, threads: int = None) -> Dict:
                 out["e2e_p50_ms_" + dtype] = float(np.median(lat)) * 1e3
             out["throughput"] = []
             ctx = mp.get_context("fork")
-            for n_clients in (1, 4, 8, 16):
+            for n_clients in clients:
                 ready, done, go = ctx.Queue(), ctx.Queue(), ctx.Event()
                 per = max(50, requests // n_clients)
                 procs = [ctx.Process(target=_client_proc, args=(d.infer_ep, d.control_ep, per, ready, go, done))

@@ -39,6 +39,17 @@ def _ensure_global_pool(threads: int) -> int:
         return _env_threads
 
 
+def session_options(threads: Optional[int] = None) -> ort.SessionOptions:
+    """Options for any onnxruntime session in a process that uses ModelSet: once the global
+    thread pool exists, onnxruntime refuses sessions with a pool of their own."""
+    _ensure_global_pool(threads or len(os.sched_getaffinity(0)))
+    so = ort.SessionOptions()
+    so.use_per_session_threads = False
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    so.log_severity_level = 3
+    return so
+
+
 def gpu_provider() -> Optional[str]:
     """The GPU execution provider the installed onnxruntime offers, or None."""
     have = ort.get_available_providers()
@@ -77,13 +88,9 @@ class ModelSet:
         for target, providers in targets.items():
             sessions[target] = []
             for lv in m["levels"]:
-                so = ort.SessionOptions()
-                so.use_per_session_threads = False
-                so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-                so.log_severity_level = 3
                 path = os.path.join(model_dir, lv["file"])
                 try:
-                    sessions[target].append(ort.InferenceSession(path, so, providers=providers))
+                    sessions[target].append(ort.InferenceSession(path, session_options(threads), providers=providers))
                 except Exception as e:  # onnxruntime raises its own exception types
                     raise ModelSetError("cannot load %s: %s" % (path, str(e).splitlines()[0])) from None
         ms = cls(model_dir, m, sessions, threads)

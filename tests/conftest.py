@@ -98,3 +98,17 @@ def shared_cifar():
     if not os.path.isfile(os.path.join(SHARED_CIFAR, "test_batch")):
         pytest.skip("../shared/data/cifar10 is not here")
     return SHARED_CIFAR
+
+
+@pytest.fixture(scope="session")
+def tiny_portfolio(tiny_data, tmp_path_factory):
+    pytest.importorskip("torch")
+    from models import export
+    from models.arch import TINY
+    from models.portfolio import PortfolioConfig, PortfolioTrainer
+    out = str(tmp_path_factory.mktemp("portfolio"))
+    cfg = PortfolioConfig(epochs=2, rewind_epoch=1, levels=4, level_epochs=1, rate=0.5, val=100, batch=50,
+                          arch=TINY)
+    result = PortfolioTrainer(tiny_data, os.path.join(out, "ck"), cfg, log=lambda s: None).run()
+    m = export.export_portfolio(result, out, cfg, name="tiny-portfolio", command="test")
+    return out, result, m

@@ -34,7 +34,8 @@ def _random_dense(rng, arch, dead):
 
 def _run_onnx(path, x):
     import onnxruntime as ort
-    return ort.InferenceSession(path, providers=["CPUExecutionProvider"]).run(None, {"input": x})[0]
+    from models.modelset import session_options
+    return ort.InferenceSession(path, session_options(), providers=["CPUExecutionProvider"]).run(None, {"input": x})[0]
 
 
 def test_structured_removal_is_exact_and_removes_only_dead(tmp_path):
@@ -60,19 +61,6 @@ def test_structured_removal_is_exact_and_removes_only_dead(tmp_path):
     np.testing.assert_allclose(_run_onnx(str(tmp_path / "small.onnx"), x), _run_onnx(str(tmp_path / "full.onnx"), x),
                                rtol=1e-5, atol=1e-5)
     assert os.path.getsize(str(tmp_path / "small.onnx")) < os.path.getsize(str(tmp_path / "full.onnx"))
-
-
-@pytest.fixture(scope="module")
-def tiny_portfolio(tiny_data, tmp_path_factory):
-    pytest.importorskip("torch")
-    from models import export
-    from models.portfolio import PortfolioConfig, PortfolioTrainer
-    out = str(tmp_path_factory.mktemp("portfolio"))
-    cfg = PortfolioConfig(epochs=2, rewind_epoch=1, levels=4, level_epochs=1, rate=0.5, val=100, batch=50,
-                          arch=TINY)
-    result = PortfolioTrainer(tiny_data, os.path.join(out, "ck"), cfg, log=lambda s: None).run()
-    m = export.export_portfolio(result, out, cfg, name="tiny-portfolio", command="test")
-    return out, result, m
 
 
 def test_imp_masks_are_nested_and_density_falls(tiny_portfolio):

@@ -1,0 +1,117 @@
+"""One benchmark suite: ``python -m bench [--quick] [--model DIR] [--portfolio DIR]``.
+
+Runs every benchmark in one process tree, prints the tables, and rewrites
+docs/benchmarks.md (``--out`` to write elsewhere, ``--no-write`` to only print). Every
+section says whether it was measured on this machine or comes from a simulated board.
+Timings on a shared machine are noisy: the tables give medians and ratios from one run.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import os
+import sys
+import time
+from typing import Callable, List, Optional, Tuple
+
+from .common import ROOT, machine
+
+SECTIONS = ("range", "tradeoff", "modelset", "memory", "switching", "daemon", "governor")
+
+
+def _levels(model_dir):
+    from governor import levels_from_manifest
+    from models import manifest as mf
+    return levels_from_manifest(mf.read(model_dir))
+
+
+def run(model_dir: str, portfolio_dir: Optional[str], quick: bool, plots_dir: Optional[str],
+        only: Optional[List[str]] = None) -> List[Tuple[str, str]]:
+    from . import daemon as bdaemon, dynamic_range, modelset as bms, switching
+    runs = 60 if quick else 300
+    sections: List[Tuple[str, Callable[[], str]]] = [
+        ("range", lambda: dynamic_range.report(dynamic_range.run(model_dir, quick=quick))),
+        ("tradeoff", lambda: dynamic_range.tradeoff_report(model_dir, plots_dir)),
+        ("modelset", lambda: bms.report(bms.run(model_dir, runs=runs))),
+        ("memory", lambda: switching.memory_report(switching.memory(model_dir, portfolio_dir))),
+        ("switching", lambda: switching.report(switching.run(model_dir, portfolio_dir, runs=runs // 3))),
+        ("daemon", lambda: bdaemon.report(bdaemon.run(model_dir, requests=200 if quick else 1000,
+                                                      clients=(1, 4, 8, 16)))),
+        ("governor", lambda: governor_section(model_dir, quick, plots_dir)),
+    ]
+    out = []
+    for name, fn in sections:
+        if only and name not in only:
+            continue
+        t0 = time.time()
+        print("== %s ..." % name, file=sys.stderr, flush=True)
+        text = fn()
+        print(text)
+        out.append((name, text + "\n_(%s: %.0f s)_\n" % (name, time.time() - t0)))
+    return out
+
+
+def governor_section(model_dir: str, quick: bool, plots_dir: Optional[str]) -> str:
+    from . import governor as bgov
+    levels = _levels(model_dir)
+    text = bgov.report(bgov.simulated(levels) + ([] if quick else bgov.real(model_dir)))
+    png = bgov.plot(levels, os.path.join(plots_dir, "governor.png")) if plots_dir else None
+    if png:
+        text += "\n![latency against the budget and the chosen k](%s)\n" % os.path.relpath(png, os.path.join(ROOT, "docs"))
+    return text
+
+
+TITLES = {
+    "range": "1. Dynamic range (the seed paper's central figure)",
+    "tradeoff": "2. Accuracy against latency and energy (the trade-off picture)",
+    "modelset": "3a. ModelSet: latency per level, memory, size on disk",
+    "memory": "3b. Memory: group set vs separate models vs the DNNShifter portfolio",
+    "switching": "4. Switching cost",
+    "daemon": "5. The daemon: overhead and throughput",
+    "governor": "6. The governor against its baselines",
+}
+
+
+def write_doc(path: str, sections: List[Tuple[str, str]], quick: bool, command: str) -> None:
+    head = ["# Benchmarks", "",
+            "Written by `%s` on %s. Machine: %s." % (command, datetime.date.today().isoformat(), machine()),
+            "",
+            "Every number below was produced by that command in one run; rerun it to reproduce. "
+            "Timings on this shared 2-core VM are noisy: compare the ratios within a table, not absolute "
+            "times across runs. Sections that use the simulated XU3/Nano say so; their constants and "
+            "sources are in platforms/sim.py and docs/platforms.md.%s" % (
+                " **This was a `--quick` run (fewer repetitions).**" if quick else ""), ""]
+    body = []
+    for name, text in sections:
+        body += ["## " + TITLES[name], "", text, ""]
+    with open(path, "w") as f:
+        f.write("\n".join(head + body))
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="python -m bench", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--quick", action="store_true", help="a few-minute run with fewer repetitions")
+    p.add_argument("--model", default=None, help="group model set (default: the shipped one)")
+    p.add_argument("--portfolio", default=None, help="portfolio set (default: the shipped one, if any)")
+    p.add_argument("--only", nargs="*", choices=SECTIONS, help="run only these sections")
+    p.add_argument("--out", default=os.path.join(ROOT, "docs", "benchmarks.md"))
+    p.add_argument("--no-write", action="store_true")
+    a = p.parse_args(argv)
+    from models import zoo
+    model = a.model or zoo.default_path()
+    portfolio = a.portfolio
+    if portfolio is None and "cifar10-portfolio" in zoo.available():
+        portfolio = zoo.path("cifar10-portfolio")
+    plots = None if a.no_write else os.path.join(os.path.dirname(os.path.abspath(a.out)), "img")
+    if plots:
+        os.makedirs(plots, exist_ok=True)
+    sections = run(model, portfolio, a.quick, plots, a.only)
+    if not a.no_write:
+        write_doc(a.out, sections, a.quick, "python -m bench" + (" --quick" if a.quick else ""))
+        print("wrote %s" % a.out, file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,22 @@
+"""``python -m bench --quick`` on tiny model sets: every section and table is produced."""
+import os
+import subprocess
+import sys
+
+from tests.daemon_harness import ROOT
+
+
+def test_bench_quick_produces_every_table(random_set, tiny_portfolio, tmp_path):
+    out = str(tmp_path / "benchmarks.md")
+    r = subprocess.run([sys.executable, "-m", "bench", "--quick", "--model", random_set, "--portfolio",
+                        tiny_portfolio[0], "--out", out], cwd=ROOT, env=dict(os.environ, PYTHONPATH=ROOT),
+                       capture_output=True, text=True, timeout=900)
+    assert r.returncode == 0, r.stderr[-3000:]
+    doc = open(out).read()
+    from bench.__main__ import TITLES
+    for title in TITLES.values():
+        assert "## " + title in doc
+    for needle in ("latency range", "Pareto front", "ModelSet.run p50 ms", "DNNShifter-style portfolio",
+                   "switch overhead", "overhead µs (target <= 100)", "miss rate %", "SIMULATED",
+                   "measured on this machine", "Xun et al. 2019 (published)", "--quick"):
+        assert needle in doc, needle
