@@ -15,7 +15,7 @@ import multiprocessing as mp
 import os
 import tempfile
 import time
-from typing import Dict, List
+from typing import Dict
 
 import numpy as np
 
@@ -37,18 +37,13 @@ def _client_proc(infer_ep, control_ep, n, ready, go, done):
 
 def run(model_dir: str, requests: int = 1000, threads: int = None, clients=(1, 4, 8, 16)) -> Dict:
     from models import ModelSet
+    from models.evaluate import timings
     from tests.daemon_harness import Daemon
     threads = threads or os.cpu_count()
     ms = ModelSet.load(model_dir, threads=threads)
     G = ms.groups
     x = np.zeros((1,) + ms.input_shape, np.float32)
-    for _ in range(100):
-        ms.run(G, x)
-    t = []
-    for _ in range(requests):
-        t0 = time.perf_counter()
-        ms.run(G, x)
-        t.append(time.perf_counter() - t0)
+    t = timings(lambda: ms.run(G, x), requests, warmup=100)
     direct_p50 = float(np.median(t)) * 1e3
     direct_rate = len(t) / sum(t)
     out = {"machine": machine(), "direct_p50_ms": direct_p50, "direct_per_s": direct_rate, "levels": G}
@@ -63,13 +58,7 @@ def run(model_dir: str, requests: int = 1000, threads: int = None, clients=(1, 4
             out["target"] = widest
             for dtype in ("float32", "uint8"):
                 xx = x if dtype == "float32" else np.zeros((1, 32, 32, 3), np.uint8)
-                for _ in range(100):
-                    c.infer(xx)
-                lat = []
-                for _ in range(requests):
-                    t0 = time.perf_counter()
-                    c.infer(xx)
-                    lat.append(time.perf_counter() - t0)
+                lat = timings(lambda: c.infer(xx), requests, warmup=100)
                 out["e2e_p50_ms_" + dtype] = float(np.median(lat)) * 1e3
             out["throughput"] = []
             ctx = mp.get_context("fork")

@@ -10,7 +10,6 @@ DNNs; 41.6x / 10.6x with task mapping and DVFS.
 from __future__ import annotations
 
 import os
-import time
 from typing import Dict, List, Optional
 
 import numpy as np
@@ -24,6 +23,7 @@ def measured(model_dir: str, runs: int = 100) -> List[Dict]:
     """Median batch-1 latency of every (k, mapping) on this machine (generic platform)."""
     import platforms
     from models import ModelSet
+    from models.evaluate import timings
     ms = ModelSet.load(model_dir)
     plat = platforms.create("generic")
     x = np.zeros((1,) + ms.input_shape, np.float32)
@@ -32,13 +32,7 @@ def measured(model_dir: str, runs: int = 100) -> List[Dict]:
         for target in plat.targets:
             plat.pin(target)
             for k in range(1, ms.groups + 1):
-                for _ in range(20):
-                    ms.run(k, x)
-                t = []
-                for _ in range(runs):
-                    t0 = time.perf_counter()
-                    ms.run(k, x)
-                    t.append(time.perf_counter() - t0)
+                t = timings(lambda: ms.run(k, x), runs)
                 rows.append({"k": k, "target": target, "freq_khz": None, "latency_ms": float(np.median(t)) * 1e3,
                              "energy_mj": None, "accuracy": ms.level(k).get("accuracy")})
     finally:

@@ -8,7 +8,7 @@ event (the issue's "outside the first 20 inferences after each change").
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Callable, Dict, List, Optional, Tuple
+from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 
@@ -104,7 +104,6 @@ def run(scenario: Scenario, policy: str, levels: List[Level], seed: int = 0,
         raise ValueError(policy)
     events = {e.at: e for e in scenario.events}
     loads: Dict[str, Interference] = {}
-    counted = lat_ok = 0
     rows = []
     since_event = 0
     prev: Optional[Config] = None

@@ -34,17 +34,22 @@ def accuracy_table(ms: ModelSet, x_u8: np.ndarray, y: np.ndarray, batch: int = 5
     return rows
 
 
-def latency_ms(ms: ModelSet, k: int, runs: int = 200, warmup: int = 20, target=None) -> float:
-    """Median wall time of batch-1 ``ModelSet.run`` at level k, in ms."""
-    x = np.random.default_rng(0).standard_normal((1,) + ms.input_shape).astype(np.float32)
+def timings(fn, runs: int, warmup: int = 20) -> List[float]:
+    """Wall times (s) of ``runs`` calls of ``fn`` after ``warmup`` untimed ones."""
     for _ in range(warmup):
-        ms.run(k, x, target)
+        fn()
     times = []
     for _ in range(runs):
         t0 = time.perf_counter()
-        ms.run(k, x, target)
+        fn()
         times.append(time.perf_counter() - t0)
-    return float(np.median(times) * 1e3)
+    return times
+
+
+def latency_ms(ms: ModelSet, k: int, runs: int = 200, warmup: int = 20, target=None) -> float:
+    """Median wall time of batch-1 ``ModelSet.run`` at level k, in ms."""
+    x = np.random.default_rng(0).standard_normal((1,) + ms.input_shape).astype(np.float32)
+    return float(np.median(timings(lambda: ms.run(k, x, target), runs, warmup)) * 1e3)
 
 
 def evaluate(model_dir: str, data_dir: str, threads: Optional[int] = None,

@@ -45,34 +45,8 @@ def export_group_set(result: Dict, out_dir: str, cfg, name: Optional[str] = None
         levels.append({"level": k, "file": onnxset.level_file(k), "head": result["head_kinds"][k - 1],
                        "accuracy": None, "confidence": None, "macs": cost["macs"], "params": cost["params"],
                        "val_accuracy": round(result["val"][k - 1]["chosen_acc"], 2)})
-    m = {
-        "format": mf.FORMAT,
-        "kind": "group",
-        "name": name or os.path.basename(os.path.abspath(out_dir)),
-        "shares_weights": True,
-        "input": {"name": onnxset.INPUT, "shape": [arch.in_channels, arch.image, arch.image],
-                  "layout": "NCHW", "dtype": "float32",
-                  "image": {"shape": [arch.image, arch.image, arch.in_channels], "layout": "NHWC",
-                            "dtype": "uint8", "scale": "1/255"},
-                  "mean": list(MEAN), "std": list(STD), "classes": list(data.classes)},
-        "output": {"name": onnxset.OUTPUT, "shape": ["N", arch.classes], "meaning": "logits"},
-        "arch": arch.to_dict(),
-        "opset": onnxset.OPSET,
-        "levels": levels,
-        "files": {f: {} for f in files},
-        "provenance": {
-            "command": command, "seed": cfg.seed, "training": cfg.to_dict(),
-            "data_sha256": data.sha256, "packages": package_versions(),
-            "created": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
-        },
-    }
-    mf.write(out_dir, m)  # checksums first, so ModelSet can verify the files it measures
-    ms = ModelSet.load(out_dir)
-    for row in evaluate.accuracy_table(ms, data.x_test, data.y_test):
-        lv = levels[row["level"] - 1]
-        lv["accuracy"], lv["confidence"] = row["accuracy"], row["confidence"]
-    m["measured_on"] = "test_batch (%d images)" % len(data.y_test)
-    mf.write(out_dir, m)
+    m = _manifest("group", name, out_dir, arch, data, cfg, command, levels, files, shares_weights=True)
+    _measure(out_dir, m, data)
     return m
 
 
@@ -110,34 +84,55 @@ def export_portfolio(result: Dict, out_dir: str, cfg, name: Optional[str] = None
                        "imp_level": st["level"], "widths": list(w), "hidden": hidden,
                        "removed_channels": {k: len(v["removed"]) for k, v in report.items()},
                        "val_accuracy": round(st["val_acc"], 2), "_check": want})
-    m = {
-        "format": mf.FORMAT, "kind": "portfolio", "name": name or os.path.basename(os.path.abspath(out_dir)),
-        "shares_weights": False,
-        "input": {"name": onnxset.INPUT, "shape": [arch.in_channels, arch.image, arch.image], "layout": "NCHW",
-                  "dtype": "float32", "image": {"shape": [arch.image, arch.image, arch.in_channels],
-                                                "layout": "NHWC", "dtype": "uint8", "scale": "1/255"},
-                  "mean": list(MEAN), "std": list(STD), "classes": list(data.classes)},
-        "output": {"name": onnxset.OUTPUT, "shape": ["N", arch.classes], "meaning": "logits"},
-        "arch": arch.to_dict(), "opset": onnxset.OPSET, "levels": levels, "files": {f: {} for f in files},
-        "provenance": {"command": command, "seed": cfg.seed, "training": cfg.to_dict(), "data_sha256": data.sha256,
-                       "packages": package_versions(),
-                       "created": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")},
-    }
+    m = _manifest("portfolio", name, out_dir, arch, data, cfg, command, levels, files, shares_weights=False)
     checks = [lv.pop("_check") for lv in levels]
     mf.write(out_dir, m)
     ms = ModelSet.load(out_dir)
     for lv, want in zip(levels, checks):   # the structured variant must equal its sparse model
-        got = ms.run(lv["level"], probe.numpy())
-        err = float(np.abs(got - want).max())
+        err = float(np.abs(ms.run(lv["level"], probe.numpy()) - want).max())
         if err > 1e-4:
             raise RuntimeError("variant %d differs from its sparse model by %g: not exporting" % (lv["level"], err))
         lv["max_abs_diff_vs_sparse"] = err
+    _measure(out_dir, m, data, ms)
+    return m
+
+
+def _manifest(kind: str, name: Optional[str], out_dir: str, arch, data, cfg, command: str, levels, files,
+              shares_weights: bool) -> Dict:
+    return {
+        "format": mf.FORMAT,
+        "kind": kind,
+        "name": name or os.path.basename(os.path.abspath(out_dir)),
+        "shares_weights": shares_weights,
+        "input": {"name": onnxset.INPUT, "shape": [arch.in_channels, arch.image, arch.image],
+                  "layout": "NCHW", "dtype": "float32",
+                  "image": {"shape": [arch.image, arch.image, arch.in_channels], "layout": "NHWC",
+                            "dtype": "uint8", "scale": "1/255"},
+                  "mean": list(MEAN), "std": list(STD), "classes": list(data.classes)},
+        "output": {"name": onnxset.OUTPUT, "shape": ["N", arch.classes], "meaning": "logits"},
+        "arch": arch.to_dict(),
+        "opset": onnxset.OPSET,
+        "levels": levels,
+        "files": {f: {} for f in files},
+        "provenance": {
+            "command": command, "seed": cfg.seed, "training": cfg.to_dict(),
+            "data_sha256": data.sha256, "packages": package_versions(),
+            "created": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        },
+    }
+
+
+def _measure(out_dir: str, m: Dict, data, ms: Optional[ModelSet] = None) -> None:
+    """Accuracy and confidence per level, measured on the test set with the written files
+    (checksums are written first, so ModelSet verifies the files it measures)."""
+    if ms is None:
+        mf.write(out_dir, m)
+        ms = ModelSet.load(out_dir)
     for row in evaluate.accuracy_table(ms, data.x_test, data.y_test):
-        lv = levels[row["level"] - 1]
+        lv = m["levels"][row["level"] - 1]
         lv["accuracy"], lv["confidence"] = row["accuracy"], row["confidence"]
     m["measured_on"] = "test_batch (%d images)" % len(data.y_test)
     mf.write(out_dir, m)
-    return m
 
 
 def format_table(m: Dict) -> str:

@@ -2,8 +2,6 @@
 simulated boards (simulated time: deterministic and fast)."""
 from __future__ import annotations
 
-import math
-
 import pytest
 
 from governor import Budget, Config, Governor, Level, Params, Profile, Sample, TargetFit, build_space, plan_measurements

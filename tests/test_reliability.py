@@ -330,7 +330,7 @@ def test_critical_temperature_reported_keeps_serving(live):
 def test_write_failure_mid_run_turns_dvfs_off(random_set, tmp_path, err):
     """A kernel refusal in the middle of serving: DVFS off with the reason, serving goes on."""
     from daemon.executor import Executor
-    from governor import Budget, Governor, Profile, TargetFit, build_space, levels_from_manifest
+    from governor import Governor, Profile, TargetFit, build_space, levels_from_manifest
     from models import ModelSet
     from platforms import boards
     from platforms.adapter import SysfsPlatform
