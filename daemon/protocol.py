@@ -50,7 +50,7 @@ def parse_json(frame: bytes, what: str) -> Dict:
     if len(frame) > MAX_HEADER_BYTES:
         raise ProtocolError("too_large", "%s is %d bytes; the limit is %d" % (what, len(frame), MAX_HEADER_BYTES))
     try:
-        obj = json.loads(frame.decode("utf-8"), parse_constant=_reject_constant)
+        obj = _DECODER.decode(frame.decode("utf-8"))
     except UnicodeDecodeError:
         raise ProtocolError("bad_json", "%s is not valid UTF-8" % what) from None
     except (ValueError, RecursionError) as e:
@@ -62,6 +62,9 @@ def parse_json(frame: bytes, what: str) -> Dict:
 
 def _reject_constant(name):
     raise ValueError("%s is not allowed" % name)
+
+
+_DECODER = json.JSONDecoder(parse_constant=_reject_constant)   # NaN/Infinity are not JSON
 
 
 def peek_id(frame: bytes) -> Any:
