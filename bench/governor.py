@@ -100,6 +100,33 @@ def real(model_dir: str, n: int = 900, settle: int = 20) -> List[Dict]:
     return results
 
 
+def decision_cost(levels, n: int = 5000) -> str:
+    """Median and p99 time of one ``Governor.decide`` on each simulated board's full space,
+    in a closed loop (each decision's outcome is observed before the next)."""
+    import time as _t
+    from governor import Budget, Governor
+    from platforms.sim import SimBoard
+    rows = []
+    for name in ("sim-odroid-xu3", "sim-jetson-nano"):
+        board = SimBoard(name)
+        space = S._space(board, levels)
+        g = Governor(space, levels, S.measure_profile(SimBoard(name), space, levels))
+        fastest = min(g.profile.predict(c, l.macs)[0] for c in space for l in levels if l.level == c.level)
+        g.set_budget(Budget(latency_ms=3 * fastest * 1e3))
+        macs = {l.level: l.macs for l in levels}
+        times = []
+        for _ in range(n):
+            t0 = _t.perf_counter()
+            d = g.decide()
+            times.append(_t.perf_counter() - t0)
+            board.set_frequency(d.config.target, d.config.freq_khz)
+            lat, en = board.run(macs[d.config.level], d.config.target)
+            g.observe(d.config, lat, en)
+        rows.append([name + " space", len(space), float(np.median(times)) * 1e6, float(np.percentile(times, 99)) * 1e6])
+    return ("Decision cost on this machine (target < 50 µs):\n\n" +
+            table(["configuration space", "configurations", "median µs", "p99 µs"], rows))
+
+
 def report(rows: List[Dict]) -> str:
     out = []
     for scen in dict.fromkeys(r["scenario"] for r in rows):
@@ -159,6 +186,7 @@ def main(argv=None) -> int:
         rows += real(model)
     print("Machine: %s\n" % machine())
     print(report(rows))
+    print(decision_cost(levels))
     if a.plot:
         print("plot: %s" % (plot(levels, a.plot) or "skipped (pip install matplotlib)"))
     return 0

@@ -18,5 +18,5 @@ def test_bench_quick_produces_every_table(random_set, tiny_portfolio, tmp_path):
         assert "## " + title in doc
     for needle in ("latency range", "Pareto front", "ModelSet.run p50 ms", "DNNShifter-style portfolio",
                    "switch overhead", "overhead µs (target <= 100)", "miss rate %", "SIMULATED",
-                   "measured on this machine", "Xun et al. 2019 (published)", "--quick"):
+                   "measured on this machine", "Xun et al. 2019 (published)", "--quick", "Decision cost"):
         assert needle in doc, needle
