@@ -14,6 +14,8 @@ import collections
 import grp
 import logging
 import os
+import socket
+import stat
 import threading
 import time
 from typing import Deque, List, Optional, Tuple
@@ -36,6 +38,23 @@ def _split(frames: List[bytes]):
     return frames[:1], frames[1:]
 
 
+def _clear_stale_socket(path: str) -> None:
+    """Remove a socket file left by a run that died; refuse to touch anything else."""
+    if not os.path.lexists(path):
+        return
+    if not stat.S_ISSOCK(os.lstat(path).st_mode):
+        raise ConfigError("%s exists and is not a socket: refusing to replace it" % path)
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        probe.connect(path)
+    except OSError:
+        os.remove(path)   # nobody listens: stale
+        return
+    finally:
+        probe.close()
+    raise ConfigError("%s is in use: another dnnscale serve is running there" % path)
+
+
 class Server:
     def __init__(self, service: Service, cfg: Config, notifier: Optional[Notifier] = None,
                  ctx: Optional[zmq.Context] = None):
@@ -47,6 +66,7 @@ class Server:
         self.reload_requested = threading.Event()
         self.heartbeat = time.monotonic()   # the inference thread's last loop iteration
         self._auth = None
+        self._bound_paths: List[str] = []   # ipc socket files this process created
         c, h, w = service.models.input_shape
         self.max_bytes = cfg.max_batch * c * h * w * 4 + HEADER_SLACK
 
@@ -73,15 +93,21 @@ class Server:
                     raise ConfigError("control_group %r: %s" % (self.cfg.control_group, e))
 
     def _bind(self, sock: zmq.Socket, ep: str) -> None:
+        old_umask = None
         if ep.startswith("ipc://"):
             path = ep[len("ipc://"):]
             os.makedirs(os.path.dirname(path) or ".", mode=0o750, exist_ok=True)
-            if os.path.exists(path):
-                os.remove(path)   # a stale socket file from a run that died
+            _clear_stale_socket(path)
+            old_umask = os.umask(0o117)   # the socket file is born 0660: no window before chmod
         try:
             sock.bind(ep)
         except zmq.ZMQError as e:
             raise ConfigError("cannot bind %s: %s" % (ep, e))
+        finally:
+            if old_umask is not None:
+                os.umask(old_umask)
+        if ep.startswith("ipc://"):
+            self._bound_paths.append(ep[len("ipc://"):])
 
     def _curve(self, sock: zmq.Socket) -> None:
         """A TCP control endpoint is refused unless CURVE keys are configured."""
@@ -233,6 +259,6 @@ class Server:
                 sock.close(linger=0)
         if self._auth:
             self._auth.stop()
-        ep = self.cfg.control_endpoint or ""
-        if ep.startswith("ipc://") and os.path.exists(ep[6:]):
-            os.remove(ep[6:])
+        for path in self._bound_paths:   # only what this process bound: never another daemon's
+            if os.path.exists(path):
+                os.remove(path)

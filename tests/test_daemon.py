@@ -347,3 +347,21 @@ def test_read_only_sysfs_keeps_serving_with_dvfs_off(random_set, tmp_path):
                 assert len(c.infer(np.zeros((2, 32, 32, 3), np.uint8)).labels) == 2
         finally:
             assert d.stop() == 0, d.output()
+
+
+def test_second_daemon_on_same_socket_refused(served, random_set, tmp_path):
+    d, _ = served
+    r = subprocess.run(dnnscale_cmd() + ["serve", "--model", random_set, "--control-endpoint", d.control_ep,
+                                         "--infer-endpoint", "ipc://%s/i.sock" % tmp_path,
+                                         "--state-dir", str(tmp_path / "s")],
+                       cwd=ROOT, env=dict(os.environ, PYTHONPATH=ROOT), capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2 and "is in use: another dnnscale serve is running there" in r.stderr
+    with d.client() as c:                      # the first one is untouched
+        assert c.status()["platform"] == "generic"
+    regular = tmp_path / "not-a-socket"
+    regular.write_text("precious")
+    r = subprocess.run(dnnscale_cmd() + ["serve", "--model", random_set, "--control-endpoint", "ipc://%s" % regular,
+                                         "--infer-endpoint", "ipc://%s/i2.sock" % tmp_path,
+                                         "--state-dir", str(tmp_path / "s")],
+                       cwd=ROOT, env=dict(os.environ, PYTHONPATH=ROOT), capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2 and "is not a socket" in r.stderr and regular.read_text() == "precious"
