@@ -213,9 +213,10 @@ def _call(fn):
 
 
 def read_images(paths: List[str]):
-    """PNG/JPEG (any size: converted to RGB and resized to 32x32) or .npy (uint8 HWC/NHWC)."""
+    """PNG/JPEG (any size: converted to RGB and resized to 32x32) or .npy (uint8 HWC/NHWC).
+    Returns the images and a name for each (the file, with an index inside a .npy batch)."""
     import numpy as np
-    out = []
+    out, names = [], []
     for p in paths:
         if not os.path.isfile(p):
             raise CliError("%s does not exist" % p)
@@ -227,32 +228,35 @@ def read_images(paths: List[str]):
             if arr.dtype != np.uint8 or arr.ndim not in (3, 4) or arr.shape[-3:] != (32, 32, 3):
                 raise CliError("%s must hold uint8 images [32, 32, 3] or [N, 32, 32, 3], got %s %s"
                                % (p, arr.dtype, list(arr.shape)))
-            out.extend(arr.reshape(-1, 32, 32, 3))
+            arr = arr.reshape(-1, 32, 32, 3)
+            out.extend(arr)
+            names.extend(["%s[%d]" % (p, i) for i in range(len(arr))] if len(arr) > 1 else [p])
         else:
             from PIL import Image, UnidentifiedImageError
             try:
                 with Image.open(p) as im:
                     out.append(np.asarray(im.convert("RGB").resize((32, 32), Image.BILINEAR), dtype=np.uint8))
+                    names.append(p)
             except (UnidentifiedImageError, OSError) as e:
                 raise CliError("%s is not an image Pillow can read: %s" % (p, e))
-    return np.stack(out)
+    return np.stack(out), names
 
 
 def cmd_infer(a: argparse.Namespace) -> int:
     import json
-    images = read_images(a.files)
+    images, files = read_images(a.files)
     res = _call(lambda: _client(a).infer(images, groups=a.groups))
     if a.json:
         print(json.dumps(res.header))
         return 0
     cfg = res.config
-    print("config: %d groups on %s at %s, %.3f ms%s%s" % (
+    print("config: k=%d on %s at %s, %.3f ms%s%s" % (
         cfg["groups"], cfg["target"], "%d MHz" % (cfg["freq_khz"] // 1000) if cfg["freq_khz"] else "fixed frequency",
         res.latency_ms, "" if res.energy_mj is None else ", %.3f mJ" % res.energy_mj,
         " (SIMULATED)" if res.header.get("simulated") else ""))
-    names = res.header.get("names") or [str(l) for l in res.labels]
-    for i, (lab, name) in enumerate(zip(res.labels, names)):
-        print("%d: %d %s" % (i, lab, name))
+    names = res.header.get("names") or [""] * len(res.labels)
+    for f, lab, name in zip(files, res.labels, names):
+        print("%s: %s (class %d)" % (f, name, lab))
     return 0
 
 
@@ -282,7 +286,7 @@ def format_status(s) -> str:
     lines.append("budget: %s%s" % (", ".join("%s %s" % kv for kv in b.items()) or "none",
                                    "" if s.get("feasible") in (None, True) else "   INFEASIBLE: serving the closest configuration"))
     if cfg:
-        lines.append("config: %s groups on %s at %s%s" % (cfg["groups"], cfg["target"],
+        lines.append("config: k=%s on %s at %s%s" % (cfg["groups"], cfg["target"],
                      "%d MHz" % (cfg["freq_khz"] // 1000) if cfg.get("freq_khz") else "fixed frequency",
                      "   pinned %s" % s["pinned"] if s.get("pinned") else ""))
     if lat:

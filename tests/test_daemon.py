@@ -238,7 +238,9 @@ def test_cli_verbs(served, tmp_path):
     np.save(str(tmp_path / "b.npy"), np.zeros((2, 32, 32, 3), np.uint8))
     r = run("infer", str(tmp_path / "a.png"), str(tmp_path / "b.npy"), "--groups", "2", "--endpoint", d.infer_ep)
     assert r.returncode == 0, r.stderr
-    assert "2 groups" in r.stdout and len([l for l in r.stdout.splitlines() if l[:1].isdigit()]) == 3
+    assert "k=2" in r.stdout
+    assert [l.split(":")[0] for l in r.stdout.splitlines()[1:]] == [
+        str(tmp_path / "a.png"), str(tmp_path / "b.npy") + "[0]", str(tmp_path / "b.npy") + "[1]"]
     r = run("pin", "--groups", "1", "--control-endpoint", d.control_ep)
     assert r.returncode == 0 and "'groups': 1" in r.stdout
     r = run("release", "--control-endpoint", d.control_ep)
