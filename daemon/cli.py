@@ -118,7 +118,7 @@ def _load_config(a: argparse.Namespace):
         raise CliError(str(e))
 
 
-def _build_service(cfg, show_progress: bool):
+def _build_service(cfg, show_progress: bool, remeasure: bool = False):
     from models import ModelSetError
     from .config import ConfigError
     from .service import Service
@@ -132,7 +132,7 @@ def _build_service(cfg, show_progress: bool):
         bar.update(1)
 
     try:
-        return Service(cfg, progress=progress)
+        return Service(cfg, progress=progress, remeasure=remeasure)
     except (ModelSetError, ConfigError) as e:
         raise CliError(str(e))
     finally:
@@ -148,20 +148,22 @@ def cmd_serve(a: argparse.Namespace) -> int:
     from .server import Server
     cfg = _load_config(a)
     _setup_logging(cfg.log_level)
+    # Handlers first: a SIGTERM while loading or profiling still ends in a restore.
+    stop, reload = threading.Event(), threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    signal.signal(signal.SIGHUP, lambda *_: reload.set())
     notifier = Notifier()
     notifier.status("loading %s" % (cfg.model or "the shipped model"))
     service = _build_service(cfg, show_progress=sys.stderr.isatty())
     server = Server(service, cfg, notifier)
+    server.reload_requested = reload
     try:
         server.bind()
     except ConfigError as e:
         service.stop()
         server.close()
         raise CliError(str(e))
-    stop = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    signal.signal(signal.SIGINT, lambda *_: stop.set())
-    signal.signal(signal.SIGHUP, lambda *_: server.reload_requested.set())
     try:
         server.serve(stop, ready_status="serving %s (%d levels) on %s" % (
             service.models.name, service.models.groups, service.platform.name))
@@ -178,21 +180,20 @@ def cmd_profile(a: argparse.Namespace) -> int:
     cfg = _load_config(a)
     _setup_logging(cfg.log_level)
     cfg.profile_runs = a.runs
-    import os
-    path = os.path.join(cfg.state_dir, profiler.PROFILE_FILE)
-    if os.path.exists(path):
-        os.remove(path)   # force a fresh measurement
-    service = _build_service(cfg, show_progress=True)
-    try:
-        out = profiler.save(cfg.state_dir, service.governor.profile, service.profile_key)
-    finally:
-        service.stop()
+    service = _build_service(cfg, show_progress=True, remeasure=True)   # saves it on success
+    service.stop()
     n, m = len(service.space), len(profiler.plan_measurements(service.space))
-    print("profiled %d of %d configurations on %s (%s), predicted the rest; written to %s"
-          % (m, n, service.platform.name, service.governor.profile.source, out))
-    for t, f in service.governor.profile.fits.items():
-        print("  %-6s latency = %.3g s x MMAC/MHz + %.3f ms%s" % (t, f.a * 1e3, f.b * 1e3,
-              "" if not f.power else ", power %.2f-%.2f W" % (min(f.power.values()), max(f.power.values()))))
+    print("profiled %d of %d configurations on %s (%s) and predicted the rest; saved in %s"
+          % (m, n, service.platform.name, service.governor.profile.source,
+             os.path.join(cfg.state_dir, profiler.PROFILE_FILE)))
+    prof, levels = service.governor.profile, service.levels
+    for t in service.targets:
+        cs = [c for c in service.space if c.target == t]
+        top = max((c.freq_khz or 0) for c in cs)
+        lat = ["k=%d %.3f ms" % (lv.level, prof.predict(next(c for c in cs if c.level == lv.level and
+                                                              (c.freq_khz or 0) == top), lv.macs)[0] * 1e3)
+               for lv in levels]
+        print("  %-6s %s%s" % (t, ", ".join(lat), " (at %d MHz)" % (top // 1000) if top else ""))
     print("reload a running daemon with: dnnscale reload  (or systemctl reload dnnscale)")
     return 0
 

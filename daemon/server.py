@@ -222,6 +222,8 @@ class Server:
             self._send(self.control, envelope + encode_reply(reply))
 
     def serve(self, stop: threading.Event, ready_status: str = "serving") -> None:
+        if stop.is_set():   # SIGTERM while loading: nothing to serve
+            return
         worker_stop = threading.Event()
         worker = threading.Thread(target=self._inference_loop, args=(worker_stop,), name="dnnscale-infer",
                                   daemon=True)

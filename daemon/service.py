@@ -35,7 +35,8 @@ def resolve_model(name: Optional[str]) -> str:
 
 
 class Service:
-    def __init__(self, cfg: Config, progress=None):
+    def __init__(self, cfg: Config, progress=None, remeasure: bool = False):
+        """``remeasure``: measure a profile even when a stored one matches (dnnscale profile)."""
         self.cfg = cfg
         self.started = time.time()
         self.errors: Dict[str, int] = {}
@@ -58,11 +59,11 @@ class Service:
         freqs = {n: (t.freqs_khz if self.platform.dvfs_enabled else []) for n, t in self.targets.items()}
         self.space = build_space(self.levels, freqs)
         self.profile_key = profiler.key(self.models.manifest, self.platform.name, self.space)
-        profile = profiler.load(cfg.state_dir, self.profile_key)
+        profile = None if remeasure else profiler.load(cfg.state_dir, self.profile_key)
         self.executor = Executor(self.models, self.platform, None)
         if profile is None:
-            log.info("no stored profile matches; measuring a quick one (%d runs per configuration)",
-                     cfg.profile_runs)
+            log.info("measuring a profile (%d runs per configuration)%s", cfg.profile_runs,
+                     "" if remeasure else ": no stored one matches")
             profile = profiler.measure(self.executor, self.space, self.levels, runs=cfg.profile_runs,
                                        progress=progress)
             profiler.save(cfg.state_dir, profile, self.profile_key)   # later starts reuse it

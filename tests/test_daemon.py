@@ -367,3 +367,21 @@ def test_second_daemon_on_same_socket_refused(served, random_set, tmp_path):
                                          "--state-dir", str(tmp_path / "s")],
                        cwd=ROOT, env=dict(os.environ, PYTHONPATH=ROOT), capture_output=True, text=True, timeout=120)
     assert r.returncode == 2 and "is not a socket" in r.stderr and regular.read_text() == "precious"
+
+
+def test_sigterm_while_loading_restores(random_set, tmp_path):
+    """SIGTERM during the start-up profile (frequencies being set) still restores and exits 0."""
+    root = trees.build("generic", str(tmp_path / "sysfs"))
+    before = snapshot(root)
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("profile_runs: 400\n")          # a long start-up profile to interrupt
+    d = Daemon(str(tmp_path / "run"), random_set, sysfs_root=root, config=str(cfg))
+    try:
+        deadline = time.time() + 60
+        while time.time() < deadline and snapshot(root) == before:
+            time.sleep(0.05)                       # wait until profiling has written something
+        assert snapshot(root) != before
+    finally:
+        assert d.stop(signal.SIGTERM) == 0, d.output()
+    assert snapshot(root) == before
+    assert not any("READY=1" in m for m in d.messages)
