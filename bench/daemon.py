@@ -35,6 +35,37 @@ def _client_proc(infer_ep, control_ep, n, ready, go, done):
     c.close()
 
 
+def _echo_server(ep: str) -> None:
+    import zmq
+    s = zmq.Context().socket(zmq.ROUTER)
+    s.bind(ep)
+    while True:
+        s.send_multipart(s.recv_multipart())
+
+
+def echo_floor_us(ep: str, n: int = 1000) -> float:
+    """p50 round trip of a bare ZeroMQ ROUTER/DEALER echo (12 KiB, one request like the
+    daemon's) between two processes: the transport floor under any daemon's overhead."""
+    import zmq
+    from models.evaluate import timings
+    srv = mp.get_context("fork").Process(target=_echo_server, args=(ep,), daemon=True)
+    srv.start()
+    c = zmq.Context.instance().socket(zmq.DEALER)
+    c.setsockopt(zmq.LINGER, 0)
+    c.connect(ep)
+    frames = [b'{"id":1}', bytes(12288)]
+
+    def rt():
+        c.send_multipart(frames)
+        c.recv_multipart()
+
+    try:
+        return float(np.median(timings(rt, n, warmup=100))) * 1e6
+    finally:
+        c.close()
+        srv.kill()
+
+
 def run(model_dir: str, requests: int = 1000, threads: int = None, clients=(1, 4, 8, 16)) -> Dict:
     from models import ModelSet
     from models.evaluate import timings
@@ -48,6 +79,7 @@ def run(model_dir: str, requests: int = 1000, threads: int = None, clients=(1, 4
     direct_rate = len(t) / sum(t)
     out = {"machine": machine(), "direct_p50_ms": direct_p50, "direct_per_s": direct_rate, "levels": G}
     with tempfile.TemporaryDirectory() as tmp:
+        out["echo_floor_us"] = echo_floor_us("ipc://%s/echo.sock" % tmp, n=requests)
         d = Daemon(tmp, model_dir, extra=["--threads", str(threads)])
         try:
             d.wait_ready()
@@ -93,8 +125,10 @@ def report(r: Dict) -> str:
                   for dt in ("float32", "uint8")])
     thr = table(["clients", "requests", "inferences/s", "ratio to direct back-to-back (target >= 0.9 at 8)"],
                 [[t["clients"], t["requests"], t["per_s"], t["ratio"]] for t in r["throughput"]])
-    return "Machine: %s; k = %d, target %s, batch 1, ipc.\n\n%s\n\ndirect back-to-back: %.0f inferences/s\n\n%s\n" % (
-        r["machine"], r["levels"], r["target"], over, r["direct_per_s"], thr)
+    return ("Machine: %s; k = %d, target %s, batch 1, ipc.\n\n%s\n\nThe transport floor, a bare ZeroMQ "
+            "ROUTER/DEALER echo of the same size between two processes: %.0f µs p50. Direct back-to-back: "
+            "%.0f inferences/s.\n\n%s\n" % (r["machine"], r["levels"], r["target"], over, r["echo_floor_us"],
+                                              r["direct_per_s"], thr))
 
 
 def main(argv=None) -> int:
