@@ -35,7 +35,8 @@ def cmd_train(a: argparse.Namespace) -> int:
     common = dict(epochs=a.epochs, seed=a.seed, batch=a.batch, lr=a.lr, val=a.val, arch=arch)
     if a.kind == "portfolio":
         from models.portfolio import PortfolioConfig, PortfolioTrainer
-        cfg = PortfolioConfig(levels=a.levels, level_epochs=a.level_epochs, rewind_epoch=a.rewind_epoch, **common)
+        cfg = PortfolioConfig(levels=a.levels, level_epochs=a.level_epochs, rewind_epoch=a.rewind_epoch,
+                              rewind=a.rewind, **common)
         trainer_cls, exporter = PortfolioTrainer, export.export_portfolio
     else:
         cfg = tr.TrainConfig(groups=a.groups, **common)
@@ -357,6 +358,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--levels", type=int, default=10, help="portfolio: pruning levels, 20%% each (default 10)")
     t.add_argument("--level-epochs", type=int, default=10, help="portfolio: retraining epochs per level")
     t.add_argument("--rewind-epoch", type=int, default=2, help="portfolio: weights are rewound to this epoch")
+    t.add_argument("--rewind", choices=("weights", "finetune"), default="weights",
+                   help="portfolio: retrain each level from the rewound early weights (DNNShifter) "
+                        "or fine-tune the trained ones (cheaper)")
     t.add_argument("--epochs", type=int, default=30, help="epochs per group (default 30)")
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--batch", type=int, default=128)

@@ -4,7 +4,8 @@
    ``rewind_epoch`` epochs as the rewind point.
 2. Iterative magnitude pruning: per level, prune ``rate`` (20%) of the remaining conv and
    FC1 weights by global magnitude, rewind the surviving weights to the rewind point, and
-   retrain ``level_epochs`` with the mask held. A filter whose weights are all pruned also
+   retrain ``level_epochs`` with the mask held (``rewind="finetune"``: keep the trained
+   weights instead and retrain from a lower learning rate, a cheaper variant). A filter whose weights are all pruned also
    has its BatchNorm scale and shift pruned (and an FC1 neuron its bias), so it outputs
    exactly 0: that is what makes the structured step exact.
 3. Pick one sparse model per compression ratio 1, 2, 4, 8, ... (weights kept vs dense).
@@ -35,6 +36,11 @@ class PortfolioConfig(TrainConfig):
     level_epochs: int = 10
     rate: float = 0.2
     max_variants: int = 6
+    # "weights": DNNShifter's weight rewinding (retrain from the early weights; needs about
+    # the full schedule per level to recover). "finetune": keep the trained weights and
+    # retrain level_epochs from finetune_lr: far cheaper per level, not DNNShifter's choice.
+    rewind: str = "weights"
+    finetune_lr: float = 0.01
 
 
 def _prunable(col: Column) -> Dict[str, torch.Tensor]:
@@ -50,9 +56,11 @@ class PortfolioTrainer(Trainer):
 
     def run(self) -> Dict:
         cfg = self.cfg
+        from .train import TrainError
         if not 0 < cfg.rewind_epoch < cfg.epochs:
-            from .train import TrainError
-            raise TrainError("rewind_epoch must be between 0 and --epochs")
+            raise TrainError("--rewind-epoch must be between 0 and --epochs")
+        if cfg.rewind not in ("weights", "finetune"):
+            raise TrainError("--rewind must be weights or finetune, got %r" % cfg.rewind)
         dense = self._dense()
         rewind = torch.load(self._p("rewind.pt"), weights_only=False)
         states = [dense]
@@ -105,7 +113,8 @@ class PortfolioTrainer(Trainer):
         k = int(cfg.rate * alive.numel())
         thresh = alive.kthvalue(max(k, 1)).values
         masks = {n: (masks[n].bool() & (params[n].detach().abs() > thresh)).float() for n in params}
-        col = self._column(rewind["column"]).to(memory_format=torch.channels_last)
+        start_from = rewind["column"] if cfg.rewind == "weights" else prev["column"]
+        col = self._column(start_from).to(memory_format=torch.channels_last)
         extra = self._dead_masks(col, masks)
         every = dict(masks, **extra)
         named = dict(col.named_parameters())
@@ -121,7 +130,8 @@ class PortfolioTrainer(Trainer):
         torch.manual_seed(cfg.seed * 1000 + 100 + level)
         start, history = self._resume(self._p("partial.pt"), col, opt, gen)
         self._epochs(col, opt, gen, start, cfg.level_epochs, self._p("partial.pt"),
-                     "level %d/%d" % (level, cfg.levels), history, after_step=apply)
+                     "level %d/%d" % (level, cfg.levels), history, after_step=apply,
+                     lr=cfg.lr if cfg.rewind == "weights" else cfg.finetune_lr)
         kept = sum(float(m.sum()) for m in masks.values())
         total = sum(m.numel() for m in masks.values())
         out = {"column": {k: v.contiguous() for k, v in col.to(memory_format=torch.contiguous_format)

@@ -188,10 +188,12 @@ class Trainer:
         return ck["epoch"], ck["history"]
 
     def _epochs(self, col: Column, opt, gen: torch.Generator, start: int, epochs: int, ckpt: str,
-                tag: str, history: List[Dict], after_step=None) -> None:
-        """Epochs ``start``..``epochs`` of SGD with per-step cosine decay, augmentation, a
-        checkpoint after every epoch. ``after_step`` runs after each optimizer step (masks)."""
+                tag: str, history: List[Dict], after_step=None, lr: Optional[float] = None) -> None:
+        """Epochs ``start``..``epochs`` of SGD with per-step cosine decay from ``lr`` (default:
+        the configured one), augmentation, a checkpoint after every epoch. ``after_step`` runs
+        after each optimizer step (masks)."""
         cfg = self.cfg
+        lr = cfg.lr if lr is None else lr
         n = len(self.x_train)
         steps = n // cfg.batch
         total = steps * epochs
@@ -205,7 +207,7 @@ class Trainer:
             for s in bar:
                 t = epoch * steps + s
                 for group in opt.param_groups:
-                    group["lr"] = cfg.lr * 0.5 * (1 + math.cos(math.pi * t / total))
+                    group["lr"] = lr * 0.5 * (1 + math.cos(math.pi * t / total))
                 idx = order[s * cfg.batch:(s + 1) * cfg.batch]
                 x = _augment(self.x_train[idx], gen).contiguous(memory_format=torch.channels_last)
                 y = self.y_train[idx]

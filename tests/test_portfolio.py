@@ -118,3 +118,27 @@ def test_daemon_serves_a_portfolio(tiny_portfolio, tmp_path):
             assert s["model"]["levels"] == len(m["levels"])
     finally:
         assert d.stop() == 0
+
+
+def test_finetune_rewind_mode(tiny_data, tmp_path):
+    """rewind="finetune" starts each level from the previous level's trained weights."""
+    pytest.importorskip("torch")
+    import torch
+    from models import export
+    from models.portfolio import PortfolioConfig, PortfolioTrainer
+    seen = []
+
+    class Spy(PortfolioTrainer):
+        def _column(self, state):
+            seen.append({k: v.clone() for k, v in state.items()})
+            return super()._column(state)
+
+    cfg = PortfolioConfig(epochs=2, rewind_epoch=1, levels=2, level_epochs=1, rate=0.5, val=100, batch=50,
+                          arch=TINY, rewind="finetune")
+    result = Spy(tiny_data, str(tmp_path / "ck"), cfg, log=lambda s: None).run()
+    dense = result["states"][0]["column"]
+    # level 1 is built from the trained dense weights, not from the rewind point
+    assert any(all(torch.equal(s[k], dense[k]) for k in dense) for s in seen)
+    m = export.export_portfolio(result, str(tmp_path / "set"), cfg)
+    assert all(lv["max_abs_diff_vs_sparse"] < 1e-4 for lv in m["levels"])
+    assert m["provenance"]["training"]["rewind"] == "finetune"
