@@ -120,8 +120,10 @@ def test_daemon_serves_a_portfolio(tiny_portfolio, tmp_path):
         assert d.stop() == 0
 
 
-def test_finetune_rewind_mode(tiny_data, tmp_path):
-    """rewind="finetune" starts each level from the previous level's trained weights."""
+@pytest.mark.parametrize("mode", ["finetune", "weights"])
+def test_rewind_modes(tiny_data, tmp_path, mode):
+    """Level 1 retrains from the trained dense weights (finetune) or from the rewind point
+    (weights, DNNShifter's choice)."""
     pytest.importorskip("torch")
     import torch
     from models import export
@@ -134,11 +136,15 @@ def test_finetune_rewind_mode(tiny_data, tmp_path):
             return super()._column(state)
 
     cfg = PortfolioConfig(epochs=2, rewind_epoch=1, levels=2, level_epochs=1, rate=0.5, val=100, batch=50,
-                          arch=TINY, rewind="finetune")
+                          arch=TINY, rewind=mode)
     result = Spy(tiny_data, str(tmp_path / "ck"), cfg, log=lambda s: None).run()
     dense = result["states"][0]["column"]
-    # level 1 is built from the trained dense weights, not from the rewind point
-    assert any(all(torch.equal(s[k], dense[k]) for k in dense) for s in seen)
+    rewind = torch.load(str(tmp_path / "ck" / "rewind.pt"), weights_only=False)["column"]
+    # calls: the masks' shape (dense), level 1's magnitudes (dense), level 1's starting weights
+    start = seen[2]
+    want = dense if mode == "finetune" else rewind
+    assert all(torch.equal(start[k], want[k]) for k in want)
+    assert not all(torch.equal(start[k], dense[k]) for k in dense) or mode == "finetune"
     m = export.export_portfolio(result, str(tmp_path / "set"), cfg)
     assert all(lv["max_abs_diff_vs_sparse"] < 1e-4 for lv in m["levels"])
-    assert m["provenance"]["training"]["rewind"] == "finetune"
+    assert m["provenance"]["training"]["rewind"] == mode
