@@ -385,3 +385,28 @@ def test_sigterm_while_loading_restores(random_set, tmp_path):
         assert d.stop(signal.SIGTERM) == 0, d.output()
     assert snapshot(root) == before
     assert not any("READY=1" in m for m in d.messages)
+
+
+def test_control_answers_while_inference_is_busy(served):
+    """The control socket is served by its own thread: status answers while a backlog of
+    large batches is still being computed."""
+    d, _ = served
+    s = zmq.Context.instance().socket(zmq.DEALER)
+    s.setsockopt(zmq.LINGER, 0)
+    s.connect(d.infer_ep)
+    n = 120
+    t0 = time.time()
+    for i in range(n):
+        s.send_multipart([json.dumps({"id": i, "dtype": "uint8", "shape": [64, 32, 32, 3], "groups": 3}).encode(),
+                          bytes(64 * 3072)])
+    with d.client() as c:
+        c.status()
+    t_status = time.time() - t0
+    got = 0
+    while got < n and s.poll(30000):
+        s.recv_multipart()
+        got += 1
+    t_all = time.time() - t0
+    s.close()
+    assert got == n
+    assert t_status < t_all / 2, (t_status, t_all)
