@@ -238,3 +238,20 @@ def test_levels_share_one_weight_file(random_set):
         assert all(t.data_location == onnx.TensorProto.EXTERNAL for t in model.graph.initializer)
     sizes = [os.path.getsize(os.path.join(random_set, "k%d.onnx" % k)) for k in (1, 2, 3)]
     assert max(sizes) < 10_000
+
+
+def test_shipped_run_still_resumable():
+    """While the shipped model's run is in flight (training/cifar10-g4), the settings that
+    `dnnscale train ... --resume` will compare must still be the ones it started with."""
+    import json
+    from tests.conftest import ROOT
+    run = os.path.join(ROOT, "training", "cifar10-g4", "run.json")
+    if not os.path.exists(run):
+        pytest.skip("no training run in flight")
+    from daemon.cli import build_parser
+    from models.train import TrainConfig
+    a = build_parser().parse_args(["train", "--data", "x", "--out", "y", "--groups", "4"])
+    from models.arch import Arch
+    cli_cfg = TrainConfig(groups=a.groups, epochs=a.epochs, seed=a.seed, batch=a.batch, lr=a.lr, val=a.val,
+                          arch=Arch())
+    assert json.load(open(run))["config"] == cli_cfg.to_dict()
