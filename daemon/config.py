@@ -60,7 +60,7 @@ class Config:
     curve_authorized_keys: Optional[str] = None
     state_dir: Optional[str] = None
     runtime_dir: Optional[str] = None
-    threads: Optional[int] = None
+    threads: Optional[int] = None            # None: the largest CPU target's size
     max_batch: int = 64
     queue_size: int = 256
     dvfs: bool = True

@@ -53,7 +53,7 @@ class Service:
             self.platform.disable_dvfs("DVFS is off in the configuration (dvfs: false)")
         self.gpu_reason = ""
         want_gpu = cfg.gpu and "gpu" in self.platform.targets and not self.platform.simulated
-        self.models = ModelSet.load(self.model_dir, threads=cfg.threads, gpu=want_gpu)
+        self.models = ModelSet.load(self.model_dir, threads=cfg.threads or self._default_threads(), gpu=want_gpu)
         self.targets = self._usable_targets()
         self.levels = levels_from_manifest(self.models.manifest)
         freqs = {n: (t.freqs_khz if self.platform.dvfs_enabled else []) for n, t in self.targets.items()}
@@ -73,6 +73,15 @@ class Service:
         self.governor = Governor(self.space, self.levels, profile)
         self.executor.governor = self.governor
         self._load_budget()
+
+    def _default_threads(self) -> int:
+        """One onnxruntime thread per CPU of the largest CPU target (a cluster): pinned to a
+        4-core cluster, 8 threads would share 4 cores (XU3)."""
+        have = len(os.sched_getaffinity(0))
+        sizes = [len(t.cpus) for t in self.platform.targets.values() if t.cpus]
+        if self.platform.simulated or not sizes:
+            return have
+        return max(1, min(have, max(sizes)))
 
     def _usable_targets(self):
         targets = dict(self.platform.targets)

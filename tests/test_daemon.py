@@ -410,3 +410,17 @@ def test_control_answers_while_inference_is_busy(served):
     s.close()
     assert got == n
     assert t_status < t_all / 2, (t_status, t_all)
+
+
+def test_default_threads_follow_the_largest_cluster(random_set, tmp_path):
+    from daemon.config import load
+    from daemon.service import Service
+    cfgf = tmp_path / "c.yaml"
+    cfgf.write_text("")
+    root = trees.build("odroid-xu3", str(tmp_path / "sysfs"))
+    cfg = load(str(cfgf), {"model": random_set, "sysfs_root": root, "state_dir": str(tmp_path / "s")})
+    svc = Service(cfg)
+    try:
+        assert svc._default_threads() == min(4, len(os.sched_getaffinity(0)))
+    finally:
+        svc.stop()
