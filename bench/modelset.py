@@ -20,29 +20,24 @@ from .common import in_fresh_process, machine, table
 # The fastest standalone setup of one level: its own embedded .onnx, ORT_ENABLE_ALL,
 # the default per-session thread pool of all CPUs (shared/notes/onnxruntime.md §1).
 _ALONE = r'''
-import json, time, numpy as np, onnxruntime as ort, psutil, os
+import json, numpy as np, onnxruntime as ort, psutil
+from models.evaluate import timings
 so = ort.SessionOptions(); so.log_severity_level = 3
 s = ort.InferenceSession(%(path)r, so, providers=["CPUExecutionProvider"])
 x = np.random.default_rng(0).standard_normal((1, 3, 32, 32)).astype(np.float32)
-for _ in range(50): s.run(None, {"input": x})
-t = []
-for _ in range(%(runs)d):
-    t0 = time.perf_counter(); s.run(None, {"input": x}); t.append(time.perf_counter() - t0)
+t = timings(lambda: s.run(None, {"input": x}), %(runs)d, warmup=50)
 print(json.dumps({"p50_ms": float(np.median(t)) * 1e3, "pss_mib": psutil.Process().memory_full_info().pss / 2**20}))
 '''
 
 _SET = r'''
-import json, time, numpy as np, psutil
+import json, numpy as np, psutil
 from models import ModelSet
+from models.evaluate import timings
 ms = ModelSet.load(%(model)r)
 x = np.random.default_rng(0).standard_normal((1, 3, 32, 32)).astype(np.float32)
 out = {"pss_mib": psutil.Process().memory_full_info().pss / 2**20, "p50_ms": {}}
 for k in range(1, ms.groups + 1):
-    for _ in range(50): ms.run(k, x)
-    t = []
-    for _ in range(%(runs)d):
-        t0 = time.perf_counter(); ms.run(k, x); t.append(time.perf_counter() - t0)
-    out["p50_ms"][k] = float(np.median(t)) * 1e3
+    out["p50_ms"][k] = float(np.median(timings(lambda: ms.run(k, x), %(runs)d, warmup=50))) * 1e3
 print(json.dumps(out))
 '''
 

@@ -17,7 +17,7 @@ from models import ModelSet, ModelSetError, zoo
 from . import profiler
 from .config import Config, ConfigError
 from .executor import Executor
-from .protocol import InferRequest, InputSpec, ProtocolError, positive_number
+from .protocol import InferRequest, InputSpec, ProtocolError
 
 log = logging.getLogger("dnnscale.service")
 BUDGET_FILE = "budget.json"
@@ -129,9 +129,8 @@ class Service:
             return self.status()
         if cmd == "set_budget":
             try:
-                budget = Budget(**{k: (None if v is None else positive_number(v, k, float("inf"), "bad_budget"))
-                                   for k, v in args.items()})
-                self.governor.set_budget(budget)
+                budget = Budget(**args)
+                self.governor.set_budget(budget)   # validates every value (Budget.validate)
             except ValueError as e:
                 raise ProtocolError("bad_budget", str(e))
             if budget.empty:
