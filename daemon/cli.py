@@ -31,7 +31,9 @@ def cmd_train(a: argparse.Namespace) -> int:
         raise CliError("training needs the train extra (%s): pip install torch==2.13.0 && "
                        "pip install 'dnnscale[train]'" % e)
     from models.cifar import DataError
-    arch = TINY if a.size == "tiny" else Arch()
+    if not a.width > 0:
+        raise CliError("--width must be > 0, got %s" % a.width)
+    arch = (TINY if a.size == "tiny" else Arch()).scaled(a.width)
     common = dict(epochs=a.epochs, seed=a.seed, batch=a.batch, lr=a.lr, val=a.val, arch=arch)
     if a.kind == "portfolio":
         from models.portfolio import PortfolioConfig, PortfolioTrainer
@@ -369,6 +371,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="training images held out to choose each k's head (default 2500)")
     t.add_argument("--size", choices=("alexnet", "tiny"), default="alexnet",
                    help="column width: the shipped AlexNet-style size, or a tiny one for tests")
+    t.add_argument("--width", type=float, default=1.0,
+                   help="multiply every conv width and the hidden layer by this (default 1.0; the shipped "
+                        "portfolio uses 1.25)")
     t.add_argument("--name", default=None, help="model set name (default: the --out folder name)")
     t.add_argument("--checkpoint-dir", default=None, help="default: OUT/checkpoints")
     t.add_argument("--resume", action="store_true", help="continue the run in the checkpoint folder")

@@ -10,7 +10,7 @@ every k.
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Dict, Tuple
 
 
@@ -50,6 +50,13 @@ class Arch:
     def from_dict(cls, d: Dict) -> "Arch":
         known = {f: d[f] for f in cls.__dataclass_fields__ if f in d}
         return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in known.items()})
+
+    def scaled(self, mult: float) -> "Arch":
+        """The same network with every conv width and the hidden layer times ``mult``."""
+        if not mult > 0:
+            raise ValueError("width multiplier must be > 0, got %r" % mult)
+        return replace(self, widths=tuple(max(1, round(w * mult)) for w in self.widths),
+                       hidden=max(1, round(self.hidden * mult)))
 
     def cost(self, k: int) -> Dict[str, int]:
         """MACs per image and parameters of the k-group network (BN folded into the convs)."""

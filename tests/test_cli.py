@@ -64,3 +64,8 @@ def test_help_explains():
     assert r.returncode == 0 and "serve" in r.stdout and "budget" in r.stdout
     r = run("serve", "--help")
     assert "--sysfs-root" in r.stdout and "--control-endpoint" in r.stdout
+
+
+def test_train_bad_width_is_one_line(tiny_data, tmp_path):
+    r = run("train", "--data", tiny_data, "--out", str(tmp_path / "o"), "--width", "0")
+    assert r.returncode == 2 and "--width must be > 0" in r.stderr and "Traceback" not in r.stderr

@@ -255,3 +255,15 @@ def test_shipped_run_still_resumable():
     cli_cfg = TrainConfig(groups=a.groups, epochs=a.epochs, seed=a.seed, batch=a.batch, lr=a.lr, val=a.val,
                           arch=Arch())
     assert json.load(open(run))["config"] == cli_cfg.to_dict()
+
+
+def test_arch_scaled_multiplies_widths_and_hidden():
+    from models.arch import TINY, Arch
+    wide = TINY.scaled(2)
+    assert wide.widths == (8, 16, 16, 16, 16) and wide.hidden == 32 and wide.kernels == TINY.kernels
+    assert Arch().scaled(1.0) == Arch()
+    assert Arch().scaled(1.25).widths == (20, 60, 120, 80, 80)
+    # conv MACs grow with the square of the multiplier (except the first layer's fixed input)
+    assert 3.5 < Arch().scaled(2).cost(1)["macs"] / Arch().cost(1)["macs"] < 4.0
+    with pytest.raises(ValueError, match="multiplier"):
+        TINY.scaled(0)
