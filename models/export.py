@@ -45,7 +45,8 @@ def export_group_set(result: Dict, out_dir: str, cfg, name: Optional[str] = None
         levels.append({"level": k, "file": onnxset.level_file(k), "head": result["head_kinds"][k - 1],
                        "accuracy": None, "confidence": None, "macs": cost["macs"], "params": cost["params"],
                        "val_accuracy": round(result["val"][k - 1]["chosen_acc"], 2)})
-    m = _manifest("group", name, out_dir, arch, data, cfg, command, levels, files, shares_weights=True)
+    m = _manifest("group", name, out_dir, arch, data, cfg, command, levels, files, shares_weights=True,
+                  histories=[v["history"] for v in result["val"]])
     _measure(out_dir, m, data)
     return m
 
@@ -84,7 +85,8 @@ def export_portfolio(result: Dict, out_dir: str, cfg, name: Optional[str] = None
                        "imp_level": st["level"], "widths": list(w), "hidden": hidden,
                        "removed_channels": {k: len(v["removed"]) for k, v in report.items()},
                        "val_accuracy": round(st["val_acc"], 2), "_check": want})
-    m = _manifest("portfolio", name, out_dir, arch, data, cfg, command, levels, files, shares_weights=False)
+    m = _manifest("portfolio", name, out_dir, arch, data, cfg, command, levels, files, shares_weights=False,
+                  histories=[st["history"] for st in result["states"]])
     checks = [lv.pop("_check") for lv in levels]
     mf.write(out_dir, m)
     ms = ModelSet.load(out_dir)
@@ -98,7 +100,10 @@ def export_portfolio(result: Dict, out_dir: str, cfg, name: Optional[str] = None
 
 
 def _manifest(kind: str, name: Optional[str], out_dir: str, arch, data, cfg, command: str, levels, files,
-              shares_weights: bool) -> Dict:
+              shares_weights: bool, histories) -> Dict:
+    # Wall time of every training epoch (incl. its validation pass) that produced the set, summed
+    # over the phases (groups; or dense + every pruning level); head fitting and export excluded.
+    epoch_seconds = [round(sum(e["seconds"] for e in h), 1) for h in histories]
     return {
         "format": mf.FORMAT,
         "kind": kind,
@@ -116,6 +121,7 @@ def _manifest(kind: str, name: Optional[str], out_dir: str, arch, data, cfg, com
         "files": {f: {} for f in files},
         "provenance": {
             "command": command, "seed": cfg.seed, "training": cfg.to_dict(),
+            "training_epoch_seconds": {"per_phase": epoch_seconds, "total": round(sum(epoch_seconds), 1)},
             "data_sha256": data.sha256, "packages": package_versions(),
             "created": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
         },

@@ -88,6 +88,9 @@ def test_round_trip_and_prefix_exactness(tiny_trained):
         assert 0 <= lv["accuracy"] <= 100 and lv["macs"] > 0 and lv["params"] > 0
     assert ms.manifest["levels"][-1]["confidence"] == 1.0
     assert ms.manifest["provenance"]["data_sha256"] == result["data"].sha256
+    spent = ms.manifest["provenance"]["training_epoch_seconds"]   # the time to produce the set, per group
+    assert len(spent["per_phase"]) == 3 and spent["total"] == pytest.approx(sum(spent["per_phase"]), abs=0.2)
+    assert all(s > 0 for s in spent["per_phase"])
 
 
 def test_training_learns(tiny_trained):

@@ -148,3 +148,4 @@ def test_rewind_modes(tiny_data, tmp_path, mode):
     m = export.export_portfolio(result, str(tmp_path / "set"), cfg)
     assert all(lv["max_abs_diff_vs_sparse"] < 1e-4 for lv in m["levels"])
     assert m["provenance"]["training"]["rewind"] == mode
+    assert len(m["provenance"]["training_epoch_seconds"]["per_phase"]) == 3   # dense + 2 levels
