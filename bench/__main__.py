@@ -16,7 +16,7 @@ from typing import Callable, List, Optional, Tuple
 
 from .common import ROOT, machine
 
-SECTIONS = ("range", "tradeoff", "modelset", "memory", "switching", "daemon", "governor")
+SECTIONS = ("range", "tradeoff", "modelset", "memory", "switching", "kinds", "daemon", "governor")
 
 
 def _levels(model_dir):
@@ -29,12 +29,22 @@ def run(model_dir: str, portfolio_dir: Optional[str], quick: bool, plots_dir: Op
         only: Optional[List[str]] = None) -> List[Tuple[str, str]]:
     from . import daemon as bdaemon, dynamic_range, modelset as bms, switching
     runs = 60 if quick else 300
+    done: dict = {}   # results the "kinds" section reuses (measured here if those sections were skipped)
+
+    def once(key, fn):
+        if key not in done:
+            done[key] = fn()
+        return done[key]
+
+    mem = lambda: once("memory", lambda: switching.memory(model_dir, portfolio_dir))
+    sw = lambda: once("switching", lambda: switching.run(model_dir, portfolio_dir, runs=runs // 3))
     sections: List[Tuple[str, Callable[[], str]]] = [
         ("range", lambda: dynamic_range.report(dynamic_range.run(model_dir, quick=quick))),
         ("tradeoff", lambda: dynamic_range.tradeoff_report(model_dir, plots_dir)),
         ("modelset", lambda: bms.report(bms.run(model_dir, runs=runs))),
-        ("memory", lambda: switching.memory_report(switching.memory(model_dir, portfolio_dir))),
-        ("switching", lambda: switching.report(switching.run(model_dir, portfolio_dir, runs=runs // 3))),
+        ("memory", lambda: switching.memory_report(mem())),
+        ("switching", lambda: switching.report(sw())),
+        ("kinds", lambda: switching.kinds_report(model_dir, portfolio_dir, mem(), sw())),
         ("daemon", lambda: bdaemon.report(bdaemon.run(model_dir, requests=200 if quick else 1000,
                                                       clients=(1, 4, 8, 16)))),
         ("governor", lambda: governor_section(model_dir, quick, plots_dir)),
@@ -68,6 +78,7 @@ TITLES = {
     "modelset": "3a. ModelSet: latency per level, memory, size on disk",
     "memory": "3b. Memory: group set vs separate models vs the DNNShifter portfolio",
     "switching": "4. Switching cost",
+    "kinds": "4b. The two kinds of dynamic DNN side by side (group set vs DNNShifter-style portfolio)",
     "daemon": "5. The daemon: overhead and throughput",
     "governor": "6. The governor against its baselines",
 }

@@ -159,3 +159,32 @@ def report(r: Dict) -> str:
     lines.append(table(["board (SIMULATED)", "target", "modelled DVFS latency µs"],
                        [[b, t, v] for b, d in r["dvfs_sim_us"].items() for t, v in d.items()]))
     return "\n".join(lines)
+
+
+def kinds_report(model_dir: str, portfolio_dir: Optional[str], mem: Dict, sw: Dict) -> str:
+    """The two kinds of dynamic DNN side by side, from the memory and switching runs above
+    and the manifests (accuracy on test_batch, parameters, training time)."""
+    from models import manifest as mf
+    rows = []
+    for kind, d, mem_row in (("group", model_dir, 0), ("portfolio", portfolio_dir, 2)):
+        if d is None or kind not in sw:
+            continue
+        m, g = mf.read(d), sw[kind]
+        lv = m["levels"]
+        params = [x.get("nonzero_params", x["params"]) for x in lv]
+        spent = m.get("provenance", {}).get("training_epoch_seconds", {}).get("total")
+        rows.append([kind + (" (weights shared)" if m.get("shares_weights") else " (no sharing)"),
+                     len(lv), " / ".join("%.1f" % x["accuracy"] for x in lv),
+                     max(params) / min(params),
+                     max(g["steady_ms"]) / min(g["steady_ms"]),
+                     sorted(g["switch_over_us"])[len(g["switch_over_us"]) // 2],
+                     sorted(g["on_demand_over_ms"])[len(g["on_demand_over_ms"]) // 2] * 1e3,
+                     mem["rows"][mem_row][2], mem["rows"][mem_row][3] / 2 ** 20,
+                     "%.0f min" % (spent / 60) if spent else "not recorded"])
+    return ("Both kinds in this run (machine: %s). Accuracy is the manifest's (test_batch), smallest level "
+            "first; the parameter span counts nonzero weights; latency range is max/min of the steady-state "
+            "medians in the switching table; training time is the summed wall time of the epochs that "
+            "produced the set (on this 2-core VM, while other work ran).\n\n" % sw["machine"] +
+            table(["kind", "levels", "top-1 % per level", "param span x", "latency range x",
+                   "switch overhead µs (median level)", "on-demand load µs (median level)",
+                   "PSS above baseline MiB", "on disk MiB", "training time"], rows))

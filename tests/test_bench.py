@@ -20,3 +20,5 @@ def test_bench_quick_produces_every_table(random_set, tiny_portfolio, tmp_path):
                    "switch overhead", "overhead µs (target <= 100)", "miss rate %", "SIMULATED",
                    "measured on this machine", "Xun et al. 2019 (published)", "--quick", "Decision cost"):
         assert needle in doc, needle
+    kinds = doc.split("## " + TITLES["kinds"])[1].split("\n## ")[0]
+    assert "| group (weights shared)" in kinds and "| portfolio (no sharing)" in kinds   # one row per kind
