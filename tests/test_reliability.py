@@ -253,10 +253,12 @@ def soak(d, seconds: float):
     stop = time.time() + seconds
     warm = stop - seconds * 0.8
     base = None
-    vanished = 0
+    vanished = answered = 0
     ctx = zmq.Context.instance()
     while time.time() < stop:
-        load(d, 4, 10)
+        replies, errors = load(d, 4, 10)
+        assert not errors and all(v == [True] for v in replies.values())
+        answered += len(replies)
         # a client that vanishes mid-request must not wedge the ROUTER
         s = ctx.socket(zmq.DEALER)
         s.setsockopt(zmq.LINGER, 0)
@@ -266,7 +268,7 @@ def soak(d, seconds: float):
         vanished += 1
         if base is None and time.time() >= warm:
             base = settled(proc)
-    return base, settled(proc), vanished
+    return base, settled(proc), vanished, answered
 
 
 def settled(proc):
@@ -278,8 +280,8 @@ def settled(proc):
 
 def test_soak_short(live):
     d, _ = live
-    base, end, vanished = soak(d, 8.0)
-    assert end[0] < base[0] * 1.05 and end[1] <= base[1] and vanished > 0
+    base, end, vanished, answered = soak(d, 8.0)
+    assert end[0] < base[0] * 1.05 and end[1] <= base[1] and vanished > 0 and answered >= 40
     with d.client() as c:
         assert len(c.infer(np.zeros((1, 32, 32, 3), np.uint8)).labels) == 1
 
@@ -287,9 +289,9 @@ def test_soak_short(live):
 @pytest.mark.slow
 def test_soak_full(live):
     d, _ = live
-    base, end, vanished = soak(d, 600.0)
-    print("soak: RSS %d -> %d (+%.2f%%), fds %d -> %d, %d vanished clients" % (
-        base[0], end[0], 100 * (end[0] / base[0] - 1), base[1], end[1], vanished))
+    base, end, vanished, answered = soak(d, 600.0)
+    print("soak: %d requests answered, RSS %d -> %d (+%.2f%%), fds %d -> %d, %d vanished clients" % (
+        answered, base[0], end[0], 100 * (end[0] / base[0] - 1), base[1], end[1], vanished))
     assert end[0] < base[0] * 1.05 and end[1] <= base[1]
 
 
