@@ -372,8 +372,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--size", choices=("alexnet", "tiny"), default="alexnet",
                    help="column width: the shipped AlexNet-style size, or a tiny one for tests")
     t.add_argument("--width", type=float, default=1.0,
-                   help="multiply every conv width and the hidden layer by this (default 1.0; the shipped "
-                        "portfolio uses 1.25)")
+                   help="multiply every conv width and the hidden layer by this (default 1.0); "
+                        "training time grows about with the square")
     t.add_argument("--name", default=None, help="model set name (default: the --out folder name)")
     t.add_argument("--checkpoint-dir", default=None, help="default: OUT/checkpoints")
     t.add_argument("--resume", action="store_true", help="continue the run in the checkpoint folder")
