@@ -41,7 +41,7 @@ def cmd_train(a: argparse.Namespace) -> int:
                               rewind=a.rewind, **common)
         trainer_cls, exporter = PortfolioTrainer, export.export_portfolio
     else:
-        cfg = tr.TrainConfig(groups=a.groups, **common)
+        cfg = tr.TrainConfig(groups=a.groups, ens_weight=a.ens_weight, ens_from=a.ens_from, **common)
         trainer_cls, exporter = tr.Trainer, export.export_group_set
     ckpt = a.checkpoint_dir or os.path.join(a.out, "checkpoints")
     try:
@@ -363,6 +363,10 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--rewind", choices=("weights", "finetune"), default="weights",
                    help="portfolio: retrain each level from the rewound early weights (DNNShifter) "
                         "or fine-tune the trained ones (cheaper)")
+    t.add_argument("--ens-weight", type=float, default=0.0,
+                   help="group model: add this x the loss of the k=g averaged logits to group g's own loss "
+                        "(default 0: own loss only; see docs/model-set.md)")
+    t.add_argument("--ens-from", type=int, default=2, help="group model: first group --ens-weight applies to")
     t.add_argument("--epochs", type=int, default=30, help="epochs per group (default 30)")
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--batch", type=int, default=128)

@@ -94,7 +94,8 @@ class PortfolioTrainer(Trainer):
         gen = torch.Generator().manual_seed(cfg.seed)
         start, history = self._resume(self._p("partial.pt"), col, opt, gen)
         if start < cfg.rewind_epoch:
-            self._epochs(col, opt, gen, start, cfg.rewind_epoch, self._p("partial.pt"), "dense", history)
+            self._epochs(col, opt, gen, start, cfg.epochs, self._p("partial.pt"), "dense", history,
+                         stop=cfg.rewind_epoch)
             _atomic_save({"column": {k: v.clone() for k, v in col.state_dict().items()}}, self._p("rewind.pt"))
             start = cfg.rewind_epoch
         self._epochs(col, opt, gen, start, cfg.epochs, self._p("partial.pt"), "dense", history)

@@ -53,6 +53,11 @@ class TrainConfig:
     val: int = 2500            # training images held out to choose each k's head
     head_epochs: int = 15
     head_aug_passes: int = 2   # augmented passes over the training set to fit a head on
+    # Groups g >= ens_from add ens_weight x the cross-entropy of the k=g mean logits (the frozen
+    # groups' logits, no gradient, plus the new group's) to their own loss: the extra gradient is
+    # largest where the frozen groups are wrong. 0 = own loss only.
+    ens_weight: float = 0.0
+    ens_from: int = 2
     arch: Arch = field(default_factory=Arch)
 
     def to_dict(self) -> Dict:
@@ -127,10 +132,12 @@ class Trainer:
             for key in ("data_sha256",):
                 if old.get(key) != settings[key]:
                     raise TrainError("cannot resume: the data differs from the run in %s" % self.dir)
+            # a setting added after the run started had its default value in that run
+            defaults = type(self.cfg)(arch=self.cfg.arch).to_dict()
             for key, val in settings["config"].items():
-                if old["config"].get(key) != val:
-                    raise TrainError("cannot resume: %s was %r in %s, now %r"
-                                     % (key, old["config"].get(key), self.dir, val))
+                was = old["config"].get(key, defaults[key])
+                if was != val:
+                    raise TrainError("cannot resume: %s was %r in %s, now %r" % (key, was, self.dir, val))
         else:
             with open(run, "w") as f:
                 json.dump(settings, f, indent=1)
@@ -188,16 +195,19 @@ class Trainer:
         return ck["epoch"], ck["history"]
 
     def _epochs(self, col: Column, opt, gen: torch.Generator, start: int, epochs: int, ckpt: str,
-                tag: str, history: List[Dict], after_step=None, lr: Optional[float] = None) -> None:
-        """Epochs ``start``..``epochs`` of SGD with per-step cosine decay from ``lr`` (default:
-        the configured one), augmentation, a checkpoint after every epoch. ``after_step`` runs
-        after each optimizer step (masks)."""
+                tag: str, history: List[Dict], after_step=None, lr: Optional[float] = None,
+                frozen: Optional[List[Column]] = None, stop: Optional[int] = None) -> None:
+        """Epochs ``start``..``stop`` (default ``epochs``) of SGD with per-step cosine decay from
+        ``lr`` (default: the configured one) to 0 at ``epochs``, augmentation, a checkpoint after
+        every epoch. ``after_step`` runs after each optimizer step (masks); ``frozen`` columns add
+        the ensemble term (ens_weight)."""
         cfg = self.cfg
+        stop = epochs if stop is None else stop
         lr = cfg.lr if lr is None else lr
         n = len(self.x_train)
         steps = n // cfg.batch
         total = steps * epochs
-        for epoch in range(start, epochs):
+        for epoch in range(start, stop):
             col.train()
             t0 = time.time()
             order = torch.randperm(n, generator=gen)
@@ -213,6 +223,10 @@ class Trainer:
                 y = self.y_train[idx]
                 logits = col(x)
                 loss = F.cross_entropy(logits, y)
+                if frozen:
+                    with torch.no_grad():
+                        prior = torch.stack([f(x) for f in frozen]).sum(0)
+                    loss = loss + cfg.ens_weight * F.cross_entropy((prior + logits) / (len(frozen) + 1), y)
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()
@@ -242,9 +256,13 @@ class Trainer:
         start, history = self._resume(self._path(g, True), col, opt, gen)
         if start:
             self.log("group %d/%d: resuming after epoch %d" % (g, cfg.groups, start))
-        self._epochs(col, opt, gen, start, cfg.epochs, self._path(g, True), "group %d/%d" % (g, cfg.groups), history)
-        col = col.to(memory_format=torch.contiguous_format)
         frozen = columns_from_states(cfg.arch, [s["column"] for s in earlier])
+        ens = [f.to(memory_format=torch.channels_last).requires_grad_(False) for f in frozen] \
+            if cfg.ens_weight and g >= max(cfg.ens_from, 2) else None
+        self._epochs(col, opt, gen, start, cfg.epochs, self._path(g, True), "group %d/%d" % (g, cfg.groups), history,
+                     frozen=ens)
+        col = col.to(memory_format=torch.contiguous_format)
+        frozen = [f.to(memory_format=torch.contiguous_format) for f in frozen]
         head, val = self._fit_head(frozen + [col], gen)
         val["history"] = history
         state = {k: v.contiguous() for k, v in col.state_dict().items()}

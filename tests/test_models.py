@@ -155,6 +155,33 @@ def test_resume_guards(tiny_data, tmp_path):
         Trainer(tiny_data, ck, tiny_config(groups=1, epochs=3), resume=True, log=lambda s: None)
 
 
+def test_ensemble_term_changes_only_the_groups_it_applies_to(tiny_data, tmp_path):
+    """ens_weight adds CE of the k=g mean logits for groups >= ens_from: earlier groups stay
+    bit-identical to a run without it, later ones differ; frozen groups still untouched."""
+    import torch
+    from models.train import Trainer
+    plain = Trainer(tiny_data, str(tmp_path / "a"), tiny_config(), log=lambda s: None).run()
+    ens = Trainer(tiny_data, str(tmp_path / "b"), tiny_config(ens_weight=1.0, ens_from=3), log=lambda s: None).run()
+    same = lambda a, b: all(torch.equal(a.state_dict()[k], b.state_dict()[k]) for k in a.state_dict())
+    assert same(plain["columns"][0], ens["columns"][0]) and same(plain["columns"][1], ens["columns"][1])
+    assert not same(plain["columns"][2], ens["columns"][2])
+
+
+def test_resume_of_a_run_from_before_a_setting_existed(tiny_data, tmp_path):
+    """A run.json without a later-added key resumes when that key has its default value."""
+    import json
+    from models.train import Trainer, TrainError
+    ck = str(tmp_path / "ck")
+    Trainer(tiny_data, ck, tiny_config(groups=1), log=lambda s: None).run()
+    run = os.path.join(ck, "run.json")
+    d = json.load(open(run))
+    del d["config"]["ens_weight"]
+    json.dump(d, open(run, "w"))
+    Trainer(tiny_data, ck, tiny_config(groups=1), resume=True, log=lambda s: None).run()
+    with pytest.raises(TrainError, match="ens_weight was 0.0 .* now 0.5"):
+        Trainer(tiny_data, ck, tiny_config(groups=1, ens_weight=0.5), resume=True, log=lambda s: None)
+
+
 # ----------------------------------------------------------------------------- ModelSet
 def _copy(src, tmp_path):
     dst = str(tmp_path / "set")

@@ -149,3 +149,18 @@ def test_rewind_modes(tiny_data, tmp_path, mode):
     assert all(lv["max_abs_diff_vs_sparse"] < 1e-4 for lv in m["levels"])
     assert m["provenance"]["training"]["rewind"] == mode
     assert len(m["provenance"]["training_epoch_seconds"]["per_phase"]) == 3   # dense + 2 levels
+
+
+def test_rewind_point_does_not_change_dense_training(tiny_data, tmp_path):
+    """Saving the rewind point splits dense training in two; the learning-rate schedule and the
+    random streams run on across the split, so the dense weights do not depend on where it is."""
+    pytest.importorskip("torch")
+    import torch
+    from models.portfolio import PortfolioConfig, PortfolioTrainer
+    dense = []
+    for r in (1, 2):
+        cfg = PortfolioConfig(epochs=3, rewind_epoch=r, levels=0, level_epochs=1, rate=0.5, val=100, batch=50,
+                              arch=TINY)
+        dense.append(PortfolioTrainer(tiny_data, str(tmp_path / str(r)), cfg, log=lambda s: None)
+                     .run()["states"][0]["column"])
+    assert all(torch.equal(dense[0][k], dense[1][k]) for k in dense[0])
