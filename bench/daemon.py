@@ -2,8 +2,9 @@
 ``ModelSet.run`` p50 (target <= 100 µs), and throughput with 1/4/8/16 concurrent client
 processes against back-to-back direct ``ModelSet.run`` (target >= 90% with 8).
 
-Both sides run the same level (pinned to k = G) and the same onnxruntime thread count;
-medians and ratios come from one run.
+Both sides run the same level (pinned to k = G) and the same onnxruntime thread count, once
+with one thread and once with all CPUs (on a 2-core machine the second onnxruntime thread
+competes with ZeroMQ's I/O threads and the clients); medians and ratios come from one run.
 
     python -m bench.daemon [--model DIR] [--requests N]
 """
@@ -66,69 +67,98 @@ def echo_floor_us(ep: str, n: int = 1000) -> float:
         srv.kill()
 
 
-def run(model_dir: str, requests: int = 1000, threads: int = None, clients=(1, 4, 8, 16)) -> Dict:
+def _direct(model_dir: str, threads: int, requests: int, q) -> None:
     from models import ModelSet
     from models.evaluate import timings
-    from tests.daemon_harness import Daemon
-    threads = threads or os.cpu_count()
     ms = ModelSet.load(model_dir, threads=threads)
-    G = ms.groups
     x = np.zeros((1,) + ms.input_shape, np.float32)
-    t = timings(lambda: ms.run(G, x), requests, warmup=100)
-    direct_p50 = float(np.median(t)) * 1e3
-    direct_rate = len(t) / sum(t)
-    out = {"machine": machine(), "direct_p50_ms": direct_p50, "direct_per_s": direct_rate, "levels": G}
+    t = timings(lambda: ms.run(ms.groups, x), requests, warmup=100)
+    q.put((ms.groups, float(np.median(t)) * 1e3, len(t) / sum(t)))
+
+
+def direct(model_dir: str, threads: int, requests: int):
+    """(G, p50 ms, inferences/s) of back-to-back ``ModelSet.run`` at k = G, in a fresh process:
+    the global thread pool is sized once per process, so each thread count gets its own."""
+    ctx = mp.get_context("spawn")
+    q = ctx.Queue()
+    p = ctx.Process(target=_direct, args=(model_dir, threads, requests, q))
+    p.start()
+    try:
+        return q.get(timeout=600)
+    finally:
+        p.join()
+
+
+def _throughput(d, n_clients: int, per: int) -> float:
+    ctx = mp.get_context("fork")
+    ready, done, go = ctx.Queue(), ctx.Queue(), ctx.Event()
+    procs = [ctx.Process(target=_client_proc, args=(d.infer_ep, d.control_ep, per, ready, go, done))
+             for _ in range(n_clients)]
+    for p in procs:
+        p.start()
+    for _ in procs:
+        ready.get(timeout=120)
+    t0 = time.perf_counter()
+    go.set()
+    for _ in procs:
+        done.get(timeout=600)
+    wall = time.perf_counter() - t0
+    for p in procs:
+        p.join()
+    return per * n_clients / wall
+
+
+def run(model_dir: str, requests: int = 1000, threads=None, clients=(1, 4, 8, 16)) -> Dict:
+    """Per onnxruntime thread count (default: 1 and all CPUs): direct p50 and rate, the daemon's
+    p50 for float32 and uint8 input, and throughput with each number of concurrent clients."""
+    from models.evaluate import timings
+    from tests.daemon_harness import Daemon
+    threads = threads or sorted({1, os.cpu_count()})
+    out = {"machine": machine(), "rows": []}
     with tempfile.TemporaryDirectory() as tmp:
         out["echo_floor_us"] = echo_floor_us("ipc://%s/echo.sock" % tmp, n=requests)
-        d = Daemon(tmp, model_dir, extra=["--threads", str(threads)])
-        try:
-            d.wait_ready()
-            c = d.client(timeout_s=30)
-            targets = c.status()["targets"]
-            widest = max(targets, key=lambda t: len(targets[t]["cpus"]))   # all CPUs, as the direct run
-            c.pin(groups=G, target=widest)
-            out["target"] = widest
-            for dtype in ("float32", "uint8"):
-                xx = x if dtype == "float32" else np.zeros((1, 32, 32, 3), np.uint8)
-                lat = timings(lambda: c.infer(xx), requests, warmup=100)
-                out["e2e_p50_ms_" + dtype] = float(np.median(lat)) * 1e3
-            out["throughput"] = []
-            ctx = mp.get_context("fork")
-            for n_clients in clients:
-                ready, done, go = ctx.Queue(), ctx.Queue(), ctx.Event()
-                per = max(50, requests // n_clients)
-                procs = [ctx.Process(target=_client_proc, args=(d.infer_ep, d.control_ep, per, ready, go, done))
-                         for _ in range(n_clients)]
-                for p in procs:
-                    p.start()
-                for _ in procs:
-                    ready.get(timeout=120)
-                t0 = time.perf_counter()
-                go.set()
-                for _ in procs:
-                    done.get(timeout=600)
-                wall = time.perf_counter() - t0
-                for p in procs:
-                    p.join()
-                total = per * n_clients
-                out["throughput"].append({"clients": n_clients, "requests": total, "per_s": total / wall,
-                                          "ratio": total / wall / direct_rate})
-            c.close()
-        finally:
-            d.stop()
+        for th in threads:
+            G, p50, rate = direct(model_dir, th, requests)
+            row = {"threads": th, "direct_p50_ms": p50, "direct_per_s": rate, "throughput": []}
+            out["levels"] = G
+            d = Daemon(os.path.join(tmp, "t%d" % th), model_dir, extra=["--threads", str(th)])
+            try:
+                d.wait_ready()
+                c = d.client(timeout_s=30)
+                targets = c.status()["targets"]
+                widest = max(targets, key=lambda t: len(targets[t]["cpus"]))   # all CPUs, as the direct run
+                c.pin(groups=G, target=widest)
+                out["target"] = widest
+                for dtype in ("float32", "uint8"):
+                    xx = np.zeros((1, 3, 32, 32), np.float32) if dtype == "float32" else np.zeros((1, 32, 32, 3), np.uint8)
+                    lat = timings(lambda: c.infer(xx), requests, warmup=100)
+                    row["e2e_p50_ms_" + dtype] = float(np.median(lat)) * 1e3
+                for n_clients in clients:
+                    per = max(50, requests // n_clients)
+                    per_s = _throughput(d, n_clients, per)
+                    row["throughput"].append({"clients": n_clients, "requests": per * n_clients, "per_s": per_s,
+                                              "ratio": per_s / rate})
+                c.close()
+            finally:
+                d.stop()
+            out["rows"].append(row)
     return out
 
 
 def report(r: Dict) -> str:
-    over = table(["input", "direct ModelSet.run p50 ms", "through the daemon p50 ms", "overhead µs (target <= 100)"],
-                 [[dt, r["direct_p50_ms"], r["e2e_p50_ms_" + dt], (r["e2e_p50_ms_" + dt] - r["direct_p50_ms"]) * 1e3]
-                  for dt in ("float32", "uint8")])
-    thr = table(["clients", "requests", "inferences/s", "ratio to direct back-to-back (target >= 0.9 at 8)"],
-                [[t["clients"], t["requests"], t["per_s"], t["ratio"]] for t in r["throughput"]])
-    return ("Machine: %s; k = %d, target %s, batch 1, ipc.\n\n%s\n\nThe transport floor, a bare ZeroMQ "
-            "ROUTER/DEALER echo of the same size between two processes: %.0f µs p50. Direct back-to-back: "
-            "%.0f inferences/s.\n\n%s\n" % (r["machine"], r["levels"], r["target"], over, r["echo_floor_us"],
-                                              r["direct_per_s"], thr))
+    over = table(["onnxruntime threads", "input", "direct ModelSet.run p50 ms", "through the daemon p50 ms",
+                  "overhead µs (target <= 100)"],
+                 [[row["threads"], dt, row["direct_p50_ms"], row["e2e_p50_ms_" + dt],
+                   (row["e2e_p50_ms_" + dt] - row["direct_p50_ms"]) * 1e3]
+                  for row in r["rows"] for dt in ("float32", "uint8")])
+    thr = table(["onnxruntime threads", "clients", "requests", "inferences/s", "direct back-to-back /s",
+                 "ratio (target >= 0.9 at 8)"],
+                [[row["threads"], t["clients"], t["requests"], t["per_s"], row["direct_per_s"], t["ratio"]]
+                 for row in r["rows"] for t in row["throughput"]])
+    return ("Machine: %s; k = %d, target %s, batch 1, ipc. Direct and daemon use the same onnxruntime "
+            "thread count per row.\n\n%s\n\nThe transport floor, a bare ZeroMQ ROUTER/DEALER echo of the "
+            "same size between two processes: %.0f µs p50.\n\n%s\n"
+            % (r["machine"], r["levels"], r["target"], over, r["echo_floor_us"], thr))
 
 
 def main(argv=None) -> int:
