@@ -89,6 +89,46 @@ def direct(model_dir: str, threads: int, requests: int):
         p.join()
 
 
+def _pipeline(model_dir: str, threads: int, requests: int, q) -> None:
+    import json
+    from daemon import config
+    from daemon.protocol import decode_infer, encode_reply
+    from daemon.service import Service
+    from models.evaluate import timings
+    with tempfile.TemporaryDirectory() as tmp:
+        empty = os.path.join(tmp, "empty.yaml")
+        open(empty, "w").close()
+        cfg = config.load(empty, {"model": model_dir, "state_dir": tmp, "runtime_dir": tmp, "threads": threads})
+        svc = Service(cfg)
+        G = svc.models.groups
+        widest = max(svc.targets, key=lambda t: len(svc.targets[t].cpus))
+        svc.control("pin", {"groups": G, "target": widest})
+        x = np.zeros((1,) + svc.models.input_shape, np.float32)
+        frames = [json.dumps({"id": "b-1", "dtype": "float32", "shape": list(x.shape)}).encode(), x.tobytes()]
+
+        def one():
+            [(head, logits)] = svc.infer([decode_infer(frames, svc.input_spec)])
+            encode_reply(head, logits)
+
+        t_pipe = timings(one, requests, warmup=100)
+        t_run = timings(lambda: svc.models.run(G, x, widest), requests, warmup=100)
+        svc.stop()
+    q.put((float(np.median(t_pipe)) * 1e3, float(np.median(t_run)) * 1e3))
+
+
+def pipeline(model_dir: str, threads: int, requests: int):
+    """(p50 ms of one request through the daemon's own code without sockets: decode, governor,
+    platform, run, observe, encode; p50 ms of ``ModelSet.run`` in the same process)."""
+    ctx = mp.get_context("spawn")
+    q = ctx.Queue()
+    p = ctx.Process(target=_pipeline, args=(model_dir, threads, requests, q))
+    p.start()
+    try:
+        return q.get(timeout=600)
+    finally:
+        p.join()
+
+
 def _throughput(d, n_clients: int, per: int) -> float:
     ctx = mp.get_context("fork")
     ready, done, go = ctx.Queue(), ctx.Queue(), ctx.Event()
@@ -120,6 +160,7 @@ def run(model_dir: str, requests: int = 1000, threads=None, clients=(1, 4, 8, 16
         for th in threads:
             G, p50, rate = direct(model_dir, th, requests)
             row = {"threads": th, "direct_p50_ms": p50, "direct_per_s": rate, "throughput": []}
+            row["pipeline_p50_ms"], row["pipeline_run_p50_ms"] = pipeline(model_dir, th, requests)
             out["levels"] = G
             d = Daemon(os.path.join(tmp, "t%d" % th), model_dir, extra=["--threads", str(th)])
             try:
@@ -151,14 +192,22 @@ def report(r: Dict) -> str:
                  [[row["threads"], dt, row["direct_p50_ms"], row["e2e_p50_ms_" + dt],
                    (row["e2e_p50_ms_" + dt] - row["direct_p50_ms"]) * 1e3]
                   for row in r["rows"] for dt in ("float32", "uint8")])
+    parts = table(["onnxruntime threads", "ModelSet.run p50 ms", "+ the daemon's code, no sockets p50 ms",
+                   "its cost µs", "transport floor µs", "the rest µs (scheduling, the second process)"],
+                  [[row["threads"], row["pipeline_run_p50_ms"], row["pipeline_p50_ms"],
+                    (row["pipeline_p50_ms"] - row["pipeline_run_p50_ms"]) * 1e3, r["echo_floor_us"],
+                    (row["e2e_p50_ms_float32"] - row["direct_p50_ms"]) * 1e3 - r["echo_floor_us"]
+                    - (row["pipeline_p50_ms"] - row["pipeline_run_p50_ms"]) * 1e3] for row in r["rows"]])
     thr = table(["onnxruntime threads", "clients", "requests", "inferences/s", "direct back-to-back /s",
                  "ratio (target >= 0.9 at 8)"],
                 [[row["threads"], t["clients"], t["requests"], t["per_s"], row["direct_per_s"], t["ratio"]]
                  for row in r["rows"] for t in row["throughput"]])
     return ("Machine: %s; k = %d, target %s, batch 1, ipc. Direct and daemon use the same onnxruntime "
             "thread count per row.\n\n%s\n\nThe transport floor, a bare ZeroMQ ROUTER/DEALER echo of the "
-            "same size between two processes: %.0f µs p50.\n\n%s\n"
-            % (r["machine"], r["levels"], r["target"], over, r["echo_floor_us"], thr))
+            "same size between two processes: %.0f µs p50.\n\nWhere the float32 overhead goes: the daemon's "
+            "own per-request code measured in one process without sockets, the transport floor, and what "
+            "remains.\n\n%s\n\n%s\n"
+            % (r["machine"], r["levels"], r["target"], over, r["echo_floor_us"], parts, thr))
 
 
 def main(argv=None) -> int:
