@@ -76,17 +76,22 @@ def _direct(model_dir: str, threads: int, requests: int, q) -> None:
     q.put((ms.groups, float(np.median(t)) * 1e3, len(t) / sum(t)))
 
 
-def direct(model_dir: str, threads: int, requests: int):
-    """(G, p50 ms, inferences/s) of back-to-back ``ModelSet.run`` at k = G, in a fresh process:
-    the global thread pool is sized once per process, so each thread count gets its own."""
+def _fresh_process(fn, *args):
+    """``fn(*args, queue)`` in a new process; what it puts on the queue. onnxruntime's global
+    thread pool is sized once per process, so each thread count gets its own process."""
     ctx = mp.get_context("spawn")
     q = ctx.Queue()
-    p = ctx.Process(target=_direct, args=(model_dir, threads, requests, q))
+    p = ctx.Process(target=fn, args=args + (q,))
     p.start()
     try:
         return q.get(timeout=600)
     finally:
         p.join()
+
+
+def direct(model_dir: str, threads: int, requests: int):
+    """(G, p50 ms, inferences/s) of back-to-back ``ModelSet.run`` at k = G."""
+    return _fresh_process(_direct, model_dir, threads, requests)
 
 
 def _pipeline(model_dir: str, threads: int, requests: int, q) -> None:
@@ -119,14 +124,7 @@ def _pipeline(model_dir: str, threads: int, requests: int, q) -> None:
 def pipeline(model_dir: str, threads: int, requests: int):
     """(p50 ms of one request through the daemon's own code without sockets: decode, governor,
     platform, run, observe, encode; p50 ms of ``ModelSet.run`` in the same process)."""
-    ctx = mp.get_context("spawn")
-    q = ctx.Queue()
-    p = ctx.Process(target=_pipeline, args=(model_dir, threads, requests, q))
-    p.start()
-    try:
-        return q.get(timeout=600)
-    finally:
-        p.join()
+    return _fresh_process(_pipeline, model_dir, threads, requests)
 
 
 def _throughput(d, n_clients: int, per: int) -> float:
