@@ -84,18 +84,40 @@ TITLES = {
 }
 
 
-def write_doc(path: str, sections: List[Tuple[str, str]], quick: bool, command: str) -> None:
+def _old_sections(path: str) -> dict:
+    """The sections of an earlier docs/benchmarks.md, by name (to keep those not rerun)."""
+    if not os.path.exists(path):
+        return {}
+    by_title = {v: k for k, v in TITLES.items()}
+    out, name = {}, None
+    for line in open(path).read().split("\n"):
+        if line.startswith("## ") and line[3:] in by_title:
+            name = by_title[line[3:]]
+            out[name] = []
+        elif name:
+            out[name].append(line)
+    return {k: "\n".join(v).strip("\n") for k, v in out.items()}
+
+
+def write_doc(path: str, sections: List[Tuple[str, str]], command: str) -> None:
+    """Write every section in the order of SECTIONS; with ``--only``, the sections not rerun
+    are kept from the earlier file, each with the command and date it came from."""
+    today = datetime.date.today().isoformat()
+    new = {name: text + "\n_(`%s`, %s)_" % (command, today) for name, text in sections}
+    kept = {k: v for k, v in _old_sections(path).items() if k not in new}
     head = ["# Benchmarks", "",
-            "Written by `%s` on %s. Machine: %s." % (command, datetime.date.today().isoformat(), machine()),
-            "",
-            "Every number below was produced by that command in one run; rerun it to reproduce. "
+            "Written by `python -m bench` (every section ends with the command and date it came from). "
+            "Machine: %s." % machine(), "",
+            "Every number in a section was produced by its command in one run; rerun it to reproduce. "
             "Timings on this shared 2-core VM are noisy: compare the ratios within a table, not absolute "
-            "times across runs. Sections that use the simulated XU3/Nano say so; their constants and "
-            "sources are in platforms/sim.py and docs/platforms.md.%s" % (
-                " **This was a `--quick` run (fewer repetitions).**" if quick else ""), ""]
+            "times across sections or runs. Sections that use the simulated XU3/Nano say so; their constants "
+            "and sources are in platforms/sim.py and docs/platforms.md. A `--quick` section had fewer "
+            "repetitions.", ""]
     body = []
-    for name, text in sections:
-        body += ["## " + TITLES[name], "", text, ""]
+    for name in SECTIONS:
+        text = new.get(name, kept.get(name))
+        if text is not None:
+            body += ["## " + TITLES[name], "", text, ""]
     with open(path, "w") as f:
         f.write("\n".join(head + body))
 
@@ -106,7 +128,8 @@ def main(argv=None) -> int:
     p.add_argument("--quick", action="store_true", help="a few-minute run with fewer repetitions")
     p.add_argument("--model", default=None, help="group model set (default: the shipped one)")
     p.add_argument("--portfolio", default=None, help="portfolio set (default: the shipped one, if any)")
-    p.add_argument("--only", nargs="*", choices=SECTIONS, help="run only these sections")
+    p.add_argument("--only", nargs="*", choices=SECTIONS,
+                   help="run only these sections; the others in --out are kept as they were")
     p.add_argument("--out", default=os.path.join(ROOT, "docs", "benchmarks.md"))
     p.add_argument("--no-write", action="store_true")
     a = p.parse_args(argv)
@@ -120,7 +143,8 @@ def main(argv=None) -> int:
         os.makedirs(plots, exist_ok=True)
     sections = run(model, portfolio, a.quick, plots, a.only)
     if not a.no_write:
-        write_doc(a.out, sections, a.quick, "python -m bench" + (" --quick" if a.quick else ""))
+        command = "python -m bench" + (" --quick" if a.quick else "") + (" --only " + " ".join(a.only) if a.only else "")
+        write_doc(a.out, sections, command)
         print("wrote %s" % a.out, file=sys.stderr)
     return 0
 

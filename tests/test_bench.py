@@ -22,3 +22,16 @@ def test_bench_quick_produces_every_table(random_set, tiny_portfolio, tmp_path):
         assert needle in doc, needle
     kinds = doc.split("## " + TITLES["kinds"])[1].split("\n## ")[0]
     assert "| group (weights shared)" in kinds and "| portfolio (no sharing)" in kinds   # one row per kind
+
+
+def test_bench_only_keeps_the_other_sections(tmp_path):
+    """--only rewrites its sections and keeps the rest of the file, each marked with its command."""
+    from bench.__main__ import TITLES, write_doc
+    out = str(tmp_path / "b.md")
+    write_doc(out, [("range", "range table 1"), ("daemon", "daemon table 1")], "python -m bench")
+    write_doc(out, [("daemon", "daemon table 2")], "python -m bench --only daemon")
+    doc = open(out).read()
+    assert "range table 1\n_(`python -m bench`," in doc
+    assert "daemon table 2\n_(`python -m bench --only daemon`," in doc and "daemon table 1" not in doc
+    assert doc.index(TITLES["range"]) < doc.index(TITLES["daemon"])
+    assert doc.count("## " + TITLES["daemon"]) == 1
