@@ -16,7 +16,7 @@ from __future__ import annotations
 import time
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
-from .controller import Budget, Decision
+from .controller import Budget, Decision, Params, worthwhile
 from .profile import Profile
 from .space import Config, Level
 
@@ -123,8 +123,10 @@ class Oracle:
     name = "oracle"
 
     def __init__(self, space: Sequence[Config], levels: Sequence[Level],
-                 truth: Callable[[Config], Tuple[float, float]], safety: float = 0.05):
-        self.space = list(space)
+                 truth: Callable[[Config], Tuple[float, float]], safety: float = 0.05,
+                 acc_tolerance: float = Params.acc_tolerance):
+        keep = worthwhile(levels, acc_tolerance)   # the governor's objective, with perfect knowledge
+        self.space = [c for c in space if c.level in keep]
         self.levels = {l.level: l for l in levels}
         self.truth, self.safety = truth, safety
         self.budget = Budget()

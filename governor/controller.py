@@ -86,6 +86,16 @@ class Params:
     stale_s: float = 2.0           # unobserved for this long → the correction decays to 1
     freq_interval_s: float = 0.05
     window: int = 2000             # observations kept for the status percentiles
+    # Accuracy points a level must beat every cheaper level (fewer MACs) by to be chosen on its
+    # own: below this, its extra time and energy buy a difference the test set cannot resolve
+    # (0.1 points = 10 of 10,000 images). Pins and a request's own groups still reach it.
+    acc_tolerance: float = 0.1
+
+
+def worthwhile(levels: Sequence[Level], tolerance: float) -> set:
+    """The levels that beat every cheaper level (fewer MACs) by more than ``tolerance`` points."""
+    return {l.level for l in levels
+            if not any(o.macs < l.macs and o.accuracy >= l.accuracy - tolerance for o in levels)}
 
 
 class _Lane:
@@ -164,6 +174,8 @@ class Governor:
                 if idx:
                     lanes.append(_Lane(t, idx, self._base_lat, self._base_ekey, self._freq))
             self._lanes[lv] = lanes
+        keep = worthwhile([self.levels[lv] for lv in self._level_order if self._lanes[lv]], self.p.acc_tolerance)
+        self._auto_order = [lv for lv in self._level_order if lv in keep]
 
     def set_budget(self, budget: Budget) -> None:
         self.budget = budget.validate()
@@ -248,14 +260,14 @@ class Governor:
         limit_ms = deadline_ms if deadline_ms is not None else b.latency_ms
         limit_s = None if limit_ms is None else limit_ms / 1e3
         margin = 1 + self.p.safety
-        order = self._level_order if level is None else [level]
+        order = self._auto_order if level is None else [level]
         if level is not None and not self._lanes.get(level):   # a forced level beats a pin
             self._lanes[level] = [_Lane(t, np.flatnonzero((self._lvl == level) & (self._tgt == t)).tolist(),
                                         self._base_lat, self._base_ekey, self._freq)
                                   for t in range(len(self.targets)) if ((self._lvl == level) & (self._tgt == t)).any()]
         cur = self.current
         if b.power_w is not None:
-            cand, feasible = self._slow(order, limit_s, margin)
+            cand, feasible = self._slow(order, limit_s, margin, forced=level is not None)
         else:
             cand = None
             cur_safe = cur is not None and self._pin[cur] and self._meets(cur, limit_s, margin) \
@@ -282,7 +294,7 @@ class Governor:
                         break
             feasible = cand is not None
             if not feasible:
-                cand, feasible = self._slow(order, limit_s, margin)
+                cand, feasible = self._slow(order, limit_s, margin, forced=level is not None)
             elif cur is not None and cand != cur and self._freq_l[cand] != self._freq_l[cur] and \
                     self.clock() - self._freq_changed_at < self.p.freq_interval_s:
                 alt = self.index.get(Config(self.space[cand].level, self.space[cur].target, self.space[cur].freq_khz))
@@ -300,14 +312,15 @@ class Governor:
                              feasible, limit_ms)
         return self.last
 
-    def _slow(self, order: Sequence[int], limit_s: Optional[float], margin: float) -> Tuple[int, bool]:
+    def _slow(self, order: Sequence[int], limit_s: Optional[float], margin: float,
+              forced: bool = False) -> Tuple[int, bool]:
         """Vectorised decision for power caps, and the closest configuration when nothing
         meets the budget."""
         b = self.budget
         ct, ce = np.array(self.corr_lat), np.array(self.corr_en)
         lat = self._base_lat * ct[self._tgt]
         en = self._base_en * ce[self._tgt]
-        allowed = np.isin(self._lvl, order) & (self._pin if len(order) > 1 else True)
+        allowed = np.isin(self._lvl, order) & (True if forced else self._pin)
         ratios = [np.zeros_like(lat)]
         if limit_s is not None:
             ratios.append(lat * margin / limit_s)

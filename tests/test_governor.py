@@ -136,6 +136,20 @@ def test_forced_level():
     assert g.decide(level=2).config.level == 2
 
 
+def test_a_level_no_better_than_a_cheaper_one_is_not_chosen():
+    """k=4 at +0.01 points over k=3 costs a third more for one test image in 10,000: within
+    acc_tolerance the cheaper level wins; a pin or a request's groups still reach k=4."""
+    levels = LEVELS[:3] + [Level(4, 86.01, 40_000_000)]
+    g = Governor(build_space(levels, FREQS), levels, profile(), clock=Clock())
+    assert g.decide().config.level == 3
+    assert g.decide(level=4).config.level == 4
+    g.pin(level=4)
+    assert g.decide().config.level == 4
+    g.release()
+    strict = Governor(build_space(levels, FREQS), levels, profile(), clock=Clock(), params=Params(acc_tolerance=0))
+    assert strict.decide().config.level == 4
+
+
 def test_rate_limit_on_frequency_changes():
     g, clock = gov(freq_interval_s=1.0)
     assert g.decide().config == Config(4, "little", 500000)     # no budget: the frugal one
