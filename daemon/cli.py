@@ -22,15 +22,10 @@ def _default_model() -> str:
 
 
 # ---------------------------------------------------------------------------- train / eval
-def cmd_train(a: argparse.Namespace) -> int:
-    try:
-        from models import train as tr
-        from models.arch import TINY, Arch
-        from models import export
-    except ImportError as e:
-        raise CliError("training needs the train extra (%s): pip install torch==2.13.0 && "
-                       "pip install 'dnnscale[train]'" % e)
-    from models.cifar import DataError
+def train_setup(a: argparse.Namespace):
+    """(config, trainer class, exporter) for the parsed ``dnnscale train`` arguments."""
+    from models import export, train as tr
+    from models.arch import Arch, TINY
     if not a.width > 0:
         raise CliError("--width must be > 0, got %s" % a.width)
     arch = (TINY if a.size == "tiny" else Arch()).scaled(a.width)
@@ -39,10 +34,19 @@ def cmd_train(a: argparse.Namespace) -> int:
         from models.portfolio import PortfolioConfig, PortfolioTrainer
         cfg = PortfolioConfig(levels=a.levels, level_epochs=a.level_epochs, rewind_epoch=a.rewind_epoch,
                               rewind=a.rewind, **common)
-        trainer_cls, exporter = PortfolioTrainer, export.export_portfolio
-    else:
-        cfg = tr.TrainConfig(groups=a.groups, ens_weight=a.ens_weight, ens_from=a.ens_from, **common)
-        trainer_cls, exporter = tr.Trainer, export.export_group_set
+        return cfg, PortfolioTrainer, export.export_portfolio
+    cfg = tr.TrainConfig(groups=a.groups, ens_weight=a.ens_weight, ens_from=a.ens_from, **common)
+    return cfg, tr.Trainer, export.export_group_set
+
+
+def cmd_train(a: argparse.Namespace) -> int:
+    try:
+        from models import export, train as tr
+    except ImportError as e:
+        raise CliError("training needs the train extra (%s): pip install torch==2.13.0 && "
+                       "pip install 'dnnscale[train]'" % e)
+    from models.cifar import DataError
+    cfg, trainer_cls, exporter = train_setup(a)
     ckpt = a.checkpoint_dir or os.path.join(a.out, "checkpoints")
     try:
         result = trainer_cls(a.data, ckpt, cfg, resume=a.resume, threads=a.threads).run()

@@ -25,7 +25,7 @@ import os
 import sys
 import time
 from dataclasses import dataclass, field
-from typing import Callable, Dict, List, Optional
+from typing import Callable, Dict, List, Optional, Tuple
 
 import numpy as np
 import torch
@@ -64,6 +64,13 @@ class TrainConfig:
         d = dict(self.__dict__)
         d["arch"] = self.arch.to_dict()
         return d
+
+
+def config_differences(old: Dict, cfg: TrainConfig) -> List[Tuple[str, object, object]]:
+    """(key, old value, new value) for every setting of ``cfg`` that differs from a run's
+    recorded ``old`` config; a setting added after the run started had its default there."""
+    defaults = type(cfg)(arch=cfg.arch).to_dict()
+    return [(k, old.get(k, defaults[k]), v) for k, v in cfg.to_dict().items() if old.get(k, defaults[k]) != v]
 
 
 def _atomic_save(obj, path: str) -> None:
@@ -132,12 +139,8 @@ class Trainer:
             for key in ("data_sha256",):
                 if old.get(key) != settings[key]:
                     raise TrainError("cannot resume: the data differs from the run in %s" % self.dir)
-            # a setting added after the run started had its default value in that run
-            defaults = type(self.cfg)(arch=self.cfg.arch).to_dict()
-            for key, val in settings["config"].items():
-                was = old["config"].get(key, defaults[key])
-                if was != val:
-                    raise TrainError("cannot resume: %s was %r in %s, now %r" % (key, was, self.dir, val))
+            for key, was, now in config_differences(old["config"], self.cfg):
+                raise TrainError("cannot resume: %s was %r in %s, now %r" % (key, was, self.dir, now))
         else:
             with open(run, "w") as f:
                 json.dump(settings, f, indent=1)

@@ -270,21 +270,30 @@ def test_levels_share_one_weight_file(random_set):
     assert max(sizes) < 10_000
 
 
-def test_shipped_run_still_resumable():
-    """While the shipped model's run is in flight (training/cifar10-g4), the settings that
-    `dnnscale train ... --resume` will compare must still be the ones it started with."""
-    import json
+def _runs_in_flight():
+    """(folder, dnnscale train arguments) of every run training/README.md says how to continue."""
+    import re
     from tests.conftest import ROOT
-    run = os.path.join(ROOT, "training", "cifar10-g4", "run.json")
-    if not os.path.exists(run):
-        pytest.skip("no training run in flight")
-    from daemon.cli import build_parser
-    from models.train import TrainConfig
-    a = build_parser().parse_args(["train", "--data", "x", "--out", "y", "--groups", "4"])
-    from models.arch import Arch
-    cli_cfg = TrainConfig(groups=a.groups, epochs=a.epochs, seed=a.seed, batch=a.batch, lr=a.lr, val=a.val,
-                          arch=Arch())
-    assert json.load(open(run))["config"] == cli_cfg.to_dict()
+    readme = os.path.join(ROOT, "training", "README.md")
+    if not os.path.exists(readme):
+        return []
+    return re.findall(r"\| `([\w.-]+)/` \|[^|]*\| `dnnscale (train [^`]*)` \|", open(readme).read())
+
+
+@pytest.mark.parametrize("folder,command", _runs_in_flight() or [pytest.param(None, None, marks=pytest.mark.skip(
+    reason="no training run in flight"))])
+def test_runs_in_flight_still_resumable(folder, command):
+    """The command training/README.md gives to continue each run must still produce the
+    settings that run started with (what `--resume` compares)."""
+    import json
+    import shlex
+    from tests.conftest import ROOT
+    from daemon.cli import build_parser, train_setup
+    from models.train import config_differences
+    run = os.path.join(ROOT, "training", folder, "run.json")
+    assert os.path.exists(run), run
+    cfg = train_setup(build_parser().parse_args(shlex.split(command)))[0]
+    assert config_differences(json.load(open(run))["config"], cfg) == []
 
 
 def test_arch_scaled_multiplies_widths_and_hidden():
