@@ -4,7 +4,9 @@ processes against back-to-back direct ``ModelSet.run`` (target >= 90% with 8).
 
 Both sides run the same level (pinned to k = G) and the same onnxruntime thread count, once
 with one thread and once with all CPUs (on a 2-core machine the second onnxruntime thread
-competes with ZeroMQ's I/O threads and the clients); medians and ratios come from one run.
+competes with ZeroMQ's I/O threads and the clients). The direct and through-the-daemon
+latencies are taken from one client process in alternating blocks, so that both see the same
+moments of a noisy machine; medians and ratios come from one run.
 
     python -m bench.daemon [--model DIR] [--requests N]
 """
@@ -67,13 +69,27 @@ def echo_floor_us(ep: str, n: int = 1000) -> float:
         srv.kill()
 
 
-def _direct(model_dir: str, threads: int, requests: int, q) -> None:
+def _interleaved(model_dir: str, threads: int, infer_ep: str, control_ep: str, requests: int, q) -> None:
+    """Direct ``ModelSet.run`` and the same request through the daemon, in alternating blocks
+    from one client process, so that both see the same moments of a noisy machine."""
+    from daemon.client import Client
     from models import ModelSet
     from models.evaluate import timings
     ms = ModelSet.load(model_dir, threads=threads)
+    c = Client(infer_ep, control_ep, timeout_s=30)
     x = np.zeros((1,) + ms.input_shape, np.float32)
-    t = timings(lambda: ms.run(ms.groups, x), requests, warmup=100)
-    q.put((ms.groups, float(np.median(t)) * 1e3, len(t) / sum(t)))
+    u = np.zeros((1, 32, 32, 3), np.uint8)
+    blocks, per = 10, max(10, requests // 10)
+    t = {"direct": [], "float32": [], "uint8": []}
+    for _ in range(blocks):
+        t["direct"] += timings(lambda: ms.run(ms.groups, x), per, warmup=10)
+        t["float32"] += timings(lambda: c.infer(x), per, warmup=10)
+        t["uint8"] += timings(lambda: c.infer(u), per, warmup=10)
+    c.close()
+    q.put({"levels": ms.groups, "direct_p50_ms": float(np.median(t["direct"])) * 1e3,
+           "direct_per_s": len(t["direct"]) / sum(t["direct"]),
+           "e2e_p50_ms_float32": float(np.median(t["float32"])) * 1e3,
+           "e2e_p50_ms_uint8": float(np.median(t["uint8"])) * 1e3})
 
 
 def _fresh_process(fn, *args):
@@ -87,11 +103,6 @@ def _fresh_process(fn, *args):
         return q.get(timeout=600)
     finally:
         p.join()
-
-
-def direct(model_dir: str, threads: int, requests: int):
-    """(G, p50 ms, inferences/s) of back-to-back ``ModelSet.run`` at k = G."""
-    return _fresh_process(_direct, model_dir, threads, requests)
 
 
 def _pipeline(model_dir: str, threads: int, requests: int, q) -> None:
@@ -149,34 +160,30 @@ def _throughput(d, n_clients: int, per: int) -> float:
 def run(model_dir: str, requests: int = 1000, threads=None, clients=(1, 4, 8, 16)) -> Dict:
     """Per onnxruntime thread count (default: 1 and all CPUs): direct p50 and rate, the daemon's
     p50 for float32 and uint8 input, and throughput with each number of concurrent clients."""
-    from models.evaluate import timings
     from tests.daemon_harness import Daemon
     threads = threads or sorted({1, os.cpu_count()})
     out = {"machine": machine(), "rows": []}
     with tempfile.TemporaryDirectory() as tmp:
         out["echo_floor_us"] = echo_floor_us("ipc://%s/echo.sock" % tmp, n=requests)
         for th in threads:
-            G, p50, rate = direct(model_dir, th, requests)
-            row = {"threads": th, "direct_p50_ms": p50, "direct_per_s": rate, "throughput": []}
+            row = {"threads": th, "throughput": []}
             row["pipeline_p50_ms"], row["pipeline_run_p50_ms"] = pipeline(model_dir, th, requests)
-            out["levels"] = G
             d = Daemon(os.path.join(tmp, "t%d" % th), model_dir, extra=["--threads", str(th)])
             try:
                 d.wait_ready()
                 c = d.client(timeout_s=30)
-                targets = c.status()["targets"]
+                st = c.status()
+                targets = st["targets"]
                 widest = max(targets, key=lambda t: len(targets[t]["cpus"]))   # all CPUs, as the direct run
-                c.pin(groups=G, target=widest)
+                c.pin(groups=st["model"]["levels"], target=widest)
                 out["target"] = widest
-                for dtype in ("float32", "uint8"):
-                    xx = np.zeros((1, 3, 32, 32), np.float32) if dtype == "float32" else np.zeros((1, 32, 32, 3), np.uint8)
-                    lat = timings(lambda: c.infer(xx), requests, warmup=100)
-                    row["e2e_p50_ms_" + dtype] = float(np.median(lat)) * 1e3
+                row.update(_fresh_process(_interleaved, model_dir, th, d.infer_ep, d.control_ep, requests))
+                out["levels"] = row["levels"]
                 for n_clients in clients:
                     per = max(50, requests // n_clients)
                     per_s = _throughput(d, n_clients, per)
                     row["throughput"].append({"clients": n_clients, "requests": per * n_clients, "per_s": per_s,
-                                              "ratio": per_s / rate})
+                                              "ratio": per_s / row["direct_per_s"]})
                 c.close()
             finally:
                 d.stop()
