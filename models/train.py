@@ -139,8 +139,10 @@ class Trainer:
             for key in ("data_sha256",):
                 if old.get(key) != settings[key]:
                     raise TrainError("cannot resume: the data differs from the run in %s" % self.dir)
-            for key, was, now in config_differences(old["config"], self.cfg):
-                raise TrainError("cannot resume: %s was %r in %s, now %r" % (key, was, self.dir, now))
+            diffs = config_differences(old["config"], self.cfg)
+            if diffs:
+                raise TrainError("cannot resume: " + "; ".join("%s was %r in %s, now %r" % (k, was, self.dir, now)
+                                                               for k, was, now in diffs))
         else:
             with open(run, "w") as f:
                 json.dump(settings, f, indent=1)
