@@ -149,6 +149,7 @@ def test_rewind_modes(tiny_data, tmp_path, mode):
     assert all(lv["max_abs_diff_vs_sparse"] < 1e-4 for lv in m["levels"])
     assert m["provenance"]["training"]["rewind"] == mode
     assert len(m["provenance"]["training_epoch_seconds"]["per_phase"]) == 3   # dense + 2 levels
+    assert all(0 < lv["structured_seconds"] < 60 for lv in m["levels"])
 
 
 def test_rewind_point_does_not_change_dense_training(tiny_data, tmp_path):
