@@ -37,3 +37,24 @@ def test_shipped_manifest_accuracy_is_what_the_files_give(name, shared_cifar):
     ms = ModelSet.load(zoo.path(name))
     pred = np.concatenate([ms.run(1, ms.preprocess(data.x_test[i:i + 1000])).argmax(1) for i in range(0, 10000, 1000)])
     assert 100.0 * (pred == data.y_test).mean() == pytest.approx(ms.level(1)["accuracy"], abs=0.02)
+
+
+def _readme_tables():
+    """{set name: [(level, top-1 %), ...]} from README.md's ``<!-- table:NAME -->`` blocks."""
+    import os
+    import re
+    from tests.conftest import ROOT
+    text = open(os.path.join(ROOT, "README.md")).read()
+    out = {}
+    for name, body in re.findall(r"<!-- table:([\w.-]+) -->(.*?)<!-- /table -->", text, re.S):
+        out[name] = [(int(a), float(b)) for a, b in re.findall(r"^\| (\d+) \| ([\d.]+) \|", body, re.M)]
+    return out
+
+
+def test_readme_tables_are_the_shipped_manifests():
+    """README's per-level tables must be the manifests' numbers, for every shipped set."""
+    tables = _readme_tables()
+    assert sorted(tables) == sorted(SHIPPED)
+    for name, rows in tables.items():
+        levels = ModelSet.load(zoo.path(name)).manifest["levels"]
+        assert rows == [(lv["level"], round(lv["accuracy"], 2)) for lv in levels], name
