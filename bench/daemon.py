@@ -22,6 +22,7 @@ from typing import Dict
 
 import numpy as np
 
+from . import daemon_trace
 from .common import machine, table
 
 
@@ -38,9 +39,15 @@ def _client_proc(infer_ep, control_ep, n, ready, go, done):
     c.close()
 
 
-def _echo_server(ep: str) -> None:
+def zmq_socket(kind: str):
     import zmq
-    s = zmq.Context().socket(zmq.ROUTER)
+    s = zmq.Context.instance().socket(getattr(zmq, kind))
+    s.setsockopt(zmq.LINGER, 0)
+    return s
+
+
+def _echo_server(ep: str) -> None:
+    s = zmq_socket("ROUTER")
     s.bind(ep)
     while True:
         s.send_multipart(s.recv_multipart())
@@ -49,12 +56,10 @@ def _echo_server(ep: str) -> None:
 def echo_floor_us(ep: str, n: int = 1000) -> float:
     """p50 round trip of a bare ZeroMQ ROUTER/DEALER echo (12 KiB, one request like the
     daemon's) between two processes: the transport floor under any daemon's overhead."""
-    import zmq
     from models.evaluate import timings
     srv = mp.get_context("fork").Process(target=_echo_server, args=(ep,), daemon=True)
     srv.start()
-    c = zmq.Context.instance().socket(zmq.DEALER)
-    c.setsockopt(zmq.LINGER, 0)
+    c = zmq_socket("DEALER")
     c.connect(ep)
     frames = [b'{"id":1}', bytes(12288)]
 
@@ -66,6 +71,47 @@ def echo_floor_us(ep: str, n: int = 1000) -> float:
         return float(np.median(timings(rt, n, warmup=100))) * 1e6
     finally:
         c.close()
+        srv.kill()
+
+
+def _minimal_server(ep: str, model_dir: str, threads: int) -> None:
+    from models import ModelSet
+    ms = ModelSet.load(model_dir, threads=threads)
+    s = zmq_socket("ROUTER")
+    s.bind(ep)
+    while True:
+        ident, _, body = s.recv_multipart()
+        out = ms.run(ms.groups, np.frombuffer(body, np.float32).reshape((1,) + ms.input_shape))
+        s.send_multipart([ident, b'{"id":1}', out.tobytes()])
+
+
+def _minimal(model_dir: str, threads: int, ep: str, requests: int, q) -> None:
+    """Direct ``ModelSet.run`` and the same run behind a bare Python ROUTER (no validation, no
+    governor, no bookkeeping), in alternating blocks: the overhead no Python daemon on ZeroMQ
+    can go below on this machine, the run's effect on the caches included."""
+    from models import ModelSet
+    from models.evaluate import timings
+    srv = mp.get_context("spawn").Process(target=_minimal_server, args=(ep, model_dir, threads), daemon=True)
+    srv.start()
+    try:
+        ms = ModelSet.load(model_dir, threads=threads)
+        c = zmq_socket("DEALER")
+        c.connect(ep)
+        x = np.zeros((1,) + ms.input_shape, np.float32)
+        frames = [b'{"id":1}', x.tobytes()]
+
+        def rt():
+            c.send_multipart(frames)
+            c.recv_multipart()
+
+        rt()   # waits until the server has loaded
+        d, e = [], []
+        for _ in range(10):
+            d += timings(lambda: ms.run(ms.groups, x), max(10, requests // 10), warmup=10)
+            e += timings(rt, max(10, requests // 10), warmup=10)
+        c.close()
+        q.put((float(np.median(e)) - float(np.median(d))) * 1e6)
+    finally:
         srv.kill()
 
 
@@ -105,39 +151,6 @@ def _fresh_process(fn, *args):
         p.join()
 
 
-def _pipeline(model_dir: str, threads: int, requests: int, q) -> None:
-    import json
-    from daemon import config
-    from daemon.protocol import decode_infer, encode_reply
-    from daemon.service import Service
-    from models.evaluate import timings
-    with tempfile.TemporaryDirectory() as tmp:
-        empty = os.path.join(tmp, "empty.yaml")
-        open(empty, "w").close()
-        cfg = config.load(empty, {"model": model_dir, "state_dir": tmp, "runtime_dir": tmp, "threads": threads})
-        svc = Service(cfg)
-        G = svc.models.groups
-        widest = max(svc.targets, key=lambda t: len(svc.targets[t].cpus))
-        svc.control("pin", {"groups": G, "target": widest})
-        x = np.zeros((1,) + svc.models.input_shape, np.float32)
-        frames = [json.dumps({"id": "b-1", "dtype": "float32", "shape": list(x.shape)}).encode(), x.tobytes()]
-
-        def one():
-            [(head, logits)] = svc.infer([decode_infer(frames, svc.input_spec)])
-            encode_reply(head, logits)
-
-        t_pipe = timings(one, requests, warmup=100)
-        t_run = timings(lambda: svc.models.run(G, x, widest), requests, warmup=100)
-        svc.stop()
-    q.put((float(np.median(t_pipe)) * 1e3, float(np.median(t_run)) * 1e3))
-
-
-def pipeline(model_dir: str, threads: int, requests: int):
-    """(p50 ms of one request through the daemon's own code without sockets: decode, governor,
-    platform, run, observe, encode; p50 ms of ``ModelSet.run`` in the same process)."""
-    return _fresh_process(_pipeline, model_dir, threads, requests)
-
-
 def _throughput(d, n_clients: int, per: int) -> float:
     ctx = mp.get_context("fork")
     ready, done, go = ctx.Queue(), ctx.Queue(), ctx.Event()
@@ -167,7 +180,9 @@ def run(model_dir: str, requests: int = 1000, threads=None, clients=(1, 4, 8, 16
         out["echo_floor_us"] = echo_floor_us("ipc://%s/echo.sock" % tmp, n=requests)
         for th in threads:
             row = {"threads": th, "throughput": []}
-            row["pipeline_p50_ms"], row["pipeline_run_p50_ms"] = pipeline(model_dir, th, requests)
+            row["trace"] = daemon_trace.run(model_dir, th, requests)
+            row["minimal_us"] = _fresh_process(_minimal, model_dir, th, "ipc://%s/minimal%d.sock" % (tmp, th),
+                                               requests)
             d = Daemon(os.path.join(tmp, "t%d" % th), model_dir, extra=["--threads", str(th)])
             try:
                 d.wait_ready()
@@ -197,22 +212,24 @@ def report(r: Dict) -> str:
                  [[row["threads"], dt, row["direct_p50_ms"], row["e2e_p50_ms_" + dt],
                    (row["e2e_p50_ms_" + dt] - row["direct_p50_ms"]) * 1e3]
                   for row in r["rows"] for dt in ("float32", "uint8")])
-    parts = table(["onnxruntime threads", "ModelSet.run p50 ms", "+ the daemon's code, no sockets p50 ms",
-                   "its cost µs", "transport floor µs", "the rest µs (scheduling, the second process)"],
-                  [[row["threads"], row["pipeline_run_p50_ms"], row["pipeline_p50_ms"],
-                    (row["pipeline_p50_ms"] - row["pipeline_run_p50_ms"]) * 1e3, r["echo_floor_us"],
-                    (row["e2e_p50_ms_float32"] - row["direct_p50_ms"]) * 1e3 - r["echo_floor_us"]
-                    - (row["pipeline_p50_ms"] - row["pipeline_run_p50_ms"]) * 1e3] for row in r["rows"]])
+    floors = table(["onnxruntime threads", "the daemon's overhead µs", "a bare Python ROUTER running the same "
+                    "ModelSet.run µs", "a bare ZeroMQ echo µs"],
+                   [[row["threads"], (row["e2e_p50_ms_float32"] - row["direct_p50_ms"]) * 1e3, row["minimal_us"],
+                     r["echo_floor_us"]] for row in r["rows"]])
     thr = table(["onnxruntime threads", "clients", "requests", "inferences/s", "direct back-to-back /s",
                  "ratio (target >= 0.9 at 8)"],
                 [[row["threads"], t["clients"], t["requests"], t["per_s"], row["direct_per_s"], t["ratio"]]
                  for row in r["rows"] for t in row["throughput"]])
     return ("Machine: %s; k = %d, target %s, batch 1, ipc. Direct and daemon use the same onnxruntime "
-            "thread count per row.\n\n%s\n\nThe transport floor, a bare ZeroMQ ROUTER/DEALER echo of the "
-            "same size between two processes: %.0f µs p50.\n\nWhere the float32 overhead goes: the daemon's "
-            "own per-request code measured in one process without sockets, the transport floor, and what "
-            "remains.\n\n%s\n\n%s\n"
-            % (r["machine"], r["levels"], r["target"], over, r["echo_floor_us"], parts, thr))
+            "thread count per row.\n\n%s\n\nFloors, float32 input, each against a direct run in alternating "
+            "blocks: a bare ZeroMQ ROUTER/DEALER echo of the same size between two processes (transport "
+            "alone), and a bare Python ROUTER that runs the same ModelSet.run and replies with no validation, "
+            "governor or bookkeeping (what no Python daemon on ZeroMQ goes below here: the run also leaves "
+            "the caches cold for the Python around it).\n\n%s\n\nWhere it goes (`python -m bench.daemon_trace`): "
+            "one client, a time stamp at every step of each request on both sides (CLOCK_MONOTONIC); medians "
+            "per phase.\n\n%s\n\n%s\n"
+            % (r["machine"], r["levels"], r["target"], over, floors,
+               daemon_trace.report([row["trace"] for row in r["rows"]]), thr))
 
 
 def main(argv=None) -> int:

@@ -77,7 +77,8 @@ class Client:
             self._socks[endpoint] = s
         return s
 
-    def _call(self, endpoint: str, frames: List[bytes], rid: str) -> List[bytes]:
+    def _call(self, endpoint: str, frames: List[bytes], rid: str):
+        """Send; return (the reply's parsed header, its frames)."""
         s = self._sock(endpoint)
         s.send_multipart(frames)
         end = time.monotonic() + self.timeout_s
@@ -95,7 +96,7 @@ class Client:
             except (ValueError, IndexError):
                 continue
             if isinstance(head, dict) and head.get("id") == rid:
-                return reply
+                return head, reply
 
     def _next_id(self) -> str:
         return "%s-%d" % (self._prefix, next(self._ids))
@@ -119,8 +120,7 @@ class Client:
             header["groups"] = groups
         if deadline_ms is not None:
             header["deadline_ms"] = deadline_ms
-        reply = self._call(self.endpoint, [json.dumps(header).encode(), images.tobytes()], rid)
-        head = json.loads(reply[0])
+        head, reply = self._call(self.endpoint, [json.dumps(header).encode(), images], rid)
         if not head.get("ok"):
             err = head.get("error", {})
             raise DaemonError(err.get("code", "?"), err.get("message", ""))
@@ -131,7 +131,7 @@ class Client:
     def command(self, cmd: str, **args: Any) -> Dict:
         rid = self._next_id()
         msg = dict(args, cmd=cmd, id=rid)
-        reply = json.loads(self._call(self.control_endpoint, [json.dumps(msg).encode()], rid)[0])
+        reply, _ = self._call(self.control_endpoint, [json.dumps(msg).encode()], rid)
         if not reply.get("ok"):
             err = reply.get("error", {})
             raise DaemonError(err.get("code", "?"), err.get("message", ""))
