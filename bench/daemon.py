@@ -74,45 +74,82 @@ def echo_floor_us(ep: str, n: int = 1000) -> float:
         srv.kill()
 
 
-def _minimal_server(ep: str, model_dir: str, threads: int) -> None:
-    from models import ModelSet
-    ms = ModelSet.load(model_dir, threads=threads)
+LAYERS = ("bare", "protocol", "service")
+
+
+def _layer_server(ep: str, model_dir: str, threads: int, layer: str, tmp: str) -> None:
+    """A one-thread Python ROUTER around the same run, with the daemon's code up to ``layer``:
+    bare (frombuffer, run, send), protocol (+ ``decode_infer``, labels, ``encode_reply``),
+    service (+ ``Service.infer``: governor, executor, platform)."""
+    from daemon.protocol import InputSpec, decode_infer, encode_reply
+    if layer == "service":
+        from daemon import config
+        from daemon.service import Service
+        empty = os.path.join(tmp, "empty-%d.yaml" % threads)
+        open(empty, "w").close()
+        svc = Service(config.load(empty, {"model": model_dir, "state_dir": tmp, "runtime_dir": tmp,
+                                          "threads": threads}))
+        widest = max(svc.targets, key=lambda t: len(svc.targets[t].cpus))
+        svc.control("pin", {"groups": svc.models.groups, "target": widest})
+        ms, spec = svc.models, svc.input_spec
+    else:
+        from models import ModelSet
+        ms = ModelSet.load(model_dir, threads=threads)
+        spec = InputSpec(ms.input_shape, ms.groups, 1)
     s = zmq_socket("ROUTER")
     s.bind(ep)
     while True:
-        ident, _, body = s.recv_multipart()
-        out = ms.run(ms.groups, np.frombuffer(body, np.float32).reshape((1,) + ms.input_shape))
-        s.send_multipart([ident, b'{"id":1}', out.tobytes()])
+        ident, head, body = s.recv_multipart()
+        if layer == "bare":
+            out = ms.run(ms.groups, np.frombuffer(body, np.float32).reshape((1,) + ms.input_shape))
+            s.send_multipart([ident, b'{"id":1}', out.tobytes()])
+            continue
+        r = decode_infer([head, body], spec)
+        if layer == "protocol":
+            out = ms.run(ms.groups, r.tensor)
+            labels = out.argmax(1).tolist()
+            reply = encode_reply({"id": r.id, "ok": True, "labels": labels, "names": [ms.classes[i] for i in labels],
+                                  "config": {"level": ms.groups, "target": "cpu", "freq_khz": None},
+                                  "latency_ms": 1.0, "energy_mj": None}, out)
+        else:
+            [(h, out)] = svc.infer([r])
+            reply = encode_reply(h, out)
+        s.send_multipart([ident] + reply)
 
 
-def _minimal(model_dir: str, threads: int, ep: str, requests: int, q) -> None:
-    """Direct ``ModelSet.run`` and the same run behind a bare Python ROUTER (no validation, no
-    governor, no bookkeeping), in alternating blocks: the overhead no Python daemon on ZeroMQ
-    can go below on this machine, the run's effect on the caches included."""
+def _layers(model_dir: str, threads: int, tmp: str, requests: int, q) -> None:
+    """Per layer: a direct ``ModelSet.run`` and the same request through that layer's server
+    from a bare DEALER, in alternating blocks; the p50 difference in µs."""
+    import json as _json
     from models import ModelSet
     from models.evaluate import timings
-    srv = mp.get_context("spawn").Process(target=_minimal_server, args=(ep, model_dir, threads), daemon=True)
-    srv.start()
-    try:
-        ms = ModelSet.load(model_dir, threads=threads)
+    ms = ModelSet.load(model_dir, threads=threads)
+    x = np.zeros((1,) + ms.input_shape, np.float32)
+    frames = [_json.dumps({"id": "b-1", "dtype": "float32", "shape": list(x.shape)}).encode(), x.tobytes()]
+    out = {}
+    for layer in LAYERS:
+        ep = "ipc://%s/layer-%s-%d.sock" % (tmp, layer, threads)
+        srv = mp.get_context("spawn").Process(target=_layer_server, args=(ep, model_dir, threads, layer, tmp),
+                                              daemon=True)
+        srv.start()
         c = zmq_socket("DEALER")
         c.connect(ep)
-        x = np.zeros((1,) + ms.input_shape, np.float32)
-        frames = [b'{"id":1}', x.tobytes()]
 
         def rt():
             c.send_multipart(frames)
             c.recv_multipart()
 
-        rt()   # waits until the server has loaded
-        d, e = [], []
-        for _ in range(10):
-            d += timings(lambda: ms.run(ms.groups, x), max(10, requests // 10), warmup=10)
-            e += timings(rt, max(10, requests // 10), warmup=10)
-        c.close()
-        q.put((float(np.median(e)) - float(np.median(d))) * 1e6)
-    finally:
-        srv.kill()
+        try:
+            rt()   # waits until the server has loaded
+            d, e = [], []
+            for _ in range(10):
+                d += timings(lambda: ms.run(ms.groups, x), max(10, requests // 10), warmup=10)
+                e += timings(rt, max(10, requests // 10), warmup=10)
+            out[layer] = (float(np.median(e)) - float(np.median(d))) * 1e6
+        finally:
+            c.close()
+            srv.kill()
+    q.put(out)
 
 
 def _interleaved(model_dir: str, threads: int, infer_ep: str, control_ep: str, requests: int, q) -> None:
@@ -181,8 +218,7 @@ def run(model_dir: str, requests: int = 1000, threads=None, clients=(1, 4, 8, 16
         for th in threads:
             row = {"threads": th, "throughput": []}
             row["trace"] = daemon_trace.run(model_dir, th, requests)
-            row["minimal_us"] = _fresh_process(_minimal, model_dir, th, "ipc://%s/minimal%d.sock" % (tmp, th),
-                                               requests)
+            row["layers_us"] = _fresh_process(_layers, model_dir, th, tmp, requests)
             d = Daemon(os.path.join(tmp, "t%d" % th), model_dir, extra=["--threads", str(th)])
             try:
                 d.wait_ready()
@@ -212,20 +248,23 @@ def report(r: Dict) -> str:
                  [[row["threads"], dt, row["direct_p50_ms"], row["e2e_p50_ms_" + dt],
                    (row["e2e_p50_ms_" + dt] - row["direct_p50_ms"]) * 1e3]
                   for row in r["rows"] for dt in ("float32", "uint8")])
-    floors = table(["onnxruntime threads", "the daemon's overhead µs", "a bare Python ROUTER running the same "
-                    "ModelSet.run µs", "a bare ZeroMQ echo µs"],
-                   [[row["threads"], (row["e2e_p50_ms_float32"] - row["direct_p50_ms"]) * 1e3, row["minimal_us"],
-                     r["echo_floor_us"]] for row in r["rows"]])
+    floors = table(["onnxruntime threads", "a bare ZeroMQ echo", "bare Python ROUTER + the run",
+                    "+ the protocol (decode_infer, encode_reply)", "+ Service.infer (governor, executor)",
+                    "the daemon, through Client"],
+                   [[row["threads"], r["echo_floor_us"]] + [row["layers_us"][l] for l in LAYERS]
+                    + [(row["e2e_p50_ms_float32"] - row["direct_p50_ms"]) * 1e3] for row in r["rows"]])
     thr = table(["onnxruntime threads", "clients", "requests", "inferences/s", "direct back-to-back /s",
                  "ratio (target >= 0.9 at 8)"],
                 [[row["threads"], t["clients"], t["requests"], t["per_s"], row["direct_per_s"], t["ratio"]]
                  for row in r["rows"] for t in row["throughput"]])
     return ("Machine: %s; k = %d, target %s, batch 1, ipc. Direct and daemon use the same onnxruntime "
-            "thread count per row.\n\n%s\n\nFloors, float32 input, each against a direct run in alternating "
-            "blocks: a bare ZeroMQ ROUTER/DEALER echo of the same size between two processes (transport "
-            "alone), and a bare Python ROUTER that runs the same ModelSet.run and replies with no validation, "
-            "governor or bookkeeping (what no Python daemon on ZeroMQ goes below here: the run also leaves "
-            "the caches cold for the Python around it).\n\n%s\n\nWhere it goes (`python -m bench.daemon_trace`): "
+            "thread count per row.\n\n%s\n\nThe overhead layer by layer (float32, p50 µs over a direct run, each "
+            "against direct runs in alternating blocks): a bare ZeroMQ ROUTER/DEALER echo of the same size "
+            "between two processes (transport alone); a one-thread Python ROUTER that runs the same "
+            "ModelSet.run and replies, with nothing else (no Python daemon on ZeroMQ goes below it here: the "
+            "run also leaves the caches cold for the Python around it); the same with the daemon's protocol "
+            "code; with its Service.infer too (all three driven by a bare DEALER); the real daemon through "
+            "the real Client (the table above).\n\n%s\n\nWhere it goes (`python -m bench.daemon_trace`): "
             "one client, a time stamp at every step of each request on both sides (CLOCK_MONOTONIC); medians "
             "per phase.\n\n%s\n\n%s\n"
             % (r["machine"], r["levels"], r["target"], over, floors,

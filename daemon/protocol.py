@@ -133,8 +133,11 @@ def decode_infer(frames: Sequence[bytes], spec: InputSpec) -> InferRequest:
     return InferRequest(rid, dtype, tensor, groups, deadline)
 
 
+_ENCODER = json.JSONEncoder(separators=(",", ":"))   # json.dumps would build one per call
+
+
 def encode_reply(header: Dict, logits: Optional[np.ndarray] = None) -> List[bytes]:
-    frames = [json.dumps(header, separators=(",", ":")).encode()]
+    frames = [_ENCODER.encode(header).encode()]
     if logits is not None:
         frames.append(np.ascontiguousarray(logits, dtype="<f4").tobytes())
     return frames

@@ -17,7 +17,7 @@ def test_bench_quick_produces_every_table(random_set, tiny_portfolio, tmp_path):
     for title in TITLES.values():
         assert "## " + title in doc
     for needle in ("latency range", "Pareto front", "ModelSet.run p50 ms", "DNNShifter-style portfolio",
-                   "switch overhead", "overhead µs (target <= 100)", "onnxruntime threads", "a bare Python ROUTER",
+                   "switch overhead", "overhead µs (target <= 100)", "onnxruntime threads", "+ the protocol (decode_infer, encode_reply)",
                    "daemon: receive + decode", "total minus this request's run", "miss rate %", "SIMULATED",
                    "measured on this machine", "Xun et al. 2019 (published)", "--quick", "Decision cost"):
         assert needle in doc, needle
