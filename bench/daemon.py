@@ -6,7 +6,9 @@ Both sides run the same level (pinned to k = G) and the same onnxruntime thread 
 with one thread and once with all CPUs (on a 2-core machine the second onnxruntime thread
 competes with ZeroMQ's I/O threads and the clients). The direct and through-the-daemon
 latencies are taken from one client process in alternating blocks, so that both see the same
-moments of a noisy machine; medians and ratios come from one run.
+moments of a noisy machine; medians and ratios come from one run. Where the overhead goes: layer
+by layer (a bare ZeroMQ echo; a bare Python ROUTER around the same run; plus the daemon's
+protocol code; plus its ``Service.infer``) and phase by phase (bench/daemon_trace.py).
 
     python -m bench.daemon [--model DIR] [--requests N]
 """

@@ -84,13 +84,18 @@ class Client:
         end = time.monotonic() + self.timeout_s
         while True:
             left = end - time.monotonic()
-            if left <= 0 or not s.poll(int(left * 1000) + 1):
+            try:
+                if left <= 0:
+                    raise zmq.Again()
+                # A receive time-out rather than Socket.poll, which builds a Poller per call.
+                s.setsockopt(zmq.RCVTIMEO, int(left * 1000) + 1)
+                reply = s.recv_multipart()
+            except zmq.Again:
                 # Drop the socket: a late reply must not be read as the next call's.
                 s.close(linger=0)
                 self._socks.pop(endpoint, None)
                 raise DaemonUnavailable("no reply from the dnnscale daemon at %s within %.1f s "
-                                        "(is `dnnscale serve` running?)" % (endpoint, self.timeout_s))
-            reply = s.recv_multipart()
+                                        "(is `dnnscale serve` running?)" % (endpoint, self.timeout_s)) from None
             try:
                 head = json.loads(reply[0])
             except (ValueError, IndexError):
