@@ -175,9 +175,10 @@ def report(rows: List[Dict]) -> str:
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", default=None)
-    p.add_argument("--threads", type=int, action="append")
-    p.add_argument("--requests", type=int, default=1000)
+    p.add_argument("--model", default=None, help="model-set folder (default: the shipped group set)")
+    p.add_argument("--threads", type=int, action="append",
+                   help="onnxruntime threads; repeat for several columns (default: 1 and all CPUs)")
+    p.add_argument("--requests", type=int, default=1000, help="timed requests per column (default 1000)")
     a = p.parse_args(argv)
     from models import zoo
     rows = [run(a.model or zoo.default_path(), th, a.requests) for th in (a.threads or sorted({1, os.cpu_count()}))]
