@@ -49,7 +49,7 @@ def cmd_train(a: argparse.Namespace) -> int:
     cfg, trainer_cls, exporter = train_setup(a)
     ckpt = a.checkpoint_dir or os.path.join(a.out, "checkpoints")
     try:
-        result = trainer_cls(a.data, ckpt, cfg, resume=a.resume, threads=a.threads).run()
+        result = trainer_cls(a.data, ckpt, cfg, resume=a.resume, threads=a.threads, device=a.device).run()
     except (DataError, tr.TrainError) as e:
         raise CliError(str(e))
     manifest = exporter(result, a.out, cfg, name=a.name, command=" ".join(["dnnscale"] + sys.argv[1:]))
@@ -386,6 +386,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--checkpoint-dir", default=None, help="default: OUT/checkpoints")
     t.add_argument("--resume", action="store_true", help="continue the run in the checkpoint folder")
     t.add_argument("--threads", type=int, default=None, help="torch threads (default: all cores)")
+    t.add_argument("--device", default="cpu",
+                   help="cpu (default), cuda or cuda:N: where torch trains; the model set is the same "
+                        "kind either way, and --resume may continue a run on another device")
     t.set_defaults(func=cmd_train)
 
     e = sub.add_parser("eval", help="accuracy, confidence, MACs, params and latency per k",

@@ -45,7 +45,7 @@ def mean_head(columns: Sequence[Column]) -> nn.Linear:
     """The head that averages the columns' own logits, as one Linear over their features."""
     k = len(columns)
     a = columns[0].arch
-    head = nn.Linear(a.hidden * k, a.classes)
+    head = nn.Linear(a.hidden * k, a.classes, device=columns[0].fc2.weight.device)
     with torch.no_grad():
         head.weight.copy_(torch.cat([c.fc2.weight for c in columns], dim=1) / k)
         head.bias.copy_(torch.stack([c.fc2.bias for c in columns]).mean(0))

@@ -25,7 +25,7 @@ from typing import Dict, List
 import torch
 
 from .network import Column
-from .train import TrainConfig, Trainer, _atomic_save
+from .train import TrainConfig, Trainer, _atomic_save, _cpu, _load
 
 
 @dataclass
@@ -62,13 +62,13 @@ class PortfolioTrainer(Trainer):
         if cfg.rewind not in ("weights", "finetune"):
             raise TrainError("--rewind must be weights or finetune, got %r" % cfg.rewind)
         dense = self._dense()
-        rewind = torch.load(self._p("rewind.pt"), weights_only=False)
+        rewind = _load(self._p("rewind.pt"))
         states = [dense]
         masks = {n: torch.ones_like(p) for n, p in _prunable(self._column(dense["column"])).items()}
         for level in range(1, cfg.levels + 1):
             path = self._p("level%d.pt" % level)
             if os.path.exists(path):
-                done = torch.load(path, weights_only=False)
+                done = _load(path)
                 self.log("level %d/%d: done earlier (keeps %.1f%%, val %.2f%%)"
                          % (level, cfg.levels, 100 * done["density"], done["val_acc"]))
             else:
@@ -86,20 +86,20 @@ class PortfolioTrainer(Trainer):
     def _dense(self) -> Dict:
         path = self._p("dense.pt")
         if os.path.exists(path):
-            return torch.load(path, weights_only=False)
+            return _load(path)
         cfg = self.cfg
         torch.manual_seed(cfg.seed)
-        col = Column(cfg.arch).to(memory_format=torch.channels_last)
+        col = Column(cfg.arch).to(self.device, memory_format=torch.channels_last)
         opt = self._optimizer(col)
         gen = torch.Generator().manual_seed(cfg.seed)
         start, history = self._resume(self._p("partial.pt"), col, opt, gen)
         if start < cfg.rewind_epoch:
             self._epochs(col, opt, gen, start, cfg.epochs, self._p("partial.pt"), "dense", history,
                          stop=cfg.rewind_epoch)
-            _atomic_save({"column": {k: v.clone() for k, v in col.state_dict().items()}}, self._p("rewind.pt"))
+            _atomic_save({"column": _cpu(col.state_dict())}, self._p("rewind.pt"))
             start = cfg.rewind_epoch
         self._epochs(col, opt, gen, start, cfg.epochs, self._p("partial.pt"), "dense", history)
-        out = {"column": {k: v.contiguous() for k, v in col.state_dict().items()}, "density": 1.0,
+        out = {"column": _cpu(col.state_dict()), "density": 1.0,
                "val_acc": history[-1]["val_acc"], "history": history, "level": 0, "masks": None}
         _atomic_save(out, path)
         os.remove(self._p("partial.pt"))
@@ -115,9 +115,9 @@ class PortfolioTrainer(Trainer):
         thresh = alive.kthvalue(max(k, 1)).values
         masks = {n: (masks[n].bool() & (params[n].detach().abs() > thresh)).float() for n in params}
         start_from = rewind["column"] if cfg.rewind == "weights" else prev["column"]
-        col = self._column(start_from).to(memory_format=torch.channels_last)
+        col = self._column(start_from).to(self.device, memory_format=torch.channels_last)
         extra = self._dead_masks(col, masks)
-        every = dict(masks, **extra)
+        every = {n: m.to(self.device) for n, m in dict(masks, **extra).items()}
         named = dict(col.named_parameters())
 
         def apply():
@@ -135,8 +135,7 @@ class PortfolioTrainer(Trainer):
                      lr=cfg.lr if cfg.rewind == "weights" else cfg.finetune_lr)
         kept = sum(float(m.sum()) for m in masks.values())
         total = sum(m.numel() for m in masks.values())
-        out = {"column": {k: v.contiguous() for k, v in col.to(memory_format=torch.contiguous_format)
-                          .state_dict().items()},
+        out = {"column": _cpu(col.to(memory_format=torch.contiguous_format).state_dict()),
                "masks": masks, "density": kept / total, "val_acc": history[-1]["val_acc"], "history": history,
                "level": level}
         if os.path.exists(self._p("partial.pt")):

@@ -15,7 +15,12 @@ changes when group g is trained.
 Everything is checkpointed under ``checkpoint_dir``: ``run.json`` (the settings),
 ``group{g}.partial.pt`` after every epoch of the group in progress, ``group{g}.pt`` when
 a group (and its head) is done. ``resume=True`` continues where an interrupted run
-stopped, bit-for-bit as if it had not been interrupted.
+stopped, bit-for-bit as if it had not been interrupted (on the same kind of device).
+
+``device="cuda"`` trains on a GPU: the data, the columns and the augmentation run there,
+while the random draws (order, crops, flips) stay on the CPU generator, so a run can
+move between devices on ``--resume``; cuDNN's kernels make GPU runs close to, not
+bit-identical with, CPU runs. Checkpoints always hold CPU tensors.
 """
 from __future__ import annotations
 
@@ -79,16 +84,54 @@ def _atomic_save(obj, path: str) -> None:
     os.replace(tmp, path)
 
 
+def _load(path: str, weights_only: bool = False):
+    """A checkpoint, onto the CPU whatever device wrote it."""
+    return torch.load(path, map_location="cpu", weights_only=weights_only)
+
+
+def _cpu(state: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
+    return {k: v.detach().to("cpu", copy=True).contiguous() for k, v in state.items()}
+
+
+def _cpu_tree(obj):
+    """An optimizer state dict with every tensor moved to the CPU."""
+    if isinstance(obj, torch.Tensor):
+        return obj.detach().to("cpu", copy=True)
+    if isinstance(obj, dict):
+        return {k: _cpu_tree(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(_cpu_tree(v) for v in obj)
+    return obj
+
+
+def resolve_device(name: str) -> torch.device:
+    """``cpu``, ``cuda`` or ``cuda:N``; a GPU torch cannot see is a :class:`TrainError`."""
+    try:
+        dev = torch.device(name)
+    except RuntimeError:
+        raise TrainError("--device must be cpu, cuda or cuda:N, got %r" % name)
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise TrainError("--device %s: this torch (%s) sees no CUDA GPU" % (name, torch.__version__))
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise TrainError("--device %s: torch sees %d CUDA GPU(s)" % (name, torch.cuda.device_count()))
+    elif dev.type != "cpu":
+        raise TrainError("--device must be cpu, cuda or cuda:N, got %r" % name)
+    return dev
+
+
 def _augment(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
     """Random crop (zero pad 4) and horizontal flip of a normalised NCHW batch."""
     b, _, h, w = x.shape
+    dev = x.device
     p = F.pad(x, (4, 4, 4, 4))
-    dy = torch.randint(0, 9, (b,), generator=gen)
-    dx = torch.randint(0, 9, (b,), generator=gen)
-    rows = (dy[:, None] + torch.arange(h))[:, None, :, None]       # b,1,h,1
-    cols = (dx[:, None] + torch.arange(w))[:, None, None, :]       # b,1,1,w
-    out = p[torch.arange(b)[:, None, None, None], torch.arange(3)[None, :, None, None], rows, cols]
-    flip = torch.rand(b, generator=gen) < 0.5
+    dy = torch.randint(0, 9, (b,), generator=gen).to(dev)
+    dx = torch.randint(0, 9, (b,), generator=gen).to(dev)
+    rows = (dy[:, None] + torch.arange(h, device=dev))[:, None, :, None]       # b,1,h,1
+    cols = (dx[:, None] + torch.arange(w, device=dev))[:, None, None, :]       # b,1,1,w
+    out = p[torch.arange(b, device=dev)[:, None, None, None], torch.arange(3, device=dev)[None, :, None, None],
+            rows, cols]
+    flip = (torch.rand(b, generator=gen) < 0.5).to(dev)
     return torch.where(flip[:, None, None, None], out.flip(3), out)
 
 
@@ -105,8 +148,9 @@ def _accuracy(logits: torch.Tensor, y: torch.Tensor) -> float:
 class Trainer:
     def __init__(self, data_dir: str, checkpoint_dir: str, cfg: TrainConfig,
                  resume: bool = False, threads: Optional[int] = None,
-                 log: Callable[[str], None] = None):
+                 log: Callable[[str], None] = None, device: str = "cpu"):
         self.cfg = cfg
+        self.device = resolve_device(device)
         self.dir = checkpoint_dir
         self.log = log or (lambda s: tqdm.write(s, file=sys.stderr))
         if cfg.groups < 1 or cfg.epochs < 1:
@@ -121,9 +165,11 @@ class Trainer:
         self._prepare_dir(resume)
         perm = np.random.default_rng(cfg.seed).permutation(n)
         val_idx, train_idx = np.sort(perm[:cfg.val]), np.sort(perm[cfg.val:])
-        to_t = lambda a: torch.from_numpy(cifar.normalize(a)).contiguous(memory_format=torch.channels_last)
-        self.x_train, self.y_train = to_t(self.data.x_train[train_idx]), torch.from_numpy(self.data.y_train[train_idx])
-        self.x_val, self.y_val = to_t(self.data.x_train[val_idx]), torch.from_numpy(self.data.y_train[val_idx])
+        to_x = lambda a: torch.from_numpy(cifar.normalize(a)).to(self.device).contiguous(
+            memory_format=torch.channels_last)
+        to_y = lambda a: torch.from_numpy(a).to(self.device)
+        self.x_train, self.y_train = to_x(self.data.x_train[train_idx]), to_y(self.data.y_train[train_idx])
+        self.x_val, self.y_val = to_x(self.data.x_train[val_idx]), to_y(self.data.y_train[val_idx])
 
     # ----------------------------------------------------------------- checkpoints
     def _prepare_dir(self, resume: bool) -> None:
@@ -156,7 +202,7 @@ class Trainer:
         states: List[Dict] = []
         for g in range(1, self.cfg.groups + 1):
             if os.path.exists(self._path(g)):
-                done = torch.load(self._path(g), weights_only=True)
+                done = _load(self._path(g), weights_only=True)
                 self.log("group %d/%d: done earlier (val k=%d %.2f%%)"
                          % (g, self.cfg.groups, g, done["val"]["chosen_acc"]))
             else:
@@ -192,7 +238,7 @@ class Trainer:
         """Load a partial checkpoint if there is one; return (epochs done, history)."""
         if not os.path.exists(path):
             return 0, []
-        ck = torch.load(path, weights_only=False)
+        ck = _load(path)
         col.load_state_dict(ck["column"])
         opt.load_state_dict(ck["opt"])
         gen.set_state(ck["gen"])
@@ -223,7 +269,7 @@ class Trainer:
                 t = epoch * steps + s
                 for group in opt.param_groups:
                     group["lr"] = lr * 0.5 * (1 + math.cos(math.pi * t / total))
-                idx = order[s * cfg.batch:(s + 1) * cfg.batch]
+                idx = order[s * cfg.batch:(s + 1) * cfg.batch].to(self.device)
                 x = _augment(self.x_train[idx], gen).contiguous(memory_format=torch.channels_last)
                 y = self.y_train[idx]
                 logits = col(x)
@@ -245,7 +291,7 @@ class Trainer:
             val_acc = _accuracy(self._val_logits([col]), self.y_val)
             history.append({"epoch": epoch + 1, "loss": run_loss, "val_acc": val_acc,
                             "seconds": round(time.time() - t0, 1)})
-            _atomic_save({"column": col.state_dict(), "opt": opt.state_dict(), "gen": gen.get_state(),
+            _atomic_save({"column": _cpu(col.state_dict()), "opt": _cpu_tree(opt.state_dict()), "gen": gen.get_state(),
                           "torch_rng": torch.get_rng_state(), "epoch": epoch + 1, "history": history}, ckpt)
             self.log("%s epoch %d/%d: loss %.3f, %s val %.2f%% (%.0f s)"
                      % (tag, epoch + 1, epochs, run_loss, "group alone" if tag.startswith("group") else "model",
@@ -255,13 +301,13 @@ class Trainer:
     def _train_group(self, g: int, earlier: List[Dict]) -> Dict:
         cfg = self.cfg
         torch.manual_seed(cfg.seed * 1000 + g)
-        col = Column(cfg.arch).to(memory_format=torch.channels_last)
+        col = Column(cfg.arch).to(self.device, memory_format=torch.channels_last)
         opt = self._optimizer(col)
         gen = torch.Generator().manual_seed(cfg.seed * 1000 + g)
         start, history = self._resume(self._path(g, True), col, opt, gen)
         if start:
             self.log("group %d/%d: resuming after epoch %d" % (g, cfg.groups, start))
-        frozen = columns_from_states(cfg.arch, [s["column"] for s in earlier])
+        frozen = [f.to(self.device) for f in columns_from_states(cfg.arch, [s["column"] for s in earlier])]
         ens = [f.to(memory_format=torch.channels_last).requires_grad_(False) for f in frozen] \
             if cfg.ens_weight and g >= max(cfg.ens_from, 2) else None
         self._epochs(col, opt, gen, start, cfg.epochs, self._path(g, True), "group %d/%d" % (g, cfg.groups), history,
@@ -270,8 +316,7 @@ class Trainer:
         frozen = [f.to(memory_format=torch.contiguous_format) for f in frozen]
         head, val = self._fit_head(frozen + [col], gen)
         val["history"] = history
-        state = {k: v.contiguous() for k, v in col.state_dict().items()}
-        return {"column": state, "head": head, "val": val}
+        return {"column": _cpu(col.state_dict()), "head": head, "val": val}
 
     def _val_logits(self, cols: List[Column], head=None) -> torch.Tensor:
         head = head or mean_head(cols)
@@ -301,7 +346,7 @@ class Trainer:
         for _ in range(cfg.head_epochs):
             order = torch.randperm(len(feats), generator=gen)
             for s in range(len(feats) // 256):
-                idx = order[s * 256:(s + 1) * 256]
+                idx = order[s * 256:(s + 1) * 256].to(self.device)
                 for group in opt.param_groups:
                     group["lr"] = 0.01 * 0.5 * (1 + math.cos(math.pi * t / steps))
                 loss = F.cross_entropy(head(feats[idx]), labels[idx])
@@ -315,5 +360,5 @@ class Trainer:
             val["head"], val["chosen_acc"] = "learned", learned_acc
         self.log("group %d/%d: val k=%d mean-of-logits head %.2f%%, learned head %.2f%% -> %s"
                  % (k, cfg.groups, k, mean_acc, learned_acc, val["head"]))
-        state = {n: p.detach().clone() for n, p in head.state_dict().items()}
+        state = _cpu(head.state_dict())
         return (state if val["head"] == "learned" else None), val

@@ -69,3 +69,14 @@ def test_help_explains():
 def test_train_bad_width_is_one_line(tiny_data, tmp_path):
     r = run("train", "--data", tiny_data, "--out", str(tmp_path / "o"), "--width", "0")
     assert r.returncode == 2 and "--width must be > 0" in r.stderr and "Traceback" not in r.stderr
+
+
+@pytest.mark.parametrize("device, expect", [
+    ("tpu", "--device must be cpu, cuda or cuda:N, got 'tpu'"),
+    ("cuda:99", "--device cuda:99"),
+])
+def test_train_bad_device_is_one_line(tiny_data, tmp_path, device, expect):
+    r = run("train", "--data", tiny_data, "--out", str(tmp_path / "o"), "--device", device, "--size", "tiny")
+    assert r.returncode == 2 and expect in r.stderr and "Traceback" not in r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "o").exists()

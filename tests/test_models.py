@@ -145,6 +145,52 @@ def test_resume_is_bit_identical(tiny_data, tiny_trained, tmp_path):
         assert all(torch.equal(sa[k], sb[k]) for k in sa)
 
 
+def _cuda():
+    torch = pytest.importorskip("torch")
+    if not torch.cuda.is_available():
+        pytest.skip("no CUDA GPU visible to torch")
+
+
+def test_cuda_run_resumes_on_the_cpu(tiny_data, tmp_path):
+    """A run stopped while training on the GPU continues on the CPU: checkpoints hold CPU
+    tensors, and the GPU-trained group 1 is what the CPU run keeps (frozen, bit for bit)."""
+    _cuda()
+    import torch
+    from models.train import Trainer
+
+    class Stop(Exception):
+        pass
+
+    def stop_in_group2(msg):
+        if msg.startswith("group 2/3 epoch 1/2"):
+            raise Stop
+
+    cfg = tiny_config(epochs=2)
+    ck = str(tmp_path / "ck")
+    with pytest.raises(Stop):
+        Trainer(tiny_data, ck, cfg, log=stop_in_group2, device="cuda").run()
+    g1 = torch.load(os.path.join(ck, "group1.pt"), weights_only=True)
+    assert all(v.device.type == "cpu" for v in g1["column"].values())
+    part = torch.load(os.path.join(ck, "group2.partial.pt"), weights_only=False)
+    assert part["epoch"] == 1 and part["opt"]["state"][0]["momentum_buffer"].device.type == "cpu"
+    done = Trainer(tiny_data, ck, cfg, resume=True, log=lambda s: None).run()
+    kept = done["columns"][0].state_dict()
+    assert all(torch.equal(kept[k], g1["column"][k]) for k in kept)
+    acc = _test_accuracy(done, tiny_data)
+    assert acc > 30, acc  # it learned, on both devices
+
+
+def _test_accuracy(result, data_dir) -> float:
+    import torch
+    from models import cifar as c
+    from models.network import GroupedNet
+    d = c.load(data_dir)
+    x = torch.from_numpy(c.normalize(d.x_test))
+    net = GroupedNet(result["columns"], result["heads"][-1]).eval()
+    with torch.no_grad():
+        return float((net(x).argmax(1).numpy() == d.y_test).mean() * 100)
+
+
 def test_resume_guards(tiny_data, tmp_path):
     from models.train import Trainer, TrainError
     ck = str(tmp_path / "ck")
