@@ -125,7 +125,9 @@ def _manifest(kind: str, name: Optional[str], out_dir: str, arch, data, cfg, com
         "files": {f: {} for f in files},
         "provenance": {
             "command": command, "seed": cfg.seed, "training": cfg.to_dict(),
-            "training_epoch_seconds": {"per_phase": epoch_seconds, "total": round(sum(epoch_seconds), 1)},
+            "training_epoch_seconds": {"per_phase": epoch_seconds, "total": round(sum(epoch_seconds), 1),
+                                       "devices": sorted({e.get("device", "not recorded")
+                                                          for h in histories for e in h})},
             "data_sha256": data.sha256, "packages": package_versions(),
             "created": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
         },

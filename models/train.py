@@ -151,6 +151,7 @@ class Trainer:
                  log: Callable[[str], None] = None, device: str = "cpu"):
         self.cfg = cfg
         self.device = resolve_device(device)
+        self.device_label = "cpu" if self.device.type == "cpu" else "cuda: " + torch.cuda.get_device_name(self.device)
         self.dir = checkpoint_dir
         self.log = log or (lambda s: tqdm.write(s, file=sys.stderr))
         if cfg.groups < 1 or cfg.epochs < 1:
@@ -290,7 +291,7 @@ class Trainer:
             col.eval()
             val_acc = _accuracy(self._val_logits([col]), self.y_val)
             history.append({"epoch": epoch + 1, "loss": run_loss, "val_acc": val_acc,
-                            "seconds": round(time.time() - t0, 1)})
+                            "seconds": round(time.time() - t0, 1), "device": self.device_label})
             _atomic_save({"column": _cpu(col.state_dict()), "opt": _cpu_tree(opt.state_dict()), "gen": gen.get_state(),
                           "torch_rng": torch.get_rng_state(), "epoch": epoch + 1, "history": history}, ckpt)
             self.log("%s epoch %d/%d: loss %.3f, %s val %.2f%% (%.0f s)"

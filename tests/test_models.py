@@ -91,6 +91,7 @@ def test_round_trip_and_prefix_exactness(tiny_trained):
     spent = ms.manifest["provenance"]["training_epoch_seconds"]   # the time to produce the set, per group
     assert len(spent["per_phase"]) == 3 and spent["total"] == pytest.approx(sum(spent["per_phase"]), abs=0.2)
     assert all(s > 0 for s in spent["per_phase"])
+    assert spent["devices"] == ["cpu"]   # every epoch records where it ran
 
 
 def test_training_learns(tiny_trained):
@@ -122,16 +123,19 @@ def test_frozen_group_file_untouched(tiny_data, tmp_path):
     assert mf.sha256_file(os.path.join(ck, "group1.pt")) == digest
 
 
+class Stop(Exception):
+    pass
+
+
+def stop_in_group2(msg):
+    """A training log callback that interrupts a 3-group, 2-epoch run after group 2's first epoch."""
+    if msg.startswith("group 2/3 epoch 1/2"):
+        raise Stop
+
+
 def test_resume_is_bit_identical(tiny_data, tiny_trained, tmp_path):
     import torch
     from models.train import Trainer
-
-    class Stop(Exception):
-        pass
-
-    def stop_in_group2(msg):
-        if msg.startswith("group 2/3 epoch 1/2"):
-            raise Stop
 
     cfg = tiny_config(epochs=2)
     ck = str(tmp_path / "ck")
@@ -158,13 +162,6 @@ def test_cuda_run_resumes_on_the_cpu(tiny_data, tmp_path):
     import torch
     from models.train import Trainer
 
-    class Stop(Exception):
-        pass
-
-    def stop_in_group2(msg):
-        if msg.startswith("group 2/3 epoch 1/2"):
-            raise Stop
-
     cfg = tiny_config(epochs=2)
     ck = str(tmp_path / "ck")
     with pytest.raises(Stop):
@@ -178,6 +175,8 @@ def test_cuda_run_resumes_on_the_cpu(tiny_data, tmp_path):
     assert all(torch.equal(kept[k], g1["column"][k]) for k in kept)
     acc = _test_accuracy(done, tiny_data)
     assert acc > 30, acc  # it learned, on both devices
+    devices = {e["device"] for v in done["val"] for e in v["history"]}
+    assert devices == {"cpu", "cuda: " + torch.cuda.get_device_name(0)}
 
 
 def _test_accuracy(result, data_dir) -> float:
