@@ -42,7 +42,7 @@ def real(model_dir: str, n: int = 900, settle: int = 20) -> List[Dict]:
     import platforms
     from daemon.executor import Executor
     from daemon import profiler
-    from governor import Budget, Governor, build_space, levels_from_manifest
+    from governor import Budget, Governor, Params, build_space, levels_from_manifest
     from governor.baselines import Performance, StepManager
     from models import ModelSet
     ms = ModelSet.load(model_dir)
@@ -65,9 +65,9 @@ def real(model_dir: str, n: int = 900, settle: int = 20) -> List[Dict]:
     x = np.zeros((1,) + ms.input_shape, np.float32)
     acc = {l.level: l.accuracy for l in levels}
     results = []
-    for name in ("dnnscale", "performance", "step (Dynamic-OFA)", "oracle"):
-        if name == "dnnscale":
-            pol = Governor(space, levels, quiet)
+    for name in ("dnnscale", S.FIXED, "performance", "step (Dynamic-OFA)", "oracle"):
+        if name in ("dnnscale", S.FIXED):
+            pol = Governor(space, levels, quiet, params=Params(jitter_z=0.0) if name == S.FIXED else None)
         elif name == "performance":
             pol = Performance(space, levels, quiet)
         elif name == "oracle":

@@ -12,7 +12,7 @@ from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 
-from governor import Budget, Config, Governor, Level, Profile, Sample, build_space, plan_measurements
+from governor import Budget, Config, Governor, Level, Params, Profile, Sample, build_space, plan_measurements
 from governor.baselines import Oracle, Ondemand, Performance, StepManager
 from platforms.sim import Interference, SimBoard
 
@@ -77,7 +77,8 @@ def _space(board: SimBoard, levels: List[Level]) -> List[Config]:
     return build_space(levels, {n: t.freqs_khz for n, t in board.targets.items()})
 
 
-POLICIES = ("dnnscale", "performance", "ondemand", "step (Dynamic-OFA)", "oracle")
+FIXED = "dnnscale, fixed 10% margin"   # the governor without its jitter margin (jitter_z=0)
+POLICIES = ("dnnscale", FIXED, "performance", "ondemand", "step (Dynamic-OFA)", "oracle")
 
 
 def run(scenario: Scenario, policy: str, levels: List[Level], seed: int = 0,
@@ -88,8 +89,8 @@ def run(scenario: Scenario, policy: str, levels: List[Level], seed: int = 0,
     macs = {l.level: l.macs for l in levels}
     acc = {l.level: l.accuracy for l in levels}
     clock = lambda: board.now
-    if policy == "dnnscale":
-        pol = Governor(space, levels, profile, clock=clock)
+    if policy in ("dnnscale", FIXED):
+        pol = Governor(space, levels, profile, clock=clock, params=Params(jitter_z=0.0) if policy == FIXED else None)
     elif policy == "performance":
         pol = Performance(space, levels, profile, clock=clock)
     elif policy == "ondemand":

@@ -5,7 +5,10 @@ highest accuracy, and the lowest energy among equals.
   correction: an EWMA of observed / predicted. Interference, thermal throttling or a stale
   profile show up as a correction above 1 on the target they affect. A target that has not
   been observed for a while drifts back towards its profile (so the governor probes it again).
-* Safety: a configuration meets a latency limit when prediction x (1 + safety) <= limit.
+* Safety: a configuration meets a latency limit when prediction x margin <= limit, where a
+  target's margin is 1 + the larger of ``safety`` and ``jitter_z`` x the spread (an EWMA of
+  the squared relative prediction error, winsorised) of its recent observations: on a quiet target the
+  fixed 10%, on a jittery one (a shared machine, a busy board) enough to cover its tail.
   The current configuration is left as soon as it is at risk (step down at once).
 * Hysteresis: while the current configuration is safe, a move needs a further
   ``up_margin`` of slack (so noise does not make it hop between neighbouring frequencies),
@@ -80,6 +83,8 @@ class Decision:
 @dataclass
 class Params:
     safety: float = 0.10
+    jitter_z: float = 2.5          # 0: the fixed safety margin alone
+    jitter_alpha: float = 0.05     # EWMA weight of the squared relative prediction error
     up_margin: float = 0.10
     up_patience: int = 5
     alpha: float = 0.3
@@ -138,6 +143,8 @@ class Governor:
                                    key=lambda l: (-self.levels[l].accuracy, -l))
         self.corr_lat = [1.0] * len(self.targets)
         self.corr_en = [1.0] * len(self.targets)
+        self.err_var = [0.0] * len(self.targets)   # EWMA of (observed / predicted - 1)^2
+        self._margin = [1 + self.p.safety] * len(self.targets)
         self._seen = [-math.inf] * len(self.targets)
         self.budget = Budget()
         self._pin = np.ones(len(self.space), bool)
@@ -216,6 +223,11 @@ class Governor:
                 d = math.exp(-self.p.alpha)
                 self.corr_lat[t] = 1 + (self.corr_lat[t] - 1) * d
                 self.corr_en[t] = 1 + (self.corr_en[t] - 1) * d
+                self.err_var[t] *= d
+                self._set_margin(t)
+
+    def _set_margin(self, t: int) -> None:
+        self._margin[t] = 1 + max(self.p.safety, self.p.jitter_z * math.sqrt(self.err_var[t]))
 
     def _lat(self, i: int) -> float:
         return self._lat_l[i] * self.corr_lat[self._tgt_l[i]]
@@ -223,23 +235,25 @@ class Governor:
     def _ekey(self, i: int) -> float:
         return self._ekey_l[i] * self.corr_en[self._tgt_l[i]]
 
-    def _meets(self, i: int, lat_limit_s: Optional[float], margin: float) -> bool:
-        if lat_limit_s is not None and self._lat(i) * margin > lat_limit_s:
+    def _meets(self, i: int, lat_limit_s: Optional[float], extra: float = 0.0) -> bool:
+        if lat_limit_s is not None and self._lat(i) * (self._margin[self._tgt_l[i]] + extra) > lat_limit_s:
             return False
         e = self.budget.energy_mj
         return e is None or not self._ekey(i) > e / 1e3 or math.isinf(self._ekey(i))
 
-    def _best_at(self, lv: int, lat_limit_s: Optional[float], margin: float,
+    def _best_at(self, lv: int, lat_limit_s: Optional[float], room: float = 0.0,
                  extra: Optional[int] = None) -> Optional[int]:
-        """Lowest-energy configuration of level ``lv`` meeting the budget (``extra``: one
-        more candidate to consider, the current configuration)."""
+        """Lowest-energy configuration of level ``lv`` meeting the budget with ``room`` added
+        to each target's margin (``extra``: one more candidate to consider, the current
+        configuration)."""
         e_lim = self.budget.energy_mj
         best, best_key = None, None
         for lane in self._lanes.get(lv, ()):
             if lat_limit_s is None:
                 j = len(lane.lat) - 1
             else:
-                j = bisect.bisect_right(lane.lat, lat_limit_s / (margin * self.corr_lat[lane.target])) - 1
+                j = bisect.bisect_right(
+                    lane.lat, lat_limit_s / ((self._margin[lane.target] + room) * self.corr_lat[lane.target])) - 1
                 if j < 0:
                     continue
             i = lane.best[j]
@@ -259,7 +273,6 @@ class Governor:
         b = self.budget
         limit_ms = deadline_ms if deadline_ms is not None else b.latency_ms
         limit_s = None if limit_ms is None else limit_ms / 1e3
-        margin = 1 + self.p.safety
         order = self._auto_order if level is None else [level]
         if level is not None and not self._lanes.get(level):   # a forced level beats a pin
             self._lanes[level] = [_Lane(t, np.flatnonzero((self._lvl == level) & (self._tgt == t)).tolist(),
@@ -267,15 +280,15 @@ class Governor:
                                   for t in range(len(self.targets)) if ((self._lvl == level) & (self._tgt == t)).any()]
         cur = self.current
         if b.power_w is not None:
-            cand, feasible = self._slow(order, limit_s, margin, forced=level is not None)
+            cand, feasible = self._slow(order, limit_s, forced=level is not None)
         else:
             cand = None
-            cur_safe = cur is not None and self._pin[cur] and self._meets(cur, limit_s, margin) \
+            cur_safe = cur is not None and self._pin[cur] and self._meets(cur, limit_s) \
                 and (level is None or self._lvl[cur] == level)
             if cur_safe:
                 # Current is safe: any move needs the extra slack (no hopping on noise),
                 # and a move up in accuracy needs it for up_patience decisions in a row.
-                roomy = margin + self.p.up_margin
+                roomy = self.p.up_margin
                 for lv in order:
                     cand = self._best_at(lv, limit_s, roomy, extra=cur)
                     if cand is not None:
@@ -289,16 +302,16 @@ class Governor:
             else:
                 self._up_count = 0
                 for lv in order:
-                    cand = self._best_at(lv, limit_s, margin)
+                    cand = self._best_at(lv, limit_s)
                     if cand is not None:
                         break
             feasible = cand is not None
             if not feasible:
-                cand, feasible = self._slow(order, limit_s, margin, forced=level is not None)
+                cand, feasible = self._slow(order, limit_s, forced=level is not None)
             elif cur is not None and cand != cur and self._freq_l[cand] != self._freq_l[cur] and \
                     self.clock() - self._freq_changed_at < self.p.freq_interval_s:
                 alt = self.index.get(Config(self.space[cand].level, self.space[cur].target, self.space[cur].freq_khz))
-                if alt is not None and self._pin[alt] and self._meets(alt, limit_s, margin):
+                if alt is not None and self._pin[alt] and self._meets(alt, limit_s):
                     cand = alt
         if cur is not None and cand != cur:
             self.switches += 1
@@ -312,7 +325,7 @@ class Governor:
                              feasible, limit_ms)
         return self.last
 
-    def _slow(self, order: Sequence[int], limit_s: Optional[float], margin: float,
+    def _slow(self, order: Sequence[int], limit_s: Optional[float],
               forced: bool = False) -> Tuple[int, bool]:
         """Vectorised decision for power caps, and the closest configuration when nothing
         meets the budget."""
@@ -323,7 +336,7 @@ class Governor:
         allowed = np.isin(self._lvl, order) & (True if forced else self._pin)
         ratios = [np.zeros_like(lat)]
         if limit_s is not None:
-            ratios.append(lat * margin / limit_s)
+            ratios.append(lat * np.array(self._margin)[self._tgt] / limit_s)
         if b.energy_mj is not None:
             ratios.append(np.where(np.isnan(en), 0.0, en / (b.energy_mj / 1e3)))
         if b.power_w is not None:
@@ -349,6 +362,14 @@ class Governor:
             return
         t = self._tgt_l[i]
         a = self.p.alpha
+        # The spread of the error against what was predicted for it, winsorised at 3 sigma (at
+        # least ``safety``): a load step is a few large errors that the correction absorbs, and
+        # must not read as lasting jitter; jitter keeps coming and widens the clip as it grows.
+        err = latency_s / self._lat(i) - 1
+        clip = max(3 * math.sqrt(self.err_var[t]), self.p.safety)
+        err = min(max(err, -clip), clip)
+        self.err_var[t] = (1 - self.p.jitter_alpha) * self.err_var[t] + self.p.jitter_alpha * err * err
+        self._set_margin(t)
         self.corr_lat[t] = (1 - a) * self.corr_lat[t] + a * min(max(latency_s / self._lat_l[i], 0.05), 50.0)
         base_e = self._base_en[i]
         if energy_j is not None and energy_j > 0 and not math.isnan(base_e):
@@ -375,5 +396,6 @@ class Governor:
             "miss_rate": round(float(np.mean(self._miss)), 5) if self._miss else 0.0,
             "energy_mj_mean": round(float(np.mean(self._energy)), 4) if self._energy else None,
             "corrections": {t: round(float(c), 3) for t, c in zip(self.targets, self.corr_lat)},
+            "margins": {t: round(float(m), 3) for t, m in zip(self.targets, self._margin)},
             "decisions": self.decisions, "switches": self.switches, "profile": self.profile.source,
         }

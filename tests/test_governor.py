@@ -66,7 +66,7 @@ def test_steps_down_at_once_on_risk():
 
 
 def test_hysteresis_waits_before_going_up():
-    g, clock = gov(up_patience=5)
+    g, clock = gov(up_patience=5, jitter_z=0)    # the rule alone (the jitter margin: below)
     g.set_budget(Budget(latency_ms=2.5))
     d = g.decide()
     for _ in range(3):
@@ -81,6 +81,41 @@ def test_hysteresis_waits_before_going_up():
     first_up = next(i for i, l in enumerate(ups) if l == 4)
     assert first_up >= 4                     # not on the first slack decision
     assert ups[-1] == 4
+
+
+def test_jitter_widens_the_margin_and_a_load_step_does_not():
+    """A target whose latency scatters around the prediction gets a margin that covers the
+    scatter (so it steps down to keep misses rare); a one-off level shift, absorbed by the
+    correction, leaves the margin near the fixed safety."""
+    import random
+    rnd = random.Random(1)
+    g, _ = gov()
+    g.set_budget(Budget(latency_ms=2.5))
+    d = g.decide()
+    assert d.config == Config(4, "big", 2000000) and g.status()["margins"]["big"] == pytest.approx(1.1)
+    for _ in range(200):                     # +-25% scatter, unbiased
+        g.observe(d.config, pred(g, d.config)[0] * rnd.uniform(0.75, 1.25))
+        d = g.decide()
+    m = g.status()["margins"]["big"]
+    assert 1.25 < m < 1.5                    # 2.5 x the scatter's spread (0.144)
+    assert d.config.level < 4                # level 4 (2.0 ms) no longer fits 2.5 ms with it
+
+    g, _ = gov()
+    g.set_budget(Budget(latency_ms=2.5))
+    d = g.decide()
+    for i in range(200):                     # a step to 1.3x that stays: no scatter
+        g.observe(d.config, pred(g, d.config)[0] * 1.3)
+        d = g.decide()
+    assert g.status()["margins"]["big"] < 1.15
+    assert g.status()["corrections"]["big"] == pytest.approx(1.3, rel=0.01)
+
+    fixed, _ = gov(jitter_z=0)
+    fixed.set_budget(Budget(latency_ms=2.5))
+    d = fixed.decide()
+    for _ in range(200):
+        fixed.observe(d.config, pred(fixed, d.config)[0] * rnd.uniform(0.75, 1.25))
+        d = fixed.decide()
+    assert fixed.status()["margins"]["big"] == pytest.approx(1.1)
 
 
 def test_no_hopping_on_noise():
