@@ -89,18 +89,14 @@ def _load(path: str, weights_only: bool = False):
     return torch.load(path, map_location="cpu", weights_only=weights_only)
 
 
-def _cpu(state: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
-    return {k: v.detach().to("cpu", copy=True).contiguous() for k, v in state.items()}
-
-
-def _cpu_tree(obj):
-    """An optimizer state dict with every tensor moved to the CPU."""
+def _cpu(obj):
+    """A copy of a state dict (a module's or an optimizer's) with every tensor on the CPU."""
     if isinstance(obj, torch.Tensor):
-        return obj.detach().to("cpu", copy=True)
+        return obj.detach().to("cpu", copy=True).contiguous()
     if isinstance(obj, dict):
-        return {k: _cpu_tree(v) for k, v in obj.items()}
+        return {k: _cpu(v) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):
-        return type(obj)(_cpu_tree(v) for v in obj)
+        return type(obj)(_cpu(v) for v in obj)
     return obj
 
 
@@ -292,7 +288,7 @@ class Trainer:
             val_acc = _accuracy(self._val_logits([col]), self.y_val)
             history.append({"epoch": epoch + 1, "loss": run_loss, "val_acc": val_acc,
                             "seconds": round(time.time() - t0, 1), "device": self.device_label})
-            _atomic_save({"column": _cpu(col.state_dict()), "opt": _cpu_tree(opt.state_dict()), "gen": gen.get_state(),
+            _atomic_save({"column": _cpu(col.state_dict()), "opt": _cpu(opt.state_dict()), "gen": gen.get_state(),
                           "torch_rng": torch.get_rng_state(), "epoch": epoch + 1, "history": history}, ckpt)
             self.log("%s epoch %d/%d: loss %.3f, %s val %.2f%% (%.0f s)"
                      % (tag, epoch + 1, epochs, run_loss, "group alone" if tag.startswith("group") else "model",
