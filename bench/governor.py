@@ -42,7 +42,7 @@ def real(model_dir: str, n: int = 900, settle: int = 20) -> List[Dict]:
     import platforms
     from daemon.executor import Executor
     from daemon import profiler
-    from governor import Budget, Governor, Params, build_space, levels_from_manifest
+    from governor import Budget, Governor, build_space, levels_from_manifest
     from governor.baselines import Performance, StepManager
     from models import ModelSet
     ms = ModelSet.load(model_dir)
@@ -67,7 +67,7 @@ def real(model_dir: str, n: int = 900, settle: int = 20) -> List[Dict]:
     results = []
     for name in ("dnnscale", S.FIXED, "performance", "step (Dynamic-OFA)", "oracle"):
         if name in ("dnnscale", S.FIXED):
-            pol = Governor(space, levels, quiet, params=Params(jitter_z=0.0) if name == S.FIXED else None)
+            pol = Governor(space, levels, quiet, params=S.governor_params(name))
         elif name == "performance":
             pol = Performance(space, levels, quiet)
         elif name == "oracle":

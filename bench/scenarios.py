@@ -81,6 +81,11 @@ FIXED = "dnnscale, fixed 10% margin"   # the governor without its jitter margin 
 POLICIES = ("dnnscale", FIXED, "performance", "ondemand", "step (Dynamic-OFA)", "oracle")
 
 
+def governor_params(policy: str) -> Optional[Params]:
+    """The governor's parameters for one of its two policies (None: the defaults)."""
+    return Params(jitter_z=0.0) if policy == FIXED else None
+
+
 def run(scenario: Scenario, policy: str, levels: List[Level], seed: int = 0,
         settle: int = 20) -> Dict:
     board = SimBoard(scenario.board, seed=seed)
@@ -90,7 +95,7 @@ def run(scenario: Scenario, policy: str, levels: List[Level], seed: int = 0,
     acc = {l.level: l.accuracy for l in levels}
     clock = lambda: board.now
     if policy in ("dnnscale", FIXED):
-        pol = Governor(space, levels, profile, clock=clock, params=Params(jitter_z=0.0) if policy == FIXED else None)
+        pol = Governor(space, levels, profile, clock=clock, params=governor_params(policy))
     elif policy == "performance":
         pol = Performance(space, levels, profile, clock=clock)
     elif policy == "ondemand":

@@ -235,8 +235,8 @@ class Governor:
     def _ekey(self, i: int) -> float:
         return self._ekey_l[i] * self.corr_en[self._tgt_l[i]]
 
-    def _meets(self, i: int, lat_limit_s: Optional[float], extra: float = 0.0) -> bool:
-        if lat_limit_s is not None and self._lat(i) * (self._margin[self._tgt_l[i]] + extra) > lat_limit_s:
+    def _meets(self, i: int, lat_limit_s: Optional[float]) -> bool:
+        if lat_limit_s is not None and self._lat(i) * self._margin[self._tgt_l[i]] > lat_limit_s:
             return False
         e = self.budget.energy_mj
         return e is None or not self._ekey(i) > e / 1e3 or math.isinf(self._ekey(i))

@@ -105,14 +105,14 @@ def resolve_device(name: str) -> torch.device:
     try:
         dev = torch.device(name)
     except RuntimeError:
+        dev = None
+    if dev is None or dev.type not in ("cpu", "cuda"):
         raise TrainError("--device must be cpu, cuda or cuda:N, got %r" % name)
     if dev.type == "cuda":
         if not torch.cuda.is_available():
             raise TrainError("--device %s: this torch (%s) sees no CUDA GPU" % (name, torch.__version__))
         if dev.index is not None and dev.index >= torch.cuda.device_count():
             raise TrainError("--device %s: torch sees %d CUDA GPU(s)" % (name, torch.cuda.device_count()))
-    elif dev.type != "cpu":
-        raise TrainError("--device must be cpu, cuda or cuda:N, got %r" % name)
     return dev
 
 

@@ -103,12 +103,12 @@ def test_training_learns(tiny_trained):
 def test_frozen_groups_bit_identical(tiny_data, tiny_trained, tmp_path):
     """Training group g changes nothing for k < g: a 1-group run gives the same column 1,
     bit for bit (weights and BatchNorm statistics), as the 3-group run."""
-    import torch
     from models.train import Trainer
+    from models.network import state_equal
     _, three, _ = tiny_trained
     one = Trainer(tiny_data, str(tmp_path / "ck"), tiny_config(groups=1), log=lambda s: None).run()
     a, b = one["columns"][0].state_dict(), three["columns"][0].state_dict()
-    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert state_equal(a, b)
     assert any("running_mean" in k for k in a)  # BN statistics are part of the comparison
 
 
@@ -134,8 +134,8 @@ def stop_in_group2(msg):
 
 
 def test_resume_is_bit_identical(tiny_data, tiny_trained, tmp_path):
-    import torch
     from models.train import Trainer
+    from models.network import state_equal
 
     cfg = tiny_config(epochs=2)
     ck = str(tmp_path / "ck")
@@ -145,8 +145,7 @@ def test_resume_is_bit_identical(tiny_data, tiny_trained, tmp_path):
     resumed = Trainer(tiny_data, ck, cfg, resume=True, log=lambda s: None).run()
     fresh = Trainer(tiny_data, str(tmp_path / "ck2"), cfg, log=lambda s: None).run()
     for a, b in zip(resumed["columns"], fresh["columns"]):
-        sa, sb = a.state_dict(), b.state_dict()
-        assert all(torch.equal(sa[k], sb[k]) for k in sa)
+        assert state_equal(a.state_dict(), b.state_dict())
 
 
 def _cuda():
@@ -161,6 +160,7 @@ def test_cuda_run_resumes_on_the_cpu(tiny_data, tmp_path):
     _cuda()
     import torch
     from models.train import Trainer
+    from models.network import state_equal
 
     cfg = tiny_config(epochs=2)
     ck = str(tmp_path / "ck")
@@ -171,8 +171,7 @@ def test_cuda_run_resumes_on_the_cpu(tiny_data, tmp_path):
     part = torch.load(os.path.join(ck, "group2.partial.pt"), weights_only=False)
     assert part["epoch"] == 1 and part["opt"]["state"][0]["momentum_buffer"].device.type == "cpu"
     done = Trainer(tiny_data, ck, cfg, resume=True, log=lambda s: None).run()
-    kept = done["columns"][0].state_dict()
-    assert all(torch.equal(kept[k], g1["column"][k]) for k in kept)
+    assert state_equal(done["columns"][0].state_dict(), g1["column"])
     acc = _test_accuracy(done, tiny_data)
     assert acc > 30, acc  # it learned, on both devices
     devices = {e["device"] for v in done["val"] for e in v["history"]}
@@ -203,11 +202,11 @@ def test_resume_guards(tiny_data, tmp_path):
 def test_ensemble_term_changes_only_the_groups_it_applies_to(tiny_data, tmp_path):
     """ens_weight adds CE of the k=g mean logits for groups >= ens_from: earlier groups stay
     bit-identical to a run without it, later ones differ; frozen groups still untouched."""
-    import torch
     from models.train import Trainer
+    from models.network import state_equal
     plain = Trainer(tiny_data, str(tmp_path / "a"), tiny_config(), log=lambda s: None).run()
     ens = Trainer(tiny_data, str(tmp_path / "b"), tiny_config(ens_weight=1.0, ens_from=3), log=lambda s: None).run()
-    same = lambda a, b: all(torch.equal(a.state_dict()[k], b.state_dict()[k]) for k in a.state_dict())
+    same = lambda a, b: state_equal(a.state_dict(), b.state_dict())
     assert same(plain["columns"][0], ens["columns"][0]) and same(plain["columns"][1], ens["columns"][1])
     assert not same(plain["columns"][2], ens["columns"][2])
 

@@ -128,6 +128,7 @@ def test_rewind_modes(tiny_data, tmp_path, mode):
     import torch
     from models import export
     from models.portfolio import PortfolioConfig, PortfolioTrainer
+    from models.network import state_equal
     seen = []
 
     class Spy(PortfolioTrainer):
@@ -143,7 +144,7 @@ def test_rewind_modes(tiny_data, tmp_path, mode):
     # calls: the masks' shape (dense), level 1's magnitudes (dense), level 1's starting weights
     start = seen[2]
     want = dense if mode == "finetune" else rewind
-    assert all(torch.equal(start[k], want[k]) for k in want)
+    assert state_equal(start, want)
     assert not all(torch.equal(start[k], dense[k]) for k in dense) or mode == "finetune"
     m = export.export_portfolio(result, str(tmp_path / "set"), cfg)
     assert all(lv["max_abs_diff_vs_sparse"] < 1e-4 for lv in m["levels"])
@@ -156,12 +157,12 @@ def test_rewind_point_does_not_change_dense_training(tiny_data, tmp_path):
     """Saving the rewind point splits dense training in two; the learning-rate schedule and the
     random streams run on across the split, so the dense weights do not depend on where it is."""
     pytest.importorskip("torch")
-    import torch
     from models.portfolio import PortfolioConfig, PortfolioTrainer
+    from models.network import state_equal
     dense = []
     for r in (1, 2):
         cfg = PortfolioConfig(epochs=3, rewind_epoch=r, levels=0, level_epochs=1, rate=0.5, val=100, batch=50,
                               arch=TINY)
         dense.append(PortfolioTrainer(tiny_data, str(tmp_path / str(r)), cfg, log=lambda s: None)
                      .run()["states"][0]["column"])
-    assert all(torch.equal(dense[0][k], dense[1][k]) for k in dense[0])
+    assert state_equal(dense[0], dense[1])
