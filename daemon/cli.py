@@ -35,7 +35,10 @@ def train_setup(a: argparse.Namespace):
         cfg = PortfolioConfig(levels=a.levels, level_epochs=a.level_epochs, rewind_epoch=a.rewind_epoch,
                               rewind=a.rewind, **common)
         return cfg, PortfolioTrainer, export.export_portfolio
-    cfg = tr.TrainConfig(groups=a.groups, ens_weight=a.ens_weight, ens_from=a.ens_from, **common)
+    if a.swa_epochs < 0 or not a.swa_lr > 0:
+        raise CliError("--swa-epochs must be >= 0 and --swa-lr > 0, got %s and %s" % (a.swa_epochs, a.swa_lr))
+    cfg = tr.TrainConfig(groups=a.groups, ens_weight=a.ens_weight, ens_from=a.ens_from, swa_epochs=a.swa_epochs,
+                         swa_lr=a.swa_lr, swa_from=a.swa_from, **common)
     return cfg, tr.Trainer, export.export_group_set
 
 
@@ -371,6 +374,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="group model: add this x the loss of the k=g averaged logits to group g's own loss "
                         "(default 0: own loss only; see docs/model-set.md)")
     t.add_argument("--ens-from", type=int, default=2, help="group model: first group --ens-weight applies to")
+    t.add_argument("--swa-epochs", type=int, default=0,
+                   help="group model: after a group's epochs, this many more at the constant --swa-lr whose "
+                        "weights are averaged (stochastic weight averaging; default 0: none)")
+    t.add_argument("--swa-lr", type=float, default=0.01, help="group model: the learning rate of the SWA epochs")
+    t.add_argument("--swa-from", type=int, default=1, help="group model: first group --swa-epochs applies to")
     t.add_argument("--epochs", type=int, default=30, help="epochs per group (default 30)")
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--batch", type=int, default=128)

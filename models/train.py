@@ -17,6 +17,13 @@ Everything is checkpointed under ``checkpoint_dir``: ``run.json`` (the settings)
 a group (and its head) is done. ``resume=True`` continues where an interrupted run
 stopped, bit-for-bit as if it had not been interrupted (on the same kind of device).
 
+Stochastic weight averaging (``swa_epochs``) is a stage of its own after a group is done:
+it starts from the finished ``group{g}.pt`` with a fresh optimizer and its own random
+stream, checkpoints to ``group{g}.swa.partial.pt`` and then replaces ``group{g}.pt``
+(whose ``val["swa"]`` keeps the accuracies before it). So a finished run gets it by
+copying its ``group*.pt`` into a new checkpoint folder and running there with the
+SWA settings: the groups it does not apply to are kept bit for bit.
+
 ``device="cuda"`` trains on a GPU: the data, the columns and the augmentation run there,
 while the random draws (order, crops, flips) stay on the CPU generator, so a run can
 move between devices on ``--resume``; cuDNN's kernels make GPU runs close to, not
@@ -63,6 +70,12 @@ class TrainConfig:
     # largest where the frozen groups are wrong. 0 = own loss only.
     ens_weight: float = 0.0
     ens_from: int = 2
+    # Groups g >= swa_from get swa_epochs more epochs at the constant swa_lr once their cosine
+    # schedule is done, and keep the average of the weights at the end of each of those epochs
+    # (stochastic weight averaging, Izmailov et al. 2018), BatchNorm statistics recomputed for it.
+    swa_epochs: int = 0
+    swa_lr: float = 0.01
+    swa_from: int = 1
     arch: Arch = field(default_factory=Arch)
 
     def to_dict(self) -> Dict:
@@ -141,6 +154,33 @@ def _accuracy(logits: torch.Tensor, y: torch.Tensor) -> float:
     return float((logits.argmax(1) == y).float().mean()) * 100 if len(y) else float("nan")
 
 
+class _Average:
+    """The running mean of a column's parameters over the snapshots added to it."""
+
+    def __init__(self, col: Column):
+        self.n = 0
+        self.mean = {k: torch.zeros_like(p) for k, p in col.named_parameters()}
+
+    def add(self, col: Column) -> None:
+        self.n += 1
+        with torch.no_grad():
+            for k, p in col.named_parameters():
+                self.mean[k] += (p - self.mean[k]) / self.n
+
+    def apply(self, col: Column) -> None:
+        with torch.no_grad():
+            for k, p in col.named_parameters():
+                p.copy_(self.mean[k])
+
+    def state(self) -> Dict:
+        return {"n": self.n, "mean": _cpu(self.mean)}
+
+    def load(self, state: Dict) -> None:
+        self.n = state["n"]
+        for k, v in state["mean"].items():
+            self.mean[k].copy_(v)
+
+
 class Trainer:
     def __init__(self, data_dir: str, checkpoint_dir: str, cfg: TrainConfig,
                  resume: bool = False, threads: Optional[int] = None,
@@ -190,25 +230,32 @@ class Trainer:
             with open(run, "w") as f:
                 json.dump(settings, f, indent=1)
 
-    def _path(self, g: int, partial: bool = False) -> str:
-        return os.path.join(self.dir, "group%d%s.pt" % (g, ".partial" if partial else ""))
+    def _path(self, g: int, stage: str = "") -> str:
+        """``group{g}.pt`` (done), or the partial checkpoint of ``stage`` ("partial", "swa.partial")."""
+        return os.path.join(self.dir, "group%d%s.pt" % (g, "." + stage if stage else ""))
 
     # ----------------------------------------------------------------- training
     def run(self) -> Dict:
         """Train (or resume) every group; return the finished state (see :meth:`result`)."""
+        cfg = self.cfg
         states: List[Dict] = []
-        for g in range(1, self.cfg.groups + 1):
+        for g in range(1, cfg.groups + 1):
             if os.path.exists(self._path(g)):
                 done = _load(self._path(g), weights_only=True)
                 self.log("group %d/%d: done earlier (val k=%d %.2f%%)"
-                         % (g, self.cfg.groups, g, done["val"]["chosen_acc"]))
+                         % (g, cfg.groups, g, done["val"]["chosen_acc"]))
             else:
-                done = self._train_group(g, states)
-                _atomic_save(done, self._path(g))
-                if os.path.exists(self._path(g, True)):
-                    os.remove(self._path(g, True))
+                done = self._finish(g, self._train_group(g, states), "partial")
+            if cfg.swa_epochs and g >= cfg.swa_from and "swa" not in done["val"]:
+                done = self._finish(g, self._swa_group(g, states, done), "swa.partial")
             states.append(done)
         return self.result(states)
+
+    def _finish(self, g: int, done: Dict, stage: str) -> Dict:
+        _atomic_save(done, self._path(g))
+        if os.path.exists(self._path(g, stage)):
+            os.remove(self._path(g, stage))
+        return done
 
     def result(self, states: List[Dict]) -> Dict:
         arch = self.cfg.arch
@@ -231,24 +278,28 @@ class Trainer:
                                 {"params": other, "weight_decay": 0.0}],
                                lr=cfg.lr, momentum=cfg.momentum, nesterov=True)
 
-    def _resume(self, path: str, col: Column, opt, gen: torch.Generator):
+    def _resume(self, path: str, col: Column, opt, gen: torch.Generator, average: Optional["_Average"] = None):
         """Load a partial checkpoint if there is one; return (epochs done, history)."""
         if not os.path.exists(path):
             return 0, []
         ck = _load(path)
         col.load_state_dict(ck["column"])
         opt.load_state_dict(ck["opt"])
+        if average is not None:
+            average.load(ck["average"])
         gen.set_state(ck["gen"])
         torch.set_rng_state(ck["torch_rng"])
         return ck["epoch"], ck["history"]
 
     def _epochs(self, col: Column, opt, gen: torch.Generator, start: int, epochs: int, ckpt: str,
                 tag: str, history: List[Dict], after_step=None, lr: Optional[float] = None,
-                frozen: Optional[List[Column]] = None, stop: Optional[int] = None) -> None:
+                frozen: Optional[List[Column]] = None, stop: Optional[int] = None,
+                average: Optional["_Average"] = None) -> None:
         """Epochs ``start``..``stop`` (default ``epochs``) of SGD with per-step cosine decay from
         ``lr`` (default: the configured one) to 0 at ``epochs``, augmentation, a checkpoint after
         every epoch. ``after_step`` runs after each optimizer step (masks); ``frozen`` columns add
-        the ensemble term (ens_weight)."""
+        the ensemble term (ens_weight); with ``average`` the rate stays ``lr`` and the weights at
+        the end of every epoch are added to the average (SWA)."""
         cfg = self.cfg
         stop = epochs if stop is None else stop
         lr = cfg.lr if lr is None else lr
@@ -265,7 +316,7 @@ class Trainer:
             for s in bar:
                 t = epoch * steps + s
                 for group in opt.param_groups:
-                    group["lr"] = lr * 0.5 * (1 + math.cos(math.pi * t / total))
+                    group["lr"] = lr if average is not None else lr * 0.5 * (1 + math.cos(math.pi * t / total))
                 idx = order[s * cfg.batch:(s + 1) * cfg.batch].to(self.device)
                 x = _augment(self.x_train[idx], gen).contiguous(memory_format=torch.channels_last)
                 y = self.y_train[idx]
@@ -288,12 +339,24 @@ class Trainer:
             val_acc = _accuracy(self._val_logits([col]), self.y_val)
             history.append({"epoch": epoch + 1, "loss": run_loss, "val_acc": val_acc,
                             "seconds": round(time.time() - t0, 1), "device": self.device_label})
-            _atomic_save({"column": _cpu(col.state_dict()), "opt": _cpu(opt.state_dict()), "gen": gen.get_state(),
-                          "torch_rng": torch.get_rng_state(), "epoch": epoch + 1, "history": history}, ckpt)
+            ck = {"column": _cpu(col.state_dict()), "opt": _cpu(opt.state_dict()), "gen": gen.get_state(),
+                  "torch_rng": torch.get_rng_state(), "epoch": epoch + 1, "history": history}
+            if average is not None:
+                average.add(col)
+                ck["average"] = average.state()
+            _atomic_save(ck, ckpt)
             self.log("%s epoch %d/%d: loss %.3f, %s val %.2f%% (%.0f s)"
                      % (tag, epoch + 1, epochs, run_loss, "group alone" if tag.startswith("group") else "model",
                         val_acc, time.time() - t0))
         col.eval()
+
+    def _frozen(self, g: int, earlier: List[Dict]) -> Tuple[List[Column], Optional[List[Column]]]:
+        """Groups 1..g-1 on the device, and the copies that give group g its ensemble term (or None)."""
+        cfg = self.cfg
+        frozen = [f.to(self.device) for f in columns_from_states(cfg.arch, [s["column"] for s in earlier])]
+        ens = [f.to(memory_format=torch.channels_last).requires_grad_(False) for f in frozen] \
+            if cfg.ens_weight and g >= max(cfg.ens_from, 2) else None
+        return frozen, ens
 
     def _train_group(self, g: int, earlier: List[Dict]) -> Dict:
         cfg = self.cfg
@@ -301,19 +364,56 @@ class Trainer:
         col = Column(cfg.arch).to(self.device, memory_format=torch.channels_last)
         opt = self._optimizer(col)
         gen = torch.Generator().manual_seed(cfg.seed * 1000 + g)
-        start, history = self._resume(self._path(g, True), col, opt, gen)
+        start, history = self._resume(self._path(g, "partial"), col, opt, gen)
         if start:
             self.log("group %d/%d: resuming after epoch %d" % (g, cfg.groups, start))
-        frozen = [f.to(self.device) for f in columns_from_states(cfg.arch, [s["column"] for s in earlier])]
-        ens = [f.to(memory_format=torch.channels_last).requires_grad_(False) for f in frozen] \
-            if cfg.ens_weight and g >= max(cfg.ens_from, 2) else None
-        self._epochs(col, opt, gen, start, cfg.epochs, self._path(g, True), "group %d/%d" % (g, cfg.groups), history,
-                     frozen=ens)
-        col = col.to(memory_format=torch.contiguous_format)
+        frozen, ens = self._frozen(g, earlier)
+        self._epochs(col, opt, gen, start, cfg.epochs, self._path(g, "partial"), "group %d/%d" % (g, cfg.groups),
+                     history, frozen=ens)
         frozen = [f.to(memory_format=torch.contiguous_format) for f in frozen]
-        head, val = self._fit_head(frozen + [col], gen)
+        head, val = self._fit_head(frozen + [col.to(memory_format=torch.contiguous_format)], gen)
         val["history"] = history
         return {"column": _cpu(col.state_dict()), "head": head, "val": val}
+
+    def _swa_group(self, g: int, earlier: List[Dict], done: Dict) -> Dict:
+        """The SWA stage of finished group g (see the module's docstring)."""
+        cfg = self.cfg
+        col = columns_from_states(cfg.arch, [done["column"]])[0].to(self.device, memory_format=torch.channels_last)
+        opt = self._optimizer(col)
+        torch.manual_seed(cfg.seed * 1000 + 500 + g)
+        gen = torch.Generator().manual_seed(cfg.seed * 1000 + 500 + g)
+        average = _Average(col)
+        start, history = self._resume(self._path(g, "swa.partial"), col, opt, gen, average)
+        if start:
+            self.log("group %d/%d SWA: resuming after epoch %d" % (g, cfg.groups, start))
+        frozen, ens = self._frozen(g, earlier)
+        self._epochs(col, opt, gen, start, cfg.swa_epochs, self._path(g, "swa.partial"),
+                     "group %d/%d SWA" % (g, cfg.groups), history, lr=cfg.swa_lr, frozen=ens, average=average)
+        average.apply(col)
+        self._update_bn(col, gen)
+        frozen = [f.to(memory_format=torch.contiguous_format) for f in frozen]
+        head, val = self._fit_head(frozen + [col.to(memory_format=torch.contiguous_format)], gen)
+        before = done["val"]
+        val["history"] = before["history"] + history
+        val["swa"] = {"epochs": cfg.swa_epochs, "lr": cfg.swa_lr,
+                      "before": {k: before[k] for k in ("mean_acc", "learned_acc", "head", "chosen_acc")}}
+        self.log("group %d/%d: SWA val k=%d %.2f%% -> %.2f%%" % (g, cfg.groups, g, before["chosen_acc"],
+                                                              val["chosen_acc"]))
+        return {"column": _cpu(col.state_dict()), "head": head, "val": val}
+
+    def _update_bn(self, col: Column, gen: torch.Generator) -> None:
+        """Recompute the column's BatchNorm statistics: the plain mean over one augmented pass."""
+        momenta = [bn.momentum for bn in col.bns]
+        for bn in col.bns:
+            bn.reset_running_stats()
+            bn.momentum = None
+        col.train()
+        with torch.no_grad():
+            for i in range(0, len(self.x_train), 500):
+                col(_augment(self.x_train[i:i + 500], gen).contiguous(memory_format=torch.channels_last))
+        for bn, m in zip(col.bns, momenta):
+            bn.momentum = m
+        col.eval()
 
     def _val_logits(self, cols: List[Column], head=None) -> torch.Tensor:
         head = head or mean_head(cols)

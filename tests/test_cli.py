@@ -71,6 +71,17 @@ def test_train_bad_width_is_one_line(tiny_data, tmp_path):
     assert r.returncode == 2 and "--width must be > 0" in r.stderr and "Traceback" not in r.stderr
 
 
+@pytest.mark.parametrize("args, expect", [
+    (["--swa-epochs", "-1"], "--swa-epochs must be >= 0 and --swa-lr > 0, got -1 and 0.01"),
+    (["--swa-epochs", "5", "--swa-lr", "0"], "--swa-epochs must be >= 0 and --swa-lr > 0, got 5 and 0.0"),
+])
+def test_train_bad_swa_is_one_line(tiny_data, tmp_path, args, expect):
+    r = run("train", "--data", tiny_data, "--out", str(tmp_path / "o"), "--size", "tiny", *args)
+    assert r.returncode == 2 and expect in r.stderr and "Traceback" not in r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "o").exists()
+
+
 @pytest.mark.parametrize("device, expect", [
     ("tpu", "--device must be cpu, cuda or cuda:N, got 'tpu'"),
     ("cuda:99", "--device cuda:99"),

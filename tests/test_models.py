@@ -211,6 +211,68 @@ def test_ensemble_term_changes_only_the_groups_it_applies_to(tiny_data, tmp_path
     assert not same(plain["columns"][2], ens["columns"][2])
 
 
+def test_swa_changes_only_the_groups_it_applies_to(tiny_data, tmp_path):
+    """SWA runs after a group's own epochs for groups >= swa_from: earlier groups stay bit for
+    bit as without it; the SWA group records the accuracies it started from and its epochs;
+    its BatchNorm statistics are recomputed over one pass of the training set."""
+    from models.train import Trainer
+    from models.network import state_equal
+    plain = Trainer(tiny_data, str(tmp_path / "a"), tiny_config(), log=lambda s: None).run()
+    swa = Trainer(tiny_data, str(tmp_path / "b"), tiny_config(swa_epochs=2, swa_from=3), log=lambda s: None).run()
+    same = lambda a, b: state_equal(a.state_dict(), b.state_dict())
+    assert same(plain["columns"][0], swa["columns"][0]) and same(plain["columns"][1], swa["columns"][1])
+    assert not same(plain["columns"][2], swa["columns"][2])
+    assert "swa" not in swa["val"][1]
+    rec = swa["val"][2]
+    assert rec["swa"]["before"]["chosen_acc"] == plain["val"][2]["chosen_acc"]
+    assert [e["epoch"] for e in rec["history"]] == [1, 1, 2]  # the group's epoch, then 2 SWA epochs
+    # 700 training images in batches of 500, counted from zero
+    assert all(int(bn.num_batches_tracked) == 2 for bn in swa["columns"][2].bns)
+
+
+def stop_in_swa(msg):
+    if msg.startswith("group 3/3 SWA epoch 1/2"):
+        raise Stop
+
+
+def test_swa_on_a_finished_run_and_resumed(tiny_data, tmp_path):
+    """A finished run's groups copied into a new folder get the SWA stage there; stopped in
+    the middle of it and resumed, the result equals an uninterrupted SWA run bit for bit."""
+    from models.train import Trainer
+    from models.network import state_equal
+    Trainer(tiny_data, str(tmp_path / "plain"), tiny_config(), log=lambda s: None).run()
+    branch = tmp_path / "branch"
+    branch.mkdir()
+    for g in (1, 2, 3):
+        shutil.copy(tmp_path / "plain" / ("group%d.pt" % g), branch / ("group%d.pt" % g))
+    cfg = tiny_config(swa_epochs=2, swa_from=3)
+    with pytest.raises(Stop):
+        Trainer(tiny_data, str(branch), cfg, resume=True, log=stop_in_swa).run()
+    assert os.path.exists(branch / "group3.swa.partial.pt")
+    resumed = Trainer(tiny_data, str(branch), cfg, resume=True, log=lambda s: None).run()
+    assert not os.path.exists(branch / "group3.swa.partial.pt")
+    fresh = Trainer(tiny_data, str(tmp_path / "fresh"), cfg, log=lambda s: None).run()
+    for a, b in zip(resumed["columns"], fresh["columns"]):
+        assert state_equal(a.state_dict(), b.state_dict())
+    assert resumed["val"][2]["swa"] == fresh["val"][2]["swa"]
+
+
+def test_weight_average_is_the_mean_of_the_snapshots():
+    import torch
+    from models.arch import TINY
+    from models.network import Column
+    from models.train import _Average
+    cols = [Column(TINY) for _ in range(3)]
+    avg = _Average(cols[0])
+    for c in cols:
+        avg.add(c)
+    out = Column(TINY)
+    avg.apply(out)
+    for name, p in out.named_parameters():
+        want = torch.stack([dict(c.named_parameters())[name] for c in cols]).mean(0)
+        assert torch.allclose(p, want, atol=1e-6), name
+
+
 def test_resume_of_a_run_from_before_a_setting_existed(tiny_data, tmp_path):
     """A run.json without a later-added key resumes when that key has its default value."""
     import json
