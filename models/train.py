@@ -394,11 +394,14 @@ class Trainer:
         frozen = [f.to(memory_format=torch.contiguous_format) for f in frozen]
         head, val = self._fit_head(frozen + [col.to(memory_format=torch.contiguous_format)], gen)
         before = done["val"]
+        alone = [_accuracy(self._val_logits([c]), self.y_val)
+                 for c in columns_from_states(cfg.arch, [done["column"]]) + [col]]
         val["history"] = before["history"] + history
-        val["swa"] = {"epochs": cfg.swa_epochs, "lr": cfg.swa_lr,
-                      "before": {k: before[k] for k in ("mean_acc", "learned_acc", "head", "chosen_acc")}}
-        self.log("group %d/%d: SWA val k=%d %.2f%% -> %.2f%%" % (g, cfg.groups, g, before["chosen_acc"],
-                                                              val["chosen_acc"]))
+        val["swa"] = {"epochs": cfg.swa_epochs, "lr": cfg.swa_lr, "alone_acc": alone[1],
+                      "before": dict({k: before[k] for k in ("mean_acc", "learned_acc", "head", "chosen_acc")},
+                                     alone_acc=alone[0])}
+        self.log("group %d/%d: SWA val group alone %.2f%% -> %.2f%%, k=%d %.2f%% -> %.2f%%"
+                 % (g, cfg.groups, alone[0], alone[1], g, before["chosen_acc"], val["chosen_acc"]))
         return {"column": _cpu(col.state_dict()), "head": head, "val": val}
 
     def _update_bn(self, col: Column, gen: torch.Generator) -> None:

@@ -225,6 +225,7 @@ def test_swa_changes_only_the_groups_it_applies_to(tiny_data, tmp_path):
     assert "swa" not in swa["val"][1]
     rec = swa["val"][2]
     assert rec["swa"]["before"]["chosen_acc"] == plain["val"][2]["chosen_acc"]
+    assert rec["swa"]["before"]["alone_acc"] == plain["val"][2]["history"][-1]["val_acc"]
     assert [e["epoch"] for e in rec["history"]] == [1, 1, 2]  # the group's epoch, then 2 SWA epochs
     # 700 training images in batches of 500, counted from zero
     assert all(int(bn.num_batches_tracked) == 2 for bn in swa["columns"][2].bns)
