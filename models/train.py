@@ -395,7 +395,7 @@ class Trainer:
         head, val = self._fit_head(frozen + [col.to(memory_format=torch.contiguous_format)], gen)
         before = done["val"]
         alone = [_accuracy(self._val_logits([c]), self.y_val)
-                 for c in columns_from_states(cfg.arch, [done["column"]]) + [col]]
+                 for c in [columns_from_states(cfg.arch, [done["column"]])[0].to(self.device), col]]
         val["history"] = before["history"] + history
         val["swa"] = {"epochs": cfg.swa_epochs, "lr": cfg.swa_lr, "alone_acc": alone[1],
                       "before": dict({k: before[k] for k in ("mean_acc", "learned_acc", "head", "chosen_acc")},

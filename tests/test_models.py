@@ -178,6 +178,22 @@ def test_cuda_run_resumes_on_the_cpu(tiny_data, tmp_path):
     assert devices == {"cpu", "cuda: " + torch.cuda.get_device_name(0)}
 
 
+def test_cuda_swa_stage(tiny_data, tmp_path):
+    """The SWA stage on the GPU: its record and BatchNorm pass, CPU tensors in the checkpoint."""
+    _cuda()
+    import torch
+    from models.train import Trainer
+    ck = tmp_path / "ck"
+    swa = Trainer(tiny_data, str(ck), tiny_config(groups=2, swa_epochs=1, swa_from=2),
+                  log=lambda s: None, device="cuda").run()
+    rec = swa["val"][1]
+    assert "swa" not in swa["val"][0] and rec["swa"]["epochs"] == 1
+    assert [e["epoch"] for e in rec["history"]] == [1, 1]
+    assert all(int(bn.num_batches_tracked) == 2 for bn in swa["columns"][1].bns)
+    g2 = torch.load(ck / "group2.pt", weights_only=True)
+    assert all(v.device.type == "cpu" for v in g2["column"].values())
+
+
 def _test_accuracy(result, data_dir) -> float:
     import torch
     from models import cifar as c
