@@ -43,7 +43,6 @@ def real(model_dir: str, n: int = 900, settle: int = 20) -> List[Dict]:
     from daemon.executor import Executor
     from daemon import profiler
     from governor import Budget, Governor, build_space, levels_from_manifest
-    from governor.baselines import Performance, StepManager
     from models import ModelSet
     ms = ModelSet.load(model_dir)
     plat = platforms.create("generic")
@@ -66,14 +65,10 @@ def real(model_dir: str, n: int = 900, settle: int = 20) -> List[Dict]:
     acc = {l.level: l.accuracy for l in levels}
     results = []
     for name in ("dnnscale", S.FIXED, "performance", "step (Dynamic-OFA)", "oracle"):
-        if name in ("dnnscale", S.FIXED):
-            pol = Governor(space, levels, quiet, params=S.governor_params(name))
-        elif name == "performance":
-            pol = Performance(space, levels, quiet)
-        elif name == "oracle":
+        if name == "oracle":
             pol = _KnownTrace(Governor(space, levels, quiet), Governor(space, levels, loaded), n)
         else:
-            pol = StepManager(space, levels, quiet)
+            pol = S.policy_from_profile(name, space, levels, quiet)
         pol.set_budget(Budget(latency_ms=budget_ms))
         ex.governor = pol
         burners: List[subprocess.Popen] = []

@@ -7,6 +7,7 @@ event (the issue's "outside the first 20 inferences after each change").
 """
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Tuple
 
@@ -81,9 +82,19 @@ FIXED = "dnnscale, fixed 10% margin"   # the governor without its jitter margin 
 POLICIES = ("dnnscale", FIXED, "performance", "ondemand", "step (Dynamic-OFA)", "oracle")
 
 
-def governor_params(policy: str) -> Optional[Params]:
-    """The governor's parameters for one of its two policies (None: the defaults)."""
-    return Params(jitter_z=0.0) if policy == FIXED else None
+def policy_from_profile(policy: str, space: List[Config], levels: List[Level], profile: Profile,
+                        clock=time.monotonic):
+    """Every policy of POLICIES but the oracle (each bench builds that from what it knows)."""
+    if policy in ("dnnscale", FIXED):
+        return Governor(space, levels, profile, clock=clock,
+                        params=Params(jitter_z=0.0) if policy == FIXED else None)
+    if policy == "performance":
+        return Performance(space, levels, profile, clock=clock)
+    if policy == "ondemand":
+        return Ondemand(space, levels, profile, clock=clock)
+    if policy.startswith("step"):
+        return StepManager(space, levels, profile, clock=clock)
+    raise ValueError(policy)
 
 
 def run(scenario: Scenario, policy: str, levels: List[Level], seed: int = 0,
@@ -94,20 +105,12 @@ def run(scenario: Scenario, policy: str, levels: List[Level], seed: int = 0,
     macs = {l.level: l.macs for l in levels}
     acc = {l.level: l.accuracy for l in levels}
     clock = lambda: board.now
-    if policy in ("dnnscale", FIXED):
-        pol = Governor(space, levels, profile, clock=clock, params=governor_params(policy))
-    elif policy == "performance":
-        pol = Performance(space, levels, profile, clock=clock)
-    elif policy == "ondemand":
-        pol = Ondemand(space, levels, profile, clock=clock)
-    elif policy.startswith("step"):
-        pol = StepManager(space, levels, profile, clock=clock)
-    elif policy == "oracle":
+    if policy == "oracle":
         def truth(c: Config):
             return board.predict(macs[c.level], c.target, board.effective(c.target, c.freq_khz))
         pol = Oracle(space, levels, truth)
     else:
-        raise ValueError(policy)
+        pol = policy_from_profile(policy, space, levels, profile, clock)
     events = {e.at: e for e in scenario.events}
     loads: Dict[str, Interference] = {}
     rows = []
