@@ -394,8 +394,8 @@ class Trainer:
         frozen = [f.to(memory_format=torch.contiguous_format) for f in frozen]
         head, val = self._fit_head(frozen + [col.to(memory_format=torch.contiguous_format)], gen)
         before = done["val"]
-        alone = [_accuracy(self._val_logits([c]), self.y_val)
-                 for c in [columns_from_states(cfg.arch, [done["column"]])[0].to(self.device), col]]
+        # The group alone before SWA is the last epoch of its own training (same weights, same val).
+        alone = [before["history"][-1]["val_acc"], _accuracy(self._val_logits([col]), self.y_val)]
         val["history"] = before["history"] + history
         val["swa"] = {"epochs": cfg.swa_epochs, "lr": cfg.swa_lr, "alone_acc": alone[1],
                       "before": dict({k: before[k] for k in ("mean_acc", "learned_acc", "head", "chosen_acc")},
