@@ -22,6 +22,13 @@ def _default_model() -> str:
 
 
 # ---------------------------------------------------------------------------- train / eval
+def _epochs(text: str) -> List[int]:
+    try:
+        return [int(v) for v in text.split(",")]
+    except ValueError:
+        raise CliError("--epochs: expected a number or numbers separated by commas, got %r" % text)
+
+
 def train_setup(a: argparse.Namespace):
     """(config, trainer class, exporter) for the parsed ``dnnscale train`` arguments."""
     from models import export, train as tr
@@ -29,9 +36,12 @@ def train_setup(a: argparse.Namespace):
     if not a.width > 0:
         raise CliError("--width must be > 0, got %s" % a.width)
     arch = (TINY if a.size == "tiny" else Arch()).scaled(a.width)
-    common = dict(epochs=a.epochs, seed=a.seed, batch=a.batch, lr=a.lr, val=a.val, arch=arch)
+    epochs = _epochs(a.epochs)
+    common = dict(epochs=epochs if len(epochs) > 1 else epochs[0], seed=a.seed, batch=a.batch, lr=a.lr, val=a.val, arch=arch)
     if a.kind == "portfolio":
         from models.portfolio import PortfolioConfig, PortfolioTrainer
+        if len(epochs) > 1:
+            raise CliError("--epochs: a portfolio trains one dense network, give one number (got %s)" % a.epochs)
         cfg = PortfolioConfig(levels=a.levels, level_epochs=a.level_epochs, rewind_epoch=a.rewind_epoch,
                               rewind=a.rewind, **common)
         return cfg, PortfolioTrainer, export.export_portfolio
@@ -379,7 +389,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "weights are averaged (stochastic weight averaging; default 0: none)")
     t.add_argument("--swa-lr", type=float, default=0.01, help="group model: the learning rate of the SWA epochs")
     t.add_argument("--swa-from", type=int, default=1, help="group model: first group --swa-epochs applies to")
-    t.add_argument("--epochs", type=int, default=30, help="epochs per group (default 30)")
+    t.add_argument("--epochs", default="30", metavar="N[,N...]",
+                   help="epochs per group: one number for every group, or one per group, e.g. "
+                        "60,60,60,120 (default 30)")
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--batch", type=int, default=128)
     t.add_argument("--lr", type=float, default=0.05)

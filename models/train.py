@@ -37,7 +37,7 @@ import os
 import sys
 import time
 from dataclasses import dataclass, field
-from typing import Callable, Dict, List, Optional, Tuple
+from typing import Callable, Dict, List, Optional, Tuple, Union
 
 import numpy as np
 import torch
@@ -56,7 +56,7 @@ class TrainError(RuntimeError):
 @dataclass
 class TrainConfig:
     groups: int = 4
-    epochs: int = 30
+    epochs: Union[int, List[int]] = 30   # per group: one number for all, or one per group
     seed: int = 0
     batch: int = 128
     lr: float = 0.05
@@ -77,6 +77,25 @@ class TrainConfig:
     swa_lr: float = 0.01
     swa_from: int = 1
     arch: Arch = field(default_factory=Arch)
+
+    def __post_init__(self):
+        # One way to record a run: a list of equal epochs is the single number.
+        if isinstance(self.epochs, (list, tuple)):
+            self.epochs = list(self.epochs)
+            if len(set(self.epochs)) == 1:
+                self.epochs = self.epochs[0]
+
+    def epochs_of(self, g: int) -> int:
+        """The cosine schedule's length for group g (1-based)."""
+        return self.epochs[g - 1] if isinstance(self.epochs, list) else self.epochs
+
+    def check_epochs(self) -> None:
+        per = self.epochs if isinstance(self.epochs, list) else [self.epochs]
+        if isinstance(self.epochs, list) and len(per) != self.groups:
+            raise TrainError("--epochs lists %d numbers for %d groups: give one, or one per group"
+                             % (len(per), self.groups))
+        if min(per) < 1:
+            raise TrainError("--epochs must be >= 1, got %s" % ",".join(map(str, per)))
 
     def to_dict(self) -> Dict:
         d = dict(self.__dict__)
@@ -190,8 +209,9 @@ class Trainer:
         self.device_label = "cpu" if self.device.type == "cpu" else "cuda: " + torch.cuda.get_device_name(self.device)
         self.dir = checkpoint_dir
         self.log = log or (lambda s: tqdm.write(s, file=sys.stderr))
-        if cfg.groups < 1 or cfg.epochs < 1:
-            raise TrainError("--groups and --epochs must be >= 1")
+        if cfg.groups < 1:
+            raise TrainError("--groups must be >= 1, got %d" % cfg.groups)
+        cfg.check_epochs()
         if threads:
             torch.set_num_threads(threads)
         self.data = cifar.load(data_dir)
@@ -368,7 +388,7 @@ class Trainer:
         if start:
             self.log("group %d/%d: resuming after epoch %d" % (g, cfg.groups, start))
         frozen, ens = self._frozen(g, earlier)
-        self._epochs(col, opt, gen, start, cfg.epochs, self._path(g, "partial"), "group %d/%d" % (g, cfg.groups),
+        self._epochs(col, opt, gen, start, cfg.epochs_of(g), self._path(g, "partial"), "group %d/%d" % (g, cfg.groups),
                      history, frozen=ens)
         frozen = [f.to(memory_format=torch.contiguous_format) for f in frozen]
         head, val = self._fit_head(frozen + [col.to(memory_format=torch.contiguous_format)], gen)

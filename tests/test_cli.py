@@ -74,6 +74,9 @@ def test_train_bad_width_is_one_line(tiny_data, tmp_path):
 @pytest.mark.parametrize("args, expect", [
     (["--swa-epochs", "-1"], "--swa-epochs must be >= 0 and --swa-lr > 0, got -1 and 0.01"),
     (["--swa-epochs", "5", "--swa-lr", "0"], "--swa-epochs must be >= 0 and --swa-lr > 0, got 5 and 0.0"),
+    (["--groups", "3", "--epochs", "1,2"], "--epochs lists 2 numbers for 3 groups"),
+    (["--epochs", "1,x"], "--epochs: expected a number or numbers separated by commas, got '1,x'"),
+    (["--kind", "portfolio", "--epochs", "3,4"], "a portfolio trains one dense network"),
 ])
 def test_train_bad_swa_is_one_line(tiny_data, tmp_path, args, expect):
     r = run("train", "--data", tiny_data, "--out", str(tmp_path / "o"), "--size", "tiny", *args)

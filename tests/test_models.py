@@ -274,6 +274,35 @@ def test_swa_on_a_finished_run_and_resumed(tiny_data, tmp_path):
     assert resumed["val"][2]["swa"] == fresh["val"][2]["swa"]
 
 
+def test_epochs_per_group_on_a_finished_run(tiny_data, tmp_path):
+    """--epochs 1,1,2 on a copy of a 1-epoch run's groups 1-2: those stay bit for bit, group 3
+    gets its own 2-epoch schedule, and equals a run with those epochs from the start."""
+    from models.train import Trainer
+    from models.network import state_equal
+    Trainer(tiny_data, str(tmp_path / "plain"), tiny_config(), log=lambda s: None).run()
+    branch = tmp_path / "branch"
+    branch.mkdir()
+    for g in (1, 2):
+        shutil.copy(tmp_path / "plain" / ("group%d.pt" % g), branch / ("group%d.pt" % g))
+    cfg = tiny_config(epochs=[1, 1, 2])
+    longer = Trainer(tiny_data, str(branch), cfg, log=lambda s: None).run()
+    fresh = Trainer(tiny_data, str(tmp_path / "fresh"), cfg, log=lambda s: None).run()
+    assert [len(v["history"]) for v in longer["val"]] == [1, 1, 2]
+    for a, b in zip(longer["columns"], fresh["columns"]):
+        assert state_equal(a.state_dict(), b.state_dict())
+    import json
+    assert json.load(open(branch / "run.json"))["config"]["epochs"] == [1, 1, 2]
+
+
+def test_epochs_per_group_checks():
+    from models.train import TrainError
+    assert tiny_config(epochs=[2, 2, 2]).epochs == 2          # one way to record equal epochs
+    with pytest.raises(TrainError, match="--epochs lists 2 numbers for 3 groups"):
+        tiny_config(epochs=[1, 2]).check_epochs()
+    with pytest.raises(TrainError, match="--epochs must be >= 1, got 1,0,1"):
+        tiny_config(epochs=[1, 0, 1]).check_epochs()
+
+
 def test_weight_average_is_the_mean_of_the_snapshots():
     import torch
     from models.arch import TINY
