@@ -105,6 +105,26 @@ def real(model_dir: str, n: int = 900, settle: int = 20) -> List[Dict]:
     return results
 
 
+def sweep_report(levels) -> str:
+    """The saving against performance per steady latency budget, per simulated board."""
+    out = ["Steady budgets, no load, no cap (SIMULATED boards): energy per inference against "
+           "performance (full model, top frequency) as the budget loosens; budget as a multiple of "
+           "the board's fastest full-model latency:\n"]
+    for board in ("sim-odroid-xu3", "sim-jetson-nano"):
+        rows = []
+        for r in S.sweep(board, levels):
+            perf = r["performance"]["energy_mj"]
+            cell = lambda p: "%+.1f%% (%.1f mJ)" % (100 * (r[p]["energy_mj"] / perf - 1), r[p]["energy_mj"])
+            rows.append(["none" if r["multiple"] is None else "%.3gx = %.2f ms" % (r["multiple"], r["budget_ms"]),
+                         cell("dnnscale"), r["dnnscale"]["accuracy"], 100 * r["dnnscale"]["miss_rate"],
+                         cell("oracle"), r["oracle"]["accuracy"], 100 * r["performance"]["miss_rate"]])
+        out.append("**%s**\n" % board)
+        out.append(table(["latency budget", "dnnscale energy", "dnnscale acc %", "dnnscale miss %",
+                          "oracle energy", "oracle acc %", "performance miss %"], rows))
+        out.append("")
+    return "\n".join(out)
+
+
 def decision_cost(levels, n: int = 5000) -> str:
     """Median and p99 time of one ``Governor.decide`` on each simulated board's full space,
     in a closed loop (each decision's outcome is observed before the next)."""
@@ -211,6 +231,7 @@ def main(argv=None) -> int:
         rows += real(model)
     print("Machine: %s\n" % machine())
     print(report(rows))
+    print(sweep_report(levels))
     print(decision_cost(levels))
     if a.plot:
         print("plot: %s" % (plot(levels, a.plot) or "skipped (pip install matplotlib)"))

@@ -158,3 +158,26 @@ def run(scenario: Scenario, policy: str, levels: List[Level], seed: int = 0,
         "energy_mj": float(np.mean([r[2] for r in rows])),
         "switches": switches, "trace": rows,
     }
+
+
+SWEEP = (1.1, 1.25, 1.5, 2.0, 3.0, None)   # latency budget / the board's fastest full-model latency
+
+
+def fastest_full_ms(board: str, levels: List[Level]) -> float:
+    """The noise-free latency of the full model at the fastest target's top frequency."""
+    b = SimBoard(board)
+    top = max(levels, key=lambda l: l.macs)
+    return 1e3 * min(b.predict(top.macs, t, khz=max(st.freqs_khz))[0] for t, st in b.targets.items())
+
+
+def sweep(board: str, levels: List[Level], multiples=SWEEP, n: int = 300) -> List[Dict]:
+    """Steady latency budgets, no load and no cap: how the saving against ``performance``
+    depends on the slack the budget leaves (None: no budget)."""
+    fastest = fastest_full_ms(board, levels)
+    rows = []
+    for m in multiples:
+        budget = Budget() if m is None else Budget(latency_ms=m * fastest)
+        sc = Scenario("%s, budget %s" % (board, m), board, n, 0.02, [Event(0, budget=budget)])
+        res = {p: run(sc, p, levels) for p in ("dnnscale", "oracle", "performance")}
+        rows.append({"multiple": m, "budget_ms": None if m is None else m * fastest, **res})
+    return rows

@@ -262,3 +262,19 @@ def test_closed_loop_targets(closed_loop, board):
 def test_closed_loop_xu3_saves_a_fifth_of_the_energy(closed_loop):
     r = closed_loop["sim-odroid-xu3"]
     assert r["dnnscale"]["energy_mj"] <= 0.8 * r["performance"]["energy_mj"]
+
+
+@pytest.mark.parametrize("board", ["sim-odroid-xu3", "sim-jetson-nano"])
+def test_budget_sweep(board):
+    """Steady budgets: never more energy than performance; with slack (>= 1.5x the fastest
+    full-model latency) the full model at the oracle's energy, and with no budget too."""
+    from bench import scenarios as S
+    levels = S.default_levels([Arch().cost(k)["macs"] for k in range(1, 5)])
+    rows = S.sweep(board, levels, multiples=(1.1, 1.5, None), n=120)
+    assert [r["multiple"] for r in rows] == [1.1, 1.5, None]
+    for r in rows:
+        ours, oracle, perf = r["dnnscale"], r["oracle"], r["performance"]
+        assert ours["energy_mj"] < perf["energy_mj"] and ours["miss_rate"] == 0
+        if r["multiple"] != 1.1:
+            assert ours["accuracy"] == oracle["accuracy"] == levels[-1].accuracy
+            assert ours["energy_mj"] == pytest.approx(oracle["energy_mj"], rel=0.02)
