@@ -19,7 +19,8 @@ def test_bench_quick_produces_every_table(random_set, tiny_portfolio, tmp_path):
     for needle in ("latency range", "Pareto front", "ModelSet.run p50 ms", "DNNShifter-style portfolio",
                    "switch overhead", "overhead µs (target <= 100)", "onnxruntime threads", "+ the protocol (decode_infer, encode_reply)",
                    "daemon: receive + decode", "total minus this request's run", "miss rate %", "SIMULATED",
-                   "measured on this machine", "Xun et al. 2019 (published)", "--quick", "Decision cost"):
+                   "measured on this machine", "Xun et al. 2019 (published)", "--quick", "Decision cost",
+                   "Steady budgets, no load, no cap"):
         assert needle in doc, needle
     kinds = doc.split("## " + TITLES["kinds"])[1].split("\n## ")[0]
     assert "| group (weights shared)" in kinds and "| portfolio (no sharing)" in kinds   # one row per kind
@@ -36,3 +37,31 @@ def test_bench_only_keeps_the_other_sections(tmp_path):
     assert "daemon table 2\n_(`python -m bench --only daemon`," in doc and "daemon table 1" not in doc
     assert doc.index(TITLES["range"]) < doc.index(TITLES["daemon"])
     assert doc.count("## " + TITLES["daemon"]) == 1
+
+
+def test_set_nice_reaches_every_thread():
+    """Linux niceness is per thread: the governor bench's real run must move the threads that
+    already exist (onnxruntime's pool), not only the caller. In a child process, raising
+    niceness needs no privilege."""
+    code = """
+import os, threading, time
+from bench.governor import _set_nice
+stop = threading.Event()
+t = threading.Thread(target=stop.wait); t.start()
+_set_nice(7)
+nice = {int(tid): int(open('/proc/self/task/%s/stat' % tid).read().rsplit(')', 1)[1].split()[16])
+        for tid in os.listdir('/proc/self/task')}
+stop.set(); t.join()
+print(len(nice), sorted(set(nice.values())))
+"""
+    r = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=dict(os.environ, PYTHONPATH=ROOT),
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    count, values = r.stdout.split(None, 1)
+    assert int(count) >= 2 and values.strip() == "[7]"
+
+
+def test_unit_nice_is_the_units():
+    from bench.governor import unit_nice
+    unit = open(os.path.join(ROOT, "systemd", "dnnscale.service")).read()
+    assert "Nice=%d" % unit_nice() in unit
