@@ -37,7 +37,8 @@ def train_setup(a: argparse.Namespace):
         raise CliError("--width must be > 0, got %s" % a.width)
     arch = (TINY if a.size == "tiny" else Arch()).scaled(a.width)
     epochs = _epochs(a.epochs)
-    common = dict(epochs=epochs if len(epochs) > 1 else epochs[0], seed=a.seed, batch=a.batch, lr=a.lr, val=a.val, arch=arch)
+    common = dict(epochs=epochs if len(epochs) > 1 else epochs[0], seed=a.seed, batch=a.batch, lr=a.lr,
+                  val=a.val, arch=arch)
     if a.kind == "portfolio":
         from models.portfolio import PortfolioConfig, PortfolioTrainer
         if len(epochs) > 1:
