@@ -60,7 +60,11 @@ def scenarios() -> List[Scenario]:
         Event(1200, cap=("gpu", None)),
         Event(1300, budget=Budget(latency_ms=15.0, energy_mj=12.0)),
     ])
-    return [xu3, nano]
+    # The same Nano scenario with the load on the target that serves the inference (the GPU),
+    # as the XU3's is on its A15s: in the model a CPU load does not touch GPU inference.
+    nano_gpu = Scenario("Nano: budgets, load on gpu, GPU cap", nano.board, nano.n, nano.gap_s,
+                        [Event(e.at, e.budget, ("gpu", e.load[1]) if e.load else None, e.cap) for e in nano.events])
+    return [xu3, nano, nano_gpu]
 
 
 def measure_profile(board: SimBoard, space: List[Config], levels: List[Level]) -> Profile:
