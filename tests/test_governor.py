@@ -261,8 +261,11 @@ def test_closed_loop_targets(closed_loop, scenario):
     assert ours["energy_mj"] < perf["energy_mj"]
 
 
-def test_closed_loop_xu3_saves_a_fifth_of_the_energy(closed_loop):
-    r = closed_loop["XU3: budgets, load on a15, thermal cap"]
+@pytest.mark.parametrize("scenario", ["XU3: budgets, load on a15, thermal cap", "Nano: budgets, load on gpu, GPU cap"])
+def test_closed_loop_saves_a_fifth_of_the_energy(closed_loop, scenario):
+    """The issue's 20% (the Nano scenario with its load on the CPU saves 19.7%, the oracle
+    18.9%: docs/governor.md)."""
+    r = closed_loop[scenario]
     assert r["dnnscale"]["energy_mj"] <= 0.8 * r["performance"]["energy_mj"]
 
 
