@@ -191,23 +191,25 @@ def decision_cost(levels, n: int = 5000) -> str:
 
 
 class _KnownTrace:
-    """The real-machine oracle: knows when the competing process runs (the middle third)
-    and decides from a profile measured under that load, without feedback."""
+    """The real-machine oracle: knows when the competing process runs (the middle third) and
+    switches at once to a governor whose profile was measured under that load. Each of its two
+    governors corrects itself from the inferences it decided, as the governor does."""
 
     def __init__(self, quiet, loaded, n: int):
         self.quiet, self.loaded, self.n, self.i = quiet, loaded, n, 0
+        self.active = quiet
 
     def set_budget(self, budget) -> None:
         self.quiet.set_budget(budget)
         self.loaded.set_budget(budget)
 
     def decide(self, deadline_ms=None, level=None):
-        g = self.loaded if self.n // 3 <= self.i < 2 * self.n // 3 else self.quiet
+        self.active = self.loaded if self.n // 3 <= self.i < 2 * self.n // 3 else self.quiet
         self.i += 1
-        return g.decide(deadline_ms, level)
+        return self.active.decide(deadline_ms, level)
 
     def observe(self, *a, **kw) -> None:
-        pass
+        self.active.observe(*a, **kw)
 
 
 def report(rows: List[Dict]) -> str:
