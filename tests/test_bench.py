@@ -65,3 +65,26 @@ def test_unit_nice_is_the_units():
     from bench.governor import unit_nice
     unit = open(os.path.join(ROOT, "systemd", "dnnscale.service")).read()
     assert "Nice=%d" % unit_nice() in unit
+
+
+def test_real_oracle_switches_at_the_load_and_feeds_back_to_the_governor_that_decided():
+    from bench.governor import _KnownTrace
+
+    class Recorder:
+        def __init__(self):
+            self.decided, self.observed = 0, []
+
+        def decide(self, deadline_ms=None, level=None):
+            self.decided += 1
+            return self
+
+        def observe(self, *a, **kw):
+            self.observed.append(a)
+
+    quiet, loaded = Recorder(), Recorder()
+    oracle = _KnownTrace(quiet, loaded, n=9)      # the load runs for inferences 3..5
+    for i in range(9):
+        assert oracle.decide() is (loaded if 3 <= i < 6 else quiet)
+        oracle.observe(i)
+    assert [a[0] for a in loaded.observed] == [3, 4, 5]
+    assert [a[0] for a in quiet.observed] == [0, 1, 2, 6, 7, 8]
