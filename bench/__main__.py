@@ -64,8 +64,7 @@ def run(model_dir: str, portfolio_dir: Optional[str], quick: bool, plots_dir: Op
 def governor_section(model_dir: str, quick: bool, plots_dir: Optional[str]) -> str:
     from . import governor as bgov
     levels = _levels(model_dir)
-    text = bgov.report(bgov.simulated(levels) + ([] if quick else bgov.real(model_dir) +
-                                                 bgov.real(model_dir, nice=bgov.unit_nice())))
+    text = bgov.report(bgov.simulated(levels) + ([] if quick else bgov.measured(model_dir)))
     text += "\n" + bgov.sweep_report(levels)
     text += "\n" + bgov.decision_cost(levels, n=1000 if quick else 5000) + "\n"
     png = bgov.plot(levels, os.path.join(plots_dir, "governor.png")) if plots_dir else None

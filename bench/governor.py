@@ -24,11 +24,20 @@ from typing import Dict, List, Optional
 import numpy as np
 
 from . import scenarios as S
-from .common import machine, table
+from .common import ROOT, machine, table
 
 
 def simulated(levels) -> List[Dict]:
     return [S.run(sc, p, levels) for sc in S.scenarios() for p in S.POLICIES]
+
+
+def measured(model_dir: str) -> List[Dict]:
+    """(b): the real run at niceness 0, then at the systemd unit's."""
+    return real(model_dir) + real(model_dir, nice=unit_nice())
+
+
+def _vs(energy_mj: float, perf_mj: float) -> str:
+    return "%+.1f%%" % (100 * (energy_mj / perf_mj - 1))
 
 
 def _burner() -> subprocess.Popen:
@@ -39,8 +48,7 @@ def _burner() -> subprocess.Popen:
 
 def unit_nice() -> int:
     """The niceness systemd/dnnscale.service gives the daemon (0 if it sets none)."""
-    unit = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "systemd", "dnnscale.service")
-    for line in open(unit):
+    for line in open(os.path.join(ROOT, "systemd", "dnnscale.service")):
         if line.strip().startswith("Nice="):
             return int(line.split("=", 1)[1])
     return 0
@@ -152,7 +160,7 @@ def sweep_report(levels) -> str:
         rows = []
         for r in S.sweep(board, levels):
             perf = r["performance"]["energy_mj"]
-            cell = lambda p: "%+.1f%% (%.1f mJ)" % (100 * (r[p]["energy_mj"] / perf - 1), r[p]["energy_mj"])
+            cell = lambda p: "%s (%.1f mJ)" % (_vs(r[p]["energy_mj"], perf), r[p]["energy_mj"])
             rows.append(["none" if r["multiple"] is None else "%.3gx = %.2f ms" % (r["multiple"], r["budget_ms"]),
                          cell("dnnscale"), r["dnnscale"]["accuracy"], 100 * r["dnnscale"]["miss_rate"],
                          cell("oracle"), r["oracle"]["accuracy"], 100 * r["performance"]["miss_rate"]])
@@ -224,7 +232,7 @@ def report(rows: List[Dict]) -> str:
                          [[r["policy"], 100 * r["miss_rate"], r["accuracy"],
                            "n/a (no sensor)" if r["energy_mj"] is None else r["energy_mj"],
                            "-" if r["energy_mj"] is None or perf is None else
-                           "%+.1f%%" % (100 * (r["energy_mj"] / perf["energy_mj"] - 1)), r["switches"]] for r in rs]))
+                           _vs(r["energy_mj"], perf["energy_mj"]), r["switches"]] for r in rs]))
         out.append("")
     return "\n".join(out)
 
@@ -269,7 +277,7 @@ def main(argv=None) -> int:
     levels = levels_from_manifest(mf.read(model))
     rows = simulated(levels)
     if a.real:
-        rows += real(model) + real(model, nice=unit_nice())
+        rows += measured(model)
     print("Machine: %s\n" % machine())
     print(report(rows))
     print(sweep_report(levels))
