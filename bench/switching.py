@@ -173,7 +173,7 @@ def kinds_report(model_dir: str, portfolio_dir: Optional[str], mem: Dict, sw: Di
         lv = m["levels"]
         params = [x.get("nonzero_params", x["params"]) for x in lv]
         epochs = m.get("provenance", {}).get("training_epoch_seconds", {})
-        spent, devices = epochs.get("total"), epochs.get("devices", ["device not recorded"])
+        per_device = epochs.get("per_device", {"not recorded": epochs.get("total")})
         structured = sum(x.get("structured_seconds", 0.0) for x in lv)
         rows.append([kind + (" (weights shared)" if m.get("shares_weights") else " (no sharing)"),
                      len(lv), " / ".join("%.1f" % x["accuracy"] for x in lv),
@@ -182,12 +182,13 @@ def kinds_report(model_dir: str, portfolio_dir: Optional[str], mem: Dict, sw: Di
                      sorted(g["switch_over_us"])[len(g["switch_over_us"]) // 2],
                      sorted(g["on_demand_over_ms"])[len(g["on_demand_over_ms"]) // 2] * 1e3,
                      mem["rows"][mem_row][2], mem["rows"][mem_row][3] / 2 ** 20,
-                     "%.0f min (%s)" % (spent / 60, ", ".join(devices)) if spent else "not recorded",
+                     ", ".join("%.0f min %s" % (s / 60, "(device not recorded)" if d == "not recorded" else "on " + d)
+                               for d, s in per_device.items()) if epochs.get("total") else "not recorded",
                      "%.2f s" % structured if kind == "portfolio" else "none"])
     return ("Both kinds in this run (machine: %s). Accuracy is the manifest's (test_batch), smallest level "
             "first; the parameter span counts nonzero weights; latency range is max/min of the steady-state "
             "medians in the switching table; training time is the summed wall time of the epochs that "
-            "produced the set, with the devices its epochs recorded (sets trained before epochs recorded "
+            "produced the set, per device its epochs recorded (epochs trained before they recorded "
             "their device say so); the structured step is the "
             "portfolio's BatchNorm folding and all-zero filter removal, summed over its variants.\n\n" % sw["machine"] +
             table(["kind", "levels", "top-1 % per level", "param span x", "latency range x",

@@ -108,6 +108,10 @@ def _manifest(kind: str, name: Optional[str], out_dir: str, arch, data, cfg, com
     # Wall time of every training epoch (incl. its validation pass) that produced the set, summed
     # over the phases (groups; or dense + every pruning level); head fitting and export excluded.
     epoch_seconds = [round(sum(e["seconds"] for e in h), 1) for h in histories]
+    per_device: Dict[str, float] = {}   # a run can move between devices on --resume
+    for e in (e for h in histories for e in h):
+        dev = e.get("device", "not recorded")
+        per_device[dev] = round(per_device.get(dev, 0.0) + e["seconds"], 1)
     return {
         "format": mf.FORMAT,
         "kind": kind,
@@ -126,8 +130,7 @@ def _manifest(kind: str, name: Optional[str], out_dir: str, arch, data, cfg, com
         "provenance": {
             "command": command, "seed": cfg.seed, "training": cfg.to_dict(),
             "training_epoch_seconds": {"per_phase": epoch_seconds, "total": round(sum(epoch_seconds), 1),
-                                       "devices": sorted({e.get("device", "not recorded")
-                                                          for h in histories for e in h})},
+                                       "per_device": per_device},
             "data_sha256": data.sha256, "packages": package_versions(),
             "created": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
         },

@@ -91,7 +91,8 @@ def test_round_trip_and_prefix_exactness(tiny_trained):
     spent = ms.manifest["provenance"]["training_epoch_seconds"]   # the time to produce the set, per group
     assert len(spent["per_phase"]) == 3 and spent["total"] == pytest.approx(sum(spent["per_phase"]), abs=0.2)
     assert all(s > 0 for s in spent["per_phase"])
-    assert spent["devices"] == ["cpu"]   # every epoch records where it ran
+    assert list(spent["per_device"]) == ["cpu"]   # every epoch records where it ran
+    assert spent["per_device"]["cpu"] == pytest.approx(spent["total"], abs=0.2)
 
 
 def test_training_learns(tiny_trained):
