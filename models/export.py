@@ -111,7 +111,7 @@ def _manifest(kind: str, name: Optional[str], out_dir: str, arch, data, cfg, com
     per_device: Dict[str, float] = {}   # a run can move between devices on --resume
     for e in (e for h in histories for e in h):
         dev = e.get("device", "not recorded")
-        per_device[dev] = round(per_device.get(dev, 0.0) + e["seconds"], 1)
+        per_device[dev] = per_device.get(dev, 0.0) + e["seconds"]
     return {
         "format": mf.FORMAT,
         "kind": kind,
@@ -130,7 +130,7 @@ def _manifest(kind: str, name: Optional[str], out_dir: str, arch, data, cfg, com
         "provenance": {
             "command": command, "seed": cfg.seed, "training": cfg.to_dict(),
             "training_epoch_seconds": {"per_phase": epoch_seconds, "total": round(sum(epoch_seconds), 1),
-                                       "per_device": per_device},
+                                       "per_device": {d: round(s, 1) for d, s in per_device.items()}},
             "data_sha256": data.sha256, "packages": package_versions(),
             "created": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
         },
