@@ -37,8 +37,7 @@ def train_setup(a: argparse.Namespace):
         raise CliError("--width must be > 0, got %s" % a.width)
     arch = (TINY if a.size == "tiny" else Arch()).scaled(a.width)
     epochs = _epochs(a.epochs)
-    common = dict(epochs=epochs if len(epochs) > 1 else epochs[0], seed=a.seed, batch=a.batch, lr=a.lr,
-                  val=a.val, arch=arch)
+    common = dict(epochs=epochs, seed=a.seed, batch=a.batch, lr=a.lr, val=a.val, arch=arch)   # [N] is recorded as N
     if a.kind == "portfolio":
         from models.portfolio import PortfolioConfig, PortfolioTrainer
         if len(epochs) > 1:
