@@ -91,6 +91,7 @@ def _layer_server(ep: str, model_dir: str, threads: int, layer: str, tmp: str) -
         open(empty, "w").close()
         svc = Service(config.load(empty, {"model": model_dir, "state_dir": tmp, "runtime_dir": tmp,
                                           "threads": threads}))
+        svc.start()
         widest = max(svc.targets, key=lambda t: len(svc.targets[t].cpus))
         svc.control("pin", {"groups": svc.models.groups, "target": widest})
         ms, spec = svc.models, svc.input_spec

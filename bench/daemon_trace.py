@@ -50,6 +50,7 @@ def _daemon(model_dir: str, threads: int, tmp: str, ready, stop, q) -> None:
                               "infer_endpoint": "ipc://%s/infer.sock" % tmp,
                               "control_endpoint": "ipc://%s/control.sock" % tmp})
     svc = Service(cfg)
+    svc.start()
     widest = max(svc.targets, key=lambda t: len(svc.targets[t].cpus))
     svc.control("pin", {"groups": svc.models.groups, "target": widest})
     marks: List[Dict[str, int]] = []

@@ -138,10 +138,12 @@ def _load_config(a: argparse.Namespace):
         raise CliError(str(e))
 
 
-def _build_service(cfg, show_progress: bool, remeasure: bool = False):
+def _start_service(service, show_progress: bool):
+    """``service.start()`` with a progress bar over the profile; one line on failure. The
+    caller's ``finally`` calls ``service.stop()``, which undoes whatever start got to."""
     from models import ModelSetError
     from .config import ConfigError
-    from .service import Service
+    from .profiler import Interrupted
     bar = None
 
     def progress(done, total):
@@ -151,10 +153,13 @@ def _build_service(cfg, show_progress: bool, remeasure: bool = False):
             bar = tqdm(total=total, desc="profiling", file=sys.stderr, disable=not show_progress, leave=False)
         bar.update(1)
 
+    service.progress = progress
     try:
-        return Service(cfg, progress=progress, remeasure=remeasure)
+        service.start()
     except (ModelSetError, ConfigError) as e:
         raise CliError(str(e))
+    except Interrupted as e:
+        raise CliError("%s; the board's settings are restored" % e, code=130)
     finally:
         if bar is not None:
             bar.close()
@@ -166,6 +171,7 @@ def cmd_serve(a: argparse.Namespace) -> int:
     from .config import ConfigError
     from .notify import Notifier
     from .server import Server
+    from .service import Service
     cfg = _load_config(a)
     _setup_logging(cfg.log_level)
     # Handlers first: a SIGTERM while loading or profiling still ends in a restore.
@@ -175,33 +181,50 @@ def cmd_serve(a: argparse.Namespace) -> int:
     signal.signal(signal.SIGHUP, lambda *_: reload.set())
     notifier = Notifier()
     notifier.status("loading %s" % (cfg.model or "the shipped model"))
-    service = _build_service(cfg, show_progress=sys.stderr.isatty())
-    server = Server(service, cfg, notifier)
-    server.reload_requested = reload
+    service = Service(cfg, stop_event=stop)
+    server = None
     try:
-        server.bind()
-    except ConfigError as e:
-        service.stop()
-        server.close()
-        raise CliError(str(e))
-    try:
+        try:
+            _start_service(service, show_progress=sys.stderr.isatty())
+        except CliError as e:
+            if e.code != 130:
+                raise
+            print("dnnscale serve: stopped while starting (%s)" % e, file=sys.stderr)
+            return 0   # a requested stop, as systemd asked for it
+        server = Server(service, cfg, notifier)
+        server.reload_requested = reload
+        try:
+            server.bind()
+        except ConfigError as e:
+            raise CliError(str(e))
         server.serve(stop, ready_status="serving %s (%d levels) on %s" % (
             service.models.name, service.models.groups, service.platform.name))
-    finally:
+    finally:   # every exit path: the board goes back to its own settings
         errors = service.stop()
-        server.close()
+        if server is not None:
+            server.close()
         for e in errors:
             print("dnnscale serve: could not restore %s" % e, file=sys.stderr)
     return 0
 
 
 def cmd_profile(a: argparse.Namespace) -> int:
+    import signal
+    import threading
     from . import profiler
+    from .service import Service
+    stop = threading.Event()
     cfg = _load_config(a)
     _setup_logging(cfg.log_level)
     cfg.profile_runs = a.runs
-    service = _build_service(cfg, show_progress=True, remeasure=True)   # saves it on success
-    service.stop()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    service = Service(cfg, remeasure=True, stop_event=stop)
+    try:
+        _start_service(service, show_progress=True)   # saves the profile on success
+    finally:
+        for e in service.stop():
+            print("dnnscale profile: could not restore %s" % e, file=sys.stderr)
     n, m = len(service.space), len(profiler.plan_measurements(service.space))
     print("profiled %d of %d configurations on %s (%s) and predicted the rest; saved in %s"
           % (m, n, service.platform.name, service.governor.profile.source,

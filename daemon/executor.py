@@ -1,9 +1,15 @@
-"""One request, end to end: decide → apply (only what changed) → run → measure → observe."""
+"""One request, end to end: decide → apply (only what changed) → run → measure → observe.
+
+The governor has two callers (the inference thread, and control commands such as pin or
+set_budget), so every read and change of it, and every platform write, happens under
+``lock``; the onnxruntime run itself does not hold it, so control stays responsive.
+"""
 from __future__ import annotations
 
 import logging
+import threading
 import time
-from typing import Dict, Optional, Tuple
+from typing import Callable, Dict, Optional, Tuple
 
 import numpy as np
 
@@ -15,33 +21,65 @@ log = logging.getLogger("dnnscale.executor")
 
 
 class Executor:
-    def __init__(self, models: ModelSet, platform, governor: Governor,
-                 clock=time.perf_counter):
+    def __init__(self, models: ModelSet, platform, governor: Optional[Governor],
+                 clock=time.perf_counter, lock: Optional[threading.RLock] = None):
         self.models = models
         self.platform = platform
         self.governor = governor
         self.clock = clock
+        self.lock = lock or threading.RLock()
         self.applied: Optional[Config] = None
+        self.freq_read: Dict[str, Optional[int]] = {}   # target → kHz the kernel reported after our write
+        self.mapping_error = ""
+        self.on_dvfs_off: Optional[Callable[[], None]] = None   # the service rebuilds its space
 
     def apply(self, c: Config) -> None:
-        """Pin and set the frequency, touching only what differs from the last config."""
+        """Pin and set the frequency, touching only what differs from the last config. A
+        failed frequency change turns DVFS off (the platform rolled the change back)."""
         prev = self.applied
         if prev is None or prev.target != c.target:
-            self.platform.pin(c.target)
+            try:
+                self.platform.pin(c.target)
+                self.mapping_error = ""
+            except PlatformError as e:
+                if self.mapping_error != str(e):
+                    log.error("thread mapping failed, running unpinned: %s", e)
+                self.mapping_error = str(e)
         if c.freq_khz is not None and self.platform.dvfs_enabled and (prev is None or prev.freq_khz != c.freq_khz
                                                                       or prev.target != c.target):
             try:
-                self.platform.set_frequency(c.target, c.freq_khz)
+                self.freq_read[c.target] = self.platform.set_frequency(c.target, c.freq_khz)
             except (PlatformError, OSError) as e:
                 self.platform.disable_dvfs("frequency control failed, DVFS is off: %s" % e)
                 log.error("%s", self.platform.dvfs_reason)
+                self.applied = None
+                if self.on_dvfs_off:
+                    self.on_dvfs_off()
+                return
         self.applied = c
+
+    def reported(self, c: Config) -> Dict:
+        """The configuration as the board runs it: the frequency is the kernel's read-back."""
+        d = c.to_dict()
+        if c.freq_khz is not None:
+            got = self.freq_read.get(c.target)
+            if got is not None and got != c.freq_khz:
+                d["requested_freq_khz"] = c.freq_khz
+            d["freq_khz"] = got
+        return d
 
     def infer(self, x: np.ndarray, groups: Optional[int] = None,
               deadline_ms: Optional[float] = None) -> Tuple[np.ndarray, Dict]:
-        d = self.governor.decide(deadline_ms=deadline_ms, level=groups)
-        c = d.config
-        self.apply(c)
+        with self.lock:
+            gov = self.governor
+            d = gov.decide(deadline_ms=deadline_ms, level=groups)
+            self.apply(d.config)
+            if self.governor is not gov:          # DVFS went off: decide in the new space
+                gov = self.governor
+                d = gov.decide(deadline_ms=deadline_ms, level=groups)
+                self.apply(d.config)
+            c = d.config
+            config = self.reported(c)
         meter = getattr(self.platform, "meter", None)
         j0 = self._joules(meter)
         t0 = self.clock()
@@ -55,8 +93,10 @@ class Executor:
         if self.platform.simulated:   # report the board model's numbers, labelled simulated
             macs = self.models.level(c.level)["macs"]
             latency, energy = self.platform.run(macs * n, c.target)
-        self.governor.observe(c, latency / n, None if energy is None else energy / n, d.latency_limit_ms)
-        info = {"config": c.to_dict(), "latency_ms": round(latency * 1e3, 4),
+        with self.lock:
+            if self.governor is gov:
+                gov.observe(c, latency / n, None if energy is None else energy / n, d.latency_limit_ms)
+        info = {"config": config, "latency_ms": round(latency * 1e3, 4),
                 "energy_mj": None if energy is None else round(energy * 1e3, 4)}
         if self.platform.simulated:
             info["simulated"] = True

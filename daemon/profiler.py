@@ -8,12 +8,15 @@ from __future__ import annotations
 import json
 import os
 import statistics
+import threading
 import time
 from typing import Callable, Dict, List, Optional
 
 import numpy as np
 
 from governor import Config, Level, Profile, Sample, plan_measurements
+
+from . import state
 
 PROFILE_FILE = "profile.json"
 
@@ -24,35 +27,58 @@ def key(model_manifest: Dict, platform_name: str, space: List[Config]) -> Dict:
             "weights": model_manifest["files"].get("weights.bin", {}).get("sha256")
             or sorted(v.get("sha256", "") for v in model_manifest["files"].values()),
             "platform": platform_name,
-            "targets": sorted({c.target for c in space})}
+            "targets": sorted({c.target for c in space}),
+            "dvfs": any(c.freq_khz is not None for c in space)}
+
+
+class Interrupted(Exception):
+    """SIGTERM (or Ctrl-C) during profiling: stopped at a configuration boundary."""
+
+
+def settle_s(meter) -> float:
+    """How long to wait after a frequency change before the power reads belong to the new
+    frequency: two sampling periods of the meter, whose period is at least the slowest
+    sensor's refresh (XU3 INA231: 263.8 ms, so 0.53 s; an INA3221 converts on every read,
+    so two 20 ms sampling periods)."""
+    return 0.0 if meter is None or meter.counter else 2 * meter.period
 
 
 def measure(executor, space: List[Config], levels: List[Level], runs: int = 5,
-            progress: Optional[Callable[[int, int], None]] = None) -> Profile:
-    """Time each planned configuration ``runs`` times (median) on batch-1 input."""
-    plan = plan_measurements(space)
+            progress: Optional[Callable[[int, int], None]] = None,
+            stop: Optional[threading.Event] = None, sleep=time.sleep) -> Profile:
+    """Time each planned configuration ``runs`` times (median) on batch-1 input. Where a
+    power sensor meters energy, each frequency is given :func:`settle_s` to show in the
+    sensor, and the energy of a configuration is taken over at least two meter periods
+    (several inferences), so that every figure is the configuration's own."""
+    plan = sorted(plan_measurements(space), key=lambda c: (c.target, c.freq_khz or 0, c.level))
     ms = executor.models
     x = np.zeros((1,) + ms.input_shape, np.float32)
     samples: List[Sample] = []
     sim = executor.platform.simulated
     macs = {l.level: l.macs for l in levels}
+    prev = None
     for n, c in enumerate(plan):
+        if stop is not None and stop.is_set():
+            raise Interrupted("profiling interrupted after %d of %d configurations" % (n, len(plan)))
         executor.apply(c)
         if sim:
             lat, en = executor.platform.predict(macs[c.level], c.target)
             samples.append(Sample(c, lat, en))
         else:
             meter = getattr(executor.platform, "meter", None)
+            if meter is not None and (prev is None or (prev.target, prev.freq_khz) != (c.target, c.freq_khz)):
+                sleep(settle_s(meter))
+            prev = c
             ms.run(c.level, x, c.target)  # warm this configuration
-            lats, ens = [], []
-            for _ in range(runs):
-                j0 = meter.joules() if meter else None
+            lats = []
+            j0, t_start = (meter.joules() if meter else None), time.monotonic()
+            window = 0.0 if meter is None or meter.counter else 2 * meter.period
+            while len(lats) < runs or time.monotonic() - t_start < window:
                 t0 = time.perf_counter()
                 ms.run(c.level, x, c.target)
                 lats.append(time.perf_counter() - t0)
-                if meter:
-                    ens.append(meter.energy_between(j0, meter.joules()) / 1e3)
-            samples.append(Sample(c, statistics.median(lats), statistics.median(ens) if ens else None))
+            en = meter.energy_between(j0, meter.joules()) / 1e3 / len(lats) if meter else None
+            samples.append(Sample(c, statistics.median(lats), en))
         if progress:
             progress(n + 1, len(plan))
     return Profile.fit(samples, levels, source="simulated" if sim else "measured (%d runs each)" % runs)
@@ -61,10 +87,7 @@ def measure(executor, space: List[Config], levels: List[Level], runs: int = 5,
 def save(state_dir: str, profile: Profile, match: Dict) -> str:
     os.makedirs(state_dir, exist_ok=True)
     path = os.path.join(state_dir, PROFILE_FILE)
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump({"key": match, "profile": profile.to_dict()}, f, indent=1)
-    os.replace(tmp, path)
+    state.write_json(path, {"key": match, "profile": profile.to_dict()}, indent=1)
     return path
 
 

@@ -2,9 +2,9 @@
 executor) and answers what the sockets ask. The only module that wires the rooms."""
 from __future__ import annotations
 
-import json
 import logging
 import os
+import threading
 import time
 from typing import Any, Dict, List, Optional, Tuple
 
@@ -14,7 +14,7 @@ import platforms
 from governor import Budget, Governor, build_space, levels_from_manifest
 from models import ModelSet, ModelSetError, zoo
 
-from . import profiler
+from . import profiler, state
 from .config import Config, ConfigError
 from .executor import Executor
 from .protocol import InferRequest, InputSpec, ProtocolError
@@ -35,44 +35,103 @@ def resolve_model(name: Optional[str]) -> str:
 
 
 class Service:
-    def __init__(self, cfg: Config, progress=None, remeasure: bool = False):
-        """``remeasure``: measure a profile even when a stored one matches (dnnscale profile)."""
+    """Wired by the constructor, acted by :meth:`start`, undone by :meth:`stop` (which undoes
+    whatever ``start`` got to, so one ``finally`` covers every exit path)."""
+
+    def __init__(self, cfg: Config, progress=None, remeasure: bool = False,
+                 stop_event: Optional[threading.Event] = None):
+        """``remeasure``: measure a profile even when a stored one matches (dnnscale profile).
+        ``stop_event``: set by SIGTERM; a start-up profile stops at the next configuration."""
         self.cfg = cfg
+        self.progress = progress
+        self.remeasure = remeasure
+        self.stop_event = stop_event or threading.Event()
+        self.lock = threading.RLock()     # the governor and the platform: see executor.py
         self.started = time.time()
         self.errors: Dict[str, int] = {}
         self.served = 0
+        self.platform = None
+        self.models: Optional[ModelSet] = None
+        self.governor: Optional[Governor] = None
+        self.executor: Optional[Executor] = None
+        self.gpu_reason = ""
+        self._platform_started = False
+
+    def start(self) -> None:
+        """Load, probe and (where no stored profile matches) profile; raises ConfigError,
+        ModelSetError or Interrupted with one line. The board is touched only after the
+        model set loaded, and only through the platform, which :meth:`stop` restores."""
+        cfg = self.cfg
         self.model_dir = resolve_model(cfg.model)
-        os.makedirs(cfg.state_dir, exist_ok=True)
         try:
             self.platform = platforms.create(cfg.platform, root=cfg.sysfs_root, state_dir=cfg.state_dir)
         except (ValueError, platforms.PlatformError) as e:
             raise ConfigError(str(e))
-        for err in self.platform.start():
+        for err in self.platform.restore_pending():   # what a crashed run left, before anything else
             log.error("could not restore a setting left by an earlier run: %s", err)
+        state.check_writable(cfg.state_dir)
         if not cfg.dvfs:
             self.platform.disable_dvfs("DVFS is off in the configuration (dvfs: false)")
-        self.gpu_reason = ""
         want_gpu = cfg.gpu and "gpu" in self.platform.targets and not self.platform.simulated
         self.models = ModelSet.load(self.model_dir, threads=cfg.threads or self._default_threads(), gpu=want_gpu)
         self.targets = self._usable_targets()
         self.levels = levels_from_manifest(self.models.manifest)
-        freqs = {n: (t.freqs_khz if self.platform.dvfs_enabled else []) for n, t in self.targets.items()}
-        self.space = build_space(self.levels, freqs)
+        self._platform_started = True
+        self.platform.start()
+        self.space = self._space()
         self.profile_key = profiler.key(self.models.manifest, self.platform.name, self.space)
-        profile = None if remeasure else profiler.load(cfg.state_dir, self.profile_key)
-        self.executor = Executor(self.models, self.platform, None)
+        profile = None if self.remeasure else profiler.load(cfg.state_dir, self.profile_key)
+        self.executor = Executor(self.models, self.platform, None, lock=self.lock)
+        self.executor.on_dvfs_off = self._dvfs_off
         if profile is None:
             log.info("measuring a profile (%d runs per configuration)%s", cfg.profile_runs,
-                     "" if remeasure else ": no stored one matches")
+                     "" if self.remeasure else ": no stored one matches")
             profile = profiler.measure(self.executor, self.space, self.levels, runs=cfg.profile_runs,
-                                       progress=progress)
-            profiler.save(cfg.state_dir, profile, self.profile_key)   # later starts reuse it
+                                       progress=self.progress, stop=self.stop_event)
+            try:
+                profiler.save(cfg.state_dir, profile, self.profile_key)   # later starts reuse it
+            except OSError as e:
+                log.error("could not save the profile in %s (%s): the next start measures again",
+                          cfg.state_dir, e.strerror or e)
             for err in self.platform.reset():   # serve from the board's own settings
                 log.error("could not restore after profiling: %s", err)
             self.executor.applied = None
+            self.executor.freq_read.clear()
+        self.full_profile = profile
+        if not self.platform.dvfs_enabled and any(c.freq_khz for c in self.space):   # it failed while profiling
+            profile = profile.at_fixed_frequency(self._frequencies_now())
+            self.space = self._space()
         self.governor = Governor(self.space, self.levels, profile)
         self.executor.governor = self.governor
         self._load_budget()
+
+    def _frequencies_now(self) -> Dict[str, Optional[int]]:
+        now = {}
+        for n in self.targets:
+            try:
+                now[n] = self.platform.frequency(n)
+            except platforms.PlatformError:
+                now[n] = None
+        return now
+
+    def _space(self):
+        freqs = {n: (t.freqs_khz if self.platform.dvfs_enabled else []) for n, t in self.targets.items()}
+        return build_space(self.levels, freqs)
+
+    def _dvfs_off(self) -> None:
+        """DVFS failed (and was rolled back): from now on the space has no frequencies, each
+        target predicted at the frequency the kernel reports for it now. Called under the lock."""
+        if self.governor is None:      # while profiling: start() rebuilds the space after it
+            return
+        self.space = self._space()
+        old = self.governor
+        gov = Governor(self.space, self.levels, self.full_profile.at_fixed_frequency(self._frequencies_now()))
+        if old is not None:
+            gov.set_budget(old.budget)
+            pin = {k: v for k, v in old.pinned.items() if k != "freq_khz"}
+            if pin:
+                gov.pin(level=pin.get("groups"), target=pin.get("target"))
+        self.governor = self.executor.governor = gov
 
     def _default_threads(self) -> int:
         """One onnxruntime thread per CPU of the largest CPU target (a cluster): pinned to a
@@ -125,97 +184,163 @@ class Service:
 
     # ------------------------------------------------------------------ control
     def control(self, cmd: str, args: Dict[str, Any]) -> Dict:
+        """One control command. A refused command changes nothing (checked, saved, then applied)."""
         if cmd == "status":
             return self.status()
-        if cmd == "set_budget":
-            try:
-                budget = Budget(**args)
-                self.governor.set_budget(budget)   # validates every value (Budget.validate)
-            except ValueError as e:
-                raise ProtocolError("bad_budget", str(e))
-            if budget.empty:
-                raise ProtocolError("bad_budget", "give at least one of latency_ms, energy_mj, power_w "
-                                                  "(or use clear_budget)")
-            self._save_budget()
-            return {"budget": self.governor.budget.to_dict()}
-        if cmd == "clear_budget":
-            self.governor.clear_budget()
-            self._save_budget()
-            return {"budget": self.governor.budget.to_dict()}
-        if cmd == "pin":
-            if not args:
-                raise ProtocolError("bad_pin", "pin needs at least one of groups, target, freq_khz")
-            g, t, f = args.get("groups"), args.get("target"), args.get("freq_khz")
-            if g is not None and (isinstance(g, bool) or not isinstance(g, int)):
-                raise ProtocolError("bad_pin", "groups must be an integer, got %r" % (g,))
-            if t is not None and not isinstance(t, str):
-                raise ProtocolError("bad_pin", "target must be a string, got %r" % (t,))
-            if f is not None and (isinstance(f, bool) or not isinstance(f, int)):
-                raise ProtocolError("bad_pin", "freq_khz must be an integer, got %r" % (f,))
-            try:
-                self.governor.pin(level=g, target=t, freq_khz=f)
-            except ValueError as e:
-                raise ProtocolError("bad_pin", "%s (targets: %s)" % (e, ", ".join(self.targets)))
-            return {"pinned": self.governor.pinned}
-        if cmd == "release":
-            self.governor.release()
-            return {"pinned": {}}
         if cmd == "reload":
             return self.reload()
+        with self.lock:
+            if cmd == "set_budget":
+                try:
+                    budget = Budget(**args).validate()
+                except (TypeError, ValueError) as e:
+                    raise ProtocolError("bad_budget", str(e))
+                if budget.empty:
+                    raise ProtocolError("bad_budget", "give at least one of latency_ms, energy_mj, power_w "
+                                                      "(or use clear_budget)")
+                reply = self._set_budget(budget)
+                if budget.energy_mj is not None or budget.power_w is not None:
+                    if not self.energy_measured:
+                        reply["warning"] = ("nothing measures energy here (%s): the energy/power part of the "
+                                            "budget cannot be enforced" % self.energy_reason)
+                return reply
+            if cmd == "clear_budget":
+                return self._set_budget(Budget())
+            if cmd == "pin":
+                return self._pin(args)
+            if cmd == "release":
+                replaced = dict(self.governor.pinned)
+                self.governor.release()
+                return {"pinned": {}, "released": replaced}
         raise ProtocolError("unknown_command", cmd)
 
-    def reload(self) -> Dict:
-        """Re-verify and reload the model set and the stored profile; on failure keep serving
-        with what is loaded and say why."""
+    def _set_budget(self, budget: Budget) -> Dict:
+        previous = self.governor.budget.to_dict()
         try:
-            models = ModelSet.load(self.model_dir, threads=self.cfg.threads,
+            state.write_json(self._budget_path(), budget.to_dict())   # saved first: a full disk changes nothing
+        except OSError as e:
+            raise ProtocolError("state_unwritable", "could not save the budget in %s (%s); the budget is "
+                                "unchanged" % (self.cfg.state_dir, e.strerror or e))
+        self.governor.set_budget(budget)
+        return {"budget": self.governor.budget.to_dict(), "replaced": previous}
+
+    def _pin(self, args: Dict[str, Any]) -> Dict:
+        g, t, f = args.get("groups"), args.get("target"), args.get("freq_khz")
+        if g is None and t is None and f is None:
+            raise ProtocolError("bad_pin", "pin needs at least one of groups, target, freq_khz "
+                                           "(release removes a pin)")
+        n = self.models.groups
+        if g is not None and (isinstance(g, bool) or not isinstance(g, int) or not 1 <= g <= n):
+            raise ProtocolError("bad_pin", "groups must be an integer in 1..%d, got %r" % (n, g))
+        if t is not None and (not isinstance(t, str) or t not in self.targets):
+            raise ProtocolError("bad_pin", "target must be one of %s, got %r" % (", ".join(self.targets), t))
+        if f is not None:
+            if isinstance(f, bool) or not isinstance(f, int) or not 0 < f < 10 ** 9:
+                raise ProtocolError("bad_pin", "freq_khz must be a positive integer (kHz), got %r" % (f,))
+            have = sorted({c.freq_khz for c in self.space if c.freq_khz is not None
+                           and (t is None or c.target == t)})
+            if not have:
+                raise ProtocolError("bad_pin", "no frequency can be pinned: %s" % (
+                    self.platform.dvfs_reason or "the target has no frequency control"))
+            if f not in have:
+                raise ProtocolError("bad_pin", "%d MHz (%d kHz) is not an available frequency%s; choose from %s MHz"
+                                    % (f // 1000, f, "" if t is None else " of " + t,
+                                       ", ".join("%g" % (x / 1000) for x in have)))
+        replaced = dict(self.governor.pinned)
+        try:
+            self.governor.pin(level=g, target=t, freq_khz=f)
+        except ValueError as e:
+            raise ProtocolError("bad_pin", "%s (targets: %s)" % (e, ", ".join(self.targets)))
+        # Take effect now: a user who pins 1200 MHz reads 1200 MHz back, not after the next inference.
+        self.executor.apply(self.governor.decide().config)
+        reply = {"pinned": self.governor.pinned, "replaced": replaced}
+        if self.governor.current is not None:
+            reply["config"] = self.executor.reported(self.governor.space[self.governor.current])
+        return reply
+
+    def reload(self) -> Dict:
+        """Re-verify and reload the model set and the stored profile, and retry DVFS if a failure
+        had turned it off; on failure keep serving with what is loaded and say why. The one
+        reload path: the control command and SIGHUP both come here."""
+        try:
+            models = ModelSet.load(self.model_dir, threads=self.models.threads,
                                    gpu="gpu" in self.models.targets)
         except ModelSetError as e:
             raise ProtocolError("reload_failed", "kept the loaded model set: %s" % e)
-        if models.groups != self.models.groups:
-            raise ProtocolError("reload_failed", "kept the loaded model set: the new one has %d levels, "
-                                "not %d (restart the daemon to change models)" % (models.groups, self.models.groups))
-        self.models = self.executor.models = models
-        profile = profiler.load(self.cfg.state_dir, self.profile_key)
-        if profile is not None:
-            self.governor.set_profile(profile)
-        return {"model": self.models.name, "profile": self.governor.profile.source}
+        except Exception as e:   # onnxruntime's own errors, a bug in validation: never fatal
+            log.exception("reload failed")
+            raise ProtocolError("reload_failed", "kept the loaded model set: %s: %s" % (type(e).__name__, e))
+        if models.groups != self.models.groups or models.input_shape != self.models.input_shape \
+                or models.classes != self.models.classes:
+            raise ProtocolError("reload_failed", "kept the loaded model set: the new one differs in its levels, "
+                                "input or classes (restart the daemon to change models)")
+        with self.lock:
+            self.models = self.executor.models = models
+            if self.platform.dvfs_error and self.cfg.dvfs and self.platform.dvfs_error.startswith("frequency"):
+                self.platform.dvfs_error = None
+                self.space = self._space()
+                gov = Governor(self.space, self.levels, self.full_profile)
+                gov.set_budget(self.governor.budget)
+                self.governor = self.executor.governor = gov
+            profile = profiler.load(self.cfg.state_dir, self.profile_key)
+            if profile is not None and {c.freq_khz for c in self.space} != {None}:
+                self.full_profile = profile
+                self.governor.set_profile(profile)
+            return {"model": self.models.name, "profile": self.governor.profile.source,
+                    "dvfs": bool(self.platform.dvfs_enabled)}
+
+    @property
+    def energy_measured(self) -> bool:
+        return getattr(self.platform, "meter", None) is not None or bool(self.platform.simulated)
+
+    @property
+    def energy_reason(self) -> str:
+        return getattr(self.platform, "energy_reason", "") or "no power sensor"
 
     def status(self) -> Dict:
-        s = self.governor.status()
         p = self.platform
+        with self.lock:
+            s = self.governor.status()
+            if s.get("config"):
+                s["config"] = self.executor.reported(self.governor.space[self.governor.current])
+        freqs = {}
+        for n, t in self.targets.items():
+            try:
+                freqs[n] = p.frequency(n) if t.freqs_khz else None
+            except platforms.PlatformError:
+                freqs[n] = None
         s.update({
             "platform": p.name,
             "simulated": bool(p.simulated),
-            "targets": {n: {"kind": t.kind, "cpus": t.cpus, "freqs_khz": t.freqs_khz} for n, t in self.targets.items()},
+            "targets": {n: {"kind": t.kind, "cpus": t.cpus, "offline": list(getattr(t, "offline", [])),
+                            "freqs_khz": t.freqs_khz if p.dvfs_enabled else []}
+                        for n, t in self.targets.items()},
+            "frequencies_khz": freqs,
             "gpu": self.gpu_reason or ("available" if "gpu" in self.targets else "none"),
             "dvfs": {"enabled": bool(p.dvfs_enabled), "reason": p.dvfs_reason},
-            "energy": {"available": getattr(p, "meter", None) is not None or bool(p.simulated),
-                       "reason": getattr(p, "energy_reason", "")},
+            "mapping": {"ok": not self.executor.mapping_error, "reason": self.executor.mapping_error},
+            "energy": {"available": self.energy_measured, "reason": "" if self.energy_measured else self.energy_reason},
             "temperatures_c": p.temperatures(),
             "model": {"name": self.models.name, "kind": self.models.kind, "levels": self.models.groups,
                       "shares_weights": bool(self.models.manifest.get("shares_weights", False)),
-                      "accuracy": [l.accuracy for l in self.levels]},
+                      "accuracy": [l.accuracy for l in self.levels], "onnxruntime_pool": self.models.pool},
             "served": self.served,
             "errors": dict(self.errors),
             "uptime_s": round(time.time() - self.started, 1),
         })
+        b = s["budget"]
+        if (b.get("energy_mj") is not None or b.get("power_w") is not None) and not self.energy_measured:
+            s["feasible"] = None
+            s["budget_warning"] = "the energy/power budget cannot be enforced: %s" % self.energy_reason
         return s
 
     # ------------------------------------------------------------------ state
     def _budget_path(self) -> str:
         return os.path.join(self.cfg.state_dir, BUDGET_FILE)
 
-    def _save_budget(self) -> None:
-        tmp = self._budget_path() + ".tmp"
-        with open(tmp, "w") as f:
-            json.dump(self.governor.budget.to_dict(), f)
-        os.replace(tmp, self._budget_path())
-
     def _load_budget(self) -> None:
         try:
-            with open(self._budget_path()) as f:
-                self.governor.set_budget(Budget(**json.load(f)))
+            self.governor.set_budget(Budget(**state.read_json(self._budget_path())))
             log.info("budget restored from %s: %s", self._budget_path(), self.governor.budget.to_dict())
         except FileNotFoundError:
             pass
@@ -223,4 +348,9 @@ class Service:
             log.error("ignoring the stored budget %s: %s", self._budget_path(), e)
 
     def stop(self) -> List[str]:
-        return self.platform.stop()
+        """Undo whatever :meth:`start` got to: the board's settings, sensors and affinity."""
+        if self.platform is None:
+            return []
+        if self._platform_started:
+            return self.platform.stop()
+        return self.platform.originals.restore() if hasattr(self.platform, "originals") else []

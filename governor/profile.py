@@ -80,6 +80,19 @@ class Profile:
         w = fit.watts(config.freq_khz)
         return lat, (None if w is None else w * lat)
 
+    def at_fixed_frequency(self, khz: Dict[str, Optional[int]]) -> "Profile":
+        """The profile for a space without frequencies (DVFS off): each target predicted at
+        the frequency it runs at now (``khz[target]``; None: as fitted without DVFS)."""
+        fits = {}
+        for t, f in self.fits.items():
+            k = khz.get(t)
+            if k:
+                w = f.watts(k)
+                fits[t] = TargetFit(f.a / k, f.b, {} if w is None else {0: w})
+            else:
+                fits[t] = f
+        return Profile(fits, self.source + ", at fixed frequencies")
+
     def to_dict(self) -> Dict:
         return {"source": self.source,
                 "targets": {t: {"a": f.a, "b": f.b, "power_w": {str(k): v for k, v in f.power.items()}}

@@ -64,10 +64,27 @@ def read(model_dir: str, verify: bool = True) -> Dict[str, Any]:
     inp = _need(m, "input", dict, path)
     for key in ("shape", "mean", "std", "classes"):
         _need(inp, key, list, path + ": input")
-    if len(inp["mean"]) != inp["shape"][0] or len(inp["std"]) != inp["shape"][0]:
-        raise ManifestError("%s: input mean/std need one value per channel" % path)
-    if any(not isinstance(s, (int, float)) or s <= 0 for s in inp["std"]):
+    shape = inp["shape"]
+    if len(shape) != 3 or any(isinstance(s, bool) or not isinstance(s, int) or not 1 <= s <= 65536 for s in shape):
+        raise ManifestError("%s: input shape must be [channels, height, width] (positive integers), got %r"
+                            % (path, shape))
+    if len(inp["mean"]) != shape[0] or len(inp["std"]) != shape[0]:
+        raise ManifestError("%s: input mean/std need one value per channel (%d)" % (path, shape[0]))
+    if any(isinstance(s, bool) or not isinstance(s, (int, float)) for s in inp["mean"]):
+        raise ManifestError("%s: input mean must be numbers" % path)
+    if any(isinstance(s, bool) or not isinstance(s, (int, float)) or not s > 0 for s in inp["std"]):
         raise ManifestError("%s: input std must be positive numbers" % path)
+    if len(inp["classes"]) < 2 or not all(isinstance(c, str) for c in inp["classes"]):
+        raise ManifestError("%s: input classes must be a list of at least 2 names" % path)
+    out = m.get("output")
+    if isinstance(out, dict) and isinstance(out.get("shape"), list) and len(out["shape"]) == 2 \
+            and out["shape"][1] != len(inp["classes"]):
+        raise ManifestError("%s: output shape has %r classes but input classes names %d"
+                            % (path, out["shape"][1], len(inp["classes"])))
+    arch = m.get("arch")
+    if isinstance(arch, dict) and "classes" in arch and arch["classes"] != len(inp["classes"]):
+        raise ManifestError("%s: arch has %r classes but input classes names %d"
+                            % (path, arch["classes"], len(inp["classes"])))
     levels: List[Dict] = _need(m, "levels", list, path)
     if not levels:
         raise ManifestError("%s: 'levels' is empty" % path)
@@ -77,11 +94,18 @@ def read(model_dir: str, verify: bool = True) -> Dict[str, Any]:
         if _need(lv, "level", int, where) != i:
             raise ManifestError("%s: level must be %d (levels are numbered 1..n in order)" % (where, i))
         f = _need(lv, "file", str, where)
+        for key in ("macs",):
+            v = lv.get(key)
+            if isinstance(v, bool) or not isinstance(v, int) or v < 0:
+                raise ManifestError("%s: %s must be a non-negative integer, got %r" % (where, key, v))
+        acc = lv.get("accuracy")
+        if acc is not None and (isinstance(acc, bool) or not isinstance(acc, (int, float))):
+            raise ManifestError("%s: accuracy must be a number or null, got %r" % (where, acc))
         if f not in files:
             raise ManifestError("%s: file %s is not listed under 'files'" % (where, f))
     for name, info in files.items():
         where = "%s: files.%s" % (path, name)
-        if os.path.basename(name) != name or name in (".", ".."):
+        if not isinstance(name, str) or not name or os.path.basename(name) != name or name in (".", ".."):
             raise ManifestError("%s: file names must be plain names in the model folder" % where)
         digest = _need(info, "sha256", str, where)
         if verify:

@@ -6,9 +6,13 @@ so the set holds one copy of the weights on disk and in the page cache. (On x86,
 onnxruntime's NCHWc layout pass still keeps a re-laid-out copy of the conv weights per
 session; docs/benchmarks.md has the measured memory.)
 
-All sessions share one global intra-op thread pool: with a pool per session, the previous
-session's workers keep spinning after a switch and the next inference runs at one-thread
-speed (shared/notes/onnxruntime.md, section 4).
+Threads: where the installed onnxruntime has the process-wide intra-op pool
+(``set_global_thread_pool_sizes``, onnxruntime >= 1.23 in Python), all sessions share it:
+with a pool per session, the previous session's workers keep spinning after a switch and
+the next inference runs at one-thread speed (docs/model-set.md, "Thread pools"). Older
+onnxruntime builds (the boards' 1.11-1.21) get a pool per session of the same size with
+spinning turned off, so an idle session's workers sleep instead of holding the cores.
+``DNNSCALE_ORT_POOL=per-session`` forces that fallback (tests, benchmarks).
 """
 from __future__ import annotations
 
@@ -28,13 +32,26 @@ _env_lock = threading.Lock()
 _env_threads: Optional[int] = None
 
 
-def _ensure_global_pool(threads: int) -> int:
-    """Create onnxruntime's process-wide thread pool once; later calls reuse it."""
+def pool_mode() -> str:
+    """``global`` (one process-wide intra-op pool) or ``per-session`` (the fallback)."""
+    if os.environ.get("DNNSCALE_ORT_POOL") == "per-session":
+        return "per-session"
+    try:
+        from onnxruntime.capi import _pybind_state
+    except ImportError:
+        return "per-session"
+    return "global" if hasattr(_pybind_state, "set_global_thread_pool_sizes") else "per-session"
+
+
+def _ensure_pool(threads: int) -> int:
+    """Fix the process's intra-op thread count once (creating the global pool where there is
+    one); later calls reuse it."""
     global _env_threads
     with _env_lock:
         if _env_threads is None:
-            from onnxruntime.capi import _pybind_state
-            _pybind_state.set_global_thread_pool_sizes(threads, 1)
+            if pool_mode() == "global":
+                from onnxruntime.capi import _pybind_state
+                _pybind_state.set_global_thread_pool_sizes(threads, 1)
             _env_threads = threads
         return _env_threads
 
@@ -42,9 +59,14 @@ def _ensure_global_pool(threads: int) -> int:
 def session_options(threads: Optional[int] = None) -> ort.SessionOptions:
     """Options for any onnxruntime session in a process that uses ModelSet: once the global
     thread pool exists, onnxruntime refuses sessions with a pool of their own."""
-    _ensure_global_pool(threads or len(os.sched_getaffinity(0)))
+    n = _ensure_pool(threads or len(os.sched_getaffinity(0)))
     so = ort.SessionOptions()
-    so.use_per_session_threads = False
+    if pool_mode() == "global":
+        so.use_per_session_threads = False
+    else:
+        so.intra_op_num_threads = n
+        so.inter_op_num_threads = 1
+        so.add_session_config_entry("session.intra_op.allow_spinning", "0")
     so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     so.log_severity_level = 3
     return so
@@ -65,6 +87,7 @@ class ModelSet:
         self.manifest = manifest
         self._sessions = sessions
         self.threads = threads
+        self.pool = pool_mode()
         inp = manifest["input"]
         self.input_shape = tuple(inp["shape"])          # C, H, W
         self._mean = np.asarray(inp["mean"], np.float32)
@@ -79,7 +102,7 @@ class ModelSet:
         all CPUs; fixed for the process once the first set is loaded). ``gpu``: also create
         sessions on the GPU execution provider if the installed onnxruntime has one."""
         m = mf.read(model_dir, verify=verify)
-        threads = _ensure_global_pool(threads or len(os.sched_getaffinity(0)))
+        threads = _ensure_pool(threads or len(os.sched_getaffinity(0)))
         targets = {"cpu": ["CPUExecutionProvider"]}
         prov = gpu_provider() if gpu else None
         if prov:
@@ -93,6 +116,15 @@ class ModelSet:
                     sessions[target].append(ort.InferenceSession(path, session_options(threads), providers=providers))
                 except Exception as e:  # onnxruntime raises its own exception types
                     raise ModelSetError("cannot load %s: %s" % (path, str(e).splitlines()[0])) from None
+        want_in, n_classes = [m["input"]["shape"]], len(m["input"]["classes"])
+        for sess in sessions["cpu"]:
+            ishape, oshape = sess.get_inputs()[0].shape, sess.get_outputs()[0].shape
+            if [list(ishape[1:])] != want_in and all(isinstance(d, int) for d in ishape[1:]):
+                raise ModelSetError("%s: the ONNX input is %s, the manifest says [N, %s]"
+                                    % (model_dir, ishape, ", ".join(map(str, want_in[0]))))
+            if len(oshape) == 2 and isinstance(oshape[1], int) and oshape[1] != n_classes:
+                raise ModelSetError("%s: the ONNX models give %d logits, the manifest names %d classes"
+                                    % (model_dir, oshape[1], n_classes))
         ms = cls(model_dir, m, sessions, threads)
         ms.warmup()
         return ms

@@ -15,12 +15,12 @@ from __future__ import annotations
 import json
 import logging
 import os
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Tuple
 
 from . import discover
 from .energy import EnergyMeter, read_watts
 from .model import BoardSpec, Target
-from .sysfs import PlatformError, Sysfs
+from .sysfs import KernelRejected, NotPermitted, PlatformError, Sysfs, Vanished
 
 log = logging.getLogger("dnnscale.platform")
 ORIGINALS = "platform-originals.json"
@@ -52,19 +52,32 @@ class Originals:
     def _flush(self) -> None:
         if not self.path:
             return
-        os.makedirs(os.path.dirname(self.path), exist_ok=True)
         tmp = self.path + ".tmp"
-        with open(tmp, "w") as f:
-            json.dump({"root": self.fs.root, "files": self.saved}, f, indent=1)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, self.path)
+        try:
+            os.makedirs(os.path.dirname(self.path), exist_ok=True)
+            with open(tmp, "w") as f:
+                json.dump({"root": self.fs.root, "files": self.saved}, f, indent=1)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, self.path)
+        except OSError as e:
+            try:
+                os.remove(tmp)
+            except OSError:
+                pass
+            raise PlatformError("cannot save the board's settings to %s before changing them (%s)"
+                                % (self.path, e.strerror or e)) from None
 
     def remember(self, p: str) -> None:
-        """Save ``p``'s current value (once) before it is first written."""
+        """Save ``p``'s current value (once) before it is first written; a value that cannot
+        be saved is not written (PlatformError)."""
         if p not in self.saved:
             self.saved[p] = self.fs.read(p)
-            self._flush()
+            try:
+                self._flush()
+            except PlatformError:
+                del self.saved[p]
+                raise
 
     def restore(self, files: Optional[Dict[str, str]] = None) -> List[str]:
         """Write the saved values back (min/max pairs in a valid order, governors last);
@@ -94,7 +107,11 @@ class Originals:
         if not errors:
             self.saved.clear()
             if self.path and os.path.exists(self.path):
-                os.remove(self.path)
+                try:
+                    os.remove(self.path)
+                except OSError as e:   # restored, but the record stays: the next start restores again
+                    log.error("restored the board's settings but cannot remove %s: %s", self.path,
+                              e.strerror or e)
         return errors
 
 
@@ -148,17 +165,19 @@ class SysfsPlatform:
         self.dvfs_error = reason
 
     # ------------------------------------------------------------------ lifecycle
-    def start(self) -> List[str]:
-        """Restore what a crashed run left, then enable sensors and start metering.
-        Returns the restore errors (empty when nothing was pending or all went back)."""
-        errors: List[str] = []
+    def restore_pending(self) -> List[str]:
+        """Restore what a crashed earlier run left (its saved originals); return the errors."""
         pending = self.originals.load()
-        if pending:
-            log.warning("restoring %d platform settings left by an earlier run", len(pending))
-            self.originals.saved.update(pending)
-            errors = self.originals.restore()
+        if not pending:
+            return []
+        log.warning("restoring %d platform settings left by an earlier run", len(pending))
+        self.originals.saved.update(pending)
+        return self.originals.restore()
+
+    def start(self) -> List[str]:
+        """Enable the sensors and start metering (after :meth:`restore_pending`)."""
         self._start_energy()
-        return errors
+        return []
 
     def reset(self) -> List[str]:
         """Put back every file written so far (as ``stop`` does) but keep metering: after the
@@ -170,7 +189,10 @@ class SysfsPlatform:
         if self.meter:
             self.meter.stop()
         if self._pinned is not None:
-            self._setaffinity(self._affinity_before)
+            try:
+                self._setaffinity(self._affinity_before)
+            except PlatformError as e:
+                log.error("could not undo the thread pinning: %s", e)
             self._pinned = None
         self._set.clear()
         return self.originals.restore()
@@ -208,8 +230,10 @@ class SysfsPlatform:
         return self.fs.read_int(d + "/scaling_cur_freq")
 
     def set_frequency(self, target: str, khz: int) -> Optional[int]:
-        """Set ``target`` to exactly ``khz`` (a value from its table); write only what
-        changed; return what the kernel reports after the write."""
+        """Set ``target`` to exactly ``khz`` (a value from its table), all or nothing: when a
+        write fails, what this change already wrote is put back before the error is raised.
+        Only what changed is written. Returns what the kernel reports after the writes (it
+        rounds, and thermal or nvpmodel caps can keep a frequency out of reach)."""
         t = self.targets.get(target)
         if t is None:
             raise ValueError("unknown target %r (have %s)" % (target, ", ".join(self.targets)))
@@ -218,60 +242,88 @@ class SysfsPlatform:
         if khz not in t.freqs_khz:
             raise ValueError("%d kHz is not an available frequency of %s (%s)"
                              % (khz, target, " ".join(map(str, t.freqs_khz))))
+        journal: List[Tuple[str, str]] = []     # (file, its value before this change), in write order
+        try:
+            for d in t.control:
+                if self._set.get(d) == khz:
+                    continue
+                if t.kind == "gpu":
+                    self._set_devfreq(d, t, khz * 1000, journal)
+                else:
+                    self._set_cpufreq(d, t.method, khz, journal)
+        except PlatformError:
+            for d in t.control:
+                self._set.pop(d, None)
+            self._rollback(journal)
+            raise
         for d in t.control:
-            if self._set.get(d) == khz:
-                continue
-            if t.kind == "gpu":
-                self._set_devfreq(d, t.method, khz * 1000)
-            else:
-                self._set_cpufreq(d, t.method, khz)
             self._set[d] = khz
         return self.frequency(target)
 
-    def _set_cpufreq(self, d: str, method: str, khz: int) -> None:
+    def _rollback(self, journal: List[Tuple[str, str]]) -> None:
+        for p, old in reversed(journal):
+            try:
+                self.fs.write(p, old)
+            except PlatformError as e:
+                log.error("could not roll back %s to %r: %s", p, old, e)
+
+    def _set_cpufreq(self, d: str, method: str, khz: int, journal) -> None:
         if method == "userspace":
-            self._ensure_governor(d + "/scaling_governor", "userspace")
-            self._write(d + "/scaling_setspeed", khz)
+            self._ensure_governor(d + "/scaling_governor", "userspace", journal)
+            self._write(d + "/scaling_setspeed", khz, journal)
         else:
-            self._write_minmax(d + "/scaling_min_freq", d + "/scaling_max_freq", khz)
+            self._write_minmax(d + "/scaling_min_freq", d + "/scaling_max_freq", khz, journal)
 
-    def _set_devfreq(self, d: str, method: str, hz: int) -> None:
-        if method == "userspace":
-            self._ensure_governor(d + "/governor", "userspace")
-            # The kernel creates userspace/set_freq on the governor switch (boards.md §5);
-            # where it did not appear, min = max does the same job.
-            if self.fs.exists(d + "/userspace/set_freq"):
-                self._write(d + "/userspace/set_freq", hz)
+    def _set_devfreq(self, d: str, t: Target, hz: int, journal) -> None:
+        if t.method == "userspace":
+            before = self.fs.read(d + "/governor")
+            self._ensure_governor(d + "/governor", "userspace", journal)
+            try:
+                self._write(d + "/userspace/set_freq", hz, journal)
                 return
-        self._write_minmax(d + "/min_freq", d + "/max_freq", hz)
+            except (NotPermitted, Vanished) as e:
+                # The kernel recreates userspace/set_freq root-only on every governor switch
+                # (boards.md §5), so a non-root daemon cannot use it: keep the board's own
+                # governor and pin min = max, as jetson_clocks does.
+                log.warning("%s: %s; pinning min_freq = max_freq under %s instead", t.name, e, before)
+                self._write(d + "/governor", before, journal)
+                t.method = "minmax"
+        self._write_minmax(d + "/min_freq", d + "/max_freq", hz, journal)
 
-    def _ensure_governor(self, p: str, gov: str) -> None:
+    def _ensure_governor(self, p: str, gov: str, journal) -> None:
         if self.fs.read(p) != gov:
-            self._write(p, gov)
+            self._write(p, gov, journal)
 
-    def _write_minmax(self, lo: str, hi: str, value: int) -> None:
+    def _write_minmax(self, lo: str, hi: str, value: int, journal) -> None:
         cur_hi = self.fs.read_int(hi)
         raising = cur_hi != 0 and value > cur_hi       # 0 = unset on XU3 4.14 devfreq (§5)
         for p in ((hi, lo) if raising else (lo, hi)):
-            self._write(p, value)
+            self._write(p, value, journal)
 
-    def _write(self, p: str, value) -> None:
-        if not p.endswith("set_freq") and not p.endswith("scaling_setspeed"):
+    def _write(self, p: str, value, journal) -> None:
+        follows_governor = p.endswith("set_freq") or p.endswith("scaling_setspeed")
+        if not follows_governor:
             self.originals.remember(p)   # setspeed/set_freq follow the governor; not restored
+            journal.append((p, self.fs.read(p)))
         self.fs.write(p, value)
 
     # ------------------------------------------------------------------ mapping
     def pin(self, target: str) -> List[int]:
-        """Pin every thread of this process to ``target``'s CPUs. CPUs that this machine
-        lacks (a fake tree) are dropped with one warning; none left → no pinning."""
+        """Pin every thread of this process to ``target``'s online CPUs. CPUs that this
+        machine lacks (a fake tree) are dropped with one warning; none left → no pinning.
+        Raises KernelRejected when the kernel refuses the mask (no online CPU in it)."""
         t = self.targets.get(target)
         if t is None or not t.cpus:
             return []
+        online = discover.online_cpus(self.fs)
+        want = [c for c in t.cpus if online is None or c in online]
+        if not want:
+            raise KernelRejected("target %s: all its CPUs (%s) are offline" % (target, t.cpus))
         have = set(range(os.cpu_count() or 1))
-        cpus = sorted(set(t.cpus) & have)
-        if cpus != sorted(t.cpus) and target not in self._warned_pin:
+        cpus = sorted(set(want) & have)
+        if cpus != sorted(want) and target not in self._warned_pin:
             self._warned_pin.add(target)
-            log.warning("target %s wants CPUs %s; this machine has %s", target, t.cpus, sorted(have))
+            log.warning("target %s wants CPUs %s; this machine has %s", target, want, sorted(have))
         if not cpus or cpus == self._pinned:
             return cpus
         self._setaffinity(cpus)
@@ -281,8 +333,10 @@ class SysfsPlatform:
         for tid in os.listdir("/proc/self/task"):   # the real process, not the sysfs root
             try:
                 os.sched_setaffinity(int(tid), cpus)
-            except (ProcessLookupError, OSError):
+            except ProcessLookupError:
                 pass                                 # a thread that just exited
+            except OSError as e:
+                raise KernelRejected("pinning thread %s to CPUs %s: %s" % (tid, cpus, e.strerror)) from None
         self._pinned = cpus
 
     # ------------------------------------------------------------------ sensors

@@ -59,6 +59,22 @@ def cpufreq_policies(fs: Sysfs) -> List[str]:
     return out
 
 
+def _under_cap(fs: Sysfs, max_file: str, freqs: List[int], where: str, warnings: List[str],
+               scale: int = 1) -> List[int]:
+    """The table up to the limit in force at discovery (nvpmodel's mode on the Nano, a thermal
+    cap): dnnscale never raises a limit it did not set. 0 means unset (XU3 4.14 devfreq)."""
+    try:
+        cap = fs.read_int(max_file) // scale
+    except PlatformError:
+        return freqs
+    kept = [f for f in freqs if not cap or f <= cap]
+    if kept and len(kept) < len(freqs):
+        warnings.append("%s: frequencies above %d MHz are left out: the limit in force (nvpmodel mode or a "
+                        "thermal cap) is %d MHz" % (where, cap // 1000, cap // 1000))
+        return kept
+    return freqs
+
+
 def online_cpus(fs: Sysfs) -> Optional[List[int]]:
     return fs.read_cpulist(CPU + "/online") if fs.exists(CPU + "/online") else None
 
@@ -77,14 +93,19 @@ def cpu_targets(fs: Sysfs, spec: BoardSpec, warnings: List[str]) -> Dict[str, Ta
         except PlatformError as e:
             warnings.append("skipping cpufreq policy %s: %s" % (pol, e))
             continue
+        freqs = _under_cap(fs, pol + "/scaling_max_freq", freqs, pol, warnings)
         govs = _governors(fs, pol + "/scaling_available_governors")
         clusters.append((cpus, freqs, pol, "userspace" if "userspace" in govs else "minmax"))
+    online = online_cpus(fs)
     if not clusters:
-        cpus = online_cpus(fs) or list(range(os.cpu_count() or 1))
+        cpus = online or list(range(os.cpu_count() or 1))
         warnings.append("no cpufreq on this machine: frequency control is off")
-        return _finish_cpu({"cpu": Target("cpu", "cpu", cpus)}, spec)
+        return _finish_cpu({"cpu": Target("cpu", "cpu", cpus)}, spec, online)
     named: Dict[str, Target] = {}
     for cpus, freqs, pol, method in clusters:
+        if online is not None and not set(cpus) & set(online):
+            warnings.append("skipping cpufreq policy %s: all its CPUs (%s) are offline" % (pol, _cpustr(cpus)))
+            continue
         name = spec.cluster_names.get(parts.get(cpus[0], ""), "cpu")
         t = named.get(name)
         if t is None:
@@ -97,14 +118,26 @@ def cpu_targets(fs: Sysfs, spec: BoardSpec, warnings: List[str]) -> Dict[str, Ta
                 t.method = "minmax"
     if spec.cluster_names and set(named) == {"cpu"} and len(clusters) > 1:
         warnings.append("could not tell the clusters apart (no CPU part in /proc/cpuinfo)")
-    return _finish_cpu(named, spec)
+    for t in named.values():
+        if online is not None and set(t.cpus) - set(online):
+            warnings.append("target %s: CPUs %s are offline (hotplug, or an nvpmodel mode); it runs on %s"
+                            % (t.name, _cpustr(sorted(set(t.cpus) - set(online))),
+                               _cpustr(sorted(set(t.cpus) & set(online)))))
+    return _finish_cpu(named, spec, online)
 
 
-def _finish_cpu(targets: Dict[str, Target], spec: BoardSpec) -> Dict[str, Target]:
+def _cpustr(cpus: List[int]) -> str:
+    return ",".join(map(str, cpus))
+
+
+def _finish_cpu(targets: Dict[str, Target], spec: BoardSpec, online: Optional[List[int]]) -> Dict[str, Target]:
+    for t in targets.values():
+        t.offline = sorted(set(t.cpus) - set(online)) if online is not None else []
     if spec.thread_mapping and "cpu" in targets:
         base = targets["cpu"]
-        for n in range(1, len(base.cpus)):
-            targets["cpu:%d" % n] = Target("cpu:%d" % n, "cpu", sorted(base.cpus)[:n],
+        usable = [c for c in sorted(base.cpus) if c not in base.offline]
+        for n in range(1, len(usable)):
+            targets["cpu:%d" % n] = Target("cpu:%d" % n, "cpu", usable[:n],
                                            list(base.freqs_khz), list(base.control), base.method)
     # "cpu" first, then by first CPU and size (a7 before a15; cpu:1 before cpu:2)
     return dict(sorted(targets.items(), key=lambda kv: (kv[0] != "cpu", min(kv[1].cpus, default=0),
@@ -125,7 +158,8 @@ def gpu_devfreq(fs: Sysfs, spec: BoardSpec, warnings: List[str]) -> Optional[Tar
             warnings.append("GPU devfreq %s unreadable: %s" % (real, e))
             return None
         govs = _governors(fs, real + "/available_governors")
-        return Target("gpu", "gpu", [], [f // 1000 for f in freqs_hz], [real],
+        khz = _under_cap(fs, real + "/max_freq", [f // 1000 for f in freqs_hz], real, warnings, scale=1000)
+        return Target("gpu", "gpu", [], khz, [real],
                       "userspace" if "userspace" in govs else "minmax")
     return None
 
@@ -143,8 +177,10 @@ def rails(fs: Sysfs, spec: BoardSpec) -> List[Rail]:
                 pass
         out.append(Rail(name, "ina231", d + "/sensor_W", d + "/enable", period))
     for p in fs.glob("/sys/bus/i2c/drivers/ina3221x/*/iio:device*/in_power*_input"):  # Nano
-        ch = int(re.search(r"in_power(\d+)_input$", p).group(1))
-        out.append(Rail(spec.ina3221_channels.get(ch, "ch%d" % ch), "ina3221", p))
+        m = re.search(r"/in_power(\d+)_input$", p)   # not in_powerN_trigger_input (boards.md §7)
+        if m:
+            ch = int(m.group(1))
+            out.append(Rail(spec.ina3221_channels.get(ch, "ch%d" % ch), "ina3221", p))
     for d in fs.glob("/sys/class/powercap/intel-rapl:*"):  # x86 package counters
         if re.search(r"intel-rapl:\d+$", d) and fs.exists(d + "/energy_uj"):
             name = fs.read(d + "/name") if fs.exists(d + "/name") else os.path.basename(d)

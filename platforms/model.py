@@ -29,6 +29,11 @@ class Target:
     freqs_khz: List[int] = field(default_factory=list)
     control: List[str] = field(default_factory=list)   # cpufreq policy dirs, or the devfreq dir
     method: str = "none"                        # "userspace", "minmax" or "none"
+    offline: List[int] = field(default_factory=list)   # of ``cpus``, those offline at discovery
+
+    @property
+    def online(self) -> List[int]:
+        return [c for c in self.cpus if c not in self.offline]
 
     def to_dict(self) -> Dict:
         return asdict(self)

@@ -181,6 +181,9 @@ class SimBoard:
         d["notes"] = "SIMULATED board. " + self.spec.notes
         return d
 
+    def restore_pending(self) -> List[str]:
+        return []
+
     def start(self) -> List[str]:
         return []
 

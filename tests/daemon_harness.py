@@ -18,12 +18,19 @@ def dnnscale_cmd() -> List[str]:
     return [exe] if exe else [sys.executable, "-m", "daemon.cli"]
 
 
+def kernel_cmd(uid: int = 0) -> List[str]:
+    """The dnnscale CLI with the kernel double (tests/fixtures/kernel.py) as its sysfs engine."""
+    return [sys.executable, "-m", "tests.fixtures.kernel", "--uid", str(uid)]
+
+
 class Daemon:
     """``dnnscale serve`` on ipc endpoints in ``workdir``, with a NOTIFY_SOCKET to listen on."""
 
     def __init__(self, workdir: str, model: str, sysfs_root: Optional[str] = None, platform: Optional[str] = None,
                  extra: Optional[List[str]] = None, env: Optional[Dict[str, str]] = None,
-                 config: Optional[str] = None):
+                 config: Optional[str] = None, kernel_uid: Optional[int] = None):
+        """``kernel_uid``: run through tests.fixtures.kernel, so that the tree answers writes
+        by the kernel's rules, as the user ``kernel_uid`` (0: root; else modes count)."""
         self.dir = workdir
         os.makedirs(workdir, exist_ok=True)
         self.infer_ep = "ipc://" + os.path.join(workdir, "infer.sock")
@@ -36,7 +43,8 @@ class Daemon:
         self.notify.bind(self.notify_path)
         self.notify.settimeout(0.2)
         self.messages: List[str] = []
-        args = dnnscale_cmd() + ["serve", "--model", model, "--state-dir", self.state,
+        cmd = dnnscale_cmd() if kernel_uid is None else kernel_cmd(kernel_uid)
+        args = cmd + ["serve", "--model", model, "--state-dir", self.state,
                                  "--infer-endpoint", self.infer_ep, "--control-endpoint", self.control_ep,
                                  "--threads", "1"]
         if sysfs_root:
@@ -70,7 +78,8 @@ class Daemon:
             raise RuntimeError("daemon did not become ready:\n" + self.output())
 
     def output(self) -> str:
-        self.log.flush()
+        if not self.log.closed:
+            self.log.flush()
         with open(self.log_path) as f:
             return f.read()
 

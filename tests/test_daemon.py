@@ -339,8 +339,11 @@ def test_read_only_sysfs_keeps_serving_with_dvfs_off(random_set, tmp_path):
         try:
             d.wait_ready()
             with d.client() as c:
-                c.pin(freq_khz=1200000)
+                with pytest.raises(DaemonError, match="bad_pin.*DVFS is off.*scaling_governor"):
+                    c.pin(freq_khz=1200000)   # once DVFS is off, the space has no frequencies
+                assert all(t["freqs_khz"] == [] for t in c.status()["targets"].values())
                 r = c.infer(np.zeros((1, 32, 32, 3), np.uint8))
+                assert r.config["freq_khz"] is None
                 assert len(r.labels) == 1
                 s = c.status()
                 assert s["dvfs"]["enabled"] is False
@@ -420,6 +423,7 @@ def test_default_threads_follow_the_largest_cluster(random_set, tmp_path):
     root = trees.build("odroid-xu3", str(tmp_path / "sysfs"))
     cfg = load(str(cfgf), {"model": random_set, "sysfs_root": root, "state_dir": str(tmp_path / "s")})
     svc = Service(cfg)
+    svc.start()
     try:
         assert svc._default_threads() == min(4, len(os.sched_getaffinity(0)))
     finally:

@@ -147,7 +147,7 @@ def test_restore_after_crash(tmp_path):
     assert saved[POL0 + "/scaling_governor"] == "schedutil"
     del p                                                       # the process dies: no stop()
     q = SysfsPlatform(boards.JETSON_NANO, root, str(tmp_path / "state"), fs=KernelSysfs(root))
-    assert q.start() == []
+    assert q.restore_pending() == []
     assert snapshot(root) == before
 
 

@@ -326,7 +326,9 @@ def test_sensor_vanishes_energy_off(live):
 
 def test_critical_temperature_reported_keeps_serving(live):
     d, root = live
-    with open(os.path.join(root, "sys/class/thermal/thermal_zone0/temp"), "w") as f:
+    zone = next(z for z in sorted(os.listdir(os.path.join(root, "sys/class/thermal")))
+                if open(os.path.join(root, "sys/class/thermal", z, "type")).read().strip() == "x86_pkg_temp")
+    with open(os.path.join(root, "sys/class/thermal", zone, "temp"), "w") as f:
         f.write("120000\n")
     with d.client() as c:
         assert len(c.infer(np.zeros((1, 32, 32, 3), np.uint8)).labels) == 1
@@ -383,6 +385,7 @@ def test_onnxruntime_error_in_one_run(random_set, tmp_path):
                                               "infer_endpoint": "ipc://%s/i.sock" % tmp_path,
                                               "control_endpoint": "ipc://%s/c.sock" % tmp_path})
     svc = Service(cfg)
+    svc.start()
     real_run = svc.models.run
     calls = {"n": 0}
 

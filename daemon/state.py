@@ -1,0 +1,46 @@
+"""The state directory: what survives a restart (the budget, the profile), written so that a
+full or read-only disk never leaves a half-written or empty file behind."""
+from __future__ import annotations
+
+import json
+import os
+from typing import Any
+
+from .config import ConfigError
+
+
+def write_json(path: str, data: Any, indent=None) -> None:
+    """Write ``path`` atomically (temporary file, fsync, rename); on failure remove the
+    temporary file and raise the OSError, leaving the old file as it was."""
+    tmp = path + ".tmp"
+    try:
+        with open(tmp, "w") as f:
+            json.dump(data, f, indent=indent)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except OSError:
+        try:
+            os.remove(tmp)
+        except OSError:
+            pass
+        raise
+
+
+def read_json(path: str) -> Any:
+    with open(path) as f:
+        return json.load(f)
+
+
+def check_writable(state_dir: str) -> None:
+    """Refuse to start, with one line, where the state directory cannot be created or written
+    (read-only, full, wrong owner): the daemon must save the board's settings before it
+    changes them."""
+    try:
+        os.makedirs(state_dir, exist_ok=True)
+        write_json(os.path.join(state_dir, ".write-test"), {"ok": True})
+        os.remove(os.path.join(state_dir, ".write-test"))
+    except OSError as e:
+        raise ConfigError("the state directory %s is not writable (%s): dnnscale saves the board's settings "
+                          "there before it changes them; fix its permissions or free space, or set state_dir"
+                          % (state_dir, e.strerror or e)) from None

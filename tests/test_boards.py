@@ -1,0 +1,128 @@
+"""The real ``dnnscale serve`` on every board tree the project claims (tests/fixtures/trees.py:
+the drivers' whole file sets, modes and symlinks), with the kernel's write rules in force
+(tests/fixtures/kernel.py): discovery, inference on every target, a frequency pin that takes
+effect at once, a budget, status, then SIGTERM, and SIGKILL + restart, each ending with the
+tree exactly as it was (contents, modes, symlinks, no file left behind)."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+
+import numpy as np
+import pytest
+
+from tests.daemon_harness import ROOT, Daemon, kernel_cmd
+from tests.fixtures import trees
+from tests.fixtures.kernel import KernelSysfs, snapshot
+
+EXPECT = {   # tree → (platform, targets, offline CPUs per target)
+    "odroid-xu3": ("odroid-xu3", ["a7", "a15"], {}),
+    "odroid-xu3-3.10": ("odroid-xu3", ["a7", "a15"], {}),
+    "odroid-xu3-cpu0-offline": ("odroid-xu3", ["a7", "a15"], {"a7": [0]}),
+    "jetson-nano": ("jetson-nano", ["cpu", "gpu"], {}),
+    "jetson-nano-5w": ("jetson-nano", ["cpu", "gpu"], {"cpu": [2, 3]}),
+    "generic": ("generic", ["cpu", "cpu:1"], {}),
+    "generic-nocpufreq": ("generic", ["cpu", "cpu:1"], {}),
+    "generic-rapl": ("generic", ["cpu", "cpu:1"], {}),
+}
+IMG = np.zeros((1, 32, 32, 3), np.uint8)
+
+
+def cur_freq_file(root: str, platform: dict, target: str) -> str:
+    t = platform["targets"][target]
+    d = t["control"][0]
+    return os.path.join(root, d.lstrip("/"), "cur_freq" if t["kind"] == "gpu" else "scaling_cur_freq")
+
+
+def read_khz(path: str, gpu: bool) -> int:
+    v = int(open(path).read().split()[0])
+    return v // 1000 if gpu else v
+
+
+def platform_json(root: str) -> dict:
+    r = subprocess.run(kernel_cmd() + ["platform", "--json", "--sysfs-root", root], cwd=ROOT,
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    assert "Traceback" not in r.stderr
+    return json.loads(r.stdout)
+
+
+def test_every_tree_is_in_the_expectations():
+    assert set(EXPECT) == set(trees.BUILDERS)
+
+
+@pytest.mark.parametrize("name", sorted(EXPECT))
+def test_serve_on_board_tree(name, random_set, tmp_path):
+    root = trees.build(name, str(tmp_path / "sysfs"))
+    before = snapshot(root)
+    want_platform, want_targets, want_offline = EXPECT[name]
+    desc = platform_json(root)
+    assert desc["platform"] == want_platform
+    assert list(desc["targets"]) == want_targets
+    for t, off in want_offline.items():
+        assert desc["targets"][t]["offline"] == off
+        assert any("offline" in w for w in desc["warnings"])
+    assert snapshot(root) == before, "dnnscale platform must only read"
+    from models.modelset import gpu_provider
+    if gpu_provider() is None:   # no CUDA execution provider here: the daemon serves the CPU only
+        want_targets = [t for t in want_targets if t != "gpu"]
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("profile_runs: 1\n")
+    d = Daemon(str(tmp_path / "run"), random_set, sysfs_root=root, config=str(cfg), kernel_uid=0)
+    try:
+        d.wait_ready()
+        with d.client() as c:
+            s = c.status()
+            assert s["platform"] == want_platform and list(s["targets"]) == want_targets
+            assert s["dvfs"]["enabled"] == bool(desc["dvfs"]["enabled"])
+            for t in want_targets:
+                freqs = s["targets"][t]["freqs_khz"]
+                f = freqs[1] if len(freqs) > 1 else None
+                c.pin(groups=1, target=t, freq_khz=f) if f else c.pin(groups=1, target=t)
+                if f:   # in effect when pinned, before any inference
+                    gpu = desc["targets"][t]["kind"] == "gpu"
+                    assert read_khz(cur_freq_file(root, desc, t), gpu) == f
+                    assert c.status()["frequencies_khz"][t] == f
+                r = c.infer(IMG)
+                assert r.config["target"] == t and r.config["groups"] == 1
+                assert r.config["freq_khz"] == f
+                if t in want_offline:
+                    assert not set(s["targets"][t]["offline"]) - set(want_offline[t])
+            c.release()
+            c.set_budget(latency_ms=50.0)
+            assert len(c.infer(np.zeros((3, 32, 32, 3), np.uint8)).labels) == 3
+            s = c.status()
+            assert s["budget"]["latency_ms"] == 50.0 and s["pinned"] == {}
+            assert s["mapping"]["ok"], s["mapping"]
+            c.clear_budget()
+    finally:
+        assert d.stop(signal.SIGTERM) == 0, d.output()
+    assert "Traceback" not in d.output(), d.output()
+    assert snapshot(root) == before
+
+    # SIGKILL with a frequency pinned, then a restart restores before anything else.
+    d = Daemon(str(tmp_path / "run2"), random_set, sysfs_root=root, config=str(cfg), kernel_uid=0,
+               extra=["--state-dir", str(tmp_path / "run" / "state")])
+    try:
+        d.wait_ready()
+        with d.client() as c:
+            t = want_targets[0]
+            freqs = c.status()["targets"][t]["freqs_khz"]
+            if freqs:
+                c.pin(target=t, freq_khz=freqs[0])
+                assert snapshot(root) != before
+    finally:
+        d.stop(signal.SIGKILL)
+    d = Daemon(str(tmp_path / "run3"), random_set, sysfs_root=root, config=str(cfg), kernel_uid=0,
+               extra=["--state-dir", str(tmp_path / "run" / "state")])
+    try:
+        d.wait_ready()
+        # (while serving, the XU3's INA231 sensors are enabled: the only difference allowed)
+        now = snapshot(root)
+        assert {k: v for k, v in now.items() if not k.endswith("/enable")} == \
+            {k: v for k, v in before.items() if not k.endswith("/enable")}, "the restart restores first"
+    finally:
+        assert d.stop(signal.SIGTERM) == 0, d.output()
+    assert snapshot(root) == before
