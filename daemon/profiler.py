@@ -48,14 +48,16 @@ def measure(executor, space: List[Config], levels: List[Level], runs: int = 5,
             stop: Optional[threading.Event] = None, sleep=time.sleep) -> Profile:
     """Time each planned configuration ``runs`` times (median) on batch-1 input. Where a
     power sensor meters energy, each frequency is given :func:`settle_s` to show in the
-    sensor, and the energy of a configuration is taken over at least two meter periods
-    (several inferences), so that every figure is the configuration's own."""
+    sensor, and the power at that frequency is taken from the largest level run for at
+    least two meter periods, so that every figure is the frequency's own (the profile keeps
+    one power per frequency; the other levels are timed only)."""
     plan = sorted(plan_measurements(space), key=lambda c: (c.target, c.freq_khz or 0, c.level))
     ms = executor.models
     x = np.zeros((1,) + ms.input_shape, np.float32)
     samples: List[Sample] = []
     sim = executor.platform.simulated
     macs = {l.level: l.macs for l in levels}
+    top = max(macs)
     prev = None
     for n, c in enumerate(plan):
         if stop is not None and stop.is_set():
@@ -70,14 +72,15 @@ def measure(executor, space: List[Config], levels: List[Level], runs: int = 5,
                 sleep(settle_s(meter))
             prev = c
             ms.run(c.level, x, c.target)  # warm this configuration
+            power = meter is not None and c.level == top
             lats = []
-            j0, t_start = (meter.joules() if meter else None), time.monotonic()
-            window = 0.0 if meter is None or meter.counter else 2 * meter.period
+            j0, t_start = (meter.joules() if power else None), time.monotonic()
+            window = 2 * meter.period if power and not meter.counter else 0.0
             while len(lats) < runs or time.monotonic() - t_start < window:
                 t0 = time.perf_counter()
                 ms.run(c.level, x, c.target)
                 lats.append(time.perf_counter() - t0)
-            en = meter.energy_between(j0, meter.joules()) / 1e3 / len(lats) if meter else None
+            en = meter.energy_between(j0, meter.joules()) / 1e3 / len(lats) if power else None
             samples.append(Sample(c, statistics.median(lats), en))
         if progress:
             progress(n + 1, len(plan))

@@ -126,3 +126,63 @@ def test_serve_on_board_tree(name, random_set, tmp_path):
     finally:
         assert d.stop(signal.SIGTERM) == 0, d.output()
     assert snapshot(root) == before
+
+
+def test_nonroot_nano_with_the_deployment_rules(random_set, tmp_path):
+    """The documented non-root deployment on the Nano: the shipped tmpfiles/udev rules grant
+    group dvfs the cpufreq/devfreq files; the daemon runs as a user in that group, with
+    onnxruntime's per-session pools (as on the boards' onnxruntime builds)."""
+    root = trees.build("jetson-nano", str(tmp_path / "sysfs"))
+    trees.apply_deployment_rules(root)
+    before = snapshot(root)
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("profile_runs: 1\n")
+    d = Daemon(str(tmp_path / "run"), random_set, sysfs_root=root, config=str(cfg), kernel_uid=1000,
+               env={"DNNSCALE_ORT_POOL": "per-session"})
+    try:
+        d.wait_ready()
+        with d.client() as c:
+            s = c.status()
+            assert s["dvfs"]["enabled"], s["dvfs"]
+            assert s["model"]["onnxruntime_pool"] == "per-session"
+            assert s["energy"]["available"]                    # in_powerN_input is 0444
+            c.pin(target="cpu", freq_khz=710400)
+            assert read_khz(os.path.join(root, "sys/devices/system/cpu/cpufreq/policy0/scaling_cur_freq"),
+                            False) == 710400
+            r = c.infer(IMG)
+            assert r.config["freq_khz"] == 710400 and r.energy_mj is not None
+    finally:
+        assert d.stop(signal.SIGTERM) == 0, d.output()
+    assert snapshot(root) == before
+
+
+def test_profile_waits_for_the_sensor(random_set, tmp_path):
+    """XU3: the INA231 refreshes every 263.8 ms, so the profile waits two meter periods after
+    every frequency change (each frequency once: the plan is sorted by frequency) and takes
+    the power over at least two periods."""
+    from daemon.executor import Executor
+    from daemon.profiler import measure, settle_s
+    from governor import build_space, levels_from_manifest, plan_measurements
+    from models import ModelSet
+    from platforms import boards
+    from platforms.adapter import SysfsPlatform
+    root = trees.build("odroid-xu3", str(tmp_path / "sysfs"))
+    before = snapshot(root)
+    p = SysfsPlatform(boards.ODROID_XU3, root, str(tmp_path / "state"), fs=KernelSysfs(root))
+    p.start()
+    try:
+        assert p.meter.period == pytest.approx(0.263808)
+        assert settle_s(p.meter) == pytest.approx(2 * 0.263808)
+        p.meter.period = 0.01            # the fake sensor never changes: keep the test short
+        ms = ModelSet.load(random_set, threads=1)
+        levels = levels_from_manifest(ms.manifest)
+        space = build_space(levels, {n: t.freqs_khz for n, t in p.targets.items()})
+        sleeps = []
+        prof = measure(Executor(ms, p, None), space, levels, runs=1, sleep=sleeps.append)
+        changes = {(c.target, c.freq_khz) for c in plan_measurements(space)}
+        assert len(sleeps) == len(changes) == len(trees.XU3_A7) + len(trees.XU3_A15)
+        assert all(s == pytest.approx(0.02) for s in sleeps)
+        assert set(prof.fits["a15"].power) == set(trees.XU3_A15)   # one power per frequency
+    finally:
+        p.stop()
+    assert snapshot(root) == before

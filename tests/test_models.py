@@ -10,7 +10,7 @@ import pytest
 import yaml
 
 from models import ModelSet, ModelSetError, cifar, manifest as mf
-from tests.conftest import make_images, tiny_config
+from tests.conftest import ROOT, make_images, tiny_config
 
 
 # ----------------------------------------------------------------------------- data
@@ -459,3 +459,34 @@ def test_arch_scaled_multiplies_widths_and_hidden():
     assert 3.5 < Arch().scaled(2).cost(1)["macs"] / Arch().cost(1)["macs"] < 4.0
     with pytest.raises(ValueError, match="multiplier"):
         TINY.scaled(0)
+
+
+# ---------------------------------------------------------------- onnxruntime without the global thread pool
+HIDDEN_POOL = r"""
+import sys, json, numpy as np
+from onnxruntime.capi import _pybind_state
+if hasattr(_pybind_state, "set_global_thread_pool_sizes"):
+    del _pybind_state.set_global_thread_pool_sizes      # as in onnxruntime 1.11-1.22
+from models import ModelSet
+ms = ModelSet.load(sys.argv[1], threads=2)
+x = np.random.default_rng(0).standard_normal((2,) + ms.input_shape).astype(np.float32)
+out = [ms.run(k, x).tolist() for k in range(1, ms.groups + 1)]
+print(json.dumps({"pool": ms.pool, "out": out}))
+"""
+
+
+def test_modelset_without_the_global_pool_function(random_set):
+    """The boards' onnxruntime builds (1.11-1.21) lack set_global_thread_pool_sizes: ModelSet
+    falls back to a pool per session (spinning off) and gives the same logits."""
+    import json
+    import subprocess
+    import sys
+    r = subprocess.run([sys.executable, "-c", HIDDEN_POOL, random_set], capture_output=True, text=True,
+                       cwd=ROOT, timeout=120)
+    assert r.returncode == 0, r.stderr
+    got = json.loads(r.stdout.strip().splitlines()[-1])
+    assert got["pool"] == "per-session"
+    ms = ModelSet.load(random_set)
+    x = np.random.default_rng(0).standard_normal((2,) + ms.input_shape).astype(np.float32)
+    for k in range(1, ms.groups + 1):
+        np.testing.assert_allclose(np.array(got["out"][k - 1], np.float32), ms.run(k, x), atol=1e-5)

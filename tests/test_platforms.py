@@ -2,8 +2,10 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
+import stat
 import subprocess
 
 import pytest
@@ -13,7 +15,7 @@ from platforms import boards
 from platforms.adapter import ORIGINALS, SysfsPlatform
 from platforms.energy import EnergyMeter
 from platforms.model import Rail
-from platforms.sysfs import NotPermitted, Sysfs, Vanished
+from platforms.sysfs import KernelRejected, NotPermitted, Sysfs, Vanished
 from tests.fixtures import trees
 from tests.fixtures.kernel import KernelSysfs, snapshot
 
@@ -246,3 +248,174 @@ def test_pin_and_unpin(tmp_path):
     assert os.sched_getaffinity(0) == {0}
     p.stop()
     assert os.sched_getaffinity(0) == before
+
+
+# ---------------------------------------------------------------- the kernel's rules, and DVFS that tells the truth
+def test_kernel_double_follows_the_kernel(tmp_path):
+    root = trees.build("odroid-xu3", str(tmp_path / "xu3"))
+    fs = KernelSysfs(root)
+    avail = POL0 + "/scaling_available_governors"
+    assert "userspace" not in fs.read(avail).split()          # a module on XU3 4.14
+    with pytest.raises(KernelRejected):
+        fs.write(POL0 + "/scaling_setspeed", 500000)           # only under userspace
+    fs.write(POL0 + "/scaling_governor", "userspace")          # request_module loads it
+    assert "userspace" in fs.read(avail).split()
+    fs.write(POL0 + "/scaling_max_freq", 1000000)
+    fs.write(POL0 + "/scaling_setspeed", 1250000)              # clamped to max, then RELATION_L
+    assert fs.read_int(POL0 + "/scaling_cur_freq") == 1000000
+    fs.write(POL0 + "/scaling_setspeed", 450000)               # rounds up
+    assert fs.read_int(POL0 + "/scaling_cur_freq") == 500000
+    with pytest.raises(KernelRejected):
+        fs.write(POL0 + "/scaling_governor", "nosuch")
+    mali = "/sys/class/devfreq/devfreq0"
+    fs.write(mali + "/governor", "userspace")
+    fs.write(mali + "/userspace/set_freq", 400000000)          # to an OPP: the lowest at or above
+    assert fs.read_int(mali + "/cur_freq") == 420000000
+    fs.write(mali + "/max_freq", 480000000)
+    fs.write(mali + "/userspace/set_freq", 599000000)          # clamped to max_freq
+    assert fs.read_int(mali + "/cur_freq") == 480000000
+    fs.write(mali + "/governor", "simple_ondemand")
+    assert not os.path.exists(os.path.join(root, "sys/devices/platform/11800000.mali/devfreq/devfreq0/userspace"))
+    nano = trees.build("jetson-nano", str(tmp_path / "nano"))
+    trees.apply_deployment_rules(nano)
+    user = KernelSysfs(nano, uid=1000)
+    gpu = "/sys/class/devfreq/57000000.gpu"
+    user.write(gpu + "/governor", "userspace")                 # g+w by the udev rule
+    with pytest.raises(NotPermitted):                          # recreated root-only by the switch
+        user.write(gpu + "/userspace/set_freq", 460800000)
+    with pytest.raises(NotPermitted):
+        user.read("/sys/bus/i2c/drivers/ina3221x/6-0040/iio:device0/rail_name_0")   # 0600
+
+
+def test_tree_modes_and_symlinks_are_the_kernels(tmp_path):
+    root = trees.build("jetson-nano", str(tmp_path / "nano"))
+    mode = lambda p: stat.S_IMODE(os.stat(os.path.join(root, p.lstrip("/"))).st_mode)
+    assert mode(POL0 + "/cpuinfo_cur_freq") == 0o400
+    assert mode(POL0 + "/scaling_cur_freq") == 0o444
+    assert mode("/sys/devices/57000000.gpu/railgate_enable") == 0o744
+    assert mode("/sys/devices/57000000.gpu/devfreq/57000000.gpu/governor") == 0o644
+    iio = "/sys/devices/50000000.host1x/546c0000.i2c/i2c-6/6-0040/iio:device0"
+    assert mode(iio + "/crit_current_limit_0") == 0o600 and mode(iio + "/in_power0_trigger_input") == 0o444
+    for link in ("/sys/devices/system/cpu/cpu1/cpufreq", "/sys/class/devfreq/57000000.gpu",
+                 "/sys/bus/i2c/drivers/ina3221x/6-0040", "/sys/devices/gpu.0", "/sys/class/thermal/thermal_zone0"):
+        assert os.path.islink(os.path.join(root, link.lstrip("/"))), link
+    assert open(os.path.join(root, POL0.lstrip("/"), "scaling_available_frequencies")).read().endswith(" \n")
+
+
+def test_nano_rails_skip_trigger_inputs(tmp_path):
+    p, _, _ = board(tmp_path, "jetson-nano", boards.JETSON_NANO, state=False)
+    assert sorted((r.name, os.path.basename(r.path)) for r in p.desc.rails) == \
+        [("cpu", "in_power2_input"), ("gpu", "in_power1_input"), ("in", "in_power0_input")]
+
+
+class FailingSysfs(KernelSysfs):
+    """The kernel double, refusing writes to one file (EBUSY), as a busy driver would."""
+
+    def __init__(self, root, fail):
+        super().__init__(root)
+        self.fail = fail
+
+    def write(self, p, value):
+        if p.endswith(self.fail):
+            self._fail(p, value, errno.EBUSY)
+        super().write(p, value)
+
+
+def test_frequency_change_is_all_or_nothing(tmp_path):
+    """generic: target cpu spans two policies; the second refuses, so the first is put back."""
+    root = trees.build("generic", str(tmp_path / "sysfs"))
+    before = snapshot(root)
+    fs = FailingSysfs(root, "policy1/scaling_governor")
+    p = SysfsPlatform(boards.GENERIC, root, str(tmp_path / "state"), fs=fs)
+    with pytest.raises(KernelRejected):
+        p.set_frequency("cpu", 1800000)
+    assert any("policy0" in w for w, _ in fs.writes)           # something was written, then undone
+    assert snapshot(root) == before
+    fs.fail = "nothing"
+    assert p.set_frequency("cpu", 1800000) == 1800000          # and a retry writes it all
+    assert p.stop() == []
+    assert snapshot(root) == before
+
+
+def test_minmax_pair_rolled_back_when_the_second_write_fails(tmp_path):
+    root = trees.build("odroid-xu3", str(tmp_path / "sysfs"))
+    before = snapshot(root)
+    fs = FailingSysfs(root, "policy4/scaling_min_freq")
+    p = SysfsPlatform(boards.ODROID_XU3, root, str(tmp_path / "state"), fs=fs)
+    with pytest.raises(KernelRejected):
+        p.set_frequency("a15", 1200000)                        # lowering: min first → fails at once
+    assert snapshot(root) == before
+    fs.fail = "policy4/scaling_max_freq"
+    with pytest.raises(KernelRejected):
+        p.set_frequency("a15", 1200000)                        # min written, max refused → min put back
+    assert snapshot(root) == before
+    fs.fail = "nothing"
+    assert p.set_frequency("a15", 1200000) == 1200000
+    fs.fail = "policy4/scaling_min_freq"
+    with pytest.raises(KernelRejected):
+        p.set_frequency("a15", 1800000)                        # raising: max written, min refused → max back
+    assert fs.read_int(POL4 + "/scaling_min_freq") == 1200000 == fs.read_int(POL4 + "/scaling_max_freq")
+    fs.fail = "nothing"
+    assert p.stop() == []
+    assert snapshot(root) == before
+
+
+def test_nonroot_gpu_falls_back_to_min_equals_max(tmp_path):
+    """The documented non-root Nano deployment: userspace/set_freq is recreated root-only on the
+    governor switch, so the GPU is pinned with min_freq = max_freq under its own governor."""
+    root = trees.build("jetson-nano", str(tmp_path / "sysfs"))
+    trees.apply_deployment_rules(root)
+    before = snapshot(root)
+    fs = KernelSysfs(root, uid=1000)
+    p = SysfsPlatform(boards.JETSON_NANO, root, str(tmp_path / "state"), fs=fs)
+    gpu = "/sys/devices/57000000.gpu/devfreq/57000000.gpu"
+    assert p.set_frequency("gpu", 460800) == 460800
+    assert fs.read(gpu + "/governor") == "nvhost_podgov"
+    assert fs.read_int(gpu + "/min_freq") == fs.read_int(gpu + "/max_freq") == 460800000
+    assert p.set_frequency("gpu", 768000) == 768000            # raising: max first
+    assert p.set_frequency("cpu", 1036800) == 1036800          # the CPU: userspace + setspeed (g+w)
+    assert p.stop() == []
+    assert snapshot(root) == before
+
+
+def test_readback_reports_a_thermal_cap(tmp_path):
+    root = trees.build("jetson-nano", str(tmp_path / "sysfs"))
+    fs = KernelSysfs(root)
+    p = SysfsPlatform(boards.JETSON_NANO, root, str(tmp_path / "state"), fs=fs)
+    fs.thermal_cap(POL0, 1036800)
+    assert p.set_frequency("cpu", 1479000) == 1036800           # what the kernel set, not what was asked
+    assert p.frequency("cpu") == 1036800
+    p.stop()
+
+
+def test_nano_5w_offline_cpus_and_caps(tmp_path):
+    p, fs, root = board(tmp_path, "jetson-nano-5w", boards.JETSON_NANO)
+    cpu = p.targets["cpu"]
+    assert cpu.cpus == [0, 1, 2, 3] and cpu.offline == [2, 3] and cpu.online == [0, 1]
+    assert max(cpu.freqs_khz) <= trees.NANO_5W_CPU_MAX < max(trees.NANO_CPU)   # nvpmodel's cap kept
+    assert max(p.targets["gpu"].freqs_khz) == trees.NANO_5W_GPU_MAX // 1000
+    assert any("offline" in w for w in p.desc.warnings)
+    pinned = p.pin("cpu")
+    assert set(pinned) <= {0, 1} and set(os.sched_getaffinity(0)) == set(pinned)
+    p.stop()
+    assert set(os.sched_getaffinity(0)) == set(p._affinity_before)
+
+
+def test_xu3_cluster_hotplugged_out_refuses_pinning(tmp_path):
+    p, fs, root = board(tmp_path, "odroid-xu3-cpu0-offline", boards.ODROID_XU3)
+    assert p.targets["a7"].offline == [0]
+    with open(os.path.join(root, "sys/devices/system/cpu/online"), "w") as f:
+        f.write("4-7\n")                                        # the whole A7 cluster went offline later
+    with pytest.raises(KernelRejected, match="offline"):
+        p.pin("a7")
+    p.stop()
+
+
+def test_pinning_failure_is_reported(tmp_path, monkeypatch):
+    p, _, _ = board(tmp_path, "generic", boards.GENERIC, state=False)
+
+    def refuse(tid, cpus):
+        raise OSError(errno.EINVAL, "Invalid argument")
+    monkeypatch.setattr(os, "sched_setaffinity", refuse)
+    with pytest.raises(KernelRejected, match="pinning thread"):
+        p.pin("cpu:1")
