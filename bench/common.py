@@ -6,14 +6,15 @@ import os
 import platform
 import subprocess
 import sys
-from typing import Dict, List, Sequence
+from typing import Dict, List, Optional, Sequence
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def in_fresh_process(code: str, timeout: float = 600) -> Dict:
-    """Run ``code`` in a new interpreter; it must print one JSON object as its last line."""
-    env = dict(os.environ, PYTHONPATH=ROOT)
+def in_fresh_process(code: str, timeout: float = 600, env: Optional[Dict[str, str]] = None) -> Dict:
+    """Run ``code`` in a new interpreter (``env``: extra environment variables); it must
+    print one JSON object as its last line."""
+    env = dict(os.environ, PYTHONPATH=ROOT, **(env or {}))
     r = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True,
                        timeout=timeout)
     if r.returncode != 0:

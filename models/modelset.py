@@ -12,7 +12,8 @@ with a pool per session, the previous session's workers keep spinning after a sw
 the next inference runs at one-thread speed (docs/model-set.md, "Thread pools"). Older
 onnxruntime builds (the boards' 1.11-1.21) get a pool per session of the same size with
 spinning turned off, so an idle session's workers sleep instead of holding the cores.
-``DNNSCALE_ORT_POOL=per-session`` forces that fallback (tests, benchmarks).
+``DNNSCALE_ORT_POOL=per-session`` forces that fallback (tests, benchmarks);
+``DNNSCALE_ORT_SPIN=1`` turns spinning back on in it (python -m bench.pools compares them).
 """
 from __future__ import annotations
 
@@ -66,7 +67,8 @@ def session_options(threads: Optional[int] = None) -> ort.SessionOptions:
     else:
         so.intra_op_num_threads = n
         so.inter_op_num_threads = 1
-        so.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        so.add_session_config_entry("session.intra_op.allow_spinning",
+                                    "1" if os.environ.get("DNNSCALE_ORT_SPIN") == "1" else "0")
     so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     so.log_severity_level = 3
     return so
