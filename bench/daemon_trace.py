@@ -76,7 +76,7 @@ def _daemon(model_dir: str, threads: int, tmp: str, ready, stop, q) -> None:
     def timed_receive():
         marks.append({"woke": now()})
         receive()
-        if not server.backlog:   # woken by something else than one request
+        if not server.queues:   # woken by something else than one request
             marks.pop()
 
     def timed_send(sock, frames):

@@ -141,3 +141,28 @@ def load(path: Optional[str] = None, overrides: Optional[Dict[str, Any]] = None)
         if v is not None:
             setattr(cfg, k, _check(k, v, "--" + k.replace("_", "-")))
     return cfg.resolve()
+
+
+def check_socket_dir(path: str, for_client: bool = False) -> None:
+    """Refuse an ipc socket whose directory another user could have made or can write: in
+    a world-writable parent (``/tmp/dnnscale-<uid>`` outside systemd), the directory must be
+    ours; wherever it is, nobody but its owner may write it (the daemon also requires to own it).
+    A client talking to an attacker's socket would hand it budgets and believe its status."""
+    d = os.path.dirname(os.path.abspath(path)) or "."
+    try:
+        st = os.stat(d)
+        parent = os.stat(os.path.dirname(d) or "/")
+    except FileNotFoundError:
+        return
+    me = os.geteuid()
+    who = "dnnscale" if not for_client else "this client"
+    if parent.st_mode & 0o002 and st.st_uid != me:
+        raise ConfigError("%s is owned by uid %d, not by you (uid %d), in the world-writable %s: another user "
+                          "may have made it; %s refuses to use it (remove it, or set runtime_dir)"
+                          % (d, st.st_uid, me, os.path.dirname(d), who))
+    if st.st_mode & 0o022 and not (st.st_mode & 0o1000 and st.st_uid == me):
+        raise ConfigError("%s is writable by other users (mode %o): %s refuses to use a socket there"
+                          % (d, st.st_mode & 0o7777, who))
+    if not for_client and st.st_uid != me:
+        raise ConfigError("%s is owned by uid %d, not by the daemon's user (uid %d): refusing to bind a socket "
+                          "there" % (d, st.st_uid, me))

@@ -14,6 +14,7 @@ import numpy as np
 
 MAX_HEADER_BYTES = 16 * 1024
 MAX_ID_CHARS = 256
+MIN_DEADLINE_MS = 1e-3                # 1 µs: below it a deadline is a typo, not a budget
 MAX_DEADLINE_MS = 600_000.0
 
 
@@ -43,7 +44,12 @@ class InputSpec:
 
 
 def _scalar_id(v) -> bool:
-    return v is None or isinstance(v, (bool, int, float)) or (isinstance(v, str) and len(v) <= MAX_ID_CHARS)
+    """A JSON scalar that echoes back as valid JSON (no NaN/Infinity, no 10^400 integer)."""
+    if isinstance(v, float):
+        return math.isfinite(v)
+    if isinstance(v, int) and not isinstance(v, bool):
+        return abs(v) < 2 ** 63
+    return v is None or isinstance(v, bool) or (isinstance(v, str) and len(v) <= MAX_ID_CHARS)
 
 
 def parse_json(frame: bytes, what: str) -> Dict:
@@ -70,7 +76,7 @@ _DECODER = json.JSONDecoder(parse_constant=_reject_constant)   # NaN/Infinity ar
 def peek_id(frame: bytes) -> Any:
     """The ``id`` of a header if it can be read at all (for error replies), else None."""
     try:
-        obj = json.loads(frame.decode("utf-8")) if len(frame) <= MAX_HEADER_BYTES else None
+        obj = _DECODER.decode(bytes(frame).decode("utf-8")) if len(frame) <= MAX_HEADER_BYTES else None
         v = obj.get("id") if isinstance(obj, dict) else None
         return v if _scalar_id(v) else None
     except Exception:
@@ -80,9 +86,12 @@ def peek_id(frame: bytes) -> Any:
 HEADER_KEYS = {"id", "dtype", "shape", "groups", "deadline_ms"}
 
 
-def positive_number(v, name: str, limit: float, code: str) -> float:
-    if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or not 0 < v <= limit:
-        raise ProtocolError(code, "%s must be a number in (0, %g], got %r" % (name, limit, v))
+def positive_number(v, name: str, limit: float, code: str, low: float = 0.0) -> float:
+    """A finite number in (0, limit] (and >= ``low`` when given)."""
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(float(v)) \
+            or not 0 < v <= limit or v < low:
+        raise ProtocolError(code, "%s must be a number in (%s, %g], got %r"
+                            % (name, "%g" % low if low else "0", limit, v))
     return float(v)
 
 
@@ -129,11 +138,11 @@ def decode_infer(frames: Sequence[bytes], spec: InputSpec) -> InferRequest:
         raise ProtocolError("bad_groups", "groups must be an integer in 1..%d, got %r" % (spec.levels, groups))
     deadline = h.get("deadline_ms")
     if deadline is not None:
-        deadline = positive_number(deadline, "deadline_ms", MAX_DEADLINE_MS, "bad_deadline")
+        deadline = positive_number(deadline, "deadline_ms", MAX_DEADLINE_MS, "bad_deadline", low=MIN_DEADLINE_MS)
     return InferRequest(rid, dtype, tensor, groups, deadline)
 
 
-_ENCODER = json.JSONEncoder(separators=(",", ":"))   # json.dumps would build one per call
+_ENCODER = json.JSONEncoder(separators=(",", ":"), allow_nan=False)   # replies are always valid JSON
 
 
 def encode_reply(header: Dict, logits: Optional[np.ndarray] = None) -> List[bytes]:

@@ -1,10 +1,11 @@
 """The ZeroMQ front: an inference ROUTER served by the inference thread, a control ROUTER
 served by the main thread.
 
-The inference thread owns the inference socket: it drains what has arrived into a bounded
-backlog (over ``queue_size`` → ``busy``), decodes and validates, runs, and replies, with no
-hand-off between threads on the request path. Consecutive pending requests with the same
-dtype, groups and deadline run as one batch. While onnxruntime runs (it releases the GIL),
+The inference thread owns the inference socket: it takes in up to 64 arrived messages at a
+time into per-client queues (over ``queue_size`` in all, or a quarter of it for one client
+→ ``busy``), decodes and validates, runs, and replies, with no hand-off between threads on
+the request path. Batches are formed round robin over clients from pending requests with
+the same dtype, groups and deadline. While onnxruntime runs (it releases the GIL),
 ZeroMQ's I/O thread keeps queuing incoming messages and the main thread keeps answering
 control messages. No socket is shared between threads.
 """
@@ -14,6 +15,7 @@ import collections
 import grp
 import logging
 import os
+import resource
 import socket
 import stat
 import threading
@@ -22,13 +24,16 @@ from typing import Deque, List, Optional, Tuple
 
 import zmq
 
-from .config import Config, ConfigError
+from .config import Config, ConfigError, check_socket_dir
 from .notify import Notifier
 from .protocol import ProtocolError, decode_control, decode_infer, encode_reply, error_reply, peek_id
 from .service import Service
 
 log = logging.getLogger("dnnscale.server")
 HEADER_SLACK = 64 * 1024
+MAX_FRAMES = 4          # identity, REQ's empty delimiter, header, tensor
+RECEIVE_CHUNK = 64      # messages taken in per loop iteration (bounded: see _receive)
+CONTROL_MAX_BYTES = 64 * 1024
 
 
 def _split(frames: List[bytes]):
@@ -55,6 +60,59 @@ def _clear_stale_socket(path: str) -> None:
     raise ConfigError("%s is in use: another dnnscale serve is running there" % path)
 
 
+class FdGuard:
+    """Keeps the process clear of its descriptor limit. libzmq aborts the whole process when
+    accept() on an ipc listener fails with EMFILE (src/ipc_listener.cpp asserts on it), so a
+    local client opening connections until the limit, or the operator's next ``dnnscale
+    status`` after a tcp flood, would take the daemon down. A thread counts the open
+    descriptors every few milliseconds; past ``high`` of the soft limit it unlinks the ipc
+    socket files (no new connection can reach the listeners; established ones are served
+    on), and below ``low`` the socket-owning threads bind them again."""
+
+    def __init__(self, paths: List[str], high: float = 0.6, low: float = 0.4, period_s: float = 0.005):
+        soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+        self.limit = soft
+        self.high, self.low = int(soft * high), int(soft * low)
+        self.paths = paths
+        self.period = period_s
+        self.hidden = False
+        self.rebind = set()          # endpoint kinds ("infer", "control") to bind again
+        self.peak = 0
+        self.trips = 0
+        self._stop = threading.Event()
+
+    def count(self) -> int:
+        try:
+            return len(os.listdir("/proc/self/fd"))
+        except OSError:              # EMFILE itself: as full as it gets
+            return self.limit
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.period):
+            n = self.count()
+            self.peak = max(self.peak, n)
+            if n >= self.high and not self.hidden:
+                self.hidden = True
+                self.trips += 1
+                for p in self.paths:
+                    try:
+                        os.unlink(p)
+                    except OSError:
+                        pass
+                log.warning("%d of %d file descriptors in use: not accepting new connections until "
+                            "fewer than %d are open", n, self.limit, self.low)
+            elif n <= self.low and self.hidden:
+                self.hidden = False
+                self.rebind.update(("infer", "control"))
+                log.info("%d file descriptors in use: accepting connections again", n)
+
+    def start(self) -> None:
+        threading.Thread(target=self._run, name="dnnscale-fdguard", daemon=True).start()
+
+    def stop(self) -> None:
+        self._stop.set()
+
+
 class Server:
     def __init__(self, service: Service, cfg: Config, notifier: Optional[Notifier] = None,
                  ctx: Optional[zmq.Context] = None):
@@ -62,11 +120,14 @@ class Server:
         self.cfg = cfg
         self.notifier = notifier or Notifier({})
         self.ctx = ctx or zmq.Context()
-        self.backlog: Deque[Tuple[List[bytes], object]] = collections.deque()
+        self.queues: "collections.OrderedDict[bytes, Deque[Tuple[List[bytes], object]]]" = collections.OrderedDict()
+        self.queued = 0                                       # requests in all queues
+        self.per_client = max(1, cfg.queue_size // 4)         # one client's share of the queue
         self.reload_requested = threading.Event()
         self.heartbeat = time.monotonic()   # the inference thread's last loop iteration
         self._auth = None
         self._bound_paths: List[str] = []   # ipc socket files this process created
+        self.guard = FdGuard(self._bound_paths)
         c, h, w = service.models.input_shape
         self.max_bytes = cfg.max_batch * c * h * w * 4 + HEADER_SLACK
 
@@ -78,25 +139,38 @@ class Server:
             s.setsockopt(zmq.ROUTER_MANDATORY, 1)
             s.setsockopt(zmq.LINGER, 0)
             s.setsockopt(zmq.MAXMSGSIZE, self.max_bytes)
-        self._bind(self.infer, self.cfg.infer_endpoint)
+            s.setsockopt(zmq.BACKLOG, 32)   # connections the kernel queues past FdGuard's check
+        # Replies to a client that pipelines commands wait for it rather than being dropped at
+        # the default 1000; a drop past this is counted (status errors: reply_dropped).
+        self.control.setsockopt(zmq.SNDHWM, 100_000)
         ep = self.cfg.control_endpoint
+        if ep.startswith("ipc://@"):
+            raise ConfigError("control_endpoint %s is an abstract socket, which has no file permissions (any "
+                              "local user could connect): use an ipc:// path" % ep)
         if ep.startswith("tcp://"):
             self._curve(self.control)
+        self._bind(self.infer, self.cfg.infer_endpoint)
         self._bind(self.control, ep)
-        if ep.startswith("ipc://"):
-            path = ep[len("ipc://"):]
-            os.chmod(path, 0o660)
-            if self.cfg.control_group:
-                try:
-                    os.chown(path, -1, grp.getgrnam(self.cfg.control_group).gr_gid)
-                except (KeyError, PermissionError) as e:
-                    raise ConfigError("control_group %r: %s" % (self.cfg.control_group, e))
+
+    def _control_file_modes(self, path: str) -> None:
+        os.chmod(path, 0o660)
+        if self.cfg.control_group:
+            try:
+                os.chown(path, -1, grp.getgrnam(self.cfg.control_group).gr_gid)
+            except (KeyError, PermissionError) as e:
+                raise ConfigError("control_group %r: %s" % (self.cfg.control_group, e))
 
     def _bind(self, sock: zmq.Socket, ep: str) -> None:
         old_umask = None
-        if ep.startswith("ipc://"):
+        abstract = ep.startswith("ipc://@")
+        if ep.startswith("ipc://") and not abstract:
             path = ep[len("ipc://"):]
-            os.makedirs(os.path.dirname(path) or ".", mode=0o750, exist_ok=True)
+            d = os.path.dirname(path) or "."
+            try:
+                os.makedirs(d, mode=0o750, exist_ok=True)
+            except OSError as e:
+                raise ConfigError("cannot create the socket directory %s: %s" % (d, e.strerror or e))
+            check_socket_dir(path)
             _clear_stale_socket(path)
             old_umask = os.umask(0o117)   # the socket file is born 0660: no window before chmod
         try:
@@ -106,8 +180,30 @@ class Server:
         finally:
             if old_umask is not None:
                 os.umask(old_umask)
-        if ep.startswith("ipc://"):
-            self._bound_paths.append(ep[len("ipc://"):])
+        if ep.startswith("ipc://") and not abstract:
+            path = ep[len("ipc://"):]
+            if path not in self._bound_paths:
+                self._bound_paths.append(path)
+            if sock is getattr(self, "control", None):
+                self._control_file_modes(path)
+
+    def _rebind_if_asked(self, kind: str) -> None:
+        """Called by the thread that owns the socket: bind an ipc endpoint FdGuard hid."""
+        if kind not in self.guard.rebind or self.guard.hidden:
+            return
+        self.guard.rebind.discard(kind)
+        sock, ep = (self.infer, self.cfg.infer_endpoint) if kind == "infer" else \
+            (self.control, self.cfg.control_endpoint)
+        if not ep.startswith("ipc://") or ep.startswith("ipc://@"):
+            return
+        try:
+            sock.unbind(ep)
+        except zmq.ZMQError:
+            pass
+        try:
+            self._bind(sock, ep)
+        except ConfigError as e:
+            log.error("could not bind %s again: %s", ep, e)
 
     def _curve(self, sock: zmq.Socket) -> None:
         """A TCP control endpoint is refused unless CURVE keys are configured."""
@@ -131,45 +227,108 @@ class Server:
         sock.curve_secretkey, sock.curve_publickey, sock.curve_server = secret, public, True
 
     # ------------------------------------------------------------------ inference thread
-    def _send(self, sock: zmq.Socket, frames: List[bytes]) -> None:
+    def _send(self, sock: zmq.Socket, frames: List[bytes]) -> bool:
         try:
             sock.send_multipart(frames, flags=zmq.NOBLOCK)
+            return True
         except zmq.ZMQError as e:   # the client left (EHOSTUNREACH) or its queue is full
             log.debug("reply dropped: %s", e)
+            self.service.count_error("reply_dropped")
+            return False
 
-    def _receive(self) -> None:
-        """Move what has arrived into the backlog; refuse what is invalid or over the bound."""
-        while self.infer.getsockopt(zmq.EVENTS) & zmq.POLLIN:   # cheaper than catching zmq.Again
+    def _recv_bounded(self, sock: zmq.Socket, limit: Optional[int] = None, zero_copy_last: bool = False):
+        """One message, frame by frame, without keeping more than a request can hold: a
+        message of too many frames or bytes is read to its end and dropped frame by frame.
+        Returns (envelope, body, refusal) with ``refusal`` a ProtocolError or None."""
+        limit = limit or self.max_bytes
+        frames, total, refusal, count = [], 0, None, 0
+        while True:
+            f = sock.recv(flags=zmq.NOBLOCK, copy=False)
+            count += 1
+            if refusal is None:
+                total += len(f)
+                if count > MAX_FRAMES:
+                    refusal = "too many frames"
+                elif total > limit:
+                    refusal = "too many bytes"
+                else:
+                    frames.append(f)
+            if not f.more:
+                break
+        # The envelope and the header as bytes; an inference tensor as a zero-copy view.
+        out = [fr.bytes for fr in frames[:-1]] + [frames[-1].buffer if zero_copy_last else frames[-1].bytes]
+        envelope, body = _split(out)
+        if zero_copy_last and len(body) == 1:      # the "tensor" was the header: make it bytes
+            body = [bytes(body[0])]
+        if refusal is not None:
+            return envelope, body, ProtocolError("too_large", "message refused (%s: %d frames, over %d bytes; a "
+                                                 "request is a JSON header and one tensor of at most %d bytes)"
+                                                 % (refusal, count, total if refusal == "too many bytes" else 0,
+                                                    limit))
+        return envelope, body, None
+
+    def _receive(self, budget: int = RECEIVE_CHUNK) -> None:
+        """Move up to ``budget`` arrived messages into the per-client queues; refuse what is
+        invalid, oversized, or over the client's share of the queue. Bounded, so that one
+        flooding client cannot keep the thread from serving (or the watchdog from pinging)."""
+        for _ in range(budget):
+            if not self.infer.getsockopt(zmq.EVENTS) & zmq.POLLIN:   # cheaper than catching zmq.Again
+                return
             try:
-                frames = self.infer.recv_multipart(flags=zmq.NOBLOCK)
+                envelope, body, refusal = self._recv_bounded(self.infer, zero_copy_last=True)
             except zmq.Again:
                 return
-            envelope, body = _split(frames)
+            self.heartbeat = time.monotonic()
             try:
+                if refusal is not None:
+                    raise refusal
                 req = decode_infer(body, self.service.input_spec)
             except ProtocolError as e:
                 self.service.count_error(e.code)
                 self._send(self.infer, envelope + error_reply(peek_id(body[0]) if body else None, e.code, str(e)))
                 continue
-            if len(self.backlog) >= self.cfg.queue_size:
+            client = envelope[0]
+            q = self.queues.get(client)
+            if self.queued >= self.cfg.queue_size or (q is not None and len(q) >= self.per_client):
                 self.service.count_error("busy")
-                self._send(self.infer, envelope + error_reply(req.id, "busy", "the request queue is full (%d); "
-                                                              "retry later" % self.cfg.queue_size))
+                self._send(self.infer, envelope + error_reply(req.id, "busy", "the request queue is full (%d%s); "
+                                                              "retry later" % (self.cfg.queue_size,
+                                                                               ", %d per client" % self.per_client)))
                 continue
-            self.backlog.append((envelope, req))
+            if q is None:
+                q = self.queues[client] = collections.deque()
+            q.append((envelope, req))
+            self.queued += 1
+
+    def _take(self, client: bytes):
+        q = self.queues[client]
+        item = q.popleft()
+        self.queued -= 1
+        if not q:
+            del self.queues[client]
+        return item
 
     def _next_batch(self):
-        envelope, r0 = self.backlog.popleft()
+        """Round robin over clients: the longest-waiting client's oldest request first, then
+        one matching request from each client per pass (same dtype, groups and deadline, up
+        to max_batch images), so that a client with a long queue gets no more than its turn."""
+        first = next(iter(self.queues))
+        envelope, r0 = self._take(first)
+        if first in self.queues:
+            self.queues.move_to_end(first)
         batch, envelopes, n = [r0], [envelope], len(r0.tensor)
-        while self.backlog:
-            env, r = self.backlog[0]
-            if (r.dtype, r.groups, r.deadline_ms) != (r0.dtype, r0.groups, r0.deadline_ms) or \
-                    n + len(r.tensor) > self.cfg.max_batch:
-                break
-            self.backlog.popleft()
-            batch.append(r)
-            envelopes.append(env)
-            n += len(r.tensor)
+        sig = (r0.dtype, r0.groups, r0.deadline_ms)
+        progress = True
+        while progress and self.queues and n < self.cfg.max_batch:
+            progress = False
+            for client in list(self.queues):
+                env, r = self.queues[client][0]
+                if (r.dtype, r.groups, r.deadline_ms) == sig and n + len(r.tensor) <= self.cfg.max_batch:
+                    self._take(client)
+                    batch.append(r)
+                    envelopes.append(env)
+                    n += len(r.tensor)
+                    progress = True
         return envelopes, batch
 
     def _run_one_batch(self) -> None:
@@ -189,26 +348,40 @@ class Server:
         poller.register(self.infer, zmq.POLLIN)
         while not stop.is_set():
             self.heartbeat = time.monotonic()
-            if not self.backlog:
+            self._rebind_if_asked("infer")
+            if not self.queues:
                 if not poller.poll(100):
                     continue
             self._receive()
-            if self.backlog:
+            if self.queues:
                 self._run_one_batch()
-        # Stop accepting; finish what was accepted.
-        while self.backlog:
+        # Stop accepting: what has arrived but was not accepted gets an error, not silence;
+        # what was accepted is finished.
+        for _ in range(64):
+            if not self.infer.getsockopt(zmq.EVENTS) & zmq.POLLIN:
+                break
+            while self.infer.getsockopt(zmq.EVENTS) & zmq.POLLIN:
+                try:
+                    envelope, body, _ = self._recv_bounded(self.infer)
+                except zmq.Again:
+                    break
+                self.service.count_error("shutting_down")
+                self._send(self.infer, envelope + error_reply(peek_id(body[0]) if body else None, "shutting_down",
+                                                              "the daemon is stopping; retry when it is back"))
+        while self.queues:
             self.heartbeat = time.monotonic()
             self._run_one_batch()
 
     def _on_control(self) -> None:
         for _ in range(64):
             try:
-                frames = self.control.recv_multipart(flags=zmq.NOBLOCK)
+                envelope, body, refusal = self._recv_bounded(self.control, CONTROL_MAX_BYTES)
             except zmq.Again:
                 return
-            envelope, body = _split(frames)
             rid = None
             try:
+                if refusal is not None:
+                    raise refusal
                 rid, cmd, args = decode_control(body)
                 reply = {"id": rid, "ok": True}
                 reply.update(self.service.control(cmd, args))
@@ -235,14 +408,17 @@ class Server:
         wd = self.notifier.watchdog_s
         last_wd = 0.0
         timeout_ms = 100 if not wd else max(10, min(100, int(wd * 1000 / 4)))
+        self.guard.start()
         while not stop.is_set():
+            self._rebind_if_asked("control")
             if poller.poll(timeout_ms):
                 self._on_control()
-            if self.reload_requested.is_set():
+            if self.reload_requested.is_set():   # SIGHUP: the same path as the control command
                 self.reload_requested.clear()
                 try:
-                    log.info("reloaded: %s", self.service.reload())
+                    log.info("reloaded: %s", self.service.control("reload", {}))
                 except ProtocolError as e:
+                    self.service.count_error(e.code)
                     log.error("%s", e)
             now = time.monotonic()
             # Ping only while the inference thread is alive: a hung inference gets us restarted.
@@ -250,6 +426,7 @@ class Server:
                 self.notifier.watchdog()
                 last_wd = now
         self.notifier.stopping()
+        self.guard.stop()
         worker_stop.set()
         worker.join(timeout=60)
         log.info("stopped: %d requests served", self.service.served)

@@ -43,6 +43,7 @@ from .profile import Profile
 from .space import Config, Level
 
 LIMITS = {"latency_ms": 600_000.0, "energy_mj": 1e9, "power_w": 1e4}   # above these: absurd
+FLOORS = {"latency_ms": 1e-3, "energy_mj": 1e-6, "power_w": 1e-6}       # below these: a typo
 
 
 @dataclass
@@ -56,10 +57,10 @@ class Budget:
             v = getattr(self, key)
             if v is None:
                 continue
-            if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(float(v)):
                 raise ValueError("%s must be a finite number or null, got %r" % (key, v))
-            if not 0 < v <= limit:
-                raise ValueError("%s must be in (0, %g], got %r" % (key, limit, v))
+            if not FLOORS[key] <= v <= limit:
+                raise ValueError("%s must be in [%g, %g], got %r" % (key, FLOORS[key], limit, v))
             setattr(self, key, float(v))
         return self
 
