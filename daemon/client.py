@@ -16,7 +16,7 @@ from typing import Any, Dict, List, Optional
 import numpy as np
 import zmq
 
-from .config import DEFAULT_INFER_ENDPOINT, default_control_endpoint
+from .config import DEFAULT_INFER_ENDPOINT, ConfigError, check_socket_dir, default_control_endpoint
 
 
 class ClientError(Exception):
@@ -69,6 +69,11 @@ class Client:
     def _sock(self, endpoint: str) -> zmq.Socket:
         s = self._socks.get(endpoint)
         if s is None:
+            if endpoint.startswith("ipc://") and not endpoint.startswith("ipc://@"):
+                try:
+                    check_socket_dir(endpoint[len("ipc://"):], for_client=True)
+                except ConfigError as e:
+                    raise ClientError(str(e)) from None
             s = self.ctx.socket(zmq.DEALER)
             s.setsockopt(zmq.LINGER, 0)
             if self._curve and endpoint == self.control_endpoint:

@@ -128,6 +128,7 @@ class Server:
         self._auth = None
         self._bound_paths: List[str] = []   # ipc socket files this process created
         self.guard = FdGuard(self._bound_paths)
+        service.fd_guard = self.guard
         c, h, w = service.models.input_shape
         self.max_bytes = cfg.max_batch * c * h * w * 4 + HEADER_SLACK
 

@@ -326,6 +326,7 @@ class Service:
                       "accuracy": [l.accuracy for l in self.levels], "onnxruntime_pool": self.models.pool},
             "served": self.served,
             "errors": dict(self.errors),
+            "connections": self.fd_guard_status(),
             "uptime_s": round(time.time() - self.started, 1),
         })
         b = s["budget"]
@@ -333,6 +334,15 @@ class Service:
             s["feasible"] = None
             s["budget_warning"] = "the energy/power budget cannot be enforced: %s" % self.energy_reason
         return s
+
+    fd_guard = None   # the server's FdGuard, set when it binds
+
+    def fd_guard_status(self) -> Optional[Dict]:
+        g = self.fd_guard
+        if g is None:
+            return None
+        return {"fd_limit": g.limit, "fds_open": g.count(), "fds_peak": g.peak, "refusing": g.hidden,
+                "refused_periods": g.trips}
 
     # ------------------------------------------------------------------ state
     def _budget_path(self) -> str:

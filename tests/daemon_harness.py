@@ -28,7 +28,7 @@ class Daemon:
 
     def __init__(self, workdir: str, model: str, sysfs_root: Optional[str] = None, platform: Optional[str] = None,
                  extra: Optional[List[str]] = None, env: Optional[Dict[str, str]] = None,
-                 config: Optional[str] = None, kernel_uid: Optional[int] = None):
+                 config: Optional[str] = None, kernel_uid: Optional[int] = None, preexec=None):
         """``kernel_uid``: run through tests.fixtures.kernel, so that the tree answers writes
         by the kernel's rules, as the user ``kernel_uid`` (0: root; else modes count)."""
         self.dir = workdir
@@ -59,7 +59,8 @@ class Daemon:
         e.update(env or {})
         self.log_path = os.path.join(workdir, "serve.log")
         self.log = open(self.log_path, "w")
-        self.proc = subprocess.Popen(args, cwd=ROOT, env=e, stdout=self.log, stderr=subprocess.STDOUT)
+        self.proc = subprocess.Popen(args, cwd=ROOT, env=e, stdout=self.log, stderr=subprocess.STDOUT,
+                                     preexec_fn=preexec)
 
     def read_notify(self, until: str, timeout: float = 60.0) -> bool:
         end = time.time() + timeout

@@ -1,0 +1,420 @@
+"""Hostile clients and operator mistakes, against the real ``dnnscale serve``: the daemon
+stays up and keeps serving others, or refuses to start with one line; no request is lost
+without a reply; the board is restored on every exit path (docs/reliability.md)."""
+from __future__ import annotations
+
+import json
+import os
+import resource
+import shutil
+import signal
+import subprocess
+import threading
+import time
+
+import numpy as np
+import psutil
+import pytest
+import yaml
+import zmq
+
+from daemon.client import Client, ClientError, DaemonError
+from tests.daemon_harness import ROOT, Daemon, dnnscale_cmd, kernel_cmd
+from tests.fixtures import trees
+from tests.fixtures.kernel import snapshot
+
+IMG = np.zeros((1, 32, 32, 3), np.uint8)
+
+
+def header(**kw) -> bytes:
+    h = {"id": 1, "dtype": "uint8", "shape": [1, 32, 32, 3]}
+    h.update(kw)
+    return json.dumps(h).encode()
+
+
+def dealer(ep: str) -> zmq.Socket:
+    s = zmq.Context.instance().socket(zmq.DEALER)
+    s.setsockopt(zmq.LINGER, 0)
+    s.connect(ep)
+    return s
+
+
+@pytest.fixture
+def daemon(random_set, tmp_path):
+    started = []
+
+    def start(**kw):
+        root = kw.pop("root", None) or trees.build("generic", str(tmp_path / ("sysfs%d" % len(started))))
+        d = Daemon(str(tmp_path / ("run%d" % len(started))), kw.pop("model", random_set), sysfs_root=root, **kw)
+        started.append(d)
+        d.wait_ready()
+        return d
+    yield start
+    for d in started:
+        d.stop(signal.SIGKILL if d.proc.poll() is None else signal.SIGTERM)
+
+
+# ---------------------------------------------------------------- 1. connections up to the fd limit
+def test_connection_flood_at_the_fd_limit(daemon):
+    """libzmq aborts on EMFILE in an ipc accept: 1,100 connections at a 1024 limit must not."""
+    limit = 1024
+    d = daemon(preexec=lambda: resource.setrlimit(resource.RLIMIT_NOFILE, (limit, limit)))
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard < 2400:
+        pytest.skip("the test process needs 2,400 descriptors")
+    resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, 2400), hard))
+    good = d.client()
+    assert len(good.infer(IMG).labels) == 1
+    import socket as so
+    path = d.infer_ep[len("ipc://"):]
+    flood, refused = [], 0
+    try:
+        for _ in range(1100):          # raw connections: any local user can open them
+            s = so.socket(so.AF_UNIX, so.SOCK_STREAM)
+            try:
+                s.connect(path)
+                flood.append(s)
+            except OSError:             # the guard unlinked the socket file, or the backlog is full
+                s.close()
+                refused += 1
+        time.sleep(2)
+        assert d.proc.poll() is None, d.output()
+        assert refused > 0
+        assert len(good.infer(IMG).labels) == 1              # an established client is served on
+        assert len(os.listdir("/proc/%d/fd" % d.proc.pid)) < limit
+    finally:
+        for s in flood:
+            s.close()
+    deadline = time.time() + 10
+    status = None
+    while time.time() < deadline and status is None:
+        try:
+            status = d.client(timeout_s=1).status()           # the listeners come back
+        except ClientError:
+            time.sleep(0.2)
+    assert status is not None, d.output()
+    conn = status["connections"]
+    assert conn["fd_limit"] == limit and conn["refused_periods"] >= 1 and conn["fds_peak"] < limit
+    good.close()
+
+
+# ---------------------------------------------------------------- 2. reload after a manifest typo
+def test_sighup_with_a_manifest_typo_keeps_serving(daemon, random_set, tmp_path):
+    model = str(tmp_path / "model")
+    shutil.copytree(random_set, model)
+    d = daemon(model=model)
+    s = dealer(d.infer_ep)
+    for i in range(200):
+        s.send_multipart([header(id=i), IMG.tobytes()])
+    path = os.path.join(model, "manifest.yaml")
+    good = open(path).read()
+    m = yaml.safe_load(good)
+    m["input"]["shape"] = []
+    open(path, "w").write(yaml.safe_dump(m))
+    d.proc.send_signal(signal.SIGHUP)
+    got = set()
+    while len(got) < 200 and s.poll(20000):
+        got.add(json.loads(s.recv_multipart()[0])["id"])
+    assert got == set(range(200))
+    time.sleep(0.5)
+    assert d.proc.poll() is None, d.output()
+    with d.client() as c:
+        with pytest.raises(DaemonError, match="reload_failed.*shape"):
+            c.reload()
+        m = yaml.safe_load(good)
+        m["input"]["classes"] = ["a", "b"]
+        open(path, "w").write(yaml.safe_dump(m))
+        with pytest.raises(DaemonError, match="reload_failed.*classes"):
+            c.reload()
+        st = c.status()
+        assert st["errors"].get("reload_failed", 0) >= 3 and "internal" not in st["errors"]
+        assert len(c.infer(IMG).labels) == 1
+    s.close()
+    open(path, "w").write(good)
+
+
+def test_bad_manifests_are_one_line_errors(random_set, tmp_path):
+    from models import ModelSet, ModelSetError
+    cases = {"shape": ([], "shape"), "classes": (["a", "b"], "classes"), "mean": ("x", "mean")}
+    for key, (value, word) in cases.items():
+        model = str(tmp_path / key)
+        shutil.copytree(random_set, model)
+        path = os.path.join(model, "manifest.yaml")
+        m = yaml.safe_load(open(path))
+        m["input"][key] = value
+        open(path, "w").write(yaml.safe_dump(m))
+        with pytest.raises(ModelSetError, match=word):
+            ModelSet.load(model)
+
+
+# ---------------------------------------------------------------- 3. one message of many frames
+def test_multipart_bomb_is_refused_without_a_copy(daemon):
+    d = daemon()
+    proc = psutil.Process(d.proc.pid)
+    before = proc.memory_info().rss
+    peak = [before]
+    done = threading.Event()
+
+    def sample():
+        while not done.is_set():
+            peak[0] = max(peak[0], proc.memory_info().rss)
+            time.sleep(0.01)
+    t = threading.Thread(target=sample)
+    t.start()
+    s = dealer(d.infer_ep)
+    frame = bytes(800 * 1024)
+    n = 300
+    s.send_multipart([header(id="bomb")] + [frame] * n)
+    assert s.poll(30000)
+    reply = json.loads(s.recv_multipart()[0])
+    done.set()
+    t.join()
+    assert reply["id"] == "bomb" and reply["error"]["code"] == "too_large"
+    assert d.proc.poll() is None
+    grown = (peak[0] - before) / (n * len(frame))
+    # libzmq holds the whole message before the first frame is readable (1x); the daemon adds no copy
+    assert grown < 1.5, grown
+    with d.client() as c:
+        assert len(c.infer(IMG).labels) == 1
+    s.close()
+
+
+# ---------------------------------------------------------------- 4. one client against the others
+def test_one_flooding_client_does_not_starve_another(daemon):
+    d = daemon(env={"WATCHDOG_USEC": "1000000"})        # a ping every 0.5 s while the loop is alive
+    t_start = time.time()
+    stop = threading.Event()
+
+    def flood(kind):
+        s = dealer(d.infer_ep)
+        s.setsockopt(zmq.SNDHWM, 100000)
+        s.setsockopt(zmq.RCVHWM, 0)
+        while not stop.is_set():
+            try:
+                if kind == "junk":
+                    s.send(b"junk", zmq.NOBLOCK)
+                else:
+                    s.send_multipart([header(id="f"), IMG.tobytes()], zmq.NOBLOCK)
+            except zmq.Again:
+                time.sleep(0.001)
+            while s.poll(0):
+                s.recv_multipart()
+        s.close()
+    for kind in ("junk", "valid"):
+        t = threading.Thread(target=flood, args=(kind,))
+        t.start()
+        time.sleep(0.5)
+        lat, busy = [], 0
+        with d.client() as c:
+            for _ in range(100):
+                t0 = time.perf_counter()
+                try:
+                    c.infer(IMG)
+                except DaemonError as e:
+                    assert e.code == "busy"
+                    busy += 1
+                lat.append(time.perf_counter() - t0)
+        stop.set()
+        t.join()
+        stop.clear()
+        assert busy == 0, (kind, busy)
+        assert np.percentile(lat, 99) < 0.5, (kind, np.percentile(lat, 99))
+    d.read_notify("never", timeout=0.5)
+    pings = [m for m in d.messages if "WATCHDOG=1" in m]
+    assert len(pings) >= (time.time() - t_start) / 0.5 * 0.6, (len(pings), time.time() - t_start)
+
+
+# ---------------------------------------------------------------- 5. a refused command changes nothing
+def test_refused_commands_change_nothing(daemon):
+    d = daemon()
+    with d.client() as c:
+        c.set_budget(latency_ms=20.0)
+        c.pin(groups=2)
+        for call, code in ((lambda: c.command("set_budget"), "bad_budget"),
+                           (lambda: c.command("set_budget", latency_ms=5e-324), "bad_budget"),
+                           (lambda: c.command("pin", groups=None, target=None, freq_khz=None), "bad_pin"),
+                           (lambda: c.command("pin", freq_khz=10 ** 400), "bad_pin"),
+                           (lambda: c.command("pin", groups=9), "bad_pin")):
+            with pytest.raises(DaemonError) as e:
+                call()
+            assert e.value.code == code
+        s = c.status()
+        assert s["budget"]["latency_ms"] == 20.0 and s["pinned"] == {"groups": 2}
+        budget_file = os.path.join(d.state, "budget.json")
+        os.remove(budget_file)
+        os.mkdir(budget_file)                      # the state file cannot be replaced (as a full disk)
+        with pytest.raises(DaemonError) as e:
+            c.set_budget(latency_ms=7.0)
+        assert e.value.code == "state_unwritable"
+        assert c.status()["budget"]["latency_ms"] == 20.0
+        assert not [f for f in os.listdir(d.state) if f.endswith(".tmp")]
+        r = c.pin(groups=3)
+        assert r["replaced"] == {"groups": 2}
+        assert "internal" not in c.status()["errors"]
+    os.rmdir(budget_file)
+
+
+# ---------------------------------------------------------------- 6. the state directory
+def test_unwritable_state_directory_refuses_to_start_with_one_line(random_set, tmp_path):
+    root = trees.build("generic", str(tmp_path / "sysfs"))
+    before = snapshot(root)
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("")
+    r = subprocess.run(dnnscale_cmd() + ["serve", "--model", random_set, "--sysfs-root", root, "--config", str(cfg),
+                                         "--state-dir", str(blocker / "state"), "--control-endpoint",
+                                         "ipc://%s/c.sock" % tmp_path, "--infer-endpoint", "ipc://%s/i.sock" % tmp_path],
+                       cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    assert "state directory" in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
+    assert snapshot(root) == before
+
+
+def test_originals_that_cannot_be_removed_do_not_crash_later_starts(tmp_path, monkeypatch):
+    from platforms import boards
+    from platforms.adapter import SysfsPlatform
+    from tests.fixtures.kernel import KernelSysfs
+    root = trees.build("generic", str(tmp_path / "sysfs"))
+    before = snapshot(root)
+    p = SysfsPlatform(boards.GENERIC, root, str(tmp_path / "state"), fs=KernelSysfs(root))
+    p.set_frequency("cpu", 1200000)
+    del p                                               # killed
+    real_remove = os.remove
+    monkeypatch.setattr(os, "remove", lambda path: (_ for _ in ()).throw(PermissionError(30, "Read-only")))
+    for _ in range(2):                                  # the record stays, and every start restores again
+        q = SysfsPlatform(boards.GENERIC, root, str(tmp_path / "state"), fs=KernelSysfs(root))
+        assert q.restore_pending() == []
+        assert snapshot(root) == before
+    monkeypatch.setattr(os, "remove", real_remove)
+
+
+# ---------------------------------------------------------------- 7. the runtime directory
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to make a directory owned by another user")
+def test_socket_directory_made_by_another_user_is_refused(random_set, tmp_path):
+    shared = tmp_path / "tmp"
+    shared.mkdir()
+    os.chmod(shared, 0o1777)                           # like /tmp
+    trap = shared / "dnnscale-0"
+    trap.mkdir()
+    os.chown(trap, 4242, 4242)                         # made first by another user
+    root = trees.build("generic", str(tmp_path / "sysfs"))
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("")
+    r = subprocess.run(dnnscale_cmd() + ["serve", "--model", random_set, "--sysfs-root", root, "--config", str(cfg),
+                                         "--state-dir", str(tmp_path / "state"), "--control-endpoint",
+                                         "ipc://%s/control.sock" % trap, "--infer-endpoint",
+                                         "ipc://%s/i.sock" % tmp_path],
+                       cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2 and "uid 4242" in r.stderr and "Traceback" not in r.stderr, r.stderr
+    with pytest.raises(ClientError, match="uid 4242"):
+        Client(control_endpoint="ipc://%s/control.sock" % trap, timeout_s=1).status()
+
+
+def test_abstract_control_endpoint_is_one_line(random_set, tmp_path):
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("")
+    r = subprocess.run(dnnscale_cmd() + ["serve", "--model", random_set, "--platform", "generic", "--config", str(cfg),
+                                         "--state-dir", str(tmp_path / "state"), "--control-endpoint",
+                                         "ipc://@dnnscale-test", "--infer-endpoint", "ipc://%s/i.sock" % tmp_path],
+                       cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2 and "abstract" in r.stderr and "Traceback" not in r.stderr, r.stderr
+
+
+# ---------------------------------------------------------------- 8. smaller
+def test_replies_are_json_and_every_request_is_answered(daemon):
+    d = daemon()
+    s = dealer(d.infer_ep)
+    s.send_multipart([b'{"id": NaN, "dtype": "uint8", "shape": [1, 32, 32, 3]}', IMG.tobytes()])
+    s.send_multipart([header(id=7, deadline_ms=5e-324), IMG.tobytes()])
+    replies = [json.loads(s.recv_multipart()[0]) for _ in range(2) if s.poll(5000)]
+    assert [r["error"]["code"] for r in replies] == ["bad_json", "bad_deadline"]
+    assert replies[0]["id"] is None
+    c = zmq.Context.instance().socket(zmq.DEALER)
+    c.setsockopt(zmq.LINGER, 0)
+    c.setsockopt(zmq.SNDHWM, 0)
+    c.connect(d.control_ep)
+    n = 10000
+    for i in range(n):
+        c.send(json.dumps({"cmd": "release", "id": i}).encode())
+    got = 0
+    while got < n and c.poll(10000):
+        json.loads(c.recv())
+        got += 1
+    assert got == n
+    c.close()
+    # SIGTERM with requests in flight: every one gets a reply (a result or shutting_down)
+    for i in range(300):
+        s.send_multipart([header(id=i), IMG.tobytes()])
+    time.sleep(0.05)
+    d.proc.send_signal(signal.SIGTERM)
+    answered = set()
+    while len(answered) < 300 and s.poll(10000):
+        r = json.loads(s.recv_multipart()[0])
+        assert r["ok"] or r["error"]["code"] == "shutting_down"
+        answered.add(r["id"])
+    assert answered == set(range(300))
+    assert d.proc.wait(30) == 0
+    s.close()
+
+
+# ---------------------------------------------------------------- 9. one writer of the governor
+def test_pins_during_inference_never_break_a_decision(daemon):
+    d = daemon()
+    stop = threading.Event()
+    errors = []
+
+    def control():
+        with d.client() as c:
+            while not stop.is_set():
+                try:
+                    c.pin(groups=int(np.random.randint(1, 4)))
+                    c.release()
+                except DaemonError as e:
+                    errors.append(e.code)
+    t = threading.Thread(target=control)
+    t.start()
+    with d.client() as c:
+        for _ in range(300):
+            c.infer(IMG)
+    stop.set()
+    t.join()
+    with d.client() as c:
+        assert "internal" not in c.status()["errors"]
+    assert not errors
+
+
+# ---------------------------------------------------------------- 10. failure paths restore the board
+def test_sigterm_during_dnnscale_profile_restores(random_set, tmp_path):
+    root = trees.build("generic", str(tmp_path / "sysfs"))
+    before = snapshot(root)
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("")
+    p = subprocess.Popen(kernel_cmd() + ["profile", "--model", random_set, "--sysfs-root", root, "--config", str(cfg),
+                                         "--state-dir", str(tmp_path / "state"), "--runs", "3000"],
+                         cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 60
+    while time.time() < deadline and snapshot(root) == before:
+        time.sleep(0.05)
+    assert snapshot(root) != before
+    p.send_signal(signal.SIGTERM)
+    out, err = p.communicate(timeout=60)
+    assert p.returncode == 130 and "interrupted" in err and "Traceback" not in err, err
+    assert snapshot(root) == before
+
+
+def test_bad_model_at_start_leaves_the_xu3_sensors_off(random_set, tmp_path):
+    root = trees.build("odroid-xu3", str(tmp_path / "sysfs"))
+    before = snapshot(root)
+    model = str(tmp_path / "model")
+    shutil.copytree(random_set, model)
+    with open(os.path.join(model, "weights.bin"), "r+b") as f:
+        f.write(b"\xff" * 16)
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("")
+    r = subprocess.run(kernel_cmd() + ["serve", "--model", model, "--sysfs-root", root, "--config", str(cfg),
+                                       "--state-dir", str(tmp_path / "state"), "--control-endpoint",
+                                       "ipc://%s/c.sock" % tmp_path, "--infer-endpoint", "ipc://%s/i.sock" % tmp_path],
+                       cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2 and "altered" in r.stderr and "Traceback" not in r.stderr, r.stderr
+    assert snapshot(root) == before
