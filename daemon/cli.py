@@ -165,6 +165,17 @@ def _start_service(service, show_progress: bool):
             bar.close()
 
 
+def _raise_fd_limit() -> None:
+    """Soft descriptor limit up to the hard one: every client connection is a descriptor."""
+    import resource
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard != resource.RLIM_INFINITY and soft < hard:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+        except (ValueError, OSError):
+            pass
+
+
 def cmd_serve(a: argparse.Namespace) -> int:
     import signal
     import threading
@@ -174,6 +185,7 @@ def cmd_serve(a: argparse.Namespace) -> int:
     from .service import Service
     cfg = _load_config(a)
     _setup_logging(cfg.log_level)
+    _raise_fd_limit()
     # Handlers first: a SIGTERM while loading or profiling still ends in a restore.
     stop, reload = threading.Event(), threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())

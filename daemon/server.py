@@ -313,22 +313,30 @@ class Server:
         """Round robin over clients: the longest-waiting client's oldest request first, then
         one matching request from each client per pass (same dtype, groups and deadline, up
         to max_batch images), so that a client with a long queue gets no more than its turn."""
+        waiting = len(self.queues)
+        # One client alone may fill a batch; with others waiting, each takes a small share,
+        # so that a client with a long queue cannot make everyone wait for its big batches.
+        share = self.cfg.max_batch if waiting == 1 else max(1, self.cfg.max_batch // (2 * waiting))
         first = next(iter(self.queues))
         envelope, r0 = self._take(first)
         if first in self.queues:
             self.queues.move_to_end(first)
         batch, envelopes, n = [r0], [envelope], len(r0.tensor)
+        taken = {first: len(r0.tensor)}
         sig = (r0.dtype, r0.groups, r0.deadline_ms)
         progress = True
         while progress and self.queues and n < self.cfg.max_batch:
             progress = False
             for client in list(self.queues):
                 env, r = self.queues[client][0]
-                if (r.dtype, r.groups, r.deadline_ms) == sig and n + len(r.tensor) <= self.cfg.max_batch:
+                k = len(r.tensor)
+                if (r.dtype, r.groups, r.deadline_ms) == sig and n + k <= self.cfg.max_batch \
+                        and taken.get(client, 0) + k <= share:
                     self._take(client)
                     batch.append(r)
                     envelopes.append(env)
-                    n += len(r.tensor)
+                    n += k
+                    taken[client] = taken.get(client, 0) + k
                     progress = True
         return envelopes, batch
 

@@ -1,7 +1,7 @@
 """``SysfsPlatform``: one adapter for every real board. The board is data (a BoardSpec);
 what differs between kernels and revisions is discovered (see discover.py).
 
-Writes follow boards.md §4-5: with the ``userspace`` governor, one exact frequency
+Writes follow docs/platforms.md, "Setting a frequency": with the ``userspace`` governor, one exact frequency
 (``scaling_setspeed`` / ``userspace/set_freq``); otherwise min = max, written in the order
 the kernel accepts (raising: max first; lowering: min first). Only what changed is written,
 and what the kernel actually set is read back.
@@ -283,7 +283,7 @@ class SysfsPlatform:
                 return
             except (NotPermitted, Vanished) as e:
                 # The kernel recreates userspace/set_freq root-only on every governor switch
-                # (boards.md §5), so a non-root daemon cannot use it: keep the board's own
+                # (docs/platforms.md), so a non-root daemon cannot use it: keep the board's own
                 # governor and pin min = max, as jetson_clocks does.
                 log.warning("%s: %s; pinning min_freq = max_freq under %s instead", t.name, e, before)
                 self._write(d + "/governor", before, journal)

@@ -1,4 +1,4 @@
-"""The boards, as data. Sources: shared/notes/boards.md (sections cited per field)."""
+"""The boards, as data. Sources: docs/platforms.md, "The boards as the tests see them"."""
 from __future__ import annotations
 
 from .model import BoardSpec
@@ -12,7 +12,7 @@ ODROID_XU3 = BoardSpec(
     gpu_is_target=False,                                      # no onnxruntime EP for Mali
     energy_rails=("arm", "kfc", "g3d", "mem"),                # §7: the four INA231 rails
     thermal_types=("cpu0-thermal", "cpu1-thermal", "cpu2-thermal", "cpu3-thermal", "gpu-thermal"),
-    notes="INA231 rails are A15, A7, GPU and DRAM only, not board power (boards.md §7)",
+    notes="INA231 rails are A15, A7, GPU and DRAM only, not board power (docs/platforms.md)",
 )
 
 JETSON_NANO = BoardSpec(
@@ -24,7 +24,7 @@ JETSON_NANO = BoardSpec(
     ina3221_channels={0: "in", 1: "gpu", 2: "cpu"},           # §7: JetPack 4 numbering from 0
     energy_rails=("in",),                                     # POM_5V_IN is module power
     thermal_types=("CPU-therm", "GPU-therm", "AO-therm"),     # §8: PMIC-Die is a constant
-    notes="rail names are root-only (0600); channel map 0/1/2 = IN/GPU/CPU is fixed (boards.md §7)",
+    notes="rail names are root-only (0600); channel map 0/1/2 = IN/GPU/CPU is fixed (docs/platforms.md)",
 )
 
 GENERIC = BoardSpec(

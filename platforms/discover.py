@@ -177,7 +177,7 @@ def rails(fs: Sysfs, spec: BoardSpec) -> List[Rail]:
                 pass
         out.append(Rail(name, "ina231", d + "/sensor_W", d + "/enable", period))
     for p in fs.glob("/sys/bus/i2c/drivers/ina3221x/*/iio:device*/in_power*_input"):  # Nano
-        m = re.search(r"/in_power(\d+)_input$", p)   # not in_powerN_trigger_input (boards.md §7)
+        m = re.search(r"/in_power(\d+)_input$", p)   # not in_powerN_trigger_input (docs/platforms.md)
         if m:
             ch = int(m.group(1))
             out.append(Rail(spec.ina3221_channels.get(ch, "ch%d" % ch), "ina3221", p))

@@ -1,6 +1,6 @@
 """Power sensors and an energy meter that integrates them over an inference window.
 
-Neither board has an energy counter (boards.md §7): power is sampled with a monotonic
+Neither board has an energy counter (docs/platforms.md): power is sampled with a monotonic
 timestamp and integrated. The meter keeps the running integral E(t_i) at every sample and
 holds the latest power until the next sample, so the energy of a window [t0, t1] is
 E(t1) - E(t0) with E(t) = E(t_i) + P_i (t - t_i). Where the sensor refreshes slower than an

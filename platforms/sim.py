@@ -10,12 +10,12 @@ Model, per target (a CPU cluster or a GPU), at frequency f with supply voltage V
 * power    = P_static(V) + C_eff x V^2 x f x units          (while the inference runs)
 * energy   = power x latency (+ the idle power of the other rails, see RAIL_IDLE_W)
 * thermal  = a first-order RC model driven by the target's power; above the trip point the
-  maximum frequency is capped the way the board's thermal governor does (boards.md §8).
+  maximum frequency is capped the way the board's thermal governor does (docs/platforms.md).
 
 Sources of the constants (HARD: read from a kernel/vendor table; ASSUMED: an engineering
 estimate, stated as such, that the evaluation does not depend on in detail):
 
-* Frequency tables: boards.md §2 (HARD).
+* Frequency tables: docs/platforms.md, "The boards as the tests see them" (HARD).
 * XU3 voltages: Linux ``arch/arm/boot/dts/exynos5800.dtsi`` A15/A7 OPP tables (HARD).
 * Nano CPU voltages: Linux ``drivers/clk/tegra/clk-tegra124-dfll-fcpu.c``, tegra210
   CPU_CVB_TABLE c0 values, clamped at min 850 mV (HARD).
@@ -107,7 +107,7 @@ def _xu3() -> SimSpec:
          SimTarget("a15", "cpu", [4, 5, 6, 7], a15, lambda k: XU3_A15_UV[k // 1000] / 1e6, 4, 4, 0.30,
                    0.4e-3, 3.3e-10, 0.40, "arm")],
         idle_w={"arm": 0.25, "kfc": 0.05, "mem": 0.15, "g3d": 0.03},
-        thermal_trip_c=85.0, throttle_khz={"a15": 1600000},   # boards.md §8: 2.0 → 1.6 GHz at 85 °C
+        thermal_trip_c=85.0, throttle_khz={"a15": 1600000},   # docs/platforms.md: 2.0 → 1.6 GHz at 85 °C
         notes="Exynos 5422; energy = A15 + A7 + GPU + DRAM rails (the INA231 rails)")
 
 
@@ -122,7 +122,7 @@ def _nano() -> SimSpec:
         [SimTarget("cpu", "cpu", [0, 1, 2, 3], cpu, cpu_v, 4, 4, 0.30, 0.4e-3, 3.0e-10, 0.30, "cpu"),
          SimTarget("gpu", "gpu", [], gpu, gpu_v, 128, 1, 0.25, 1.5e-3, 1.6e-11, 0.30, "gpu",
                    dvfs_latency_s=1e-3)],
-        idle_w={"in": 1.25, "cpu": 0.20, "gpu": 0.05},   # "in" is the module total (boards.md §7)
+        idle_w={"in": 1.25, "cpu": 0.20, "gpu": 0.05},   # "in" is the module total (docs/platforms.md)
         thermal_trip_c=97.0, throttle_khz={"cpu": 1224000, "gpu": 768000},
         notes="Tegra X1 (T210); energy = POM_5V_IN, the module total")
 

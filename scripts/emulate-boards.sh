@@ -38,6 +38,15 @@ root() {   # root ARCH SUITE PACKAGES
     mmdebstrap --quiet --variant=extract --architectures="$arch" --include="$pkgs" "$suite" "$dir" \
       http://deb.debian.org/debian
   fi
+  for d in bin sbin lib; do   # merged /usr: extract installs no base-files, so no /lib -> usr/lib
+    [ -e "$dir/$d" ] || ln -s "usr/$d" "$dir/$d"
+  done
+  # extract runs no maintainer scripts, so update-alternatives never made libblas.so.3/liblapack.so.3
+  for f in "$dir"/usr/lib/*/blas/libblas.so.3 "$dir"/usr/lib/*/lapack/liblapack.so.3; do
+    [ -e "$f" ] && [ ! -e "$(dirname "$(dirname "$f")")/$(basename "$f")" ] && \
+      ln -s "$(basename "$(dirname "$f")")/$(basename "$f")" "$(dirname "$(dirname "$f")")/$(basename "$f")"
+  done
+  true
 }
 
 run_arch() {   # run_arch ARCH QEMU

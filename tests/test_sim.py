@@ -41,7 +41,7 @@ def test_thermal_cap_engages_when_hot():
     b = SimBoard("sim-odroid-xu3", noise=0.0)
     b.temp_c = 90.0
     b.run(MACS, "a15")
-    assert b.frequency("a15") == 1600000         # boards.md §8: 2.0 → 1.6 GHz at 85 °C
+    assert b.frequency("a15") == 1600000         # docs/platforms.md: 2.0 → 1.6 GHz at 85 °C
     b.temp_c = 40.0
     b.run(MACS, "a7", idle_s=1.0)
     assert b.frequency("a15") == 2000000

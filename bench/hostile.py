@@ -1,0 +1,182 @@
+"""The real ``dnnscale serve`` under hostile load: ``python -m bench.hostile [--model DIR]``.
+
+One daemon (generic fake tree, 1 onnxruntime thread, its descriptor limit set to 1024 as
+systemd's default soft limit, WATCHDOG_USEC=1 s) and, one after the other: a flood of raw
+connections, a multipart bomb (a header and 1,000 frames of 800 KiB), and 10 s floods of
+junk and of valid requests from one client while a well-behaved client sends 200 requests.
+Prints one table (docs/reliability.md quotes it).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import socket
+import tempfile
+import threading
+import time
+
+import numpy as np
+import psutil
+import zmq
+
+from .common import machine, table
+
+IMG = np.zeros((1, 32, 32, 3), np.uint8)
+
+
+def _header(i) -> bytes:
+    return json.dumps({"id": i, "dtype": "uint8", "shape": [1, 32, 32, 3]}).encode()
+
+
+def _watch(d, stamps, stop):
+    d.notify.settimeout(0.05)
+    while not stop.is_set():
+        try:
+            m = d.notify.recv(4096).decode()
+        except OSError:
+            continue
+        if "WATCHDOG=1" in m:
+            stamps.append(time.monotonic())
+
+
+def run(model_dir: str, seconds: float = 10.0) -> dict:
+    from tests.daemon_harness import Daemon
+    from tests.fixtures import trees
+    work = tempfile.mkdtemp(prefix="dnnscale-hostile-")
+    root = trees.build("generic", os.path.join(work, "sysfs"))
+    d = Daemon(os.path.join(work, "run"), model_dir, sysfs_root=root, env={"WATCHDOG_USEC": "1000000"},
+               preexec=lambda: resource.setrlimit(resource.RLIMIT_NOFILE, (1024, 1024)))
+    d.wait_ready(600)
+    stamps, stop_watch = [], threading.Event()
+    watcher = threading.Thread(target=_watch, args=(d, stamps, stop_watch), daemon=True)
+    watcher.start()
+    out = {"machine": machine()}
+    proc = psutil.Process(d.proc.pid)
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, 4096), hard))
+    try:
+        # 1. raw connections
+        path = d.infer_ep[len("ipc://"):]
+        conns, refused = [], 0
+        for _ in range(1100):
+            s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            try:
+                s.connect(path)
+                conns.append(s)
+            except OSError:
+                s.close()
+                refused += 1
+        time.sleep(1)
+        out["flood_alive"] = d.proc.poll() is None
+        for s in conns:
+            s.close()
+        from daemon.client import ClientError
+        st, t0 = None, time.time()
+        while st is None and time.time() - t0 < 30:     # the listeners come back once it drained
+            try:
+                st = d.client(timeout_s=1).status()["connections"]
+            except ClientError:
+                time.sleep(0.1)
+        out["relisten_s"] = time.time() - t0
+        out["fd_peak"], out["fd_limit"], out["flood_refused"] = st["fds_peak"], st["fd_limit"], refused
+        # 2. multipart bomb
+        ctx = zmq.Context.instance()
+        rss0 = proc.memory_info().rss
+        peak, done = [rss0], threading.Event()
+
+        def sample():
+            while not done.is_set():
+                peak[0] = max(peak[0], proc.memory_info().rss)
+                time.sleep(0.005)
+        t = threading.Thread(target=sample)
+        t.start()
+        b = ctx.socket(zmq.DEALER)
+        b.setsockopt(zmq.LINGER, 0)
+        b.connect(d.infer_ep)
+        b.send_multipart([_header("bomb")] + [bytes(800 * 1024)] * 1000)
+        b.poll(120000)
+        out["bomb_reply"] = json.loads(b.recv_multipart()[0])["error"]["code"]
+        done.set()
+        t.join()
+        b.close()
+        out["rss_before_mb"], out["rss_peak_mb"] = rss0 / 2 ** 20, peak[0] / 2 ** 20
+        # 3. one client floods, another sends 200 requests
+        for kind in ("junk", "valid"):
+            stop = threading.Event()
+
+            def flood():
+                s = ctx.socket(zmq.DEALER)
+                s.setsockopt(zmq.LINGER, 0)
+                s.setsockopt(zmq.SNDHWM, 100000)
+                s.connect(d.infer_ep)
+                while not stop.is_set():
+                    try:
+                        if kind == "junk":
+                            s.send(b"junk", zmq.NOBLOCK)
+                        else:
+                            s.send_multipart([_header("f"), IMG.tobytes()], zmq.NOBLOCK)
+                    except zmq.Again:
+                        time.sleep(0.0005)
+                    while s.poll(0):
+                        s.recv_multipart()
+                s.close()
+            ft = threading.Thread(target=flood)
+            ft.start()
+            time.sleep(0.5)
+            lat, busy = [], 0
+            from daemon.client import DaemonError
+            with d.client() as c:
+                t_end = time.time() + seconds
+                while time.time() < t_end or len(lat) < 200:
+                    t0 = time.perf_counter()
+                    try:
+                        c.infer(IMG)
+                    except DaemonError:
+                        busy += 1
+                    lat.append(time.perf_counter() - t0)
+                    time.sleep(0.02)
+            stop.set()
+            ft.join()
+            out["%s_p50_ms" % kind] = float(np.percentile(lat, 50)) * 1e3
+            out["%s_p99_ms" % kind] = float(np.percentile(lat, 99)) * 1e3
+            out["%s_busy" % kind] = busy / len(lat)
+        gaps = np.diff(stamps) if len(stamps) > 1 else [float("nan")]
+        out["watchdog_max_gap_s"] = float(np.max(gaps))
+        out["watchdog_pings"] = len(stamps)
+    finally:
+        stop_watch.set()
+        d.stop()
+    return out
+
+
+def report(r: dict) -> str:
+    rows = [
+        ["raw connections opened by one client", "1100, at a 1024 descriptor limit",
+         "daemon up: %s; %d refused; descriptors at most %d of %d; accepting again %.1f s after they closed"
+         % (r["flood_alive"], r["flood_refused"], r["fd_peak"], r["fd_limit"], r["relisten_s"])],
+        ["multipart bomb: header + 1000 x 800 KiB", "reply %s" % r["bomb_reply"],
+         "RSS %.0f MB before, %.0f MB at peak" % (r["rss_before_mb"], r["rss_peak_mb"])],
+        ["another client under a junk flood", "p50 %.2f ms, p99 %.2f ms" % (r["junk_p50_ms"], r["junk_p99_ms"]),
+         "busy %.1f%%" % (100 * r["junk_busy"])],
+        ["another client under a flood of valid requests", "p50 %.2f ms, p99 %.2f ms" % (r["valid_p50_ms"],
+                                                                                      r["valid_p99_ms"]),
+         "busy %.1f%%" % (100 * r["valid_busy"])],
+        ["watchdog (WATCHDOG_USEC 1 s: a ping every 0.5 s)", "%d pings" % r["watchdog_pings"],
+         "longest gap %.2f s" % r["watchdog_max_gap_s"]],
+    ]
+    return "%s\n\n%s" % (r["machine"], table(["attack", "result", "figure"], rows))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--model", default=None, help="model-set folder (default: the shipped CIFAR-10 set)")
+    ap.add_argument("--seconds", type=float, default=10.0, help="length of each one-client flood")
+    a = ap.parse_args()
+    from models import zoo
+    print(report(run(a.model or zoo.default_path(), a.seconds)))
+
+
+if __name__ == "__main__":
+    main()
