@@ -418,3 +418,87 @@ def test_bad_model_at_start_leaves_the_xu3_sensors_off(random_set, tmp_path):
                        cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert r.returncode == 2 and "altered" in r.stderr and "Traceback" not in r.stderr, r.stderr
     assert snapshot(root) == before
+
+
+@pytest.fixture
+def tiny_tmpfs(tmp_path):
+    """A 512 KiB tmpfs (root only), unmounted afterwards."""
+    d = tmp_path / "tmpfs"
+    d.mkdir()
+    if os.geteuid() != 0 or subprocess.call(["mount", "-t", "tmpfs", "-o", "size=512k", "tmpfs", str(d)],
+                                            stderr=subprocess.DEVNULL) != 0:
+        pytest.skip("cannot mount a tmpfs here")
+    yield d
+    subprocess.call(["umount", "-l", str(d)])
+
+
+def fill(path) -> None:
+    """Write zeros to ``path`` until the file system is full."""
+    fd = os.open(str(path), os.O_WRONLY | os.O_CREAT | os.O_APPEND)
+    try:
+        while True:
+            os.write(fd, b"\0" * 4096)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def _serve_once(random_set, root, state, tmp_path):
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("")
+    return subprocess.run(dnnscale_cmd() + ["serve", "--model", random_set, "--sysfs-root", root, "--config", str(cfg),
+                                            "--state-dir", state, "--control-endpoint", "ipc://%s/c.sock" % tmp_path,
+                                            "--infer-endpoint", "ipc://%s/i.sock" % tmp_path],
+                          cwd=ROOT, capture_output=True, text=True, timeout=120)
+
+
+def test_full_state_disk(random_set, tmp_path, tiny_tmpfs):
+    """A full disk at first start: one line, nothing half-written; while serving: a budget that
+    cannot be saved is not applied."""
+    root = trees.build("generic", str(tmp_path / "sysfs"))
+    before = snapshot(root)
+    state = tiny_tmpfs / "state"
+    state.mkdir()
+    filler = tiny_tmpfs / "filler"
+    fill(filler)
+    r = _serve_once(random_set, root, str(state), tmp_path)
+    assert r.returncode == 2 and "No space left" in r.stderr and "Traceback" not in r.stderr, r.stderr
+    assert os.listdir(state) == [] and snapshot(root) == before
+    filler.unlink()
+    d = Daemon(str(tmp_path / "run"), random_set, sysfs_root=root, extra=["--state-dir", str(state)])
+    try:
+        d.wait_ready()
+        with d.client() as c:
+            c.set_budget(latency_ms=20.0)
+            fill(filler)
+            with pytest.raises(DaemonError) as e:
+                c.set_budget(latency_ms=9.0)
+            assert e.value.code == "state_unwritable" and "No space" in str(e.value)
+            assert c.status()["budget"]["latency_ms"] == 20.0
+            assert len(c.infer(IMG).labels) == 1
+            assert not [f for f in os.listdir(state) if f.endswith(".tmp")]
+    finally:
+        assert d.stop() == 0, d.output()
+    assert snapshot(root) == before
+
+
+def test_read_only_state_after_sigkill(random_set, tmp_path, tiny_tmpfs):
+    """SIGKILL with a frequency set, then the state directory goes read-only: every later start
+    restores the tree and refuses to start with one line (before: a crash on every start)."""
+    from tests.test_platforms import read_only
+    root = trees.build("generic", str(tmp_path / "sysfs"))
+    before = snapshot(root)
+    state = tiny_tmpfs / "state"
+    d = Daemon(str(tmp_path / "run"), random_set, sysfs_root=root, extra=["--state-dir", str(state)])
+    d.wait_ready()
+    with d.client() as c:
+        c.pin(target="cpu", freq_khz=1800000)
+    assert snapshot(root) != before
+    d.stop(signal.SIGKILL)
+    with read_only(str(tiny_tmpfs)):
+        for _ in range(2):
+            r = _serve_once(random_set, root, str(state), tmp_path)
+            assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
+            assert "not writable" in r.stderr.splitlines()[-1]
+            assert snapshot(root) == before
