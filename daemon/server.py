@@ -64,22 +64,29 @@ class FdGuard:
     """Keeps the process clear of its descriptor limit. libzmq aborts the whole process when
     accept() on an ipc listener fails with EMFILE (src/ipc_listener.cpp asserts on it), so a
     local client opening connections until the limit, or the operator's next ``dnnscale
-    status`` after a tcp flood, would take the daemon down. A thread counts the open
-    descriptors every few milliseconds; past ``high`` of the soft limit it unlinks the ipc
-    socket files (no new connection can reach the listeners; established ones are served
-    on), and below ``low`` the socket-owning threads bind them again."""
+    status`` after a tcp flood, would take the daemon down. A thread follows the sockets'
+    monitor events (each accepted and each closed connection) and recounts the open
+    descriptors at each; past ``high`` of the soft limit it unlinks the ipc socket files (no
+    new connection can reach the listeners; established ones are served on), and below
+    ``low`` the socket-owning threads bind them again. Idle, it wakes four times a second."""
 
-    def __init__(self, paths: List[str], high: float = 0.6, low: float = 0.4, period_s: float = 0.005):
+    def __init__(self, paths: List[str], high: float = 0.6, low: float = 0.4):
         soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
         self.limit = soft
         self.high, self.low = int(soft * high), int(soft * low)
         self.paths = paths
-        self.period = period_s
         self.hidden = False
         self.rebind = set()          # endpoint kinds ("infer", "control") to bind again
         self.peak = 0
         self.trips = 0
+        self.monitors: List[zmq.Socket] = []
         self._stop = threading.Event()
+        self._thread: Optional[threading.Thread] = None
+
+    def watch(self, sock: zmq.Socket) -> None:
+        """Follow ``sock``'s connections (call from the thread that owns it, before start)."""
+        self.monitors.append(sock.get_monitor_socket(zmq.EVENT_ACCEPTED | zmq.EVENT_DISCONNECTED
+                                                     | zmq.EVENT_CLOSED))
 
     def count(self) -> int:
         try:
@@ -87,30 +94,47 @@ class FdGuard:
         except OSError:              # EMFILE itself: as full as it gets
             return self.limit
 
+    def check(self) -> None:
+        n = self.count()
+        self.peak = max(self.peak, n)
+        if n >= self.high and not self.hidden:
+            self.hidden = True
+            self.trips += 1
+            for p in self.paths:
+                try:
+                    os.unlink(p)
+                except OSError:
+                    pass
+            log.warning("%d of %d file descriptors in use: not accepting new connections until "
+                        "fewer than %d are open", n, self.limit, self.low)
+        elif n <= self.low and self.hidden:
+            self.hidden = False
+            self.rebind.update(("infer", "control"))
+            log.info("%d file descriptors in use: accepting connections again", n)
+
     def _run(self) -> None:
-        while not self._stop.wait(self.period):
-            n = self.count()
-            self.peak = max(self.peak, n)
-            if n >= self.high and not self.hidden:
-                self.hidden = True
-                self.trips += 1
-                for p in self.paths:
-                    try:
-                        os.unlink(p)
-                    except OSError:
-                        pass
-                log.warning("%d of %d file descriptors in use: not accepting new connections until "
-                            "fewer than %d are open", n, self.limit, self.low)
-            elif n <= self.low and self.hidden:
-                self.hidden = False
-                self.rebind.update(("infer", "control"))
-                log.info("%d file descriptors in use: accepting connections again", n)
+        poller = zmq.Poller()
+        for m in self.monitors:
+            poller.register(m, zmq.POLLIN)
+        while not self._stop.is_set():
+            ready = dict(poller.poll(250))
+            for m in self.monitors:
+                while m in ready and m.poll(0):
+                    m.recv_multipart()      # what happened does not matter: the count does
+            self.check()
 
     def start(self) -> None:
-        threading.Thread(target=self._run, name="dnnscale-fdguard", daemon=True).start()
+        self._thread = threading.Thread(target=self._run, name="dnnscale-fdguard", daemon=True)
+        self._thread.start()
 
     def stop(self) -> None:
         self._stop.set()
+        if self._thread:
+            self._thread.join(timeout=3)
+            self._thread = None
+        for m in self.monitors:
+            m.close(linger=0)
+        self.monitors = []
 
 
 class Server:
@@ -152,6 +176,8 @@ class Server:
             self._curve(self.control)
         self._bind(self.infer, self.cfg.infer_endpoint)
         self._bind(self.control, ep)
+        self.guard.watch(self.infer)
+        self.guard.watch(self.control)
 
     def _control_file_modes(self, path: str) -> None:
         os.chmod(path, 0o660)
@@ -442,6 +468,7 @@ class Server:
         log.info("stopped: %d requests served", self.service.served)
 
     def close(self) -> None:
+        self.guard.stop()
         for s in ("infer", "control"):
             sock = getattr(self, s, None)
             if sock is not None:
