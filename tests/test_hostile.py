@@ -39,6 +39,16 @@ def dealer(ep: str) -> zmq.Socket:
     return s
 
 
+def serve_once(model, root, state, tmp_path, cmd=None, control=None):
+    """One ``dnnscale serve`` that is expected to refuse to start: its CompletedProcess."""
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("")
+    return subprocess.run((cmd or dnnscale_cmd()) + [
+        "serve", "--model", model, "--sysfs-root", root, "--config", str(cfg), "--state-dir", str(state),
+        "--control-endpoint", control or "ipc://%s/c.sock" % tmp_path, "--infer-endpoint", "ipc://%s/i.sock" % tmp_path],
+        cwd=ROOT, capture_output=True, text=True, timeout=120)
+
+
 @pytest.fixture
 def daemon(random_set, tmp_path):
     started = []
@@ -260,12 +270,7 @@ def test_unwritable_state_directory_refuses_to_start_with_one_line(random_set, t
     before = snapshot(root)
     blocker = tmp_path / "file"
     blocker.write_text("")
-    cfg = tmp_path / "c.yaml"
-    cfg.write_text("")
-    r = subprocess.run(dnnscale_cmd() + ["serve", "--model", random_set, "--sysfs-root", root, "--config", str(cfg),
-                                         "--state-dir", str(blocker / "state"), "--control-endpoint",
-                                         "ipc://%s/c.sock" % tmp_path, "--infer-endpoint", "ipc://%s/i.sock" % tmp_path],
-                       cwd=ROOT, capture_output=True, text=True, timeout=120)
+    r = serve_once(random_set, root, blocker / "state", tmp_path)
     assert r.returncode == 2 and "Traceback" not in r.stderr
     assert "state directory" in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
     assert snapshot(root) == before
@@ -299,25 +304,15 @@ def test_socket_directory_made_by_another_user_is_refused(random_set, tmp_path):
     trap.mkdir()
     os.chown(trap, 4242, 4242)                         # made first by another user
     root = trees.build("generic", str(tmp_path / "sysfs"))
-    cfg = tmp_path / "c.yaml"
-    cfg.write_text("")
-    r = subprocess.run(dnnscale_cmd() + ["serve", "--model", random_set, "--sysfs-root", root, "--config", str(cfg),
-                                         "--state-dir", str(tmp_path / "state"), "--control-endpoint",
-                                         "ipc://%s/control.sock" % trap, "--infer-endpoint",
-                                         "ipc://%s/i.sock" % tmp_path],
-                       cwd=ROOT, capture_output=True, text=True, timeout=120)
+    r = serve_once(random_set, root, tmp_path / "state", tmp_path, control="ipc://%s/control.sock" % trap)
     assert r.returncode == 2 and "uid 4242" in r.stderr and "Traceback" not in r.stderr, r.stderr
     with pytest.raises(ClientError, match="uid 4242"):
         Client(control_endpoint="ipc://%s/control.sock" % trap, timeout_s=1).status()
 
 
 def test_abstract_control_endpoint_is_one_line(random_set, tmp_path):
-    cfg = tmp_path / "c.yaml"
-    cfg.write_text("")
-    r = subprocess.run(dnnscale_cmd() + ["serve", "--model", random_set, "--platform", "generic", "--config", str(cfg),
-                                         "--state-dir", str(tmp_path / "state"), "--control-endpoint",
-                                         "ipc://@dnnscale-test", "--infer-endpoint", "ipc://%s/i.sock" % tmp_path],
-                       cwd=ROOT, capture_output=True, text=True, timeout=120)
+    root = trees.build("generic", str(tmp_path / "sysfs"))
+    r = serve_once(random_set, root, tmp_path / "state", tmp_path, control="ipc://@dnnscale-test")
     assert r.returncode == 2 and "abstract" in r.stderr and "Traceback" not in r.stderr, r.stderr
 
 
@@ -410,12 +405,7 @@ def test_bad_model_at_start_leaves_the_xu3_sensors_off(random_set, tmp_path):
     shutil.copytree(random_set, model)
     with open(os.path.join(model, "weights.bin"), "r+b") as f:
         f.write(b"\xff" * 16)
-    cfg = tmp_path / "c.yaml"
-    cfg.write_text("")
-    r = subprocess.run(kernel_cmd() + ["serve", "--model", model, "--sysfs-root", root, "--config", str(cfg),
-                                       "--state-dir", str(tmp_path / "state"), "--control-endpoint",
-                                       "ipc://%s/c.sock" % tmp_path, "--infer-endpoint", "ipc://%s/i.sock" % tmp_path],
-                       cwd=ROOT, capture_output=True, text=True, timeout=120)
+    r = serve_once(model, root, tmp_path / "state", tmp_path, cmd=kernel_cmd())
     assert r.returncode == 2 and "altered" in r.stderr and "Traceback" not in r.stderr, r.stderr
     assert snapshot(root) == before
 
@@ -444,15 +434,6 @@ def fill(path) -> None:
         os.close(fd)
 
 
-def _serve_once(random_set, root, state, tmp_path):
-    cfg = tmp_path / "c.yaml"
-    cfg.write_text("")
-    return subprocess.run(dnnscale_cmd() + ["serve", "--model", random_set, "--sysfs-root", root, "--config", str(cfg),
-                                            "--state-dir", state, "--control-endpoint", "ipc://%s/c.sock" % tmp_path,
-                                            "--infer-endpoint", "ipc://%s/i.sock" % tmp_path],
-                          cwd=ROOT, capture_output=True, text=True, timeout=120)
-
-
 def test_full_state_disk(random_set, tmp_path, tiny_tmpfs):
     """A full disk at first start: one line, nothing half-written; while serving: a budget that
     cannot be saved is not applied."""
@@ -462,7 +443,7 @@ def test_full_state_disk(random_set, tmp_path, tiny_tmpfs):
     state.mkdir()
     filler = tiny_tmpfs / "filler"
     fill(filler)
-    r = _serve_once(random_set, root, str(state), tmp_path)
+    r = serve_once(random_set, root, state, tmp_path)
     assert r.returncode == 2 and "No space left" in r.stderr and "Traceback" not in r.stderr, r.stderr
     assert os.listdir(state) == [] and snapshot(root) == before
     filler.unlink()
@@ -498,7 +479,7 @@ def test_read_only_state_after_sigkill(random_set, tmp_path, tiny_tmpfs):
     d.stop(signal.SIGKILL)
     with read_only(str(tiny_tmpfs)):
         for _ in range(2):
-            r = _serve_once(random_set, root, str(state), tmp_path)
+            r = serve_once(random_set, root, state, tmp_path)
             assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
             assert "not writable" in r.stderr.splitlines()[-1]
             assert snapshot(root) == before
