@@ -268,55 +268,56 @@ def _call(fn):
         raise CliError(str(e), code=1)
 
 
-def read_images(paths: List[str]):
-    """PNG/JPEG (any size: converted to RGB and resized to 32x32) or .npy (uint8 HWC/NHWC).
-    Returns the images and a name for each (the file, with an index inside a .npy batch)."""
-    import numpy as np
-    out, names = [], []
-    for p in paths:
-        if not os.path.isfile(p):
-            raise CliError("%s does not exist" % p)
-        if p.lower().endswith(".npy"):
-            try:
-                arr = np.load(p, allow_pickle=False)
-            except (ValueError, OSError) as e:
-                raise CliError("%s is not a readable .npy file: %s" % (p, e))
-            if arr.dtype != np.uint8 or arr.ndim not in (3, 4) or arr.shape[-3:] != (32, 32, 3):
-                raise CliError("%s must hold uint8 images [32, 32, 3] or [N, 32, 32, 3], got %s %s"
-                               % (p, arr.dtype, list(arr.shape)))
-            arr = arr.reshape(-1, 32, 32, 3)
-            out.extend(arr)
-            names.extend(["%s[%d]" % (p, i) for i in range(len(arr))] if len(arr) > 1 else [p])
-        else:
-            from PIL import Image, UnidentifiedImageError
-            try:
-                with Image.open(p) as im:
-                    out.append(np.asarray(im.convert("RGB").resize((32, 32), Image.BILINEAR), dtype=np.uint8))
-                    names.append(p)
-            except (UnidentifiedImageError, OSError) as e:
-                raise CliError("%s is not an image Pillow can read: %s" % (p, e))
-    return np.stack(out), names
-
-
 def cmd_infer(a: argparse.Namespace) -> int:
     import json
-    images, files = read_images(a.files)
-    res = _call(lambda: _client(a).infer(images, groups=a.groups))
+    from . import images as imgs
+    from .client import ClientError
+    c = _client(a)
+    hwc, max_batch, names_of = (32, 32, 3), 64, []
+    try:                          # the model's input and the daemon's batch limit, where it says them
+        st = c.status()
+        ch, hh, ww = st["model"]["input_shape"]
+        hwc, max_batch, names_of = (hh, ww, ch), int(st.get("max_batch") or 64), st["model"].get("classes") or []
+    except (ClientError, KeyError, TypeError, ValueError):
+        pass
+    x, names, problems, notes = imgs.read(a.files, hwc)
+    for p, what in problems:
+        print("dnnscale infer: %s %s" % (p, what), file=sys.stderr)
+    for n in notes:
+        print("note: %s" % n, file=sys.stderr)
+    if not len(x):
+        raise CliError("no image to classify")
+    rows, header = [], None
+    for start in range(0, len(x), max_batch):       # what the daemon takes in one request
+        res = _call(lambda: c.infer(x[start:start + max_batch], groups=a.groups))
+        header = header or res.header
+        classes = res.header.get("names") or []
+        for i, (lab, top) in enumerate(zip(res.labels, imgs.top_k(res.logits))):
+            rows.append({"file": names[start + i], "label": lab,
+                         "name": classes[i] if i < len(classes) else str(lab),
+                         "top": [{"class": j, "p": round(pr, 4)} for j, pr in top],
+                         "config": res.config, "latency_ms": res.latency_ms, "energy_mj": res.energy_mj})
     if a.json:
-        print(json.dumps(res.header))
-        return 0
-    cfg = res.config
-    print("config: k=%d on %s at %s, %.3f ms%s%s" % (
-        cfg["groups"], cfg["target"], "%d MHz" % (cfg["freq_khz"] // 1000) if cfg["freq_khz"] else "fixed frequency",
-        res.latency_ms, "" if res.energy_mj is None else ", %.3f mJ" % res.energy_mj,
-        " (SIMULATED)" if res.header.get("simulated") else ""))
-    names = res.header.get("names") or [""] * len(res.labels)
-    for f, lab, name in zip(files, res.labels, names):
-        print("%s: %s (class %d)" % (f, name, lab))
-    return 0
+        print(json.dumps({"images": rows, "problems": [{"file": p, "error": w} for p, w in problems]}))
+    else:
+        cfg = header["config"]
+        print("config: k=%d on %s at %s, %.3f ms%s%s" % (
+            cfg["groups"], cfg["target"], "%d MHz" % (cfg["freq_khz"] // 1000) if cfg.get("freq_khz")
+            else "fixed frequency", header["latency_ms"],
+            "" if header.get("energy_mj") is None else ", %.3f mJ" % header["energy_mj"],
+            " (SIMULATED)" if header.get("simulated") else ""))
+        for r in rows:
+            alts = ", ".join("%s %.2f" % (names_of[t["class"]] if t["class"] < len(names_of) else t["class"], t["p"])
+                             for t in r["top"])
+            print("%s: %s (p %.2f; top: %s)" % (r["file"], r["name"], r["top"][0]["p"], alts))
+    return 1 if problems else 0
 
 
 def cmd_budget(a: argparse.Namespace) -> int:
+    import math
+    for flag, v in (("--latency-ms", a.latency_ms), ("--energy-mj", a.energy_mj), ("--power-w", a.power_w)):
+        if v is not None and (not math.isfinite(v) or v <= 0):
+            raise CliError("%s must be a positive number, got %s" % (flag, v))
     c = _client(a)
     if a.clear:
         if a.latency_ms is not None or a.energy_mj is not None or a.power_w is not None:
@@ -326,9 +327,13 @@ def cmd_budget(a: argparse.Namespace) -> int:
         r = {"budget": _call(c.status)["budget"]}
     else:
         r = _call(lambda: c.set_budget(a.latency_ms, a.energy_mj, a.power_w))
-    b = r["budget"]
-    parts = ["%s %s" % (k, v) for k, v in b.items() if v is not None]
-    print("budget: %s" % (", ".join(parts) or "none (best accuracy at the lowest energy)"))
+    def fmt(b):
+        return ", ".join("%s %s" % (k, v) for k, v in b.items() if v is not None)
+    print("budget: %s" % (fmt(r["budget"]) or "none (best accuracy at the lowest energy)"))
+    if r.get("replaced") is not None and r["replaced"] != r["budget"] and fmt(r["replaced"]):
+        print("  (replaced: %s)" % fmt(r["replaced"]))
+    if r.get("warning"):
+        print("  warning: %s" % r["warning"])
     return 0
 
 
@@ -342,9 +347,10 @@ def format_status(s) -> str:
     lines.append("budget: %s%s" % (", ".join("%s %s" % kv for kv in b.items()) or "none",
                                    "" if s.get("feasible") in (None, True) else "   INFEASIBLE: serving the closest configuration"))
     if cfg:
-        lines.append("config: k=%s on %s at %s%s" % (cfg["groups"], cfg["target"],
-                     "%d MHz" % (cfg["freq_khz"] // 1000) if cfg.get("freq_khz") else "fixed frequency",
-                     "   pinned %s" % s["pinned"] if s.get("pinned") else ""))
+        lines.append("config: k=%s on %s at %s" % (cfg["groups"], cfg["target"],
+                     "%d MHz" % (cfg["freq_khz"] // 1000) if cfg.get("freq_khz") else "fixed frequency"))
+    if s.get("pinned"):
+        lines.append("pinned: %s (dnnscale release to undo)" % _pin_text(s["pinned"]))
     if lat:
         lines.append("latency ms: p50 %.3f  p95 %.3f  p99 %.3f   miss rate %.2f%%   served %d" % (
             lat["p50"], lat["p95"], lat["p99"], 100 * s["miss_rate"], s["served"]))
@@ -369,18 +375,39 @@ def cmd_status(a: argparse.Namespace) -> int:
     return 0
 
 
+def _pin_text(p) -> str:
+    parts = []
+    if p.get("groups") is not None:
+        parts.append("k=%d" % p["groups"])
+    if p.get("target") is not None:
+        parts.append("on %s" % p["target"])
+    if p.get("freq_khz") is not None:
+        parts.append("at %g MHz" % (p["freq_khz"] / 1000))
+    return " ".join(parts) or "nothing"
+
+
 def cmd_pin(a: argparse.Namespace) -> int:
+    import math
     if a.groups is None and a.target is None and a.freq_mhz is None:
         raise CliError("give at least one of --groups, --target, --freq-mhz")
+    if a.freq_mhz is not None and (not math.isfinite(a.freq_mhz) or a.freq_mhz <= 0):
+        raise CliError("--freq-mhz must be a positive number of MHz, got %s" % a.freq_mhz)
     freq = None if a.freq_mhz is None else int(round(a.freq_mhz * 1000))
     r = _call(lambda: _client(a).pin(a.groups, a.target, freq))
-    print("pinned: %s" % r["pinned"])
+    print("pinned: %s" % _pin_text(r["pinned"]))
+    if r.get("replaced"):
+        print("  (replaced the pin %s)" % _pin_text(r["replaced"]))
+    cfg = r.get("config")
+    if cfg:
+        print("  in effect: k=%d on %s%s" % (cfg["groups"], cfg["target"], " at %g MHz" % (cfg["freq_khz"] / 1000)
+                                             if cfg.get("freq_khz") else ""))
     return 0
 
 
 def cmd_release(a: argparse.Namespace) -> int:
-    _call(_client(a).release)
-    print("released: the governor chooses freely again")
+    r = _call(_client(a).release)
+    was = r.get("released")
+    print("released%s: the governor chooses freely again" % (" the pin %s" % _pin_text(was) if was else ""))
     return 0
 
 
@@ -482,14 +509,14 @@ def build_parser() -> argparse.ArgumentParser:
         c = sub.add_parser(name, help=help, description=help)
         if infer:
             c.add_argument("--endpoint", default=None, help="inference endpoint (default tcp://127.0.0.1:5555)")
-        else:
-            c.add_argument("--control-endpoint", default=None,
-                           help="control endpoint (default: the daemon's ipc socket)")
+        c.add_argument("--control-endpoint", default=None,
+                       help="control endpoint (default: the daemon's ipc socket)")
         c.add_argument("--timeout", type=float, default=5.0, help="seconds to wait for the daemon")
         return c
 
-    inf = client_parser("infer", "classify images (PNG/JPEG/.npy) with the running daemon", infer=True)
-    inf.add_argument("files", nargs="+", metavar="FILE")
+    inf = client_parser("infer", "classify images (PNG/JPEG/.npy, or folders of them) with the running daemon; "
+                        "each is scaled (shorter side) and centre-cropped to the model's input", infer=True)
+    inf.add_argument("files", nargs="+", metavar="FILE", help="image files, .npy arrays, or folders")
     inf.add_argument("--groups", type=int, default=None, help="force k groups for this request")
     inf.add_argument("--json", action="store_true")
     inf.set_defaults(func=cmd_infer)
@@ -524,6 +551,10 @@ def main(argv: Optional[List[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
+    except BrokenPipeError:       # `dnnscale status | head`: the reader left; nothing more to say
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 1
     except CliError as e:
         print("dnnscale %s: error: %s" % (args.verb, e), file=sys.stderr)
         return e.code

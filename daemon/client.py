@@ -46,6 +46,37 @@ class Result:
     header: Dict
 
 
+def _probe(endpoint: str) -> None:
+    """Fail at once, rather than after the whole time-out, where nothing can be listening:
+    an ipc path that does not exist or refuses connections, a tcp port that refuses them."""
+    import socket
+    hint = "(is `dnnscale serve` running?)"
+    if endpoint.startswith("ipc://") and not endpoint.startswith("ipc://@"):
+        path = endpoint[len("ipc://"):]
+        if not os.path.exists(path):
+            raise DaemonUnavailable("no dnnscale daemon at %s: %s does not exist %s" % (endpoint, path, hint))
+        probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        target = path
+    elif endpoint.startswith("tcp://"):
+        host, _, port = endpoint[len("tcp://"):].rpartition(":")
+        if not port.isdigit() or host in ("*", ""):
+            return
+        host = host.strip("[]")
+        probe = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
+        target = (host, int(port))
+    else:
+        return
+    probe.settimeout(1.0)
+    try:
+        probe.connect(target)
+    except (ConnectionRefusedError, FileNotFoundError):
+        raise DaemonUnavailable("no dnnscale daemon at %s: nothing listens there %s" % (endpoint, hint)) from None
+    except OSError:
+        pass                      # unreachable for another reason: let the request time out
+    finally:
+        probe.close()
+
+
 class Client:
     def __init__(self, endpoint: Optional[str] = None, control_endpoint: Optional[str] = None,
                  timeout_s: float = 5.0, ctx: Optional[zmq.Context] = None,
@@ -74,6 +105,7 @@ class Client:
                     check_socket_dir(endpoint[len("ipc://"):], for_client=True)
                 except ConfigError as e:
                     raise ClientError(str(e)) from None
+            _probe(endpoint)
             s = self.ctx.socket(zmq.DEALER)
             s.setsockopt(zmq.LINGER, 0)
             if self._curve and endpoint == self.control_endpoint:

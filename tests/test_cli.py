@@ -5,6 +5,7 @@ import json
 import os
 import subprocess
 
+import numpy as np
 import pytest
 
 from tests.daemon_harness import ROOT, dnnscale_cmd
@@ -94,3 +95,30 @@ def test_train_bad_device_is_one_line(tiny_data, tmp_path, device, expect):
     assert r.returncode == 2 and expect in r.stderr and "Traceback" not in r.stderr
     assert len(r.stderr.strip().splitlines()) == 1
     assert not (tmp_path / "o").exists()
+
+
+def test_images_one_rule_for_every_input(tmp_path):
+    """16-bit PNGs are scaled, not clipped white; any size keeps its aspect (shorter side
+    scaled, centre crop); .npy follows the same rule; grayscale models get one channel."""
+    from PIL import Image
+    from daemon import images
+    a16 = np.full((32, 32), 40000, np.uint16)
+    Image.fromarray(a16).save(str(tmp_path / "deep.png"))
+    wide = np.zeros((32, 64, 3), np.uint8)
+    wide[:, :32, 0] = 255                      # left half red, right half blue
+    wide[:, 32:, 2] = 255
+    Image.fromarray(wide).save(str(tmp_path / "wide.png"))
+    np.save(str(tmp_path / "wide.npy"), wide)
+    x, names, problems, notes = images.read([str(tmp_path / f) for f in ("deep.png", "wide.png", "wide.npy")])
+    assert problems == [] and x.shape == (3, 32, 32, 3)
+    assert 150 <= x[0].mean() <= 160            # 40000 / 65535 of white, not 255
+    for im in x[1:]:                            # the centre 32 columns: half red, half blue
+        assert im[:, :14, 0].min() > 200 and im[:, 18:, 2].min() > 200
+    assert len(notes) == 1 and "wide.png 64x32" in notes[0] and "centre crop" in notes[0]
+    g, _, _, _ = images.read([str(tmp_path / "wide.png")], (28, 28, 1))
+    assert g.shape == (1, 28, 28, 1)
+    (tmp_path / "junk.png").write_bytes(b"not a png")
+    x, names, problems, _ = images.read([str(tmp_path / "junk.png"), str(tmp_path / "wide.png")])
+    assert len(x) == 1 and problems[0][0].endswith("junk.png") and "cannot be read" in problems[0][1]
+    p = images.top_k(np.array([[0.0, 2.0, 1.0]]), 2)[0]
+    assert [c for c, _ in p] == [1, 2] and abs(p[0][1] - np.exp(2.0) / np.exp([0.0, 2.0, 1.0]).sum()) < 1e-9

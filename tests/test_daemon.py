@@ -236,19 +236,47 @@ def test_cli_verbs(served, tmp_path):
     from PIL import Image
     Image.fromarray(np.full((64, 48, 3), 200, np.uint8)).save(str(tmp_path / "a.png"))
     np.save(str(tmp_path / "b.npy"), np.zeros((2, 32, 32, 3), np.uint8))
-    r = run("infer", str(tmp_path / "a.png"), str(tmp_path / "b.npy"), "--groups", "2", "--endpoint", d.infer_ep)
+    ep = ["--endpoint", d.infer_ep, "--control-endpoint", d.control_ep]
+    r = run("infer", str(tmp_path / "a.png"), str(tmp_path / "b.npy"), "--groups", "2", *ep)
     assert r.returncode == 0, r.stderr
     assert "k=2" in r.stdout
     assert [l.split(":")[0] for l in r.stdout.splitlines()[1:]] == [
         str(tmp_path / "a.png"), str(tmp_path / "b.npy") + "[0]", str(tmp_path / "b.npy") + "[1]"]
+    assert "(p 0." in r.stdout or "(p 1.00" in r.stdout
+    assert "resized to 32x32" in r.stderr and "a.png 48x64" in r.stderr      # said once, with the size
+    r = run("infer", str(tmp_path / "a.png"), "--json", *ep)
+    row = json.loads(r.stdout)["images"][0]
+    assert len(row["top"]) == 3 and 0 < row["top"][0]["p"] <= 1 and row["top"][0]["p"] >= row["top"][1]["p"]
     r = run("pin", "--groups", "1", "--control-endpoint", d.control_ep)
-    assert r.returncode == 0 and "'groups': 1" in r.stdout
+    assert r.returncode == 0 and "pinned: k=1" in r.stdout
+    r = run("status", "--control-endpoint", d.control_ep)
+    assert "pinned: k=1" in r.stdout
+    r = run("pin", "--groups", "2", "--control-endpoint", d.control_ep)
+    assert "replaced the pin k=1" in r.stdout
+    r = run("pin", "--groups", "9", "--control-endpoint", d.control_ep)
+    assert r.returncode == 1 and "1..3" in r.stderr
+    r = run("pin", "--freq-mhz", "1000", "--control-endpoint", d.control_ep)
+    assert r.returncode == 1 and "1000 MHz" in r.stderr and "1200" in r.stderr
     r = run("release", "--control-endpoint", d.control_ep)
-    assert r.returncode == 0
+    assert r.returncode == 0 and "released the pin k=2" in r.stdout
+    r = run("budget", "--latency-ms", "nan", "--control-endpoint", d.control_ep)
+    assert r.returncode == 2 and "--latency-ms must be a positive number" in r.stderr
     r = run("budget", "--clear", "--control-endpoint", d.control_ep)
-    assert "none" in r.stdout
-    r = run("infer", str(tmp_path / "missing.png"), "--endpoint", d.infer_ep)
-    assert r.returncode == 2 and "missing.png does not exist" in r.stderr
+    assert "none" in r.stdout and "replaced: latency_ms 50.0" in r.stdout
+    r = run("infer", str(tmp_path / "missing.png"), str(tmp_path / "a.png"), *ep)   # one bad file: the rest go on
+    assert r.returncode == 1 and "missing.png does not exist" in r.stderr and "a.png:" in r.stdout
+    r = run("infer", str(tmp_path / "missing.png"), *ep)
+    assert r.returncode == 2 and "no image to classify" in r.stderr
+    many = tmp_path / "many"
+    many.mkdir()
+    np.save(str(many / "x.npy"), np.zeros((70, 32, 32, 3), np.uint8))   # more than max_batch: sent in batches
+    r = run("infer", str(many), *ep)
+    assert r.returncode == 0 and len(r.stdout.splitlines()) == 71, r.stderr
+    p = subprocess.Popen(dnnscale_cmd() + ["status", "--json", "--control-endpoint", d.control_ep], cwd=ROOT,
+                         env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    p.stdout.close()                                        # the reader left, as `| head` does
+    assert "Traceback" not in p.stderr.read().decode()
+    p.wait()
 
 
 def test_sd_notify_ready_and_status(served):
