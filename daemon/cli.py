@@ -359,6 +359,9 @@ def format_status(s) -> str:
     lines.append("energy: %s" % ("%.3f mJ per inference (mean)" % s["energy_mj_mean"] if s.get("energy_mj_mean")
                                  is not None else s["energy"]["reason"] or "not measured"))
     lines.append("dvfs: %s" % ("on" if s["dvfs"]["enabled"] else "off (%s)" % s["dvfs"]["reason"]))
+    if s.get("profile"):
+        lines.append("profile: %s%s, %s" % (s["profile"], ", measured %s" % s["profile_created"]
+                                            if s.get("profile_created") else "", s.get("profile_file", "")))
     lines.append("targets: %s" % ", ".join(s["targets"]) + ("" if s.get("gpu") in ("available", "none")
                                                            else "   (%s)" % s["gpu"]))
     if s.get("temperatures_c"):
@@ -481,9 +484,13 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--limit", type=int, default=None, help="evaluate only the first N test images")
     e.add_argument("--latency-runs", type=int, default=200, help="batch-1 runs timed per k")
     e.set_defaults(func=cmd_eval)
+    from .config import KEY_DOCS
     sv = sub.add_parser("serve", help="run the daemon in the foreground (what systemd runs)",
+                        formatter_class=argparse.RawDescriptionHelpFormatter,
                         description="Load the model set, the platform adapter and the governor, and serve "
-                                    "inference and control requests over ZeroMQ until SIGTERM.")
+                                    "inference and control requests over ZeroMQ until SIGTERM.",
+                        epilog="config file keys (YAML; an example with every key: systemd/config.yaml):\n"
+                               + "\n".join("  %-22s %s" % (k, v) for k, v in KEY_DOCS.items()))
     sv.add_argument("--config", default=None, help="YAML config file (default: /etc/dnnscale/config.yaml "
                     "or ~/.config/dnnscale/config.yaml if present)")
     sv.add_argument("--model", default=None, help="model-set folder or shipped name (default: the shipped model)")
@@ -491,7 +498,8 @@ def build_parser() -> argparse.ArgumentParser:
     sv.add_argument("--sysfs-root", default=None, help="root of the sysfs tree (default /)")
     sv.add_argument("--infer-endpoint", default=None, help="default tcp://127.0.0.1:5555")
     sv.add_argument("--control-endpoint", default=None, help="default ipc://<runtime dir>/control.sock")
-    sv.add_argument("--state-dir", default=None, help="default $STATE_DIRECTORY or ~/.local/state/dnnscale")
+    sv.add_argument("--state-dir", default=None, help="default $STATE_DIRECTORY, else /var/lib/dnnscale for "
+                    "root (the service's), else ~/.local/state/dnnscale")
     sv.add_argument("--threads", type=int, default=None, help="onnxruntime threads (default: all CPUs)")
     sv.set_defaults(func=cmd_serve)
 

@@ -26,14 +26,26 @@ def _user_dir(env: str, fallback: str) -> str:
     return os.path.join(base, "dnnscale")
 
 
+SYSTEM_STATE = "/var/lib/dnnscale"     # the unit's StateDirectory=dnnscale
+
+
 def default_state_dir() -> str:
-    return os.environ.get("STATE_DIRECTORY", "").split(":")[0] or _user_dir("XDG_STATE_HOME", ".local/state")
+    """systemd's $STATE_DIRECTORY; for root the service's own /var/lib/dnnscale (so that
+    `sudo dnnscale profile` writes the profile the service reads); else a per-user folder."""
+    d = os.environ.get("STATE_DIRECTORY", "").split(":")[0]
+    if d:
+        return d
+    if os.geteuid() == 0:
+        return SYSTEM_STATE
+    return _user_dir("XDG_STATE_HOME", ".local/state")
 
 
 def default_runtime_dir() -> str:
     d = os.environ.get("RUNTIME_DIRECTORY", "").split(":")[0]
     if d:
         return d
+    if os.geteuid() == 0:
+        return SYSTEM_RUNTIME
     if os.environ.get("XDG_RUNTIME_DIR"):
         return os.path.join(os.environ["XDG_RUNTIME_DIR"], "dnnscale")
     return "/tmp/dnnscale-%d" % os.getuid()
@@ -75,6 +87,29 @@ class Config:
         self.control_endpoint = self.control_endpoint or "ipc://" + os.path.join(self.runtime_dir, "control.sock")
         return self
 
+
+# Every key, its meaning (serve --help, systemd/config.yaml and docs/deployment.md show these).
+KEY_DOCS = {
+    "model": "a model-set folder or a shipped set's name (default: the shipped CIFAR-10 set)",
+    "platform": "odroid-xu3, jetson-nano, generic, sim-odroid-xu3 or sim-jetson-nano (default: detect)",
+    "sysfs_root": "root of the sysfs tree, for fake trees (default /)",
+    "infer_endpoint": "inference socket, tcp://HOST:PORT or ipc://PATH (default tcp://127.0.0.1:5555)",
+    "control_endpoint": "control socket (default ipc://<runtime_dir>/control.sock; tcp:// needs CURVE)",
+    "control_group": "group that owns the ipc control socket, mode 0660 (default: the daemon's group)",
+    "curve_secret_key": "the daemon's CURVE certificate file, required for a tcp:// control endpoint",
+    "curve_authorized_keys": "folder of the clients' public CURVE certificates",
+    "state_dir": "saved board settings, budget, profile ($STATE_DIRECTORY; root: /var/lib/dnnscale; "
+                 "else ~/.local/state/dnnscale)",
+    "runtime_dir": "where the ipc control socket lives ($RUNTIME_DIRECTORY; root: /run/dnnscale; "
+                   "else $XDG_RUNTIME_DIR/dnnscale or /tmp/dnnscale-<uid>)",
+    "threads": "onnxruntime intra-op threads (default: the CPUs of the largest CPU target)",
+    "max_batch": "most images in one request, and in one batch (default 64)",
+    "queue_size": "requests queued in all, a quarter of it per client (default 256)",
+    "dvfs": "set CPU/GPU frequencies (default true)",
+    "gpu": "use the GPU when onnxruntime has a CUDA/TensorRT provider (default true)",
+    "profile_runs": "timed runs per configuration of the start-up profile (default 5)",
+    "log_level": "debug, info, warning or error (default info)",
+}
 
 _TYPES = {f.name: f for f in fields(Config)}
 _CHOICES = {"log_level": ("debug", "info", "warning", "error"),

@@ -90,7 +90,9 @@ def measure(executor, space: List[Config], levels: List[Level], runs: int = 5,
 def save(state_dir: str, profile: Profile, match: Dict) -> str:
     os.makedirs(state_dir, exist_ok=True)
     path = os.path.join(state_dir, PROFILE_FILE)
-    state.write_json(path, {"key": match, "profile": profile.to_dict()}, indent=1)
+    created = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+    state.write_json(path, {"key": match, "created": created, "profile": profile.to_dict()}, indent=1)
+    profile.created = created
     return path
 
 
@@ -104,6 +106,7 @@ def load(state_dir: str, match: Dict) -> Optional[Profile]:
             return None
         p = Profile.from_dict(d["profile"])
         p.source = "stored (%s)" % p.source
+        p.created = d.get("created")
         return p
     except (OSError, ValueError, KeyError, TypeError):
         return None

@@ -46,9 +46,10 @@ class TargetFit:
 
 
 class Profile:
-    def __init__(self, fits: Dict[str, TargetFit], source: str = "fitted"):
+    def __init__(self, fits: Dict[str, TargetFit], source: str = "fitted", created: Optional[str] = None):
         self.fits = fits
         self.source = source
+        self.created = created      # when it was measured (ISO 8601), where known
 
     @classmethod
     def fit(cls, samples: Sequence[Sample], levels: Sequence[Level], source: str = "measured") -> "Profile":
@@ -91,7 +92,7 @@ class Profile:
                 fits[t] = TargetFit(f.a / k, f.b, {} if w is None else {0: w})
             else:
                 fits[t] = f
-        return Profile(fits, self.source + ", at fixed frequencies")
+        return Profile(fits, self.source + ", at fixed frequencies", self.created)
 
     def to_dict(self) -> Dict:
         return {"source": self.source,

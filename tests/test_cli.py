@@ -122,3 +122,21 @@ def test_images_one_rule_for_every_input(tmp_path):
     assert len(x) == 1 and problems[0][0].endswith("junk.png") and "cannot be read" in problems[0][1]
     p = images.top_k(np.array([[0.0, 2.0, 1.0]]), 2)[0]
     assert [c for c, _ in p] == [1, 2] and abs(p[0][1] - np.exp(2.0) / np.exp([0.0, 2.0, 1.0]).sum()) < 1e-9
+
+
+def test_every_config_key_is_documented(tmp_path):
+    """One list of keys: the Config dataclass, serve --help, systemd/config.yaml, docs."""
+    from dataclasses import fields
+    from daemon.config import KEY_DOCS, Config, load
+    keys = [f.name for f in fields(Config) if f.name != "source"]
+    assert list(KEY_DOCS) == keys
+    example = open(os.path.join(ROOT, "systemd", "config.yaml")).read()
+    docs = open(os.path.join(ROOT, "docs", "deployment.md")).read()
+    helptext = subprocess.run(dnnscale_cmd() + ["serve", "--help"], cwd=ROOT, capture_output=True, text=True).stdout
+    for k in keys:
+        assert "#%s:" % k in example and "`%s`" % k in docs and k in helptext, k
+    uncommented = tmp_path / "config.yaml"             # the example, every default uncommented, is valid
+    uncommented.write_text("\n".join(l[1:] for l in example.splitlines() if l.startswith("#") and ":" in l
+                                     and not l.startswith("# ") and "null" not in l))
+    cfg = load(str(uncommented))
+    assert cfg.max_batch == Config().max_batch and cfg.dvfs is True
