@@ -165,6 +165,17 @@ def _start_service(service, show_progress: bool):
             bar.close()
 
 
+def _start_metrics(service, cfg):
+    try:
+        from . import metrics
+        return metrics.serve(service, cfg.metrics_port, cfg.metrics_address)
+    except ImportError:
+        raise CliError("metrics_port needs prometheus_client: pip install 'dnnscale[metrics]'")
+    except OSError as e:
+        raise CliError("cannot serve metrics on %s:%d: %s" % (cfg.metrics_address, cfg.metrics_port,
+                                                              e.strerror or e))
+
+
 def _raise_fd_limit() -> None:
     """Soft descriptor limit up to the hard one: every client connection is a descriptor."""
     import resource
@@ -194,7 +205,7 @@ def cmd_serve(a: argparse.Namespace) -> int:
     notifier = Notifier()
     notifier.status("loading %s" % (cfg.model or "the shipped model"))
     service = Service(cfg, stop_event=stop)
-    server = None
+    server = metrics_server = None
     try:
         try:
             _start_service(service, show_progress=sys.stderr.isatty())
@@ -209,9 +220,13 @@ def cmd_serve(a: argparse.Namespace) -> int:
             server.bind()
         except ConfigError as e:
             raise CliError(str(e))
+        if cfg.metrics_port:
+            metrics_server = _start_metrics(service, cfg)
         server.serve(stop, ready_status="serving %s (%d levels) on %s" % (
             service.models.name, service.models.groups, service.platform.name))
     finally:   # every exit path: the board goes back to its own settings
+        if metrics_server is not None:
+            metrics_server.shutdown()
         errors = service.stop()
         if server is not None:
             server.close()
@@ -414,6 +429,17 @@ def cmd_release(a: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_top(a: argparse.Namespace) -> int:
+    try:
+        from . import top
+        import rich  # noqa: F401
+    except ImportError:
+        raise CliError("dnnscale top needs rich: pip install 'dnnscale[top]'")
+    if not a.interval > 0:
+        raise CliError("--interval must be > 0, got %s" % a.interval)
+    return top.run(_client(a), interval=a.interval, once=a.once)
+
+
 def cmd_reload(a: argparse.Namespace) -> int:
     r = _call(_client(a).reload)
     print("reloaded %s; profile: %s" % (r["model"], r["profile"]))
@@ -543,6 +569,11 @@ def build_parser() -> argparse.ArgumentParser:
     pn.add_argument("--freq-mhz", type=float, default=None)
     pn.set_defaults(func=cmd_pin)
     client_parser("release", "undo pin: let the governor choose").set_defaults(func=cmd_release)
+    tp = client_parser("top", "a live view of the daemon: configuration, latency against the budget, miss rate, "
+                              "energy, temperatures, frequencies, corrections; q quits")
+    tp.add_argument("--interval", type=float, default=1.0, help="seconds between refreshes (default 1)")
+    tp.add_argument("--once", action="store_true", help="draw once and exit (no full-screen mode)")
+    tp.set_defaults(func=cmd_top)
     client_parser("reload", "re-verify and reload the model set and the stored profile").set_defaults(func=cmd_reload)
 
     pl = sub.add_parser("platform", help="what dnnscale sees on this board",

@@ -79,6 +79,8 @@ class Config:
     gpu: bool = True
     profile_runs: int = 5                  # runs per configuration of the start-up profile
     log_level: str = "info"
+    metrics_port: Optional[int] = None     # Prometheus exporter (off unless set)
+    metrics_address: str = "127.0.0.1"
     source: List[str] = field(default_factory=list)   # where the values came from
 
     def resolve(self) -> "Config":
@@ -109,6 +111,8 @@ KEY_DOCS = {
     "gpu": "use the GPU when onnxruntime has a CUDA/TensorRT provider (default true)",
     "profile_runs": "timed runs per configuration of the start-up profile (default 5)",
     "log_level": "debug, info, warning or error (default info)",
+    "metrics_port": "serve Prometheus metrics on this TCP port (default: off; needs the metrics extra)",
+    "metrics_address": "address of the metrics endpoint (default 127.0.0.1: loopback only)",
 }
 
 _TYPES = {f.name: f for f in fields(Config)}
@@ -124,9 +128,11 @@ def _check(key: str, value: Any, where: str) -> Any:
     if key in _CHOICES and value not in _CHOICES[key]:
         raise ConfigError("%s: %s must be one of %s, got %r" % (where, key, ", ".join(
             str(c) for c in _CHOICES[key] if c), value))
-    if key in ("max_batch", "queue_size", "profile_runs", "threads"):
-        if value is None and key == "threads":
+    if key in ("max_batch", "queue_size", "profile_runs", "threads", "metrics_port"):
+        if value is None and key in ("threads", "metrics_port"):
             return None
+        if key == "metrics_port" and (isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 65535):
+            raise ConfigError("%s: metrics_port must be a TCP port (1-65535), got %r" % (where, value))
         if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 1_000_000:
             raise ConfigError("%s: %s must be a positive integer, got %r" % (where, key, value))
     elif key in ("dvfs", "gpu"):

@@ -31,6 +31,7 @@ class Executor:
         self.applied: Optional[Config] = None
         self.freq_read: Dict[str, Optional[int]] = {}   # target → kHz the kernel reported after our write
         self.mapping_error = ""
+        self.last_limit_ms: Optional[float] = None     # the latency limit of the last decision
         self.on_dvfs_off: Optional[Callable[[], None]] = None   # the service rebuilds its space
 
     def apply(self, c: Config) -> None:
@@ -80,6 +81,7 @@ class Executor:
                 self.apply(d.config)
             c = d.config
             config = self.reported(c)
+            self.last_limit_ms = d.latency_limit_ms
         meter = getattr(self.platform, "meter", None)
         j0 = self._joules(meter)
         t0 = self.clock()

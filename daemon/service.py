@@ -17,6 +17,7 @@ from models import ModelSet, ModelSetError, zoo
 from . import profiler, state
 from .config import Config, ConfigError
 from .executor import Executor
+from .metrics import Counters
 from .protocol import InferRequest, InputSpec, ProtocolError
 
 log = logging.getLogger("dnnscale.service")
@@ -50,6 +51,7 @@ class Service:
         self.started = time.time()
         self.errors: Dict[str, int] = {}
         self.served = 0
+        self.counters = Counters()
         self.platform = None
         self.models: Optional[ModelSet] = None
         self.governor: Optional[Governor] = None
@@ -99,13 +101,14 @@ class Service:
             self.executor.freq_read.clear()
         self.full_profile = profile
         if not self.platform.dvfs_enabled and any(c.freq_khz for c in self.space):   # it failed while profiling
-            profile = profile.at_fixed_frequency(self._frequencies_now())
+            profile = profile.at_fixed_frequency(self.frequencies())
             self.space = self._space()
         self.governor = Governor(self.space, self.levels, profile)
         self.executor.governor = self.governor
         self._load_budget()
 
-    def _frequencies_now(self) -> Dict[str, Optional[int]]:
+    def frequencies(self) -> Dict[str, Optional[int]]:
+        """target → the frequency the kernel reports now (kHz), None without control."""
         now = {}
         for n in self.targets:
             try:
@@ -125,7 +128,7 @@ class Service:
             return
         self.space = self._space()
         old = self.governor
-        gov = Governor(self.space, self.levels, self.full_profile.at_fixed_frequency(self._frequencies_now()))
+        gov = Governor(self.space, self.levels, self.full_profile.at_fixed_frequency(self.frequencies()))
         if old is not None:
             gov.set_budget(old.budget)
             pin = {k: v for k, v in old.pinned.items() if k != "freq_khz"}
@@ -177,6 +180,7 @@ class Service:
                 head["energy_mj"] = round(info["energy_mj"] * k / n, 4)
             out.append((head, part))
         self.served += len(reqs)
+        self.counters.observe(len(reqs), n, info["latency_ms"] / 1e3, self.executor.last_limit_ms, info["energy_mj"])
         return out
 
     def count_error(self, code: str) -> None:
@@ -303,12 +307,7 @@ class Service:
             s = self.governor.status()
             if s.get("config"):
                 s["config"] = self.executor.reported(self.governor.space[self.governor.current])
-        freqs = {}
-        for n, t in self.targets.items():
-            try:
-                freqs[n] = p.frequency(n) if t.freqs_khz else None
-            except platforms.PlatformError:
-                freqs[n] = None
+        freqs = self.frequencies()
         s.update({
             "platform": p.name,
             "simulated": bool(p.simulated),

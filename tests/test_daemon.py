@@ -456,3 +456,46 @@ def test_default_threads_follow_the_largest_cluster(random_set, tmp_path):
         assert svc._default_threads() == min(4, len(os.sched_getaffinity(0)))
     finally:
         svc.stop()
+
+
+@pytest.mark.skipif(shutil.which("tmux") is None, reason="needs tmux")
+def test_top_under_tmux(served, tmp_path):
+    """dnnscale top in a real terminal (tmux): it draws the live view, refreshes, and q quits."""
+    d, _ = served
+    with d.client() as c:
+        c.set_budget(latency_ms=40.0)
+        c.infer(np.zeros((1, 32, 32, 3), np.uint8))
+    sess = "dnnscale-top-%d" % os.getpid()
+    cmd = " ".join(dnnscale_cmd() + ["top", "--control-endpoint", d.control_ep, "--interval", "0.3"])
+    env = dict(os.environ, PYTHONPATH=ROOT)
+    subprocess.check_call(["tmux", "new-session", "-d", "-s", sess, "-x", "140", "-y", "45",
+                           "cd %s && %s; sleep 30" % (ROOT, cmd)], env=env)
+    try:
+        screen = ""
+        deadline = time.time() + 30
+        while time.time() < deadline and "latency" not in screen:
+            time.sleep(0.3)
+            screen = subprocess.run(["tmux", "capture-pane", "-p", "-t", sess], capture_output=True,
+                                    text=True).stdout
+        assert "dnnscale top" in screen and "platform" in screen and "generic" in screen, screen
+        assert "latency_ms 40.0" in screen and "q quits" in screen
+        with d.client() as c:
+            c.pin(groups=2)
+        deadline = time.time() + 10
+        while time.time() < deadline and "groups" not in screen:   # the pin shows on a refresh
+            time.sleep(0.3)
+            screen = subprocess.run(["tmux", "capture-pane", "-p", "-t", sess], capture_output=True,
+                                    text=True).stdout
+        assert "'groups': 2" in screen, screen
+        subprocess.check_call(["tmux", "send-keys", "-t", sess, "q"])
+        deadline = time.time() + 10
+        while time.time() < deadline and "dnnscale top" in screen:
+            time.sleep(0.3)
+            screen = subprocess.run(["tmux", "capture-pane", "-p", "-t", sess], capture_output=True,
+                                    text=True).stdout
+        assert "dnnscale top" not in screen and "Traceback" not in screen, screen   # left the alternate screen
+    finally:
+        subprocess.call(["tmux", "kill-session", "-t", sess], stderr=subprocess.DEVNULL)
+        with d.client() as c:
+            c.release()
+            c.clear_budget()

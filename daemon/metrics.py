@@ -1,0 +1,102 @@
+"""Prometheus metrics, opt-in (config key ``metrics_port``; bound to ``metrics_address``,
+loopback by default). The request path only bumps plain counters (:class:`Counters`, a
+bisect and a few additions per batch); everything else is read from the service when
+Prometheus scrapes, by a collector over ``prometheus_client`` (the ``metrics`` extra)."""
+from __future__ import annotations
+
+import bisect
+import logging
+import threading
+from typing import Dict, Optional
+
+log = logging.getLogger("dnnscale.metrics")
+
+BUCKETS_S = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0)
+
+
+class Counters:
+    """Cumulative figures since start, for the exporter (never reset)."""
+
+    def __init__(self):
+        self.lock = threading.Lock()
+        self.requests = 0
+        self.images = 0
+        self.misses = 0
+        self.energy_mj = 0.0
+        self.buckets = [0] * (len(BUCKETS_S) + 1)
+        self.latency_sum_s = 0.0
+        self.latency_count = 0
+
+    def observe(self, requests: int, images: int, latency_s: float, limit_ms: Optional[float],
+                energy_mj: Optional[float]) -> None:
+        with self.lock:
+            self.requests += requests
+            self.images += images
+            self.buckets[bisect.bisect_left(BUCKETS_S, latency_s)] += requests
+            self.latency_sum_s += latency_s * requests
+            self.latency_count += requests
+            if limit_ms is not None and latency_s * 1e3 / max(images, 1) > limit_ms:
+                self.misses += requests
+            if energy_mj is not None:
+                self.energy_mj += energy_mj
+
+
+def _collector(service):
+    from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
+
+    class ServiceCollector:
+        def collect(self):
+            c = service.counters
+            with c.lock:
+                req, img, miss, en = c.requests, c.images, c.misses, c.energy_mj
+                buckets, lsum = list(c.buckets), c.latency_sum_s
+            yield CounterMetricFamily("dnnscale_requests", "inference requests answered with a result", value=req)
+            yield CounterMetricFamily("dnnscale_images", "images inferred", value=img)
+            errs = CounterMetricFamily("dnnscale_errors", "refused or failed requests and commands, by code",
+                                       labels=["code"])
+            for code, n in sorted(dict(service.errors).items()):
+                errs.add_metric([code], n)
+            yield errs
+            cum, acc = [], 0
+            for le, n in zip(list(map(str, BUCKETS_S)) + ["+Inf"], buckets):
+                acc += n
+                cum.append((le, acc))
+            yield HistogramMetricFamily("dnnscale_latency_seconds", "inference latency of a request (its batch)",
+                                        buckets=cum, sum_value=lsum)
+            yield CounterMetricFamily("dnnscale_deadline_misses", "requests over their latency limit", value=miss)
+            yield CounterMetricFamily("dnnscale_energy_millijoules", "metered energy of the inferences", value=en)
+            with service.lock:
+                g = service.governor
+                cur = g.space[g.current] if g.current is not None else None
+                budget = g.budget.to_dict()
+            cfg = GaugeMetricFamily("dnnscale_config_groups", "groups (level) in use, by target", labels=["target"])
+            if cur is not None:
+                cfg.add_metric([cur.target], cur.level)
+            yield cfg
+            freq = GaugeMetricFamily("dnnscale_frequency_khz", "frequency the kernel reports, by target",
+                                     labels=["target"])
+            for t, khz in service.frequencies().items():
+                if khz is not None:
+                    freq.add_metric([t], khz)
+            yield freq
+            temp = GaugeMetricFamily("dnnscale_temperature_celsius", "thermal zones", labels=["zone"])
+            for z, v in service.platform.temperatures().items():
+                temp.add_metric([z], v)
+            yield temp
+            bud = GaugeMetricFamily("dnnscale_budget", "the budget in force (absent: none)", labels=["kind"])
+            for k, v in budget.items():
+                if v is not None:
+                    bud.add_metric([k], v)
+            yield bud
+
+    return ServiceCollector()
+
+
+def serve(service, port: int, address: str = "127.0.0.1"):
+    """Start the HTTP exporter in a thread; returns the server (``shutdown()`` stops it)."""
+    from prometheus_client import CollectorRegistry, start_http_server
+    registry = CollectorRegistry()
+    registry.register(_collector(service))
+    started = start_http_server(port, addr=address, registry=registry)
+    log.info("metrics on http://%s:%d/metrics", address, port)
+    return started[0] if isinstance(started, tuple) else None
