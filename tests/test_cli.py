@@ -140,3 +140,31 @@ def test_every_config_key_is_documented(tmp_path):
                                      and not l.startswith("# ") and "null" not in l))
     cfg = load(str(uncommented))
     assert cfg.max_batch == Config().max_batch and cfg.dvfs is True
+
+
+def test_sample_photos_are_what_the_readme_says():
+    """README's `dnnscale infer examples/cat.png examples/rocket.png`: the cat is a cat at
+    every k with high probability; the rocket (no CIFAR-10 class) gets no confident answer."""
+    from daemon import images
+    from models import ModelSet, zoo
+    ms = ModelSet.load(zoo.default_path())
+    x, names, problems, _ = images.read([os.path.join(ROOT, "examples", f) for f in ("cat.png", "rocket.png")])
+    assert problems == []
+    for k in range(1, ms.groups + 1):
+        top = images.top_k(ms.run(k, ms.preprocess(x)), 1)
+        assert ms.classes[top[0][0][0]] == "cat" and top[0][0][1] > 0.9
+        assert top[1][0][1] < 0.8
+
+
+def test_root_uses_the_services_directories(monkeypatch):
+    """`sudo dnnscale profile` must write where the systemd unit reads (/var/lib/dnnscale)."""
+    from daemon import config
+    for v in ("STATE_DIRECTORY", "RUNTIME_DIRECTORY", "XDG_RUNTIME_DIR"):
+        monkeypatch.delenv(v, raising=False)
+    monkeypatch.setattr(os, "geteuid", lambda: 0)
+    assert config.default_state_dir() == "/var/lib/dnnscale" == config.SYSTEM_STATE
+    assert config.default_runtime_dir() == "/run/dnnscale"
+    monkeypatch.setattr(os, "geteuid", lambda: 1000)
+    assert config.default_state_dir().endswith(os.path.join(".local", "state", "dnnscale"))
+    monkeypatch.setenv("STATE_DIRECTORY", "/var/lib/dnnscale")
+    assert config.default_state_dir() == "/var/lib/dnnscale"

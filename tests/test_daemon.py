@@ -285,12 +285,30 @@ def test_sd_notify_ready_and_status(served):
 
 
 def test_no_daemon_fails_fast(tmp_path):
-    t0 = time.time()
-    r = subprocess.run(dnnscale_cmd() + ["status", "--control-endpoint", "ipc://%s/none.sock" % tmp_path,
-                                         "--timeout", "1"], cwd=ROOT, env=dict(os.environ, PYTHONPATH=ROOT),
-                       capture_output=True, text=True, timeout=30)
-    assert r.returncode == 1 and time.time() - t0 < 20
-    assert r.stderr.count("\n") == 1 and "is `dnnscale serve` running?" in r.stderr
+    """No socket file, a socket file nobody listens on, a tcp port that refuses: all fail at
+    once (not after the time-out, 30 s here) with one line."""
+    import socket as so
+    stale = tmp_path / "stale.sock"
+    s = so.socket(so.AF_UNIX, so.SOCK_STREAM)
+    s.bind(str(stale))
+    s.close()                                      # the file stays, nobody listens
+    port = so.socket()
+    port.bind(("127.0.0.1", 0))
+    free = port.getsockname()[1]
+    port.close()
+    for verb, ep in (("status", "ipc://%s/none.sock" % tmp_path), ("status", "ipc://%s" % stale),
+                     ("infer", "tcp://127.0.0.1:%d" % free)):
+        flag = "--endpoint" if verb == "infer" else "--control-endpoint"
+        args = [verb, flag, ep, "--timeout", "30"] + (["x.npy"] if verb == "infer" else [])
+        if verb == "infer":
+            np.save(str(tmp_path / "x.npy"), np.zeros((1, 32, 32, 3), np.uint8))
+            args[-1] = str(tmp_path / "x.npy")
+            args += ["--control-endpoint", "ipc://%s/none.sock" % tmp_path]
+        t0 = time.time()
+        r = subprocess.run(dnnscale_cmd() + args, cwd=ROOT, env=dict(os.environ, PYTHONPATH=ROOT),
+                           capture_output=True, text=True, timeout=60)
+        assert r.returncode == 1 and time.time() - t0 < 10, (ep, r.stderr)
+        assert r.stderr.count("\n") == 1 and "is `dnnscale serve` running?" in r.stderr, r.stderr
     with pytest.raises(DaemonUnavailable):
         Client("ipc://%s/none.sock" % tmp_path, "ipc://%s/none.sock" % tmp_path, timeout_s=0.3).status()
 
