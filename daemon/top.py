@@ -37,7 +37,11 @@ def render(s: Dict, history: Deque):
                                                  "%g MHz" % (cfg["freq_khz"] / 1000) if cfg.get("freq_khz")
                                                  else "fixed frequency") if cfg else "no inference yet",
                  "budget", ", ".join("%s %s" % kv for kv in b.items()) or "none")
-    head.add_row("pinned", str(s.get("pinned") or "no"), "feasible", str(s.get("feasible")))
+    pin = s.get("pinned") or {}
+    pin_text = " ".join(t for t in ("k=%s" % pin["groups"] if "groups" in pin else "",
+                                    "on %s" % pin["target"] if "target" in pin else "",
+                                    "at %g MHz" % (pin["freq_khz"] / 1000) if "freq_khz" in pin else "") if t)
+    head.add_row("pinned", pin_text or "no", "feasible", str(s.get("feasible")))
     head.add_row("served", str(s.get("served", 0)), "miss rate", "%.2f%%" % (100 * (s.get("miss_rate") or 0)))
     p95 = [h for h in history]
     limit = b.get("latency_ms")
