@@ -158,6 +158,8 @@ class Governor:
         self.decisions = self.switches = 0
         self._obs_lat = deque(maxlen=self.p.window)
         self._miss = deque(maxlen=self.p.window)
+        self._budget_decided = self._budget_missed = 0       # since the budget was last set
+        self._fresh_decision = False
         self._energy = deque(maxlen=self.p.window)
 
     # ------------------------------------------------------------------ inputs
@@ -186,8 +188,11 @@ class Governor:
         self._auto_order = [lv for lv in self._level_order if lv in keep]
 
     def set_budget(self, budget: Budget) -> None:
+        """A new budget is a fresh decision: no hysteresis carried over from the old one (after
+        a clear, the best configuration from the next request), and the miss rate restarts."""
         self.budget = budget.validate()
-        self._up_count = 0
+        self._fresh()
+        self._budget_decided = self._budget_missed = 0
 
     def clear_budget(self) -> None:
         self.set_budget(Budget())
@@ -215,6 +220,13 @@ class Governor:
         self._pin = np.ones(len(self.space), bool)
         self.pinned = {}
         self._build_lanes()
+        self._fresh()
+
+    def _fresh(self) -> None:
+        """The next decision moves wherever is best at once: hysteresis guards against noise,
+        not against the operator's own change (the frequency rate limit still holds)."""
+        self._fresh_decision = True
+        self._up_count = 0
 
     # ------------------------------------------------------------------ decide
     def _decay_stale(self) -> None:
@@ -285,7 +297,7 @@ class Governor:
         else:
             cand = None
             cur_safe = cur is not None and self._pin[cur] and self._meets(cur, limit_s) \
-                and (level is None or self._lvl[cur] == level)
+                and (level is None or self._lvl[cur] == level) and not self._fresh_decision
             if cur_safe:
                 # Current is safe: any move needs the extra slack (no hopping on noise),
                 # and a move up in accuracy needs it for up_patience decisions in a row.
@@ -320,6 +332,7 @@ class Governor:
                 self._freq_changed_at = self.clock()
         if level is None:   # a request that forces its level does not move the governed state
             self.current = cand
+            self._fresh_decision = False
         self.decisions += 1
         e = self._ekey(cand)
         self.last = Decision(self.space[cand], self._lat(cand), None if math.isinf(e) else e,
@@ -379,7 +392,10 @@ class Governor:
         if limit_ms is None and self.last is not None:
             limit_ms = self.last.latency_limit_ms
         self._obs_lat.append(latency_s * 1e3)
-        self._miss.append(limit_ms is not None and latency_s * 1e3 > limit_ms)
+        missed = limit_ms is not None and latency_s * 1e3 > limit_ms
+        self._miss.append(missed)
+        self._budget_decided += 1
+        self._budget_missed += missed
         if energy_j is not None:
             self._energy.append(energy_j * 1e3)
 
@@ -394,7 +410,9 @@ class Governor:
             "predicted_latency_ms": None if self.last is None else round(self.last.predicted_latency_s * 1e3, 4),
             "latency_ms": None if lat is None else {q: round(float(np.percentile(lat, int(q[1:]))), 4)
                                                     for q in ("p50", "p95", "p99")},
-            "miss_rate": round(float(np.mean(self._miss)), 5) if self._miss else 0.0,
+            "miss_rate": round(self._budget_missed / self._budget_decided, 5) if self._budget_decided else 0.0,
+            "miss_rate_recent": round(float(np.mean(self._miss)), 5) if self._miss else 0.0,
+            "observed_since_budget": self._budget_decided,
             "energy_mj_mean": round(float(np.mean(self._energy)), 4) if self._energy else None,
             "corrections": {t: round(float(c), 3) for t, c in zip(self.targets, self.corr_lat)},
             "margins": {t: round(float(m), 3) for t, m in zip(self.targets, self._margin)},
