@@ -12,7 +12,8 @@ highest accuracy, and the lowest energy among equals.
   The current configuration is left as soon as it is at risk (step down at once).
 * Hysteresis: while the current configuration is safe, a move needs a further
   ``up_margin`` of slack (so noise does not make it hop between neighbouring frequencies),
-  and a move *up* in accuracy needs it for ``up_patience`` consecutive decisions.
+  and a move *up* in accuracy needs it for ``up_patience`` consecutive decisions, except
+  right after the budget is set or cleared or a pin released (the operator's change).
 * A request that forces its level (``decide(level=k)``) gets the best configuration of
   that level but leaves the governed state (and its hysteresis) where it was.
 * Rate limit: a frequency change within ``freq_interval_s`` of the last one is avoided
