@@ -29,6 +29,24 @@ def _epochs(text: str) -> List[int]:
         raise CliError("--epochs: expected a number or numbers separated by commas, got %r" % text)
 
 
+def _fit_arch(arch, a: argparse.Namespace):
+    """The network's input size, channels and classes: the flags where given, else the data's."""
+    import dataclasses
+    from models import datasets
+    from models.cifar import DataError
+    try:
+        (h, _, c), n = datasets.describe(a.data)
+    except DataError as e:
+        raise CliError(str(e))
+    image, channels, classes = a.image or h, a.channels or c, a.classes or n
+    for flag, v, lo in (("--image", image, 8), ("--channels", channels, 1), ("--classes", classes, 2)):
+        if v < lo:
+            raise CliError("%s must be >= %d, got %d" % (flag, lo, v))
+    if channels not in (1, 3):
+        raise CliError("--channels must be 1 (grayscale) or 3 (RGB), got %d" % channels)
+    return dataclasses.replace(arch, image=image, in_channels=channels, classes=classes)
+
+
 def train_setup(a: argparse.Namespace):
     """(config, trainer class, exporter) for the parsed ``dnnscale train`` arguments."""
     from models import export, train as tr
@@ -36,6 +54,7 @@ def train_setup(a: argparse.Namespace):
     if not a.width > 0:
         raise CliError("--width must be > 0, got %s" % a.width)
     arch = (TINY if a.size == "tiny" else Arch()).scaled(a.width)
+    arch = _fit_arch(arch, a)
     epochs = _epochs(a.epochs)
     common = dict(epochs=epochs, seed=a.seed, batch=a.batch, lr=a.lr, val=a.val, arch=arch)   # [N] is recorded as N
     if a.kind == "portfolio":
@@ -459,8 +478,13 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Train group 1 alone, then each next group with the earlier ones "
                                    "frozen; export the per-group ONNX model set with its manifest. "
                                    "Checkpoints after every epoch; --resume continues a stopped run.")
-    t.add_argument("--data", required=True, help="folder with the CIFAR-10 python batches "
-                   "(cifar-10-batches-py, or a folder holding it)")
+    t.add_argument("--data", required=True, help="the data: CIFAR-10 python batches (cifar-10-batches-py, or a "
+                   "folder holding it), IDX files (MNIST/Fashion-MNIST), or an image folder "
+                   "(train/<class>/*.png, test/<class>/*.png; see docs/model-set.md)")
+    t.add_argument("--image", type=int, default=None, help="input size in pixels (square; default: the data's; "
+                   "an image folder's images are scaled on the shorter side and centre-cropped to it)")
+    t.add_argument("--channels", type=int, default=None, help="1 (grayscale) or 3 (RGB) (default: the data's)")
+    t.add_argument("--classes", type=int, default=None, help="number of classes (default: the data's)")
     t.add_argument("--out", required=True, help="where to write the model set")
     t.add_argument("--kind", choices=("group", "portfolio"), default="group",
                    help="group: incremental groups (the default); portfolio: DNNShifter-style pruned variants")
@@ -503,9 +527,10 @@ def build_parser() -> argparse.ArgumentParser:
     t.set_defaults(func=cmd_train)
 
     e = sub.add_parser("eval", help="accuracy, confidence, MACs, params and latency per k",
-                       description="Evaluate a model set on the CIFAR-10 test batch, for every k.")
+                       description="Evaluate a model set on the test split of its data (CIFAR-10 batches, "
+                                   "IDX files or an image folder), for every k.")
     e.add_argument("--model", default=None, help="model set folder (default: the shipped model)")
-    e.add_argument("--data", required=True, help="folder with the CIFAR-10 python batches")
+    e.add_argument("--data", required=True, help="the test data, in any layout train reads")
     e.add_argument("--threads", type=int, default=None)
     e.add_argument("--limit", type=int, default=None, help="evaluate only the first N test images")
     e.add_argument("--latency-runs", type=int, default=200, help="batch-1 runs timed per k")

@@ -6,7 +6,7 @@ from typing import Dict, List, Optional
 
 import numpy as np
 
-from . import cifar
+from . import datasets
 from .modelset import ModelSet
 
 
@@ -54,8 +54,11 @@ def latency_ms(ms: ModelSet, k: int, runs: int = 200, warmup: int = 20, target=N
 
 def evaluate(model_dir: str, data_dir: str, threads: Optional[int] = None,
              limit: Optional[int] = None, latency_runs: int = 200) -> List[Dict]:
-    data = cifar.load(data_dir, train=False)
     ms = ModelSet.load(model_dir, threads=threads)
+    c, h, _ = ms.input_shape
+    data = datasets.load(data_dir, train=False, image=h, channels=c)
+    if len(data.classes) != len(ms.classes):
+        raise datasets.DataError("%s has %d classes, the model set %d" % (data_dir, len(data.classes), len(ms.classes)))
     x, y = data.x_test[:limit], data.y_test[:limit]
     rows = accuracy_table(ms, x, y)
     for r in rows:

@@ -14,7 +14,6 @@ import time
 from typing import Dict, Optional
 
 from . import evaluate, manifest as mf, onnxset
-from .cifar import MEAN, STD
 from .modelset import ModelSet
 from .network import fold_column, head_arrays
 
@@ -64,7 +63,7 @@ def export_portfolio(result: Dict, out_dir: str, cfg, name: Optional[str] = None
     os.makedirs(out_dir, exist_ok=True)
     chosen = choose_variants(result["states"], cfg.max_variants)[::-1]   # smallest first
     levels, files = [], []
-    probe = torch.from_numpy(np.random.default_rng(0).standard_normal((8, 3, arch.image, arch.image))
+    probe = torch.from_numpy(np.random.default_rng(0).standard_normal((8, arch.in_channels, arch.image, arch.image))
                              .astype(np.float32))
     for i, st in enumerate(chosen, 1):
         col = Column(arch)
@@ -121,7 +120,7 @@ def _manifest(kind: str, name: Optional[str], out_dir: str, arch, data, cfg, com
                   "layout": "NCHW", "dtype": "float32",
                   "image": {"shape": [arch.image, arch.image, arch.in_channels], "layout": "NHWC",
                             "dtype": "uint8", "scale": "1/255"},
-                  "mean": list(MEAN), "std": list(STD), "classes": list(data.classes)},
+                  "mean": list(data.mean), "std": list(data.std), "classes": list(data.classes)},
         "output": {"name": onnxset.OUTPUT, "shape": ["N", arch.classes], "meaning": "logits"},
         "arch": arch.to_dict(),
         "opset": onnxset.OPSET,
@@ -146,7 +145,8 @@ def _measure(out_dir: str, m: Dict, data, ms: Optional[ModelSet] = None) -> None
     for row in evaluate.accuracy_table(ms, data.x_test, data.y_test):
         lv = m["levels"][row["level"] - 1]
         lv["accuracy"], lv["confidence"] = row["accuracy"], row["confidence"]
-    m["measured_on"] = "test_batch (%d images)" % len(data.y_test)
+    m["measured_on"] = "%s (%d images)" % ("test_batch" if getattr(data, "layout", "cifar") == "cifar"
+                                          else "the test split", len(data.y_test))
     mf.write(out_dir, m)
 
 

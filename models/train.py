@@ -44,7 +44,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from . import cifar
+from . import cifar, datasets
 from .arch import Arch
 from .network import Column, columns_from_states, mean_head
 
@@ -150,14 +150,14 @@ def resolve_device(name: str) -> torch.device:
 
 def _augment(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
     """Random crop (zero pad 4) and horizontal flip of a normalised NCHW batch."""
-    b, _, h, w = x.shape
+    b, c, h, w = x.shape
     dev = x.device
     p = F.pad(x, (4, 4, 4, 4))
     dy = torch.randint(0, 9, (b,), generator=gen).to(dev)
     dx = torch.randint(0, 9, (b,), generator=gen).to(dev)
     rows = (dy[:, None] + torch.arange(h, device=dev))[:, None, :, None]       # b,1,h,1
     cols = (dx[:, None] + torch.arange(w, device=dev))[:, None, None, :]       # b,1,1,w
-    out = p[torch.arange(b, device=dev)[:, None, None, None], torch.arange(3, device=dev)[None, :, None, None],
+    out = p[torch.arange(b, device=dev)[:, None, None, None], torch.arange(c, device=dev)[None, :, None, None],
             rows, cols]
     flip = (torch.rand(b, generator=gen) < 0.5).to(dev)
     return torch.where(flip[:, None, None, None], out.flip(3), out)
@@ -214,7 +214,11 @@ class Trainer:
         cfg.check_epochs()
         if threads:
             torch.set_num_threads(threads)
-        self.data = cifar.load(data_dir)
+        arch = cfg.arch
+        self.data = datasets.load(data_dir, image=arch.image, channels=arch.in_channels)
+        if len(self.data.classes) != arch.classes:
+            raise TrainError("%s has %d classes, the network %d (pass --classes %d)"
+                             % (data_dir, len(self.data.classes), arch.classes, len(self.data.classes)))
         n = len(self.data.x_train)
         if n <= cfg.val + cfg.batch:
             raise TrainError("%d training images: too few for a validation split of %d and "
@@ -222,7 +226,7 @@ class Trainer:
         self._prepare_dir(resume)
         perm = np.random.default_rng(cfg.seed).permutation(n)
         val_idx, train_idx = np.sort(perm[:cfg.val]), np.sort(perm[cfg.val:])
-        to_x = lambda a: torch.from_numpy(cifar.normalize(a)).to(self.device).contiguous(
+        to_x = lambda a: torch.from_numpy(cifar.normalize(a, self.data.mean, self.data.std)).to(self.device).contiguous(
             memory_format=torch.channels_last)
         to_y = lambda a: torch.from_numpy(a).to(self.device)
         self.x_train, self.y_train = to_x(self.data.x_train[train_idx]), to_y(self.data.y_train[train_idx])
