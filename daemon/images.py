@@ -15,6 +15,8 @@ from typing import List, Tuple
 
 import numpy as np
 
+from models.datasets import fit_image   # the rule training uses too
+
 SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".npy")
 
 
@@ -42,18 +44,6 @@ def _to_uint8(a: np.ndarray) -> np.ndarray:
     if a.dtype == bool:
         return a.astype(np.uint8) * 255
     raise ValueError("holds %s values; expected 8- or 16-bit images" % a.dtype)
-
-
-def _fit(im, h: int, w: int):
-    """PIL image → the centre crop of the image scaled so that it covers h x w."""
-    from PIL import Image
-    if im.size == (w, h):
-        return im, False
-    scale = max(w / im.width, h / im.height)
-    nw, nh = max(w, round(im.width * scale)), max(h, round(im.height * scale))
-    im = im.resize((nw, nh), Image.BILINEAR)
-    left, top = (nw - w) // 2, (nh - h) // 2
-    return im.crop((left, top, left + w, top + h)), True
 
 
 def _pil_from_array(a: np.ndarray):
@@ -98,7 +88,7 @@ def read(paths: List[str], hwc: Tuple[int, int, int] = (32, 32, 3)):
             for im, label in zip(ims, labels):
                 before = im.size
                 im = im.convert("RGB" if c == 3 else "L")
-                im, changed = _fit(im, h, w)
+                im, changed = fit_image(im, h, w)
                 if changed:
                     resized.append("%s %dx%d" % (label, before[0], before[1]))
                 a = np.asarray(im, dtype=np.uint8)
