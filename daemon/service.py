@@ -367,4 +367,4 @@ class Service:
             return []
         if self._platform_started:
             return self.platform.stop()
-        return self.platform.originals.restore() if hasattr(self.platform, "originals") else []
+        return self.platform.reset()   # before start(): only what restore_pending left to undo
