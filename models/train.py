@@ -358,7 +358,7 @@ class Trainer:
                 run_loss = 0.98 * run_loss + 0.02 * loss.item() if s else loss.item()
                 run_acc = 0.98 * run_acc + 0.02 * _accuracy(logits, y) if s else _accuracy(logits, y)
                 if s % 20 == 0:
-                    bar.set_postfix(loss="%.3f" % run_loss, acc="%.1f" % run_acc)
+                    bar.set_postfix(loss="%.3f" % run_loss, acc="%.1f" % run_acc, refresh=False)
             col.eval()
             val_acc = _accuracy(self._val_logits([col]), self.y_val)
             history.append({"epoch": epoch + 1, "loss": run_loss, "val_acc": val_acc,
