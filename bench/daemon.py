@@ -1,16 +1,18 @@
-"""The daemon's cost (issue 5): end-to-end p50 at batch 1 over ipc minus a direct
-``ModelSet.run`` p50 (target <= 100 µs), and throughput with 1/4/8/16 concurrent client
-processes against back-to-back direct ``ModelSet.run`` (target >= 90% with 8).
+"""What the daemon costs per request, against the floors measured in the same run.
 
-Both sides run the same level (pinned to k = G) and the same onnxruntime thread count, once
-with one thread and once with all CPUs (on a 2-core machine the second onnxruntime thread
-competes with ZeroMQ's I/O threads and the clients). The direct and through-the-daemon
-latencies are taken from one client process in alternating blocks, so that both see the same
-moments of a noisy machine; medians and ratios come from one run. Where the overhead goes: layer
-by layer (a bare ZeroMQ echo; a bare Python ROUTER around the same run; plus the daemon's
-protocol code; plus its ``Service.infer``) and phase by phase (bench/daemon_trace.py).
+Targets (issue 21): at batch 1 over ipc, the daemon's p50 overhead over a direct
+``ModelSet.run`` is <= 2x a bare pyzmq ROUTER/DEALER echo of the same frames, through the
+project's ``Client`` and through a bare DEALER; the group range a client sees (k=G / k=1
+through the daemon) is >= 0.95x the direct one; with 8 concurrent client processes the
+daemon serves >= 0.9x the rate of direct back-to-back runs.
 
-    python -m bench.daemon [--model DIR] [--requests N]
+One client process times every row (direct runs, the echo, a bare Python ROUTER around the
+same run, the daemon at k=1 and k=G) in rounds, block after block, so that all of them see
+the same moments of a noisy machine; each figure is the median of the per-round p50s, with
+their range. Once with one onnxruntime thread and once with all CPUs. Where the time goes,
+phase by phase: bench/daemon_trace.py.
+
+    python -m bench.daemon [--model DIR] [--requests N] [--rounds N] [--threads N] [--no-throughput]
 """
 from __future__ import annotations
 
@@ -48,134 +50,100 @@ def zmq_socket(kind: str):
     return s
 
 
-def _echo_server(ep: str) -> None:
+def _echo_server(ep: str, reply) -> None:
+    """The transport floor: a bare pyzmq ROUTER that answers every request with ``reply``
+    (the daemon's own reply frames), so both directions carry the daemon's sizes."""
     s = zmq_socket("ROUTER")
     s.bind(ep)
     while True:
-        s.send_multipart(s.recv_multipart())
+        s.send_multipart([s.recv_multipart()[0]] + reply)
 
 
-def echo_floor_us(ep: str, n: int = 1000) -> float:
-    """p50 round trip of a bare ZeroMQ ROUTER/DEALER echo (12 KiB, one request like the
-    daemon's) between two processes: the transport floor under any daemon's overhead."""
-    from models.evaluate import timings
-    srv = mp.get_context("fork").Process(target=_echo_server, args=(ep,), daemon=True)
-    srv.start()
-    c = zmq_socket("DEALER")
-    c.connect(ep)
-    frames = [b'{"id":1}', bytes(12288)]
-
-    def rt():
-        c.send_multipart(frames)
-        c.recv_multipart()
-
-    try:
-        return float(np.median(timings(rt, n, warmup=100))) * 1e6
-    finally:
-        c.close()
-        srv.kill()
-
-
-LAYERS = ("bare", "protocol", "service")
-
-
-def _layer_server(ep: str, model_dir: str, threads: int, layer: str, tmp: str) -> None:
-    """A one-thread Python ROUTER around the same run, with the daemon's code up to ``layer``:
-    bare (frombuffer, run, send), protocol (+ ``decode_infer``, labels, ``encode_reply``),
-    service (+ ``Service.infer``: governor, executor, platform)."""
-    from daemon.protocol import InputSpec, decode_infer, encode_reply
-    if layer == "service":
-        from daemon import config
-        from daemon.service import Service
-        empty = os.path.join(tmp, "empty-%d.yaml" % threads)
-        open(empty, "w").close()
-        svc = Service(config.load(empty, {"model": model_dir, "state_dir": tmp, "runtime_dir": tmp,
-                                          "threads": threads}))
-        svc.start()
-        widest = max(svc.targets, key=lambda t: len(svc.targets[t].cpus))
-        svc.control("pin", {"groups": svc.models.groups, "target": widest})
-        ms, spec = svc.models, svc.input_spec
-    else:
-        from models import ModelSet
-        ms = ModelSet.load(model_dir, threads=threads)
-        spec = InputSpec(ms.input_shape, ms.groups, 1)
-    s = zmq_socket("ROUTER")
-    s.bind(ep)
-    while True:
-        ident, head, body = s.recv_multipart()
-        if layer == "bare":
-            out = ms.run(ms.groups, np.frombuffer(body, np.float32).reshape((1,) + ms.input_shape))
-            s.send_multipart([ident, b'{"id":1}', out.tobytes()])
-            continue
-        r = decode_infer([head, body], spec)
-        if layer == "protocol":
-            out = ms.run(ms.groups, r.tensor)
-            labels = out.argmax(1).tolist()
-            reply = encode_reply({"id": r.id, "ok": True, "labels": labels, "names": [ms.classes[i] for i in labels],
-                                  "config": {"level": ms.groups, "target": "cpu", "freq_khz": None},
-                                  "latency_ms": 1.0, "energy_mj": None}, out)
-        else:
-            [(h, out)] = svc.infer([r])
-            reply = encode_reply(h, out)
-        s.send_multipart([ident] + reply)
-
-
-def _layers(model_dir: str, threads: int, tmp: str, requests: int, q) -> None:
-    """Per layer: a direct ``ModelSet.run`` and the same request through that layer's server
-    from a bare DEALER, in alternating blocks; the p50 difference in µs."""
-    import json as _json
+def _python_floor_server(ep: str, model_dir: str, threads: int) -> None:
+    """A one-thread Python ROUTER around the same run and nothing else (the header is the
+    level as one digit): what any Python daemon on ZeroMQ pays at least."""
     from models import ModelSet
-    from models.evaluate import timings
     ms = ModelSet.load(model_dir, threads=threads)
-    x = np.zeros((1,) + ms.input_shape, np.float32)
-    frames = [_json.dumps({"id": "b-1", "dtype": "float32", "shape": list(x.shape)}).encode(), x.tobytes()]
-    out = {}
-    for layer in LAYERS:
-        ep = "ipc://%s/layer-%s-%d.sock" % (tmp, layer, threads)
-        srv = mp.get_context("spawn").Process(target=_layer_server, args=(ep, model_dir, threads, layer, tmp),
-                                              daemon=True)
-        srv.start()
-        c = zmq_socket("DEALER")
-        c.connect(ep)
-
-        def rt():
-            c.send_multipart(frames)
-            c.recv_multipart()
-
-        try:
-            rt()   # waits until the server has loaded
-            d, e = [], []
-            for _ in range(10):
-                d += timings(lambda: ms.run(ms.groups, x), max(10, requests // 10), warmup=10)
-                e += timings(rt, max(10, requests // 10), warmup=10)
-            out[layer] = (float(np.median(e)) - float(np.median(d))) * 1e6
-        finally:
-            c.close()
-            srv.kill()
-    q.put(out)
+    shape = (1,) + ms.input_shape
+    s = zmq_socket("ROUTER")
+    s.bind(ep)
+    while True:
+        ident, head, body = s.recv_multipart(copy=False)
+        out = ms.run(int(head.bytes), np.frombuffer(body.buffer, np.float32).reshape(shape))
+        s.send_multipart([ident, b'{"id":1}', out], copy=False)
 
 
-def _interleaved(model_dir: str, threads: int, infer_ep: str, control_ep: str, requests: int, q) -> None:
-    """Direct ``ModelSet.run`` and the same request through the daemon, in alternating blocks
-    from one client process, so that both see the same moments of a noisy machine."""
+# (row, what it is); every row is timed in each round, in this order, from one client process.
+ROWS = [
+    ("direct k=1", "ModelSet.run in the client process (float32)"),
+    ("direct k=G", ""),
+    ("echo", "bare pyzmq ROUTER/DEALER echo of the daemon's request and reply frames"),
+    ("python floor k=1", "bare DEALER to a one-thread Python ROUTER that runs the same session"),
+    ("daemon DEALER k=1", "the real daemon, from a bare DEALER (float32 frames built once)"),
+    ("daemon Client k=1", "the real daemon, through daemon.client.Client (float32)"),
+    ("daemon Client k=G", ""),
+    ("daemon Client k=1 uint8", "the same with uint8 NHWC images (the daemon normalises)"),
+]
+
+
+def _interleaved(model_dir: str, threads: int, eps: Dict[str, str], rounds: int, per: int, q) -> None:
+    """Every row of ROWS for ``per`` requests, round after round: all rows see the same
+    moments of a noisy machine. Per round a p50 per row; overheads are per-round p50
+    differences, so the spread over rounds says how far a figure can be trusted."""
     from daemon.client import Client
     from models import ModelSet
     from models.evaluate import timings
     ms = ModelSet.load(model_dir, threads=threads)
-    c = Client(infer_ep, control_ep, timeout_s=30)
+    G = ms.groups
+    c = Client(eps["infer"], eps["control"], timeout_s=30)
     x = np.zeros((1,) + ms.input_shape, np.float32)
-    u = np.zeros((1, 32, 32, 3), np.uint8)
-    blocks, per = 10, max(10, requests // 10)
-    t = {"direct": [], "float32": [], "uint8": []}
-    for _ in range(blocks):
-        t["direct"] += timings(lambda: ms.run(ms.groups, x), per, warmup=10)
-        t["float32"] += timings(lambda: c.infer(x), per, warmup=10)
-        t["uint8"] += timings(lambda: c.infer(u), per, warmup=10)
+    ch, h, w = ms.input_shape
+    u = np.zeros((1, h, w, ch), np.uint8)
+    req = [json.dumps({"id": "b-1", "dtype": "float32", "shape": list(x.shape)}).encode(), x.tobytes()]
+    dealer, echo, floor = zmq_socket("DEALER"), zmq_socket("DEALER"), zmq_socket("DEALER")
+    dealer.connect(eps["infer"])
+    echo.connect(eps["echo"])
+    floor.connect(eps["floor"])
+    floor_req = {k: [str(k).encode(), x.tobytes()] for k in (1, G)}
+
+    def rt(sock, frames):
+        sock.send_multipart(frames)
+        sock.recv_multipart()
+
+    def at(k, fn):
+        def go():
+            c.pin(groups=k)
+            return timings(fn, per, warmup=10)
+        return go
+
+    run = {
+        "direct k=1": lambda: timings(lambda: ms.run(1, x), per, warmup=10),
+        "direct k=G": lambda: timings(lambda: ms.run(G, x), per, warmup=10),
+        "echo": lambda: timings(lambda: rt(echo, req), per, warmup=10),
+        "python floor k=1": lambda: timings(lambda: rt(floor, floor_req[1]), per, warmup=10),
+        "daemon DEALER k=1": at(1, lambda: rt(dealer, req)),
+        "daemon Client k=1": at(1, lambda: c.infer(x)),
+        "daemon Client k=G": at(G, lambda: c.infer(x)),
+        "daemon Client k=1 uint8": at(1, lambda: c.infer(u)),
+    }
+    per_round = {name: [] for name, _ in ROWS}
+    for _ in range(rounds):
+        for name, _ in ROWS:
+            per_round[name].append(float(np.median(run[name]())) * 1e6)
+    c.release()
     c.close()
-    q.put({"levels": ms.groups, "direct_p50_ms": float(np.median(t["direct"])) * 1e3,
-           "direct_per_s": len(t["direct"]) / sum(t["direct"]),
-           "e2e_p50_ms_float32": float(np.median(t["float32"])) * 1e3,
-           "e2e_p50_ms_uint8": float(np.median(t["uint8"])) * 1e3})
+    direct_per_s = 1e6 / float(np.median(per_round["direct k=G"]))
+    q.put({"levels": G, "rounds": rounds, "per": per, "p50_us": per_round, "direct_per_s": direct_per_s})
+
+
+def _start_floors(tmp: str, model_dir: str, threads: int, reply) -> tuple:
+    eps = {"echo": "ipc://%s/echo-%d.sock" % (tmp, threads), "floor": "ipc://%s/floor-%d.sock" % (tmp, threads)}
+    procs = [mp.get_context("fork").Process(target=_echo_server, args=(eps["echo"], reply), daemon=True),
+             mp.get_context("spawn").Process(target=_python_floor_server, args=(eps["floor"], model_dir, threads),
+                                             daemon=True)]
+    for p in procs:
+        p.start()
+    return eps, procs
 
 
 def _fresh_process(fn, *args):
@@ -210,29 +178,43 @@ def _throughput(d, n_clients: int, per: int) -> float:
     return per * n_clients / wall
 
 
-def run(model_dir: str, requests: int = 1000, threads=None, clients=(1, 4, 8, 16)) -> Dict:
-    """Per onnxruntime thread count (default: 1 and all CPUs): direct p50 and rate, the daemon's
-    p50 for float32 and uint8 input, and throughput with each number of concurrent clients."""
+def _spread(xs) -> str:
+    return "%.3g (%.3g-%.3g)" % (float(np.median(xs)), min(xs), max(xs))
+
+
+def run(model_dir: str, requests: int = 1000, threads=None, clients=(1, 4, 8, 16), rounds: int = 10) -> Dict:
+    """Per onnxruntime thread count (default: 1 and all CPUs): every row of ROWS in
+    ``rounds`` interleaved rounds, the phase trace, and throughput with each number of
+    concurrent clients against direct back-to-back runs."""
     from tests.daemon_harness import Daemon
     threads = threads or sorted({1, os.cpu_count()})
     out = {"machine": machine(), "rows": []}
     with tempfile.TemporaryDirectory() as tmp:
-        out["echo_floor_us"] = echo_floor_us("ipc://%s/echo.sock" % tmp, n=requests)
         for th in threads:
             row = {"threads": th, "throughput": []}
             row["trace"] = daemon_trace.run(model_dir, th, requests)
-            row["layers_us"] = _fresh_process(_layers, model_dir, th, tmp, requests)
             d = Daemon(os.path.join(tmp, "t%d" % th), model_dir, extra=["--threads", str(th)])
+            floors = []
             try:
                 d.wait_ready()
                 c = d.client(timeout_s=30)
                 st = c.status()
                 targets = st["targets"]
                 widest = max(targets, key=lambda t: len(targets[t]["cpus"]))   # all CPUs, as the direct run
-                c.pin(groups=st["model"]["levels"], target=widest)
+                c.pin(groups=1, target=widest)
                 out["target"] = widest
-                row.update(_fresh_process(_interleaved, model_dir, th, d.infer_ep, d.control_ep, requests))
+                shape = [1] + st["model"]["input_shape"]
+                s = zmq_socket("DEALER")
+                s.connect(d.infer_ep)
+                s.send_multipart([json.dumps({"id": "b-1", "dtype": "float32", "shape": shape}).encode(),
+                                  bytes(4 * int(np.prod(shape)))])
+                reply = s.recv_multipart()
+                s.close()
+                eps, floors = _start_floors(tmp, model_dir, th, reply)
+                eps.update(infer=d.infer_ep, control=d.control_ep)
+                row.update(_fresh_process(_interleaved, model_dir, th, eps, rounds, max(10, requests // rounds)))
                 out["levels"] = row["levels"]
+                c.pin(groups=row["levels"], target=widest)
                 for n_clients in clients:
                     per = max(50, requests // n_clients)
                     per_s = _throughput(d, n_clients, per)
@@ -240,48 +222,76 @@ def run(model_dir: str, requests: int = 1000, threads=None, clients=(1, 4, 8, 16
                                               "ratio": per_s / row["direct_per_s"]})
                 c.close()
             finally:
+                for p in floors:
+                    p.kill()
                 d.stop()
             out["rows"].append(row)
     return out
 
 
+def summary(row: Dict) -> Dict[str, list]:
+    """Per-round figures of one thread count: overheads over the direct run at the same k,
+    their ratios to the echo, and the group range as a client sees it against direct."""
+    t = {k: np.asarray(v) for k, v in row["p50_us"].items()}
+    over = lambda name: t[name] - t["direct k=1"]
+    return {"echo": t["echo"], "python floor": over("python floor k=1"),
+            "daemon DEALER": over("daemon DEALER k=1"), "daemon Client": over("daemon Client k=1"),
+            "daemon Client uint8": over("daemon Client k=1 uint8"),
+            "DEALER / echo": over("daemon DEALER k=1") / t["echo"],
+            "Client / echo": over("daemon Client k=1") / t["echo"],
+            "direct range": t["direct k=G"] / t["direct k=1"],
+            "daemon range": t["daemon Client k=G"] / t["daemon Client k=1"],
+            "range ratio": (t["daemon Client k=G"] / t["daemon Client k=1"]) / (t["direct k=G"] / t["direct k=1"])}
+
+
 def report(r: Dict) -> str:
-    over = table(["onnxruntime threads", "input", "direct ModelSet.run p50 ms", "through the daemon p50 ms",
-                  "overhead µs (target <= 100)"],
-                 [[row["threads"], dt, row["direct_p50_ms"], row["e2e_p50_ms_" + dt],
-                   (row["e2e_p50_ms_" + dt] - row["direct_p50_ms"]) * 1e3]
-                  for row in r["rows"] for dt in ("float32", "uint8")])
-    floors = table(["onnxruntime threads", "a bare ZeroMQ echo", "bare Python ROUTER + the run",
-                    "+ the protocol (decode_infer, encode_reply)", "+ Service.infer (governor, executor)",
-                    "the daemon, through Client"],
-                   [[row["threads"], r["echo_floor_us"]] + [row["layers_us"][l] for l in LAYERS]
-                    + [(row["e2e_p50_ms_float32"] - row["direct_p50_ms"]) * 1e3] for row in r["rows"]])
+    cols = ["%d onnxruntime thread%s" % (row["threads"], "s" * (row["threads"] > 1)) for row in r["rows"]]
+    rows_p50 = table(["p50 µs, median of the rounds' p50s (min-max over rounds)"] + cols + ["what"],
+                     [[name.replace("k=G", "k=%d" % r["levels"])] + [_spread(row["p50_us"][name]) for row in r["rows"]]
+                      + [what] for name, what in ROWS])
+    sums = [summary(row) for row in r["rows"]]
+    labels = [("echo", "the transport floor: bare pyzmq echo, µs"),
+              ("python floor", "a bare Python ROUTER around the run, µs over direct"),
+              ("daemon DEALER", "the daemon from a bare DEALER, µs over direct"),
+              ("daemon Client", "the daemon through Client, µs over direct"),
+              ("daemon Client uint8", "the same with uint8 images, µs over direct k=1 float32"),
+              ("DEALER / echo", "daemon overhead / echo, bare DEALER (target <= 2)"),
+              ("Client / echo", "daemon overhead / echo, Client (target <= 2)"),
+              ("direct range", "k=%d / k=1, direct" % r["levels"]),
+              ("daemon range", "k=%d / k=1, through the daemon (Client)" % r["levels"]),
+              ("range ratio", "daemon range / direct range (target >= 0.95)")]
+    over = table(["per round (median, min-max)"] + cols, [[lab] + [_spread(list(s[k])) for s in sums]
+                                                           for k, lab in labels])
     thr = table(["onnxruntime threads", "clients", "requests", "inferences/s", "direct back-to-back /s",
                  "ratio (target >= 0.9 at 8)"],
                 [[row["threads"], t["clients"], t["requests"], t["per_s"], row["direct_per_s"], t["ratio"]]
                  for row in r["rows"] for t in row["throughput"]])
-    return ("Machine: %s; k = %d, target %s, batch 1, ipc. Direct and daemon use the same onnxruntime "
-            "thread count per row.\n\n%s\n\nThe overhead layer by layer (float32, p50 µs over a direct run, each "
-            "against direct runs in alternating blocks): a bare ZeroMQ ROUTER/DEALER echo of the same size "
-            "between two processes (transport alone); a one-thread Python ROUTER that runs the same "
-            "ModelSet.run and replies, with nothing else (no Python daemon on ZeroMQ goes below it here: the "
-            "run also leaves the caches cold for the Python around it); the same with the daemon's protocol "
-            "code; with its Service.infer too (all three driven by a bare DEALER); the real daemon through "
-            "the real Client (the table above).\n\n%s\n\nWhere it goes (`python -m bench.daemon_trace`): "
+    rr = r["rows"][0]
+    return ("Machine: %s; target %s, batch 1, ipc; direct and daemon use the same onnxruntime thread count "
+            "per column. One client process times every row below for %d requests, in that order, %d rounds "
+            "in a row, against one real `dnnscale serve` and two floor servers started beside it, so every "
+            "row sees the same moments of this noisy machine; each figure is the median of the %d per-round "
+            "p50s, with their range.\n\n%s\n\nWhat the daemon costs, per round (overheads are a row's p50 "
+            "minus direct k=1's in the same round):\n\n%s\n\nWhere it goes (`python -m bench.daemon_trace`): "
             "one client, a time stamp at every step of each request on both sides (CLOCK_MONOTONIC); medians "
-            "per phase.\n\n%s\n\n%s\n"
-            % (r["machine"], r["levels"], r["target"], over, floors,
-               daemon_trace.report([row["trace"] for row in r["rows"]]), thr))
+            "per phase.\n\n%s\n\nThroughput: concurrent client processes against back-to-back direct "
+            "runs at k=%d.\n\n%s\n"
+            % (r["machine"], r["target"], rr["per"], rr["rounds"], rr["rounds"], rows_p50, over,
+               daemon_trace.report([row["trace"] for row in r["rows"]]), r["levels"], thr))
 
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default=None)
-    p.add_argument("--requests", type=int, default=1000)
+    p.add_argument("--requests", type=int, default=1000, help="requests per row and thread count (default 1000)")
+    p.add_argument("--rounds", type=int, default=10, help="interleaved rounds they are split into (default 10)")
+    p.add_argument("--threads", type=int, action="append", help="onnxruntime threads (repeat; default 1 and all)")
+    p.add_argument("--no-throughput", action="store_true", help="skip the concurrent-client throughput")
     p.add_argument("--json", action="store_true")
     a = p.parse_args(argv)
     from models import zoo
-    r = run(a.model or zoo.default_path(), a.requests)
+    r = run(a.model or zoo.default_path(), a.requests, a.threads, () if a.no_throughput else (1, 4, 8, 16),
+            a.rounds)
     print(json.dumps(r, indent=1) if a.json else report(r))
     return 0
 

@@ -75,7 +75,8 @@ class Service:
         if not cfg.dvfs:
             self.platform.disable_dvfs("DVFS is off in the configuration (dvfs: false)")
         want_gpu = cfg.gpu and "gpu" in self.platform.targets and not self.platform.simulated
-        self.models = ModelSet.load(self.model_dir, threads=cfg.threads or self._default_threads(), gpu=want_gpu)
+        self.models = ModelSet.load(self.model_dir, threads=cfg.threads or self._default_threads(), gpu=want_gpu,
+                                    lanes=self._lanes())
         self.targets = self._usable_targets()
         self.levels = levels_from_manifest(self.models.manifest)
         self._platform_started = True
@@ -144,6 +145,20 @@ class Service:
         if self.platform.simulated or not sizes:
             return have
         return max(1, min(have, max(sizes)))
+
+    def _lanes(self) -> Dict[str, int]:
+        """CPU target → onnxruntime threads: one per CPU it runs on (online, and present on
+        this machine), at most ``threads`` where the configuration sets it. Pinned to one
+        CPU, a 2-thread pool would time-share it (p90 5x the median, docs/model-set.md)."""
+        if self.platform.simulated:        # latency is the board model's: one session set
+            return {}
+        have = os.sched_getaffinity(0)
+        out = {}
+        for name, t in self.platform.targets.items():
+            if t.kind == "cpu" and t.cpus:
+                n = len(set(t.online) & have) or 1
+                out[name] = min(n, self.cfg.threads) if self.cfg.threads else n
+        return out
 
     def _usable_targets(self):
         targets = dict(self.platform.targets)
@@ -312,7 +327,8 @@ class Service:
             "platform": p.name,
             "simulated": bool(p.simulated),
             "targets": {n: {"kind": t.kind, "cpus": t.cpus, "offline": list(getattr(t, "offline", [])),
-                            "freqs_khz": t.freqs_khz if p.dvfs_enabled else []}
+                            "freqs_khz": t.freqs_khz if p.dvfs_enabled else [],
+                            "onnxruntime_threads": self.models.threads_of(n)}
                         for n, t in self.targets.items()},
             "frequencies_khz": freqs,
             "gpu": self.gpu_reason or ("available" if "gpu" in self.targets else "none"),

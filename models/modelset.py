@@ -6,14 +6,15 @@ so the set holds one copy of the weights on disk and in the page cache. (On x86,
 onnxruntime's NCHWc layout pass still keeps a re-laid-out copy of the conv weights per
 session; docs/benchmarks.md has the measured memory.)
 
-Threads: where the installed onnxruntime has the process-wide intra-op pool
-(``set_global_thread_pool_sizes``, onnxruntime >= 1.23 in Python), all sessions share it:
-with a pool per session, the previous session's workers keep spinning after a switch and
-the next inference runs at one-thread speed (docs/model-set.md, "Thread pools"). Older
-onnxruntime builds (the boards' 1.11-1.21) get a pool per session of the same size with
-spinning turned off, so an idle session's workers sleep instead of holding the cores.
-``DNNSCALE_ORT_POOL=per-session`` forces that fallback (tests, benchmarks);
-``DNNSCALE_ORT_SPIN=1`` turns spinning back on in it (python -m bench.pools compares them).
+Threads: a *lane* is a CPU target the platform pins the process to ("cpu", a cluster,
+"cpu:1"). Each lane runs sessions with exactly as many intra-op threads as it has CPUs (one
+session set per distinct size; lanes of one size share it), each session with its own pool
+whose workers spin only inside a run (``session.force_spinning_stop``, onnxruntime >= 1.13;
+older builds get spinning off): an idle session's workers sleep, so a switch of level or of
+lane finds the cores free, and nothing spins between requests while ZeroMQ's threads need
+the CPU (docs/model-set.md, "Thread pools"; ``python -m bench.pools`` measures the modes).
+``DNNSCALE_ORT_SPIN=0|1|run`` and ``DNNSCALE_ORT_POOL=global`` (onnxruntime >= 1.23, one
+lane size only) select the other modes for that benchmark.
 """
 from __future__ import annotations
 
@@ -29,46 +30,68 @@ from .manifest import ModelSetError
 
 GPU_PROVIDERS = ("TensorrtExecutionProvider", "CUDAExecutionProvider")
 
-_env_lock = threading.Lock()
-_env_threads: Optional[int] = None
+def _version() -> tuple:
+    try:
+        return tuple(int(p) for p in ort.__version__.split(".")[:2])
+    except ValueError:
+        return (0, 0)
 
 
-def pool_mode() -> str:
-    """``global`` (one process-wide intra-op pool) or ``per-session`` (the fallback)."""
-    if os.environ.get("DNNSCALE_ORT_POOL") == "per-session":
-        return "per-session"
+def spin_mode() -> str:
+    """How the workers of a session's pool wait: ``run`` (spin inside a run only), ``off``
+    (never spin) or ``on`` (onnxruntime's default: also between runs)."""
+    env = os.environ.get("DNNSCALE_ORT_SPIN")
+    if env in ("0", "1", "run"):
+        return {"0": "off", "1": "on", "run": "run"}[env]
+    return "run" if _version() >= (1, 13) else "off"
+
+
+def _global_pool_available() -> bool:
     try:
         from onnxruntime.capi import _pybind_state
     except ImportError:
-        return "per-session"
-    return "global" if hasattr(_pybind_state, "set_global_thread_pool_sizes") else "per-session"
+        return False
+    return hasattr(_pybind_state, "set_global_thread_pool_sizes")
 
 
-def _ensure_pool(threads: int) -> int:
-    """Fix the process's intra-op thread count once (creating the global pool where there is
-    one); later calls reuse it."""
-    global _env_threads
-    with _env_lock:
-        if _env_threads is None:
-            if pool_mode() == "global":
-                from onnxruntime.capi import _pybind_state
-                _pybind_state.set_global_thread_pool_sizes(threads, 1)
-            _env_threads = threads
-        return _env_threads
+_global_lock = threading.Lock()
+_global_threads: Optional[int] = None
+
+
+def _use_global_pool(threads: int) -> None:
+    """Benchmark-only mode (DNNSCALE_ORT_POOL=global): one process-wide pool, sized once."""
+    global _global_threads
+    with _global_lock:
+        if _global_threads is None:
+            from onnxruntime.capi import _pybind_state
+            _pybind_state.set_global_thread_pool_sizes(threads, 1)
+            _global_threads = threads
+        elif _global_threads != threads:
+            raise ModelSetError("DNNSCALE_ORT_POOL=global: this process's pool has %d threads, not %d"
+                                % (_global_threads, threads))
+
+
+def pool_mode() -> str:
+    """``per-session`` (the default) or ``global`` (DNNSCALE_ORT_POOL=global, where it exists)."""
+    return "global" if os.environ.get("DNNSCALE_ORT_POOL") == "global" and _global_pool_available() \
+        else "per-session"
 
 
 def session_options(threads: Optional[int] = None) -> ort.SessionOptions:
-    """Options for any onnxruntime session in a process that uses ModelSet: once the global
-    thread pool exists, onnxruntime refuses sessions with a pool of their own."""
-    n = _ensure_pool(threads or len(os.sched_getaffinity(0)))
+    """The options of every onnxruntime session ModelSet creates: ``threads`` intra-op
+    threads (default: all CPUs this process may use) in a pool of the session's own."""
+    n = threads or len(os.sched_getaffinity(0))
     so = ort.SessionOptions()
     if pool_mode() == "global":
+        _use_global_pool(n)
         so.use_per_session_threads = False
     else:
+        spin = spin_mode()
         so.intra_op_num_threads = n
         so.inter_op_num_threads = 1
-        so.add_session_config_entry("session.intra_op.allow_spinning",
-                                    "1" if os.environ.get("DNNSCALE_ORT_SPIN") == "1" else "0")
+        so.add_session_config_entry("session.intra_op.allow_spinning", "0" if spin == "off" else "1")
+        if spin == "run":
+            so.add_session_config_entry("session.force_spinning_stop", "1")
     so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     so.log_severity_level = 3
     return so
@@ -81,15 +104,18 @@ def gpu_provider() -> Optional[str]:
 
 
 class ModelSet:
-    """A loaded model set; ``run(k, x)`` serves every level from memory."""
+    """A loaded model set; ``run(k, x, target)`` serves every level from memory."""
 
-    def __init__(self, model_dir: str, manifest: Dict, sessions: Dict[str, List[ort.InferenceSession]],
-                 threads: int):
+    def __init__(self, model_dir: str, manifest: Dict, cpu: Dict[int, List[ort.InferenceSession]],
+                 gpu: Optional[List[ort.InferenceSession]], threads: int, lanes: Dict[str, int]):
         self.dir = model_dir
         self.manifest = manifest
-        self._sessions = sessions
-        self.threads = threads
-        self.pool = pool_mode()
+        self._cpu = cpu                   # intra-op threads → one session per level
+        self._gpu = gpu
+        self.threads = threads            # the size of any CPU target not named in ``lanes``
+        self.lanes = dict(lanes)          # CPU target → its sessions' intra-op threads
+        self.pool = pool_mode() if pool_mode() == "global" else "per-session, spinning %s" % (
+            {"run": "in runs only", "off": "off", "on": "on"}[spin_mode()])
         inp = manifest["input"]
         self.input_shape = tuple(inp["shape"])          # C, H, W
         self._mean = np.asarray(inp["mean"], np.float32)
@@ -99,27 +125,37 @@ class ModelSet:
     # ------------------------------------------------------------------ loading
     @classmethod
     def load(cls, model_dir: str, threads: Optional[int] = None, gpu: bool = False,
-             verify: bool = True) -> "ModelSet":
+             verify: bool = True, lanes: Optional[Dict[str, int]] = None) -> "ModelSet":
         """Load and verify a model set. ``threads``: onnxruntime intra-op threads (default:
-        all CPUs; fixed for the process once the first set is loaded). ``gpu``: also create
-        sessions on the GPU execution provider if the installed onnxruntime has one."""
+        all CPUs this process may use). ``lanes``: CPU targets that run with another thread
+        count (``{"cpu:1": 1}``); one session per level is created for each distinct count.
+        ``gpu``: also create sessions on the GPU execution provider if the installed
+        onnxruntime has one."""
         m = mf.read(model_dir, verify=verify)
-        threads = _ensure_pool(threads or len(os.sched_getaffinity(0)))
-        targets = {"cpu": ["CPUExecutionProvider"]}
+        threads = threads or len(os.sched_getaffinity(0))
+        lanes = dict(lanes or {})
+        for name, n in lanes.items():
+            if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+                raise ModelSetError("lane %s: threads must be a positive integer, got %r" % (name, n))
+        sizes = sorted({threads} | set(lanes.values()))
+        if pool_mode() == "global" and len(sizes) > 1:
+            raise ModelSetError("DNNSCALE_ORT_POOL=global has one pool size; these lanes need %s" % sizes)
         prov = gpu_provider() if gpu else None
-        if prov:
-            targets["gpu"] = [prov, "CPUExecutionProvider"]
-        sessions: Dict[str, List[ort.InferenceSession]] = {}
-        for target, providers in targets.items():
-            sessions[target] = []
+
+        def sessions(n: int, providers: List[str]) -> List[ort.InferenceSession]:
+            out = []
             for lv in m["levels"]:
                 path = os.path.join(model_dir, lv["file"])
                 try:
-                    sessions[target].append(ort.InferenceSession(path, session_options(threads), providers=providers))
+                    out.append(ort.InferenceSession(path, session_options(n), providers=providers))
                 except Exception as e:  # onnxruntime raises its own exception types
                     raise ModelSetError("cannot load %s: %s" % (path, str(e).splitlines()[0])) from None
+            return out
+
+        cpu = {n: sessions(n, ["CPUExecutionProvider"]) for n in sizes}
+        gpu_sessions = sessions(threads, [prov, "CPUExecutionProvider"]) if prov else None
         want_in, n_classes = [m["input"]["shape"]], len(m["input"]["classes"])
-        for sess in sessions["cpu"]:
+        for sess in cpu[threads]:
             ishape, oshape = sess.get_inputs()[0].shape, sess.get_outputs()[0].shape
             if [list(ishape[1:])] != want_in and all(isinstance(d, int) for d in ishape[1:]):
                 raise ModelSetError("%s: the ONNX input is %s, the manifest says [N, %s]"
@@ -127,16 +163,16 @@ class ModelSet:
             if len(oshape) == 2 and isinstance(oshape[1], int) and oshape[1] != n_classes:
                 raise ModelSetError("%s: the ONNX models give %d logits, the manifest names %d classes"
                                     % (model_dir, oshape[1], n_classes))
-        ms = cls(model_dir, m, sessions, threads)
+        ms = cls(model_dir, m, cpu, gpu_sessions, threads, lanes)
         ms.warmup()
         return ms
 
     def warmup(self, runs: int = 3) -> None:
         x = np.zeros((1,) + self.input_shape, np.float32)
-        for target in self._sessions:
-            for k in range(1, self.groups + 1):
+        for group in list(self._cpu.values()) + ([self._gpu] if self._gpu else []):
+            for sess in group:
                 for _ in range(runs):
-                    self.run(k, x, target)
+                    sess.run(None, {"input": x})
 
     # ------------------------------------------------------------------ properties
     @property
@@ -155,7 +191,11 @@ class ModelSet:
     @property
     def targets(self) -> List[str]:
         """Execution targets with sessions: ``cpu`` and, when loaded with a GPU provider, ``gpu``."""
-        return list(self._sessions)
+        return ["cpu"] + (["gpu"] if self._gpu else [])
+
+    def threads_of(self, target: Optional[str]) -> int:
+        """The intra-op threads ``run`` uses for ``target`` (the GPU sessions' CPU fallback: ``threads``)."""
+        return self.threads if target == "gpu" else self.lanes.get(target, self.threads)
 
     def level(self, k: int) -> Dict:
         self._check_level(k)
@@ -183,16 +223,19 @@ class ModelSet:
         """Logits [N, classes] of level k for normalised float32 NCHW input ``x``.
 
         ``target``: ``"gpu"`` runs on the GPU sessions; any other name (or None) runs on
-        the CPU sessions (which CPUs is the platform's affinity, not the model set's)."""
+        the CPU sessions of that lane's thread count (which CPUs is the platform's
+        affinity, not the model set's)."""
         self._check_level(k)
         if not isinstance(x, np.ndarray) or x.dtype != np.float32 or x.ndim != 4 \
                 or x.shape[1:] != self.input_shape or x.shape[0] < 1:
             raise ModelSetError("input must be float32 [N, %s] (NCHW), got %s %s"
                                 % (", ".join(map(str, self.input_shape)),
                                    getattr(x, "dtype", type(x).__name__), list(getattr(x, "shape", []))))
-        device = "gpu" if target == "gpu" else "cpu"
-        if device not in self._sessions:
-            raise ModelSetError("target gpu is not available: onnxruntime has no GPU execution "
-                                "provider here (installed: %s)" % ", ".join(ort.get_available_providers()))
-        sess = self._sessions[device][k - 1]
+        if target == "gpu":
+            if self._gpu is None:
+                raise ModelSetError("target gpu is not available: onnxruntime has no GPU execution "
+                                    "provider here (installed: %s)" % ", ".join(ort.get_available_providers()))
+            sess = self._gpu[k - 1]
+        else:
+            sess = self._cpu[self.lanes.get(target, self.threads)][k - 1]
         return sess.run(None, {"input": np.ascontiguousarray(x)})[0]

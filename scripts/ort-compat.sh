@@ -12,7 +12,7 @@ VENV=${VENV:-/tmp/dnnscale-ort-compat-$V}
 [ -x "$VENV/bin/python" ] || "$PYTHON" -m venv "$VENV"
 "$VENV/bin/pip" install -q "onnxruntime==$V" "numpy<2" "onnx<1.15" "protobuf<4" pyzmq pyyaml psutil Pillow tqdm \
   pytest hypothesis
-"$VENV/bin/python" -c "import onnxruntime as o; from models.modelset import pool_mode; print('onnxruntime', o.__version__, 'pool', pool_mode())"
+"$VENV/bin/python" -c "import onnxruntime as o; from models.modelset import spin_mode; print('onnxruntime', o.__version__, 'spinning', spin_mode())"
 # torch is not installed there: the training tests are left out, the serving ones all run
 PYTHONPATH=$PWD "$VENV/bin/python" -m pytest -q -p no:cacheprovider tests/test_daemon.py tests/test_boards.py \
   tests/test_hostile.py tests/test_platforms.py "${@:2}"

@@ -461,32 +461,66 @@ def test_arch_scaled_multiplies_widths_and_hidden():
         TINY.scaled(0)
 
 
-# ---------------------------------------------------------------- onnxruntime without the global thread pool
-HIDDEN_POOL = r"""
-import sys, json, numpy as np
-from onnxruntime.capi import _pybind_state
-if hasattr(_pybind_state, "set_global_thread_pool_sizes"):
-    del _pybind_state.set_global_thread_pool_sizes      # as in onnxruntime 1.11-1.22
+# ---------------------------------------------------------------- lanes: thread counts and pools
+LANE_THREADS = r"""
+import os, sys, json, numpy as np
 from models import ModelSet
-ms = ModelSet.load(sys.argv[1], threads=2)
-x = np.random.default_rng(0).standard_normal((2,) + ms.input_shape).astype(np.float32)
-out = [ms.run(k, x).tolist() for k in range(1, ms.groups + 1)]
-print(json.dumps({"pool": ms.pool, "out": out}))
+tasks = lambda: len(os.listdir("/proc/self/task"))
+base = tasks()
+one = ModelSet.load(sys.argv[1], threads=1)
+after_one = tasks()
+two = ModelSet.load(sys.argv[1], threads=1, lanes={"cpu": 2, "cpu:1": 1})
+x = np.random.default_rng(0).standard_normal((2,) + one.input_shape).astype(np.float32)
+print(json.dumps({"one": after_one - base, "two": tasks() - after_one, "pool": two.pool,
+                  "threads": {t: two.threads_of(t) for t in ("cpu", "cpu:1", "other")},
+                  "same": all(np.allclose(two.run(k, x, "cpu"), two.run(k, x, "cpu:1"), atol=1e-5)
+                              and np.allclose(one.run(k, x), two.run(k, x, "cpu"), atol=1e-5)
+                              for k in range(1, one.groups + 1))}))
 """
 
 
-def test_modelset_without_the_global_pool_function(random_set):
-    """The boards' onnxruntime builds (1.11-1.21) lack set_global_thread_pool_sizes: ModelSet
-    falls back to a pool per session (spinning off) and gives the same logits."""
+def test_each_lane_runs_with_its_own_thread_count(random_set):
+    """A lane's sessions have exactly its thread count: a one-thread set creates no pool
+    thread at all (the caller runs every operator), a two-thread lane one worker per level's
+    session; every lane gives the same logits."""
     import json
     import subprocess
     import sys
-    r = subprocess.run([sys.executable, "-c", HIDDEN_POOL, random_set], capture_output=True, text=True,
+    r = subprocess.run([sys.executable, "-c", LANE_THREADS, random_set], capture_output=True, text=True,
                        cwd=ROOT, timeout=120)
     assert r.returncode == 0, r.stderr
     got = json.loads(r.stdout.strip().splitlines()[-1])
-    assert got["pool"] == "per-session"
-    ms = ModelSet.load(random_set)
-    x = np.random.default_rng(0).standard_normal((2,) + ms.input_shape).astype(np.float32)
-    for k in range(1, ms.groups + 1):
-        np.testing.assert_allclose(np.array(got["out"][k - 1], np.float32), ms.run(k, x), atol=1e-5)
+    levels = ModelSet.load(random_set).groups
+    assert got["one"] == 0
+    assert got["two"] == levels            # the 2-thread sessions: one worker each; cpu:1 reuses size 1
+    assert got["threads"] == {"cpu": 2, "cpu:1": 1, "other": 1}
+    assert got["same"] and got["pool"] == "per-session, spinning in runs only"
+
+
+def test_spinning_follows_what_the_installed_onnxruntime_supports(monkeypatch):
+    """onnxruntime >= 1.13 stops a pool's spinning when a run ends; the boards' 1.11/1.12
+    lack that option, and there the workers never spin (no core burnt between requests)."""
+    from models import modelset
+
+    def entry(so, key):
+        try:
+            return so.get_session_config_entry(key)
+        except Exception:            # onnxruntime raises when the key was never set
+            return None
+    monkeypatch.delenv("DNNSCALE_ORT_SPIN", raising=False)
+    monkeypatch.delenv("DNNSCALE_ORT_POOL", raising=False)
+    monkeypatch.setattr(modelset.ort, "__version__", "1.11.0")
+    so = modelset.session_options(3)
+    assert so.intra_op_num_threads == 3 and modelset.spin_mode() == "off"
+    assert entry(so, "session.intra_op.allow_spinning") == "0"
+    assert entry(so, "session.force_spinning_stop") is None
+    monkeypatch.setattr(modelset.ort, "__version__", "1.13.1")
+    so = modelset.session_options(2)
+    assert modelset.spin_mode() == "run"
+    assert entry(so, "session.intra_op.allow_spinning") == "1"
+    assert entry(so, "session.force_spinning_stop") == "1"
+
+
+def test_lane_thread_counts_are_checked(random_set):
+    with pytest.raises(ModelSetError, match="lane cpu:1: threads must be a positive integer, got 0"):
+        ModelSet.load(random_set, lanes={"cpu:1": 0})
