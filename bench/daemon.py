@@ -22,7 +22,7 @@ import multiprocessing as mp
 import os
 import tempfile
 import time
-from typing import Dict
+from typing import Dict, Optional
 
 import numpy as np
 
@@ -84,6 +84,8 @@ ROWS = [
     ("daemon Client k=G", ""),
     ("daemon Client k=1 uint8", "the same with uint8 NHWC images (the daemon normalises)"),
 ]
+BASELINE_ROWS = [("baseline Client k=1", "the daemon of the --baseline checkout, through Client (float32)"),
+                 ("baseline Client k=G", "")]
 
 
 def _interleaved(model_dir: str, threads: int, eps: Dict[str, str], rounds: int, per: int, q) -> None:
@@ -105,14 +107,15 @@ def _interleaved(model_dir: str, threads: int, eps: Dict[str, str], rounds: int,
     echo.connect(eps["echo"])
     floor.connect(eps["floor"])
     floor_req = {k: [str(k).encode(), x.tobytes()] for k in (1, G)}
+    base = Client(eps["baseline_infer"], eps["baseline_control"], timeout_s=30) if "baseline_infer" in eps else None
 
     def rt(sock, frames):
         sock.send_multipart(frames)
         sock.recv_multipart()
 
-    def at(k, fn):
+    def at(k, fn, client=c):
         def go():
-            c.pin(groups=k)
+            client.pin(groups=k)
             return timings(fn, per, warmup=10)
         return go
 
@@ -126,12 +129,19 @@ def _interleaved(model_dir: str, threads: int, eps: Dict[str, str], rounds: int,
         "daemon Client k=G": at(G, lambda: c.infer(x)),
         "daemon Client k=1 uint8": at(1, lambda: c.infer(u)),
     }
-    per_round = {name: [] for name, _ in ROWS}
+    rows = ROWS
+    if base is not None:
+        run["baseline Client k=1"] = at(1, lambda: base.infer(x), base)
+        run["baseline Client k=G"] = at(G, lambda: base.infer(x), base)
+        rows = ROWS + BASELINE_ROWS
+    per_round = {name: [] for name, _ in rows}
     for _ in range(rounds):
-        for name, _ in ROWS:
+        for name, _ in rows:
             per_round[name].append(float(np.median(run[name]())) * 1e6)
-    c.release()
-    c.close()
+    for client in (c, base):
+        if client is not None:
+            client.release()
+            client.close()
     direct_per_s = 1e6 / float(np.median(per_round["direct k=G"]))
     q.put({"levels": G, "rounds": rounds, "per": per, "p50_us": per_round, "direct_per_s": direct_per_s})
 
@@ -182,10 +192,12 @@ def _spread(xs) -> str:
     return "%.3g (%.3g-%.3g)" % (float(np.median(xs)), min(xs), max(xs))
 
 
-def run(model_dir: str, requests: int = 1000, threads=None, clients=(1, 4, 8, 16), rounds: int = 10) -> Dict:
+def run(model_dir: str, requests: int = 1000, threads=None, clients=(1, 4, 8, 16), rounds: int = 10,
+        baseline: Optional[str] = None) -> Dict:
     """Per onnxruntime thread count (default: 1 and all CPUs): every row of ROWS in
     ``rounds`` interleaved rounds, the phase trace, and throughput with each number of
-    concurrent clients against direct back-to-back runs."""
+    concurrent clients against direct back-to-back runs. ``baseline``: another checkout
+    whose daemon is timed in the same rounds (a lever measured against the code before it)."""
     from tests.daemon_harness import Daemon
     threads = threads or sorted({1, os.cpu_count()})
     out = {"machine": machine(), "rows": []}
@@ -195,6 +207,8 @@ def run(model_dir: str, requests: int = 1000, threads=None, clients=(1, 4, 8, 16
             row["trace"] = daemon_trace.run(model_dir, th, requests)
             d = Daemon(os.path.join(tmp, "t%d" % th), model_dir, extra=["--threads", str(th)])
             floors = []
+            b = Daemon(os.path.join(tmp, "b%d" % th), model_dir, extra=["--threads", str(th)], source=baseline) \
+                if baseline else None
             try:
                 d.wait_ready()
                 c = d.client(timeout_s=30)
@@ -212,6 +226,11 @@ def run(model_dir: str, requests: int = 1000, threads=None, clients=(1, 4, 8, 16
                 s.close()
                 eps, floors = _start_floors(tmp, model_dir, th, reply)
                 eps.update(infer=d.infer_ep, control=d.control_ep)
+                if b is not None:
+                    b.wait_ready()
+                    with b.client(timeout_s=30) as bc:
+                        bc.pin(target=widest)
+                    eps.update(baseline_infer=b.infer_ep, baseline_control=b.control_ep)
                 row.update(_fresh_process(_interleaved, model_dir, th, eps, rounds, max(10, requests // rounds)))
                 out["levels"] = row["levels"]
                 c.pin(groups=row["levels"], target=widest)
@@ -225,6 +244,8 @@ def run(model_dir: str, requests: int = 1000, threads=None, clients=(1, 4, 8, 16
                 for p in floors:
                     p.kill()
                 d.stop()
+                if b is not None:
+                    b.stop()
             out["rows"].append(row)
     return out
 
@@ -237,6 +258,8 @@ def summary(row: Dict) -> Dict[str, list]:
     return {"echo": t["echo"], "python floor": over("python floor k=1"),
             "daemon DEALER": over("daemon DEALER k=1"), "daemon Client": over("daemon Client k=1"),
             "daemon Client uint8": over("daemon Client k=1 uint8"),
+            "echo ceiling": ((t["direct k=G"] + t["echo"]) / (t["direct k=1"] + t["echo"]))
+            / (t["direct k=G"] / t["direct k=1"]),
             "DEALER / echo": over("daemon DEALER k=1") / t["echo"],
             "Client / echo": over("daemon Client k=1") / t["echo"],
             "direct range": t["direct k=G"] / t["direct k=1"],
@@ -246,9 +269,10 @@ def summary(row: Dict) -> Dict[str, list]:
 
 def report(r: Dict) -> str:
     cols = ["%d onnxruntime thread%s" % (row["threads"], "s" * (row["threads"] > 1)) for row in r["rows"]]
+    names = ROWS + [br for br in BASELINE_ROWS if br[0] in r["rows"][0]["p50_us"]]
     rows_p50 = table(["p50 µs, median of the rounds' p50s (min-max over rounds)"] + cols + ["what"],
                      [[name.replace("k=G", "k=%d" % r["levels"])] + [_spread(row["p50_us"][name]) for row in r["rows"]]
-                      + [what] for name, what in ROWS])
+                      + [what] for name, what in names])
     sums = [summary(row) for row in r["rows"]]
     labels = [("echo", "the transport floor: bare pyzmq echo, µs"),
               ("python floor", "a bare Python ROUTER around the run, µs over direct"),
@@ -259,7 +283,8 @@ def report(r: Dict) -> str:
               ("Client / echo", "daemon overhead / echo, Client (target <= 2)"),
               ("direct range", "k=%d / k=1, direct" % r["levels"]),
               ("daemon range", "k=%d / k=1, through the daemon (Client)" % r["levels"]),
-              ("range ratio", "daemon range / direct range (target >= 0.95)")]
+              ("range ratio", "daemon range / direct range (target >= 0.95)"),
+              ("echo ceiling", "the same for a daemon that cost only the echo")]
     over = table(["per round (median, min-max)"] + cols, [[lab] + [_spread(list(s[k])) for s in sums]
                                                            for k, lab in labels])
     thr = table(["onnxruntime threads", "clients", "requests", "inferences/s", "direct back-to-back /s",
@@ -287,11 +312,13 @@ def main(argv=None) -> int:
     p.add_argument("--rounds", type=int, default=10, help="interleaved rounds they are split into (default 10)")
     p.add_argument("--threads", type=int, action="append", help="onnxruntime threads (repeat; default 1 and all)")
     p.add_argument("--no-throughput", action="store_true", help="skip the concurrent-client throughput")
+    p.add_argument("--baseline", default=None, metavar="CHECKOUT",
+                   help="also time the daemon of another checkout (e.g. a git worktree of main) in the same rounds")
     p.add_argument("--json", action="store_true")
     a = p.parse_args(argv)
     from models import zoo
     r = run(a.model or zoo.default_path(), a.requests, a.threads, () if a.no_throughput else (1, 4, 8, 16),
-            a.rounds)
+            a.rounds, a.baseline)
     print(json.dumps(r, indent=1) if a.json else report(r))
     return 0
 

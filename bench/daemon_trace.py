@@ -28,8 +28,8 @@ now = time.monotonic_ns
 PHASES = [
     ("client: encode", "call", "sent0", "Client.infer until the send"),
     ("client: send", "sent0", "sent1", "send_multipart (queues to ZeroMQ's I/O thread)"),
-    ("transport in", "sent1", "woke", "the client's send returned until the daemon's inference thread woke"),
-    ("daemon: receive + decode", "woke", "decoded", "recv_multipart, validation, numpy view"),
+    ("transport in", "sent1", "woke", "the client's send returned until the daemon's first recv returned"),
+    ("daemon: receive + decode", "woke", "decoded", "the other frames, validation, numpy view"),
     ("daemon: before run", "decoded", "run0", "batching, governor decision, apply"),
     ("run", "run0", "run1", "ModelSet.run inside the daemon"),
     ("daemon: after run", "run1", "reply0", "observe, labels, reply encoding"),
@@ -73,9 +73,9 @@ def _daemon(model_dir: str, threads: int, tmp: str, ready, stop, q) -> None:
     server = srv.Server(svc, cfg)
     receive, send = server._receive, server._send
 
-    def timed_receive():
+    def timed_receive(*a, **k):
         marks.append({"woke": now()})
-        receive()
+        receive(*a, **k)
         if not server.queues:   # woken by something else than one request
             marks.pop()
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import math
 import os
 import time
 from dataclasses import dataclass
@@ -17,6 +18,7 @@ import numpy as np
 import zmq
 
 from .config import DEFAULT_INFER_ENDPOINT, ConfigError, check_socket_dir, default_control_endpoint
+from .protocol import dumps, loads
 
 
 class ClientError(Exception):
@@ -134,7 +136,7 @@ class Client:
                 raise DaemonUnavailable("no reply from the dnnscale daemon at %s within %.1f s "
                                         "(is `dnnscale serve` running?)" % (endpoint, self.timeout_s)) from None
             try:
-                head = json.loads(reply[0])
+                head = loads(reply[0])
             except (ValueError, IndexError):
                 continue
             if isinstance(head, dict) and head.get("id") == rid:
@@ -162,7 +164,10 @@ class Client:
             header["groups"] = groups
         if deadline_ms is not None:
             header["deadline_ms"] = deadline_ms
-        head, reply = self._call(self.endpoint, [json.dumps(header).encode(), images], rid)
+        # A NaN deadline goes out as NaN, for the daemon to refuse (orjson would write null).
+        fast = deadline_ms is None or not isinstance(deadline_ms, float) or math.isfinite(deadline_ms)
+        head, reply = self._call(self.endpoint, [dumps(header) if fast else json.dumps(header).encode(), images],
+                                 rid)
         if not head.get("ok"):
             err = head.get("error", {})
             raise DaemonError(err.get("code", "?"), err.get("message", ""))
@@ -173,6 +178,7 @@ class Client:
     def command(self, cmd: str, **args: Any) -> Dict:
         rid = self._next_id()
         msg = dict(args, cmd=cmd, id=rid)
+        # The standard library: a NaN argument reaches the daemon as NaN and is refused there.
         reply, _ = self._call(self.control_endpoint, [json.dumps(msg).encode()], rid)
         if not reply.get("ok"):
             err = reply.get("error", {})

@@ -52,31 +52,51 @@ def _scalar_id(v) -> bool:
     return v is None or isinstance(v, bool) or (isinstance(v, str) and len(v) <= MAX_ID_CHARS)
 
 
+def _reject_constant(name):
+    raise ValueError("%s is not allowed" % name)
+
+
+_DECODER = json.JSONDecoder(parse_constant=_reject_constant)   # NaN/Infinity are not JSON
+_ENCODER = json.JSONEncoder(separators=(",", ":"), allow_nan=False)   # replies are always valid JSON
+
+try:            # the `fast` extra: a compiled codec, ~10 µs less per request (docs/benchmarks.md)
+    import orjson
+
+    CODEC = "orjson"
+    loads = orjson.loads          # strict RFC 8259 too: no NaN/Infinity, no integer over 64 bits
+
+    _OPTS = orjson.OPT_SERIALIZE_NUMPY | orjson.OPT_NON_STR_KEYS   # what json.dumps also takes
+
+    def dumps(obj) -> bytes:
+        return orjson.dumps(obj, option=_OPTS)
+except ImportError:
+    CODEC = "json"
+
+    def loads(data):
+        return _DECODER.decode(data.decode("utf-8") if isinstance(data, (bytes, bytearray, memoryview)) else data)
+
+    def dumps(obj) -> bytes:
+        return _ENCODER.encode(obj).encode()
+
+
 def parse_json(frame: bytes, what: str) -> Dict:
     if len(frame) > MAX_HEADER_BYTES:
         raise ProtocolError("too_large", "%s is %d bytes; the limit is %d" % (what, len(frame), MAX_HEADER_BYTES))
     try:
-        obj = _DECODER.decode(frame.decode("utf-8"))
+        obj = loads(frame)
     except UnicodeDecodeError:
         raise ProtocolError("bad_json", "%s is not valid UTF-8" % what) from None
-    except (ValueError, RecursionError) as e:
+    except (ValueError, RecursionError) as e:   # orjson.JSONDecodeError is a ValueError
         raise ProtocolError("bad_json", "%s is not valid JSON: %s" % (what, str(e)[:200])) from None
     if not isinstance(obj, dict):
         raise ProtocolError("bad_json", "%s must be a JSON object" % what)
     return obj
 
 
-def _reject_constant(name):
-    raise ValueError("%s is not allowed" % name)
-
-
-_DECODER = json.JSONDecoder(parse_constant=_reject_constant)   # NaN/Infinity are not JSON
-
-
 def peek_id(frame: bytes) -> Any:
     """The ``id`` of a header if it can be read at all (for error replies), else None."""
     try:
-        obj = _DECODER.decode(bytes(frame).decode("utf-8")) if len(frame) <= MAX_HEADER_BYTES else None
+        obj = loads(bytes(frame)) if len(frame) <= MAX_HEADER_BYTES else None
         v = obj.get("id") if isinstance(obj, dict) else None
         return v if _scalar_id(v) else None
     except Exception:
@@ -142,11 +162,8 @@ def decode_infer(frames: Sequence[bytes], spec: InputSpec) -> InferRequest:
     return InferRequest(rid, dtype, tensor, groups, deadline)
 
 
-_ENCODER = json.JSONEncoder(separators=(",", ":"), allow_nan=False)   # replies are always valid JSON
-
-
 def encode_reply(header: Dict, logits: Optional[np.ndarray] = None) -> List[bytes]:
-    frames = [_ENCODER.encode(header).encode()]
+    frames = [dumps(header)]
     if logits is not None:
         frames.append(np.ascontiguousarray(logits, dtype="<f4").tobytes())
     return frames

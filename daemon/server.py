@@ -263,14 +263,19 @@ class Server:
             self.service.count_error("reply_dropped")
             return False
 
-    def _recv_bounded(self, sock: zmq.Socket, limit: Optional[int] = None, zero_copy_last: bool = False):
+    def _recv_bounded(self, sock: zmq.Socket, limit: Optional[int] = None, zero_copy_last: bool = False,
+                      first: Optional[zmq.Frame] = None):
         """One message, frame by frame, without keeping more than a request can hold: a
         message of too many frames or bytes is read to its end and dropped frame by frame.
-        Returns (envelope, body, refusal) with ``refusal`` a ProtocolError or None."""
+        ``first``: its first frame, already received. Returns (envelope, body, refusal) with
+        ``refusal`` a ProtocolError or None."""
         limit = limit or self.max_bytes
         frames, total, refusal, count = [], 0, None, 0
         while True:
-            f = sock.recv(flags=zmq.NOBLOCK, copy=False)
+            if first is not None:
+                f, first = first, None
+            else:
+                f = sock.recv(flags=zmq.NOBLOCK, copy=False)
             count += 1
             if refusal is None:
                 total += len(f)
@@ -294,17 +299,19 @@ class Server:
                                                     limit))
         return envelope, body, None
 
-    def _receive(self, budget: int = RECEIVE_CHUNK) -> None:
+    def _receive(self, budget: int = RECEIVE_CHUNK, first: Optional[zmq.Frame] = None) -> None:
         """Move up to ``budget`` arrived messages into the per-client queues; refuse what is
         invalid, oversized, or over the client's share of the queue. Bounded, so that one
-        flooding client cannot keep the thread from serving (or the watchdog from pinging)."""
+        flooding client cannot keep the thread from serving (or the watchdog from pinging).
+        ``first``: the first frame of the first message, already received."""
         for _ in range(budget):
-            if not self.infer.getsockopt(zmq.EVENTS) & zmq.POLLIN:   # cheaper than catching zmq.Again
+            if first is None and not self.infer.getsockopt(zmq.EVENTS) & zmq.POLLIN:   # cheaper than zmq.Again
                 return
             try:
-                envelope, body, refusal = self._recv_bounded(self.infer, zero_copy_last=True)
+                envelope, body, refusal = self._recv_bounded(self.infer, zero_copy_last=True, first=first)
             except zmq.Again:
                 return
+            first = None
             self.heartbeat = time.monotonic()
             try:
                 if refusal is not None:
@@ -380,15 +387,19 @@ class Server:
             self._send(self.infer, env + frames)
 
     def _inference_loop(self, stop: threading.Event) -> None:
-        poller = zmq.Poller()
-        poller.register(self.infer, zmq.POLLIN)
+        # Idle, the thread waits inside recv itself (100 ms at most, for the stop flag, the
+        # heartbeat and a rebind): one wake-up per request, no poll() before the read.
+        self.infer.setsockopt(zmq.RCVTIMEO, 100)
         while not stop.is_set():
             self.heartbeat = time.monotonic()
             self._rebind_if_asked("infer")
+            first = None
             if not self.queues:
-                if not poller.poll(100):
+                try:
+                    first = self.infer.recv(copy=False)
+                except zmq.Again:
                     continue
-            self._receive()
+            self._receive(first=first)
             if self.queues:
                 self._run_one_batch()
         # Stop accepting: what has arrived but was not accepted gets an error, not silence;

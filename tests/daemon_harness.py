@@ -28,9 +28,11 @@ class Daemon:
 
     def __init__(self, workdir: str, model: str, sysfs_root: Optional[str] = None, platform: Optional[str] = None,
                  extra: Optional[List[str]] = None, env: Optional[Dict[str, str]] = None,
-                 config: Optional[str] = None, kernel_uid: Optional[int] = None, preexec=None):
+                 config: Optional[str] = None, kernel_uid: Optional[int] = None, preexec=None,
+                 source: str = ROOT):
         """``kernel_uid``: run through tests.fixtures.kernel, so that the tree answers writes
-        by the kernel's rules, as the user ``kernel_uid`` (0: root; else modes count)."""
+        by the kernel's rules, as the user ``kernel_uid`` (0: root; else modes count).
+        ``source``: the checkout to run the daemon from (benchmarks compare revisions)."""
         self.dir = workdir
         os.makedirs(workdir, exist_ok=True)
         self.infer_ep = "ipc://" + os.path.join(workdir, "infer.sock")
@@ -44,6 +46,8 @@ class Daemon:
         self.notify.settimeout(0.2)
         self.messages: List[str] = []
         cmd = dnnscale_cmd() if kernel_uid is None else kernel_cmd(kernel_uid)
+        if source != ROOT:
+            cmd = [sys.executable, "-m", "daemon.cli"]
         args = cmd + ["serve", "--model", model, "--state-dir", self.state,
                                  "--infer-endpoint", self.infer_ep, "--control-endpoint", self.control_ep,
                                  "--threads", "1"]
@@ -55,11 +59,11 @@ class Daemon:
             config = os.path.join(workdir, "empty.yaml")
             open(config, "w").close()
         args += ["--config", config] + (extra or [])
-        e = dict(os.environ, NOTIFY_SOCKET=self.notify_path, PYTHONPATH=ROOT)
+        e = dict(os.environ, NOTIFY_SOCKET=self.notify_path, PYTHONPATH=source)
         e.update(env or {})
         self.log_path = os.path.join(workdir, "serve.log")
         self.log = open(self.log_path, "w")
-        self.proc = subprocess.Popen(args, cwd=ROOT, env=e, stdout=self.log, stderr=subprocess.STDOUT,
+        self.proc = subprocess.Popen(args, cwd=source, env=e, stdout=self.log, stderr=subprocess.STDOUT,
                                      preexec_fn=preexec)
 
     def read_notify(self, until: str, timeout: float = 60.0) -> bool:

@@ -111,6 +111,36 @@ def test_fuzz_control_decoder(msg):
         assert e.code in CONTROL_CODES
 
 
+@settings(max_examples=int(1500 * SCALE), deadline=None, suppress_health_check=list(HealthCheck))
+@given(headers(), st.binary(max_size=64))
+def test_both_json_codecs_decide_alike(h, noise):
+    """With orjson installed (the ``fast`` extra) the daemon decodes with it; without, with
+    the standard library: a request is accepted or refused alike, and read alike."""
+    from daemon import protocol
+    pytest.importorskip("orjson")
+    frames = [encode(h), tensor_for(h, noise)]
+    out = []
+    for loads in (protocol.loads, lambda b: protocol._DECODER.decode(b.decode("utf-8"))):
+        saved = protocol.loads
+        protocol.loads = loads
+        try:
+            r = decode_infer(frames, SPEC)
+            out.append((r.id, r.dtype, r.tensor.shape, r.groups, r.deadline_ms))
+        except ProtocolError:
+            out.append("refused")
+        finally:
+            protocol.loads = saved
+    assert out[0] == out[1], (h, out)
+
+
+def test_replies_encode_alike_with_both_codecs():
+    from daemon import protocol
+    pytest.importorskip("orjson")
+    head = {"id": "é-1", "ok": True, "labels": [3], "names": ["cat"], "latency_ms": 0.2913, "energy_mj": None,
+            "config": {"level": 1, "target": "cpu", "freq_khz": None}, "n": np.float64(1.5)}
+    assert json.loads(protocol.dumps(head)) == json.loads(protocol._ENCODER.encode(head))
+
+
 def test_deep_and_huge_json_refused():
     for frame in (b"[" * 50000 + b"]" * 50000, b'{"id": "' + b"x" * 100000 + b'"}', b"\xc3\x28"):
         with pytest.raises(ProtocolError) as e:

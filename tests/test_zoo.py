@@ -1,5 +1,7 @@
 """The shipped model sets in models/zoo/: they load (checksums verified), serve every level,
 and their manifests tell the truth about the test set."""
+import os
+
 import numpy as np
 import pytest
 
@@ -15,25 +17,38 @@ def test_default_set_is_shipped():
         zoo.path("nope")
 
 
+FASHION_MNIST = "/usr/share/datasets/fashion-mnist"     # Debian's dataset-fashion-mnist
+
+
 @pytest.mark.parametrize("name", SHIPPED)
 def test_shipped_set_loads_and_runs_every_level(name):
     ms = ModelSet.load(zoo.path(name))   # verifies every file's checksum
-    x = ms.preprocess(np.random.default_rng(0).integers(0, 256, (3, 32, 32, 3), dtype=np.uint8))
+    c, h, w = ms.input_shape
+    x = ms.preprocess(np.random.default_rng(0).integers(0, 256, (3, h, w, c), dtype=np.uint8))
     for k in range(1, ms.groups + 1):
         out = ms.run(k, x)
-        assert out.shape == (3, 10) and np.isfinite(out).all()
+        assert out.shape == (3, len(ms.classes)) and np.isfinite(out).all()
     levels = ms.manifest["levels"]
-    assert ms.manifest["measured_on"] == "test_batch (10000 images)"
+    assert ms.manifest["measured_on"] in ("test_batch (10000 images)", "the test split (10000 images)")
     assert all(lv["accuracy"] is not None for lv in levels)
+
+
+def _test_data(name, request):
+    """The test split a shipped set was measured on (skip where it is not installed)."""
+    from models import datasets
+    if name.startswith("fashion-mnist"):
+        if not os.path.isdir(FASHION_MNIST):
+            pytest.skip("Fashion-MNIST is not installed (apt-get install dataset-fashion-mnist)")
+        return datasets.load(FASHION_MNIST, train=False)
+    return datasets.load(request.getfixturevalue("shared_cifar"), train=False)
 
 
 @pytest.mark.shared
 @pytest.mark.parametrize("name", SHIPPED)
-def test_shipped_manifest_accuracy_is_what_the_files_give(name, shared_cifar):
-    """The manifest is the measured truth: re-measuring the smallest level on test_batch gives
-    its number (every level: ``dnnscale eval --data DIR``, about a minute)."""
-    from models import cifar
-    data = cifar.load(shared_cifar, train=False)
+def test_shipped_manifest_accuracy_is_what_the_files_give(name, request):
+    """The manifest is the measured truth: re-measuring the smallest level on its test split
+    gives its number (every level: ``dnnscale eval --data DIR``, about a minute)."""
+    data = _test_data(name, request)
     ms = ModelSet.load(zoo.path(name))
     pred = np.concatenate([ms.run(1, ms.preprocess(data.x_test[i:i + 1000])).argmax(1) for i in range(0, 10000, 1000)])
     assert 100.0 * (pred == data.y_test).mean() == pytest.approx(ms.level(1)["accuracy"], abs=0.02)
