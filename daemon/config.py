@@ -162,7 +162,8 @@ def load(path: Optional[str] = None, overrides: Optional[Dict[str, Any]] = None)
     if path is None:
         path = next((p for p in default_paths() if os.path.isfile(p)), None)
     elif not os.path.isfile(path):
-        raise ConfigError("config file %s does not exist" % path)
+        raise ConfigError("config file %s %s" % (path, "is not a regular file (for no configuration, give an "
+                                                       "empty file)" if os.path.exists(path) else "does not exist"))
     if path:
         try:
             with open(path) as f:

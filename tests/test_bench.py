@@ -17,7 +17,8 @@ def test_bench_quick_produces_every_table(random_set, tiny_portfolio, tmp_path):
     for title in TITLES.values():
         assert "## " + title in doc
     for needle in ("latency range", "Pareto front", "ModelSet.run p50 ms", "DNNShifter-style portfolio",
-                   "switch overhead", "overhead µs (target <= 100)", "onnxruntime threads", "+ the protocol (decode_infer, encode_reply)",
+                   "switch overhead", "daemon overhead / echo, Client (target <= 2)", "onnxruntime threads", "python floor k=1",
+                   "the same for a daemon that cost only the echo", "ratio (target >= 0.9 at 8)",
                    "daemon: receive + decode", "total minus this request's run", "miss rate %", "SIMULATED",
                    "measured on this machine", "Xun et al. 2019 (published)", "--quick", "Decision cost",
                    "Steady budgets, no load, no cap"):

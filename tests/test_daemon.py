@@ -343,6 +343,10 @@ def test_config_errors_one_line(random_set, tmp_path):
     r = subprocess.run(dnnscale_cmd() + ["serve", "--model", str(tmp_path / "nope")], cwd=ROOT, env=env,
                        capture_output=True, text=True, timeout=60)
     assert r.returncode == 2 and "neither a model-set folder nor a shipped set" in r.stderr
+    r = subprocess.run(dnnscale_cmd() + ["serve", "--config", "/dev/null"], cwd=ROOT, env=env,
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 2 and "/dev/null is not a regular file (for no configuration, give an empty file)" \
+        in r.stderr
 
 
 def test_tcp_control_needs_curve(random_set, tmp_path):
