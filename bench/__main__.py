@@ -62,9 +62,13 @@ def run(model_dir: str, portfolio_dir: Optional[str], quick: bool, plots_dir: Op
 
 
 def governor_section(model_dir: str, quick: bool, plots_dir: Optional[str]) -> str:
-    from . import governor as bgov
+    from . import governor as bgov, static as bstatic
     levels = _levels(model_dir)
     text = bgov.report(bgov.simulated(levels) + ([] if quick else bgov.measured(model_dir)))
+    text += "\nAgainst the best static choice on this machine (`python -m bench.static`): the most " \
+            "accurate pinned configuration whose measured miss rate at the budget is <= 1%%, beside what " \
+            "the governor served at that budget.\n\n%s" % bstatic.report(
+                bstatic.run(model_dir, requests=30 if quick else 300, load=not quick))
     text += "\n" + bgov.sweep_report(levels)
     text += "\n" + bgov.decision_cost(levels, n=1000 if quick else 5000) + "\n"
     png = bgov.plot(levels, os.path.join(plots_dir, "governor.png")) if plots_dir else None

@@ -82,7 +82,7 @@ def _space(board: SimBoard, levels: List[Level]) -> List[Config]:
     return build_space(levels, {n: t.freqs_khz for n, t in board.targets.items()})
 
 
-FIXED = "dnnscale, fixed 10% margin"   # the governor without its jitter margin (jitter_z=0)
+FIXED = "dnnscale, fixed 10% margin"   # the governor without its quantile margin
 POLICIES = ("dnnscale", FIXED, "performance", "ondemand", "step (Dynamic-OFA)", "oracle")
 
 
@@ -91,7 +91,7 @@ def policy_from_profile(policy: str, space: List[Config], levels: List[Level], p
     """Every policy of POLICIES but the oracle (each bench builds that from what it knows)."""
     if policy in ("dnnscale", FIXED):
         return Governor(space, levels, profile, clock=clock,
-                        params=Params(jitter_z=0.0) if policy == FIXED else None)
+                        params=Params(quantile_margin=False) if policy == FIXED else None)
     if policy == "performance":
         return Performance(space, levels, profile, clock=clock)
     if policy == "ondemand":
@@ -148,7 +148,11 @@ def run(scenario: Scenario, policy: str, levels: List[Level], seed: int = 0,
         if c.freq_khz is not None:
             board.set_frequency(c.target, c.freq_khz)
         lat, energy = board.run(macs[c.level], c.target, idle_s=scenario.gap_s)
-        pol.observe(c, lat, energy, d.latency_limit_ms)
+        ran = board.frequency(c.target) if c.freq_khz is not None else None
+        if isinstance(pol, Governor):
+            pol.observe(c, lat, energy, d.latency_limit_ms, ran_khz=ran)
+        else:
+            pol.observe(c, lat, energy, d.latency_limit_ms)
         limit = d.latency_limit_ms
         miss = limit is not None and lat * 1e3 > limit
         rows.append((i, lat * 1e3, energy * 1e3, c.level, c.target, board.frequency(c.target),

@@ -1,19 +1,23 @@
 """The feedback governor: per inference, the configuration that meets the budget with the
 highest accuracy, and the lowest energy among equals.
 
-* Prediction: the profile's latency/energy for every configuration, times a per-target
-  correction: an EWMA of observed / predicted. Interference, thermal throttling or a stale
-  profile show up as a correction above 1 on the target they affect. A target that has not
-  been observed for a while drifts back towards its profile (so the governor probes it again).
+* Prediction, per target (a lane: a cluster, a CPU count, the GPU): observed latency =
+  ``level`` x (c0 + c1 x profile), where (c0, c1) is a constant plus a per-work term fitted
+  online by exponentially forgotten least squares over that target's observations (forget
+  ``shape_forget``), anchored to the profile (c0 = 0, c1 = 1) with the weight of
+  ``shape_prior`` observations, so a constant per-inference cost that the profile did not
+  see is not read as a ratio that differs per level; ``level`` is a fast EWMA (``alpha``)
+  of observed / modelled that absorbs a load step within a few inferences. A target that has
+  not been observed for ``stale_s`` drifts back towards its profile (so it is probed again).
 * Safety: a configuration meets a latency limit when prediction x margin <= limit, where a
-  target's margin is 1 + the larger of ``safety`` and ``jitter_z`` x the spread (an EWMA of
-  the squared relative prediction error, winsorised) of its recent observations: on a quiet target the
-  fixed 10%, on a jittery one (a shared machine, a busy board) enough to cover its tail.
+  target's margin is the (1 - ``miss_target``) quantile of its last ``resid_window``
+  observed / predicted ratios (at least 1; ``1 + safety`` until ``resid_min`` are in):
+  the margin covers the tail that was measured, for the miss rate asked, instead of fixed
+  percentages stacked on each other. ``quantile_margin=False``: the fixed ``1 + safety``.
   The current configuration is left as soon as it is at risk (step down at once).
-* Hysteresis: while the current configuration is safe, a move needs a further
-  ``up_margin`` of slack (so noise does not make it hop between neighbouring frequencies),
-  and a move *up* in accuracy needs it for ``up_patience`` consecutive decisions, except
-  right after the budget is set or cleared or a pin released (the operator's change).
+* Hysteresis: a move up in accuracy needs the better configuration to meet the budget for
+  ``up_patience`` consecutive decisions (a count, not extra slack), except right after the
+  budget is set or cleared or a pin released (the operator's change: at once).
 * A request that forces its level (``decide(level=k)``) gets the best configuration of
   that level but leaves the governed state (and its hysteresis) where it was.
 * Rate limit: a frequency change within ``freq_interval_s`` of the last one is avoided
@@ -21,10 +25,10 @@ highest accuracy, and the lowest energy among equals.
 * Infeasible budget: the configuration closest to it (the smallest worst-case ratio of
   prediction to limit), and ``feasible`` is False in the decision and the status.
 
-Speed: the correction is one scalar per target, so for each (level, target) "lane" the
-configurations that meet a latency limit are a prefix of the lane sorted by predicted
-latency, and the lowest-energy one among them is a precomputed prefix minimum: a decision
-is one bisection per lane, in plain Python. Budgets with a power cap and infeasible budgets
+Speed: the model is increasing in the profile's latency on each target, so for each
+(level, target) "lane" the configurations that meet a latency limit are a prefix of the
+lane sorted by profiled latency, and the lowest-energy one among them is a precomputed
+prefix minimum: a decision is one bisection per lane, in plain Python. Budgets with a power cap and infeasible budgets
 take a vectorised slow path.
 
 Pure logic; the clock is injected. No I/O.
@@ -84,10 +88,14 @@ class Decision:
 
 @dataclass
 class Params:
-    safety: float = 0.10
-    jitter_z: float = 2.5          # 0: the fixed safety margin alone
-    jitter_alpha: float = 0.05     # EWMA weight of the squared relative prediction error
-    up_margin: float = 0.10
+    safety: float = 0.10           # the margin until resid_min observations (or always, see below)
+    miss_target: float = 0.01      # the margin is the (1 - miss_target) quantile of observed / predicted
+    quantile_margin: bool = True   # False: the fixed 1 + safety
+    margin_floor: float = 1.0
+    resid_window: int = 300        # observations per target the quantile is taken over
+    resid_min: int = 30
+    shape_forget: float = 0.98     # per observation: the latency model's memory (~50 inferences)
+    shape_prior: float = 2.0       # observations' worth of weight on the profile's own shape
     up_patience: int = 5
     alpha: float = 0.3
     stale_s: float = 2.0           # unobserved for this long → the correction decays to 1
@@ -143,14 +151,21 @@ class Governor:
         # levels by accuracy, best first (level number breaks ties)
         self._level_order = sorted({c.level for c in self.space},
                                    key=lambda l: (-self.levels[l].accuracy, -l))
-        self.corr_lat = [1.0] * len(self.targets)
-        self.corr_en = [1.0] * len(self.targets)
-        self.err_var = [0.0] * len(self.targets)   # EWMA of (observed / predicted - 1)^2
-        self._margin = [1 + self.p.safety] * len(self.targets)
+        n_t = len(self.targets)
+        self.corr_lat = [1.0] * n_t                 # the fast level: EWMA of observed / modelled
+        self.corr_en = [1.0] * n_t
+        self._c0, self._c1 = [0.0] * n_t, [1.0] * n_t   # the shape: c0 + c1 x profile (in seconds)
+        self._stats = [[0.0] * 5 for _ in range(n_t)]   # forgotten sums: w, wx, wxx, wy, wxy
+        self._resid = [deque(maxlen=self.p.resid_window) for _ in range(n_t)]
+        self._n_obs = [0] * n_t
+        self._spread = [0.0] * n_t                  # EWMA of (ratio - 1)^2, for the winsorising
+        self._margin = [1 + self.p.safety] * n_t
         self._seen = [-math.inf] * len(self.targets)
         self.budget = Budget()
         self._pin = np.ones(len(self.space), bool)
         self.pinned: Dict = {}
+        self.caps: Dict[str, int] = {}               # target → kHz the kernel held it to (read-back)
+        self._cap_at: Dict[str, float] = {}
         self.set_profile(profile)
         self.current: Optional[int] = None
         self._up_count = 0
@@ -174,14 +189,19 @@ class Governor:
         self._base_en = np.array([np.nan if p[1] is None else p[1] for p in preds])
         self._base_ekey = np.where(np.isnan(self._base_en), np.inf, self._base_en)
         self._lat_l, self._ekey_l = self._base_lat.tolist(), self._base_ekey.tolist()
+        # the unit of the shape fit per target (x = profile / ref ~ 1): its median profile latency
+        self._ref = [float(np.median(self._base_lat[self._tgt == t])) for t in range(len(self.targets))]
         self._build_lanes()
 
     def _build_lanes(self) -> None:
+        self._allowed = self._pin.copy()          # pinned, and not above a frequency cap in force
+        for name, khz in self.caps.items():
+            self._allowed &= ~((self._tgt == self.targets.index(name)) & (self._freq > khz))
         self._lanes: Dict[int, List[_Lane]] = {}
         for lv in self._level_order:
             lanes = []
             for t in range(len(self.targets)):
-                idx = np.flatnonzero(self._pin & (self._lvl == lv) & (self._tgt == t)).tolist()
+                idx = np.flatnonzero(self._allowed & (self._lvl == lv) & (self._tgt == t)).tolist()
                 if idx:
                     lanes.append(_Lane(t, idx, self._base_lat, self._base_ekey, self._freq))
             self._lanes[lv] = lanes
@@ -233,18 +253,47 @@ class Governor:
     def _decay_stale(self) -> None:
         now = self.clock()
         for t, seen in enumerate(self._seen):
-            if now - seen > self.p.stale_s and (self.corr_lat[t] != 1.0 or self.corr_en[t] != 1.0):
+            if now - seen > self.p.stale_s and (self.corr_lat[t] != 1.0 or self.corr_en[t] != 1.0
+                                                 or self._stats[t][0] > 1e-3):
                 d = math.exp(-self.p.alpha)
                 self.corr_lat[t] = 1 + (self.corr_lat[t] - 1) * d
                 self.corr_en[t] = 1 + (self.corr_en[t] - 1) * d
-                self.err_var[t] *= d
-                self._set_margin(t)
+                self._stats[t] = [v * d for v in self._stats[t]]
+                self._fit_shape(t)
 
-    def _set_margin(self, t: int) -> None:
-        self._margin[t] = 1 + max(self.p.safety, self.p.jitter_z * math.sqrt(self.err_var[t]))
+    def _cap(self, t: int, khz: int) -> None:
+        """The kernel ran target ``t`` below what was asked (a thermal or power cap): leave
+        its higher frequencies out until the cap is older than ``stale_s``, then ask again."""
+        name = self.targets[t]
+        self._cap_at[name] = self.clock()
+        if self.caps.get(name) != khz:
+            self.caps[name] = khz
+            self._build_lanes()
+
+    def _lift_caps(self) -> None:
+        now = self.clock()
+        for name in [n for n, at in self._cap_at.items() if now - at > self.p.stale_s]:
+            self.caps.pop(name, None)
+            self._cap_at.pop(name, None)
+        self._build_lanes()
+
+    def _fit_shape(self, t: int) -> None:
+        """(c0, c1) from the forgotten sums, ridge-anchored at the profile's (0, 1)."""
+        w, sx, sxx, sy, sxy = self._stats[t]
+        r = self.p.shape_prior
+        a00, a01, a11 = w + r, sx, sxx + r
+        b0, b1 = sy, sxy + r
+        det = a00 * a11 - a01 * a01
+        c0, c1 = (a11 * b0 - a01 * b1) / det, (a00 * b1 - a01 * b0) / det
+        c1 = min(max(c1, 0.05), 50.0)
+        self._c0[t], self._c1[t] = c0 * self._ref[t], c1
+
+    def _shape(self, i: int) -> float:
+        t = self._tgt_l[i]
+        return max(self._c0[t] + self._c1[t] * self._lat_l[i], 0.05 * self._lat_l[i])
 
     def _lat(self, i: int) -> float:
-        return self._lat_l[i] * self.corr_lat[self._tgt_l[i]]
+        return self._shape(i) * self.corr_lat[self._tgt_l[i]]
 
     def _ekey(self, i: int) -> float:
         return self._ekey_l[i] * self.corr_en[self._tgt_l[i]]
@@ -255,19 +304,20 @@ class Governor:
         e = self.budget.energy_mj
         return e is None or not self._ekey(i) > e / 1e3 or math.isinf(self._ekey(i))
 
-    def _best_at(self, lv: int, lat_limit_s: Optional[float], room: float = 0.0,
-                 extra: Optional[int] = None) -> Optional[int]:
-        """Lowest-energy configuration of level ``lv`` meeting the budget with ``room`` added
-        to each target's margin (``extra``: one more candidate to consider, the current
-        configuration)."""
+    def _best_at(self, lv: int, lat_limit_s: Optional[float], extra: Optional[int] = None) -> Optional[int]:
+        """Lowest-energy configuration of level ``lv`` meeting the budget (``extra``: one more
+        candidate to consider, the current configuration)."""
         e_lim = self.budget.energy_mj
         best, best_key = None, None
         for lane in self._lanes.get(lv, ()):
             if lat_limit_s is None:
                 j = len(lane.lat) - 1
             else:
-                j = bisect.bisect_right(
-                    lane.lat, lat_limit_s / ((self._margin[lane.target] + room) * self.corr_lat[lane.target])) - 1
+                t = lane.target
+                shape_max = lat_limit_s / (self._margin[t] * self.corr_lat[t])   # c0 + c1 x profile <= this
+                j = bisect.bisect_right(lane.lat, (shape_max - self._c0[t]) / self._c1[t]) - 1
+                while j >= 0 and self._lat(lane.idx[j]) * self._margin[t] > lat_limit_s:   # the 5% floor
+                    j -= 1
                 if j < 0:
                     continue
             i = lane.best[j]
@@ -284,6 +334,8 @@ class Governor:
 
     def decide(self, deadline_ms: Optional[float] = None, level: Optional[int] = None) -> Decision:
         self._decay_stale()
+        if self.caps and any(self.clock() - at > self.p.stale_s for at in self._cap_at.values()):
+            self._lift_caps()
         b = self.budget
         limit_ms = deadline_ms if deadline_ms is not None else b.latency_ms
         limit_s = None if limit_ms is None else limit_ms / 1e3
@@ -297,20 +349,19 @@ class Governor:
             cand, feasible = self._slow(order, limit_s, forced=level is not None)
         else:
             cand = None
-            cur_safe = cur is not None and self._pin[cur] and self._meets(cur, limit_s) \
+            cur_safe = cur is not None and self._allowed[cur] and self._meets(cur, limit_s) \
                 and (level is None or self._lvl[cur] == level) and not self._fresh_decision
             if cur_safe:
-                # Current is safe: any move needs the extra slack (no hopping on noise),
-                # and a move up in accuracy needs it for up_patience decisions in a row.
-                roomy = self.p.up_margin
+                # Current is safe: a move up in accuracy needs the better configuration to
+                # fit for up_patience decisions in a row (no hopping on noise).
                 for lv in order:
-                    cand = self._best_at(lv, limit_s, roomy, extra=cur)
+                    cand = self._best_at(lv, limit_s, extra=cur)
                     if cand is not None:
                         break
                 if cand is not None and self._acc_l[cand] > self._acc_l[cur]:
                     self._up_count += 1
                     if self._up_count < self.p.up_patience:
-                        cand = self._best_at(int(self._lvl[cur]), limit_s, roomy, extra=cur)
+                        cand = self._best_at(int(self._lvl[cur]), limit_s, extra=cur)
                 else:
                     self._up_count = 0
             else:
@@ -325,7 +376,7 @@ class Governor:
             elif cur is not None and cand != cur and self._freq_l[cand] != self._freq_l[cur] and \
                     self.clock() - self._freq_changed_at < self.p.freq_interval_s:
                 alt = self.index.get(Config(self.space[cand].level, self.space[cur].target, self.space[cur].freq_khz))
-                if alt is not None and self._pin[alt] and self._meets(alt, limit_s):
+                if alt is not None and self._allowed[alt] and self._meets(alt, limit_s):
                     cand = alt
         if cur is not None and cand != cur:
             self.switches += 1
@@ -346,9 +397,11 @@ class Governor:
         meets the budget."""
         b = self.budget
         ct, ce = np.array(self.corr_lat), np.array(self.corr_en)
-        lat = self._base_lat * ct[self._tgt]
+        shape = np.maximum(np.array(self._c0)[self._tgt] + np.array(self._c1)[self._tgt] * self._base_lat,
+                           0.05 * self._base_lat)
+        lat = shape * ct[self._tgt]
         en = self._base_en * ce[self._tgt]
-        allowed = np.isin(self._lvl, order) & (True if forced else self._pin)
+        allowed = np.isin(self._lvl, order) & (True if forced else self._allowed)
         ratios = [np.zeros_like(lat)]
         if limit_s is not None:
             ratios.append(lat * np.array(self._margin)[self._tgt] / limit_s)
@@ -369,23 +422,39 @@ class Governor:
 
     # ------------------------------------------------------------------ feedback
     def observe(self, config: Config, latency_s: float, energy_j: Optional[float] = None,
-                limit_ms: Optional[float] = None) -> None:
+                limit_ms: Optional[float] = None, ran_khz: Optional[int] = None) -> None:
         """Feed back one measured inference; ``limit_ms`` is the latency limit it was
-        decided under (default: the last decision's) for the miss rate."""
+        decided under (default: the last decision's) for the miss rate; ``ran_khz``: the
+        frequency the kernel reported after setting ``config``'s (a cap shows there)."""
         i = self.index.get(config)
         if i is None or not latency_s > 0:
             return
         t = self._tgt_l[i]
+        if ran_khz is not None and config.freq_khz is not None and ran_khz != config.freq_khz:
+            if ran_khz < config.freq_khz:
+                self._cap(t, ran_khz)
+            i = self.index.get(Config(config.level, config.target, ran_khz), i)   # the model learns what ran
         a = self.p.alpha
-        # The spread of the error against what was predicted for it, winsorised at 3 sigma (at
-        # least ``safety``): a load step is a few large errors that the correction absorbs, and
-        # must not read as lasting jitter; jitter keeps coming and widens the clip as it grows.
-        err = latency_s / self._lat(i) - 1
-        clip = max(3 * math.sqrt(self.err_var[t]), self.p.safety)
-        err = min(max(err, -clip), clip)
-        self.err_var[t] = (1 - self.p.jitter_alpha) * self.err_var[t] + self.p.jitter_alpha * err * err
-        self._set_margin(t)
-        self.corr_lat[t] = (1 - a) * self.corr_lat[t] + a * min(max(latency_s / self._lat_l[i], 0.05), 50.0)
+        shape = self._shape(i)
+        ratio = latency_s / (shape * self.corr_lat[t])          # against what was predicted for it
+        # Winsorised at 3 spreads (at least ``safety``): a load step is a few large errors that
+        # the fast level absorbs, and must not sit in the window as tail for resid_window
+        # inferences; jitter keeps coming, grows the spread and so widens the clip.
+        clip = 1 + max(3 * math.sqrt(self._spread[t]), self.p.safety)
+        ratio = min(max(ratio, 2 - clip), clip)
+        self._spread[t] = 0.95 * self._spread[t] + 0.05 * (ratio - 1) ** 2
+        res = self._resid[t]
+        res.append(ratio)
+        self._n_obs[t] += 1
+        # the quantile every 10th observation once resid_min are in (a sort of <= 300 numbers)
+        if self.p.quantile_margin and len(res) >= self.p.resid_min and self._n_obs[t] % 10 == 0:
+            self._margin[t] = max(self.p.margin_floor, float(np.quantile(res, 1 - self.p.miss_target)))
+        self.corr_lat[t] = (1 - a) * self.corr_lat[t] + a * min(max(latency_s / shape, 0.05), 50.0)
+        x, y, f = self._lat_l[i] / self._ref[t], latency_s / self._ref[t], self.p.shape_forget
+        st = self._stats[t]
+        for j, v in enumerate((1.0, x, x * x, y, x * y)):
+            st[j] = st[j] * f + v
+        self._fit_shape(t)
         base_e = self._base_en[i]
         if energy_j is not None and energy_j > 0 and not math.isnan(base_e):
             self.corr_en[t] = (1 - a) * self.corr_en[t] + a * min(max(energy_j / base_e, 0.05), 50.0)
@@ -408,6 +477,7 @@ class Governor:
             "feasible": None if self.last is None else self.last.feasible,
             "config": None if self.current is None else self.space[self.current].to_dict(),
             "pinned": dict(self.pinned),
+            "caps_khz": dict(self.caps),
             "predicted_latency_ms": None if self.last is None else round(self.last.predicted_latency_s * 1e3, 4),
             "latency_ms": None if lat is None else {q: round(float(np.percentile(lat, int(q[1:]))), 4)
                                                     for q in ("p50", "p95", "p99")},
@@ -416,6 +486,8 @@ class Governor:
             "observed_since_budget": self._budget_decided,
             "energy_mj_mean": round(float(np.mean(self._energy)), 4) if self._energy else None,
             "corrections": {t: round(float(c), 3) for t, c in zip(self.targets, self.corr_lat)},
+            "latency_model": {t: {"constant_ms": round(self._c0[i] * 1e3, 4), "scale": round(self._c1[i], 4)}
+                              for i, t in enumerate(self.targets)},
             "margins": {t: round(float(m), 3) for t, m in zip(self.targets, self._margin)},
             "decisions": self.decisions, "switches": self.switches, "profile": self.profile.source,
         }

@@ -21,7 +21,7 @@ def test_bench_quick_produces_every_table(random_set, tiny_portfolio, tmp_path):
                    "the same for a daemon that cost only the echo", "ratio (target >= 0.9 at 8)",
                    "daemon: receive + decode", "total minus this request's run", "miss rate %", "SIMULATED",
                    "measured on this machine", "Xun et al. 2019 (published)", "--quick", "Decision cost",
-                   "Steady budgets, no load, no cap"):
+                   "Steady budgets, no load, no cap", "accuracy vs static (target >= -0.3)", "p90/p50 direct, quiet"):
         assert needle in doc, needle
     kinds = doc.split("## " + TITLES["kinds"])[1].split("\n## ")[0]
     assert "| group (weights shared)" in kinds and "| portfolio (no sharing)" in kinds   # one row per kind

@@ -37,6 +37,11 @@ def pred(g, c):
     return g.profile.predict(c, g.levels[c.level].macs)
 
 
+def modelled(g, c):
+    """The governor's latency prediction for ``c`` now (model x fast level, before the margin)."""
+    return g._lat(g.index[c])
+
+
 def test_no_budget_best_accuracy_lowest_energy():
     g, _ = gov()
     d = g.decide()
@@ -63,11 +68,11 @@ def test_steps_down_at_once_on_risk():
         g.observe(d.config, pred(g, d.config)[0] * 1.5)
     d2 = g.decide()
     assert d2.config.level < 4 and d2.feasible
-    assert g.status()["corrections"]["big"] > 1.2
+    assert modelled(g, d.config) > 1.3 * pred(g, d.config)[0]    # two inferences moved the model most of the way
 
 
 def test_hysteresis_waits_before_going_up():
-    g, clock = gov(up_patience=5, jitter_z=0)    # the rule alone (the jitter margin: below)
+    g, clock = gov(up_patience=5, quantile_margin=False)    # the rule alone (the quantile margin: below)
     g.set_budget(Budget(latency_ms=2.5))
     d = g.decide()
     for _ in range(3):
@@ -84,39 +89,64 @@ def test_hysteresis_waits_before_going_up():
     assert ups[-1] == 4
 
 
-def test_jitter_widens_the_margin_and_a_load_step_does_not():
-    """A target whose latency scatters around the prediction gets a margin that covers the
-    scatter (so it steps down to keep misses rare); a one-off level shift, absorbed by the
-    correction, leaves the margin near the fixed safety."""
+def test_the_margin_is_the_measured_tail_and_the_misses_follow_it():
+    """With +-25% scatter around the profile, the margin becomes the 99th percentile of the
+    observed / predicted ratios, and the closed loop misses its budget about as rarely as
+    asked (1%) while still serving the high levels; with quantile_margin=False it stays 1.1."""
     import random
-    rnd = random.Random(1)
-    g, _ = gov()
-    g.set_budget(Budget(latency_ms=2.5))
-    d = g.decide()
-    assert d.config == Config(4, "big", 2000000) and g.status()["margins"]["big"] == pytest.approx(1.1)
-    for _ in range(200):                     # +-25% scatter, unbiased
-        g.observe(d.config, pred(g, d.config)[0] * rnd.uniform(0.75, 1.25))
+    for quantile in (True, False):
+        rnd = random.Random(1)
+        g, _ = gov(quantile_margin=quantile)
+        g.set_budget(Budget(latency_ms=2.5))
+        misses, levels = [], []
         d = g.decide()
-    m = g.status()["margins"]["big"]
-    assert 1.25 < m < 1.5                    # 2.5 x the scatter's spread (0.144)
-    assert d.config.level < 4                # level 4 (2.0 ms) no longer fits 2.5 ms with it
+        for _ in range(3000):
+            lat = pred(g, d.config)[0] * rnd.uniform(0.75, 1.25)
+            misses.append(lat * 1e3 > 2.5)
+            levels.append(d.config.level)
+            g.observe(d.config, lat)
+            d = g.decide()
+        t = g.targets.index("big")
+        m = g.status()["margins"]["big"]
+        if quantile:
+            assert m == pytest.approx(max(1.0, np.quantile(list(g._resid[t]), 0.99)), rel=0.03)
+            assert 1.15 < m < 1.5
+            assert np.mean(misses[500:]) <= 0.02 and np.mean(levels[500:]) >= 3
+        else:
+            assert m == pytest.approx(1.1)
 
+
+def test_a_load_step_moves_the_model_not_the_margin_for_long():
     g, _ = gov()
     g.set_budget(Budget(latency_ms=2.5))
     d = g.decide()
-    for i in range(200):                     # a step to 1.3x that stays: no scatter
+    for _ in range(400):                     # a step to 1.3x that stays: no scatter
         g.observe(d.config, pred(g, d.config)[0] * 1.3)
         d = g.decide()
-    assert g.status()["margins"]["big"] < 1.15
-    assert g.status()["corrections"]["big"] == pytest.approx(1.3, rel=0.01)
+    assert modelled(g, d.config) == pytest.approx(1.3 * pred(g, d.config)[0], rel=0.02)
+    assert g.status()["margins"]["big"] < 1.05    # the step's first errors have left the window
 
-    fixed, _ = gov(jitter_z=0)
-    fixed.set_budget(Budget(latency_ms=2.5))
-    d = fixed.decide()
-    for _ in range(200):
-        fixed.observe(d.config, pred(fixed, d.config)[0] * rnd.uniform(0.75, 1.25))
-        d = fixed.decide()
-    assert fixed.status()["margins"]["big"] == pytest.approx(1.1)
+
+def test_a_constant_cost_the_profile_missed_does_not_keep_a_better_level_out():
+    """The profile has no fixed cost; the machine adds 0.4 ms to every inference (a constant
+    that a per-target ratio would spread over the levels as if it grew with the work). Level 2
+    then takes 1.4 ms on big at 2 GHz, under a 1.6 ms budget with 14% slack: the governor must
+    get there from level 1 and stay, without misses."""
+    g, _ = gov(up_patience=5)
+    g.set_budget(Budget(latency_ms=1.6))
+    truth = lambda c: pred(g, c)[0] + 0.4e-3
+    d = g.decide()
+    levels, misses = [], 0
+    for _ in range(300):
+        lat = truth(d.config)
+        misses += lat * 1e3 > 1.6
+        g.observe(d.config, lat)
+        d = g.decide()
+        levels.append(d.config.level)
+    assert levels[-1] == 2 and set(levels[-100:]) == {2}
+    assert misses == 0
+    ratio = g.status()["latency_model"]["big"]
+    assert ratio["constant_ms"] > 0.1              # it learnt that there is a constant
 
 
 def test_no_hopping_on_noise():
@@ -327,3 +357,23 @@ def test_miss_rate_is_since_the_budget_was_set():
     s = g.status()
     assert s["miss_rate"] == 0.0 and s["observed_since_budget"] == 4
     assert 0 < s["miss_rate_recent"] < 1                # the window still holds the old misses
+
+
+def test_a_frequency_cap_read_back_keeps_the_governor_below_it_until_it_lifts():
+    """The kernel ran big at 1 GHz when 2 GHz was asked (a thermal cap): the model learns from
+    the configuration that ran, frequencies above the cap are left out, and after stale_s
+    the governor asks for them again."""
+    g, clock = gov()
+    g.set_budget(Budget(latency_ms=2.5))
+    d = g.decide()
+    assert d.config == Config(4, "big", 2000000)
+    ran = Config(4, "big", 1000000)
+    g.observe(d.config, pred(g, ran)[0], ran_khz=1000000)       # 4 ms: what 1 GHz gives
+    assert g.status()["caps_khz"] == {"big": 1000000}
+    assert modelled(g, ran) == pytest.approx(pred(g, ran)[0], rel=0.05)   # learnt as what ran
+    d = g.decide()
+    assert d.config.freq_khz <= 1000000 and d.config.level == 2    # 2 ms at 1 GHz fits 2.5
+    clock.t += g.p.stale_s + 0.1
+    for _ in range(g.p.up_patience + 1):
+        d = g.decide()
+    assert d.config == Config(4, "big", 2000000) and g.status()["caps_khz"] == {}

@@ -1,0 +1,168 @@
+"""The governor against the best static choice, on this machine (issue 20).
+
+The real ``dnnscale serve --platform generic`` with the shipped model set and real
+onnxruntime; its configurations are (level, lane): every k on all CPUs (``cpu``) and on the
+narrower lanes (``cpu:1`` ..). For 8 latency budgets spread evenly between the fastest and
+the slowest configuration's p50:
+
+* every configuration is pinned and timed back to back (the latency each reply reports:
+  the run inside the daemon, which is what a budget bounds); the **best static** choice at a
+  budget is the most accurate configuration whose measured miss rate there is <= 1%;
+* then the governor serves the same number of requests under that budget (after a warm-up)
+  and its mean accuracy and miss rate are recorded.
+
+Once on a quiet machine and once with a real competing process (one busy loop per CPU at
+niceness 0) for the whole run, statics and governor alike. Also: the configuration served
+by the first request after the budget is cleared, and each lane's p90/p50 back to back,
+through the daemon and directly (``ModelSet.run`` pinned to the lane's CPUs).
+
+    python -m bench.static [--model DIR] [--requests N] [--no-load]
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import tempfile
+from typing import Dict, List
+
+import numpy as np
+
+from .common import machine, table
+
+BUDGETS = 8
+MAX_MISS = 0.01
+
+
+def _lane_direct(model_dir: str, lanes: Dict[str, List[int]], n: int) -> Dict[str, Dict[int, float]]:
+    """p90/p50 of back-to-back ``ModelSet.run`` per lane and level, this process pinned to
+    the lane's CPUs and its sessions sized to them, as the daemon runs them."""
+    from models import ModelSet
+    from models.evaluate import timings
+    saved = os.sched_getaffinity(0)
+    ms = ModelSet.load(model_dir, threads=len(saved), lanes={t: len(c) for t, c in lanes.items()})
+    x = np.zeros((1,) + ms.input_shape, np.float32)
+    out = {}
+    try:
+        for t, cpus in lanes.items():
+            os.sched_setaffinity(0, cpus)
+            out[t] = {}
+            for k in range(1, ms.groups + 1):
+                ts = timings(lambda: ms.run(k, x, t), n, warmup=20)
+                out[t][k] = float(np.percentile(ts, 90) / np.median(ts))
+    finally:
+        os.sched_setaffinity(0, saved)
+    return out
+
+
+def _phase(c, configs, levels, acc, budgets_ms, n: int) -> Dict:
+    """Statics, then the governor at each budget, through one daemon."""
+    x = np.zeros((1,) + tuple(c.status()["model"]["input_shape"]), np.float32)
+    lat = {}
+    for cfg in configs:
+        c.pin(groups=cfg[0], target=cfg[1])
+        for _ in range(20):
+            c.infer(x)
+        lat[cfg] = np.array([c.infer(x).latency_ms for _ in range(n)])
+    c.release()
+    rows = []
+    for b in budgets_ms:
+        ok = [cfg for cfg in configs if np.mean(lat[cfg] > b) <= MAX_MISS]
+        best = max(ok, key=lambda cfg: (acc[cfg[0]], -np.median(lat[cfg]))) if ok else None
+        c.set_budget(latency_ms=float(b))
+        for _ in range(50):
+            c.infer(x)
+        got = [c.infer(x) for _ in range(n)]
+        rows.append({"budget_ms": float(b), "static": best,
+                     "static_acc": acc[best[0]] if best else None,
+                     "static_miss": float(np.mean(lat[best] > b)) if best else None,
+                     "gov_acc": float(np.mean([acc[r.config["groups"]] for r in got])),
+                     "gov_miss": float(np.mean([r.latency_ms > b for r in got])),
+                     "gov_configs": sorted({(r.config["groups"], r.config["target"]) for r in got})})
+    c.set_budget(latency_ms=float(budgets_ms[0]))
+    for _ in range(20):
+        c.infer(x)
+    c.clear_budget()
+    after_clear = c.infer(x).config["groups"]
+    ratios = {cfg: float(np.percentile(v, 90) / np.median(v)) for cfg, v in lat.items()}
+    return {"rows": rows, "after_clear": after_clear, "levels": levels,
+            "p50_ms": {"%d@%s" % cfg: float(np.median(v)) for cfg, v in lat.items()},
+            "p90_p50": {"%d@%s" % cfg: r for cfg, r in ratios.items()}}
+
+
+def run(model_dir: str, requests: int = 300, load: bool = True) -> Dict:
+    from tests.daemon_harness import Daemon
+    from .governor import _burner
+    out = {"machine": machine(), "phases": {}}
+    with tempfile.TemporaryDirectory() as tmp:
+        # --threads: every lane as many threads as it has CPUs (the harness's default is 1)
+        d = Daemon(os.path.join(tmp, "d"), model_dir, platform="generic",
+                   extra=["--threads", str(len(os.sched_getaffinity(0)))])
+        try:
+            d.wait_ready()
+            c = d.client(timeout_s=30)
+            st = c.status()
+            levels = st["model"]["levels"]
+            acc = dict(zip(range(1, levels + 1), st["model"]["accuracy"]))
+            lanes = {t: v["cpus"] for t, v in st["targets"].items() if v["kind"] == "cpu"}
+            configs = [(k, t) for t in lanes for k in range(1, levels + 1)]
+            out["lanes"] = {t: st["targets"][t]["onnxruntime_threads"] for t in lanes}
+            # the budgets: evenly between the fastest and the slowest configuration's p50, quiet
+            probe = _phase(c, configs, levels, acc, [1e3], max(50, requests // 3))
+            p50 = probe["p50_ms"].values()
+            budgets = np.linspace(min(p50), max(p50), BUDGETS)
+            out["phases"]["quiet"] = _phase(c, configs, levels, acc, budgets, requests)
+            if load:
+                burners = [_burner() for _ in range(os.cpu_count() or 1)]
+                try:
+                    out["phases"]["a competing process"] = _phase(c, configs, levels, acc, budgets, requests)
+                finally:
+                    for b in burners:
+                        b.kill()
+            c.close()
+        finally:
+            d.stop()
+    out["direct_p90_p50"] = _lane_direct(model_dir, lanes, requests)
+    return out
+
+
+def report(r: Dict) -> str:
+    parts = ["Machine: %s; the real daemon on the generic platform, lanes (onnxruntime threads) %s." % (
+        r["machine"], ", ".join("%s (%d)" % kv for kv in r["lanes"].items()))]
+    for name, ph in r["phases"].items():
+        rows = []
+        for row in ph["rows"]:
+            st = row["static"]
+            rows.append(["%.3g" % row["budget_ms"], "k=%d @ %s" % st if st else "none",
+                         row["static_acc"] if st else "-", 100 * row["static_miss"] if st else "-",
+                         row["gov_acc"], 100 * row["gov_miss"],
+                         (row["gov_acc"] - row["static_acc"]) if st else "-",
+                         ", ".join("%d@%s" % cfg for cfg in row["gov_configs"])])
+        parts.append("**%s** (after `budget --clear` the next request ran at k=%d of %d)\n\n" % (
+            name, ph["after_clear"], ph["levels"]) + table(
+            ["budget ms", "best static", "its accuracy %", "its miss %", "governor accuracy %",
+             "governor miss %", "accuracy vs static (target >= -0.3)", "governor served"], rows))
+    lanes = sorted(r["phases"]["quiet"]["p90_p50"])
+    parts.append("Each configuration's p90/p50, back to back (target <= 1.3 on a quiet machine): through the "
+                 "daemon (the latency its replies report) and directly (`ModelSet.run` pinned to the lane):\n\n"
+                 + table(["configuration", "p50 ms (daemon)", "p90/p50 daemon, quiet", "p90/p50 direct, quiet"]
+                         + (["p90/p50 daemon, loaded"] if len(r["phases"]) > 1 else []),
+                         [[cfg, r["phases"]["quiet"]["p50_ms"][cfg], r["phases"]["quiet"]["p90_p50"][cfg],
+                           r["direct_p90_p50"][cfg.split("@")[1]][int(cfg.split("@")[0])]]
+                          + ([r["phases"]["a competing process"]["p90_p50"][cfg]] if len(r["phases"]) > 1 else [])
+                          for cfg in lanes]))
+    return "\n\n".join(parts) + "\n"
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", default=None)
+    p.add_argument("--requests", type=int, default=300, help="requests per configuration and budget")
+    p.add_argument("--no-load", action="store_true", help="skip the run with a competing process")
+    a = p.parse_args(argv)
+    from models import zoo
+    print(report(run(a.model or zoo.default_path(), a.requests, not a.no_load)))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
