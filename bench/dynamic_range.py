@@ -22,17 +22,18 @@ PAPER = {"with mapping + DVFS": (41.6, 10.6), "vs earlier dynamic DNNs": (2.73, 
 def measured(model_dir: str, runs: int = 100) -> List[Dict]:
     """Median batch-1 latency of every (k, mapping) on this machine (generic platform)."""
     import platforms
+    from daemon.service import lanes_for
     from models import ModelSet
     from models.evaluate import timings
-    ms = ModelSet.load(model_dir)
     plat = platforms.create("generic")
+    ms = ModelSet.load(model_dir, lanes=lanes_for(plat))      # each lane its own thread count, as served
     x = np.zeros((1,) + ms.input_shape, np.float32)
     rows = []
     try:
         for target in plat.targets:
             plat.pin(target)
             for k in range(1, ms.groups + 1):
-                t = timings(lambda: ms.run(k, x), runs)
+                t = timings(lambda: ms.run(k, x, target), runs)
                 rows.append({"k": k, "target": target, "freq_khz": None, "latency_ms": float(np.median(t)) * 1e3,
                              "energy_mj": None, "accuracy": ms.level(k).get("accuracy")})
     finally:

@@ -88,10 +88,11 @@ def _real(model_dir: str, n: int, settle: int, label: str) -> List[Dict]:
     import platforms
     from daemon.executor import Executor
     from daemon import profiler
+    from daemon.service import lanes_for
     from governor import Budget, Governor, build_space, levels_from_manifest
     from models import ModelSet
-    ms = ModelSet.load(model_dir)
     plat = platforms.create("generic")
+    ms = ModelSet.load(model_dir, lanes=lanes_for(plat))      # each lane its own thread count, as served
     levels = levels_from_manifest(ms.manifest)
     space = build_space(levels, {t: [] for t in plat.targets})
     ex = Executor(ms, plat, None)

@@ -149,10 +149,7 @@ def run(scenario: Scenario, policy: str, levels: List[Level], seed: int = 0,
             board.set_frequency(c.target, c.freq_khz)
         lat, energy = board.run(macs[c.level], c.target, idle_s=scenario.gap_s)
         ran = board.frequency(c.target) if c.freq_khz is not None else None
-        if isinstance(pol, Governor):
-            pol.observe(c, lat, energy, d.latency_limit_ms, ran_khz=ran)
-        else:
-            pol.observe(c, lat, energy, d.latency_limit_ms)
+        pol.observe(c, lat, energy, d.latency_limit_ms, ran_khz=ran)   # what the kernel reports
         limit = d.latency_limit_ms
         miss = limit is not None and lat * 1e3 > limit
         rows.append((i, lat * 1e3, energy * 1e3, c.level, c.target, board.frequency(c.target),

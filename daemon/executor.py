@@ -18,6 +18,7 @@ from models import ModelSet
 from platforms import PlatformError
 
 log = logging.getLogger("dnnscale.executor")
+SETTLE_RUNS = 3     # runs after a move to another target that the governor does not learn from
 
 
 class Executor:
@@ -33,12 +34,14 @@ class Executor:
         self.mapping_error = ""
         self.last_limit_ms: Optional[float] = None     # the latency limit of the last decision
         self.on_dvfs_off: Optional[Callable[[], None]] = None   # the service rebuilds its space
+        self.moved = 0            # runs left that still pay for the last move to another target
 
     def apply(self, c: Config) -> None:
         """Pin and set the frequency, touching only what differs from the last config. A
         failed frequency change turns DVFS off (the platform rolled the change back)."""
         prev = self.applied
         if prev is None or prev.target != c.target:
+            self.moved = SETTLE_RUNS     # the next runs pay for the move (see infer)
             try:
                 self.platform.pin(c.target)
                 self.mapping_error = ""
@@ -80,6 +83,7 @@ class Executor:
                 d = gov.decide(deadline_ms=deadline_ms, level=groups)
                 self.apply(d.config)
             c = d.config
+            moved, self.moved = self.moved > 0, max(0, self.moved - 1)
             config = self.reported(c)
             self.last_limit_ms = d.latency_limit_ms
         meter = getattr(self.platform, "meter", None)
@@ -100,8 +104,12 @@ class Executor:
                 missed = d.latency_limit_ms is not None and latency / n * 1e3 > d.latency_limit_ms
                 if missed and c.freq_khz is not None and not self.platform.simulated:
                     self._refresh_frequency(c.target)    # a cap that came after our write shows here
+                # The first runs on a target after moving there pay for the move (threads
+                # migrating, the lane's pool and caches warming: 1.5-2x a steady run for about
+                # three runs on this VM): counted, but not learnt as the target's speed.
                 gov.observe(c, latency / n, None if energy is None else energy / n, d.latency_limit_ms,
-                            ran_khz=self.freq_read.get(c.target) if c.freq_khz is not None else None)
+                            ran_khz=self.freq_read.get(c.target) if c.freq_khz is not None else None,
+                            learn=not moved)
         info = {"config": config, "latency_ms": round(latency * 1e3, 4),
                 "energy_mj": None if energy is None else round(energy * 1e3, 4)}
         if self.platform.simulated:

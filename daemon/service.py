@@ -35,6 +35,21 @@ def resolve_model(name: Optional[str]) -> str:
                         % (name, ", ".join(zoo.available()) or "none"))
 
 
+def lanes_for(platform, threads: Optional[int] = None) -> Dict[str, int]:
+    """CPU target → onnxruntime threads: one per CPU it runs on (online, and present on this
+    machine), at most ``threads`` where given. Pinned to one CPU, a 2-thread pool would
+    time-share it (p90 5x the median, docs/model-set.md)."""
+    if platform.simulated:        # latency is the board model's: one session set
+        return {}
+    have = os.sched_getaffinity(0)
+    out = {}
+    for name, t in platform.targets.items():
+        if t.kind == "cpu" and t.cpus:
+            n = len(set(t.online) & have) or 1
+            out[name] = min(n, threads) if threads else n
+    return out
+
+
 class Service:
     """Wired by the constructor, acted by :meth:`start`, undone by :meth:`stop` (which undoes
     whatever ``start`` got to, so one ``finally`` covers every exit path)."""
@@ -147,18 +162,7 @@ class Service:
         return max(1, min(have, max(sizes)))
 
     def _lanes(self) -> Dict[str, int]:
-        """CPU target → onnxruntime threads: one per CPU it runs on (online, and present on
-        this machine), at most ``threads`` where the configuration sets it. Pinned to one
-        CPU, a 2-thread pool would time-share it (p90 5x the median, docs/model-set.md)."""
-        if self.platform.simulated:        # latency is the board model's: one session set
-            return {}
-        have = os.sched_getaffinity(0)
-        out = {}
-        for name, t in self.platform.targets.items():
-            if t.kind == "cpu" and t.cpus:
-                n = len(set(t.online) & have) or 1
-                out[name] = min(n, self.cfg.threads) if self.cfg.threads else n
-        return out
+        return lanes_for(self.platform, self.cfg.threads)
 
     def _usable_targets(self):
         targets = dict(self.platform.targets)

@@ -46,7 +46,7 @@ class _Static:
     def set_budget(self, budget: Budget) -> None:
         self.budget = budget.validate()
 
-    def observe(self, config: Config, latency_s: float, energy_j=None, limit_ms=None) -> None:
+    def observe(self, config: Config, latency_s: float, energy_j=None, limit_ms=None, ran_khz=None, learn=True) -> None:
         pass
 
     def status(self) -> Dict:
@@ -84,7 +84,7 @@ class Ondemand(_Static):
             self._start, self._busy = now, 0.0
         return self._decision(Config(self.top, self.target, self.freq), deadline_ms)
 
-    def observe(self, config, latency_s, energy_j=None, limit_ms=None) -> None:
+    def observe(self, config, latency_s, energy_j=None, limit_ms=None, ran_khz=None, learn=True) -> None:
         self._busy += latency_s
 
 
@@ -102,7 +102,7 @@ class StepManager(_Static):
         self._limit = d.latency_limit_ms
         return d
 
-    def observe(self, config, latency_s, energy_j=None, limit_ms=None) -> None:
+    def observe(self, config, latency_s, energy_j=None, limit_ms=None, ran_khz=None, learn=True) -> None:
         limit = limit_ms if limit_ms is not None else self._limit
         if limit is None:
             self.level = self.top

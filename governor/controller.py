@@ -97,6 +97,7 @@ class Params:
     shape_forget: float = 0.98     # per observation: the latency model's memory (~50 inferences)
     shape_prior: float = 2.0       # observations' worth of weight on the profile's own shape
     up_patience: int = 5
+    probation: int = 20            # inferences after a move up in which a miss doubles up_patience
     alpha: float = 0.3
     stale_s: float = 2.0           # unobserved for this long → the correction decays to 1
     freq_interval_s: float = 0.05
@@ -159,6 +160,7 @@ class Governor:
         self._resid = [deque(maxlen=self.p.resid_window) for _ in range(n_t)]
         self._n_obs = [0] * n_t
         self._spread = [0.0] * n_t                  # EWMA of (ratio - 1)^2, for the winsorising
+        self._recent = [deque(maxlen=3) for _ in range(n_t)]   # the last observed / modelled ratios
         self._margin = [1 + self.p.safety] * n_t
         self._seen = [-math.inf] * len(self.targets)
         self.budget = Budget()
@@ -169,6 +171,8 @@ class Governor:
         self.set_profile(profile)
         self.current: Optional[int] = None
         self._up_count = 0
+        self._patience = self.p.up_patience    # doubled after each move up that missed at once
+        self._probe, self._probation = None, 0
         self._freq_changed_at = -math.inf
         self.last: Optional[Decision] = None
         self.decisions = self.switches = 0
@@ -243,23 +247,47 @@ class Governor:
         self._build_lanes()
         self._fresh()
 
+    def _on_probation(self, i: int, missed: bool) -> None:
+        """A move up that misses within ``probation`` inferences doubles the count the next
+        move up waits for (up to 64x): a configuration that the model keeps finding just
+        inside the budget, and the board just outside, is tried less and less often."""
+        if self._probation <= 0 or i != self._probe:
+            return
+        if missed:
+            self._patience = min(2 * self._patience, 64 * self.p.up_patience)
+            self._probation = 0
+        else:
+            self._probation -= 1
+            if self._probation == 0:
+                self._patience = self.p.up_patience
+
     def _fresh(self) -> None:
         """The next decision moves wherever is best at once: hysteresis guards against noise,
         not against the operator's own change (the frequency rate limit still holds)."""
         self._fresh_decision = True
         self._up_count = 0
+        self._patience = self.p.up_patience
+        self._probation = 0
 
     # ------------------------------------------------------------------ decide
     def _decay_stale(self) -> None:
         now = self.clock()
         for t, seen in enumerate(self._seen):
             if now - seen > self.p.stale_s and (self.corr_lat[t] != 1.0 or self.corr_en[t] != 1.0
-                                                 or self._stats[t][0] > 1e-3):
+                                                 or self._stats[t][0] > 1e-3
+                                                 or abs(self._margin[t] - 1 - self.p.safety) > 1e-3):
                 d = math.exp(-self.p.alpha)
                 self.corr_lat[t] = 1 + (self.corr_lat[t] - 1) * d
                 self.corr_en[t] = 1 + (self.corr_en[t] - 1) * d
                 self._stats[t] = [v * d for v in self._stats[t]]
                 self._fit_shape(t)
+                # the margin too: a tail measured long ago must not keep the target out for good
+                # (when it is used again, its window starts afresh)
+                base = 1 + self.p.safety
+                self._margin[t] = base + (self._margin[t] - base) * d
+                if self._resid[t]:
+                    self._resid[t].clear()
+                    self._spread[t] = 0.0
 
     def _cap(self, t: int, khz: int) -> None:
         """The kernel ran target ``t`` below what was asked (a thermal or power cap): leave
@@ -360,8 +388,10 @@ class Governor:
                         break
                 if cand is not None and self._acc_l[cand] > self._acc_l[cur]:
                     self._up_count += 1
-                    if self._up_count < self.p.up_patience:
+                    if self._up_count < self._patience:
                         cand = self._best_at(int(self._lvl[cur]), limit_s, extra=cur)
+                    else:                   # moving up: on probation (see observe)
+                        self._probe, self._probation = cand, self.p.probation
                 else:
                     self._up_count = 0
             else:
@@ -422,14 +452,21 @@ class Governor:
 
     # ------------------------------------------------------------------ feedback
     def observe(self, config: Config, latency_s: float, energy_j: Optional[float] = None,
-                limit_ms: Optional[float] = None, ran_khz: Optional[int] = None) -> None:
+                limit_ms: Optional[float] = None, ran_khz: Optional[int] = None, learn: bool = True) -> None:
         """Feed back one measured inference; ``limit_ms`` is the latency limit it was
         decided under (default: the last decision's) for the miss rate; ``ran_khz``: the
-        frequency the kernel reported after setting ``config``'s (a cap shows there)."""
+        frequency the kernel reported after setting ``config``'s (a cap shows there);
+        ``learn=False``: count it (miss rate, status) but do not learn the target's speed
+        from it (the first run after a move to another target)."""
         i = self.index.get(config)
         if i is None or not latency_s > 0:
             return
+        lim = limit_ms if limit_ms is not None else (self.last.latency_limit_ms if self.last else None)
+        self._on_probation(i, lim is not None and latency_s * 1e3 > lim)
         t = self._tgt_l[i]
+        if not learn:
+            self._count(latency_s, energy_j, limit_ms)
+            return
         if ran_khz is not None and config.freq_khz is not None and ran_khz != config.freq_khz:
             if ran_khz < config.freq_khz:
                 self._cap(t, ran_khz)
@@ -449,7 +486,12 @@ class Governor:
         # the quantile every 10th observation once resid_min are in (a sort of <= 300 numbers)
         if self.p.quantile_margin and len(res) >= self.p.resid_min and self._n_obs[t] % 10 == 0:
             self._margin[t] = max(self.p.margin_floor, float(np.quantile(res, 1 - self.p.miss_target)))
-        self.corr_lat[t] = (1 - a) * self.corr_lat[t] + a * min(max(latency_s / shape, 0.05), 50.0)
+        # the level follows the median of the last 3 observed / modelled ratios: a load step
+        # (which repeats) moves it from the second inference on, a lone spike (a control
+        # command's work on the same CPU, a page fault) not at all
+        recent = self._recent[t]
+        recent.append(min(max(latency_s / shape, 0.05), 50.0))
+        self.corr_lat[t] = (1 - a) * self.corr_lat[t] + a * sorted(recent)[len(recent) // 2]
         x, y, f = self._lat_l[i] / self._ref[t], latency_s / self._ref[t], self.p.shape_forget
         st = self._stats[t]
         for j, v in enumerate((1.0, x, x * x, y, x * y)):
@@ -459,6 +501,9 @@ class Governor:
         if energy_j is not None and energy_j > 0 and not math.isnan(base_e):
             self.corr_en[t] = (1 - a) * self.corr_en[t] + a * min(max(energy_j / base_e, 0.05), 50.0)
         self._seen[t] = self.clock()
+        self._count(latency_s, energy_j, limit_ms)
+
+    def _count(self, latency_s: float, energy_j: Optional[float], limit_ms: Optional[float]) -> None:
         if limit_ms is None and self.last is not None:
             limit_ms = self.last.latency_limit_ms
         self._obs_lat.append(latency_s * 1e3)
