@@ -377,3 +377,32 @@ def test_a_frequency_cap_read_back_keeps_the_governor_below_it_until_it_lifts():
     for _ in range(g.p.up_patience + 1):
         d = g.decide()
     assert d.config == Config(4, "big", 2000000) and g.status()["caps_khz"] == {}
+
+
+def test_a_move_up_that_misses_at_once_waits_twice_as_long_next_time():
+    """Level 4 fits by the model and misses on the board, every time: each failed try doubles
+    the decisions the next one waits for, so the misses thin out instead of recurring every
+    up_patience decisions."""
+    g, _ = gov(up_patience=5)
+    g.set_budget(Budget(latency_ms=2.5))
+    tries = []
+    d = g.decide()
+    for i in range(400):
+        lat = pred(g, d.config)[0] * (1.5 if d.config.level == 4 else 1.0)   # level 4 runs over
+        if d.config.level == 4:
+            tries.append(i)
+        g.observe(d.config, lat)
+        d = g.decide()
+    starts = [t for j, t in enumerate(tries) if j == 0 or t != tries[j - 1] + 1]   # each try of level 4
+    assert 3 <= len(starts) <= 7 and g._patience >= 8 * g.p.up_patience
+    assert min(np.diff(starts)[2:]) > 2 * (starts[2] - starts[1])   # the later tries come further apart
+
+
+def test_runs_not_learnt_from_count_but_do_not_move_the_model():
+    g, _ = gov()
+    g.set_budget(Budget(latency_ms=2.5))
+    d = g.decide()
+    before = modelled(g, d.config)
+    g.observe(d.config, pred(g, d.config)[0] * 3, learn=False)     # a run paying for a move
+    assert modelled(g, d.config) == before
+    assert g.status()["miss_rate"] == 1.0 and g.status()["observed_since_budget"] == 1
