@@ -7,8 +7,11 @@ highest accuracy, and the lowest energy among equals.
   ``shape_forget``), anchored to the profile (c0 = 0, c1 = 1) with the weight of
   ``shape_prior`` observations, so a constant per-inference cost that the profile did not
   see is not read as a ratio that differs per level; ``level`` is a fast EWMA (``alpha``)
-  of observed / modelled that absorbs a load step within a few inferences. A target that has
-  not been observed for ``stale_s`` drifts back towards its profile (so it is probed again).
+  of the median of the last 3 observed / modelled ratios, which absorbs a load step within a
+  few inferences and ignores a lone spike. A target that has not been observed for
+  ``stale_s`` drifts back towards its profile, margin included (so it is probed again).
+* What ran: ``observe(ran_khz=)`` takes the kernel's frequency read-back; a target held
+  below what was asked (a cap) has its higher frequencies left out for ``stale_s``.
 * Safety: a configuration meets a latency limit when prediction x margin <= limit, where a
   target's margin is the (1 - ``miss_target``) quantile of its last ``resid_window``
   observed / predicted ratios (at least 1; ``1 + safety`` until ``resid_min`` are in):
@@ -16,8 +19,9 @@ highest accuracy, and the lowest energy among equals.
   percentages stacked on each other. ``quantile_margin=False``: the fixed ``1 + safety``.
   The current configuration is left as soon as it is at risk (step down at once).
 * Hysteresis: a move up in accuracy needs the better configuration to meet the budget for
-  ``up_patience`` consecutive decisions (a count, not extra slack), except right after the
-  budget is set or cleared or a pin released (the operator's change: at once).
+  ``up_patience`` consecutive decisions (a count, not extra slack; doubled after a move up
+  that missed within ``probation`` inferences), except right after the budget is set or
+  cleared or a pin released (the operator's change: at once).
 * A request that forces its level (``decide(level=k)``) gets the best configuration of
   that level but leaves the governed state (and its hysteresis) where it was.
 * Rate limit: a frequency change within ``freq_interval_s`` of the last one is avoided
@@ -28,8 +32,8 @@ highest accuracy, and the lowest energy among equals.
 Speed: the model is increasing in the profile's latency on each target, so for each
 (level, target) "lane" the configurations that meet a latency limit are a prefix of the
 lane sorted by profiled latency, and the lowest-energy one among them is a precomputed
-prefix minimum: a decision is one bisection per lane, in plain Python. Budgets with a power cap and infeasible budgets
-take a vectorised slow path.
+prefix minimum: a decision is one bisection per lane, in plain Python. Budgets with a power
+cap and infeasible budgets take a vectorised slow path.
 
 Pure logic; the clock is injected. No I/O.
 """
@@ -91,7 +95,6 @@ class Params:
     safety: float = 0.10           # the margin until resid_min observations (or always, see below)
     miss_target: float = 0.01      # the margin is the (1 - miss_target) quantile of observed / predicted
     quantile_margin: bool = True   # False: the fixed 1 + safety
-    margin_floor: float = 1.0
     resid_window: int = 300        # observations per target the quantile is taken over
     resid_min: int = 30
     shape_forget: float = 0.98     # per observation: the latency model's memory (~50 inferences)
@@ -485,7 +488,7 @@ class Governor:
         self._n_obs[t] += 1
         # the quantile every 10th observation once resid_min are in (a sort of <= 300 numbers)
         if self.p.quantile_margin and len(res) >= self.p.resid_min and self._n_obs[t] % 10 == 0:
-            self._margin[t] = max(self.p.margin_floor, float(np.quantile(res, 1 - self.p.miss_target)))
+            self._margin[t] = max(1.0, float(np.quantile(res, 1 - self.p.miss_target)))
         # the level follows the median of the last 3 observed / modelled ratios: a load step
         # (which repeats) moves it from the second inference on, a lone spike (a control
         # command's work on the same CPU, a page fault) not at all
