@@ -188,6 +188,22 @@ def _throughput(d, n_clients: int, per: int) -> float:
     return per * n_clients / wall
 
 
+def _unbatched(tmp: str, model_dir: str, th: int, target: str, levels: int, requests: int) -> float:
+    """8 clients' rate against a daemon with ``batch_requests: false``."""
+    from tests.daemon_harness import Daemon
+    cfg = os.path.join(tmp, "unbatched-%d.yaml" % th)
+    with open(cfg, "w") as f:
+        f.write("batch_requests: false\n")
+    d = Daemon(os.path.join(tmp, "u%d" % th), model_dir, extra=["--threads", str(th)], config=cfg)
+    try:
+        d.wait_ready()
+        with d.client(timeout_s=30) as c:
+            c.pin(groups=levels, target=target)
+        return _throughput(d, 8, max(50, requests // 8))
+    finally:
+        d.stop()
+
+
 def _spread(xs) -> str:
     return "%.3g (%.3g-%.3g)" % (float(np.median(xs)), min(xs), max(xs))
 
@@ -240,6 +256,8 @@ def run(model_dir: str, requests: int = 1000, threads=None, clients=(1, 4, 8, 16
                     row["throughput"].append({"clients": n_clients, "requests": per * n_clients, "per_s": per_s,
                                               "ratio": per_s / row["direct_per_s"]})
                 c.close()
+                if clients:     # the same 8 clients with every request run on its own
+                    row["unbatched_8"] = _unbatched(tmp, model_dir, th, widest, row["levels"], requests)
             finally:
                 for p in floors:
                     p.kill()
@@ -290,7 +308,9 @@ def report(r: Dict) -> str:
     thr = table(["onnxruntime threads", "clients", "requests", "inferences/s", "direct back-to-back /s",
                  "ratio (target >= 0.9 at 8)"],
                 [[row["threads"], t["clients"], t["requests"], t["per_s"], row["direct_per_s"], t["ratio"]]
-                 for row in r["rows"] for t in row["throughput"]])
+                 for row in r["rows"] for t in row["throughput"]]
+                + [[row["threads"], "8, batch_requests: false", "", row["unbatched_8"], row["direct_per_s"],
+                    row["unbatched_8"] / row["direct_per_s"]] for row in r["rows"] if "unbatched_8" in row])
     rr = r["rows"][0]
     return ("Machine: %s; target %s, batch 1, ipc; direct and daemon use the same onnxruntime thread count "
             "per column. One client process times every row below for %d requests, in that order, %d rounds "

@@ -72,8 +72,9 @@ class Config:
     curve_authorized_keys: Optional[str] = None
     state_dir: Optional[str] = None
     runtime_dir: Optional[str] = None
-    threads: Optional[int] = None            # None: the largest CPU target's size
+    threads: Optional[int] = None            # None: each CPU target as many as its CPUs
     max_batch: int = 64
+    batch_requests: bool = True
     queue_size: int = 256
     dvfs: bool = True
     gpu: bool = True
@@ -104,8 +105,9 @@ KEY_DOCS = {
                  "else ~/.local/state/dnnscale)",
     "runtime_dir": "where the ipc control socket lives ($RUNTIME_DIRECTORY; root: /run/dnnscale; "
                    "else $XDG_RUNTIME_DIR/dnnscale or /tmp/dnnscale-<uid>)",
-    "threads": "onnxruntime intra-op threads (default: the CPUs of the largest CPU target)",
+    "threads": "onnxruntime intra-op threads per CPU target, at most (default: each target as many as its CPUs)",
     "max_batch": "most images in one request, and in one batch (default 64)",
+    "batch_requests": "run requests of several clients that arrive together as one batch (default true; on this VM's CPU a batch costs more per image than single runs, docs/benchmarks.md section 5)",
     "queue_size": "requests queued in all, a quarter of it per client (default 256)",
     "dvfs": "set CPU/GPU frequencies (default true)",
     "gpu": "use the GPU when onnxruntime has a CUDA/TensorRT provider (default true)",
@@ -135,7 +137,7 @@ def _check(key: str, value: Any, where: str) -> Any:
             raise ConfigError("%s: metrics_port must be a TCP port (1-65535), got %r" % (where, value))
         if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 1_000_000:
             raise ConfigError("%s: %s must be a positive integer, got %r" % (where, key, value))
-    elif key in ("dvfs", "gpu"):
+    elif key in ("dvfs", "gpu", "batch_requests"):
         if not isinstance(value, bool):
             raise ConfigError("%s: %s must be true or false, got %r" % (where, key, value))
     elif value is not None and not isinstance(value, str):

@@ -356,6 +356,8 @@ class Server:
         if first in self.queues:
             self.queues.move_to_end(first)
         batch, envelopes, n = [r0], [envelope], len(r0.tensor)
+        if not self.cfg.batch_requests:
+            return envelopes, batch
         taken = {first: len(r0.tensor)}
         sig = (r0.dtype, r0.groups, r0.deadline_ms)
         progress = True

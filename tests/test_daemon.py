@@ -522,3 +522,33 @@ def test_top_under_tmux(served, tmp_path):
         with d.client() as c:
             c.release()
             c.clear_budget()
+
+
+def test_batch_requests_false_runs_every_request_on_its_own(random_set, tmp_path):
+    """``batch_requests: false``: 24 requests from 8 clients, sent before any is answered,
+    take 24 runs (governor decisions), and every one gets its own right reply."""
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("batch_requests: false\nprofile_runs: 1\n")
+    d = Daemon(str(tmp_path / "run"), random_set, platform="generic", config=str(cfg))
+    try:
+        d.wait_ready()
+        with d.client() as c:
+            before = c.status()["decisions"]
+            ctx = zmq.Context.instance()
+            socks = [ctx.socket(zmq.DEALER) for _ in range(8)]
+            x = np.zeros((1, 32, 32, 3), np.uint8)
+            for s in socks:
+                s.setsockopt(zmq.LINGER, 0)
+                s.connect(d.infer_ep)
+            for i in range(3):
+                for j, s in enumerate(socks):
+                    s.send_multipart([json.dumps({"id": "%d-%d" % (j, i), "dtype": "uint8",
+                                                  "shape": [1, 32, 32, 3]}).encode(), x.tobytes()])
+            for j, s in enumerate(socks):
+                s.setsockopt(zmq.RCVTIMEO, 10000)
+                ids = [json.loads(s.recv_multipart()[0])["id"] for _ in range(3)]
+                assert sorted(ids) == ["%d-%d" % (j, i) for i in range(3)]
+                s.close()
+            assert c.status()["decisions"] - before == 24
+    finally:
+        d.stop()
