@@ -107,7 +107,7 @@ KEY_DOCS = {
                    "else $XDG_RUNTIME_DIR/dnnscale or /tmp/dnnscale-<uid>)",
     "threads": "onnxruntime intra-op threads per CPU target, at most (default: each target as many as its CPUs)",
     "max_batch": "most images in one request, and in one batch (default 64)",
-    "batch_requests": "run requests of several clients that arrive together as one batch (default true; on this VM's CPU a batch costs more per image than single runs, docs/benchmarks.md section 5)",
+    "batch_requests": "run requests of several clients that arrive together as one batch (default true; false: one request per run)",
     "queue_size": "requests queued in all, a quarter of it per client (default 256)",
     "dvfs": "set CPU/GPU frequencies (default true)",
     "gpu": "use the GPU when onnxruntime has a CUDA/TensorRT provider (default true)",
