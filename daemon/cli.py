@@ -551,8 +551,8 @@ def build_parser() -> argparse.ArgumentParser:
     sv.add_argument("--control-endpoint", default=None, help="default ipc://<runtime dir>/control.sock")
     sv.add_argument("--state-dir", default=None, help="default $STATE_DIRECTORY, else /var/lib/dnnscale for "
                     "root (the service's), else ~/.local/state/dnnscale")
-    sv.add_argument("--threads", type=int, default=None, help="onnxruntime threads (default: the CPUs of the "
-                    "largest CPU target)")
+    sv.add_argument("--threads", type=int, default=None, help="onnxruntime threads per CPU target, at most "
+                    "(default: each target as many as its CPUs)")
     sv.set_defaults(func=cmd_serve)
 
     pr = sub.add_parser("profile", help="measure latency/power per configuration on this board",
