@@ -54,9 +54,8 @@ def _lane_direct(model_dir: str, lanes: Dict[str, List[int]], n: int) -> Dict[st
     return out
 
 
-def _phase(c, configs, levels, acc, budgets_ms, n: int) -> Dict:
-    """Statics, then the governor at each budget, through one daemon."""
-    x = np.zeros((1,) + tuple(c.status()["model"]["input_shape"]), np.float32)
+def _statics(c, x, configs, n: int) -> Dict:
+    """Every configuration pinned and timed back to back: the latencies its replies report."""
     lat = {}
     for cfg in configs:
         c.pin(groups=cfg[0], target=cfg[1])
@@ -64,6 +63,12 @@ def _phase(c, configs, levels, acc, budgets_ms, n: int) -> Dict:
             c.infer(x)
         lat[cfg] = np.array([c.infer(x).latency_ms for _ in range(n)])
     c.release()
+    return lat
+
+
+def _phase(c, x, configs, levels, acc, budgets_ms, n: int) -> Dict:
+    """Statics, then the governor at each budget, through one daemon."""
+    lat = _statics(c, x, configs, n)
     rows = []
     for b in budgets_ms:
         ok = [cfg for cfg in configs if np.mean(lat[cfg] > b) <= MAX_MISS]
@@ -106,15 +111,15 @@ def run(model_dir: str, requests: int = 300, load: bool = True) -> Dict:
             lanes = {t: v["cpus"] for t, v in st["targets"].items() if v["kind"] == "cpu"}
             configs = [(k, t) for t in lanes for k in range(1, levels + 1)]
             out["lanes"] = {t: st["targets"][t]["onnxruntime_threads"] for t in lanes}
+            x = np.zeros((1,) + tuple(st["model"]["input_shape"]), np.float32)
             # the budgets: evenly between the fastest and the slowest configuration's p50, quiet
-            probe = _phase(c, configs, levels, acc, [1e3], max(50, requests // 3))
-            p50 = probe["p50_ms"].values()
+            p50 = [float(np.median(v)) for v in _statics(c, x, configs, max(50, requests // 3)).values()]
             budgets = np.linspace(min(p50), max(p50), BUDGETS)
-            out["phases"]["quiet"] = _phase(c, configs, levels, acc, budgets, requests)
+            out["phases"]["quiet"] = _phase(c, x, configs, levels, acc, budgets, requests)
             if load:
                 burners = [_burner() for _ in range(os.cpu_count() or 1)]
                 try:
-                    out["phases"]["a competing process"] = _phase(c, configs, levels, acc, budgets, requests)
+                    out["phases"]["a competing process"] = _phase(c, x, configs, levels, acc, budgets, requests)
                 finally:
                     for b in burners:
                         b.kill()

@@ -59,10 +59,12 @@ def _reject_constant(name):
 _DECODER = json.JSONDecoder(parse_constant=_reject_constant)   # NaN/Infinity are not JSON
 _ENCODER = json.JSONEncoder(separators=(",", ":"), allow_nan=False)   # replies are always valid JSON
 
+def _std_loads(data):
+    return _DECODER.decode(data if isinstance(data, str) else bytes(data).decode("utf-8"))
+
+
 try:            # the `fast` extra: a compiled codec, ~10 µs less per request (docs/benchmarks.md)
     import orjson
-
-    CODEC = "orjson"
 
     def loads(data):
         """orjson's answer, or where it refuses (an integer over 64 bits, a lone surrogate,
@@ -70,17 +72,14 @@ try:            # the `fast` extra: a compiled codec, ~10 µs less per request (
         try:
             return orjson.loads(data)
         except orjson.JSONDecodeError:
-            return _DECODER.decode(bytes(data).decode("utf-8") if not isinstance(data, str) else data)
+            return _std_loads(data)
 
     _OPTS = orjson.OPT_SERIALIZE_NUMPY | orjson.OPT_NON_STR_KEYS   # what json.dumps also takes
 
     def dumps(obj) -> bytes:
         return orjson.dumps(obj, option=_OPTS)
 except ImportError:
-    CODEC = "json"
-
-    def loads(data):
-        return _DECODER.decode(data.decode("utf-8") if isinstance(data, (bytes, bytearray, memoryview)) else data)
+    loads = _std_loads
 
     def dumps(obj) -> bytes:
         return _ENCODER.encode(obj).encode()

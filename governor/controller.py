@@ -464,11 +464,13 @@ class Governor:
         i = self.index.get(config)
         if i is None or not latency_s > 0:
             return
-        lim = limit_ms if limit_ms is not None else (self.last.latency_limit_ms if self.last else None)
-        self._on_probation(i, lim is not None and latency_s * 1e3 > lim)
+        if limit_ms is None and self.last is not None:
+            limit_ms = self.last.latency_limit_ms
+        missed = limit_ms is not None and latency_s * 1e3 > limit_ms
+        self._on_probation(i, missed)
         t = self._tgt_l[i]
         if not learn:
-            self._count(latency_s, energy_j, limit_ms)
+            self._count(latency_s, energy_j, missed)
             return
         if ran_khz is not None and config.freq_khz is not None and ran_khz != config.freq_khz:
             if ran_khz < config.freq_khz:
@@ -504,13 +506,10 @@ class Governor:
         if energy_j is not None and energy_j > 0 and not math.isnan(base_e):
             self.corr_en[t] = (1 - a) * self.corr_en[t] + a * min(max(energy_j / base_e, 0.05), 50.0)
         self._seen[t] = self.clock()
-        self._count(latency_s, energy_j, limit_ms)
+        self._count(latency_s, energy_j, missed)
 
-    def _count(self, latency_s: float, energy_j: Optional[float], limit_ms: Optional[float]) -> None:
-        if limit_ms is None and self.last is not None:
-            limit_ms = self.last.latency_limit_ms
+    def _count(self, latency_s: float, energy_j: Optional[float], missed: bool) -> None:
         self._obs_lat.append(latency_s * 1e3)
-        missed = limit_ms is not None and latency_s * 1e3 > limit_ms
         self._miss.append(missed)
         self._budget_decided += 1
         self._budget_missed += missed

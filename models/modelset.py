@@ -114,7 +114,8 @@ class ModelSet:
         self._gpu = gpu
         self.threads = threads            # the size of any CPU target not named in ``lanes``
         self.lanes = dict(lanes)          # CPU target → its sessions' intra-op threads
-        self.pool = pool_mode() if pool_mode() == "global" else "per-session, spinning %s" % (
+        mode = pool_mode()
+        self.pool = mode if mode == "global" else "per-session, spinning %s" % (
             {"run": "in runs only", "off": "off", "on": "on"}[spin_mode()])
         inp = manifest["input"]
         self.input_shape = tuple(inp["shape"])          # C, H, W
