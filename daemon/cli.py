@@ -64,10 +64,12 @@ def train_setup(a: argparse.Namespace):
         cfg = PortfolioConfig(levels=a.levels, level_epochs=a.level_epochs, rewind_epoch=a.rewind_epoch,
                               rewind=a.rewind, **common)
         return cfg, PortfolioTrainer, export.export_portfolio
+    if not 0 <= a.erase <= 1:
+        raise CliError("--erase must be a probability between 0 and 1, got %s" % a.erase)
     if a.swa_epochs < 0 or not a.swa_lr > 0:
         raise CliError("--swa-epochs must be >= 0 and --swa-lr > 0, got %s and %s" % (a.swa_epochs, a.swa_lr))
     cfg = tr.TrainConfig(groups=a.groups, ens_weight=a.ens_weight, ens_from=a.ens_from, swa_epochs=a.swa_epochs,
-                         swa_lr=a.swa_lr, swa_from=a.swa_from, **common)
+                         swa_lr=a.swa_lr, swa_from=a.swa_from, erase=a.erase, **common)
     return cfg, tr.Trainer, export.export_group_set
 
 
@@ -499,6 +501,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="group model: add this x the loss of the k=g averaged logits to group g's own loss "
                         "(default 0: own loss only; see docs/model-set.md)")
     t.add_argument("--ens-from", type=int, default=2, help="group model: first group --ens-weight applies to")
+    t.add_argument("--erase", type=float, default=0.0, metavar="P",
+                   help="group model: random erasing, the probability that a training image gets one "
+                        "rectangle (2-40%% of it) blanked (default 0: none)")
     t.add_argument("--swa-epochs", type=int, default=0,
                    help="group model: after a group's epochs, this many more at the constant --swa-lr whose "
                         "weights are averaged (stochastic weight averaging; default 0: none)")

@@ -76,6 +76,9 @@ class TrainConfig:
     swa_epochs: int = 0
     swa_lr: float = 0.01
     swa_from: int = 1
+    # Random erasing (Zhong et al. 2017) in the training epochs: with this probability an image
+    # gets one rectangle of 2-40% of its area, aspect 0.3-3.3, set to 0 (the normalised mean).
+    erase: float = 0.0
     arch: Arch = field(default_factory=Arch)
 
     def __post_init__(self):
@@ -148,8 +151,9 @@ def resolve_device(name: str) -> torch.device:
     return dev
 
 
-def _augment(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
-    """Random crop (zero pad 4) and horizontal flip of a normalised NCHW batch."""
+def _augment(x: torch.Tensor, gen: torch.Generator, erase: float = 0.0) -> torch.Tensor:
+    """Random crop (zero pad 4) and horizontal flip of a normalised NCHW batch, then with
+    probability ``erase`` per image one erased rectangle (no extra draws when it is 0)."""
     b, c, h, w = x.shape
     dev = x.device
     p = F.pad(x, (4, 4, 4, 4))
@@ -160,7 +164,23 @@ def _augment(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
     out = p[torch.arange(b, device=dev)[:, None, None, None], torch.arange(c, device=dev)[None, :, None, None],
             rows, cols]
     flip = (torch.rand(b, generator=gen) < 0.5).to(dev)
-    return torch.where(flip[:, None, None, None], out.flip(3), out)
+    out = torch.where(flip[:, None, None, None], out.flip(3), out)
+    return _erase(out, gen, erase) if erase else out
+
+
+def _erase(x: torch.Tensor, gen: torch.Generator, p: float) -> torch.Tensor:
+    b, _, h, w = x.shape
+    area = torch.empty(b).uniform_(0.02, 0.4, generator=gen) * h * w
+    aspect = torch.exp(torch.empty(b).uniform_(math.log(0.3), math.log(1 / 0.3), generator=gen))
+    eh = torch.sqrt(area * aspect).round().clamp(1, h).long()
+    ew = torch.sqrt(area / aspect).round().clamp(1, w).long()
+    y0 = (torch.rand(b, generator=gen) * (h - eh + 1)).long()
+    x0 = (torch.rand(b, generator=gen) * (w - ew + 1)).long()
+    on = torch.rand(b, generator=gen) < p
+    rows, cols = torch.arange(h), torch.arange(w)
+    inside = (((rows[None] >= y0[:, None]) & (rows[None] < (y0 + eh)[:, None]))[:, :, None]
+              & ((cols[None] >= x0[:, None]) & (cols[None] < (x0 + ew)[:, None]))[:, None, :] & on[:, None, None])
+    return x.masked_fill(inside[:, None].to(x.device), 0.0)
 
 
 def _features(cols: List[Column], x: torch.Tensor, batch: int = 1000) -> torch.Tensor:
@@ -342,7 +362,7 @@ class Trainer:
                 for group in opt.param_groups:
                     group["lr"] = lr if average is not None else lr * 0.5 * (1 + math.cos(math.pi * t / total))
                 idx = order[s * cfg.batch:(s + 1) * cfg.batch].to(self.device)
-                x = _augment(self.x_train[idx], gen).contiguous(memory_format=torch.channels_last)
+                x = _augment(self.x_train[idx], gen, cfg.erase).contiguous(memory_format=torch.channels_last)
                 y = self.y_train[idx]
                 logits = col(x)
                 loss = F.cross_entropy(logits, y)

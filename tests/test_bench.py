@@ -89,3 +89,58 @@ def test_real_oracle_switches_at_the_load_and_feeds_back_to_the_governor_that_de
         oracle.observe(i)
     assert [a[0] for a in loaded.observed] == [3, 4, 5]
     assert [a[0] for a in quiet.observed] == [0, 1, 2, 6, 7, 8]
+
+
+def test_compiled_hot_path_prototype_answers_like_the_daemon(random_set, tmp_path):
+    """bench/hotpath.c (issue 21's prototype) is timed against the daemon, so it must do the
+    same work: the daemon's frames in and out, logits bit-identical to ModelSet.run at every
+    level, the request id echoed, the REQ envelope kept, refusals with the daemon's codes.
+    Skipped where it cannot be built (no cc, libzmq headers or onnxruntime C header)."""
+    import json
+    import time
+    import numpy as np
+    import pytest
+    import zmq
+    from bench import hotpath
+    from models import ModelSet
+    try:
+        exe = hotpath.build()
+    except hotpath.BuildError as e:
+        pytest.skip(str(e).splitlines()[0])
+    ep = "ipc://%s/hp.sock" % tmp_path
+    server = hotpath.Server(exe, "serve", ep, random_set, "1")
+    ctx = zmq.Context()
+    try:
+        time.sleep(0.5)
+        server.check()
+        ms = ModelSet.load(random_set, threads=1)
+        s = ctx.socket(zmq.DEALER)
+        s.setsockopt(zmq.RCVTIMEO, 10000)
+        s.connect(ep)
+        x = np.random.default_rng(0).standard_normal((3,) + ms.input_shape).astype(np.float32)
+
+        def ask(header, body, envelope=False):
+            s.send_multipart(([b""] if envelope else []) + [json.dumps(header).encode(), body])
+            frames = s.recv_multipart()
+            if envelope:
+                assert frames[0] == b""
+                frames = frames[1:]
+            return json.loads(frames[0]), frames[1:]
+
+        for k in range(1, ms.groups + 1):
+            head, (body,) = ask({"id": 'q"%d' % k, "dtype": "float32", "shape": list(x.shape), "groups": k},
+                                x.tobytes(), envelope=k == 2)
+            ref = ms.run(k, x)
+            assert head["id"] == 'q"%d' % k and head["ok"] and head["config"]["groups"] == k
+            assert np.array_equal(np.frombuffer(body, np.float32).reshape(ref.shape), ref)
+            assert head["labels"] == ref.argmax(1).tolist()
+        for header, body, code in [({"id": 5, "dtype": "uint8", "shape": [1, 32, 32, 3]}, bytes(3072), "bad_dtype"),
+                                   ({"id": 6, "dtype": "float32", "shape": [2, 3, 32, 32]}, x[:1].tobytes(), "bad_size"),
+                                   ({"id": 7, "dtype": "float32", "shape": [1, 3, 32, 32], "groups": ms.groups + 1},
+                                    x[:1].tobytes(), "bad_groups")]:
+            head, rest = ask(header, body)
+            assert (head["id"], head["ok"], head["error"]["code"], rest) == (header["id"], False, code, [])
+        server.check()
+    finally:
+        ctx.destroy(linger=0)
+        server.kill()

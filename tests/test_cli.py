@@ -78,6 +78,7 @@ def test_train_bad_width_is_one_line(tiny_data, tmp_path):
     (["--groups", "3", "--epochs", "1,2"], "--epochs lists 2 numbers for 3 groups"),
     (["--epochs", "1,x"], "--epochs: expected a number or numbers separated by commas, got '1,x'"),
     (["--kind", "portfolio", "--epochs", "3,4"], "a portfolio trains one dense network"),
+    (["--erase", "1.5"], "--erase must be a probability between 0 and 1, got 1.5"),
 ])
 def test_train_bad_swa_is_one_line(tiny_data, tmp_path, args, expect):
     r = run("train", "--data", tiny_data, "--out", str(tmp_path / "o"), "--size", "tiny", *args)

@@ -524,3 +524,22 @@ def test_spinning_follows_what_the_installed_onnxruntime_supports(monkeypatch):
 def test_lane_thread_counts_are_checked(random_set):
     with pytest.raises(ModelSetError, match="lane cpu:1: threads must be a positive integer, got 0"):
         ModelSet.load(random_set, lanes={"cpu:1": 0})
+
+
+def test_random_erasing_blanks_one_rectangle_and_costs_no_draws_when_off():
+    """--erase P: each image gets, with probability P, one rectangle of 2-40% of its area set
+    to 0 after the crop and flip; at P = 0 the generator is drawn exactly as before, so runs
+    without it (the shipped sets' checkpoints) resume bit for bit."""
+    import torch
+    from models.train import _augment
+    x = torch.ones(256, 1, 28, 28)
+    a, b = torch.Generator().manual_seed(3), torch.Generator().manual_seed(3)
+    assert torch.equal(_augment(x, a), _augment(x, b, 0.0)) and torch.equal(a.get_state(), b.get_state())
+    a, b = torch.Generator().manual_seed(3), torch.Generator().manual_seed(3)
+    plain, erased = _augment(x, a), _augment(x, b, 1.0)
+    blank = ((plain != 0) & (erased == 0)).float().flatten(1).sum(1) / (28 * 28)   # zeros the crop did not make
+    assert blank.min() > 0 and blank.max() <= 0.4 + 1e-6
+    assert torch.equal(erased[erased != 0], plain[erased != 0])      # nothing else changed
+    half = _augment(x, torch.Generator().manual_seed(4), 0.5)
+    hit = (((_augment(x, torch.Generator().manual_seed(4)) != 0) & (half == 0)).flatten(1).any(1)).float().mean()
+    assert 0.35 < float(hit) < 0.65
