@@ -44,3 +44,25 @@ def table(headers: Sequence[str], rows: List[Sequence]) -> str:
     widths = [max(len(h), *(len(c[i]) for c in cells)) if cells else len(h) for i, h in enumerate(headers)]
     line = lambda vals: "| " + " | ".join(v.ljust(w) for v, w in zip(vals, widths)) + " |"
     return "\n".join([line(headers), "| " + " | ".join("-" * w for w in widths) + " |"] + [line(c) for c in cells])
+
+
+class Awake:
+    """One SCHED_IDLE busy loop per CPU while the block runs: the CPUs never go idle, and the
+    scheduler runs the loops only when nothing else wants a CPU. On this VM a halted vCPU
+    costs a host wake-up on every hand-off between processes (a pyzmq echo measured 4-5x
+    slower with the machine otherwise idle than beside these loops: docs/benchmarks.md), so
+    round-trip figures are taken both ways; ``Awake(0)`` does nothing."""
+
+    def __init__(self, n: Optional[int] = None):
+        self.n = os.cpu_count() if n is None else n
+        self.procs: List[subprocess.Popen] = []
+
+    def __enter__(self) -> "Awake":
+        code = "import os; os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))\nwhile True: pass"
+        self.procs = [subprocess.Popen([sys.executable, "-c", code]) for _ in range(self.n)]
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for p in self.procs:
+            p.kill()
+            p.wait()

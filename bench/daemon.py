@@ -13,6 +13,7 @@ their range. Once with one onnxruntime thread and once with all CPUs. Where the 
 phase by phase: bench/daemon_trace.py.
 
     python -m bench.daemon [--model DIR] [--requests N] [--rounds N] [--threads N] [--no-throughput]
+                           [--baseline CHECKOUT] [--awake]
 """
 from __future__ import annotations
 
@@ -27,7 +28,7 @@ from typing import Dict, Optional
 import numpy as np
 
 from . import daemon_trace
-from .common import machine, table
+from .common import Awake, machine, table
 
 
 def _client_proc(infer_ep, control_ep, n, ready, go, done):
@@ -312,7 +313,7 @@ def report(r: Dict) -> str:
                 + [[row["threads"], "8, batch_requests: false", "", row["unbatched_8"], row["direct_per_s"],
                     row["unbatched_8"] / row["direct_per_s"]] for row in r["rows"] if "unbatched_8" in row])
     rr = r["rows"][0]
-    return ("Machine: %s; target %s, batch 1, ipc; direct and daemon use the same onnxruntime thread count "
+    return ("Machine: %s; target %s, batch 1, ipc, %s; direct and daemon use the same onnxruntime thread count "
             "per column. One client process times every row below for %d requests, in that order, %d rounds "
             "in a row, against one real `dnnscale serve` and two floor servers started beside it, so every "
             "row sees the same moments of this noisy machine; each figure is the median of the %d per-round "
@@ -321,7 +322,8 @@ def report(r: Dict) -> str:
             "one client, a time stamp at every step of each request on both sides (CLOCK_MONOTONIC); medians "
             "per phase.\n\n%s\n\nThroughput: concurrent client processes against back-to-back direct "
             "runs at k=%d.\n\n%s\n"
-            % (r["machine"], r["target"], rr["per"], rr["rounds"], rr["rounds"], rows_p50, over,
+            % (r["machine"], r["target"], "an idle-class busy loop on every CPU (--awake)" if r.get("awake")
+               else "the CPUs otherwise idle", rr["per"], rr["rounds"], rr["rounds"], rows_p50, over,
                daemon_trace.report([row["trace"] for row in r["rows"]]), r["levels"], thr))
 
 
@@ -334,11 +336,15 @@ def main(argv=None) -> int:
     p.add_argument("--no-throughput", action="store_true", help="skip the concurrent-client throughput")
     p.add_argument("--baseline", default=None, metavar="CHECKOUT",
                    help="also time the daemon of another checkout (e.g. a git worktree of main) in the same rounds")
+    p.add_argument("--awake", action="store_true",
+                   help="keep every CPU busy with an idle-class loop (this VM's halted vCPUs wake slowly)")
     p.add_argument("--json", action="store_true")
     a = p.parse_args(argv)
     from models import zoo
-    r = run(a.model or zoo.default_path(), a.requests, a.threads, () if a.no_throughput else (1, 4, 8, 16),
-            a.rounds, a.baseline)
+    with Awake(None if a.awake else 0):
+        r = run(a.model or zoo.default_path(), a.requests, a.threads, () if a.no_throughput else (1, 4, 8, 16),
+                a.rounds, a.baseline)
+    r["awake"] = a.awake
     print(json.dumps(r, indent=1) if a.json else report(r))
     return 0
 

@@ -32,7 +32,7 @@ PHASES = [
     ("daemon: receive + decode", "woke", "decoded", "the other frames, validation, numpy view"),
     ("daemon: before run", "decoded", "run0", "batching, governor decision, apply"),
     ("run", "run0", "run1", "ModelSet.run inside the daemon"),
-    ("daemon: after run", "run1", "reply0", "observe, labels, reply encoding"),
+    ("daemon: after run", "run1", "reply0", "labels, reply encoding (the governor learns after the send)"),
     ("daemon: send", "reply0", "reply1", "send_multipart (the daemon's thread can lose the CPU here)"),
     ("transport out", "reply0", "got", "the daemon's send began until the client's recv returned"),
     ("client: decode", "got", "done", "reply parsing, logits view"),

@@ -33,7 +33,7 @@ from typing import Dict, List
 
 import numpy as np
 
-from .common import ROOT, machine, table
+from .common import ROOT, Awake, machine, table
 from .daemon import _echo_server, _fresh_process, _spread, zmq_socket
 
 SOURCE = os.path.join(ROOT, "bench", "hotpath.c")
@@ -152,7 +152,16 @@ def _rounds(model_dir: str, threads: int, eps: Dict[str, str], rounds: int, per:
                                                           enumerate(req[1])], "request_G": req[G][0].decode()})
 
 
-def run(model_dir: str, requests: int = 1000, threads=None, rounds: int = 10) -> Dict:
+def run(model_dir: str, requests: int = 1000, threads=None, rounds: int = 10, awake: bool = False) -> Dict:
+    """Per onnxruntime thread count, every row in ``rounds`` interleaved rounds; ``awake``:
+    with an idle-class busy loop on every CPU (bench.common.Awake)."""
+    with Awake(None if awake else 0):
+        out = _run(model_dir, requests, threads, rounds)
+    out["awake"] = awake
+    return out
+
+
+def _run(model_dir: str, requests: int, threads, rounds: int) -> Dict:
     from tests.daemon_harness import Daemon
     exe = build()
     threads = threads or sorted({1, os.cpu_count()})
@@ -238,10 +247,12 @@ def report(r: Dict) -> str:
     over = table(["per round (median, min-max)"] + cols,
                  [[lab] + [_spread(list(s[k])) for s in sums] for k, lab in labels])
     rr = r["rows"][0]
-    return ("Machine: %s; target %s, batch 1, ipc, float32; one Python DEALER times the first rows "
+    return ("Machine: %s; target %s, batch 1, ipc, float32, %s; one Python DEALER times the first rows "
             "for %d requests each, in that order, %d rounds in a row; then the C client times the "
             "C rows, %d rounds. Each figure: the median of the per-round p50s, with their range.\n\n"
-            "%s\n\n%s\n" % (r["machine"], rr["target"], rr["per"], len(rr["p50_us"]["direct k=1"]),
+            "%s\n\n%s\n" % (r["machine"], rr["target"],
+                            "an idle-class busy loop on every CPU (--awake)" if r.get("awake") else "the CPUs otherwise idle",
+                            rr["per"], len(rr["p50_us"]["direct k=1"]),
                             len(rr["p50_us"]["C-C echo"]), p50, over))
 
 
@@ -251,11 +262,13 @@ def main(argv=None) -> int:
     p.add_argument("--requests", type=int, default=1000, help="requests per row and thread count (default 1000)")
     p.add_argument("--rounds", type=int, default=10, help="interleaved rounds they are split into (default 10)")
     p.add_argument("--threads", type=int, action="append", help="onnxruntime threads (repeat; default 1 and all)")
+    p.add_argument("--awake", action="store_true",
+                   help="keep every CPU busy with an idle-class loop (this VM's halted vCPUs wake slowly)")
     p.add_argument("--json", action="store_true")
     a = p.parse_args(argv)
     from models import zoo
     try:
-        r = run(a.model or zoo.default_path(), a.requests, a.threads, a.rounds)
+        r = run(a.model or zoo.default_path(), a.requests, a.threads, a.rounds, a.awake)
     except BuildError as e:
         raise SystemExit("bench.hotpath: " + str(e))
     print(json.dumps(r, indent=1) if a.json else report(r))

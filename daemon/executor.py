@@ -1,4 +1,5 @@
-"""One request, end to end: decide → apply (only what changed) → run → measure → observe.
+"""One request, end to end: decide → apply (only what changed) → run → measure, then (once
+the replies are out) the governor learns from it.
 
 The governor has two callers (the inference thread, and control commands such as pin or
 set_budget), so every read and change of it, and every platform write, happens under
@@ -9,16 +10,25 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from typing import Callable, Dict, Optional, Tuple
+from typing import Callable, Dict, NamedTuple, Optional, Tuple
 
 import numpy as np
 
-from governor import Config, Governor
+from governor import Config, Decision, Governor
 from models import ModelSet
 from platforms import PlatformError
 
 log = logging.getLogger("dnnscale.executor")
 SETTLE_RUNS = 3     # runs after a move to another target that the governor does not learn from
+
+
+class Ran(NamedTuple):
+    """One run, per image, for the governor to learn from."""
+    governor: Governor
+    decision: Decision
+    latency_s: float
+    energy_j: Optional[float]
+    moved: bool              # one of the first runs after a move to another target
 
 
 class Executor:
@@ -74,6 +84,15 @@ class Executor:
 
     def infer(self, x: np.ndarray, groups: Optional[int] = None,
               deadline_ms: Optional[float] = None) -> Tuple[np.ndarray, Dict]:
+        """:meth:`run`, then :meth:`learn` from it at once."""
+        logits, info, ran = self.run(x, groups, deadline_ms)
+        self.learn(ran)
+        return logits, info
+
+    def run(self, x: np.ndarray, groups: Optional[int] = None,
+            deadline_ms: Optional[float] = None) -> Tuple[np.ndarray, Dict, "Ran"]:
+        """Decide, apply, run and measure; the governor learns nothing until :meth:`learn`
+        is given the returned ``Ran`` (the server sends the replies first)."""
         with self.lock:
             gov = self.governor
             d = gov.decide(deadline_ms=deadline_ms, level=groups)
@@ -99,22 +118,27 @@ class Executor:
         if self.platform.simulated:   # report the board model's numbers, labelled simulated
             macs = self.models.level(c.level)["macs"]
             latency, energy = self.platform.run(macs * n, c.target)
-        with self.lock:
-            if self.governor is gov:
-                missed = d.latency_limit_ms is not None and latency / n * 1e3 > d.latency_limit_ms
-                if missed and c.freq_khz is not None and not self.platform.simulated:
-                    self._refresh_frequency(c.target)    # a cap that came after our write shows here
-                # The first runs on a target after moving there pay for the move (threads
-                # migrating, the lane's pool and caches warming: 1.5-2x a steady run for about
-                # three runs on this VM): counted, but not learnt as the target's speed.
-                gov.observe(c, latency / n, None if energy is None else energy / n, d.latency_limit_ms,
-                            ran_khz=self.freq_read.get(c.target) if c.freq_khz is not None else None,
-                            learn=not moved)
         info = {"config": config, "latency_ms": round(latency * 1e3, 4),
                 "energy_mj": None if energy is None else round(energy * 1e3, 4)}
         if self.platform.simulated:
             info["simulated"] = True
-        return logits, info
+        return logits, info, Ran(gov, d, latency / n, None if energy is None else energy / n, moved)
+
+    def learn(self, ran: "Ran") -> None:
+        """The governor's observation of one run (per image), unless it was replaced since."""
+        with self.lock:
+            gov, d, c = ran.governor, ran.decision, ran.decision.config
+            if self.governor is not gov:
+                return
+            missed = d.latency_limit_ms is not None and ran.latency_s * 1e3 > d.latency_limit_ms
+            if missed and c.freq_khz is not None and not self.platform.simulated:
+                self._refresh_frequency(c.target)    # a cap that came after our write shows here
+            # The first runs on a target after moving there pay for the move (threads
+            # migrating, the lane's pool and caches warming: 1.5-2x a steady run for about
+            # three runs on this VM): counted, but not learnt as the target's speed.
+            gov.observe(c, ran.latency_s, ran.energy_j, d.latency_limit_ms,
+                        ran_khz=self.freq_read.get(c.target) if c.freq_khz is not None else None,
+                        learn=not ran.moved)
 
     def _refresh_frequency(self, target: str) -> None:
         try:

@@ -7,7 +7,7 @@ from __future__ import annotations
 import bisect
 import logging
 import threading
-from typing import Dict, Optional
+from typing import Optional
 
 log = logging.getLogger("dnnscale.metrics")
 

@@ -378,15 +378,22 @@ class Server:
 
     def _run_one_batch(self) -> None:
         envelopes, batch = self._next_batch()
+        sent = []
+
+        def send(results) -> None:
+            for env, (head, logits) in zip(envelopes, results):
+                self._send(self.infer, env + encode_reply(head, logits))
+            sent.append(True)
+
         try:
-            replies = [encode_reply(h, l) for h, l in self.service.infer(batch)]
-        except Exception as e:   # an onnxruntime failure must not kill the thread
-            log.exception("inference failed")
+            self.service.infer(batch, send)
+        except Exception as e:   # an onnxruntime (or governor) failure must not kill the thread
+            log.exception("learning from a run failed" if sent else "inference failed")
             self.service.count_error("internal")
-            msg = "inference failed: %s" % (str(e).splitlines() or ["?"])[0][:300]
-            replies = [error_reply(r.id, "internal", msg) for r in batch]
-        for env, frames in zip(envelopes, replies):
-            self._send(self.infer, env + frames)
+            if not sent:
+                msg = "inference failed: %s" % (str(e).splitlines() or ["?"])[0][:300]
+                for env, r in zip(envelopes, batch):
+                    self._send(self.infer, env + error_reply(r.id, "internal", msg))
 
     def _inference_loop(self, stop: threading.Event) -> None:
         # Idle, the thread waits inside recv itself (100 ms at most, for the stop flag, the

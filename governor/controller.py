@@ -55,6 +55,17 @@ LIMITS = {"latency_ms": 600_000.0, "energy_mj": 1e9, "power_w": 1e4}   # above t
 FLOORS = {"latency_ms": 1e-3, "energy_mj": 1e-6, "power_w": 1e-6}       # below these: a typo
 
 
+def quantile(values, q: float) -> float:
+    """``np.quantile(values, q)`` (its linear interpolation) of a deque without np.quantile's
+    conversion, which reads a deque by indexing, item by item, each index a walk."""
+    a = np.fromiter(values, float, len(values))
+    pos = q * (len(a) - 1)
+    lo = int(pos)
+    hi = min(lo + 1, len(a) - 1)
+    part = np.partition(a, (lo, hi))
+    return float(part[lo] + (part[hi] - part[lo]) * (pos - lo))
+
+
 @dataclass
 class Budget:
     latency_ms: Optional[float] = None
@@ -488,9 +499,9 @@ class Governor:
         res = self._resid[t]
         res.append(ratio)
         self._n_obs[t] += 1
-        # the quantile every 10th observation once resid_min are in (a sort of <= 300 numbers)
+        # the quantile every 10th observation once resid_min are in
         if self.p.quantile_margin and len(res) >= self.p.resid_min and self._n_obs[t] % 10 == 0:
-            self._margin[t] = max(1.0, float(np.quantile(res, 1 - self.p.miss_target)))
+            self._margin[t] = max(1.0, quantile(res, 1 - self.p.miss_target))
         # the level follows the median of the last 3 observed / modelled ratios: a load step
         # (which repeats) moves it from the second inference on, a lone spike (a control
         # command's work on the same CPU, a page fault) not at all

@@ -406,3 +406,14 @@ def test_runs_not_learnt_from_count_but_do_not_move_the_model():
     g.observe(d.config, pred(g, d.config)[0] * 3, learn=False)     # a run paying for a move
     assert modelled(g, d.config) == before
     assert g.status()["miss_rate"] == 1.0 and g.status()["observed_since_budget"] == 1
+
+
+def test_quantile_of_a_deque_is_numpys():
+    """The margin's quantile (governor.controller.quantile) is np.quantile's linear one."""
+    from collections import deque
+    from governor.controller import quantile
+    rng = np.random.default_rng(5)
+    for n in (1, 2, 3, 30, 299, 300):
+        d = deque(rng.lognormal(0, 0.3, n).tolist(), maxlen=300)
+        for q in (0.0, 0.5, 0.9, 0.99, 1.0):
+            assert quantile(d, q) == pytest.approx(float(np.quantile(d, q)), rel=1e-12, abs=1e-15)

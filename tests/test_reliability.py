@@ -451,6 +451,55 @@ def test_onnxruntime_error_in_one_run(random_set, tmp_path):
         svc.stop()
 
 
+
+def test_reply_goes_out_before_the_governor_learns(random_set, tmp_path):
+    """The governor's and the counters' work on a run is not in the client's round trip: the
+    reply is sent first. A learn step that waits for the client to have its reply must not
+    hold the reply back; one that fails after the reply costs no reply, counts as internal,
+    and the daemon serves on."""
+    from daemon.config import load as load_config
+    from daemon.server import Server
+    from daemon.service import Service
+    from daemon.client import Client
+    cfg = load_config(str(_empty(tmp_path)), {"model": random_set, "platform": "generic",
+                                              "state_dir": str(tmp_path / "s"),
+                                              "infer_endpoint": "ipc://%s/i.sock" % tmp_path,
+                                              "control_endpoint": "ipc://%s/c.sock" % tmp_path})
+    svc = Service(cfg)
+    svc.start()
+    real_learn = svc.executor.learn
+    replied, seen = threading.Event(), []
+
+    def learn(ran):
+        seen.append(replied.wait(10))       # True: the client had its reply before this ran
+        if len(seen) == 2:
+            raise RuntimeError("injected in learn")
+        real_learn(ran)
+
+    svc.executor.learn = learn
+    server = Server(svc, cfg)
+    server.bind()
+    stop = threading.Event()
+    t = threading.Thread(target=server.serve, args=(stop,))
+    t.start()
+    try:
+        c = Client(cfg.infer_endpoint, cfg.control_endpoint, timeout_s=5)
+        for i in range(3):
+            assert len(c.infer(np.zeros((1, 32, 32, 3), np.uint8)).labels) == 1
+            replied.set()
+            while len(seen) <= i and t.is_alive():
+                time.sleep(0.01)
+            replied.clear()
+        assert seen == [True, True, True]
+        st = c.status()
+        assert st["errors"]["internal"] == 1 and st["served"] == 3
+        c.close()
+    finally:
+        stop.set()
+        t.join()
+        server.close()
+        svc.stop()
+
 def _empty(tmp_path):
     p = tmp_path / "empty.yaml"
     p.write_text("")
