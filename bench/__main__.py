@@ -16,7 +16,7 @@ from typing import Callable, List, Optional, Tuple
 
 from .common import ROOT, machine
 
-SECTIONS = ("range", "tradeoff", "modelset", "memory", "switching", "kinds", "daemon", "governor")
+SECTIONS = ("range", "tradeoff", "modelset", "memory", "switching", "kinds", "daemon", "hotpath", "governor")
 
 
 def _levels(model_dir):
@@ -47,6 +47,7 @@ def run(model_dir: str, portfolio_dir: Optional[str], quick: bool, plots_dir: Op
         ("kinds", lambda: switching.kinds_report(model_dir, portfolio_dir, mem(), sw())),
         ("daemon", lambda: bdaemon.report(bdaemon.run(model_dir, requests=200 if quick else 1000,
                                                       clients=(1, 4, 8, 16)))),
+        ("hotpath", lambda: hotpath_section(model_dir, quick)),
         ("governor", lambda: governor_section(model_dir, quick, plots_dir)),
     ]
     out = []
@@ -59,6 +60,14 @@ def run(model_dir: str, portfolio_dir: Optional[str], quick: bool, plots_dir: Op
         print(text)
         out.append((name, text + "\n_(%s: %.0f s)_\n" % (name, time.time() - t0)))
     return out
+
+
+def hotpath_section(model_dir: str, quick: bool) -> str:
+    from . import hotpath
+    try:
+        return hotpath.report(hotpath.run(model_dir, requests=200 if quick else 1000, rounds=4 if quick else 10))
+    except hotpath.BuildError as e:
+        return "Not measured: bench/hotpath.c could not be built here (%s)." % str(e).splitlines()[0]
 
 
 def governor_section(model_dir: str, quick: bool, plots_dir: Optional[str]) -> str:
@@ -85,6 +94,7 @@ TITLES = {
     "switching": "4. Switching cost",
     "kinds": "4b. The two kinds of dynamic DNN side by side (group set vs DNNShifter-style portfolio)",
     "daemon": "5. The daemon: overhead and throughput",
+    "hotpath": "5b. A compiled request path (prototype)",
     "governor": "6. The governor against its baselines",
 }
 
@@ -112,7 +122,10 @@ def write_doc(path: str, sections: List[Tuple[str, str]], command: str) -> None:
     kept = {k: v for k, v in _old_sections(path).items() if k not in new}
     head = ["# Benchmarks", "",
             "Written by `python -m bench` (every section ends with the command and date it came from). "
-            "Machine: %s." % machine(), "",
+            "Machine of the latest run: %s. This VM has been given hosts of different speed from one "
+            "session to the next (the same k=1 run took 162 µs in one and 516 in the next): a section kept "
+            "from an earlier run may come from another host; the sections that time round trips name "
+            "theirs in their first line." % machine(), "",
             "Every number in a section was produced by its command in one run; rerun it to reproduce. "
             "Timings on this shared 2-core VM are noisy: compare the ratios within a table, not absolute "
             "times across sections or runs. Sections that use the simulated XU3/Nano say so; their constants "

@@ -23,15 +23,23 @@ def in_fresh_process(code: str, timeout: float = 600, env: Optional[Dict[str, st
 
 
 def machine() -> str:
-    cpu = "?"
+    """The CPU (with its widest vector unit: onnxruntime's kernels differ by it, and this VM
+    has been given hosts of different speed), the CPU count, Python and onnxruntime."""
+    cpu, flags = "?", set()
     try:
         with open("/proc/cpuinfo") as f:
-            cpu = next((l.split(":", 1)[1].strip() for l in f if l.startswith("model name")), "?")
+            for line in f:
+                if line.startswith("model name") and cpu == "?":
+                    cpu = line.split(":", 1)[1].strip()
+                elif line.startswith(("flags", "Features")) and not flags:
+                    flags = set(line.split(":", 1)[1].split())
     except OSError:
         pass
+    vec = next((name for flag, name in (("avx512f", "AVX-512"), ("avx2", "AVX2"), ("asimd", "NEON")) if flag in flags),
+               None)
     import onnxruntime
-    return "%s, %d CPUs, Python %s, onnxruntime %s (measured on this machine)" % (
-        cpu, os.cpu_count(), platform.python_version(), onnxruntime.__version__)
+    return "%s%s, %d CPUs, Python %s, onnxruntime %s (measured on this machine)" % (
+        cpu, " (%s)" % vec if vec else "", os.cpu_count(), platform.python_version(), onnxruntime.__version__)
 
 
 def table(headers: Sequence[str], rows: List[Sequence]) -> str:
