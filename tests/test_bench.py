@@ -23,6 +23,8 @@ def test_bench_quick_produces_every_table(random_set, tiny_portfolio, tmp_path):
                    "measured on this machine", "Xun et al. 2019 (published)", "--quick", "Decision cost",
                    "Steady budgets, no load, no cap", "accuracy vs static (target >= -0.3)", "p90/p50 direct, quiet"):
         assert needle in doc, needle
+    hot = doc.split("## " + TITLES["hotpath"])[1].split("\n## ")[0]
+    assert "C path overhead / pyzmq echo" in hot or "Not measured: bench/hotpath.c could not be built" in hot
     kinds = doc.split("## " + TITLES["kinds"])[1].split("\n## ")[0]
     assert "| group (weights shared)" in kinds and "| portfolio (no sharing)" in kinds   # one row per kind
 
