@@ -7,7 +7,6 @@ discarded). No daemon → :class:`DaemonUnavailable` after the time-out, never a
 from __future__ import annotations
 
 import itertools
-import json
 import math
 import os
 import time
@@ -23,6 +22,14 @@ from .protocol import dumps, loads
 
 class ClientError(Exception):
     pass
+
+
+def _refuse_non_finite(msg: Dict) -> None:
+    """JSON has no NaN or Infinity (the codec would send null, which means "none"): refuse
+    them here, naming the field."""
+    for k, v in msg.items():
+        if isinstance(v, float) and not math.isfinite(v):
+            raise ClientError("%s must be a finite number, got %r" % (k, v))
 
 
 class DaemonUnavailable(ClientError):
@@ -164,10 +171,8 @@ class Client:
             header["groups"] = groups
         if deadline_ms is not None:
             header["deadline_ms"] = deadline_ms
-        # A NaN deadline goes out as NaN, for the daemon to refuse (orjson would write null).
-        fast = deadline_ms is None or not isinstance(deadline_ms, float) or math.isfinite(deadline_ms)
-        head, reply = self._call(self.endpoint, [dumps(header) if fast else json.dumps(header).encode(), images],
-                                 rid)
+        _refuse_non_finite(header)
+        head, reply = self._call(self.endpoint, [dumps(header), images], rid)
         if not head.get("ok"):
             err = head.get("error", {})
             raise DaemonError(err.get("code", "?"), err.get("message", ""))
@@ -178,8 +183,8 @@ class Client:
     def command(self, cmd: str, **args: Any) -> Dict:
         rid = self._next_id()
         msg = dict(args, cmd=cmd, id=rid)
-        # The standard library: a NaN argument reaches the daemon as NaN and is refused there.
-        reply, _ = self._call(self.control_endpoint, [json.dumps(msg).encode()], rid)
+        _refuse_non_finite(msg)
+        reply, _ = self._call(self.control_endpoint, [dumps(msg)], rid)
         if not reply.get("ok"):
             err = reply.get("error", {})
             raise DaemonError(err.get("code", "?"), err.get("message", ""))

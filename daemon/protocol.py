@@ -59,8 +59,29 @@ def _reject_constant(name):
 _DECODER = json.JSONDecoder(parse_constant=_reject_constant)   # NaN/Infinity are not JSON
 _ENCODER = json.JSONEncoder(separators=(",", ":"), allow_nan=False)   # replies are always valid JSON
 
+
 def _std_loads(data):
     return _DECODER.decode(data if isinstance(data, str) else bytes(data).decode("utf-8"))
+
+
+def _finite(obj):
+    """``obj`` with every non-finite float as None."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: _finite(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_finite(v) for v in obj]
+    return obj
+
+
+def _std_dumps(obj) -> bytes:
+    """One rule for both codecs: JSON has no NaN or Infinity, so a non-finite number is
+    written as null (orjson's own rule). Clients refuse them before sending (client.py)."""
+    try:
+        return _ENCODER.encode(obj).encode()
+    except ValueError:
+        return _ENCODER.encode(_finite(obj)).encode()
 
 
 try:            # the `fast` extra: a compiled codec, ~10 µs less per request (docs/benchmarks.md)
@@ -79,10 +100,7 @@ try:            # the `fast` extra: a compiled codec, ~10 µs less per request (
     def dumps(obj) -> bytes:
         return orjson.dumps(obj, option=_OPTS)
 except ImportError:
-    loads = _std_loads
-
-    def dumps(obj) -> bytes:
-        return _ENCODER.encode(obj).encode()
+    loads, dumps = _std_loads, _std_dumps
 
 
 def parse_json(frame: bytes, what: str) -> Dict:

@@ -138,7 +138,27 @@ def test_replies_encode_alike_with_both_codecs():
     pytest.importorskip("orjson")
     head = {"id": "é-1", "ok": True, "labels": [3], "names": ["cat"], "latency_ms": 0.2913, "energy_mj": None,
             "config": {"level": 1, "target": "cpu", "freq_khz": None}, "n": np.float64(1.5)}
-    assert json.loads(protocol.dumps(head)) == json.loads(protocol._ENCODER.encode(head))
+    assert json.loads(protocol.dumps(head)) == json.loads(protocol._std_dumps(head))
+
+
+def test_one_rule_for_non_finite_numbers():
+    """JSON has no NaN or Infinity: both codecs write them as null (a reply with a NaN
+    measurement still goes out), and the client refuses them before sending, naming the
+    field, since null would mean "none" (a NaN deadline would become no deadline)."""
+    from daemon import protocol
+    from daemon.client import Client, ClientError
+    obj = {"a": float("nan"), "b": [float("inf"), 1.5, {"c": -float("inf")}], "d": np.float64("nan"), "e": None}
+    want = {"a": None, "b": [None, 1.5, {"c": None}], "d": None, "e": None}
+    assert json.loads(protocol._std_dumps(obj)) == want
+    assert json.loads(protocol.dumps(obj)) == want
+    c = Client("ipc:///nonexistent/dnnscale-test.sock", "ipc:///nonexistent/dnnscale-control.sock", timeout_s=0.2)
+    try:
+        with pytest.raises(ClientError, match="deadline_ms must be a finite number, got nan"):
+            c.infer(np.zeros((1, 32, 32, 3), np.uint8), deadline_ms=float("nan"))
+        with pytest.raises(ClientError, match="latency_ms must be a finite number, got inf"):
+            c.set_budget(latency_ms=float("inf"))
+    finally:
+        c.close()
 
 
 def test_deep_and_huge_json_refused():
