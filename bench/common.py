@@ -74,3 +74,13 @@ class Awake:
         for p in self.procs:
             p.kill()
             p.wait()
+
+
+def round_trip_args(p) -> None:
+    """The options of the benchmarks that time round trips in interleaved rounds."""
+    p.add_argument("--model", default=None)
+    p.add_argument("--requests", type=int, default=1000, help="requests per row and thread count (default 1000)")
+    p.add_argument("--rounds", type=int, default=10, help="interleaved rounds they are split into (default 10)")
+    p.add_argument("--threads", type=int, action="append", help="onnxruntime threads (repeat; default 1 and all)")
+    p.add_argument("--awake", action="store_true",
+                   help="keep every CPU busy with an idle-class loop (this VM's halted vCPUs wake slowly)")

@@ -28,7 +28,7 @@ from typing import Dict, Optional
 import numpy as np
 
 from . import daemon_trace
-from .common import Awake, machine, table
+from .common import Awake, machine, round_trip_args, table
 
 
 def _client_proc(infer_ep, control_ep, n, ready, go, done):
@@ -329,15 +329,10 @@ def report(r: Dict) -> str:
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", default=None)
-    p.add_argument("--requests", type=int, default=1000, help="requests per row and thread count (default 1000)")
-    p.add_argument("--rounds", type=int, default=10, help="interleaved rounds they are split into (default 10)")
-    p.add_argument("--threads", type=int, action="append", help="onnxruntime threads (repeat; default 1 and all)")
+    round_trip_args(p)
     p.add_argument("--no-throughput", action="store_true", help="skip the concurrent-client throughput")
     p.add_argument("--baseline", default=None, metavar="CHECKOUT",
                    help="also time the daemon of another checkout (e.g. a git worktree of main) in the same rounds")
-    p.add_argument("--awake", action="store_true",
-                   help="keep every CPU busy with an idle-class loop (this VM's halted vCPUs wake slowly)")
     p.add_argument("--json", action="store_true")
     a = p.parse_args(argv)
     from models import zoo

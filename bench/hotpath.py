@@ -33,7 +33,7 @@ from typing import Dict, List
 
 import numpy as np
 
-from .common import ROOT, Awake, machine, table
+from .common import ROOT, Awake, machine, round_trip_args, table
 from .daemon import _echo_server, _fresh_process, _spread, zmq_socket
 
 SOURCE = os.path.join(ROOT, "bench", "hotpath.c")
@@ -258,12 +258,7 @@ def report(r: Dict) -> str:
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", default=None)
-    p.add_argument("--requests", type=int, default=1000, help="requests per row and thread count (default 1000)")
-    p.add_argument("--rounds", type=int, default=10, help="interleaved rounds they are split into (default 10)")
-    p.add_argument("--threads", type=int, action="append", help="onnxruntime threads (repeat; default 1 and all)")
-    p.add_argument("--awake", action="store_true",
-                   help="keep every CPU busy with an idle-class loop (this VM's halted vCPUs wake slowly)")
+    round_trip_args(p)
     p.add_argument("--json", action="store_true")
     a = p.parse_args(argv)
     from models import zoo

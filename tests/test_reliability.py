@@ -3,6 +3,7 @@ restore, access control. Counts are small in the normal run; ``-m slow`` runs th
 ones (docs/reliability.md). ``DNNSCALE_FUZZ_SCALE`` multiplies the fuzz counts."""
 from __future__ import annotations
 
+import contextlib
 import errno
 import json
 import os
@@ -429,18 +430,41 @@ def test_write_failure_mid_run_turns_dvfs_off(random_set, tmp_path, err):
     ex.infer(x)   # and keeps serving
 
 
-def test_onnxruntime_error_in_one_run(random_set, tmp_path):
-    """One failing run → an ``internal`` error reply for that request; the next succeeds."""
+def _service(random_set, tmp_path):
+    """The real Service on ipc endpoints in tmp_path, started (for in-process fault injection)."""
     from daemon.config import load as load_config
-    from daemon.server import Server
     from daemon.service import Service
-    from daemon.client import Client, DaemonError
     cfg = load_config(str(_empty(tmp_path)), {"model": random_set, "platform": "generic",
                                               "state_dir": str(tmp_path / "s"),
                                               "infer_endpoint": "ipc://%s/i.sock" % tmp_path,
                                               "control_endpoint": "ipc://%s/c.sock" % tmp_path})
     svc = Service(cfg)
     svc.start()
+    return cfg, svc
+
+
+@contextlib.contextmanager
+def _serving(svc, cfg):
+    """The real Server around ``svc`` in a thread (yielded), stopped and closed on exit."""
+    from daemon.server import Server
+    server = Server(svc, cfg)
+    server.bind()
+    stop = threading.Event()
+    t = threading.Thread(target=server.serve, args=(stop,))
+    t.start()
+    try:
+        yield t
+    finally:
+        stop.set()
+        t.join()
+        server.close()
+        svc.stop()
+
+
+def test_onnxruntime_error_in_one_run(random_set, tmp_path):
+    """One failing run → an ``internal`` error reply for that request; the next succeeds."""
+    from daemon.client import Client, DaemonError
+    cfg, svc = _service(random_set, tmp_path)
     real_run = svc.models.run
     calls = {"n": 0}
 
@@ -451,12 +475,7 @@ def test_onnxruntime_error_in_one_run(random_set, tmp_path):
         return real_run(*a, **kw)
 
     svc.models.run = flaky
-    server = Server(svc, cfg)
-    server.bind()
-    stop = threading.Event()
-    t = threading.Thread(target=server.serve, args=(stop,))
-    t.start()
-    try:
+    with _serving(svc, cfg):
         c = Client(cfg.infer_endpoint, cfg.control_endpoint, timeout_s=10)
         with pytest.raises(DaemonError) as e:
             c.infer(np.zeros((1, 32, 32, 3), np.uint8))
@@ -464,12 +483,6 @@ def test_onnxruntime_error_in_one_run(random_set, tmp_path):
         assert len(c.infer(np.zeros((1, 32, 32, 3), np.uint8)).labels) == 1
         assert c.status()["errors"]["internal"] == 1
         c.close()
-    finally:
-        stop.set()
-        t.join()
-        server.close()
-        svc.stop()
-
 
 
 def test_reply_goes_out_before_the_governor_learns(random_set, tmp_path):
@@ -477,16 +490,8 @@ def test_reply_goes_out_before_the_governor_learns(random_set, tmp_path):
     reply is sent first. A learn step that waits for the client to have its reply must not
     hold the reply back; one that fails after the reply costs no reply, counts as internal,
     and the daemon serves on."""
-    from daemon.config import load as load_config
-    from daemon.server import Server
-    from daemon.service import Service
     from daemon.client import Client
-    cfg = load_config(str(_empty(tmp_path)), {"model": random_set, "platform": "generic",
-                                              "state_dir": str(tmp_path / "s"),
-                                              "infer_endpoint": "ipc://%s/i.sock" % tmp_path,
-                                              "control_endpoint": "ipc://%s/c.sock" % tmp_path})
-    svc = Service(cfg)
-    svc.start()
+    cfg, svc = _service(random_set, tmp_path)
     real_learn = svc.executor.learn
     replied, seen = threading.Event(), []
 
@@ -497,12 +502,7 @@ def test_reply_goes_out_before_the_governor_learns(random_set, tmp_path):
         real_learn(ran)
 
     svc.executor.learn = learn
-    server = Server(svc, cfg)
-    server.bind()
-    stop = threading.Event()
-    t = threading.Thread(target=server.serve, args=(stop,))
-    t.start()
-    try:
+    with _serving(svc, cfg) as t:
         c = Client(cfg.infer_endpoint, cfg.control_endpoint, timeout_s=5)
         for i in range(3):
             assert len(c.infer(np.zeros((1, 32, 32, 3), np.uint8)).labels) == 1
@@ -514,11 +514,7 @@ def test_reply_goes_out_before_the_governor_learns(random_set, tmp_path):
         st = c.status()
         assert st["errors"]["internal"] == 1 and st["served"] == 3
         c.close()
-    finally:
-        stop.set()
-        t.join()
-        server.close()
-        svc.stop()
+
 
 def _empty(tmp_path):
     p = tmp_path / "empty.yaml"
