@@ -98,7 +98,11 @@ try:            # the `fast` extra: a compiled codec, ~10 µs less per request (
     _OPTS = orjson.OPT_SERIALIZE_NUMPY | orjson.OPT_NON_STR_KEYS   # what json.dumps also takes
 
     def dumps(obj) -> bytes:
-        return orjson.dumps(obj, option=_OPTS)
+        """orjson's bytes, or where it refuses (an integer over 64 bits) the standard library's."""
+        try:
+            return orjson.dumps(obj, option=_OPTS)
+        except orjson.JSONEncodeError:
+            return _std_dumps(obj)
 except ImportError:
     loads, dumps = _std_loads, _std_dumps
 
