@@ -23,7 +23,7 @@ import multiprocessing as mp
 import os
 import tempfile
 import time
-from typing import Dict, Optional
+from typing import Dict, List, Optional
 
 import numpy as np
 
@@ -49,6 +49,26 @@ def zmq_socket(kind: str):
     s = zmq.Context.instance().socket(getattr(zmq, kind))
     s.setsockopt(zmq.LINGER, 0)
     return s
+
+
+def widest_target(status: Dict) -> str:
+    """The CPU target with the most CPUs: all of them, as a direct run in one process uses."""
+    targets = status["targets"]
+    return max(targets, key=lambda t: len(targets[t]["cpus"]))
+
+
+def reply_frames(infer_ep: str, status: Dict, **header) -> List[bytes]:
+    """The daemon's own reply frames to one float32 batch-1 request (``header``: more
+    fields), for the echo servers to answer with, so both directions carry its sizes."""
+    shape = [1] + status["model"]["input_shape"]
+    s = zmq_socket("DEALER")
+    s.connect(infer_ep)
+    try:
+        s.send_multipart([json.dumps(dict({"id": "b-1", "dtype": "float32", "shape": shape}, **header)).encode(),
+                          bytes(4 * int(np.prod(shape)))])
+        return s.recv_multipart()
+    finally:
+        s.close()
 
 
 def _echo_server(ep: str, reply) -> None:
@@ -230,18 +250,10 @@ def run(model_dir: str, requests: int = 1000, threads=None, clients=(1, 4, 8, 16
                 d.wait_ready()
                 c = d.client(timeout_s=30)
                 st = c.status()
-                targets = st["targets"]
-                widest = max(targets, key=lambda t: len(targets[t]["cpus"]))   # all CPUs, as the direct run
+                widest = widest_target(st)
                 c.pin(groups=1, target=widest)
                 out["target"] = widest
-                shape = [1] + st["model"]["input_shape"]
-                s = zmq_socket("DEALER")
-                s.connect(d.infer_ep)
-                s.send_multipart([json.dumps({"id": "b-1", "dtype": "float32", "shape": shape}).encode(),
-                                  bytes(4 * int(np.prod(shape)))])
-                reply = s.recv_multipart()
-                s.close()
-                eps, floors = _start_floors(tmp, model_dir, th, reply)
+                eps, floors = _start_floors(tmp, model_dir, th, reply_frames(d.infer_ep, st))
                 eps.update(infer=d.infer_ep, control=d.control_ep)
                 if b is not None:
                     b.wait_ready()

@@ -34,7 +34,7 @@ from typing import Dict, List
 import numpy as np
 
 from .common import ROOT, Awake, machine, round_trip_args, table
-from .daemon import _echo_server, _fresh_process, _spread, zmq_socket
+from .daemon import _echo_server, _fresh_process, _spread, reply_frames, widest_target, zmq_socket
 
 SOURCE = os.path.join(ROOT, "bench", "hotpath.c")
 BUILD = os.path.join(ROOT, "bench", "build")
@@ -99,8 +99,8 @@ class Server:
         self.proc.wait()
 
 
-def ping(exe: str, ep: str, n: int, header: bytes, body_bytes: int) -> Dict:
-    r = subprocess.run([exe, "ping", ep, str(n), header.decode(), str(body_bytes)], capture_output=True,
+def ping(exe: str, ep: str, n: int, header: str, body_bytes: int) -> Dict:
+    r = subprocess.run([exe, "ping", ep, str(n), header, str(body_bytes)], capture_output=True,
                        text=True, timeout=600)
     if r.returncode:
         raise RuntimeError("hotpath ping failed: " + r.stderr[-2000:])
@@ -148,8 +148,8 @@ def _rounds(model_dir: str, threads: int, eps: Dict[str, str], rounds: int, per:
     for _ in range(rounds):
         for name, _ in ROWS:
             per_round[name].append(float(np.median(timings(run[name], per, warmup=10))) * 1e6)
-    q.put({"levels": G, "p50_us": per_round, "request": [f.decode() if i == 0 else len(f) for i, f in
-                                                          enumerate(req[1])], "request_G": req[G][0].decode()})
+    q.put({"levels": G, "p50_us": per_round, "header": req[1][0].decode(), "header_G": req[G][0].decode(),
+           "body_bytes": len(req[1][1])})
 
 
 def run(model_dir: str, requests: int = 1000, threads=None, rounds: int = 10, awake: bool = False) -> Dict:
@@ -177,16 +177,9 @@ def _run(model_dir: str, requests: int, threads, rounds: int) -> Dict:
                 d.wait_ready()
                 with d.client(timeout_s=30) as c:
                     st = c.status()
-                    targets = st["targets"]
-                    widest = max(targets, key=lambda t: len(targets[t]["cpus"]))
+                    widest = widest_target(st)
                     c.pin(target=widest)
-                    shape = [1] + st["model"]["input_shape"]
-                s = zmq_socket("DEALER")
-                s.connect(d.infer_ep)
-                s.send_multipart([json.dumps({"id": "b-1", "dtype": "float32", "shape": shape, "groups": 1}).encode(),
-                                  bytes(4 * int(np.prod(shape)))])
-                reply = s.recv_multipart()
-                s.close()
+                reply = reply_frames(d.infer_ep, st, groups=1)
                 echo = mp.get_context("fork").Process(target=_echo_server, args=(eps["echo"], reply), daemon=True)
                 echo.start()
                 servers = [echo, Server(exe, "echo", eps["c_echo"], str(len(reply[0])), str(len(reply[1]))),
@@ -197,12 +190,12 @@ def _run(model_dir: str, requests: int, threads, rounds: int) -> Dict:
                 eps["daemon"] = d.infer_ep
                 row = {"threads": th, "target": widest, "per": per}
                 row.update(_fresh_process(_rounds, model_dir, th, eps, rounds, per))
-                header, body = row["request"]
+                body = row["body_bytes"]
                 cc = {name: [] for name, _ in C_ROWS}
                 for _ in range(rounds):
-                    cc["C-C echo"].append(ping(exe, eps["c_echo"], per, header.encode(), body)["p50_us"])
-                    cc["C-C path k=1"].append(ping(exe, eps["c_path"], per, header.encode(), body)["p50_us"])
-                    cc["C-C path k=G"].append(ping(exe, eps["c_path"], per, row["request_G"].encode(), body)["p50_us"])
+                    cc["C-C echo"].append(ping(exe, eps["c_echo"], per, row["header"], body)["p50_us"])
+                    cc["C-C path k=1"].append(ping(exe, eps["c_path"], per, row["header"], body)["p50_us"])
+                    cc["C-C path k=G"].append(ping(exe, eps["c_path"], per, row["header_G"], body)["p50_us"])
                 row["p50_us"].update(cc)
                 out["rows"].append(row)
             finally:
