@@ -22,11 +22,11 @@ def _default_model() -> str:
 
 
 # ---------------------------------------------------------------------------- train / eval
-def _epochs(text: str) -> List[int]:
+def _numbers(flag: str, text: str, kind=int) -> list:
     try:
-        return [int(v) for v in text.split(",")]
+        return [kind(v) for v in text.split(",")]
     except ValueError:
-        raise CliError("--epochs: expected a number or numbers separated by commas, got %r" % text)
+        raise CliError("%s: expected a number or numbers separated by commas, got %r" % (flag, text))
 
 
 def _fit_arch(arch, a: argparse.Namespace):
@@ -49,13 +49,21 @@ def _fit_arch(arch, a: argparse.Namespace):
 
 def train_setup(a: argparse.Namespace):
     """(config, trainer class, exporter) for the parsed ``dnnscale train`` arguments."""
+    import dataclasses
     from models import export, train as tr
     from models.arch import Arch, TINY
     if not a.width > 0:
         raise CliError("--width must be > 0, got %s" % a.width)
     arch = (TINY if a.size == "tiny" else Arch()).scaled(a.width)
+    if a.group_widths:
+        if a.kind == "portfolio":
+            raise CliError("--group-widths: a portfolio is one dense network, it has no groups")
+        mults = _numbers("--group-widths", a.group_widths, float)
+        if len(mults) != a.groups or min(mults) <= 0:
+            raise CliError("--group-widths needs %d numbers > 0 (one per group), got %s" % (a.groups, a.group_widths))
+        arch = dataclasses.replace(arch, group_widths=tuple(mults))
     arch = _fit_arch(arch, a)
-    epochs = _epochs(a.epochs)
+    epochs = _numbers("--epochs", a.epochs)
     common = dict(epochs=epochs, seed=a.seed, batch=a.batch, lr=a.lr, val=a.val, arch=arch)   # [N] is recorded as N
     if a.kind == "portfolio":
         from models.portfolio import PortfolioConfig, PortfolioTrainer
@@ -522,6 +530,11 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--width", type=float, default=1.0,
                    help="multiply every conv width and the hidden layer by this (default 1.0); "
                         "training time grows about with the square")
+    t.add_argument("--group-widths", default=None, metavar="M,M,...",
+                   help="group model: one width multiplier per group (on top of --width), e.g. "
+                        "0.35,0.5,0.7,1.0: unequal groups, each later one larger, so k=1 is the "
+                        "cheapest network and every added group a stronger member (default: equal "
+                        "groups; see docs/model-set.md)")
     t.add_argument("--name", default=None, help="model set name (default: the --out folder name)")
     t.add_argument("--checkpoint-dir", default=None, help="default: OUT/checkpoints")
     t.add_argument("--resume", action="store_true", help="continue the run in the checkpoint folder")

@@ -16,9 +16,11 @@ from .arch import Arch
 
 
 class Column(nn.Module):
-    def __init__(self, arch: Arch):
+    """Group ``group`` (1-based) of every layer of ``arch``; ``self.arch`` is that group alone."""
+
+    def __init__(self, arch: Arch, group: int = 1):
         super().__init__()
-        self.arch = arch
+        self.arch = arch = arch.group(group)
         convs, bns = [], []
         cin = arch.in_channels
         for w, k in zip(arch.widths, arch.kernels):
@@ -44,8 +46,8 @@ class Column(nn.Module):
 def mean_head(columns: Sequence[Column]) -> nn.Linear:
     """The head that averages the columns' own logits, as one Linear over their features."""
     k = len(columns)
-    a = columns[0].arch
-    head = nn.Linear(a.hidden * k, a.classes, device=columns[0].fc2.weight.device)
+    head = nn.Linear(sum(c.arch.hidden for c in columns), columns[0].arch.classes,
+                     device=columns[0].fc2.weight.device)
     with torch.no_grad():
         head.weight.copy_(torch.cat([c.fc2.weight for c in columns], dim=1) / k)
         head.bias.copy_(torch.stack([c.fc2.bias for c in columns]).mean(0))
@@ -95,8 +97,8 @@ def state_equal(a: Dict[str, torch.Tensor], b: Dict[str, torch.Tensor]) -> bool:
 
 def columns_from_states(arch: Arch, states: List[Dict[str, torch.Tensor]]) -> List[Column]:
     cols = []
-    for st in states:
-        c = Column(arch)
+    for g, st in enumerate(states, 1):
+        c = Column(arch, g)
         c.load_state_dict(st)
         c.eval()
         cols.append(c)

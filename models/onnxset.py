@@ -3,12 +3,16 @@
 Input: per-group folded float32 tensors (see :func:`models.network.fold_column`) and one
 head per k. Output in ``out_dir``:
 
-* ``weights.bin``: every tensor of the G-group network once (each per-layer tensor is the
-  concatenation of the groups along the output channels), plus the G heads; 64-byte aligned.
+* ``weights.bin``: every tensor of the G-group network once, plus the G heads; 64-byte
+  aligned. Equal groups: each per-layer tensor is the concatenation of the groups along the
+  output channels, run as one grouped Conv. Unequal groups (``Arch.group_widths``): each
+  group's tensors are its own (``g{g}.conv{i}.w`` ...), run as a chain of its own, and the
+  chains' features are concatenated before the head.
 * ``k1.onnx`` .. ``kG.onnx``: standard ONNX graphs whose initializers are *external data*
-  pointing into ``weights.bin``: the k-network's tensor of a layer is the prefix of the
-  G-network's (out-channel-major, C order), so its (offset, length) is the same offset and
-  a shorter length. Any ONNX tool loads each file alone; all of them share one weight file.
+  pointing into ``weights.bin``: a concatenated tensor of the k-network is the prefix of the
+  G-network's (out-channel-major, C order), so its (offset, length) is the same offset and a
+  shorter length; a group's own tensor is the same bytes in every kN that has the group.
+  Any ONNX tool loads each file alone; all of them share one weight file.
 """
 from __future__ import annotations
 
@@ -31,14 +35,22 @@ def level_file(k: int) -> str:
     return "k%d.onnx" % k
 
 
+def _fc1_as_conv(a: Arch, w: np.ndarray) -> np.ndarray:
+    """FC1 of a group is a conv over its final feature map: [hidden, C, s, s]."""
+    return w.reshape(a.hidden, a.widths[-1], a.final_size, a.final_size)
+
+
 def _concat_groups(arch: Arch, groups: Sequence[Dict[str, np.ndarray]]) -> Dict[str, np.ndarray]:
-    s = arch.final_size
     full: Dict[str, np.ndarray] = {}
+    if not arch.equal_groups:
+        for g, t in enumerate(groups, 1):
+            mine = dict(t, **{"fc1.w": _fc1_as_conv(arch.group(g), t["fc1.w"])})
+            full.update(("g%d.%s" % (g, key), mine[key]) for key in t if not key.startswith("fc2."))
+        return full
     for i in range(len(arch.widths)):
         full["conv%d.w" % i] = np.concatenate([g["conv%d.w" % i] for g in groups])
         full["conv%d.b" % i] = np.concatenate([g["conv%d.b" % i] for g in groups])
-    # FC1 of a group is a conv over its final feature map: [hidden, C, s, s].
-    full["fc1.w"] = np.concatenate([g["fc1.w"].reshape(arch.hidden, arch.widths[-1], s, s) for g in groups])
+    full["fc1.w"] = np.concatenate([_fc1_as_conv(arch.group(1), g["fc1.w"]) for g in groups])
     full["fc1.b"] = np.concatenate([g["fc1.b"] for g in groups])
     return full
 
@@ -77,30 +89,43 @@ def _graph(arch: Arch, k: int, shapes: Dict[str, Tuple[int, ...]],
         inits.append(tensor(name, key, shape))
         return name
 
-    x = INPUT
-    cin = arch.in_channels
-    for i, (w, ks, pool) in enumerate(zip(arch.widths, arch.kernels, arch.pools)):
-        wshape = (w * k, cin if i == 0 else arch.widths[i - 1], ks, ks)
-        wn = init("conv%d.w" % i, "conv%d.w" % i, wshape)
-        bn = init("conv%d.b" % i, "conv%d.b" % i, (w * k,))
-        p = ks // 2
-        nodes.append(helper.make_node("Conv", [x, wn, bn], ["conv%d" % i], group=1 if i == 0 else k,
-                                      kernel_shape=[ks, ks], pads=[p, p, p, p], name="conv%d" % i))
-        nodes.append(helper.make_node("Relu", ["conv%d" % i], ["relu%d" % i], name="relu%d" % i))
-        x = "relu%d" % i
-        if pool:
-            nodes.append(helper.make_node("MaxPool", [x], ["pool%d" % i], kernel_shape=[3, 3],
-                                          strides=[2, 2], pads=[1, 1, 1, 1], name="pool%d" % i))
-            x = "pool%d" % i
-    s = arch.final_size
-    fw = init("fc1.w", "fc1.w", (arch.hidden * k, arch.widths[-1], s, s))
-    fb = init("fc1.b", "fc1.b", (arch.hidden * k,))
-    nodes.append(helper.make_node("Conv", [x, fw, fb], ["fc1"], group=k, kernel_shape=[s, s], name="fc1"))
-    nodes.append(helper.make_node("Relu", ["fc1"], ["features4d"], name="relu_fc1"))
-    nodes.append(helper.make_node("Flatten", ["features4d"], ["features"], axis=1, name="flatten"))
+    def column(a: Arch, n: int, tag: str, key: str) -> str:
+        """Convs and FC1 of ``n`` equal groups of ``a`` (one grouped Conv per layer) on the
+        input; ``tag`` suffixes the node names, ``key`` prefixes the weights.bin keys."""
+        x, cin = INPUT, a.in_channels
+        for i, (w, ks, pool) in enumerate(zip(a.widths, a.kernels, a.pools)):
+            wn = init(key + "conv%d.w" % i, key + "conv%d.w" % i, (w * n, cin, ks, ks))
+            bn = init(key + "conv%d.b" % i, key + "conv%d.b" % i, (w * n,))
+            p, c = ks // 2, "conv%d%s" % (i, tag)
+            nodes.append(helper.make_node("Conv", [x, wn, bn], [c], group=1 if i == 0 else n,
+                                          kernel_shape=[ks, ks], pads=[p, p, p, p], name=c))
+            x = "relu%d%s" % (i, tag)
+            nodes.append(helper.make_node("Relu", [c], [x], name=x))
+            if pool:
+                nodes.append(helper.make_node("MaxPool", [x], ["pool%d%s" % (i, tag)], kernel_shape=[3, 3],
+                                              strides=[2, 2], pads=[1, 1, 1, 1], name="pool%d%s" % (i, tag)))
+                x = "pool%d%s" % (i, tag)
+            cin = w
+        s = a.final_size
+        fw = init(key + "fc1.w", key + "fc1.w", (a.hidden * n, a.widths[-1], s, s))
+        fb = init(key + "fc1.b", key + "fc1.b", (a.hidden * n,))
+        nodes.append(helper.make_node("Conv", [x, fw, fb], ["fc1" + tag], group=n, kernel_shape=[s, s],
+                                      name="fc1" + tag))
+        nodes.append(helper.make_node("Relu", ["fc1" + tag], ["features4d" + tag], name="relu_fc1" + tag))
+        nodes.append(helper.make_node("Flatten", ["features4d" + tag], ["features" + tag], axis=1,
+                                      name="flatten" + tag))
+        return "features" + tag
+
+    if arch.equal_groups:
+        features = column(arch.group(1), k, "", "")
+    else:   # one chain per group; their features concatenated
+        feats = [column(arch.group(g), 1, "_g%d" % g, "g%d." % g) for g in range(1, k + 1)]
+        features = feats[0] if k == 1 else "features"
+        if k > 1:
+            nodes.append(helper.make_node("Concat", feats, [features], axis=1, name=features))
     hw = init("head.w", "head%d.w" % k, shapes["head%d.w" % k])
     hb = init("head.b", "head%d.b" % k, shapes["head%d.b" % k])
-    nodes.append(helper.make_node("Gemm", ["features", hw, hb], [OUTPUT], transB=1, name="head"))
+    nodes.append(helper.make_node("Gemm", [features, hw, hb], [OUTPUT], transB=1, name="head"))
     graph = helper.make_graph(
         nodes, "dnnscale_k%d" % k,
         [helper.make_tensor_value_info(INPUT, TensorProto.FLOAT, ["N", arch.in_channels, arch.image, arch.image])],
@@ -120,8 +145,8 @@ def write_group_set(out_dir: str, arch: Arch, groups: Sequence[Dict[str, np.ndar
     os.makedirs(out_dir, exist_ok=True)
     tensors = _concat_groups(arch, groups)
     for k, h in enumerate(heads, 1):
-        if h["w"].shape != (arch.classes, arch.hidden * k):
-            raise ValueError("head %d has shape %s, expected %s" % (k, h["w"].shape, (arch.classes, arch.hidden * k)))
+        if h["w"].shape != (arch.classes, arch.features(k)):
+            raise ValueError("head %d has shape %s, expected %s" % (k, h["w"].shape, (arch.classes, arch.features(k))))
         tensors["head%d.w" % k] = h["w"]
         tensors["head%d.b" % k] = h["b"]
     offsets = _write_weights(os.path.join(out_dir, WEIGHTS), tensors)

@@ -110,6 +110,9 @@ def config_differences(old: Dict, cfg: TrainConfig) -> List[Tuple[str, object, o
     """(key, old value, new value) for every setting of ``cfg`` that differs from a run's
     recorded ``old`` config; a setting added after the run started had its default there."""
     defaults = type(cfg)(arch=cfg.arch).to_dict()
+    old = dict(old)
+    if "arch" in old:   # likewise an architecture setting (group_widths) added after the run started
+        old["arch"] = Arch.from_dict(old["arch"]).to_dict()
     return [(k, old.get(k, defaults[k]), v) for k, v in cfg.to_dict().items() if old.get(k, defaults[k]) != v]
 
 
@@ -231,6 +234,9 @@ class Trainer:
         self.log = log or (lambda s: tqdm.write(s, file=sys.stderr))
         if cfg.groups < 1:
             raise TrainError("--groups must be >= 1, got %d" % cfg.groups)
+        if cfg.arch.group_widths and len(cfg.arch.group_widths) != cfg.groups:
+            raise TrainError("--group-widths lists %d numbers for %d groups: give one per group"
+                             % (len(cfg.arch.group_widths), cfg.groups))
         cfg.check_epochs()
         if threads:
             torch.set_num_threads(threads)
@@ -405,7 +411,7 @@ class Trainer:
     def _train_group(self, g: int, earlier: List[Dict]) -> Dict:
         cfg = self.cfg
         torch.manual_seed(cfg.seed * 1000 + g)
-        col = Column(cfg.arch).to(self.device, memory_format=torch.channels_last)
+        col = Column(cfg.arch, g).to(self.device, memory_format=torch.channels_last)
         opt = self._optimizer(col)
         gen = torch.Generator().manual_seed(cfg.seed * 1000 + g)
         start, history = self._resume(self._path(g, "partial"), col, opt, gen)
@@ -422,7 +428,9 @@ class Trainer:
     def _swa_group(self, g: int, earlier: List[Dict], done: Dict) -> Dict:
         """The SWA stage of finished group g (see the module's docstring)."""
         cfg = self.cfg
-        col = columns_from_states(cfg.arch, [done["column"]])[0].to(self.device, memory_format=torch.channels_last)
+        col = Column(cfg.arch, g)
+        col.load_state_dict(done["column"])
+        col = col.to(self.device, memory_format=torch.channels_last)
         opt = self._optimizer(col)
         torch.manual_seed(cfg.seed * 1000 + 500 + g)
         gen = torch.Generator().manual_seed(cfg.seed * 1000 + 500 + g)

@@ -38,7 +38,8 @@ def tiny_data(tmp_path_factory):
 def tiny_config(groups=3, epochs=1, **kw):
     from models.arch import TINY
     from models.train import TrainConfig
-    return TrainConfig(groups=groups, epochs=epochs, val=100, batch=50, head_epochs=2, arch=TINY, **kw)
+    kw.setdefault("arch", TINY)
+    return TrainConfig(groups=groups, epochs=epochs, val=100, batch=50, head_epochs=2, **kw)
 
 
 @pytest.fixture(scope="session")
@@ -67,19 +68,21 @@ def write_random_set(out_dir: str, groups: int = 3, seed: int = 0, arch=None) ->
         return (rng.standard_normal(shape) * 0.3).astype(np.float32)
 
     per_group = []
-    for _ in range(groups):
-        g, cin = {}, arch.in_channels
-        for i, (w, k) in enumerate(zip(arch.widths, arch.kernels)):
+    for grp in range(1, groups + 1):
+        g, a = {}, arch.group(grp)
+        cin = a.in_channels
+        for i, (w, k) in enumerate(zip(a.widths, a.kernels)):
             g["conv%d.w" % i], g["conv%d.b" % i] = t(w, cin, k, k), t(w)
             cin = w
-        g["fc1.w"], g["fc1.b"] = t(arch.hidden, arch.widths[-1] * s * s), t(arch.hidden)
+        g["fc1.w"], g["fc1.b"] = t(a.hidden, a.widths[-1] * s * s), t(a.hidden)
         per_group.append(g)
-    heads = [{"w": t(arch.classes, arch.hidden * k), "b": t(arch.classes)} for k in range(1, groups + 1)]
+    heads = [{"w": t(arch.classes, arch.features(k)), "b": t(arch.classes)} for k in range(1, groups + 1)]
     files = onnxset.write_group_set(out_dir, arch, per_group, heads)
     m = {"format": mf.FORMAT, "kind": "group", "name": "random", "shares_weights": True,
-         "input": {"name": "input", "shape": [3, 32, 32], "layout": "NCHW", "dtype": "float32",
-                   "mean": list(MEAN), "std": list(STD), "classes": list(DEFAULT_CLASSES)},
-         "output": {"name": "logits", "shape": ["N", 10]}, "arch": arch.to_dict(),
+         "input": {"name": "input", "shape": [arch.in_channels, arch.image, arch.image], "layout": "NCHW",
+                   "dtype": "float32", "mean": list(MEAN[:arch.in_channels]), "std": list(STD[:arch.in_channels]),
+                   "classes": (list(DEFAULT_CLASSES) + ["class %d" % i for i in range(10, arch.classes)])[:arch.classes]},
+         "output": {"name": "logits", "shape": ["N", arch.classes]}, "arch": arch.to_dict(),
          "levels": [dict(level=k, file=onnxset.level_file(k), accuracy=50.0 + k, confidence=1.0,
                          **arch.cost(k)) for k in range(1, groups + 1)],
          "files": {f: {} for f in files}}

@@ -79,6 +79,10 @@ def test_train_bad_width_is_one_line(tiny_data, tmp_path):
     (["--epochs", "1,x"], "--epochs: expected a number or numbers separated by commas, got '1,x'"),
     (["--kind", "portfolio", "--epochs", "3,4"], "a portfolio trains one dense network"),
     (["--erase", "1.5"], "--erase must be a probability between 0 and 1, got 1.5"),
+    (["--groups", "3", "--group-widths", "0.5,1"], "--group-widths needs 3 numbers > 0 (one per group), got 0.5,1"),
+    (["--groups", "2", "--group-widths", "0,1"], "--group-widths needs 2 numbers > 0"),
+    (["--group-widths", "a,b"], "--group-widths: expected a number or numbers separated by commas, got 'a,b'"),
+    (["--kind", "portfolio", "--group-widths", "1"], "--group-widths: a portfolio is one dense network"),
 ])
 def test_train_bad_swa_is_one_line(tiny_data, tmp_path, args, expect):
     r = run("train", "--data", tiny_data, "--out", str(tmp_path / "o"), "--size", "tiny", *args)

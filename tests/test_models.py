@@ -70,20 +70,25 @@ def test_real_cifar10(shared_cifar):
 
 
 # ----------------------------------------------------------------------------- training
-def test_round_trip_and_prefix_exactness(tiny_trained):
-    """train -> export -> load -> run: every level equals the torch network of its first k
-    groups and its head (1e-5)."""
+def _levels_equal_torch(ms, result):
+    """Every level of ``ms`` equals the torch network of its first k groups and its head (1e-5)."""
     import torch
     from models.network import GroupedNet
-    out, result, cfg = tiny_trained
-    ms = ModelSet.load(out)
-    assert ms.groups == 3 and ms.kind == "group"
     x = np.random.default_rng(5).standard_normal((7, 3, 32, 32)).astype(np.float32)
-    for k in range(1, 4):
+    for k in range(1, ms.groups + 1):
         ref = GroupedNet(result["columns"][:k], result["heads"][k - 1]).eval()
         with torch.no_grad():
             want = ref(torch.from_numpy(x)).numpy()
         np.testing.assert_allclose(ms.run(k, x), want, rtol=1e-5, atol=1e-5)
+
+
+def test_round_trip_and_prefix_exactness(tiny_trained):
+    """train -> export -> load -> run: every level equals the torch network of its first k
+    groups and its head (1e-5)."""
+    out, result, cfg = tiny_trained
+    ms = ModelSet.load(out)
+    assert ms.groups == 3 and ms.kind == "group"
+    _levels_equal_torch(ms, result)
     for lv in ms.manifest["levels"]:
         assert 0 <= lv["accuracy"] <= 100 and lv["macs"] > 0 and lv["params"] > 0
     assert ms.manifest["levels"][-1]["confidence"] == 1.0
@@ -93,6 +98,71 @@ def test_round_trip_and_prefix_exactness(tiny_trained):
     assert all(s > 0 for s in spent["per_phase"])
     assert list(spent["per_device"]) == ["cpu"]   # every epoch records where it ran
     assert spent["per_device"]["cpu"] == pytest.approx(spent["total"], abs=0.2)
+
+
+@pytest.fixture(scope="module")
+def tiny_unequal(tiny_data, tmp_path_factory):
+    """A trained and exported tiny G=3 set of unequal groups (x0.5, x1, x2)."""
+    import dataclasses
+    pytest.importorskip("torch")
+    from models import export
+    from models.arch import TINY
+    from models.train import Trainer
+    out = str(tmp_path_factory.mktemp("tinyunequal"))
+    cfg = tiny_config(epochs=2, arch=dataclasses.replace(TINY, group_widths=(0.5, 1.0, 2.0)), ens_weight=1.0)
+    result = Trainer(tiny_data, os.path.join(out, "checkpoints"), cfg, log=lambda s: None).run()
+    export.export_group_set(result, out, cfg, name="tiny-unequal", command="test")
+    return out, result, cfg
+
+
+def test_unequal_groups_round_trip_and_share_weights(tiny_unequal):
+    """group_widths: group g has its own widths; every level equals the torch network of its
+    first k groups, every kN points into the one weights.bin, a group's tensors are the same
+    bytes in every level that has it, and the manifest's cost is the unequal groups'."""
+    import onnx
+    out, result, cfg = tiny_unequal
+    ms = ModelSet.load(out)
+    _levels_equal_torch(ms, result)
+    assert [c.fc1.out_features for c in result["columns"]] == [8, 16, 32]        # TINY hidden 16 x 0.5, 1, 2
+    assert [c.convs[0].out_channels for c in result["columns"]] == [2, 4, 8]
+    where = {}
+    for k in (1, 2, 3):
+        model = onnx.load(os.path.join(out, "k%d.onnx" % k), load_external_data=False)
+        for t in model.graph.initializer:
+            ext = {e.key: e.value for e in t.external_data}
+            assert ext["location"] == "weights.bin"
+            if not t.name.startswith("head"):
+                assert where.setdefault(t.name, (ext["offset"], ext["length"])) == (ext["offset"], ext["length"])
+    assert {n.split(".")[0] for n in where} == {"g1", "g2", "g3"}
+    levels = ms.manifest["levels"]
+    assert [lv["macs"] for lv in levels] == [cfg.arch.cost(k)["macs"] for k in (1, 2, 3)]
+    assert levels[2]["macs"] - levels[1]["macs"] > levels[1]["macs"] - levels[0]["macs"] > 0
+    assert ms.manifest["arch"]["group_widths"] == [0.5, 1.0, 2.0]
+
+
+def test_unequal_groups_leave_the_earlier_ones_and_resume_bit_identical(tiny_data, tiny_unequal, tmp_path):
+    import dataclasses
+    from models.network import state_equal
+    from models.train import Trainer, TrainError
+    _, three, cfg = tiny_unequal
+    ck = str(tmp_path / "ck")
+    with pytest.raises(Stop):
+        Trainer(tiny_data, ck, cfg, log=stop_in_group2).run()
+    resumed = Trainer(tiny_data, ck, cfg, resume=True, log=lambda s: None).run()
+    for a, b in zip(resumed["columns"], three["columns"]):
+        assert state_equal(a.state_dict(), b.state_dict())
+    with pytest.raises(TrainError, match="--group-widths lists 3 numbers for 2 groups"):
+        Trainer(tiny_data, str(tmp_path / "two"), dataclasses.replace(cfg, groups=2), log=lambda s: None)
+
+
+def test_equal_groups_are_one_grouped_conv_per_layer(random_set):
+    """Without group_widths (the shipped sets) a level is one grouped Conv per layer, as before."""
+    import onnx
+    from models.arch import TINY
+    model = onnx.load(os.path.join(random_set, "k3.onnx"), load_external_data=False)
+    convs = [n for n in model.graph.node if n.op_type == "Conv"]
+    assert len(convs) == len(TINY.widths) + 1     # the convs and FC1
+    assert [a.i for n in convs[1:] for a in n.attribute if a.name == "group"] == [3] * len(TINY.widths)
 
 
 def test_training_learns(tiny_trained):
@@ -447,6 +517,23 @@ def test_runs_in_flight_still_resumable(folder, command):
     assert os.path.exists(run), run
     cfg = train_setup(build_parser().parse_args(shlex.split(command)))[0]
     assert config_differences(json.load(open(run))["config"], cfg) == []
+
+
+def test_arch_groups_of_their_own_widths():
+    from models.arch import TINY, Arch
+    a = Arch(group_widths=(0.5, 1.0, 2.0))
+    assert a.group(1).widths == Arch().scaled(0.5).widths and a.group(3).hidden == 256
+    assert a.group(2) == Arch() and a.features(3) == 64 + 128 + 256 and not a.equal_groups
+    # one group's cost is that of its one-column network; the k-network adds its head's
+    assert a.cost(1) == Arch().scaled(0.5).cost(1)
+    assert a.cost(2)["params"] - a.cost(1)["params"] == Arch().cost(1)["params"] - 10
+    assert Arch(group_widths=(1, 1)).equal_groups and Arch(group_widths=(1, 1)).cost(2) == Arch().cost(2)
+    assert Arch(group_widths=(0.5, 0.5)).cost(2) == Arch().scaled(0.5).cost(2)
+    assert Arch.from_dict(a.to_dict()) == a and Arch.from_dict(TINY.to_dict()).group_widths == ()
+    with pytest.raises(ValueError, match="group widths must be > 0"):
+        Arch(group_widths=(1, 0))
+    with pytest.raises(ValueError, match="group 4: the network has 3 groups"):
+        a.group(4)
 
 
 def test_arch_scaled_multiplies_widths_and_hidden():
