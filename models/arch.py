@@ -17,10 +17,6 @@ from dataclasses import asdict, dataclass, replace
 from typing import Dict, Tuple
 
 
-def _times(n: int, mult: float) -> int:
-    return max(1, round(n * mult))
-
-
 @dataclass(frozen=True)
 class Arch:
     widths: Tuple[int, ...] = (16, 48, 96, 64, 64)   # conv output channels per group
@@ -51,9 +47,7 @@ class Arch:
             return self
         if not 1 <= g <= len(self.group_widths):
             raise ValueError("group %d: the network has %d groups" % (g, len(self.group_widths)))
-        m = self.group_widths[g - 1]
-        return replace(self, widths=tuple(_times(w, m) for w in self.widths), hidden=_times(self.hidden, m),
-                       group_widths=())
+        return replace(self, group_widths=()).scaled(self.group_widths[g - 1])
 
     def features(self, k: int) -> int:
         """Width of the k-group network's concatenated features (its head's input)."""
@@ -84,7 +78,8 @@ class Arch:
         """The same network with every conv width and the hidden layer times ``mult``."""
         if not mult > 0:
             raise ValueError("width multiplier must be > 0, got %r" % mult)
-        return replace(self, widths=tuple(_times(w, mult) for w in self.widths), hidden=_times(self.hidden, mult))
+        return replace(self, widths=tuple(max(1, round(w * mult)) for w in self.widths),
+                       hidden=max(1, round(self.hidden * mult)))
 
     def cost(self, k: int) -> Dict[str, int]:
         """MACs per image and parameters of the k-group network (BN folded into the convs)."""
