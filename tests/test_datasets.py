@@ -75,21 +75,24 @@ def test_layouts_and_one_line_errors(tmp_path):
 
 
 def test_train_serve_infer_a_grayscale_folder(tmp_path):
-    """5 classes of 1x28x28 images: dnnscale train → the model set → the real daemon serves
-    it unchanged → dnnscale infer classifies a 28x28 grayscale PNG."""
+    """5 classes of 1x28x28 images, unequal groups (the shipped Fashion-MNIST set's kind):
+    dnnscale train → the model set → the real daemon serves it unchanged → dnnscale infer
+    classifies a 28x28 grayscale PNG."""
     pytest.importorskip("torch")
     from PIL import Image
     data = str(tmp_path / "data")
     names = write_folder(data)
     out = str(tmp_path / "set")
     r = subprocess.run(dnnscale_cmd() + ["train", "--data", data, "--out", out, "--groups", "2", "--epochs", "2",
-                                         "--size", "tiny", "--val", "40", "--batch", "32", "--threads", "2"],
+                                         "--size", "tiny", "--group-widths", "1,1.5", "--val", "40", "--batch", "32",
+                                         "--threads", "2"],
                        cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stderr[-2000:]
     from models import ModelSet
     ms = ModelSet.load(out)
     assert ms.input_shape == (1, 28, 28) and ms.classes == names and ms.groups == 2
     assert ms.manifest["arch"]["classes"] == 5 and ms.level(1)["accuracy"] > 35   # chance: 20
+    assert ms.manifest["arch"]["group_widths"] == [1, 1.5] and ms.level(2)["macs"] > 2 * ms.level(1)["macs"]
     assert len(ms.manifest["input"]["mean"]) == 1 and ms.manifest["input"]["mean"][0] != 0.4914   # its own data's
     root = trees.build("generic", str(tmp_path / "sysfs"))
     d = Daemon(str(tmp_path / "run"), out, sysfs_root=root)
