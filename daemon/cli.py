@@ -16,11 +16,6 @@ class CliError(Exception):
         self.code = code
 
 
-def _default_model() -> str:
-    from models import zoo
-    return zoo.default_path()
-
-
 # ---------------------------------------------------------------------------- train / eval
 def _numbers(flag: str, text: str, kind=int) -> list:
     try:
@@ -101,11 +96,11 @@ def cmd_train(a: argparse.Namespace) -> int:
 
 
 def cmd_eval(a: argparse.Namespace) -> int:
-    from models import evaluate
+    from models import evaluate, zoo
     from models.cifar import DataError
     from models.modelset import ModelSetError
     try:
-        rows = evaluate.evaluate(a.model or _default_model(), a.data, threads=a.threads,
+        rows = evaluate.evaluate(zoo.resolve(a.model), a.data, threads=a.threads,
                                  limit=a.limit, latency_runs=a.latency_runs)
     except (DataError, ModelSetError) as e:
         raise CliError(str(e))
@@ -547,7 +542,7 @@ def build_parser() -> argparse.ArgumentParser:
     e = sub.add_parser("eval", help="accuracy, confidence, MACs, params and latency per k",
                        description="Evaluate a model set on the test split of its data (CIFAR-10 batches, "
                                    "IDX files or an image folder), for every k.")
-    e.add_argument("--model", default=None, help="model set folder (default: the shipped model)")
+    e.add_argument("--model", default=None, help="model-set folder or shipped name (default: the shipped model)")
     e.add_argument("--data", required=True, help="the test data, in any layout train reads")
     e.add_argument("--threads", type=int, default=None)
     e.add_argument("--limit", type=int, default=None, help="evaluate only the first N test images")

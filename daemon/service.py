@@ -24,17 +24,6 @@ log = logging.getLogger("dnnscale.service")
 BUDGET_FILE = "budget.json"
 
 
-def resolve_model(name: Optional[str]) -> str:
-    if name is None:
-        return zoo.default_path()
-    if os.path.isdir(name):
-        return name
-    if os.sep not in name and name in zoo.available():
-        return zoo.path(name)
-    raise ModelSetError("model %s is neither a model-set folder nor a shipped set (shipped: %s)"
-                        % (name, ", ".join(zoo.available()) or "none"))
-
-
 def lanes_for(platform, threads: Optional[int] = None) -> Dict[str, int]:
     """CPU target → onnxruntime threads: one per CPU it runs on (online, and present on this
     machine), at most ``threads`` where given. Pinned to one CPU, a 2-thread pool would
@@ -79,7 +68,7 @@ class Service:
         ModelSetError or Interrupted with one line. The board is touched only after the
         model set loaded, and only through the platform, which :meth:`stop` restores."""
         cfg = self.cfg
-        self.model_dir = resolve_model(cfg.model)
+        self.model_dir = zoo.resolve(cfg.model)
         try:
             self.platform = platforms.create(cfg.platform, root=cfg.sysfs_root, state_dir=cfg.state_dir)
         except (ValueError, platforms.PlatformError) as e:

@@ -46,6 +46,13 @@ def test_eval_bad_model(tiny_data, tmp_path):
     assert r.returncode == 2 and "manifest.yaml is missing" in r.stderr
 
 
+def test_eval_takes_a_shipped_name_like_serve(tiny_data):
+    r = run("eval", "--model", "cifar10-g4", "--data", tiny_data, "--limit", "20", "--latency-runs", "0")
+    assert r.returncode == 0 and "top-1" in r.stdout, r.stderr
+    r = run("eval", "--model", "nope", "--data", tiny_data)
+    assert r.returncode == 2 and "model nope is neither a model-set folder nor a shipped set (shipped: cifar10-g4" in r.stderr
+
+
 def test_profile_on_simulated_board(random_set, tmp_path):
     state = str(tmp_path / "state")
     r = run("profile", "--model", random_set, "--platform", "sim-jetson-nano", "--state-dir", state, "--runs", "2")

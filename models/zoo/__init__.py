@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import os
-from typing import List
+from typing import List, Optional
 
 from ..manifest import MANIFEST, ModelSetError
 
@@ -24,3 +24,15 @@ def path(name: str) -> str:
 
 def default_path() -> str:
     return path(DEFAULT)
+
+
+def resolve(name: Optional[str]) -> str:
+    """A ``--model`` value: a model-set folder, a shipped set's name, or None (the default set)."""
+    if name is None:
+        return default_path()
+    if os.path.isdir(name):
+        return name
+    if os.sep not in name and name in available():
+        return path(name)
+    raise ModelSetError("model %s is neither a model-set folder nor a shipped set (shipped: %s)"
+                        % (name, ", ".join(available()) or "none"))
