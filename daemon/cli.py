@@ -153,11 +153,20 @@ def _setup_logging(level: str) -> None:
                         format="%(levelname)s %(name)s: %(message)s")
 
 
-def _load_config(a: argparse.Namespace):
-    from .config import ConfigError, load
+def _read_config(a: argparse.Namespace):
+    """The configuration as serve/profile see it: the file, then the options given; raises
+    ConfigError. Also what a reload calls, so that a reload reads what a start reads."""
+    from .config import load
     keys = ("model", "platform", "sysfs_root", "infer_endpoint", "control_endpoint", "state_dir", "threads")
+    return load(getattr(a, "config", None), {k: getattr(a, k, None) for k in keys})
+
+
+def _load_config(a: argparse.Namespace):
+    from .config import ConfigError
+    if getattr(a, "system", False):
+        os.environ["DNNSCALE_SYSTEM"] = "1"
     try:
-        return load(getattr(a, "config", None), {k: getattr(a, k, None) for k in keys})
+        return _read_config(a)
     except ConfigError as e:
         raise CliError(str(e))
 
@@ -228,7 +237,7 @@ def cmd_serve(a: argparse.Namespace) -> int:
     signal.signal(signal.SIGHUP, lambda *_: reload.set())
     notifier = Notifier()
     notifier.status("loading %s" % (cfg.model or "the shipped model"))
-    service = Service(cfg, stop_event=stop)
+    service = Service(cfg, stop_event=stop, config_loader=lambda: _read_config(a))
     server = metrics_server = None
     try:
         try:
@@ -268,6 +277,7 @@ def cmd_profile(a: argparse.Namespace) -> int:
     cfg = _load_config(a)
     _setup_logging(cfg.log_level)
     cfg.profile_runs = a.runs
+    _refuse_if_serving(cfg)
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
     service = Service(cfg, remeasure=True, stop_event=stop)
@@ -288,8 +298,25 @@ def cmd_profile(a: argparse.Namespace) -> int:
                                                               (c.freq_khz or 0) == top), lv.macs)[0] * 1e3)
                for lv in levels]
         print("  %-6s %s%s" % (t, ", ".join(lat), " (at %d MHz)" % (top // 1000) if top else ""))
-    print("reload a running daemon with: dnnscale reload  (or systemctl reload dnnscale)")
+    print("the daemon serving from %s uses it from its next start" % cfg.state_dir)
     return 0
+
+
+def _refuse_if_serving(cfg) -> None:
+    """A profile measures the board: never under a daemon that is serving from it (it would
+    move the frequencies under the daemon and restore them behind its back)."""
+    from .client import AccessDenied, Client, ClientError
+    try:
+        with Client(control_endpoint=cfg.control_endpoint, timeout_s=2.0) as c:
+            st = c.status()
+    except AccessDenied:
+        raise CliError("a dnnscale daemon may be running at %s, and this user cannot ask it: run as its user "
+                       "or root" % cfg.control_endpoint)
+    except ClientError:
+        return
+    raise CliError("a dnnscale daemon is serving from %s (up %.0f s, control socket %s): stop it first "
+                   "(sudo systemctl stop dnnscale), profile, then start it again"
+                   % (st.get("state_dir", cfg.state_dir), st.get("uptime_s", 0), cfg.control_endpoint))
 
 
 # ---------------------------------------------------------------------------- clients
@@ -326,24 +353,30 @@ def cmd_infer(a: argparse.Namespace) -> int:
         print("note: %s" % n, file=sys.stderr)
     if not len(x):
         raise CliError("no image to classify")
-    rows, header = [], None
+    rows, header, batch_ms, energy = [], None, 0.0, 0.0
     for start in range(0, len(x), max_batch):       # what the daemon takes in one request
         res = _call(lambda: c.infer(x[start:start + max_batch], groups=a.groups))
         header = header or res.header
+        batch_ms += res.latency_ms
+        energy = None if energy is None or res.energy_mj is None else energy + res.energy_mj
         classes = res.header.get("names") or []
+        n = len(res.labels)
         for i, (lab, top) in enumerate(zip(res.labels, imgs.top_k(res.logits))):
             rows.append({"file": names[start + i], "label": lab,
                          "name": classes[i] if i < len(classes) else str(lab),
                          "top": [{"class": j, "p": round(pr, 4)} for j, pr in top],
-                         "config": res.config, "latency_ms": res.latency_ms, "energy_mj": res.energy_mj})
+                         "config": res.config, "latency_ms": res.latency_ms, "batch_images": n,
+                         "latency_ms_per_image": round(res.latency_ms / n, 4), "energy_mj": res.energy_mj})
     if a.json:
         print(json.dumps({"images": rows, "problems": [{"file": p, "error": w} for p, w in problems]}))
     else:
         cfg = header["config"]
-        print("config: k=%d on %s at %s, %.3f ms%s%s" % (
+        per_image = batch_ms / len(rows)
+        print("config: k=%d on %s at %s, %.3f ms per image%s%s%s" % (
             cfg["groups"], cfg["target"], "%d MHz" % (cfg["freq_khz"] // 1000) if cfg.get("freq_khz")
-            else "fixed frequency", header["latency_ms"],
-            "" if header.get("energy_mj") is None else ", %.3f mJ" % header["energy_mj"],
+            else "fixed frequency", per_image,
+            " (%d images: %.3f ms in all)" % (len(rows), batch_ms) if len(rows) > 1 else "",
+            "" if energy is None else ", %.3f mJ per image" % (energy / len(rows)),
             " (SIMULATED)" if header.get("simulated") else ""))
         for r in rows:
             alts = ", ".join("%s %.2f" % (names_of[t["class"]] if t["class"] < len(names_of) else t["class"], t["p"])
@@ -391,8 +424,9 @@ def format_status(s) -> str:
     if s.get("pinned"):
         lines.append("pinned: %s (dnnscale release to undo)" % _pin_text(s["pinned"]))
     if lat:
-        lines.append("latency ms: p50 %.3f  p95 %.3f  p99 %.3f   miss rate %.2f%%   served %d" % (
-            lat["p50"], lat["p95"], lat["p99"], 100 * s["miss_rate"], s["served"]))
+        lines.append("latency ms: p50 %.3f  p95 %.3f  p99 %.3f   miss rate %.2f%%   served %d requests%s" % (
+            lat["p50"], lat["p95"], lat["p99"], 100 * s["miss_rate"], s["served"],
+            " (%d images)" % s["images"] if s.get("images") is not None else ""))
     else:
         lines.append("no inference served yet")
     lines.append("energy: %s" % ("%.3f mJ per inference (mean)" % s["energy_mj_mean"] if s.get("energy_mj_mean")
@@ -471,11 +505,25 @@ def cmd_reload(a: argparse.Namespace) -> int:
 
 
 # ---------------------------------------------------------------------------- parser
+def _version() -> str:
+    try:
+        from importlib.metadata import version
+        return version("dnnscale")
+    except Exception:              # a checkout that was never installed
+        return "unknown (not installed)"
+
+
+SYSTEM_HELP = ("the system service's configuration, state and sockets (/etc/dnnscale/config.yaml, "
+               "/var/lib/dnnscale, /run/dnnscale), as systemd runs it; without it a user's own "
+               "(~/.config/dnnscale, ~/.local/state/dnnscale), root's included")
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="dnnscale",
         description="Runtime for dynamic (group-incremental) DNNs on embedded boards. "
                     "`dnnscale serve` runs the daemon; the other verbs talk to it or build models.")
+    p.add_argument("--version", action="version", version="dnnscale %s" % _version())
     sub = p.add_subparsers(dest="verb", metavar="VERB")
     sub.required = True
 
@@ -555,15 +603,18 @@ def build_parser() -> argparse.ArgumentParser:
                                     "inference and control requests over ZeroMQ until SIGTERM.",
                         epilog="config file keys (YAML; an example with every key: systemd/config.yaml):\n"
                                + "\n".join("  %-22s %s" % (k, v) for k, v in KEY_DOCS.items()))
-    sv.add_argument("--config", default=None, help="YAML config file (default: /etc/dnnscale/config.yaml "
-                    "or ~/.config/dnnscale/config.yaml if present)")
+    sv.add_argument("--config", default=None, help="YAML config file (default: $DNNSCALE_CONFIG, else "
+                    "/etc/dnnscale/config.yaml for the system service, ~/.config/dnnscale/config.yaml otherwise, "
+                    "if present)")
+    sv.add_argument("--system", action="store_true", help=SYSTEM_HELP)
     sv.add_argument("--model", default=None, help="model-set folder or shipped name (default: the shipped model)")
     sv.add_argument("--platform", default=None, help="platform name (default: detect)")
     sv.add_argument("--sysfs-root", default=None, help="root of the sysfs tree (default /)")
-    sv.add_argument("--infer-endpoint", default=None, help="default tcp://127.0.0.1:5555")
+    sv.add_argument("--infer-endpoint", default=None, help="default tcp://127.0.0.1:5555 (the system service: "
+                    "ipc:///run/dnnscale/infer.sock)")
     sv.add_argument("--control-endpoint", default=None, help="default ipc://<runtime dir>/control.sock")
-    sv.add_argument("--state-dir", default=None, help="default $STATE_DIRECTORY, else /var/lib/dnnscale for "
-                    "root (the service's), else ~/.local/state/dnnscale")
+    sv.add_argument("--state-dir", default=None, help="default $STATE_DIRECTORY, else /var/lib/dnnscale with "
+                    "--system, else ~/.local/state/dnnscale")
     sv.add_argument("--threads", type=int, default=None, help="onnxruntime threads per CPU target, at most "
                     "(default: each target as many as its CPUs)")
     sv.set_defaults(func=cmd_serve)
@@ -571,10 +622,12 @@ def build_parser() -> argparse.ArgumentParser:
     pr = sub.add_parser("profile", help="measure latency/power per configuration on this board",
                         description="Measure the planned configurations on the live platform, fit the "
                                     "latency and power model, predict the rest, and save the profile to "
-                                    "the state directory, where the daemon picks it up (dnnscale reload).")
+                                    "the state directory, where the daemon picks it up at its next start. "
+                                    "Refused while a daemon serves from that state directory.")
     for flag in ("--config", "--model", "--platform", "--sysfs-root", "--state-dir"):
         pr.add_argument(flag, default=None)
     pr.add_argument("--threads", type=int, default=None)
+    pr.add_argument("--system", action="store_true", help=SYSTEM_HELP + "; refused while the service runs")
     pr.add_argument("--runs", type=int, default=20, help="timed runs per configuration (median)")
     pr.set_defaults(func=cmd_profile)
 

@@ -36,6 +36,41 @@ class DaemonUnavailable(ClientError):
     """No reply within the time-out."""
 
 
+class AccessDenied(ClientError):
+    """The daemon's socket exists but this user may not connect to it."""
+
+
+def _denied(path: str) -> AccessDenied:
+    """One line: which socket, which group grants it, and the remedy."""
+    import grp
+    import pwd
+    st = None
+    for p in (path, os.path.dirname(path)):
+        try:
+            st = os.stat(p)
+            break
+        except OSError:
+            continue
+    try:
+        user = pwd.getpwuid(os.getuid()).pw_name
+    except KeyError:
+        user = str(os.getuid())
+    if st is None:
+        return AccessDenied("permission denied on %s (as user %s)" % (path, user))
+    try:
+        group = grp.getgrgid(st.st_gid).gr_name
+        listed = user in grp.getgrgid(st.st_gid).gr_mem
+    except KeyError:
+        group, listed = str(st.st_gid), False
+    if listed or st.st_gid in os.getgroups():
+        remedy = "%s is in it, but not in this session: log in again (or run `newgrp %s`)" % (user, group)
+    else:
+        remedy = "%s is not in it; an administrator adds you with: sudo usermod -aG %s %s (then log in again)" \
+                 % (user, group, user)
+    return AccessDenied("permission denied on %s: the dnnscale daemon admits group '%s' only; %s"
+                        % (path, group, remedy))
+
+
 class DaemonError(ClientError):
     """The daemon refused the request; ``code`` is the stable error code."""
 
@@ -62,8 +97,13 @@ def _probe(endpoint: str) -> None:
     hint = "(is `dnnscale serve` running?)"
     if endpoint.startswith("ipc://") and not endpoint.startswith("ipc://@"):
         path = endpoint[len("ipc://"):]
-        if not os.path.exists(path):
-            raise DaemonUnavailable("no dnnscale daemon at %s: %s does not exist %s" % (endpoint, path, hint))
+        try:
+            os.stat(path)
+        except FileNotFoundError:
+            raise DaemonUnavailable("no dnnscale daemon at %s: %s does not exist %s" % (endpoint, path, hint)) \
+                from None
+        except PermissionError:
+            raise _denied(path) from None
         probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         target = path
     elif endpoint.startswith("tcp://"):
@@ -80,6 +120,8 @@ def _probe(endpoint: str) -> None:
         probe.connect(target)
     except (ConnectionRefusedError, FileNotFoundError):
         raise DaemonUnavailable("no dnnscale daemon at %s: nothing listens there %s" % (endpoint, hint)) from None
+    except PermissionError:
+        raise _denied(target) from None
     except OSError:
         pass                      # unreachable for another reason: let the request time out
     finally:
@@ -90,9 +132,12 @@ class Client:
     def __init__(self, endpoint: Optional[str] = None, control_endpoint: Optional[str] = None,
                  timeout_s: float = 5.0, ctx: Optional[zmq.Context] = None,
                  curve_secret_key: Optional[str] = None, curve_server_key: Optional[str] = None):
-        """``curve_secret_key`` (this client's certificate file) and ``curve_server_key``
-        (the daemon's public certificate) are needed for a tcp:// control endpoint."""
-        self.endpoint = endpoint or DEFAULT_INFER_ENDPOINT
+        """``endpoint``: the inference socket (default: the one the daemon at
+        ``control_endpoint`` says it binds, else tcp://127.0.0.1:5555). ``curve_secret_key``
+        (this client's certificate file) and ``curve_server_key`` (the daemon's public
+        certificate) are needed for a tcp:// control endpoint, and for a tcp:// inference
+        endpoint where the daemon has CURVE keys."""
+        self._endpoint = endpoint
         self.control_endpoint = control_endpoint or default_control_endpoint(for_client=True)
         self.timeout_s = timeout_s
         self.ctx = ctx or zmq.Context.instance()
@@ -106,6 +151,26 @@ class Client:
             server_pub, _ = load_certificate(curve_server_key)
             self._curve = (pub, sec, server_pub)
 
+    @property
+    def endpoint(self) -> str:
+        if self._endpoint is None:
+            self._endpoint = self._daemons_infer_endpoint()
+        return self._endpoint
+
+    def _daemons_infer_endpoint(self) -> str:
+        """Ask the daemon where it takes inference requests (the system service: an ipc
+        socket); a daemon too old to say, or none at all: the tcp default."""
+        try:
+            ep = self.status().get("infer_endpoint")
+        except (DaemonUnavailable, DaemonError):
+            return DEFAULT_INFER_ENDPOINT
+        if not isinstance(ep, str) or not ep.startswith(("tcp://", "ipc://")):
+            return DEFAULT_INFER_ENDPOINT
+        host, _, port = ep[len("tcp://"):].rpartition(":") if ep.startswith("tcp://") else ("", "", "")
+        if host in ("*", "0.0.0.0", "[::]"):      # bound on every address: reach it on loopback
+            ep = "tcp://%s:%s" % ("[::1]" if host == "[::]" else "127.0.0.1", port)
+        return ep
+
     def _sock(self, endpoint: str) -> zmq.Socket:
         s = self._socks.get(endpoint)
         if s is None:
@@ -117,7 +182,7 @@ class Client:
             _probe(endpoint)
             s = self.ctx.socket(zmq.DEALER)
             s.setsockopt(zmq.LINGER, 0)
-            if self._curve and endpoint == self.control_endpoint:
+            if self._curve and (endpoint == self.control_endpoint or endpoint.startswith("tcp://")):
                 s.curve_publickey, s.curve_secretkey, s.curve_serverkey = self._curve
             s.connect(endpoint)
             self._socks[endpoint] = s

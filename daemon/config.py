@@ -1,9 +1,11 @@
 """The daemon's configuration: defaults, the YAML file, command-line overrides; every key
 validated, and an error names the key and what is allowed.
 
-Default locations (the first that exists): ``$DNNSCALE_CONFIG``, ``/etc/dnnscale/config.yaml``,
-``$XDG_CONFIG_HOME/dnnscale/config.yaml``. Directories follow systemd when run by it
-(``$STATE_DIRECTORY``, ``$RUNTIME_DIRECTORY``) and per-user XDG locations otherwise.
+Two modes that never share config, state or sockets unless asked: the system service (run
+by systemd, or ``--system``) reads ``/etc/dnnscale/config.yaml`` and uses ``$STATE_DIRECTORY``
+and ``$RUNTIME_DIRECTORY`` (/var/lib/dnnscale, /run/dnnscale); a user's own daemon, root's
+included, reads ``$XDG_CONFIG_HOME/dnnscale/config.yaml`` and uses per-user XDG locations.
+``$DNNSCALE_CONFIG`` names a file for either.
 """
 from __future__ import annotations
 
@@ -27,15 +29,25 @@ def _user_dir(env: str, fallback: str) -> str:
 
 
 SYSTEM_STATE = "/var/lib/dnnscale"     # the unit's StateDirectory=dnnscale
+SYSTEM_CONFIG = "/etc/dnnscale/config.yaml"
+
+
+def system_mode() -> bool:
+    """The system service: started by systemd with its directories (``$STATE_DIRECTORY``,
+    ``$RUNTIME_DIRECTORY``), or asked for with ``--system`` (which sets ``DNNSCALE_SYSTEM=1``).
+    Only the system service reads /etc/dnnscale and uses /var/lib/dnnscale and /run/dnnscale:
+    a user's own ``dnnscale serve``, root's included, keeps to per-user places."""
+    return bool(os.environ.get("STATE_DIRECTORY") or os.environ.get("RUNTIME_DIRECTORY")
+                or os.environ.get("DNNSCALE_SYSTEM") == "1")
 
 
 def default_state_dir() -> str:
-    """systemd's $STATE_DIRECTORY; for root the service's own /var/lib/dnnscale (so that
-    `sudo dnnscale profile` writes the profile the service reads); else a per-user folder."""
+    """systemd's $STATE_DIRECTORY; the service's /var/lib/dnnscale in system mode (so that
+    `sudo dnnscale profile --system` writes the profile the service reads); else per-user."""
     d = os.environ.get("STATE_DIRECTORY", "").split(":")[0]
     if d:
         return d
-    if os.geteuid() == 0:
+    if system_mode():
         return SYSTEM_STATE
     return _user_dir("XDG_STATE_HOME", ".local/state")
 
@@ -44,20 +56,34 @@ def default_runtime_dir() -> str:
     d = os.environ.get("RUNTIME_DIRECTORY", "").split(":")[0]
     if d:
         return d
-    if os.geteuid() == 0:
+    if system_mode():
         return SYSTEM_RUNTIME
     if os.environ.get("XDG_RUNTIME_DIR"):
         return os.path.join(os.environ["XDG_RUNTIME_DIR"], "dnnscale")
     return "/tmp/dnnscale-%d" % os.getuid()
 
 
+def default_infer_endpoint(runtime_dir: Optional[str] = None) -> str:
+    """The system service listens on an ipc socket in its runtime directory (mode 0660, its
+    group: only members may send); a user's own daemon on tcp loopback."""
+    if system_mode():
+        return "ipc://" + os.path.join(runtime_dir or default_runtime_dir(), "infer.sock")
+    return DEFAULT_INFER_ENDPOINT
+
+
+def _system_service_present() -> bool:
+    return os.path.isdir(SYSTEM_RUNTIME) and not os.environ.get("RUNTIME_DIRECTORY")
+
+
 def default_control_endpoint(for_client: bool = False) -> str:
-    """The daemon binds its control socket in its runtime directory. A client looks for the
-    system service's socket first, then the per-user one."""
-    if for_client and os.path.exists(os.path.join(SYSTEM_RUNTIME, "control.sock")) \
-            and not os.environ.get("RUNTIME_DIRECTORY"):
+    """The daemon binds its control socket in its runtime directory. A client takes the
+    user's own daemon where its socket exists, else the system service's where it runs
+    (/run/dnnscale exists: a user outside its group is then told so, not "no daemon")."""
+    own = "ipc://" + os.path.join(default_runtime_dir(), "control.sock")
+    if for_client and not system_mode() and not os.path.exists(own[len("ipc://"):]) \
+            and _system_service_present():
         return "ipc://" + os.path.join(SYSTEM_RUNTIME, "control.sock")
-    return "ipc://" + os.path.join(default_runtime_dir(), "control.sock")
+    return own
 
 
 @dataclass
@@ -65,9 +91,10 @@ class Config:
     model: Optional[str] = None            # a model-set folder or a shipped set's name
     platform: Optional[str] = None         # None: detect
     sysfs_root: str = "/"
-    infer_endpoint: str = DEFAULT_INFER_ENDPOINT
+    infer_endpoint: Optional[str] = None   # None: tcp loopback, or ipc in the runtime dir (system)
     control_endpoint: Optional[str] = None  # None: ipc:// in the runtime directory
     control_group: Optional[str] = None    # group owning the ipc control socket (mode 0660)
+    infer_group: Optional[str] = None      # group owning an ipc inference socket (default control_group)
     curve_secret_key: Optional[str] = None  # required for a tcp:// control endpoint
     curve_authorized_keys: Optional[str] = None
     state_dir: Optional[str] = None
@@ -88,6 +115,8 @@ class Config:
         self.state_dir = self.state_dir or default_state_dir()
         self.runtime_dir = self.runtime_dir or default_runtime_dir()
         self.control_endpoint = self.control_endpoint or "ipc://" + os.path.join(self.runtime_dir, "control.sock")
+        self.infer_endpoint = self.infer_endpoint or default_infer_endpoint(self.runtime_dir)
+        self.infer_group = self.infer_group or self.control_group
         return self
 
 
@@ -96,14 +125,17 @@ KEY_DOCS = {
     "model": "a model-set folder or a shipped set's name (default: the shipped CIFAR-10 set)",
     "platform": "odroid-xu3, jetson-nano, generic, sim-odroid-xu3 or sim-jetson-nano (default: detect)",
     "sysfs_root": "root of the sysfs tree, for fake trees (default /)",
-    "infer_endpoint": "inference socket, tcp://HOST:PORT or ipc://PATH (default tcp://127.0.0.1:5555)",
+    "infer_endpoint": "inference socket, tcp://HOST:PORT or ipc://PATH (default: the system service "
+                      "ipc://<runtime_dir>/infer.sock, else tcp://127.0.0.1:5555; tcp off loopback needs CURVE)",
     "control_endpoint": "control socket (default ipc://<runtime_dir>/control.sock; tcp:// needs CURVE)",
     "control_group": "group that owns the ipc control socket, mode 0660 (default: the daemon's group)",
-    "curve_secret_key": "the daemon's CURVE certificate file, required for a tcp:// control endpoint",
-    "curve_authorized_keys": "folder of the clients' public CURVE certificates",
-    "state_dir": "saved board settings, budget, profile ($STATE_DIRECTORY; root: /var/lib/dnnscale; "
-                 "else ~/.local/state/dnnscale)",
-    "runtime_dir": "where the ipc control socket lives ($RUNTIME_DIRECTORY; root: /run/dnnscale; "
+    "infer_group": "group that owns an ipc inference socket, mode 0660 (default: control_group)",
+    "curve_secret_key": "the daemon's CURVE certificate file: required for a tcp:// control endpoint and a "
+                        "tcp:// inference endpoint off loopback; where set, every tcp:// endpoint uses CURVE",
+    "curve_authorized_keys": "folder of the clients' public CURVE certificates (who may connect over tcp)",
+    "state_dir": "saved board settings, budget, profile ($STATE_DIRECTORY; the system service: "
+                 "/var/lib/dnnscale; else ~/.local/state/dnnscale)",
+    "runtime_dir": "where the ipc sockets live ($RUNTIME_DIRECTORY; the system service: /run/dnnscale; "
                    "else $XDG_RUNTIME_DIR/dnnscale or /tmp/dnnscale-<uid>)",
     "threads": "onnxruntime intra-op threads per CPU target, at most (default: each target as many as its CPUs)",
     "max_batch": "most images in one request, and in one batch (default 64)",
@@ -148,10 +180,14 @@ def _check(key: str, value: Any, where: str) -> Any:
 
 
 def default_paths() -> List[str]:
+    """$DNNSCALE_CONFIG; then the system service's /etc/dnnscale/config.yaml (in system mode
+    only), else the user's own ~/.config/dnnscale/config.yaml."""
     out = []
     if os.environ.get("DNNSCALE_CONFIG"):
         out.append(os.environ["DNNSCALE_CONFIG"])
-    out.append("/etc/dnnscale/config.yaml")
+    if system_mode():
+        out.append(SYSTEM_CONFIG)
+        return out
     xdg = os.environ.get("XDG_CONFIG_HOME") or os.path.join(os.path.expanduser("~"), ".config")
     out.append(os.path.join(xdg, "dnnscale", "config.yaml"))
     return out

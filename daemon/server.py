@@ -43,6 +43,11 @@ def _split(frames: List[bytes]):
     return frames[:1], frames[1:]
 
 
+def _loopback(ep: str) -> bool:
+    host = ep[len("tcp://"):].rpartition(":")[0].strip("[]")
+    return host in ("localhost", "::1") or host.startswith("127.")
+
+
 def _clear_stale_socket(path: str) -> None:
     """Remove a socket file left by a run that died; refuse to touch anything else."""
     if not os.path.lexists(path):
@@ -173,19 +178,35 @@ class Server:
             raise ConfigError("control_endpoint %s is an abstract socket, which has no file permissions (any "
                               "local user could connect): use an ipc:// path" % ep)
         if ep.startswith("tcp://"):
-            self._curve(self.control)
-        self._bind(self.infer, self.cfg.infer_endpoint)
+            self._curve(self.control, "control")
+        iep = self.cfg.infer_endpoint
+        if iep.startswith("ipc://@"):
+            raise ConfigError("infer_endpoint %s is an abstract socket, which has no file permissions (any local "
+                              "user could send): use an ipc:// path, or tcp:// on loopback" % iep)
+        if iep.startswith("tcp://"):
+            if self.cfg.curve_secret_key or not _loopback(iep):
+                self._curve(self.infer, "inference")
+            else:
+                log.info("inference endpoint %s: any local user may send requests (an ipc:// endpoint with "
+                         "infer_group, or CURVE keys, restricts it)", iep)
+        self._bind(self.infer, iep)
         self._bind(self.control, ep)
         self.guard.watch(self.infer)
         self.guard.watch(self.control)
 
-    def _control_file_modes(self, path: str) -> None:
+    def _socket_file_modes(self, path: str, key: str) -> None:
+        """An ipc socket file is 0660: its owner and the group ``key`` names (default: the
+        daemon's own group, the unit's Group=) may connect; nobody else."""
         os.chmod(path, 0o660)
-        if self.cfg.control_group:
+        group = getattr(self.cfg, key)
+        if group:
             try:
-                os.chown(path, -1, grp.getgrnam(self.cfg.control_group).gr_gid)
-            except (KeyError, PermissionError) as e:
-                raise ConfigError("control_group %r: %s" % (self.cfg.control_group, e))
+                os.chown(path, -1, grp.getgrnam(group).gr_gid)
+            except KeyError:
+                raise ConfigError("%s %r: no such group" % (key, group))
+            except PermissionError as e:
+                raise ConfigError("%s %r: cannot give %s to it (%s): the daemon's user must be a member of "
+                                  "that group" % (key, group, path, e.strerror))
 
     def _bind(self, sock: zmq.Socket, ep: str) -> None:
         old_umask = None
@@ -211,8 +232,8 @@ class Server:
             path = ep[len("ipc://"):]
             if path not in self._bound_paths:
                 self._bound_paths.append(path)
-            if sock is getattr(self, "control", None):
-                self._control_file_modes(path)
+            self._socket_file_modes(path, "control_group" if sock is getattr(self, "control", None)
+                                    else "infer_group")
 
     def _rebind_if_asked(self, kind: str) -> None:
         """Called by the thread that owns the socket: bind an ipc endpoint FdGuard hid."""
@@ -232,12 +253,15 @@ class Server:
         except ConfigError as e:
             log.error("could not bind %s again: %s", ep, e)
 
-    def _curve(self, sock: zmq.Socket) -> None:
-        """A TCP control endpoint is refused unless CURVE keys are configured."""
+    def _curve(self, sock: zmq.Socket, what: str) -> None:
+        """CURVE on a tcp endpoint: required for control and for inference off loopback, used
+        wherever keys are configured; only clients whose public key is in
+        curve_authorized_keys get through."""
         if not (self.cfg.curve_secret_key and self.cfg.curve_authorized_keys):
-            raise ConfigError("refusing a tcp:// control endpoint without CURVE: set curve_secret_key "
+            raise ConfigError("refusing a tcp:// %s endpoint%s without CURVE: set curve_secret_key "
                               "(a zmq certificate file) and curve_authorized_keys (a folder of client "
-                              "public certificates), or use an ipc:// control endpoint")
+                              "public certificates), or use an ipc:// endpoint"
+                              % (what, "" if what == "control" else " off loopback"))
         import zmq.auth
         from zmq.auth.thread import ThreadAuthenticator
         try:
@@ -248,9 +272,10 @@ class Server:
             raise ConfigError("curve_secret_key %s holds no secret key" % self.cfg.curve_secret_key)
         if not os.path.isdir(self.cfg.curve_authorized_keys):
             raise ConfigError("curve_authorized_keys %s is not a folder" % self.cfg.curve_authorized_keys)
-        self._auth = ThreadAuthenticator(self.ctx)
-        self._auth.start()
-        self._auth.configure_curve(domain="*", location=self.cfg.curve_authorized_keys)
+        if self._auth is None:
+            self._auth = ThreadAuthenticator(self.ctx)
+            self._auth.start()
+            self._auth.configure_curve(domain="*", location=self.cfg.curve_authorized_keys)
         sock.curve_secretkey, sock.curve_publickey, sock.curve_server = secret, public, True
 
     # ------------------------------------------------------------------ inference thread

@@ -15,13 +15,16 @@ from governor import Budget, Governor, build_space, levels_from_manifest
 from models import ModelSet, ModelSetError, zoo
 
 from . import profiler, state
-from .config import Config, ConfigError
+from .config import KEY_DOCS, Config, ConfigError
 from .executor import Executor
 from .metrics import Counters
 from .protocol import InferRequest, InputSpec, ProtocolError
 
 log = logging.getLogger("dnnscale.service")
 BUDGET_FILE = "budget.json"
+# Configuration keys a reload applies; the others need a restart (sockets, the board, the
+# profile's space, the queue sizes the server was built with).
+LIVE_KEYS = ("model", "threads", "batch_requests", "log_level", "profile_runs")
 
 
 def lanes_for(platform, threads: Optional[int] = None) -> Dict[str, int]:
@@ -44,10 +47,13 @@ class Service:
     whatever ``start`` got to, so one ``finally`` covers every exit path)."""
 
     def __init__(self, cfg: Config, progress=None, remeasure: bool = False,
-                 stop_event: Optional[threading.Event] = None):
+                 stop_event: Optional[threading.Event] = None,
+                 config_loader: Optional[Callable[[], Config]] = None):
         """``remeasure``: measure a profile even when a stored one matches (dnnscale profile).
-        ``stop_event``: set by SIGTERM; a start-up profile stops at the next configuration."""
+        ``stop_event``: set by SIGTERM; a start-up profile stops at the next configuration.
+        ``config_loader``: reads the configuration again (reload); None keeps ``cfg``."""
         self.cfg = cfg
+        self.config_loader = config_loader
         self.progress = progress
         self.remeasure = remeasure
         self.stop_event = stop_event or threading.Event()
@@ -87,6 +93,7 @@ class Service:
         self.platform.start()
         self.space = self._space()
         self.profile_key = profiler.key(self.models.manifest, self.platform.name, self.space)
+        self.profile_per_frequency = any(c.freq_khz for c in self.space)   # the stored profile's kind
         profile = None if self.remeasure else profiler.load(cfg.state_dir, self.profile_key)
         self.executor = Executor(self.models, self.platform, None, lock=self.lock)
         self.executor.on_dvfs_off = self._dvfs_off
@@ -277,12 +284,26 @@ class Service:
         return reply
 
     def reload(self) -> Dict:
-        """Re-verify and reload the model set and the stored profile, and retry DVFS if a failure
-        had turned it off; on failure keep serving with what is loaded and say why. The one
-        reload path: the control command and SIGHUP both come here."""
+        """Re-read the configuration file, re-verify and reload the model set (with the
+        same lanes as start: one onnxruntime pool per target, sized to its CPUs) and the
+        stored profile, and retry DVFS if a failure had turned it off; on failure keep
+        serving with what is loaded and say why. The one reload path: the control command and
+        SIGHUP both come here. Keys that need new sockets, a new board or a new profile space
+        are named in ``needs_restart`` and left as they are."""
+        cfg, needs_restart = self.cfg, []
+        if self.config_loader is not None:
+            try:
+                cfg = self.config_loader()
+            except ConfigError as e:
+                raise ProtocolError("reload_failed", "kept the running configuration: %s" % e)
+            needs_restart = [k for k in KEY_DOCS if k not in LIVE_KEYS and getattr(cfg, k) != getattr(self.cfg, k)]
+            if needs_restart:
+                log.warning("reload: %s changed in the configuration; a restart applies %s",
+                            ", ".join(needs_restart), "them" if len(needs_restart) > 1 else "it")
         try:
-            models = ModelSet.load(self.model_dir, threads=self.models.threads,
-                                   gpu="gpu" in self.models.targets)
+            model_dir = zoo.resolve(cfg.model)
+            models = ModelSet.load(model_dir, threads=cfg.threads or self._default_threads(),
+                                   gpu="gpu" in self.models.targets, lanes=lanes_for(self.platform, cfg.threads))
         except ModelSetError as e:
             raise ProtocolError("reload_failed", "kept the loaded model set: %s" % e)
         except Exception as e:   # onnxruntime's own errors, a bug in validation: never fatal
@@ -294,6 +315,10 @@ class Service:
                                 "input or classes (restart the daemon to change models)")
         with self.lock:
             self.models = self.executor.models = models
+            self.model_dir = model_dir
+            for k in LIVE_KEYS:            # the object the server reads too
+                setattr(self.cfg, k, getattr(cfg, k))
+            logging.getLogger().setLevel(getattr(logging, self.cfg.log_level.upper(), logging.INFO))
             if self.platform.dvfs_error and self.cfg.dvfs and self.platform.dvfs_error.startswith("frequency"):
                 self.platform.dvfs_error = None
                 self.space = self._space()
@@ -301,11 +326,14 @@ class Service:
                 gov.set_budget(self.governor.budget)
                 self.governor = self.executor.governor = gov
             profile = profiler.load(self.cfg.state_dir, self.profile_key)
-            if profile is not None and {c.freq_khz for c in self.space} != {None}:
+            if profile is not None:        # a new profile applies whether DVFS is on or off
                 self.full_profile = profile
+                if self.profile_per_frequency and not any(c.freq_khz for c in self.space):
+                    profile = profile.at_fixed_frequency(self.frequencies())
                 self.governor.set_profile(profile)
             return {"model": self.models.name, "profile": self.governor.profile.source,
-                    "dvfs": bool(self.platform.dvfs_enabled)}
+                    "profile_created": getattr(self.governor.profile, "created", None),
+                    "dvfs": bool(self.platform.dvfs_enabled), "needs_restart": needs_restart}
 
     @property
     def energy_measured(self) -> bool:
@@ -340,10 +368,12 @@ class Service:
                       "accuracy": [l.accuracy for l in self.levels], "onnxruntime_pool": self.models.pool,
                       "input_shape": list(self.models.input_shape), "classes": list(self.models.classes)},
             "max_batch": self.cfg.max_batch,
+            "infer_endpoint": self.cfg.infer_endpoint,
             "profile_file": os.path.join(self.cfg.state_dir, profiler.PROFILE_FILE),
             "profile_created": getattr(self.governor.profile, "created", None),
             "state_dir": self.cfg.state_dir,
             "served": self.served,
+            "images": self.counters.images,
             "errors": dict(self.errors),
             "connections": self.fd_guard_status(),
             "uptime_s": round(time.time() - self.started, 1),

@@ -97,6 +97,9 @@ def run(client, interval: float = 1.0, once: bool = False) -> int:
                     history.append((s.get("latency_ms") or {}).get("p95"))
                     live.update(render(s, history))
                 except ClientError as e:
+                    if once:               # one look, and nothing to look at: say so in the exit status
+                        live.update("dnnscale top: %s" % e)
+                        return 1
                     live.update("dnnscale top: %s (retrying)" % e)
                 if once:
                     return 0
