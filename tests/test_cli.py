@@ -168,15 +168,35 @@ def test_sample_photos_are_what_the_readme_says():
         assert top[1][0][1] < 0.8
 
 
-def test_root_uses_the_services_directories(monkeypatch):
-    """`sudo dnnscale profile` must write where the systemd unit reads (/var/lib/dnnscale)."""
+def test_the_system_service_and_a_users_daemon_share_nothing_unless_asked(monkeypatch, tmp_path):
+    """Only the service (systemd's directories, or --system) reads /etc/dnnscale and uses
+    /var/lib/dnnscale and /run/dnnscale; root's own `dnnscale serve` keeps to per-user places.
+    A client takes the user's own daemon where its socket exists, else the service's."""
     from daemon import config
-    for v in ("STATE_DIRECTORY", "RUNTIME_DIRECTORY", "XDG_RUNTIME_DIR"):
+    for v in ("STATE_DIRECTORY", "RUNTIME_DIRECTORY", "XDG_RUNTIME_DIR", "DNNSCALE_SYSTEM", "DNNSCALE_CONFIG"):
         monkeypatch.delenv(v, raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path))
     monkeypatch.setattr(os, "geteuid", lambda: 0)
-    assert config.default_state_dir() == "/var/lib/dnnscale" == config.SYSTEM_STATE
-    assert config.default_runtime_dir() == "/run/dnnscale"
-    monkeypatch.setattr(os, "geteuid", lambda: 1000)
-    assert config.default_state_dir().endswith(os.path.join(".local", "state", "dnnscale"))
-    monkeypatch.setenv("STATE_DIRECTORY", "/var/lib/dnnscale")
-    assert config.default_state_dir() == "/var/lib/dnnscale"
+    assert config.default_state_dir() == str(tmp_path / ".local" / "state" / "dnnscale")
+    assert config.default_runtime_dir() == "/tmp/dnnscale-%d" % os.getuid()
+    assert config.SYSTEM_CONFIG not in config.default_paths()
+    assert config.default_infer_endpoint() == "tcp://127.0.0.1:5555"
+    monkeypatch.setenv("DNNSCALE_SYSTEM", "1")            # serve/profile --system
+    assert config.default_state_dir() == config.SYSTEM_STATE == "/var/lib/dnnscale"
+    assert config.default_runtime_dir() == "/run/dnnscale" and config.default_paths() == [config.SYSTEM_CONFIG]
+    assert config.default_infer_endpoint() == "ipc:///run/dnnscale/infer.sock"
+    monkeypatch.delenv("DNNSCALE_SYSTEM")
+    monkeypatch.setenv("STATE_DIRECTORY", "/var/lib/x")   # started by systemd
+    monkeypatch.setenv("RUNTIME_DIRECTORY", "/run/x")
+    assert config.default_state_dir() == "/var/lib/x" and config.default_infer_endpoint() == "ipc:///run/x/infer.sock"
+    monkeypatch.delenv("STATE_DIRECTORY")
+    monkeypatch.delenv("RUNTIME_DIRECTORY")
+    monkeypatch.setenv("XDG_RUNTIME_DIR", str(tmp_path / "run"))
+    os.makedirs(tmp_path / "run" / "dnnscale")
+    monkeypatch.setattr(config, "SYSTEM_RUNTIME", str(tmp_path / "service"))
+    own = "ipc://%s" % (tmp_path / "run" / "dnnscale" / "control.sock")
+    assert config.default_control_endpoint(for_client=True) == own          # no service
+    os.makedirs(tmp_path / "service")
+    assert config.default_control_endpoint(for_client=True) == "ipc://%s" % (tmp_path / "service" / "control.sock")
+    open(tmp_path / "run" / "dnnscale" / "control.sock", "w").close()       # the user's own daemon runs
+    assert config.default_control_endpoint(for_client=True) == own

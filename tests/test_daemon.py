@@ -356,6 +356,11 @@ def test_tcp_control_needs_curve(random_set, tmp_path):
                                          str(tmp_path / "s")], cwd=ROOT, env=env,
                        capture_output=True, text=True, timeout=120)
     assert r.returncode == 2 and "refusing a tcp:// control endpoint without CURVE" in r.stderr
+    r = subprocess.run(dnnscale_cmd() + ["serve", "--model", random_set, "--infer-endpoint", "tcp://0.0.0.0:0",
+                                         "--control-endpoint", "ipc://%s/c.sock" % tmp_path, "--state-dir",
+                                         str(tmp_path / "s")], cwd=ROOT, env=env,
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2 and "refusing a tcp:// inference endpoint off loopback without CURVE" in r.stderr
 
 
 def test_control_socket_mode(served):

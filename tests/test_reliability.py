@@ -576,30 +576,38 @@ def test_sigkill_then_next_start_restores_first(random_set, tmp_path):
 
 
 # ----------------------------------------------------------------------------- access control
-def test_defaults_are_local_only():
+def test_defaults_are_local_only(monkeypatch):
     from daemon.config import Config
+    for v in ("STATE_DIRECTORY", "RUNTIME_DIRECTORY", "DNNSCALE_SYSTEM"):
+        monkeypatch.delenv(v, raising=False)
     c = Config().resolve()
     assert c.infer_endpoint.startswith("tcp://127.0.0.1:") and c.control_endpoint.startswith("ipc://")
+    monkeypatch.setenv("RUNTIME_DIRECTORY", "/run/dnnscale")     # the service: group-only ipc for both
+    c = Config().resolve()
+    assert c.infer_endpoint == "ipc:///run/dnnscale/infer.sock" and c.control_endpoint.startswith("ipc://")
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="chown to another group needs root")
 def test_control_group(random_set, tmp_path):
     import grp
-    group = next((g.gr_name for g in grp.getgrall() if g.gr_gid != 0), None)
-    if group is None:
-        pytest.skip("no non-root group")
+    groups = [g.gr_name for g in grp.getgrall() if g.gr_gid != 0][:2]
+    if len(groups) < 2:
+        pytest.skip("needs two non-root groups")
     cfg = tmp_path / "c.yaml"
-    cfg.write_text("control_group: %s\n" % group)
+    cfg.write_text("control_group: %s\ninfer_group: %s\n" % tuple(groups))
     d = Daemon(str(tmp_path / "run"), random_set, config=str(cfg))
     try:
         d.wait_ready()
-        st_ = os.stat(d.control_ep[6:])
-        assert st_.st_gid == grp.getgrnam(group).gr_gid and st_.st_mode & 0o777 == 0o660
+        for ep, group in ((d.control_ep, groups[0]), (d.infer_ep, groups[1])):
+            st_ = os.stat(ep[6:])
+            assert st_.st_gid == grp.getgrnam(group).gr_gid and st_.st_mode & 0o777 == 0o660, ep
     finally:
         d.stop()
 
 
-def test_tcp_control_with_curve(random_set, tmp_path):
+def test_tcp_control_and_inference_with_curve(random_set, tmp_path):
+    """CURVE keys admit the clients whose public keys are in the folder, on both tcp
+    endpoints; a client without them is never answered."""
     import socket as _s
     import zmq.auth
     from daemon.client import Client, DaemonUnavailable
@@ -609,22 +617,29 @@ def test_tcp_control_with_curve(random_set, tmp_path):
     server_pub, server_sec = zmq.auth.create_certificates(str(keys), "server")
     client_pub, client_sec = zmq.auth.create_certificates(str(keys), "client")
     shutil.copy(client_pub, str(auth))
-    with _s.socket() as sk:
-        sk.bind(("127.0.0.1", 0))
-        port = sk.getsockname()[1]
+    ports = []
+    for _ in range(2):
+        with _s.socket() as sk:
+            sk.bind(("127.0.0.1", 0))
+            ports.append(sk.getsockname()[1])
     cfg = tmp_path / "c.yaml"
     cfg.write_text("curve_secret_key: %s\ncurve_authorized_keys: %s\n" % (server_sec, auth))
     d = Daemon(str(tmp_path / "run"), random_set, config=str(cfg),
-               extra=["--control-endpoint", "tcp://127.0.0.1:%d" % port])
-    d.control_ep = "tcp://127.0.0.1:%d" % port
+               extra=["--control-endpoint", "tcp://127.0.0.1:%d" % ports[0],
+                      "--infer-endpoint", "tcp://127.0.0.1:%d" % ports[1]])
+    d.control_ep, d.infer_ep = "tcp://127.0.0.1:%d" % ports[0], "tcp://127.0.0.1:%d" % ports[1]
+    x = np.zeros((1, 32, 32, 3), np.uint8)
     try:
         d.wait_ready()
-        ok = Client(d.infer_ep, d.control_ep, timeout_s=10, curve_secret_key=client_sec, curve_server_key=server_pub)
+        ok = Client(None, d.control_ep, timeout_s=10, curve_secret_key=client_sec, curve_server_key=server_pub)
         assert ok.status()["platform"] == "generic"
+        assert len(ok.infer(x).labels) == 1 and ok.endpoint == d.infer_ep   # found through status
         ok.close()
         anon = Client(d.infer_ep, d.control_ep, timeout_s=1.5)   # no keys: never answered
         with pytest.raises(DaemonUnavailable):
             anon.status()
+        with pytest.raises(DaemonUnavailable):
+            anon.infer(x)
         anon.close()
     finally:
         d.stop()
