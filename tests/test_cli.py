@@ -200,3 +200,14 @@ def test_the_system_service_and_a_users_daemon_share_nothing_unless_asked(monkey
     assert config.default_control_endpoint(for_client=True) == "ipc://%s" % (tmp_path / "service" / "control.sock")
     open(tmp_path / "run" / "dnnscale" / "control.sock", "w").close()       # the user's own daemon runs
     assert config.default_control_endpoint(for_client=True) == own
+
+
+def test_version_and_top_once_without_a_daemon(tmp_path):
+    """`--version` names the installed version; `top --once` with nothing to show fails."""
+    env = dict(os.environ, PYTHONPATH=ROOT)
+    r = subprocess.run(dnnscale_cmd() + ["--version"], cwd=ROOT, env=env, capture_output=True, text=True)
+    assert r.returncode == 0 and r.stdout.startswith("dnnscale "), r
+    pytest.importorskip("rich")
+    r = subprocess.run(dnnscale_cmd() + ["top", "--once", "--control-endpoint", "ipc://%s/none.sock" % tmp_path],
+                       cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
+    assert r.returncode == 1 and "no dnnscale daemon" in r.stdout + r.stderr
