@@ -79,10 +79,11 @@ class Originals:
                 del self.saved[p]
                 raise
 
-    def restore(self, files: Optional[Dict[str, str]] = None) -> List[str]:
-        """Write the saved values back (min/max pairs in a valid order, governors last);
-        return the errors. The file on disk goes only when everything was restored."""
-        files = dict(self.saved if files is None else files)
+    def restore(self, keep: Tuple[str, ...] = ()) -> List[str]:
+        """Write the saved values back (min/max pairs in a valid order, governors last),
+        except the files in ``keep``, which stay as they are and stay saved; return the
+        errors. The record on disk goes only when everything was restored."""
+        files = {p: v for p, v in self.saved.items() if p not in keep}
         errors: List[str] = []
         by_dir: Dict[str, Dict[str, str]] = {}
         for p, v in files.items():
@@ -104,7 +105,13 @@ class Originals:
                     self.fs.write(d + "/" + n, vals[n])
                 except PlatformError as e:
                     errors.append(str(e))
-        if not errors:
+        if not errors and keep and any(p in self.saved for p in keep):
+            self.saved = {p: v for p, v in self.saved.items() if p in keep}
+            try:
+                self._flush()
+            except PlatformError as e:
+                log.error("%s", e)
+        elif not errors:
             self.saved.clear()
             if self.path and os.path.exists(self.path):
                 try:
@@ -181,9 +188,12 @@ class SysfsPlatform:
 
     def reset(self) -> List[str]:
         """Put back every file written so far (as ``stop`` does) but keep metering: after the
-        start-up profile, so that serving starts from the board's own settings."""
+        start-up profile, so that serving starts from the board's own settings. The power
+        sensors this run enabled stay enabled (and saved) until :meth:`stop`: a board that
+        boots with them off would otherwise read 0 W for the rest of the run."""
         self._set.clear()
-        return self.originals.restore()
+        return self.originals.restore(keep=tuple(r.enable for r in self._energy_rails() if r.enable)
+                                      if self.meter is not None else ())
 
     def stop(self) -> List[str]:
         if self.meter:
