@@ -29,7 +29,7 @@ class Daemon:
     def __init__(self, workdir: str, model: str, sysfs_root: Optional[str] = None, platform: Optional[str] = None,
                  extra: Optional[List[str]] = None, env: Optional[Dict[str, str]] = None,
                  config: Optional[str] = None, kernel_uid: Optional[int] = None, preexec=None,
-                 source: str = ROOT):
+                 source: str = ROOT, threads: Optional[int] = 1):
         """``kernel_uid``: run through tests.fixtures.kernel, so that the tree answers writes
         by the kernel's rules, as the user ``kernel_uid`` (0: root; else modes count).
         ``source``: the checkout to run the daemon from (benchmarks compare revisions)."""
@@ -49,8 +49,9 @@ class Daemon:
         if source != ROOT:
             cmd = [sys.executable, "-m", "daemon.cli"]
         args = cmd + ["serve", "--model", model, "--state-dir", self.state,
-                                 "--infer-endpoint", self.infer_ep, "--control-endpoint", self.control_ep,
-                                 "--threads", "1"]
+                                 "--infer-endpoint", self.infer_ep, "--control-endpoint", self.control_ep]
+        if threads is not None:
+            args += ["--threads", str(threads)]
         if sysfs_root:
             args += ["--sysfs-root", sysfs_root]
         if platform:

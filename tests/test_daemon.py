@@ -557,3 +557,42 @@ def test_batch_requests_false_runs_every_request_on_its_own(random_set, tmp_path
             assert c.status()["decisions"] - before == 24
     finally:
         d.stop()
+
+
+@pytest.mark.parametrize("dvfs", [True, False])
+def test_reload_rereads_the_config_keeps_lanes_and_pin_and_takes_a_new_profile(random_set, tmp_path, dvfs):
+    """Reload as start builds: each lane's onnxruntime threads (sized to its CPUs, not the
+    largest lane's), the operator's pin and budget kept, a changed config key applied (or named
+    as needing a restart), and a new stored profile taken up whether DVFS is on or off."""
+    root = trees.build("generic", str(tmp_path / "sysfs"))
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("profile_runs: 1\ndvfs: %s\n" % str(dvfs).lower())
+    d = Daemon(str(tmp_path / "run"), random_set, sysfs_root=root, platform="generic", config=str(cfg),
+               threads=None)
+    try:
+        d.wait_ready()
+        with d.client() as c:
+            st = c.status()
+            lanes = {t: v["onnxruntime_threads"] for t, v in st["targets"].items()}
+            assert lanes["cpu:1"] == 1 and lanes["cpu"] == len(os.sched_getaffinity(0)), lanes
+            c.pin(target="cpu:1")
+            c.set_budget(latency_ms=50.0)
+            prof = os.path.join(st["state_dir"], "profile.json")
+            data = json.load(open(prof))
+            data["created"] = "2026-01-02T03:04:05+0000"
+            json.dump(data, open(prof, "w"))
+            cfg.write_text("profile_runs: 1\ndvfs: %s\nlog_level: debug\nmax_batch: 8\n" % str(dvfs).lower())
+            r = c.reload()
+            assert r["needs_restart"] == ["max_batch"] and r["profile_created"] == "2026-01-02T03:04:05+0000"
+            st = c.status()
+            assert {t: v["onnxruntime_threads"] for t, v in st["targets"].items()} == lanes
+            assert st["pinned"] == {"target": "cpu:1"} and st["budget"]["latency_ms"] == 50.0
+            assert st["profile_created"] == "2026-01-02T03:04:05+0000" and st["max_batch"] == 64
+            assert c.infer(np.zeros((1, 32, 32, 3), np.uint8)).config["target"] == "cpu:1"
+            cfg.write_text("max_batch: -1\n")                    # a broken config: nothing changes
+            with pytest.raises(DaemonError, match="reload_failed.*max_batch"):
+                c.reload()
+            assert c.status()["pinned"] == {"target": "cpu:1"}
+    finally:
+        assert d.stop() == 0, d.output()
+    assert "DEBUG" in d.output()          # log_level applied by the reload
