@@ -113,13 +113,13 @@ def format_platform(d) -> str:
     lines = ["platform: %s%s" % (d["platform"], " (SIMULATED)" if d.get("simulated") else "")]
     for name, t in d["targets"].items():
         f = t["freqs_khz"]
-        freqs = "%d-%d MHz, %d steps" % (f[0] // 1000, f[-1] // 1000, len(f)) if f else "fixed frequency"
+        freqs = "%g-%g MHz, %d steps" % (f[0] / 1000, f[-1] / 1000, len(f)) if f else "fixed frequency"
         cpus = "cpus %s" % ",".join(map(str, t["cpus"])) if t["cpus"] else t["kind"]
         lines.append("  target %-6s %-16s %-28s control: %s" % (name, cpus, freqs, t["method"]))
     gpu = d.get("gpu")
     if gpu and "gpu" not in d["targets"]:
-        lines.append("  gpu (not an inference target) %d-%d MHz" % (gpu["freqs_khz"][0] // 1000,
-                                                                  gpu["freqs_khz"][-1] // 1000))
+        lines.append("  gpu (not an inference target) %g-%g MHz" % (gpu["freqs_khz"][0] / 1000,
+                                                                  gpu["freqs_khz"][-1] / 1000))
     lines.append("  power rails: %s" % (", ".join("%s (%s)" % (r["name"], r["kind"]) for r in d["rails"]) or "none"))
     en = d.get("energy", {})
     lines.append("  energy per inference: %s" % ("from " + "+".join(en.get("rails", [])) if en.get("available")
@@ -127,6 +127,13 @@ def format_platform(d) -> str:
     lines.append("  thermal zones: %s" % (", ".join(d["thermal"]) or "none"))
     dv = d.get("dvfs", {})
     lines.append("  dvfs: %s" % ("on" if dv.get("enabled") else "off (%s)" % dv.get("reason")))
+    acc = d.get("access")
+    if acc:
+        can = [t for t, ok in acc["dvfs"].items() if ok]
+        lines.append("  as user %s: frequencies of %s; energy %s" % (
+            acc["user"], ", ".join(can) or "no target", "readable" if acc["energy"] else "not readable"))
+        if acc.get("remedy"):
+            lines.append("  to change that: %s" % acc["remedy"])
     for w in d.get("warnings", []):
         lines.append("  warning: %s" % w)
     return "\n".join(lines)

@@ -27,13 +27,14 @@ BUDGET_FILE = "budget.json"
 LIVE_KEYS = ("model", "threads", "batch_requests", "log_level", "profile_runs")
 
 
-def lanes_for(platform, threads: Optional[int] = None) -> Dict[str, int]:
-    """CPU target → onnxruntime threads: one per CPU it runs on (online, and present on this
-    machine), at most ``threads`` where given. Pinned to one CPU, a 2-thread pool would
-    time-share it (p90 5x the median, docs/model-set.md)."""
+def lanes_for(platform, threads: Optional[int] = None, have: Optional[set] = None) -> Dict[str, int]:
+    """CPU target → onnxruntime threads: one per CPU it runs on (online, and among ``have``,
+    the CPUs this process may use: the calling thread's by default, so a caller whose thread
+    a pin has narrowed passes the process's own), at most ``threads`` where given. Pinned to
+    one CPU, a 2-thread pool would time-share it (p90 5x the median, docs/model-set.md)."""
     if platform.simulated:        # latency is the board model's: one session set
         return {}
-    have = os.sched_getaffinity(0)
+    have = os.sched_getaffinity(0) if have is None else have
     out = {}
     for name, t in platform.targets.items():
         if t.kind == "cpu" and t.cpus:
@@ -68,6 +69,9 @@ class Service:
         self.executor: Optional[Executor] = None
         self.gpu_reason = ""
         self._platform_started = False
+        # The CPUs the process may use, taken before any thread is pinned to a target: a
+        # reload runs on a thread a pin may have narrowed to one cluster.
+        self.cpus_allowed = set(os.sched_getaffinity(0))
 
     def start(self) -> None:
         """Load, probe and (where no stored profile matches) profile; raises ConfigError,
@@ -84,6 +88,11 @@ class Service:
         state.check_writable(cfg.state_dir)
         if not cfg.dvfs:
             self.platform.disable_dvfs("DVFS is off in the configuration (dvfs: false)")
+        elif self.platform.dvfs_enabled:
+            acc = self.platform.access()      # said at start, not after the first refused write
+            if acc["dvfs"] and not any(acc["dvfs"].values()):
+                self.platform.disable_dvfs("this user (%s) cannot write %s: %s" % (
+                    acc["user"], acc["dvfs_blocked"], acc["remedy"]))
         want_gpu = cfg.gpu and "gpu" in self.platform.targets and not self.platform.simulated
         self.models = ModelSet.load(self.model_dir, threads=cfg.threads or self._default_threads(), gpu=want_gpu,
                                     lanes=self._lanes())
@@ -151,14 +160,14 @@ class Service:
     def _default_threads(self) -> int:
         """One onnxruntime thread per CPU of the largest CPU target (a cluster): pinned to a
         4-core cluster, 8 threads would share 4 cores (XU3)."""
-        have = len(os.sched_getaffinity(0))
+        have = len(self.cpus_allowed)
         sizes = [len(t.cpus) for t in self.platform.targets.values() if t.cpus]
         if self.platform.simulated or not sizes:
             return have
         return max(1, min(have, max(sizes)))
 
     def _lanes(self) -> Dict[str, int]:
-        return lanes_for(self.platform, self.cfg.threads)
+        return lanes_for(self.platform, self.cfg.threads, self.cpus_allowed)
 
     def _usable_targets(self):
         targets = dict(self.platform.targets)
@@ -303,7 +312,7 @@ class Service:
         try:
             model_dir = zoo.resolve(cfg.model)
             models = ModelSet.load(model_dir, threads=cfg.threads or self._default_threads(),
-                                   gpu="gpu" in self.models.targets, lanes=lanes_for(self.platform, cfg.threads))
+                                   gpu="gpu" in self.models.targets, lanes=lanes_for(self.platform, cfg.threads, self.cpus_allowed))
         except ModelSetError as e:
             raise ProtocolError("reload_failed", "kept the loaded model set: %s" % e)
         except Exception as e:   # onnxruntime's own errors, a bug in validation: never fatal
@@ -319,6 +328,7 @@ class Service:
             for k in LIVE_KEYS:            # the object the server reads too
                 setattr(self.cfg, k, getattr(cfg, k))
             logging.getLogger().setLevel(getattr(logging, self.cfg.log_level.upper(), logging.INFO))
+            log.debug("reload: %s", ", ".join("%s=%s" % (k, getattr(self.cfg, k)) for k in LIVE_KEYS))
             if self.platform.dvfs_error and self.cfg.dvfs and self.platform.dvfs_error.startswith("frequency"):
                 self.platform.dvfs_error = None
                 self.space = self._space()

@@ -79,6 +79,36 @@ class Originals:
                 del self.saved[p]
                 raise
 
+    def change(self, p: str, value) -> str:
+        """Write ``value`` to ``p``, its original recorded first; return the value it held. A
+        write the kernel refused changed nothing, so it leaves no record (which would fail to
+        restore at every start)."""
+        first = p not in self.saved
+        self.remember(p)
+        old = self.fs.read(p) if not first else self.saved[p]
+        try:
+            self.fs.write(p, value)
+        except PlatformError:
+            if first:
+                self.forget(p)
+            raise
+        return old
+
+    def forget(self, p: str) -> None:
+        """Drop ``p`` from the record: it was never changed after all."""
+        if self.saved.pop(p, None) is None:
+            return
+        if self.saved:
+            try:
+                self._flush()
+            except PlatformError as e:
+                log.error("%s", e)
+        elif self.path and os.path.exists(self.path):
+            try:
+                os.remove(self.path)
+            except OSError as e:
+                log.error("cannot remove %s: %s", self.path, e.strerror or e)
+
     def restore(self, keep: Tuple[str, ...] = ()) -> List[str]:
         """Write the saved values back (min/max pairs in a valid order, governors last),
         except the files in ``keep``, which stay as they are and stay saved; return the
@@ -149,14 +179,56 @@ class SysfsPlatform:
         return self.desc.targets
 
     def describe(self) -> Dict:
+        """What is on the board, and what this process may do with it (``access``): DVFS and
+        energy are "enabled"/"available" only where this user can write and read the files."""
         d = self.desc.to_dict()
         rails = [r.name for r in self._energy_rails()]
+        acc = self.access()
         reason = self.energy_reason or ("" if rails else "no power sensor on this board")
-        d["energy"] = {"available": bool(rails) and not self.energy_reason, "reason": reason,
+        if rails and not acc["energy"] and not reason:
+            reason = "this user (%s) cannot %s" % (acc["user"], acc["energy_blocked"])
+        d["energy"] = {"available": bool(rails) and not reason, "reason": reason,
                        "rails": rails, "metering": self.meter is not None}
-        d["dvfs"] = {"enabled": self.dvfs_enabled, "reason": self.dvfs_reason}
+        dvfs_reason = self.dvfs_reason
+        if self.dvfs_enabled and not any(acc["dvfs"].values()):
+            dvfs_reason = "this user (%s) cannot write %s" % (acc["user"], acc["dvfs_blocked"])
+        d["dvfs"] = {"enabled": self.dvfs_enabled and any(acc["dvfs"].values()), "reason": dvfs_reason}
+        d["access"] = acc
         d["notes"] = self.spec.notes
         return d
+
+    def access(self) -> Dict:
+        """Per target, whether this user may write the files a frequency change writes (the
+        min/max pair every method falls back to); whether it may read the energy rails and
+        switch on the sensors that are off; and, where not, what grants it."""
+        dvfs, dvfs_blocked = {}, ""
+        for name, t in self.targets.items():
+            if not (t.freqs_khz and t.control):
+                continue
+            pair = ("min_freq", "max_freq") if t.kind == "gpu" else ("scaling_min_freq", "scaling_max_freq")
+            files = [d + "/" + f for d in t.control for f in pair]
+            blocked = [f for f in files if not self.fs.can(f, write=True)]
+            dvfs[name] = not blocked
+            dvfs_blocked = dvfs_blocked or (blocked[0] if blocked else "")
+        energy_blocked = ""
+        for r in self._energy_rails():
+            if not self.fs.can(r.path):
+                energy_blocked = "read " + r.path
+            elif r.enable and not self.fs.can(r.enable, write=True):
+                try:
+                    on = self.fs.read(r.enable) == "1"
+                except PlatformError:
+                    on = False
+                if not on:
+                    energy_blocked = "switch on the sensor " + r.enable
+            if energy_blocked:
+                break
+        user = self.fs.user()
+        needs = (dvfs and not all(dvfs.values())) or energy_blocked
+        return {"user": user, "dvfs": dvfs, "dvfs_blocked": dvfs_blocked,
+                "energy": not energy_blocked, "energy_blocked": energy_blocked,
+                "remedy": "run as root, or install systemd/dnnscale-sysfs.conf and systemd/90-dnnscale-devfreq.rules "
+                          "and run as a member of group dvfs (docs/deployment.md, \"Without root\")" if needs else ""}
 
     @property
     def dvfs_enabled(self) -> bool:
@@ -219,8 +291,7 @@ class SysfsPlatform:
         try:
             for r in rails:
                 if r.enable and self.fs.read(r.enable) != "1":
-                    self.originals.remember(r.enable)
-                    self.fs.write(r.enable, 1)
+                    self.originals.change(r.enable, 1)
             self.meter = EnergyMeter(self.fs, rails)
             self.meter.start()
         except PlatformError as e:
@@ -311,11 +382,12 @@ class SysfsPlatform:
             self._write(p, value, journal)
 
     def _write(self, p: str, value, journal) -> None:
-        follows_governor = p.endswith("set_freq") or p.endswith("scaling_setspeed")
-        if not follows_governor:
-            self.originals.remember(p)   # setspeed/set_freq follow the governor; not restored
-            journal.append((p, self.fs.read(p)))
-        self.fs.write(p, value)
+        """One write, recorded first (setspeed/set_freq follow the governor: not restored); a
+        write the kernel refused is neither journalled for rollback nor recorded."""
+        if p.endswith("set_freq") or p.endswith("scaling_setspeed"):
+            self.fs.write(p, value)
+            return
+        journal.append((p, self.originals.change(p, value)))
 
     # ------------------------------------------------------------------ mapping
     def pin(self, target: str) -> List[int]:

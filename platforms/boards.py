@@ -8,9 +8,10 @@ ODROID_XU3 = BoardSpec(
     compatible=("hardkernel,odroid-xu3",),                    # §1 board id
     hardware=("ODROID-XU3", "ODROID-XU3 Lite", "ODROID-XU4"),
     cluster_names={"0xc07": "a7", "0xc0f": "a15"},            # §3: CPU part of A7 / A15
-    gpu_devfreq=("mali",),                                    # §5: resolve by parent device
+    gpu_devfreq=("mali", "11800000.gpu"),                     # §5: by parent device (4.14 Mali, mainline panfrost)
     gpu_is_target=False,                                      # no onnxruntime EP for Mali
     energy_rails=("arm", "kfc", "g3d", "mem"),                # §7: the four INA231 rails
+    ina231_addresses={0x40: "arm", 0x41: "mem", 0x44: "g3d", 0x45: "kfc"},   # §7: the same on every kernel
     thermal_types=("cpu0-thermal", "cpu1-thermal", "cpu2-thermal", "cpu3-thermal", "gpu-thermal"),
     notes="INA231 rails are A15, A7, GPU and DRAM only, not board power (docs/platforms.md)",
 )

@@ -17,11 +17,13 @@ CPU = "/sys/devices/system/cpu"
 
 
 def board_matches(fs: Sysfs, spec: BoardSpec) -> bool:
-    """Device-tree compatible first, then /proc/cpuinfo's Hardware line."""
+    """Device-tree compatible first (case-insensitive: Hardkernel's 3.10 tree says
+    "Hardkernel,odroid-xu3"), then /proc/cpuinfo's Hardware line (mainline ARM kernels say
+    "Samsung Exynos (Flattened Device Tree)" there, so the device tree must suffice)."""
     if spec.compatible and fs.exists("/proc/device-tree/compatible"):
         with open(fs.path("/proc/device-tree/compatible"), "rb") as f:
-            compat = [c.decode("ascii", "replace") for c in f.read().split(b"\0") if c]
-        if any(c in compat for c in spec.compatible):
+            compat = [c.decode("ascii", "replace").lower() for c in f.read().split(b"\0") if c]
+        if any(c.lower() in compat for c in spec.compatible):
             return True
     if spec.hardware and fs.exists("/proc/cpuinfo"):
         hw = re.search(r"^Hardware\s*:\s*(.+)$", fs.read("/proc/cpuinfo"), re.M)
@@ -166,6 +168,20 @@ def gpu_devfreq(fs: Sysfs, spec: BoardSpec, warnings: List[str]) -> Optional[Tar
 
 def rails(fs: Sysfs, spec: BoardSpec) -> List[Rail]:
     out: List[Rail] = []
+    for name_file in fs.glob("/sys/class/hwmon/hwmon*/name"):   # mainline ina2xx (XU3 on 5.x/6.x)
+        d = os.path.dirname(name_file)
+        if fs.read(name_file) not in ("ina230", "ina231", "ina226") or not fs.exists(d + "/power1_input"):
+            continue
+        addr = os.path.basename(fs.realpath(d + "/device")) if fs.exists(d + "/device") else ""
+        m = re.search(r"-00([0-9a-f]{2})$", addr)
+        name = spec.ina231_addresses.get(int(m.group(1), 16)) if m else None
+        period = 0.0
+        if fs.exists(d + "/update_interval"):
+            try:
+                period = fs.read_int(d + "/update_interval") / 1000.0
+            except PlatformError:
+                pass
+        out.append(Rail(name or os.path.basename(d), "hwmon", d + "/power1_input", None, period))
     for name_file in fs.glob("/sys/bus/i2c/drivers/INA231/*/sensor_name"):  # XU3 (bus varies)
         d = os.path.dirname(name_file)
         name = fs.read(name_file).replace("sensor_", "")
@@ -194,7 +210,7 @@ def thermal_zones(fs: Sysfs) -> Dict[str, str]:
         if fs.exists(d + "/type") and fs.exists(d + "/temp"):
             zones.setdefault(fs.read(d + "/type"), d + "/temp")
     tmu = "/sys/devices/10060000.tmu/temp"   # XU3 on 3.10: one file, "sensorN : <m°C>" lines
-    if not zones and fs.exists(tmu):
+    if fs.exists(tmu):                       # beside the one exynos-therm zone 3.10 also has
         for line in fs.read(tmu).splitlines():
             name = line.split(":")[0].strip()
             if name:

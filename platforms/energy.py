@@ -23,6 +23,8 @@ def read_watts(fs: Sysfs, rail: Rail) -> float:
         return fs.read_float(rail.path)              # "%d.%06d" W
     if rail.kind == "ina3221":
         return fs.read_int(rail.path) / 1000.0       # mW
+    if rail.kind == "hwmon":
+        return fs.read_int(rail.path) / 1e6          # µW (hwmon's power*_input)
     raise PlatformError("rail %s (%s) is an energy counter, not a power sensor" % (rail.name, rail.kind))
 
 

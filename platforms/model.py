@@ -15,6 +15,7 @@ class BoardSpec:
     gpu_devfreq: Tuple[str, ...] = ()           # substrings of the GPU devfreq's parent device
     gpu_is_target: bool = False                 # can onnxruntime run on it (CUDA EP)?
     ina3221_channels: Dict[int, str] = field(default_factory=dict)  # channel → rail name
+    ina231_addresses: Dict[int, str] = field(default_factory=dict)  # I2C address → rail (mainline hwmon)
     energy_rails: Tuple[str, ...] = ()          # rails whose sum is "the energy of an inference"
     thread_mapping: bool = False                # expose cpu:1..cpu:N-1 as mapping choices
     thermal_types: Tuple[str, ...] = ()         # zones worth reporting first (all are read)
@@ -42,7 +43,7 @@ class Target:
 @dataclass
 class Rail:
     name: str
-    kind: str                                   # "ina231" (W), "ina3221" (mW), "rapl" (µJ counter)
+    kind: str                                   # "ina231" (W), "ina3221" (mW), "hwmon" (µW), "rapl" (µJ counter)
     path: str                                   # the file read for power or energy
     enable: Optional[str] = None                # INA231: must hold 1 for readings
     period_s: float = 0.0                       # sensor refresh period (0: reads are fresh)

@@ -184,6 +184,11 @@ class SimBoard:
     def restore_pending(self) -> List[str]:
         return []
 
+    def access(self) -> Dict:
+        """A simulated board has no files: everything is allowed."""
+        return {"user": "", "dvfs": {t: True for t in self.targets}, "dvfs_blocked": "", "energy": True,
+                "energy_blocked": "", "remedy": ""}
+
     def start(self) -> List[str]:
         return []
 

@@ -77,6 +77,18 @@ class Sysfs:
     def realpath(self, p: str) -> str:
         return self.unroot(os.path.realpath(self.path(p)))
 
+    def user(self) -> str:
+        """Who reads and writes through this engine (for messages)."""
+        import getpass
+        try:
+            return getpass.getuser()
+        except (KeyError, OSError):
+            return str(os.getuid())
+
+    def can(self, p: str, write: bool = False) -> bool:
+        """Whether this process may read (or write) ``p``: the kernel's own answer (access(2))."""
+        return os.access(self.path(p), os.W_OK if write else os.R_OK)
+
     def read(self, p: str) -> str:
         try:
             with open(self.path(p), "rb") as f:

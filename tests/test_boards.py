@@ -21,6 +21,7 @@ from tests.fixtures.kernel import KernelSysfs, snapshot
 EXPECT = {   # tree → (platform, targets, offline CPUs per target)
     "odroid-xu3": ("odroid-xu3", ["a7", "a15"], {}),
     "odroid-xu3-3.10": ("odroid-xu3", ["a7", "a15"], {}),
+    "odroid-xu3-6.1": ("odroid-xu3", ["a7", "a15"], {}),
     "odroid-xu3-cpu0-offline": ("odroid-xu3", ["a7", "a15"], {"a7": [0]}),
     "jetson-nano": ("jetson-nano", ["cpu", "gpu"], {}),
     "jetson-nano-5w": ("jetson-nano", ["cpu", "gpu"], {"cpu": [2, 3]}),
@@ -136,31 +137,66 @@ def test_serve_on_board_tree(name, random_set, tmp_path):
     assert snapshot(root) == before
 
 
-def test_nonroot_nano_with_the_deployment_rules(random_set, tmp_path):
-    """The documented non-root deployment on the Nano: the shipped tmpfiles/udev rules grant
-    group dvfs the cpufreq/devfreq files; the daemon runs as a user in that group."""
-    root = trees.build("jetson-nano", str(tmp_path / "sysfs"))
+PIN = {"odroid-xu3": ("a15", 1200000), "jetson-nano": ("cpu", 710400)}
+
+
+@pytest.mark.parametrize("name", ["odroid-xu3", "odroid-xu3-3.10", "odroid-xu3-6.1", "jetson-nano",
+                                  "jetson-nano-5w"])
+def test_nonroot_with_the_deployment_rules(name, random_set, tmp_path):
+    """The documented non-root deployment on every board tree: the shipped tmpfiles/udev
+    rules grant group dvfs the cpufreq/devfreq files (policyN, or 3.10's cpuN/cpufreq), the
+    INA231 `enable` and the Nano's root-only INA3221 readings; the daemon runs as a user in
+    that group, sets frequencies and meters energy from the first start."""
+    root = trees.build(name, str(tmp_path / "sysfs"))
     trees.apply_deployment_rules(root)
     before = snapshot(root)
     cfg = tmp_path / "c.yaml"
     cfg.write_text("profile_runs: 1\n")
-    d = Daemon(str(tmp_path / "run"), random_set, sysfs_root=root, config=str(cfg), kernel_uid=1000,
-)
+    platform = name.split("-")[0] + "-" + name.split("-")[1]
+    d = Daemon(str(tmp_path / "run"), random_set, sysfs_root=root, config=str(cfg), kernel_uid=1000)
     try:
         d.wait_ready()
         with d.client() as c:
             s = c.status()
-            assert s["dvfs"]["enabled"], s["dvfs"]
-            assert s["model"]["onnxruntime_pool"].startswith("per-session")
-            assert s["energy"]["available"]                    # in_powerN_input is 0444
-            c.pin(target="cpu", freq_khz=710400)
-            assert read_khz(os.path.join(root, "sys/devices/system/cpu/cpufreq/policy0/scaling_cur_freq"),
-                            False) == 710400
+            assert s["platform"] == platform and s["dvfs"]["enabled"], s["dvfs"]
+            assert s["energy"]["available"], s["energy"]
+            target, khz = PIN[platform]
+            c.pin(target=target, freq_khz=khz)
+            policy = platform_json(root)["targets"][target]["control"][0]
+            assert read_khz(os.path.join(root, policy.lstrip("/"), "scaling_cur_freq"), False) == khz
+            time.sleep(0.6)                 # a fresh sensor period (the XU3's INA231: 263.8 ms)
             r = c.infer(IMG)
-            assert r.config["freq_khz"] == 710400 and r.energy_mj is not None
+            assert r.config["freq_khz"] == khz and r.energy_mj > 0, r.header
     finally:
         assert d.stop(signal.SIGTERM) == 0, d.output()
+    assert "could not" not in d.output(), d.output()
     assert snapshot(root) == before
+
+
+def test_a_refused_write_leaves_no_record(random_set, tmp_path):
+    """Non-root without the rules: every write is refused (DVFS and energy off, with their
+    reasons); nothing was changed, so nothing is left to restore: no crash record, no
+    "could not roll back/restore" at start or stop, and the next start is as clean."""
+    root = trees.build("odroid-xu3", str(tmp_path / "sysfs"))
+    before = snapshot(root)
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("profile_runs: 1\n")
+    state = str(tmp_path / "state")
+    for run in ("run1", "run2"):
+        d = Daemon(str(tmp_path / run), random_set, sysfs_root=root, config=str(cfg), kernel_uid=1000,
+                   extra=["--state-dir", state])
+        try:
+            d.wait_ready()
+            with d.client() as c:
+                s = c.status()
+                assert not s["dvfs"]["enabled"] and "cannot write" in s["dvfs"]["reason"], s["dvfs"]
+                assert not s["energy"]["available"] and "enable" in s["energy"]["reason"], s["energy"]
+                assert not os.path.exists(os.path.join(state, "platform-originals.json"))
+        finally:
+            assert d.stop(signal.SIGTERM) == 0, d.output()
+        out = d.output()
+        assert "could not roll back" not in out and "could not restore" not in out and "earlier run" not in out, out
+        assert snapshot(root) == before
 
 
 def test_profile_waits_for_the_sensor(random_set, tmp_path):

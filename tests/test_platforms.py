@@ -36,7 +36,8 @@ def board(tmp_path, name, spec, state=True):
 
 # ----------------------------------------------------------------------------- discovery
 @pytest.mark.parametrize("name, want", [
-    ("odroid-xu3", "odroid-xu3"), ("odroid-xu3-3.10", "odroid-xu3"), ("jetson-nano", "jetson-nano"),
+    ("odroid-xu3", "odroid-xu3"), ("odroid-xu3-3.10", "odroid-xu3"), ("odroid-xu3-6.1", "odroid-xu3"),
+    ("jetson-nano", "jetson-nano"),
     ("generic", "generic"), ("generic-nocpufreq", "generic"),
 ])
 def test_detect(tmp_path, name, want):
@@ -58,11 +59,58 @@ def test_discover_xu3_414(tmp_path):
 
 
 def test_discover_xu3_310_per_cpu_dirs_and_other_bus(tmp_path):
-    p = platforms.detect(tree(tmp_path, "odroid-xu3-3.10"))
+    """Hardkernel 3.10 as it is: tables listed highest first, no userspace governor, the
+    TMU's five sensors beside the one exynos-therm zone, "Hardkernel," in the device tree."""
+    root = tree(tmp_path, "odroid-xu3-3.10")
+    assert open(os.path.join(root, "sys/devices/system/cpu/cpu4/cpufreq/scaling_available_frequencies")
+                ).read().startswith("2000000 1900000")
+    info = os.path.join(root, "proc", "cpuinfo")             # the device tree alone tells the board
+    text = open(info).read()
+    open(info, "w").write("".join(l for l in text.splitlines(True) if not l.startswith("Hardware")))
+    p = platforms.detect(root)
+    assert p.name == "odroid-xu3"
     assert p.targets["a15"].control == ["/sys/devices/system/cpu/cpu4/cpufreq"]
+    assert p.targets["a15"].freqs_khz == trees.XU3_A15 and p.targets["a15"].method == "minmax"
     assert all(r.path.startswith("/sys/bus/i2c/drivers/INA231/3-00") for r in p.desc.rails)
     temps = p.temperatures()
-    assert temps["sensor0"] == 45.0 and temps["sensor4"] == 49.0
+    assert temps["sensor0"] == 45.0 and temps["sensor4"] == 49.0 and "exynos-therm" in temps
+
+
+def test_discover_xu3_mainline(tmp_path):
+    """Mainline 6.1: cpufreq-dt, panfrost's devfreq named after the GPU among 16 others, the
+    INA231s as ina2xx hwmon devices in µW, /proc/cpuinfo without the board's name."""
+    root = tree(tmp_path, "odroid-xu3-6.1")
+    assert len(os.listdir(os.path.join(root, "sys/class/devfreq"))) == 17
+    p = platforms.detect(root)
+    assert p.name == "odroid-xu3" and list(p.targets) == ["a7", "a15"]
+    assert p.desc.gpu.control == ["/sys/devices/platform/soc/11800000.gpu/devfreq/11800000.gpu"]
+    assert p.desc.gpu.freqs_khz == [f // 1000 for f in trees.XU3_MALI]
+    rails = {r.name: r for r in p.desc.rails}
+    assert set(rails) == {"arm", "mem", "g3d", "kfc"} and all(r.kind == "hwmon" for r in rails.values())
+    assert rails["arm"].path == "/sys/class/hwmon/hwmon0/power1_input" and rails["arm"].enable is None
+    p.start()
+    try:
+        assert p.meter is not None and p.meter.watts() == pytest.approx(1.25 + 0.21 + 0.03 + 0.12)
+    finally:
+        assert p.stop() == []
+    d = p.describe()
+    assert d["energy"]["available"] and d["dvfs"]["enabled"] and d["access"]["remedy"] == ""
+
+
+def test_platform_answers_for_its_user(tmp_path):
+    """`dnnscale platform` run as a user: what that user may do, and what grants the rest."""
+    from daemon.cli import format_platform
+    root = tree(tmp_path, "jetson-nano")
+    p = SysfsPlatform(boards.JETSON_NANO, root, fs=KernelSysfs(root, uid=1000))
+    d = p.describe()
+    assert not d["dvfs"]["enabled"] and "uid 1000" in d["dvfs"]["reason"]
+    assert not d["energy"]["available"] and "in_power0_input" in d["energy"]["reason"]   # 0600 on R32
+    assert "dnnscale-sysfs.conf" in d["access"]["remedy"]
+    text = format_platform(d)
+    assert "76.8-921.6 MHz" in text and "to change that:" in text
+    trees.apply_deployment_rules(root)
+    d = SysfsPlatform(boards.JETSON_NANO, root, fs=KernelSysfs(root, uid=1000)).describe()
+    assert d["dvfs"]["enabled"] and d["energy"]["available"] and d["access"]["remedy"] == ""
 
 
 def test_discover_nano(tmp_path):
@@ -296,6 +344,7 @@ def test_tree_modes_and_symlinks_are_the_kernels(tmp_path):
     assert mode("/sys/devices/57000000.gpu/devfreq/57000000.gpu/governor") == 0o644
     iio = "/sys/devices/50000000.host1x/546c0000.i2c/i2c-6/6-0040/iio:device0"
     assert mode(iio + "/crit_current_limit_0") == 0o600 and mode(iio + "/in_power0_trigger_input") == 0o444
+    assert mode(iio + "/in_power0_input") == 0o600        # R32: root-only (a real Nano's tegrastats strace)
     for link in ("/sys/devices/system/cpu/cpu1/cpufreq", "/sys/class/devfreq/57000000.gpu",
                  "/sys/bus/i2c/drivers/ina3221x/6-0040", "/sys/devices/gpu.0", "/sys/class/thermal/thermal_zone0"):
         assert os.path.islink(os.path.join(root, link.lstrip("/"))), link
