@@ -141,7 +141,9 @@ def _service_round(m: nspawn.Machine, before: dict, mode: str) -> None:
     m.wait_for(lambda: _status(m)["profile_created"] == "2026-01-02T03:04:05+0000", 30)
     m.sh("sed -i '/^threads: 1$/d' /etc/dnnscale/config.yaml")
     m.sh("dnnscale release", user="alice")
-    assert _exposure(m) <= EXPOSURE_MAX
+    exposure = _exposure(m)
+    print("systemd-analyze security, %s mode: %.1f" % (mode, exposure))
+    assert exposure <= EXPOSURE_MAX
 
 
 def _clean_stop(m: nspawn.Machine, before: dict) -> None:
