@@ -172,8 +172,10 @@ def rails(fs: Sysfs, spec: BoardSpec) -> List[Rail]:
         d = os.path.dirname(name_file)
         if fs.read(name_file) not in ("ina230", "ina231", "ina226") or not fs.exists(d + "/power1_input"):
             continue
-        addr = os.path.basename(fs.realpath(d + "/device")) if fs.exists(d + "/device") else ""
-        m = re.search(r"-00([0-9a-f]{2})$", addr)
+        # the I2C device it belongs to: its `device` link, else the path it lives under
+        # (/sys/devices/.../i2c-0/0-0040/hwmon/hwmon0)
+        where = fs.realpath(d + "/device") if fs.exists(d + "/device") else fs.realpath(d)
+        m = re.search(r"/\d+-00([0-9a-f]{2})(?:/|$)", where)
         name = spec.ina231_addresses.get(int(m.group(1), 16)) if m else None
         period = 0.0
         if fs.exists(d + "/update_interval"):

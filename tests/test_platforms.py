@@ -95,6 +95,10 @@ def test_discover_xu3_mainline(tmp_path):
         assert p.stop() == []
     d = p.describe()
     assert d["energy"]["available"] and d["dvfs"]["enabled"] and d["access"]["remedy"] == ""
+    for n in range(4):                          # no `device` link: the path still names the address
+        os.remove(os.path.join(root, "sys/devices/platform/soc/12c60000.i2c/i2c-0/0-00%s/hwmon/hwmon%d/device"
+                               % (trees.XU3_RAILS[n][0], n)))
+    assert {r.name for r in platforms.detect(root).desc.rails} == {"arm", "mem", "g3d", "kfc"}
 
 
 def test_platform_answers_for_its_user(tmp_path):
