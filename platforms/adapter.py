@@ -225,10 +225,14 @@ class SysfsPlatform:
                 break
         user = self.fs.user()
         needs = (dvfs and not all(dvfs.values())) or energy_blocked
-        return {"user": user, "dvfs": dvfs, "dvfs_blocked": dvfs_blocked,
-                "energy": not energy_blocked, "energy_blocked": energy_blocked,
-                "remedy": "run as root, or install systemd/dnnscale-sysfs.conf and systemd/90-dnnscale-devfreq.rules "
-                          "and run as a member of group dvfs (docs/deployment.md, \"Without root\")" if needs else ""}
+        remedy = ""
+        if needs and user == "root":     # root is refused only by a read-only /sys (or a container)
+            remedy = "the file is not writable even for root: /sys is mounted read-only here"
+        elif needs:
+            remedy = ("run as root, or install systemd/dnnscale-sysfs.conf and systemd/90-dnnscale-devfreq.rules "
+                      "and run as a member of group dvfs (docs/deployment.md, \"Without root\")")
+        return {"user": user, "dvfs": dvfs, "dvfs_blocked": dvfs_blocked, "energy": not energy_blocked,
+                "energy_blocked": energy_blocked, "remedy": remedy}
 
     @property
     def dvfs_enabled(self) -> bool:
