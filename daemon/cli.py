@@ -284,7 +284,6 @@ def cmd_profile(a: argparse.Namespace) -> int:
     cfg = _load_config(a)
     _setup_logging(cfg.log_level)
     cfg.profile_runs = a.runs
-    _refuse_if_serving(cfg)
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
     service = Service(cfg, remeasure=True, stop_event=stop)
@@ -307,23 +306,6 @@ def cmd_profile(a: argparse.Namespace) -> int:
         print("  %-6s %s%s" % (t, ", ".join(lat), " (at %d MHz)" % (top // 1000) if top else ""))
     print("the daemon serving from %s uses it from its next start" % cfg.state_dir)
     return 0
-
-
-def _refuse_if_serving(cfg) -> None:
-    """A profile measures the board: never under a daemon that is serving from it (it would
-    move the frequencies under the daemon and restore them behind its back)."""
-    from .client import AccessDenied, Client, ClientError
-    try:
-        with Client(control_endpoint=cfg.control_endpoint, timeout_s=2.0) as c:
-            st = c.status()
-    except AccessDenied:
-        raise CliError("a dnnscale daemon may be running at %s, and this user cannot ask it: run as its user "
-                       "or root" % cfg.control_endpoint)
-    except ClientError:
-        return
-    raise CliError("a dnnscale daemon is serving from %s (up %.0f s, control socket %s): stop it first "
-                   "(sudo systemctl stop dnnscale), profile, then start it again"
-                   % (st.get("state_dir", cfg.state_dir), st.get("uptime_s", 0), cfg.control_endpoint))
 
 
 # ---------------------------------------------------------------------------- clients

@@ -13,6 +13,7 @@ import numpy as np
 import platforms
 from governor import Budget, Governor, build_space, levels_from_manifest
 from models import ModelSet, ModelSetError, zoo
+from platforms.owner import Ownership
 
 from . import profiler, state
 from .config import KEY_DOCS, Config, ConfigError
@@ -72,6 +73,7 @@ class Service:
         # The CPUs the process may use, taken before any thread is pinned to a target: a
         # reload runs on a thread a pin may have narrowed to one cluster.
         self.cpus_allowed = set(os.sched_getaffinity(0))
+        self.owner = Ownership()                 # the state directory's lock
 
     def start(self) -> None:
         """Load, probe and (where no stored profile matches) profile; raises ConfigError,
@@ -80,19 +82,32 @@ class Service:
         cfg = self.cfg
         self.model_dir = zoo.resolve(cfg.model)
         try:
-            self.platform = platforms.create(cfg.platform, root=cfg.sysfs_root, state_dir=cfg.state_dir)
+            platform = platforms.create(cfg.platform, root=cfg.sysfs_root, state_dir=cfg.state_dir)
         except (ValueError, platforms.PlatformError) as e:
             raise ConfigError(str(e))
+        if not cfg.dvfs:
+            platform.disable_dvfs("DVFS is off in the configuration (dvfs: false)")
+        elif platform.dvfs_enabled:
+            acc = platform.access()      # said at start, not after the first refused write
+            if acc["dvfs"] and not any(acc["dvfs"].values()):
+                platform.disable_dvfs("this user (%s) cannot write %s: %s" % (
+                    acc["user"], acc["dvfs_blocked"], acc["remedy"]))
+        doing = "dnnscale profile" if self.remeasure else "dnnscale serve"
+        try:
+            os.makedirs(cfg.state_dir, exist_ok=True)   # to lock it (check_writable says why it cannot be)
+        except OSError:
+            pass
+        try:        # one owner per state directory and board, before a crash record is restored
+            self.owner.claim(cfg.state_dir, "the state directory %s" % cfg.state_dir, doing)
+            platform.claim(doing)
+        except platforms.PlatformError as e:
+            platform.release()
+            self.owner.release()
+            raise ConfigError(str(e))
+        self.platform = platform
         for err in self.platform.restore_pending():   # what a crashed run left, before anything else
             log.error("could not restore a setting left by an earlier run: %s", err)
         state.check_writable(cfg.state_dir)
-        if not cfg.dvfs:
-            self.platform.disable_dvfs("DVFS is off in the configuration (dvfs: false)")
-        elif self.platform.dvfs_enabled:
-            acc = self.platform.access()      # said at start, not after the first refused write
-            if acc["dvfs"] and not any(acc["dvfs"].values()):
-                self.platform.disable_dvfs("this user (%s) cannot write %s: %s" % (
-                    acc["user"], acc["dvfs_blocked"], acc["remedy"]))
         want_gpu = cfg.gpu and "gpu" in self.platform.targets and not self.platform.simulated
         self.models = ModelSet.load(self.model_dir, threads=cfg.threads or self._default_threads(), gpu=want_gpu,
                                     lanes=self._lanes())
@@ -417,9 +432,14 @@ class Service:
             log.error("ignoring the stored budget %s: %s", self._budget_path(), e)
 
     def stop(self) -> List[str]:
-        """Undo whatever :meth:`start` got to: the board's settings, sensors and affinity."""
+        """Undo whatever :meth:`start` got to: the board's settings, sensors and affinity;
+        then give up the board and the state directory."""
         if self.platform is None:
             return []
-        if self._platform_started:
-            return self.platform.stop()
-        return self.platform.reset()   # before start(): only what restore_pending left to undo
+        try:
+            if self._platform_started:
+                return self.platform.stop()
+            return self.platform.reset()   # before start(): only what restore_pending left to undo
+        finally:
+            self.platform.release()
+            self.owner.release()

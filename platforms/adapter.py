@@ -19,6 +19,7 @@ from typing import Dict, List, Optional, Tuple
 
 from . import discover
 from .energy import EnergyMeter, read_watts
+from .owner import BOARD_DIR, Ownership
 from .model import BoardSpec, Target
 from .sysfs import KernelRejected, NotPermitted, PlatformError, Sysfs, Vanished
 
@@ -168,6 +169,7 @@ class SysfsPlatform:
         self._affinity_before = sorted(os.sched_getaffinity(0))
         self._warned_pin = set()
         self.dvfs_error: Optional[str] = None
+        self.owner = Ownership()
 
     # ------------------------------------------------------------------ description
     @property
@@ -248,6 +250,17 @@ class SysfsPlatform:
         self.dvfs_error = reason
 
     # ------------------------------------------------------------------ lifecycle
+    def claim(self, doing: str) -> None:
+        """Take the board where this run will write it (frequencies, sensors to switch on, or
+        a crash record to restore); raise owner.Busy naming the owner. Before
+        :meth:`restore_pending`: a record is restored only once the run that wrote it is gone."""
+        writes = self.dvfs_enabled or any(r.enable for r in self._energy_rails()) or bool(self.originals.load())
+        if writes:
+            self.owner.claim(self.fs.path(BOARD_DIR), "the board (%s)" % self.fs.path(BOARD_DIR), doing)
+
+    def release(self) -> None:
+        self.owner.release()
+
     def restore_pending(self) -> List[str]:
         """Restore what a crashed earlier run left (its saved originals); return the errors."""
         pending = self.originals.load()

@@ -184,6 +184,12 @@ class SimBoard:
     def restore_pending(self) -> List[str]:
         return []
 
+    def claim(self, doing: str) -> None:
+        """A simulated board has nothing to own."""
+
+    def release(self) -> None:
+        pass
+
     def access(self) -> Dict:
         """A simulated board has no files: everything is allowed."""
         return {"user": "", "dvfs": {t: True for t in self.targets}, "dvfs_blocked": "", "energy": True,

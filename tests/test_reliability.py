@@ -662,3 +662,52 @@ def test_platform_writes_only_discovered_files(tmp_path):
     allowed = [d for t in p.targets.values() for d in t.control] + [r.enable for r in p.desc.rails if r.enable]
     assert fs.writes and all(any(w.startswith(a) for a in allowed) for w, _ in fs.writes)
     p.stop()
+
+
+# ----------------------------------------------------------------------------- one owner per board
+def test_one_owner_per_board_and_state_directory(random_set, tmp_path):
+    """A second `serve` on the same board or the same state directory, and a `profile` of the
+    board, are refused in one line naming the owner, and the owner keeps its pin (they used to
+    "restore" under it). Once the owner dies (kill -9), the next start restores its record."""
+    from tests.daemon_harness import kernel_cmd
+    root = trees.build("odroid-xu3", str(tmp_path / "sysfs"))
+    before = snapshot(root)
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("profile_runs: 1\n")
+    a = Daemon(str(tmp_path / "a"), random_set, sysfs_root=root, config=str(cfg), kernel_uid=0)
+    setspeed = os.path.join(root, "sys/devices/system/cpu/cpufreq/policy4/scaling_max_freq")
+    try:
+        a.wait_ready()
+        with a.client() as c:
+            c.pin(target="a15", freq_khz=1200000)
+            assert open(setspeed).read().strip() == "1200000"
+            env = dict(os.environ, PYTHONPATH=ROOT)
+            env.pop("NOTIFY_SOCKET", None)
+            for what, args in (
+                    ("the board", ["serve", "--model", random_set, "--sysfs-root", root, "--config", str(cfg),
+                                   "--state-dir", str(tmp_path / "b-state"), "--infer-endpoint",
+                                   "ipc://%s/b-i.sock" % tmp_path, "--control-endpoint", "ipc://%s/b-c.sock" % tmp_path]),
+                    ("the state directory", ["serve", "--model", random_set, "--platform", "sim-odroid-xu3",
+                                             "--config", str(cfg), "--state-dir", a.state, "--infer-endpoint",
+                                             "ipc://%s/c-i.sock" % tmp_path, "--control-endpoint",
+                                             "ipc://%s/c-c.sock" % tmp_path]),
+                    ("the board", ["profile", "--model", random_set, "--sysfs-root", root, "--state-dir",
+                                   str(tmp_path / "p-state"), "--runs", "1"])):
+                r = subprocess.run(kernel_cmd(0) + args, cwd=ROOT, env=env, capture_output=True, text=True,
+                                   timeout=120)
+                errors = [l for l in r.stderr.splitlines() if "error" in l]
+                assert r.returncode == 2 and len(errors) == 1, (args, r.stderr)
+                assert "is in use by another dnnscale, pid %d" % a.proc.pid in errors[0] and what in errors[0], errors
+            assert open(setspeed).read().strip() == "1200000"          # nothing restored under it
+            assert c.status()["pinned"] == {"target": "a15", "freq_khz": 1200000}
+            assert os.path.exists(os.path.join(a.state, "platform-originals.json"))
+    finally:
+        a.stop(signal.SIGKILL)
+    d = Daemon(str(tmp_path / "d"), random_set, sysfs_root=root, config=str(cfg), kernel_uid=0,
+               extra=["--state-dir", a.state])
+    try:
+        d.wait_ready()
+        assert "restoring" in d.output()
+    finally:
+        assert d.stop() == 0, d.output()
+    assert snapshot(root) == before
