@@ -242,6 +242,12 @@ def cmd_serve(a: argparse.Namespace) -> int:
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
     signal.signal(signal.SIGHUP, lambda *_: reload.set())
+    # Stray signals whose default would kill it without restoring the board: QUIT and ALRM
+    # stop it cleanly; USR1 and USR2 mean nothing to it and are ignored.
+    signal.signal(signal.SIGQUIT, lambda *_: stop.set())
+    signal.signal(signal.SIGALRM, lambda *_: stop.set())
+    signal.signal(signal.SIGUSR1, signal.SIG_IGN)
+    signal.signal(signal.SIGUSR2, signal.SIG_IGN)
     notifier = Notifier()
     notifier.status("loading %s" % (cfg.model or "the shipped model"))
     service = Service(cfg, stop_event=stop, config_loader=lambda: _read_config(a))

@@ -6,25 +6,15 @@ import json
 import os
 from typing import Any
 
+from platforms.files import write_atomic
+
 from .config import ConfigError
 
 
 def write_json(path: str, data: Any, indent=None) -> None:
-    """Write ``path`` atomically (temporary file, fsync, rename); on failure remove the
-    temporary file and raise the OSError, leaving the old file as it was."""
-    tmp = path + ".tmp"
-    try:
-        with open(tmp, "w") as f:
-            json.dump(data, f, indent=indent)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except OSError:
-        try:
-            os.remove(tmp)
-        except OSError:
-            pass
-        raise
+    """Write ``path`` atomically (platforms.files.write_atomic); on failure raise the OSError,
+    leaving the old file as it was."""
+    write_atomic(path, json.dumps(data, indent=indent).encode())
 
 
 def read_json(path: str) -> Any:

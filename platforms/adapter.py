@@ -19,6 +19,7 @@ from typing import Dict, List, Optional, Tuple
 
 from . import discover
 from .energy import EnergyMeter, read_watts
+from .files import write_atomic
 from .owner import BOARD_DIR, Ownership
 from .model import BoardSpec, Target
 from .sysfs import KernelRejected, NotPermitted, PlatformError, Sysfs, Vanished
@@ -28,50 +29,92 @@ ORIGINALS = "platform-originals.json"
 _PAIRS = (("scaling_min_freq", "scaling_max_freq"), ("min_freq", "max_freq"))
 
 
+class UnresolvedRecord(PlatformError):
+    """A crash record that cannot be trusted (unreadable, torn, or naming files outside the
+    board's control files) was set aside; nothing is written until someone resolves it."""
+
+
 class Originals:
-    """Values of sysfs files before dnnscale first wrote them, kept on disk."""
+    """Values of sysfs files before dnnscale first wrote them, kept on disk (the crash
+    record). A record that cannot be read or trusted is never deleted nor overwritten: it is
+    kept aside (``<record>.unreadable-<time>``) and, while such a file is there, ``blocked``
+    says why and nothing is recorded, so nothing is written to the board."""
 
     def __init__(self, fs: Sysfs, state_dir: Optional[str]):
         self.fs = fs
         self.path = os.path.join(state_dir, ORIGINALS) if state_dir else None
         self.saved: Dict[str, str] = {}
+        self.blocked = ""
 
-    def load(self) -> Dict[str, str]:
-        if not self.path or not os.path.exists(self.path):
+    def aside(self) -> List[str]:
+        """Records set aside earlier and not resolved yet."""
+        if not self.path:
+            return []
+        d = os.path.dirname(self.path)
+        try:
+            names = os.listdir(d)
+        except OSError:
+            return []
+        return sorted(os.path.join(d, n) for n in names if n.startswith(ORIGINALS + ".unreadable-"))
+
+    def _set_aside(self, why: str) -> str:
+        import time
+        dst = "%s.unreadable-%s" % (self.path, time.strftime("%Y%m%dT%H%M%S"))
+        try:
+            os.rename(self.path, dst)
+        except OSError as e:
+            dst = "%s (where it is: it could not be moved, %s)" % (self.path, e.strerror or e)
+        self.blocked = ("the crash record %s %s; it is kept as %s, and dnnscale changes nothing on the board "
+                        "until it is resolved: put the board back by hand (or reboot), then delete that file "
+                        "(docs/reliability.md)" % (self.path, why, dst))
+        return self.blocked
+
+    def load(self, allowed=None) -> Dict[str, str]:
+        """The record a crashed run left, or {}. ``allowed(path)``: whether a key is one of
+        the board's control files. Raises UnresolvedRecord where the record, or one set aside
+        before, cannot be trusted."""
+        aside = self.aside()
+        if aside:
+            self.blocked = ("an unresolved crash record is kept as %s: dnnscale changes nothing on the board "
+                            "until it is resolved (put the board back by hand or reboot, then delete that file; "
+                            "docs/reliability.md)" % aside[0])
+            raise UnresolvedRecord(self.blocked)
+        if not self.path or not os.path.lexists(self.path):
             return {}
         try:
-            with open(self.path) as f:
-                data = json.load(f)
-            if data.get("root") != self.fs.root or not isinstance(data.get("files"), dict):
-                log.warning("%s belongs to another sysfs root; ignoring it", self.path)
-                return {}
-            return {str(k): str(v) for k, v in data["files"].items()}
+            if not os.path.isfile(self.path) or os.path.islink(self.path):
+                raise ValueError("is not a regular file")
+            with open(self.path, "rb") as f:
+                data = json.loads(f.read(1 << 20).decode("utf-8"))
+            if not isinstance(data, dict) or not isinstance(data.get("files"), dict) \
+                    or not all(isinstance(k, str) and isinstance(v, str) for k, v in data["files"].items()):
+                raise ValueError("is not a record of files and values")
         except (OSError, ValueError) as e:
-            log.error("cannot read saved platform settings %s: %s", self.path, e)
-            return {}
+            raise UnresolvedRecord(self._set_aside("could not be read (%s)" % (getattr(e, "strerror", None) or e)))
+        if data.get("root") != self.fs.root:
+            log.warning("%s belongs to another sysfs root (%s)", self.path, data.get("root"))
+            raise UnresolvedRecord(self._set_aside("belongs to another sysfs root (%s)" % data.get("root")))
+        outside = [k for k in data["files"] if allowed is not None and not allowed(k)]
+        if outside:
+            raise UnresolvedRecord(self._set_aside("names %s, which is not one of the board's control files"
+                                                   % outside[0]))
+        return dict(data["files"])
 
     def _flush(self) -> None:
         if not self.path:
             return
-        tmp = self.path + ".tmp"
         try:
             os.makedirs(os.path.dirname(self.path), exist_ok=True)
-            with open(tmp, "w") as f:
-                json.dump({"root": self.fs.root, "files": self.saved}, f, indent=1)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, self.path)
+            write_atomic(self.path, json.dumps({"root": self.fs.root, "files": self.saved}, indent=1).encode())
         except OSError as e:
-            try:
-                os.remove(tmp)
-            except OSError:
-                pass
             raise PlatformError("cannot save the board's settings to %s before changing them (%s)"
                                 % (self.path, e.strerror or e)) from None
 
     def remember(self, p: str) -> None:
         """Save ``p``'s current value (once) before it is first written; a value that cannot
         be saved is not written (PlatformError)."""
+        if self.blocked:
+            raise PlatformError(self.blocked)
         if p not in self.saved:
             self.saved[p] = self.fs.read(p)
             try:
@@ -254,16 +297,31 @@ class SysfsPlatform:
         """Take the board where this run will write it (frequencies, sensors to switch on, or
         a crash record to restore); raise owner.Busy naming the owner. Before
         :meth:`restore_pending`: a record is restored only once the run that wrote it is gone."""
-        writes = self.dvfs_enabled or any(r.enable for r in self._energy_rails()) or bool(self.originals.load())
+        writes = self.dvfs_enabled or any(r.enable for r in self._energy_rails()) or \
+            bool(self.originals.path and os.path.lexists(self.originals.path))
         if writes:
             self.owner.claim(self.fs.path(BOARD_DIR), "the board (%s)" % self.fs.path(BOARD_DIR), doing)
 
     def release(self) -> None:
         self.owner.release()
 
+    def _is_control_file(self, p: str) -> bool:
+        """A file this adapter may have written: in a discovered cpufreq/devfreq directory, or
+        a sensor's ``enable``; no ``..``, nothing else."""
+        if not isinstance(p, str) or os.path.normpath(p) != p or not p.startswith("/sys/"):
+            return False
+        dirs = {d for t in list(self.targets.values()) + ([self.desc.gpu] if self.desc.gpu else []) for d in t.control}
+        return os.path.dirname(p) in dirs or p in {r.enable for r in self.desc.rails if r.enable}
+
     def restore_pending(self) -> List[str]:
-        """Restore what a crashed earlier run left (its saved originals); return the errors."""
-        pending = self.originals.load()
+        """Restore what a crashed earlier run left (its saved originals); return the errors.
+        An untrusted record turns DVFS off (the reason names the file kept aside)."""
+        try:
+            pending = self.originals.load(self._is_control_file)
+        except UnresolvedRecord as e:
+            self.disable_dvfs(str(e))
+            log.error("%s", e)
+            return [str(e)]
         if not pending:
             return []
         log.warning("restoring %d platform settings left by an earlier run", len(pending))
@@ -285,16 +343,22 @@ class SysfsPlatform:
                                       if self.meter is not None else ())
 
     def stop(self) -> List[str]:
-        if self.meter:
-            self.meter.stop()
+        """The board back to its originals first, whatever fails after (a full descriptor
+        table, a dead meter thread); then metering and the thread pinning."""
+        self._set.clear()
+        errors = self.originals.restore()
+        try:
+            if self.meter:
+                self.meter.stop()
+        except Exception as e:          # the board is restored already: only say so
+            log.error("could not stop the energy meter: %s", e)
         if self._pinned is not None:
             try:
                 self._setaffinity(self._affinity_before)
-            except PlatformError as e:
+            except (PlatformError, OSError) as e:
                 log.error("could not undo the thread pinning: %s", e)
             self._pinned = None
-        self._set.clear()
-        return self.originals.restore()
+        return errors
 
     def _energy_rails(self):
         by_name = {r.name: r for r in self.desc.rails}

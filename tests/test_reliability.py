@@ -711,3 +711,83 @@ def test_one_owner_per_board_and_state_directory(random_set, tmp_path):
     finally:
         assert d.stop() == 0, d.output()
     assert snapshot(root) == before
+
+
+# ----------------------------------------------------------------------------- a restore that survives everything
+@pytest.mark.parametrize("record", ["", '{"root": "', "planted"])
+def test_an_untrusted_crash_record_is_kept_aside(random_set, tmp_path, record):
+    """An empty, torn or planted crash record is neither discarded nor overwritten nor
+    obeyed: it is kept aside, DVFS stays off with the reason in status (nothing is written to
+    the board), at every start until someone deletes it; then all is as before."""
+    root = trees.build("odroid-xu3", str(tmp_path / "sysfs"))
+    victim = tmp_path / "victim.txt"
+    victim.write_text("precious\n")
+    if record == "planted":     # a key outside the board's control files, through ..
+        record = json.dumps({"root": root, "files": {"/sys/../../%s" % os.path.relpath(victim, root): "owned"}})
+    state = tmp_path / "state"
+    state.mkdir()
+    (state / "platform-originals.json").write_text(record)
+    before = snapshot(root)
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("profile_runs: 1\n")
+    for run in ("a", "b"):
+        d = Daemon(str(tmp_path / run), random_set, sysfs_root=root, config=str(cfg), kernel_uid=0,
+                   extra=["--state-dir", str(state)])
+        try:
+            d.wait_ready()
+            with d.client() as c:
+                s = c.status()
+                assert not s["dvfs"]["enabled"] and "kept as" in s["dvfs"]["reason"], s["dvfs"]
+                assert len(c.infer(np.zeros((1, 32, 32, 3), np.uint8)).labels) == 1
+        finally:
+            assert d.stop() == 0, d.output()
+        aside = [p for p in os.listdir(state) if p.startswith("platform-originals.json.unreadable-")]
+        assert len(aside) == 1 and (state / aside[0]).read_text() == record
+        assert victim.read_text() == "precious\n" and snapshot(root) == before
+    os.remove(state / aside[0])                  # resolved by the operator
+    d = Daemon(str(tmp_path / "c"), random_set, sysfs_root=root, config=str(cfg), kernel_uid=0,
+               extra=["--state-dir", str(state)])
+    try:
+        d.wait_ready()
+        with d.client() as c:
+            assert c.status()["dvfs"]["enabled"]
+    finally:
+        assert d.stop() == 0, d.output()
+    assert snapshot(root) == before
+
+
+def test_the_records_temporary_file_is_never_written_through_a_link(tmp_path):
+    from platforms import boards
+    from platforms.adapter import SysfsPlatform
+    from tests.fixtures.kernel import KernelSysfs
+    root = trees.build("generic", str(tmp_path / "sysfs"))
+    state = tmp_path / "state"
+    state.mkdir()
+    victim = tmp_path / "victim.txt"
+    victim.write_text("precious\n")
+    os.symlink(str(victim), str(state / "platform-originals.json.tmp"))
+    p = SysfsPlatform(boards.GENERIC, root, str(state), fs=KernelSysfs(root))
+    p.start()
+    p.set_frequency("cpu", p.targets["cpu"].freqs_khz[0])
+    assert victim.read_text() == "precious\n"
+    assert json.load(open(state / "platform-originals.json"))["files"]
+    assert p.stop() == [] and not os.path.lexists(state / "platform-originals.json.tmp")
+
+
+def test_stray_signals_stop_cleanly_or_are_ignored(random_set, tmp_path):
+    """USR1/USR2 are ignored; QUIT (like TERM) stops with the board restored and exit 0."""
+    root = trees.build("generic", str(tmp_path / "sysfs"))
+    before = snapshot(root)
+    d = Daemon(str(tmp_path / "run"), random_set, sysfs_root=root)
+    try:
+        d.wait_ready()
+        with d.client() as c:
+            c.pin(target="cpu", freq_khz=1800000)
+            assert snapshot(root) != before
+            for sig in (signal.SIGUSR1, signal.SIGUSR2):
+                d.proc.send_signal(sig)
+            time.sleep(0.5)
+            assert d.proc.poll() is None and c.status()["pinned"]
+    finally:
+        assert d.stop(signal.SIGQUIT) == 0, d.output()
+    assert snapshot(root) == before
