@@ -10,6 +10,7 @@ included, reads ``$XDG_CONFIG_HOME/dnnscale/config.yaml`` and uses per-user XDG 
 from __future__ import annotations
 
 import os
+import reprlib
 from dataclasses import dataclass, field, fields
 from typing import Any, Dict, List, Optional
 
@@ -153,6 +154,13 @@ _TYPES = {f.name: f for f in fields(Config)}
 _CHOICES = {"log_level": ("debug", "info", "warning", "error"),
             "platform": (None, "odroid-xu3", "jetson-nano", "generic", "sim-odroid-xu3", "sim-jetson-nano")}
 _ENDPOINT_KEYS = ("infer_endpoint", "control_endpoint")
+MAX_CONFIG_BYTES = 1 << 20
+
+
+def _brief(value: Any) -> str:   # for messages: a YAML alias bomb's full repr takes minutes
+    r = reprlib.Repr()
+    r.maxlevel, r.maxstring, r.maxother = 2, 60, 60
+    return r.repr(value)
 
 
 def _check(key: str, value: Any, where: str) -> Any:
@@ -160,22 +168,22 @@ def _check(key: str, value: Any, where: str) -> Any:
         raise ConfigError("%s: unknown key '%s' (allowed: %s)" % (where, key, ", ".join(
             k for k in _TYPES if k != "source")))
     if key in _CHOICES and value not in _CHOICES[key]:
-        raise ConfigError("%s: %s must be one of %s, got %r" % (where, key, ", ".join(
-            str(c) for c in _CHOICES[key] if c), value))
+        raise ConfigError("%s: %s must be one of %s, got %s" % (where, key, ", ".join(
+            str(c) for c in _CHOICES[key] if c), _brief(value)))
     if key in ("max_batch", "queue_size", "profile_runs", "threads", "metrics_port"):
         if value is None and key in ("threads", "metrics_port"):
             return None
         if key == "metrics_port" and (isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 65535):
-            raise ConfigError("%s: metrics_port must be a TCP port (1-65535), got %r" % (where, value))
+            raise ConfigError("%s: metrics_port must be a TCP port (1-65535), got %s" % (where, _brief(value)))
         if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 1_000_000:
-            raise ConfigError("%s: %s must be a positive integer, got %r" % (where, key, value))
+            raise ConfigError("%s: %s must be a positive integer, got %s" % (where, key, _brief(value)))
     elif key in ("dvfs", "gpu", "batch_requests"):
         if not isinstance(value, bool):
-            raise ConfigError("%s: %s must be true or false, got %r" % (where, key, value))
+            raise ConfigError("%s: %s must be true or false, got %s" % (where, key, _brief(value)))
     elif value is not None and not isinstance(value, str):
-        raise ConfigError("%s: %s must be a string, got %r" % (where, key, value))
+        raise ConfigError("%s: %s must be a string, got %s" % (where, key, _brief(value)))
     if key in _ENDPOINT_KEYS and value is not None and not value.startswith(("tcp://", "ipc://")):
-        raise ConfigError("%s: %s must be tcp://HOST:PORT or ipc://PATH, got %r" % (where, key, value))
+        raise ConfigError("%s: %s must be tcp://HOST:PORT or ipc://PATH, got %s" % (where, key, _brief(value)))
     return value
 
 
@@ -204,10 +212,17 @@ def load(path: Optional[str] = None, overrides: Optional[Dict[str, Any]] = None)
                                                        "empty file)" if os.path.exists(path) else "does not exist"))
     if path:
         try:
-            with open(path) as f:
-                data = yaml.safe_load(f)
+            with open(path, "rb") as f:
+                text = f.read(MAX_CONFIG_BYTES + 1)
+            if len(text) > MAX_CONFIG_BYTES:
+                raise ConfigError("%s is over %d bytes: not a dnnscale configuration" % (path, MAX_CONFIG_BYTES))
+            data = yaml.safe_load(text.decode("utf-8"))
+        except UnicodeDecodeError as e:
+            raise ConfigError("%s is not UTF-8 text (byte %d): not a YAML configuration" % (path, e.start)) from None
         except yaml.YAMLError as e:
-            raise ConfigError("%s is not valid YAML: %s" % (path, str(e).replace("\n", " "))) from None
+            raise ConfigError("%s is not valid YAML: %s" % (path, str(e).replace("\n", " ")[:300])) from None
+        except RecursionError:
+            raise ConfigError("%s is nested too deeply: not a dnnscale configuration" % path) from None
         except OSError as e:
             raise ConfigError("cannot read %s: %s" % (path, e.strerror)) from None
         if data is None:
@@ -215,7 +230,8 @@ def load(path: Optional[str] = None, overrides: Optional[Dict[str, Any]] = None)
         if not isinstance(data, dict):
             raise ConfigError("%s must be a YAML mapping of keys to values" % path)
         for k, v in data.items():
-            setattr(cfg, str(k), _check(str(k), v, path))
+            key = k if isinstance(k, str) else _brief(k)
+            setattr(cfg, key, _check(key, v, path))
         cfg.source.append(path)
     for k, v in (overrides or {}).items():
         if v is not None:

@@ -6,6 +6,7 @@ Used at start-up (a quick pass when no stored profile matches) and by ``dnnscale
 from __future__ import annotations
 
 import json
+import logging
 import os
 import statistics
 import threading
@@ -19,6 +20,8 @@ from governor import Config, Level, Profile, Sample, plan_measurements
 from . import state
 
 PROFILE_FILE = "profile.json"
+
+log = logging.getLogger("dnnscale.profiler")
 
 
 def key(model_manifest: Dict, platform_name: str, space: List[Config]) -> Dict:
@@ -96,17 +99,33 @@ def save(state_dir: str, profile: Profile, match: Dict) -> str:
     return path
 
 
-def load(state_dir: str, match: Dict) -> Optional[Profile]:
-    """The stored profile if it exists, is well formed and matches ``match``; else None."""
+def load(state_dir: str, match: Dict, targets=()) -> Optional[Profile]:
+    """The stored profile if it exists and matches ``match`` (else None: the start measures
+    one). A damaged one (not JSON, not a profile, a missing target in ``targets``, a slope or
+    power that is not a finite positive number) is set aside as ``profile.json.damaged`` with
+    one log line, so that the start re-measures instead of failing every time."""
     path = os.path.join(state_dir, PROFILE_FILE)
+    if not os.path.lexists(path):
+        return None
     try:
-        with open(path) as f:
-            d = json.load(f)
+        d = state.read_json(path)
+        if not isinstance(d, dict):
+            raise ValueError("not a JSON object")
         if d.get("key") != match:
             return None
-        p = Profile.from_dict(d["profile"])
-        p.source = "stored (%s)" % p.source
-        p.created = d.get("created")
-        return p
-    except (OSError, ValueError, KeyError, TypeError):
+        p = Profile.from_dict(d.get("profile"))
+        missing = set(targets) - set(p.fits)
+        if missing:
+            raise ValueError("no fit for target(s) %s" % ", ".join(sorted(missing)))
+    except (OSError, ValueError) as e:
+        aside = path + ".damaged"
+        try:
+            os.replace(path, aside)
+        except OSError:
+            aside = path
+        log.error("the stored profile %s is damaged (%s): kept as %s; measuring a new one", path,
+                  getattr(e, "strerror", None) or e, aside)
         return None
+    p.source = "stored (%s)" % p.source
+    p.created = d.get("created")
+    return p

@@ -118,7 +118,7 @@ class Service:
         self.space = self._space()
         self.profile_key = profiler.key(self.models.manifest, self.platform.name, self.space)
         self.profile_per_frequency = any(c.freq_khz for c in self.space)   # the stored profile's kind
-        profile = None if self.remeasure else profiler.load(cfg.state_dir, self.profile_key)
+        profile = None if self.remeasure else profiler.load(cfg.state_dir, self.profile_key, self.targets)
         self.executor = Executor(self.models, self.platform, None, lock=self.lock)
         self.executor.on_dvfs_off = self._dvfs_off
         if profile is None:
@@ -350,7 +350,7 @@ class Service:
                 gov = Governor(self.space, self.levels, self.full_profile)
                 gov.set_budget(self.governor.budget)
                 self.governor = self.executor.governor = gov
-            profile = profiler.load(self.cfg.state_dir, self.profile_key)
+            profile = profiler.load(self.cfg.state_dir, self.profile_key, self.targets)
             if profile is not None:        # a new profile applies whether DVFS is on or off
                 self.full_profile = profile
                 if self.profile_per_frequency and not any(c.freq_khz for c in self.space):

@@ -6,7 +6,7 @@ import json
 import os
 from typing import Any
 
-from platforms.files import write_atomic
+from platforms.files import read_regular, write_atomic
 
 from .config import ConfigError
 
@@ -18,8 +18,12 @@ def write_json(path: str, data: Any, indent=None) -> None:
 
 
 def read_json(path: str) -> Any:
-    with open(path) as f:
-        return json.load(f)
+    """A state file's JSON: a regular file only (a FIFO in its place would hang the start);
+    OSError or ValueError (RecursionError and bad UTF-8 included) when it is not."""
+    try:
+        return json.loads(read_regular(path).decode("utf-8"))
+    except (RecursionError, UnicodeDecodeError) as e:
+        raise ValueError("%s: %s" % (path, type(e).__name__)) from None
 
 
 def check_writable(state_dir: str) -> None:

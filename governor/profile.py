@@ -102,11 +102,19 @@ class Profile:
     @classmethod
     def from_dict(cls, d: Dict) -> "Profile":
         try:
-            fits = {t: TargetFit(float(v["a"]), float(v["b"]), {int(k): float(w) for k, w in v.get("power_w", {}).items()})
+            fits = {str(t): TargetFit(float(v["a"]), float(v["b"]), {int(k): float(w) for k, w in
+                                                                     v.get("power_w", {}).items()})
                     for t, v in d["targets"].items()}
-        except (KeyError, TypeError, ValueError, AttributeError) as e:
+        except (KeyError, TypeError, ValueError, AttributeError, OverflowError) as e:
             raise ValueError("malformed profile: %s" % e) from None
-        return cls(fits, d.get("source", "loaded"))
+        for t, f in fits.items():       # NaN or 1e308 would steer every decision
+            if not (0 < f.a < 1e6 and 0 <= f.b < 1e6) or \
+                    not all(0 <= w < 1e6 for w in f.power.values()):
+                raise ValueError("profile target %s: latency slope, constant and power must be finite, positive "
+                                 "and plausible, got a=%r b=%r" % (t, f.a, f.b))
+        if not fits:
+            raise ValueError("the profile has no target")
+        return cls(fits, str(d.get("source", "loaded")))
 
 
 def plan_measurements(space: Sequence[Config]) -> List[Config]:

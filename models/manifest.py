@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import reprlib
 from typing import Any, Dict, List
 
 import yaml
@@ -37,8 +38,17 @@ def _need(d: Dict, key: str, types, where: str):
         raise ManifestError("%s: missing key '%s'" % (where, key))
     v = d[key]
     if not isinstance(v, types) or (isinstance(v, bool) and types is int):
-        raise ManifestError("%s: '%s' must be %s, got %r" % (where, key, getattr(types, "__name__", types), v))
+        raise ManifestError("%s: '%s' must be %s, got %s" % (where, key, getattr(types, "__name__", types), _brief(v)))
     return v
+
+
+MAX_MANIFEST_BYTES = 1 << 20
+
+
+def _brief(value: Any) -> str:   # for messages: a YAML alias bomb's full repr takes minutes
+    r = reprlib.Repr()
+    r.maxlevel, r.maxstring, r.maxother = 2, 60, 60
+    return r.repr(value)
 
 
 def read(model_dir: str, verify: bool = True) -> Dict[str, Any]:
@@ -49,25 +59,34 @@ def read(model_dir: str, verify: bool = True) -> Dict[str, Any]:
     if not os.path.isfile(path):
         raise ManifestError("%s is missing: not a dnnscale model set" % path)
     try:
-        with open(path) as f:
-            m = yaml.safe_load(f)
+        with open(path, "rb") as f:
+            text = f.read(MAX_MANIFEST_BYTES + 1)
+        if len(text) > MAX_MANIFEST_BYTES:
+            raise ManifestError("%s is over %d bytes: not a dnnscale manifest" % (path, MAX_MANIFEST_BYTES))
+        m = yaml.safe_load(text.decode("utf-8"))
+    except UnicodeDecodeError as e:
+        raise ManifestError("%s is not UTF-8 text (byte %d): not a dnnscale manifest" % (path, e.start)) from None
     except yaml.YAMLError as e:
-        raise ManifestError("%s is not valid YAML: %s" % (path, str(e).replace("\n", " "))) from None
+        raise ManifestError("%s is not valid YAML: %s" % (path, str(e).replace("\n", " ")[:300])) from None
+    except RecursionError:
+        raise ManifestError("%s is nested too deeply: not a dnnscale manifest" % path) from None
+    except OSError as e:
+        raise ManifestError("cannot read %s: %s" % (path, e.strerror or e)) from None
     if not isinstance(m, dict):
         raise ManifestError("%s must be a YAML mapping" % path)
     if m.get("format") != FORMAT:
-        raise ManifestError("%s: format must be '%s', got %r" % (path, FORMAT, m.get("format")))
+        raise ManifestError("%s: format must be '%s', got %s" % (path, FORMAT, _brief(m.get("format"))))
     kind = _need(m, "kind", str, path)
     if kind not in KINDS:
-        raise ManifestError("%s: kind must be one of %s, got %r" % (path, ", ".join(KINDS), kind))
+        raise ManifestError("%s: kind must be one of %s, got %s" % (path, ", ".join(KINDS), _brief(kind)))
     _need(m, "name", str, path)
     inp = _need(m, "input", dict, path)
     for key in ("shape", "mean", "std", "classes"):
         _need(inp, key, list, path + ": input")
     shape = inp["shape"]
     if len(shape) != 3 or any(isinstance(s, bool) or not isinstance(s, int) or not 1 <= s <= 65536 for s in shape):
-        raise ManifestError("%s: input shape must be [channels, height, width] (positive integers), got %r"
-                            % (path, shape))
+        raise ManifestError("%s: input shape must be [channels, height, width] (positive integers), got %s"
+                            % (path, _brief(shape)))
     if len(inp["mean"]) != shape[0] or len(inp["std"]) != shape[0]:
         raise ManifestError("%s: input mean/std need one value per channel (%d)" % (path, shape[0]))
     if any(isinstance(s, bool) or not isinstance(s, (int, float)) for s in inp["mean"]):
@@ -79,12 +98,12 @@ def read(model_dir: str, verify: bool = True) -> Dict[str, Any]:
     out = m.get("output")
     if isinstance(out, dict) and isinstance(out.get("shape"), list) and len(out["shape"]) == 2 \
             and out["shape"][1] != len(inp["classes"]):
-        raise ManifestError("%s: output shape has %r classes but input classes names %d"
-                            % (path, out["shape"][1], len(inp["classes"])))
+        raise ManifestError("%s: output shape has %s classes but input classes names %d"
+                            % (path, _brief(out["shape"][1]), len(inp["classes"])))
     arch = m.get("arch")
     if isinstance(arch, dict) and "classes" in arch and arch["classes"] != len(inp["classes"]):
-        raise ManifestError("%s: arch has %r classes but input classes names %d"
-                            % (path, arch["classes"], len(inp["classes"])))
+        raise ManifestError("%s: arch has %s classes but input classes names %d"
+                            % (path, _brief(arch["classes"]), len(inp["classes"])))
     levels: List[Dict] = _need(m, "levels", list, path)
     if not levels:
         raise ManifestError("%s: 'levels' is empty" % path)
@@ -97,10 +116,10 @@ def read(model_dir: str, verify: bool = True) -> Dict[str, Any]:
         for key in ("macs",):
             v = lv.get(key)
             if isinstance(v, bool) or not isinstance(v, int) or v < 0:
-                raise ManifestError("%s: %s must be a non-negative integer, got %r" % (where, key, v))
+                raise ManifestError("%s: %s must be a non-negative integer, got %s" % (where, key, _brief(v)))
         acc = lv.get("accuracy")
         if acc is not None and (isinstance(acc, bool) or not isinstance(acc, (int, float))):
-            raise ManifestError("%s: accuracy must be a number or null, got %r" % (where, acc))
+            raise ManifestError("%s: accuracy must be a number or null, got %s" % (where, _brief(acc)))
         if f not in files:
             raise ManifestError("%s: file %s is not listed under 'files'" % (where, f))
     for name, info in files.items():

@@ -19,7 +19,7 @@ from typing import Dict, List, Optional, Tuple
 
 from . import discover
 from .energy import EnergyMeter, read_watts
-from .files import write_atomic
+from .files import read_regular, write_atomic
 from .owner import BOARD_DIR, Ownership
 from .model import BoardSpec, Target
 from .sysfs import KernelRejected, NotPermitted, PlatformError, Sysfs, Vanished
@@ -82,14 +82,11 @@ class Originals:
         if not self.path or not os.path.lexists(self.path):
             return {}
         try:
-            if not os.path.isfile(self.path) or os.path.islink(self.path):
-                raise ValueError("is not a regular file")
-            with open(self.path, "rb") as f:
-                data = json.loads(f.read(1 << 20).decode("utf-8"))
+            data = json.loads(read_regular(self.path).decode("utf-8"))
             if not isinstance(data, dict) or not isinstance(data.get("files"), dict) \
                     or not all(isinstance(k, str) and isinstance(v, str) for k, v in data["files"].items()):
                 raise ValueError("is not a record of files and values")
-        except (OSError, ValueError) as e:
+        except (OSError, ValueError, RecursionError) as e:
             raise UnresolvedRecord(self._set_aside("could not be read (%s)" % (getattr(e, "strerror", None) or e)))
         if data.get("root") != self.fs.root:
             log.warning("%s belongs to another sysfs root (%s)", self.path, data.get("root"))

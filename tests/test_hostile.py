@@ -483,3 +483,80 @@ def test_read_only_state_after_sigkill(random_set, tmp_path, tiny_tmpfs):
             assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
             assert "not writable" in r.stderr.splitlines()[-1]
             assert snapshot(root) == before
+
+
+# ---------------------------------------------------------------- no hang, no crash loop (issue 37)
+@pytest.mark.parametrize("damage", ["[]", "null", "missing target", "nan slope", "not json"])
+def test_a_damaged_profile_is_set_aside_and_measured_again(random_set, tmp_path, damage):
+    """A damaged profile.json used to crash every start with a traceback (or, with NaN or
+    1e308 slopes, steer every decision): it is kept aside and a new one measured."""
+    root = trees.build("generic", str(tmp_path / "sysfs"))
+    d = Daemon(str(tmp_path / "a"), random_set, sysfs_root=root)
+    d.wait_ready()
+    assert d.stop() == 0
+    prof = os.path.join(d.state, "profile.json")
+    good = json.load(open(prof))
+    bad = {"[]": "[]", "null": "null", "not json": "\x00\xff{"}.get(damage)
+    if damage == "missing target":
+        good["profile"]["targets"].pop("cpu:1")
+        bad = json.dumps(good)
+    elif damage == "nan slope":
+        good["profile"]["targets"]["cpu"]["a"] = float("nan")
+        bad = json.dumps(good)
+    with open(prof, "w", errors="surrogateescape") as f:
+        f.write(bad)
+    e = Daemon(str(tmp_path / "b"), random_set, sysfs_root=root, extra=["--state-dir", d.state])
+    try:
+        e.wait_ready()
+        with e.client() as c:
+            assert c.status()["profile"].startswith("measured")
+    finally:
+        assert e.stop() == 0, e.output()
+    out = e.output()
+    assert "Traceback" not in out and "kept as" in out and "measuring a new one" in out, out
+    assert open(prof + ".damaged", errors="surrogateescape").read() == bad
+    assert json.load(open(prof))["profile"]["targets"]["cpu"]["a"] > 0
+
+
+def test_a_fifo_as_a_state_file_does_not_hang_the_start(random_set, tmp_path):
+    root = trees.build("generic", str(tmp_path / "sysfs"))
+    state = tmp_path / "state"
+    state.mkdir()
+    os.mkfifo(str(state / "budget.json"))
+    os.mkfifo(str(state / "profile.json"))
+    d = Daemon(str(tmp_path / "run"), random_set, sysfs_root=root, extra=["--state-dir", str(state)])
+    try:
+        d.wait_ready(timeout=60)
+        with d.client() as c:
+            assert c.status()["budget"]["latency_ms"] is None
+    finally:
+        assert d.stop() == 0, d.output()
+    assert "Traceback" not in d.output()
+
+
+@pytest.mark.parametrize("content", ["bomb", "binary", "deep"])
+def test_hostile_config_and_manifest_files_are_one_line_each(random_set, tmp_path, content):
+    """A YAML alias bomb (its error message once took minutes to print), binary bytes, deep
+    nesting: one line and exit 2, quickly, for the config and for a model's manifest."""
+    if content == "bomb":
+        text = "".join("x%d: &x%d [%s]\n" % (i, i, ", ".join(["*x%d" % (i - 1)] * 9) if i else "lol, lol")
+                       for i in range(9)).encode()
+        text = b"threads:\n" + b"".join(b"  " + l + b"\n" for l in text.splitlines())
+    elif content == "binary":
+        text = bytes(range(256)) * 8
+    else:
+        text = b"threads: " + b"[" * 5000 + b"]" * 5000 + b"\n"
+    cfg = tmp_path / "c.yaml"
+    cfg.write_bytes(text)
+    model = tmp_path / "model"
+    shutil.copytree(random_set, str(model))
+    (model / "manifest.yaml").write_bytes(text.replace(b"threads", b"format"))
+    env = dict(os.environ, PYTHONPATH=ROOT)
+    for args in (["serve", "--config", str(cfg), "--state-dir", str(tmp_path / "s")],
+                 ["serve", "--model", str(model), "--config", str(tmp_path / "e.yaml"),
+                  "--state-dir", str(tmp_path / "s")]):
+        (tmp_path / "e.yaml").write_text("")
+        t0 = time.time()
+        r = subprocess.run(dnnscale_cmd() + args, cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
+        assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1, r.stderr[-2000:]
+        assert "Traceback" not in r.stderr and time.time() - t0 < 30
