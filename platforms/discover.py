@@ -166,6 +166,14 @@ def gpu_devfreq(fs: Sysfs, spec: BoardSpec, warnings: List[str]) -> Optional[Tar
     return None
 
 
+def _period(fs: Sysfs, p: str, per_second: float, default: float) -> float:
+    """A sensor's refresh period in seconds from ``p`` (in 1/``per_second`` s), else ``default``."""
+    try:
+        return fs.read_int(p) / per_second if fs.exists(p) else default
+    except PlatformError:
+        return default
+
+
 def rails(fs: Sysfs, spec: BoardSpec) -> List[Rail]:
     out: List[Rail] = []
     for name_file in fs.glob("/sys/class/hwmon/hwmon*/name"):   # mainline ina2xx (XU3 on 5.x/6.x)
@@ -177,23 +185,12 @@ def rails(fs: Sysfs, spec: BoardSpec) -> List[Rail]:
         where = fs.realpath(d + "/device") if fs.exists(d + "/device") else fs.realpath(d)
         m = re.search(r"/\d+-00([0-9a-f]{2})(?:/|$)", where)
         name = spec.ina231_addresses.get(int(m.group(1), 16)) if m else None
-        period = 0.0
-        if fs.exists(d + "/update_interval"):
-            try:
-                period = fs.read_int(d + "/update_interval") / 1000.0
-            except PlatformError:
-                pass
-        out.append(Rail(name or os.path.basename(d), "hwmon", d + "/power1_input", None, period))
+        out.append(Rail(name or os.path.basename(d), "hwmon", d + "/power1_input", None,
+                        _period(fs, d + "/update_interval", 1e3, 0.0)))
     for name_file in fs.glob("/sys/bus/i2c/drivers/INA231/*/sensor_name"):  # XU3 (bus varies)
         d = os.path.dirname(name_file)
         name = fs.read(name_file).replace("sensor_", "")
-        period = 0.264
-        if fs.exists(d + "/update_period"):
-            try:
-                period = fs.read_int(d + "/update_period") / 1e6
-            except PlatformError:
-                pass
-        out.append(Rail(name, "ina231", d + "/sensor_W", d + "/enable", period))
+        out.append(Rail(name, "ina231", d + "/sensor_W", d + "/enable", _period(fs, d + "/update_period", 1e6, 0.264)))
     for p in fs.glob("/sys/bus/i2c/drivers/ina3221x/*/iio:device*/in_power*_input"):  # Nano
         m = re.search(r"/in_power(\d+)_input$", p)   # not in_powerN_trigger_input (docs/platforms.md)
         if m:
