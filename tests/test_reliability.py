@@ -722,7 +722,8 @@ def test_an_untrusted_crash_record_is_kept_aside(random_set, tmp_path, record):
     root = trees.build("odroid-xu3", str(tmp_path / "sysfs"))
     victim = tmp_path / "victim.txt"
     victim.write_text("precious\n")
-    if record == "planted":     # a key outside the board's control files, through ..
+    planted = record == "planted"   # the whole story for it: two starts, then resolved
+    if planted:                  # a key outside the board's control files, through ..
         record = json.dumps({"root": root, "files": {"/sys/../../%s" % os.path.relpath(victim, root): "owned"}})
     state = tmp_path / "state"
     state.mkdir()
@@ -730,7 +731,7 @@ def test_an_untrusted_crash_record_is_kept_aside(random_set, tmp_path, record):
     before = snapshot(root)
     cfg = tmp_path / "c.yaml"
     cfg.write_text("profile_runs: 1\n")
-    for run in ("a", "b"):
+    for run in ("a", "b") if planted else ("a",):
         d = Daemon(str(tmp_path / run), random_set, sysfs_root=root, config=str(cfg), kernel_uid=0,
                    extra=["--state-dir", str(state)])
         try:
@@ -744,6 +745,8 @@ def test_an_untrusted_crash_record_is_kept_aside(random_set, tmp_path, record):
         aside = [p for p in os.listdir(state) if p.startswith("platform-originals.json.unreadable-")]
         assert len(aside) == 1 and (state / aside[0]).read_text() == record
         assert victim.read_text() == "precious\n" and snapshot(root) == before
+    if not planted:
+        return
     os.remove(state / aside[0])                  # resolved by the operator
     d = Daemon(str(tmp_path / "c"), random_set, sysfs_root=root, config=str(cfg), kernel_uid=0,
                extra=["--state-dir", str(state)])
