@@ -5,7 +5,6 @@ Used at start-up (a quick pass when no stored profile matches) and by ``dnnscale
 """
 from __future__ import annotations
 
-import json
 import logging
 import os
 import statistics

@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import time
 from typing import Dict, List, Optional, Tuple
 
 from . import discover
@@ -58,7 +59,6 @@ class Originals:
         return sorted(os.path.join(d, n) for n in names if n.startswith(ORIGINALS + ".unreadable-"))
 
     def _set_aside(self, why: str) -> str:
-        import time
         dst = "%s.unreadable-%s" % (self.path, time.strftime("%Y%m%dT%H%M%S"))
         try:
             os.rename(self.path, dst)
