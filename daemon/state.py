@@ -2,28 +2,14 @@
 full or read-only disk never leaves a half-written or empty file behind."""
 from __future__ import annotations
 
-import json
 import os
-from typing import Any
 
-from platforms.files import read_regular, write_atomic
+# Atomic writes through no planted link, reads of regular files only (a FIFO hung the start).
+from platforms.files import read_json, write_json
 
 from .config import ConfigError
 
-
-def write_json(path: str, data: Any, indent=None) -> None:
-    """Write ``path`` atomically (platforms.files.write_atomic); on failure raise the OSError,
-    leaving the old file as it was."""
-    write_atomic(path, json.dumps(data, indent=indent).encode())
-
-
-def read_json(path: str) -> Any:
-    """A state file's JSON: a regular file only (a FIFO in its place would hang the start);
-    OSError or ValueError (RecursionError and bad UTF-8 included) when it is not."""
-    try:
-        return json.loads(read_regular(path).decode("utf-8"))
-    except (RecursionError, UnicodeDecodeError) as e:
-        raise ValueError("%s: %s" % (path, type(e).__name__)) from None
+__all__ = ["read_json", "write_json", "check_writable"]
 
 
 def check_writable(state_dir: str) -> None:

@@ -12,7 +12,6 @@ crashed earlier run left behind before it touches anything else.
 """
 from __future__ import annotations
 
-import json
 import logging
 import os
 import time
@@ -20,7 +19,7 @@ from typing import Dict, List, Optional, Tuple
 
 from . import discover
 from .energy import EnergyMeter, read_watts
-from .files import read_regular, write_atomic
+from .files import read_json, write_json
 from .owner import BOARD_DIR, Ownership
 from .model import BoardSpec, Target
 from .sysfs import KernelRejected, NotPermitted, PlatformError, Sysfs, Vanished
@@ -82,11 +81,11 @@ class Originals:
         if not self.path or not os.path.lexists(self.path):
             return {}
         try:
-            data = json.loads(read_regular(self.path).decode("utf-8"))
+            data = read_json(self.path)
             if not isinstance(data, dict) or not isinstance(data.get("files"), dict) \
                     or not all(isinstance(k, str) and isinstance(v, str) for k, v in data["files"].items()):
                 raise ValueError("is not a record of files and values")
-        except (OSError, ValueError, RecursionError) as e:
+        except (OSError, ValueError) as e:
             raise UnresolvedRecord(self._set_aside("could not be read (%s)" % (getattr(e, "strerror", None) or e)))
         if data.get("root") != self.fs.root:
             log.warning("%s belongs to another sysfs root (%s)", self.path, data.get("root"))
@@ -102,7 +101,7 @@ class Originals:
             return
         try:
             os.makedirs(os.path.dirname(self.path), exist_ok=True)
-            write_atomic(self.path, json.dumps({"root": self.fs.root, "files": self.saved}, indent=1).encode())
+            write_json(self.path, {"root": self.fs.root, "files": self.saved}, indent=1)
         except OSError as e:
             raise PlatformError("cannot save the board's settings to %s before changing them (%s)"
                                 % (self.path, e.strerror or e)) from None
@@ -137,18 +136,22 @@ class Originals:
 
     def forget(self, p: str) -> None:
         """Drop ``p`` from the record: it was never changed after all."""
-        if self.saved.pop(p, None) is None:
-            return
-        if self.saved:
-            try:
+        if self.saved.pop(p, None) is not None:
+            self._sync()
+
+    def _sync(self) -> None:
+        """The record on disk as ``saved`` is now: written while it holds anything, gone when
+        it is empty. A failure is logged: the worst left is a record the next start restores."""
+        try:
+            if self.saved:
                 self._flush()
-            except PlatformError as e:
-                log.error("%s", e)
-        elif self.path and os.path.exists(self.path):
-            try:
+            elif self.path and os.path.exists(self.path):
                 os.remove(self.path)
-            except OSError as e:
-                log.error("cannot remove %s: %s", self.path, e.strerror or e)
+        except PlatformError as e:
+            log.error("%s", e)
+        except OSError as e:
+            log.error("cannot remove %s (the next start restores what it records again): %s", self.path,
+                      e.strerror or e)
 
     def restore(self, keep: Tuple[str, ...] = ()) -> List[str]:
         """Write the saved values back (min/max pairs in a valid order, governors last),
@@ -176,20 +179,9 @@ class Originals:
                     self.fs.write(d + "/" + n, vals[n])
                 except PlatformError as e:
                     errors.append(str(e))
-        if not errors and keep and any(p in self.saved for p in keep):
+        if not errors:
             self.saved = {p: v for p, v in self.saved.items() if p in keep}
-            try:
-                self._flush()
-            except PlatformError as e:
-                log.error("%s", e)
-        elif not errors:
-            self.saved.clear()
-            if self.path and os.path.exists(self.path):
-                try:
-                    os.remove(self.path)
-                except OSError as e:   # restored, but the record stays: the next start restores again
-                    log.error("restored the board's settings but cannot remove %s: %s", self.path,
-                              e.strerror or e)
+            self._sync()
         return errors
 
 

@@ -1,8 +1,11 @@
-"""Writing the daemon's own files (the crash record, the budget, the profile) so that
-nothing half-written is ever left, and nothing is written through a link someone planted."""
+"""The daemon's own files (the crash record, the budget, the profile): written so that
+nothing half-written is ever left and nothing goes through a link someone planted; read only
+from regular files of a bounded size, so that a FIFO in their place cannot hang a start."""
 from __future__ import annotations
 
+import json
 import os
+from typing import Any
 
 
 def write_atomic(path: str, data: bytes) -> None:
@@ -56,3 +59,17 @@ def read_regular(path: str, limit: int = 1 << 20) -> bytes:
         return b"".join(chunks)
     finally:
         os.close(fd)
+
+
+def write_json(path: str, data: Any, indent=None) -> None:
+    """``data`` as JSON, written with :func:`write_atomic`."""
+    write_atomic(path, json.dumps(data, indent=indent).encode())
+
+
+def read_json(path: str) -> Any:
+    """The JSON in ``path`` (:func:`read_regular`); OSError where it is not a regular file
+    that can be read, ValueError where it is not JSON (bad UTF-8 and deep nesting included)."""
+    try:
+        return json.loads(read_regular(path).decode("utf-8"))
+    except (RecursionError, UnicodeDecodeError) as e:
+        raise ValueError("%s: %s" % (path, type(e).__name__)) from None
