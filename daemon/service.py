@@ -109,8 +109,7 @@ class Service:
             log.error("could not restore a setting left by an earlier run: %s", err)
         state.check_writable(cfg.state_dir)
         want_gpu = cfg.gpu and "gpu" in self.platform.targets and not self.platform.simulated
-        self.models = ModelSet.load(self.model_dir, threads=cfg.threads or self._default_threads(), gpu=want_gpu,
-                                    lanes=self._lanes())
+        self.models = self._load_models(self.model_dir, cfg.threads, want_gpu)
         self.targets = self._usable_targets()
         self.levels = levels_from_manifest(self.models.manifest)
         self._platform_started = True
@@ -181,8 +180,10 @@ class Service:
             return have
         return max(1, min(have, max(sizes)))
 
-    def _lanes(self) -> Dict[str, int]:
-        return lanes_for(self.platform, self.cfg.threads, self.cpus_allowed)
+    def _load_models(self, model_dir: str, threads: Optional[int], gpu: bool) -> ModelSet:
+        """The model set as start and reload both load it: a pool per lane, sized to its CPUs."""
+        return ModelSet.load(model_dir, threads=threads or self._default_threads(), gpu=gpu,
+                             lanes=lanes_for(self.platform, threads, self.cpus_allowed))
 
     def _usable_targets(self):
         targets = dict(self.platform.targets)
@@ -326,8 +327,7 @@ class Service:
                             ", ".join(needs_restart), "them" if len(needs_restart) > 1 else "it")
         try:
             model_dir = zoo.resolve(cfg.model)
-            models = ModelSet.load(model_dir, threads=cfg.threads or self._default_threads(),
-                                   gpu="gpu" in self.models.targets, lanes=lanes_for(self.platform, cfg.threads, self.cpus_allowed))
+            models = self._load_models(model_dir, cfg.threads, "gpu" in self.models.targets)
         except ModelSetError as e:
             raise ProtocolError("reload_failed", "kept the loaded model set: %s" % e)
         except Exception as e:   # onnxruntime's own errors, a bug in validation: never fatal
