@@ -152,7 +152,7 @@ def test_nonroot_with_the_deployment_rules(name, random_set, tmp_path):
     before = snapshot(root)
     cfg = tmp_path / "c.yaml"
     cfg.write_text("profile_runs: 1\n")
-    platform = name.split("-")[0] + "-" + name.split("-")[1]
+    platform = EXPECT[name][0]
     d = Daemon(str(tmp_path / "run"), random_set, sysfs_root=root, config=str(cfg), kernel_uid=1000)
     try:
         d.wait_ready()

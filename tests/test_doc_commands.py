@@ -4,11 +4,13 @@ service and no training data run against a real `dnnscale serve` started as a us
 it (no flags; the config from $DNNSCALE_CONFIG, per-user state and sockets)."""
 from __future__ import annotations
 
+import contextlib
 import glob
 import os
 import re
 import shlex
 import subprocess
+import time
 from typing import Dict
 
 import pytest
@@ -73,20 +75,19 @@ def test_every_documented_command_parses(cmd):
         assert e.code == 0, "%s (in %s) does not parse" % (cmd, COMMANDS[cmd])
 
 
-@pytest.fixture(scope="module")
-def user_env(tmp_path_factory):
-    """`dnnscale serve` as a user runs it: no flags, per-user state and control socket
-    ($XDG_RUNTIME_DIR/dnnscale); $DNNSCALE_CONFIG puts its inference socket beside them
-    (not tcp:5555, where something else on this machine might listen)."""
-    import time
-    home = tmp_path_factory.mktemp("home")
+@contextlib.contextmanager
+def users_serve(home, argv=("serve",)):
+    """`dnnscale serve` as a user runs it (``argv`` as written): per-user state and control
+    socket ($XDG_RUNTIME_DIR/dnnscale); $DNNSCALE_CONFIG puts its inference socket beside them
+    (not tcp:5555, where something else on this machine might listen). Yields the clients'
+    environment once `dnnscale status` answers in it."""
     cfg = home / "config.yaml"
     cfg.write_text("infer_endpoint: ipc://%s/dnnscale/infer.sock\nthreads: 1\nprofile_runs: 1\n" % home)
     env = dict(os.environ, HOME=str(home), XDG_RUNTIME_DIR=str(home), DNNSCALE_CONFIG=str(cfg), PYTHONPATH=ROOT)
     for v in ("STATE_DIRECTORY", "RUNTIME_DIRECTORY", "DNNSCALE_SYSTEM", "NOTIFY_SOCKET", "XDG_STATE_HOME"):
         env.pop(v, None)
     log = open(home / "serve.log", "w")
-    proc = subprocess.Popen(dnnscale_cmd() + ["serve"], cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+    proc = subprocess.Popen(dnnscale_cmd() + list(argv), cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
     try:
         end = time.time() + 180
         while subprocess.run(dnnscale_cmd() + ["status"], cwd=ROOT, env=env, capture_output=True).returncode:
@@ -97,6 +98,12 @@ def user_env(tmp_path_factory):
         proc.terminate()
         proc.wait(60)
         log.close()
+
+
+@pytest.fixture(scope="module")
+def user_env(tmp_path_factory):
+    with users_serve(tmp_path_factory.mktemp("home")) as env:
+        yield env
 
 
 def test_documented_client_commands_run_as_written(user_env):
@@ -122,28 +129,12 @@ def test_documented_client_commands_run_as_written(user_env):
 
 def test_readme_fashion_mnist_block(tmp_path):
     """README's two lines for the grayscale set, and the answers it prints."""
-    import time
     block = re.search(r"```\n(dnnscale serve --model fashion-mnist-g4\n.*?)```",
                       open(os.path.join(ROOT, "README.md")).read(), re.S).group(1)
     serve, infer = [l for l in block.splitlines() if l.startswith("dnnscale ")]
     expected = [l[2:] for l in block.splitlines() if l.startswith("# ")]
-    cfg = tmp_path / "config.yaml"
-    cfg.write_text("infer_endpoint: ipc://%s/dnnscale/infer.sock\nthreads: 1\nprofile_runs: 1\n" % tmp_path)
-    env = dict(os.environ, HOME=str(tmp_path), XDG_RUNTIME_DIR=str(tmp_path), DNNSCALE_CONFIG=str(cfg),
-               PYTHONPATH=ROOT)
-    for v in ("STATE_DIRECTORY", "RUNTIME_DIRECTORY", "DNNSCALE_SYSTEM", "NOTIFY_SOCKET", "XDG_STATE_HOME"):
-        env.pop(v, None)
-    proc = subprocess.Popen(dnnscale_cmd() + shlex.split(serve)[1:], cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
-    try:
-        end = time.time() + 180
-        while subprocess.run(dnnscale_cmd() + ["status"], cwd=ROOT, env=env, capture_output=True).returncode:
-            assert proc.poll() is None and time.time() < end
-            time.sleep(0.5)
+    with users_serve(tmp_path, shlex.split(serve)[1:]) as env:
         r = subprocess.run(dnnscale_cmd() + shlex.split(infer)[1:], cwd=ROOT, env=env, capture_output=True,
                            text=True, timeout=60)
         assert r.returncode == 0, r.stderr
         assert [l for l in r.stdout.splitlines() if l.startswith("examples/")] == expected
-    finally:
-        proc.terminate()
-        proc.wait(60)
