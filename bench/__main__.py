@@ -16,7 +16,8 @@ from typing import Callable, List, Optional, Tuple
 
 from .common import ROOT, machine
 
-SECTIONS = ("range", "tradeoff", "modelset", "memory", "switching", "kinds", "daemon", "hotpath", "governor")
+SECTIONS = ("range", "tradeoff", "modelset", "memory", "switching", "kinds", "daemon", "reload", "hotpath",
+            "governor")
 
 
 def _levels(model_dir):
@@ -27,7 +28,7 @@ def _levels(model_dir):
 
 def run(model_dir: str, portfolio_dir: Optional[str], quick: bool, plots_dir: Optional[str],
         only: Optional[List[str]] = None) -> List[Tuple[str, str]]:
-    from . import daemon as bdaemon, dynamic_range, modelset as bms, switching
+    from . import daemon as bdaemon, dynamic_range, modelset as bms, reload as breload, switching
     runs = 60 if quick else 300
     done: dict = {}   # results the "kinds" section reuses (measured here if those sections were skipped)
 
@@ -47,6 +48,8 @@ def run(model_dir: str, portfolio_dir: Optional[str], quick: bool, plots_dir: Op
         ("kinds", lambda: switching.kinds_report(model_dir, portfolio_dir, mem(), sw())),
         ("daemon", lambda: bdaemon.report(bdaemon.run(model_dir, requests=200 if quick else 1000,
                                                       clients=(1, 4, 8, 16)))),
+        ("reload", lambda: breload.report(breload.run(model_dir, rounds=1 if quick else 3,
+                                                      steady_s=1.0 if quick else 4.0), 3)),
         ("hotpath", lambda: hotpath_section(model_dir, quick)),
         ("governor", lambda: governor_section(model_dir, quick, plots_dir)),
     ]
@@ -94,6 +97,7 @@ TITLES = {
     "switching": "4. Switching cost",
     "kinds": "4b. The two kinds of dynamic DNN side by side (group set vs DNNShifter-style portfolio)",
     "daemon": "5. The daemon: overhead and throughput",
+    "reload": "5a. Requests around reloads",
     "hotpath": "5b. A compiled request path (prototype)",
     "governor": "6. The governor against its baselines",
 }

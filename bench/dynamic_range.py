@@ -22,11 +22,11 @@ PAPER = {"with mapping + DVFS": (41.6, 10.6), "vs earlier dynamic DNNs": (2.73, 
 def measured(model_dir: str, runs: int = 100) -> List[Dict]:
     """Median batch-1 latency of every (k, mapping) on this machine (generic platform)."""
     import platforms
-    from daemon.service import lanes_for
+    from daemon.runtime import Builder
     from models import ModelSet
     from models.evaluate import timings
     plat = platforms.create("generic")
-    ms = ModelSet.load(model_dir, lanes=lanes_for(plat))      # each lane its own thread count, as served
+    ms = ModelSet.load(model_dir, lanes=Builder(plat).lanes())      # each lane its own thread count, as served
     x = np.zeros((1,) + ms.input_shape, np.float32)
     rows = []
     try:

@@ -88,19 +88,19 @@ def _real(model_dir: str, n: int, settle: int, label: str) -> List[Dict]:
     import platforms
     from daemon.executor import Executor
     from daemon import profiler
-    from daemon.service import lanes_for
+    from daemon.runtime import Builder, Runtime
     from governor import Budget, Governor, build_space, levels_from_manifest
     from models import ModelSet
     plat = platforms.create("generic")
-    ms = ModelSet.load(model_dir, lanes=lanes_for(plat))      # each lane its own thread count, as served
+    ms = ModelSet.load(model_dir, lanes=Builder(plat).lanes())      # each lane its own thread count, as served
     levels = levels_from_manifest(ms.manifest)
     space = build_space(levels, {t: [] for t in plat.targets})
-    ex = Executor(ms, plat, None)
-    quiet = profiler.measure(ex, space, levels, runs=30)
+    ex = Executor(plat)
+    quiet = profiler.measure(ex, ms, space, levels, runs=30)
     burners = [_burner() for _ in range(os.cpu_count() or 1)]
     try:
         time.sleep(0.3)
-        loaded = profiler.measure(ex, space, levels, runs=30)   # what the oracle knows in advance
+        loaded = profiler.measure(ex, ms, space, levels, runs=30)   # what the oracle knows in advance
     finally:
         for b in burners:
             b.kill()
@@ -117,7 +117,7 @@ def _real(model_dir: str, n: int, settle: int, label: str) -> List[Dict]:
         else:
             pol = S.policy_from_profile(name, space, levels, quiet)
         pol.set_budget(Budget(latency_ms=budget_ms))
-        ex.governor = pol
+        rt = Runtime(ms, model_dir, dict(plat.targets), "", levels, space, quiet, False, pol)
         burners: List[subprocess.Popen] = []
         rows = []
         since = 0
@@ -133,7 +133,7 @@ def _real(model_dir: str, n: int, settle: int, label: str) -> List[Dict]:
                             b.kill()
                             b.wait()
                         burners = []
-                _, info = ex.infer(x)
+                _, info = ex.infer(rt, x)
                 c = info["config"]
                 rows.append((info["latency_ms"] > budget_ms, acc[c["groups"]], (c["groups"], c["target"]),
                              since >= settle))

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from typing import List, Optional
+from typing import Any, Dict, List, Optional
 
 
 class CliError(Exception):
@@ -143,7 +143,7 @@ def cmd_platform(a: argparse.Namespace) -> int:
     import json
     import platforms
     try:
-        p = platforms.create(a.platform, root=a.sysfs_root)
+        p = platforms.create(a.platform, root=a.sysfs_root, **a.board)
     except (ValueError, platforms.PlatformError) as e:
         raise CliError(str(e))
     d = p.describe()
@@ -250,7 +250,7 @@ def cmd_serve(a: argparse.Namespace) -> int:
     signal.signal(signal.SIGUSR2, signal.SIG_IGN)
     notifier = Notifier()
     notifier.status("loading %s" % (cfg.model or "the shipped model"))
-    service = Service(cfg, stop_event=stop, config_loader=lambda: _read_config(a))
+    service = Service(cfg, stop_event=stop, config_loader=lambda: _read_config(a), board=a.board)
     server = metrics_server = None
     try:
         try:
@@ -292,19 +292,19 @@ def cmd_profile(a: argparse.Namespace) -> int:
     cfg.profile_runs = a.runs
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
-    service = Service(cfg, remeasure=True, stop_event=stop)
+    service = Service(cfg, remeasure=True, stop_event=stop, board=a.board)
     try:
         _start_service(service, show_progress=True)   # saves the profile on success
     finally:
         for e in service.stop():
             print("dnnscale profile: could not restore %s" % e, file=sys.stderr)
-    n, m = len(service.space), len(profiler.plan_measurements(service.space))
+    n, m = len(service.rt.space), len(profiler.plan_measurements(service.rt.space))
     print("profiled %d of %d configurations on %s (%s) and predicted the rest; saved in %s"
           % (m, n, service.platform.name, service.governor.profile.source,
              os.path.join(cfg.state_dir, profiler.PROFILE_FILE)))
-    prof, levels = service.governor.profile, service.levels
+    prof, levels = service.governor.profile, service.rt.levels
     for t in service.targets:
-        cs = [c for c in service.space if c.target == t]
+        cs = [c for c in service.rt.space if c.target == t]
         top = max((c.freq_khz or 0) for c in cs)
         lat = ["k=%d %.3f ms" % (lv.level, prof.predict(next(c for c in cs if c.level == lv.level and
                                                               (c.freq_khz or 0) == top), lv.macs)[0] * 1e3)
@@ -472,6 +472,9 @@ def cmd_pin(a: argparse.Namespace) -> int:
     if cfg:
         print("  in effect: k=%d on %s%s" % (cfg["groups"], cfg["target"], " at %g MHz" % (cfg["freq_khz"] / 1000)
                                              if cfg.get("freq_khz") else ""))
+    if r.get("warning"):            # the frequency was refused: the rest of the pin holds
+        print("dnnscale pin: warning: %s" % r["warning"], file=sys.stderr)
+        return 1
     return 0
 
 
@@ -673,8 +676,10 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def main(argv: Optional[List[str]] = None) -> int:
+def main(argv: Optional[List[str]] = None, board: Optional[Dict[str, Any]] = None) -> int:
+    """``board``: keyword arguments for :func:`platforms.create` (a test's kernel double)."""
     args = build_parser().parse_args(argv)
+    args.board = board or {}
     try:
         return args.func(args)
     except BrokenPipeError:       # `dnnscale status | head`: the reader left; nothing more to say

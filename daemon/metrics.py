@@ -92,11 +92,52 @@ def _collector(service):
     return ServiceCollector()
 
 
+METRICS_TIMEOUT_S = 5.0     # an idle or half-sent scrape is dropped after this
+METRICS_CLIENTS = 16        # scrapes served at once; more are closed at once
+
+
 def serve(service, port: int, address: str = "127.0.0.1"):
-    """Start the HTTP exporter in a thread; returns the server (``shutdown()`` stops it)."""
-    from prometheus_client import CollectorRegistry, start_http_server
+    """Start the HTTP exporter in a thread; returns the server (``shutdown()`` stops it).
+    Bounded: at most METRICS_CLIENTS connections at once, each dropped after
+    METRICS_TIMEOUT_S of silence, so idle connections cannot pile up threads."""
+    import socket
+    from socketserver import ThreadingMixIn
+    from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
+
+    from prometheus_client import CollectorRegistry, make_wsgi_app
+
+    class Handler(WSGIRequestHandler):
+        timeout = METRICS_TIMEOUT_S
+
+        def log_message(self, *args) -> None:
+            pass
+
+    class Server(ThreadingMixIn, WSGIServer):
+        daemon_threads = True
+        block_on_close = False
+        address_family = socket.AF_INET6 if ":" in address else socket.AF_INET
+        slots: threading.BoundedSemaphore
+
+        def process_request(self, request, client_address) -> None:
+            if not self.slots.acquire(blocking=False):
+                self.shutdown_request(request)      # over the bound: closed, not queued
+                return
+            try:
+                super().process_request(request, client_address)
+            except Exception:
+                self.slots.release()
+                raise
+
+        def process_request_thread(self, request, client_address) -> None:
+            try:
+                super().process_request_thread(request, client_address)
+            finally:
+                self.slots.release()
+
     registry = CollectorRegistry()
     registry.register(_collector(service))
-    started = start_http_server(port, addr=address, registry=registry)
+    httpd = make_server(address, port, make_wsgi_app(registry), Server, handler_class=Handler)
+    httpd.slots = threading.BoundedSemaphore(METRICS_CLIENTS)
+    threading.Thread(target=httpd.serve_forever, name="dnnscale-metrics", daemon=True).start()
     log.info("metrics on http://%s:%d/metrics", address, port)
-    return started[0] if isinstance(started, tuple) else None
+    return httpd

@@ -37,56 +37,51 @@ class Interrupted(Exception):
     """SIGTERM (or Ctrl-C) during profiling: stopped at a configuration boundary."""
 
 
-def settle_s(meter) -> float:
-    """How long to wait after a frequency change before the power reads belong to the new
-    frequency: two sampling periods of the meter, whose period is at least the slowest
-    sensor's refresh (XU3 INA231: 263.8 ms, so 0.53 s; an INA3221 converts on every read,
-    so two 20 ms sampling periods)."""
-    return 0.0 if meter is None or meter.counter else 2 * meter.period
-
-
-def measure(executor, space: List[Config], levels: List[Level], runs: int = 5,
+def measure(executor, models, space: List[Config], levels: List[Level], runs: int = 5,
             progress: Optional[Callable[[int, int], None]] = None,
             stop: Optional[threading.Event] = None, sleep=time.sleep) -> Profile:
     """Time each planned configuration ``runs`` times (median) on batch-1 input. Where a
-    power sensor meters energy, each frequency is given :func:`settle_s` to show in the
-    sensor, and the power at that frequency is taken from the largest level run for at
-    least two meter periods, so that every figure is the frequency's own (the profile keeps
-    one power per frequency; the other levels are timed only)."""
+    power sensor meters energy, each frequency is given the platform's ``settle_s`` to show
+    in the sensor, and the power at that frequency is taken from the largest level run for
+    at least that long, so that every figure is the frequency's own (the profile keeps one
+    power per frequency; the other levels are timed only). A simulated board gives its
+    model's figures instead."""
     plan = sorted(plan_measurements(space), key=lambda c: (c.target, c.freq_khz or 0, c.level))
-    ms = executor.models
+    ms, platform = models, executor.platform
     x = np.zeros((1,) + ms.input_shape, np.float32)
     samples: List[Sample] = []
-    sim = executor.platform.simulated
     macs = {l.level: l.macs for l in levels}
     top = max(macs)
     prev = None
+    modelled = False
     for n, c in enumerate(plan):
         if stop is not None and stop.is_set():
             raise Interrupted("profiling interrupted after %d of %d configurations" % (n, len(plan)))
         executor.apply(c)
-        if sim:
-            lat, en = executor.platform.predict(macs[c.level], c.target)
-            samples.append(Sample(c, lat, en))
+        cost = platform.board_model(macs[c.level], c.target, noise=False)
+        if cost is not None:
+            samples.append(Sample(c, *cost))
+            modelled = True
         else:
-            meter = getattr(executor.platform, "meter", None)
-            if meter is not None and (prev is None or (prev.target, prev.freq_khz) != (c.target, c.freq_khz)):
-                sleep(settle_s(meter))
+            settle = platform.settle_s
+            if platform.energy_available and (prev is None or (prev.target, prev.freq_khz) != (c.target, c.freq_khz)):
+                sleep(settle)
             prev = c
             ms.run(c.level, x, c.target)  # warm this configuration
-            power = meter is not None and c.level == top
+            power = platform.energy_available and c.level == top
             lats = []
-            j0, t_start = (meter.joules() if power else None), time.monotonic()
-            window = 2 * meter.period if power and not meter.counter else 0.0
+            j0, t_start = (platform.joules() if power else None), time.monotonic()
+            window = settle if power else 0.0
             while len(lats) < runs or time.monotonic() - t_start < window:
                 t0 = time.perf_counter()
                 ms.run(c.level, x, c.target)
                 lats.append(time.perf_counter() - t0)
-            en = meter.energy_between(j0, meter.joules()) / 1e3 / len(lats) if power else None
+            j1 = platform.joules() if power else None
+            en = platform.energy_between(j0, j1) / 1e3 / len(lats) if j0 is not None and j1 is not None else None
             samples.append(Sample(c, statistics.median(lats), en))
         if progress:
             progress(n + 1, len(plan))
-    return Profile.fit(samples, levels, source="simulated" if sim else "measured (%d runs each)" % runs)
+    return Profile.fit(samples, levels, source="simulated" if modelled else "measured (%d runs each)" % runs)
 
 
 def save(state_dir: str, profile: Profile, match: Dict) -> str:

@@ -11,7 +11,6 @@ control messages. No socket is shared between threads.
 """
 from __future__ import annotations
 
-import collections
 import grp
 import logging
 import os
@@ -20,13 +19,14 @@ import socket
 import stat
 import threading
 import time
-from typing import Deque, List, Optional, Tuple
+from typing import List, Optional
 
 import zmq
 
 from .config import Config, ConfigError, check_socket_dir
 from .notify import Notifier
 from .protocol import ProtocolError, decode_control, decode_infer, encode_reply, error_reply, peek_id
+from .queues import RequestQueues
 from .service import Service
 
 log = logging.getLogger("dnnscale.server")
@@ -34,6 +34,7 @@ HEADER_SLACK = 64 * 1024
 MAX_FRAMES = 4          # identity, REQ's empty delimiter, header, tensor
 RECEIVE_CHUNK = 64      # messages taken in per loop iteration (bounded: see _receive)
 CONTROL_MAX_BYTES = 64 * 1024
+CLOSE_LINGER_MS = 1000  # at stop: how long queued replies may take to leave
 
 
 def _split(frames: List[bytes]):
@@ -149,9 +150,7 @@ class Server:
         self.cfg = cfg
         self.notifier = notifier or Notifier({})
         self.ctx = ctx or zmq.Context()
-        self.queues: "collections.OrderedDict[bytes, Deque[Tuple[List[bytes], object]]]" = collections.OrderedDict()
-        self.queued = 0                                       # requests in all queues
-        self.per_client = max(1, cfg.queue_size // 4)         # one client's share of the queue
+        self.queues = RequestQueues(cfg.queue_size, cfg.max_batch)
         self.reload_requested = threading.Event()
         self.heartbeat = time.monotonic()   # the inference thread's last loop iteration
         self._auth = None
@@ -346,79 +345,31 @@ class Server:
                 self.service.count_error(e.code)
                 self._send(self.infer, envelope + error_reply(peek_id(body[0]) if body else None, e.code, str(e)))
                 continue
-            client = envelope[0]
-            q = self.queues.get(client)
-            if self.queued >= self.cfg.queue_size or (q is not None and len(q) >= self.per_client):
+            if not self.queues.offer(envelope[0], envelope, req):
                 self.service.count_error("busy")
                 self._send(self.infer, envelope + error_reply(req.id, "busy", "the request queue is full (%d%s); "
                                                               "retry later" % (self.cfg.queue_size,
-                                                                               ", %d per client" % self.per_client)))
-                continue
-            if q is None:
-                q = self.queues[client] = collections.deque()
-            q.append((envelope, req))
-            self.queued += 1
-
-    def _take(self, client: bytes):
-        q = self.queues[client]
-        item = q.popleft()
-        self.queued -= 1
-        if not q:
-            del self.queues[client]
-        return item
-
-    def _next_batch(self):
-        """Round robin over clients: the longest-waiting client's oldest request first, then
-        one matching request from each client per pass (same dtype, groups and deadline, up
-        to max_batch images and each client's share), so that a client with a long queue gets
-        no more than its turn. A single request is never split."""
-        # Each client takes a small share of a batch (an eighth of max_batch, split among the
-        # clients waiting), so that a client with a long queue cannot make one that arrives
-        # next wait for a whole max_batch of its images (bench/hostile.py measures it).
-        share = max(1, self.cfg.max_batch // (8 * len(self.queues)))
-        first = next(iter(self.queues))
-        envelope, r0 = self._take(first)
-        if first in self.queues:
-            self.queues.move_to_end(first)
-        batch, envelopes, n = [r0], [envelope], len(r0.tensor)
-        if not self.cfg.batch_requests:
-            return envelopes, batch
-        taken = {first: len(r0.tensor)}
-        sig = (r0.dtype, r0.groups, r0.deadline_ms)
-        progress = True
-        while progress and self.queues and n < self.cfg.max_batch:
-            progress = False
-            for client in list(self.queues):
-                env, r = self.queues[client][0]
-                k = len(r.tensor)
-                if (r.dtype, r.groups, r.deadline_ms) == sig and n + k <= self.cfg.max_batch \
-                        and taken.get(client, 0) + k <= share:
-                    self._take(client)
-                    batch.append(r)
-                    envelopes.append(env)
-                    n += k
-                    taken[client] = taken.get(client, 0) + k
-                    progress = True
-        return envelopes, batch
+                                                                               ", %d per client" % self.queues.per_client)))
 
     def _run_one_batch(self) -> None:
-        envelopes, batch = self._next_batch()
-        sent = []
-
-        def send(results) -> None:
-            for env, (head, logits) in zip(envelopes, results):
-                self._send(self.infer, env + encode_reply(head, logits))
-            sent.append(True)
-
+        """infer → reply → learn: the replies go out before the governor learns from the run."""
+        envelopes, batch = self.queues.next_batch(self.cfg.batch_requests)
         try:
-            self.service.infer(batch, send)
+            results, ran = self.service.infer(batch)
         except Exception as e:   # an onnxruntime (or governor) failure must not kill the thread
-            log.exception("learning from a run failed" if sent else "inference failed")
+            log.exception("inference failed")
             self.service.count_error("internal")
-            if not sent:
-                msg = "inference failed: %s" % (str(e).splitlines() or ["?"])[0][:300]
-                for env, r in zip(envelopes, batch):
-                    self._send(self.infer, env + error_reply(r.id, "internal", msg))
+            msg = "inference failed: %s" % (str(e).splitlines() or ["?"])[0][:300]
+            for env, r in zip(envelopes, batch):
+                self._send(self.infer, env + error_reply(r.id, "internal", msg))
+            return
+        for env, (head, logits) in zip(envelopes, results):
+            self._send(self.infer, env + encode_reply(head, logits))
+        try:
+            self.service.learn(ran, len(batch))
+        except Exception:
+            log.exception("learning from a run failed")
+            self.service.count_error("internal")
 
     def _inference_loop(self, stop: threading.Event) -> None:
         # Idle, the thread waits inside recv itself (100 ms at most, for the stop flag, the
@@ -513,11 +464,13 @@ class Server:
         log.info("stopped: %d requests served", self.service.served)
 
     def close(self) -> None:
+        """Close the sockets; the replies still queued in libzmq (the last batch's, the
+        ``shutting_down`` answers) get CLOSE_LINGER_MS to reach their clients."""
         self.guard.stop()
         for s in ("infer", "control"):
             sock = getattr(self, s, None)
             if sock is not None:
-                sock.close(linger=0)
+                sock.close(linger=CLOSE_LINGER_MS)
         if self._auth:
             self._auth.stop()
         for path in self._bound_paths:   # only what this process bound: never another daemon's

@@ -44,7 +44,7 @@ import math
 import time
 from collections import deque
 from dataclasses import asdict, dataclass
-from typing import Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Callable, Deque, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -128,6 +128,121 @@ def worthwhile(levels: Sequence[Level], tolerance: float) -> set:
             if not any(o.macs < l.macs and o.accuracy >= l.accuracy - tolerance for o in levels)}
 
 
+class TargetModel:
+    """What the governor has learnt about one target (a lane): the latency model (the fast
+    level ``corr_lat`` times the shape ``c0 + c1 x profile``), the energy correction, and the
+    margin from the observed tail. The module docstring gives the rules."""
+
+    def __init__(self, p: "Params", ref_s: float):
+        self.p = p
+        self.ref = ref_s               # the shape fit's unit (x = profile / ref ~ 1)
+        self.corr_lat = 1.0            # the fast level: EWMA of observed / modelled
+        self.corr_en = 1.0
+        self.c0, self.c1 = 0.0, 1.0    # the shape (c0 in seconds)
+        self.sums = [0.0] * 5          # forgotten sums: w, wx, wxx, wy, wxy
+        self.resid: Deque[float] = deque(maxlen=p.resid_window)
+        self.n_obs = 0
+        self.spread = 0.0              # EWMA of (ratio - 1)^2, for the winsorising
+        self.recent: Deque[float] = deque(maxlen=3)   # the last observed / modelled ratios
+        self.margin = 1 + p.safety
+        self.seen = -math.inf
+
+    def shape(self, base_s: float) -> float:
+        return max(self.c0 + self.c1 * base_s, 0.05 * base_s)
+
+    def fit_shape(self) -> None:
+        """(c0, c1) from the forgotten sums, ridge-anchored at the profile's (0, 1)."""
+        w, sx, sxx, sy, sxy = self.sums
+        r = self.p.shape_prior
+        a00, a01, a11 = w + r, sx, sxx + r
+        b0, b1 = sy, sxy + r
+        det = a00 * a11 - a01 * a01
+        c0, c1 = (a11 * b0 - a01 * b1) / det, (a00 * b1 - a01 * b0) / det
+        self.c0, self.c1 = c0 * self.ref, min(max(c1, 0.05), 50.0)
+
+    def learnt(self) -> bool:
+        return (self.corr_lat != 1.0 or self.corr_en != 1.0 or self.sums[0] > 1e-3
+                or abs(self.margin - 1 - self.p.safety) > 1e-3)
+
+    def decay(self) -> None:
+        """One step back towards the profile (unobserved for ``stale_s``): the corrections,
+        the shape and the margin; a tail measured long ago must not keep the target out for
+        good (when it is used again, its window starts afresh)."""
+        d = math.exp(-self.p.alpha)
+        self.corr_lat = 1 + (self.corr_lat - 1) * d
+        self.corr_en = 1 + (self.corr_en - 1) * d
+        self.sums = [v * d for v in self.sums]
+        self.fit_shape()
+        base = 1 + self.p.safety
+        self.margin = base + (self.margin - base) * d
+        if self.resid:
+            self.resid.clear()
+            self.spread = 0.0
+
+    def observe(self, base_s: float, latency_s: float, energy_j: Optional[float], base_e: float,
+                now: float) -> None:
+        p, a = self.p, self.p.alpha
+        shape = self.shape(base_s)
+        ratio = latency_s / (shape * self.corr_lat)          # against what was predicted for it
+        # Winsorised at 3 spreads (at least ``safety``): a load step is a few large errors that
+        # the fast level absorbs, and must not sit in the window as tail for resid_window
+        # inferences; jitter keeps coming, grows the spread and so widens the clip.
+        clip = 1 + max(3 * math.sqrt(self.spread), p.safety)
+        ratio = min(max(ratio, 2 - clip), clip)
+        self.spread = 0.95 * self.spread + 0.05 * (ratio - 1) ** 2
+        self.resid.append(ratio)
+        self.n_obs += 1
+        # the quantile every 10th observation once resid_min are in
+        if p.quantile_margin and len(self.resid) >= p.resid_min and self.n_obs % 10 == 0:
+            self.margin = max(1.0, quantile(self.resid, 1 - p.miss_target))
+        # the level follows the median of the last 3 observed / modelled ratios: a load step
+        # (which repeats) moves it from the second inference on, a lone spike (a control
+        # command's work on the same CPU, a page fault) not at all
+        self.recent.append(min(max(latency_s / shape, 0.05), 50.0))
+        self.corr_lat = (1 - a) * self.corr_lat + a * sorted(self.recent)[len(self.recent) // 2]
+        x, y, f = base_s / self.ref, latency_s / self.ref, p.shape_forget
+        for j, v in enumerate((1.0, x, x * x, y, x * y)):
+            self.sums[j] = self.sums[j] * f + v
+        self.fit_shape()
+        if energy_j is not None and energy_j > 0 and not math.isnan(base_e):
+            self.corr_en = (1 - a) * self.corr_en + a * min(max(energy_j / base_e, 0.05), 50.0)
+        self.seen = now
+
+    def status(self) -> Dict:
+        return {"constant_ms": round(self.c0 * 1e3, 4), "scale": round(self.c1, 4)}
+
+
+class Stats:
+    """What was served, for ``status``: latencies, misses, energy, decisions."""
+
+    def __init__(self, window: int):
+        self.lat_ms: Deque[float] = deque(maxlen=window)
+        self.miss: Deque[bool] = deque(maxlen=window)
+        self.energy_mj: Deque[float] = deque(maxlen=window)
+        self.budget_decided = self.budget_missed = 0       # since the budget was last set
+        self.decisions = self.switches = 0
+
+    def count(self, latency_s: float, energy_j: Optional[float], missed: bool) -> None:
+        self.lat_ms.append(latency_s * 1e3)
+        self.miss.append(missed)
+        self.budget_decided += 1
+        self.budget_missed += missed
+        if energy_j is not None:
+            self.energy_mj.append(energy_j * 1e3)
+
+    def status(self) -> Dict:
+        lat = np.array(self.lat_ms) if self.lat_ms else None
+        return {
+            "latency_ms": None if lat is None else {q: round(float(np.percentile(lat, int(q[1:]))), 4)
+                                                    for q in ("p50", "p95", "p99")},
+            "miss_rate": round(self.budget_missed / self.budget_decided, 5) if self.budget_decided else 0.0,
+            "miss_rate_recent": round(float(np.mean(self.miss)), 5) if self.miss else 0.0,
+            "observed_since_budget": self.budget_decided,
+            "energy_mj_mean": round(float(np.mean(self.energy_mj)), 4) if self.energy_mj else None,
+            "decisions": self.decisions, "switches": self.switches,
+        }
+
+
 class _Lane:
     """The allowed configurations of one (level, target), sorted by base latency."""
     __slots__ = ("target", "idx", "lat", "best")
@@ -147,6 +262,10 @@ class _Lane:
 
 
 class Governor:
+    """The decision (:meth:`decide`), the feedback (:meth:`observe`) and the operator's
+    restrictions (:meth:`pin`, :meth:`set_budget`), over three parts: a :class:`TargetModel`
+    per target, one rule for what is allowed (:meth:`_build_lanes`) and :class:`Stats`."""
+
     def __init__(self, space: Sequence[Config], levels: Sequence[Level], profile: Profile,
                  clock: Callable[[], float] = time.monotonic, params: Optional[Params] = None):
         if not space:
@@ -166,22 +285,11 @@ class Governor:
         # levels by accuracy, best first (level number breaks ties)
         self._level_order = sorted({c.level for c in self.space},
                                    key=lambda l: (-self.levels[l].accuracy, -l))
-        n_t = len(self.targets)
-        self.corr_lat = [1.0] * n_t                 # the fast level: EWMA of observed / modelled
-        self.corr_en = [1.0] * n_t
-        self._c0, self._c1 = [0.0] * n_t, [1.0] * n_t   # the shape: c0 + c1 x profile (in seconds)
-        self._stats = [[0.0] * 5 for _ in range(n_t)]   # forgotten sums: w, wx, wxx, wy, wxy
-        self._resid = [deque(maxlen=self.p.resid_window) for _ in range(n_t)]
-        self._n_obs = [0] * n_t
-        self._spread = [0.0] * n_t                  # EWMA of (ratio - 1)^2, for the winsorising
-        self._recent = [deque(maxlen=3) for _ in range(n_t)]   # the last observed / modelled ratios
-        self._margin = [1 + self.p.safety] * n_t
-        self._seen = [-math.inf] * len(self.targets)
         self.budget = Budget()
-        self._pin = np.ones(len(self.space), bool)
         self.pinned: Dict = {}
         self.caps: Dict[str, int] = {}               # target → kHz the kernel held it to (read-back)
         self._cap_at: Dict[str, float] = {}
+        self.tm: List[TargetModel] = []
         self.set_profile(profile)
         self.current: Optional[int] = None
         self._up_count = 0
@@ -189,15 +297,12 @@ class Governor:
         self._probe, self._probation = None, 0
         self._freq_changed_at = -math.inf
         self.last: Optional[Decision] = None
-        self.decisions = self.switches = 0
-        self._obs_lat = deque(maxlen=self.p.window)
-        self._miss = deque(maxlen=self.p.window)
-        self._budget_decided = self._budget_missed = 0       # since the budget was last set
+        self.stats = Stats(self.p.window)
         self._fresh_decision = False
-        self._energy = deque(maxlen=self.p.window)
 
     # ------------------------------------------------------------------ inputs
     def set_profile(self, profile: Profile) -> None:
+        """A new profile: the predictions, and the latency models start again from it."""
         missing = {c.target for c in self.space} - set(profile.fits)
         if missing:
             raise ValueError("the profile has no fit for target(s) %s" % ", ".join(sorted(missing)))
@@ -208,30 +313,67 @@ class Governor:
         self._base_ekey = np.where(np.isnan(self._base_en), np.inf, self._base_en)
         self._lat_l, self._ekey_l = self._base_lat.tolist(), self._base_ekey.tolist()
         # the unit of the shape fit per target (x = profile / ref ~ 1): its median profile latency
-        self._ref = [float(np.median(self._base_lat[self._tgt == t])) for t in range(len(self.targets))]
+        self.tm = [TargetModel(self.p, float(np.median(self._base_lat[self._tgt == t])))
+                   for t in range(len(self.targets))]
         self._build_lanes()
 
+    def carry_over(self, old: "Governor") -> None:
+        """Take up what ``old`` (the governor this one replaces: a reload, DVFS lost) knew,
+        where it still applies: the operator's budget and pin (the pin's frequency only where
+        this space has it), the statistics, and, under the same profile, each target's
+        latency model and margin and the caps in force. Hysteresis starts afresh."""
+        self.budget = old.budget
+        pin = dict(old.pinned)
+        if pin.get("freq_khz") is not None and not (self._freq == pin["freq_khz"]).any():
+            pin.pop("freq_khz")
+        if pin.get("target") is not None and pin["target"] not in self.targets:
+            pin.pop("target")
+        if pin:
+            self.pin(level=pin.get("groups"), target=pin.get("target"), freq_khz=pin.get("freq_khz"))
+        self.stats = old.stats
+        if old.profile is self.profile:
+            for t, name in enumerate(self.targets):
+                if name in old.targets:
+                    self.tm[t] = old.tm[old.targets.index(name)]
+            self.caps = {n: k for n, k in old.caps.items() if n in self.targets and (self._freq > 0).any()}
+            self._cap_at = {n: old._cap_at[n] for n in self.caps}
+            self._build_lanes()
+
     def _build_lanes(self) -> None:
-        self._allowed = self._pin.copy()          # pinned, and not above a frequency cap in force
+        """The one rule for what may run: the operator's pin and the caps in force. A request
+        that forces its level replaces the pin's level only: ``_forced`` keeps the pinned
+        target and frequency and the caps for it."""
+        place = np.ones(len(self.space), bool)          # the pin's target and frequency, the caps
+        if self.pinned.get("target") is not None:
+            place &= self._tgt == self.targets.index(self.pinned["target"])
+        if self.pinned.get("freq_khz") is not None:
+            place &= self._freq == self.pinned["freq_khz"]
         for name, khz in self.caps.items():
-            self._allowed &= ~((self._tgt == self.targets.index(name)) & (self._freq > khz))
-        self._lanes: Dict[int, List[_Lane]] = {}
-        for lv in self._level_order:
-            lanes = []
-            for t in range(len(self.targets)):
-                idx = np.flatnonzero(self._allowed & (self._lvl == lv) & (self._tgt == t)).tolist()
-                if idx:
-                    lanes.append(_Lane(t, idx, self._base_lat, self._base_ekey, self._freq))
-            self._lanes[lv] = lanes
+            place &= ~((self._tgt == self.targets.index(name)) & (self._freq > khz))
+        self._place = place
+        self._allowed = place & ((self._lvl == self.pinned["groups"]) if self.pinned.get("groups") is not None
+                                 else True)
+        self._lanes = self._lanes_of(self._allowed)
+        self._forced = self._lanes_of(place)
         keep = worthwhile([self.levels[lv] for lv in self._level_order if self._lanes[lv]], self.p.acc_tolerance)
         self._auto_order = [lv for lv in self._level_order if lv in keep]
+
+    def _lanes_of(self, mask) -> Dict[int, List[_Lane]]:
+        lanes: Dict[int, List[_Lane]] = {}
+        for lv in self._level_order:
+            lanes[lv] = []
+            for t in range(len(self.targets)):
+                idx = np.flatnonzero(mask & (self._lvl == lv) & (self._tgt == t)).tolist()
+                if idx:
+                    lanes[lv].append(_Lane(t, idx, self._base_lat, self._base_ekey, self._freq))
+        return lanes
 
     def set_budget(self, budget: Budget) -> None:
         """A new budget is a fresh decision: no hysteresis carried over from the old one (after
         a clear, the best configuration from the next request), and the miss rate restarts."""
         self.budget = budget.validate()
         self._fresh()
-        self._budget_decided = self._budget_missed = 0
+        self.stats.budget_decided = self.stats.budget_missed = 0
 
     def clear_budget(self) -> None:
         self.set_budget(Budget())
@@ -250,13 +392,11 @@ class Governor:
             raise ValueError("no configuration has %s" % ", ".join(
                 "%s=%s" % kv for kv in (("groups", level), ("target", target), ("freq_khz", freq_khz))
                 if kv[1] is not None))
-        self._pin = mask
         self.pinned = {k: v for k, v in (("groups", level), ("target", target), ("freq_khz", freq_khz))
                        if v is not None}
         self._build_lanes()
 
     def release(self) -> None:
-        self._pin = np.ones(len(self.space), bool)
         self.pinned = {}
         self._build_lanes()
         self._fresh()
@@ -286,22 +426,9 @@ class Governor:
     # ------------------------------------------------------------------ decide
     def _decay_stale(self) -> None:
         now = self.clock()
-        for t, seen in enumerate(self._seen):
-            if now - seen > self.p.stale_s and (self.corr_lat[t] != 1.0 or self.corr_en[t] != 1.0
-                                                 or self._stats[t][0] > 1e-3
-                                                 or abs(self._margin[t] - 1 - self.p.safety) > 1e-3):
-                d = math.exp(-self.p.alpha)
-                self.corr_lat[t] = 1 + (self.corr_lat[t] - 1) * d
-                self.corr_en[t] = 1 + (self.corr_en[t] - 1) * d
-                self._stats[t] = [v * d for v in self._stats[t]]
-                self._fit_shape(t)
-                # the margin too: a tail measured long ago must not keep the target out for good
-                # (when it is used again, its window starts afresh)
-                base = 1 + self.p.safety
-                self._margin[t] = base + (self._margin[t] - base) * d
-                if self._resid[t]:
-                    self._resid[t].clear()
-                    self._spread[t] = 0.0
+        for m in self.tm:
+            if now - m.seen > self.p.stale_s and m.learnt():
+                m.decay()
 
     def _cap(self, t: int, khz: int) -> None:
         """The kernel ran target ``t`` below what was asked (a thermal or power cap): leave
@@ -319,46 +446,33 @@ class Governor:
             self._cap_at.pop(name, None)
         self._build_lanes()
 
-    def _fit_shape(self, t: int) -> None:
-        """(c0, c1) from the forgotten sums, ridge-anchored at the profile's (0, 1)."""
-        w, sx, sxx, sy, sxy = self._stats[t]
-        r = self.p.shape_prior
-        a00, a01, a11 = w + r, sx, sxx + r
-        b0, b1 = sy, sxy + r
-        det = a00 * a11 - a01 * a01
-        c0, c1 = (a11 * b0 - a01 * b1) / det, (a00 * b1 - a01 * b0) / det
-        c1 = min(max(c1, 0.05), 50.0)
-        self._c0[t], self._c1[t] = c0 * self._ref[t], c1
-
-    def _shape(self, i: int) -> float:
-        t = self._tgt_l[i]
-        return max(self._c0[t] + self._c1[t] * self._lat_l[i], 0.05 * self._lat_l[i])
-
     def _lat(self, i: int) -> float:
-        return self._shape(i) * self.corr_lat[self._tgt_l[i]]
+        m = self.tm[self._tgt_l[i]]
+        return m.shape(self._lat_l[i]) * m.corr_lat
 
     def _ekey(self, i: int) -> float:
-        return self._ekey_l[i] * self.corr_en[self._tgt_l[i]]
+        return self._ekey_l[i] * self.tm[self._tgt_l[i]].corr_en
 
     def _meets(self, i: int, lat_limit_s: Optional[float]) -> bool:
-        if lat_limit_s is not None and self._lat(i) * self._margin[self._tgt_l[i]] > lat_limit_s:
+        if lat_limit_s is not None and self._lat(i) * self.tm[self._tgt_l[i]].margin > lat_limit_s:
             return False
         e = self.budget.energy_mj
         return e is None or not self._ekey(i) > e / 1e3 or math.isinf(self._ekey(i))
 
-    def _best_at(self, lv: int, lat_limit_s: Optional[float], extra: Optional[int] = None) -> Optional[int]:
-        """Lowest-energy configuration of level ``lv`` meeting the budget (``extra``: one more
-        candidate to consider, the current configuration)."""
+    def _best_at(self, lanes: Dict[int, List[_Lane]], lv: int, lat_limit_s: Optional[float],
+                 extra: Optional[int] = None) -> Optional[int]:
+        """Lowest-energy configuration of level ``lv`` among ``lanes`` meeting the budget
+        (``extra``: one more candidate to consider, the current configuration)."""
         e_lim = self.budget.energy_mj
         best, best_key = None, None
-        for lane in self._lanes.get(lv, ()):
+        for lane in lanes.get(lv, ()):
             if lat_limit_s is None:
                 j = len(lane.lat) - 1
             else:
-                t = lane.target
-                shape_max = lat_limit_s / (self._margin[t] * self.corr_lat[t])   # c0 + c1 x profile <= this
-                j = bisect.bisect_right(lane.lat, (shape_max - self._c0[t]) / self._c1[t]) - 1
-                while j >= 0 and self._lat(lane.idx[j]) * self._margin[t] > lat_limit_s:   # the 5% floor
+                m = self.tm[lane.target]
+                shape_max = lat_limit_s / (m.margin * m.corr_lat)   # c0 + c1 x profile <= this
+                j = bisect.bisect_right(lane.lat, (shape_max - m.c0) / m.c1) - 1
+                while j >= 0 and self._lat(lane.idx[j]) * m.margin > lat_limit_s:   # the 5% floor
                     j -= 1
                 if j < 0:
                     continue
@@ -375,35 +489,35 @@ class Governor:
         return best
 
     def decide(self, deadline_ms: Optional[float] = None, level: Optional[int] = None) -> Decision:
+        """The configuration for the next inference. ``level``: the request forces its group
+        count; the pinned target and frequency and the caps still hold (:meth:`_build_lanes`)."""
         self._decay_stale()
         if self.caps and any(self.clock() - at > self.p.stale_s for at in self._cap_at.values()):
             self._lift_caps()
         b = self.budget
         limit_ms = deadline_ms if deadline_ms is not None else b.latency_ms
         limit_s = None if limit_ms is None else limit_ms / 1e3
-        order = self._auto_order if level is None else [level]
-        if level is not None and not self._lanes.get(level):   # a forced level beats a pin
-            self._lanes[level] = [_Lane(t, np.flatnonzero((self._lvl == level) & (self._tgt == t)).tolist(),
-                                        self._base_lat, self._base_ekey, self._freq)
-                                  for t in range(len(self.targets)) if ((self._lvl == level) & (self._tgt == t)).any()]
+        forced = level is not None
+        order = [level] if forced else self._auto_order
+        lanes = self._forced if forced else self._lanes
+        allowed = (self._place & (self._lvl == level)) if forced else self._allowed
         cur = self.current
         if b.power_w is not None:
-            cand, feasible = self._slow(order, limit_s, forced=level is not None)
+            cand, feasible = self._slow(order, limit_s, allowed)
         else:
             cand = None
-            cur_safe = cur is not None and self._allowed[cur] and self._meets(cur, limit_s) \
-                and (level is None or self._lvl[cur] == level) and not self._fresh_decision
+            cur_safe = cur is not None and allowed[cur] and self._meets(cur, limit_s) and not self._fresh_decision
             if cur_safe:
                 # Current is safe: a move up in accuracy needs the better configuration to
                 # fit for up_patience decisions in a row (no hopping on noise).
                 for lv in order:
-                    cand = self._best_at(lv, limit_s, extra=cur)
+                    cand = self._best_at(lanes, lv, limit_s, extra=cur)
                     if cand is not None:
                         break
                 if cand is not None and self._acc_l[cand] > self._acc_l[cur]:
                     self._up_count += 1
                     if self._up_count < self._patience:
-                        cand = self._best_at(int(self._lvl[cur]), limit_s, extra=cur)
+                        cand = self._best_at(lanes, int(self._lvl[cur]), limit_s, extra=cur)
                     else:                   # moving up: on probation (see observe)
                         self._probe, self._probation = cand, self.p.probation
                 else:
@@ -411,44 +525,48 @@ class Governor:
             else:
                 self._up_count = 0
                 for lv in order:
-                    cand = self._best_at(lv, limit_s)
+                    cand = self._best_at(lanes, lv, limit_s)
                     if cand is not None:
                         break
             feasible = cand is not None
             if not feasible:
-                cand, feasible = self._slow(order, limit_s, forced=level is not None)
+                cand, feasible = self._slow(order, limit_s, allowed)
             elif cur is not None and cand != cur and self._freq_l[cand] != self._freq_l[cur] and \
                     self.clock() - self._freq_changed_at < self.p.freq_interval_s:
                 alt = self.index.get(Config(self.space[cand].level, self.space[cur].target, self.space[cur].freq_khz))
-                if alt is not None and self._allowed[alt] and self._meets(alt, limit_s):
+                if alt is not None and allowed[alt] and self._meets(alt, limit_s):
                     cand = alt
         if cur is not None and cand != cur:
-            self.switches += 1
+            self.stats.switches += 1
             if self._freq_l[cand] != self._freq_l[cur] or self._tgt_l[cand] != self._tgt_l[cur]:
                 self._freq_changed_at = self.clock()
-        if level is None:   # a request that forces its level does not move the governed state
+        if not forced:   # a request that forces its level does not move the governed state
             self.current = cand
             self._fresh_decision = False
-        self.decisions += 1
+        self.stats.decisions += 1
         e = self._ekey(cand)
         self.last = Decision(self.space[cand], self._lat(cand), None if math.isinf(e) else e,
                              feasible, limit_ms)
         return self.last
 
-    def _slow(self, order: Sequence[int], limit_s: Optional[float],
-              forced: bool = False) -> Tuple[int, bool]:
+    def _slow(self, order: Sequence[int], limit_s: Optional[float], allowed) -> Tuple[int, bool]:
         """Vectorised decision for power caps, and the closest configuration when nothing
-        meets the budget."""
+        meets the budget; among the ``allowed`` configurations of the levels in ``order``
+        (where the caps leave none, the pin alone)."""
         b = self.budget
-        ct, ce = np.array(self.corr_lat), np.array(self.corr_en)
-        shape = np.maximum(np.array(self._c0)[self._tgt] + np.array(self._c1)[self._tgt] * self._base_lat,
-                           0.05 * self._base_lat)
+        ct = np.array([m.corr_lat for m in self.tm])
+        ce = np.array([m.corr_en for m in self.tm])
+        c0 = np.array([m.c0 for m in self.tm])
+        c1 = np.array([m.c1 for m in self.tm])
+        shape = np.maximum(c0[self._tgt] + c1[self._tgt] * self._base_lat, 0.05 * self._base_lat)
         lat = shape * ct[self._tgt]
         en = self._base_en * ce[self._tgt]
-        allowed = np.isin(self._lvl, order) & (True if forced else self._allowed)
+        allowed = np.isin(self._lvl, order) & allowed
+        if not allowed.any():        # caps below every allowed frequency: the pin alone
+            allowed = np.isin(self._lvl, order) & self._pin_mask()
         ratios = [np.zeros_like(lat)]
         if limit_s is not None:
-            ratios.append(lat * np.array(self._margin)[self._tgt] / limit_s)
+            ratios.append(lat * np.array([m.margin for m in self.tm])[self._tgt] / limit_s)
         if b.energy_mj is not None:
             ratios.append(np.where(np.isnan(en), 0.0, en / (b.energy_mj / 1e3)))
         if b.power_w is not None:
@@ -463,6 +581,15 @@ class Governor:
         idx = idx[self._acc[idx] == self._acc[idx].max()]
         ekey = self._base_ekey[idx] * ce[self._tgt[idx]]
         return int(idx[np.lexsort((lat[idx], self._freq[idx], ekey))[0]]), feasible
+
+    def _pin_mask(self):
+        """The pin's target and frequency, without the caps."""
+        mask = np.ones(len(self.space), bool)
+        if self.pinned.get("target") is not None:
+            mask &= self._tgt == self.targets.index(self.pinned["target"])
+        if self.pinned.get("freq_khz") is not None:
+            mask &= self._freq == self.pinned["freq_khz"]
+        return mask
 
     # ------------------------------------------------------------------ feedback
     def observe(self, config: Config, latency_s: float, energy_j: Optional[float] = None,
@@ -480,72 +607,35 @@ class Governor:
         missed = limit_ms is not None and latency_s * 1e3 > limit_ms
         self._on_probation(i, missed)
         t = self._tgt_l[i]
-        if not learn:
-            self._count(latency_s, energy_j, missed)
-            return
-        if ran_khz is not None and config.freq_khz is not None and ran_khz != config.freq_khz:
-            if ran_khz < config.freq_khz:
-                self._cap(t, ran_khz)
-            i = self.index.get(Config(config.level, config.target, ran_khz), i)   # the model learns what ran
-        a = self.p.alpha
-        shape = self._shape(i)
-        ratio = latency_s / (shape * self.corr_lat[t])          # against what was predicted for it
-        # Winsorised at 3 spreads (at least ``safety``): a load step is a few large errors that
-        # the fast level absorbs, and must not sit in the window as tail for resid_window
-        # inferences; jitter keeps coming, grows the spread and so widens the clip.
-        clip = 1 + max(3 * math.sqrt(self._spread[t]), self.p.safety)
-        ratio = min(max(ratio, 2 - clip), clip)
-        self._spread[t] = 0.95 * self._spread[t] + 0.05 * (ratio - 1) ** 2
-        res = self._resid[t]
-        res.append(ratio)
-        self._n_obs[t] += 1
-        # the quantile every 10th observation once resid_min are in
-        if self.p.quantile_margin and len(res) >= self.p.resid_min and self._n_obs[t] % 10 == 0:
-            self._margin[t] = max(1.0, quantile(res, 1 - self.p.miss_target))
-        # the level follows the median of the last 3 observed / modelled ratios: a load step
-        # (which repeats) moves it from the second inference on, a lone spike (a control
-        # command's work on the same CPU, a page fault) not at all
-        recent = self._recent[t]
-        recent.append(min(max(latency_s / shape, 0.05), 50.0))
-        self.corr_lat[t] = (1 - a) * self.corr_lat[t] + a * sorted(recent)[len(recent) // 2]
-        x, y, f = self._lat_l[i] / self._ref[t], latency_s / self._ref[t], self.p.shape_forget
-        st = self._stats[t]
-        for j, v in enumerate((1.0, x, x * x, y, x * y)):
-            st[j] = st[j] * f + v
-        self._fit_shape(t)
-        base_e = self._base_en[i]
-        if energy_j is not None and energy_j > 0 and not math.isnan(base_e):
-            self.corr_en[t] = (1 - a) * self.corr_en[t] + a * min(max(energy_j / base_e, 0.05), 50.0)
-        self._seen[t] = self.clock()
-        self._count(latency_s, energy_j, missed)
-
-    def _count(self, latency_s: float, energy_j: Optional[float], missed: bool) -> None:
-        self._obs_lat.append(latency_s * 1e3)
-        self._miss.append(missed)
-        self._budget_decided += 1
-        self._budget_missed += missed
-        if energy_j is not None:
-            self._energy.append(energy_j * 1e3)
+        if learn:
+            if ran_khz is not None and config.freq_khz is not None and ran_khz != config.freq_khz:
+                if ran_khz < config.freq_khz:
+                    self._cap(t, ran_khz)
+                i = self.index.get(Config(config.level, config.target, ran_khz), i)   # the model learns what ran
+            self.tm[t].observe(self._lat_l[i], latency_s, energy_j, self._base_en[i], self.clock())
+        self.stats.count(latency_s, energy_j, missed)
 
     # ------------------------------------------------------------------ status
+    @property
+    def decisions(self) -> int:
+        return self.stats.decisions
+
+    @property
+    def switches(self) -> int:
+        return self.stats.switches
+
     def status(self) -> Dict:
-        lat = np.array(self._obs_lat) if self._obs_lat else None
-        return {
+        s = {
             "budget": self.budget.to_dict(),
             "feasible": None if self.last is None else self.last.feasible,
             "config": None if self.current is None else self.space[self.current].to_dict(),
             "pinned": dict(self.pinned),
             "caps_khz": dict(self.caps),
             "predicted_latency_ms": None if self.last is None else round(self.last.predicted_latency_s * 1e3, 4),
-            "latency_ms": None if lat is None else {q: round(float(np.percentile(lat, int(q[1:]))), 4)
-                                                    for q in ("p50", "p95", "p99")},
-            "miss_rate": round(self._budget_missed / self._budget_decided, 5) if self._budget_decided else 0.0,
-            "miss_rate_recent": round(float(np.mean(self._miss)), 5) if self._miss else 0.0,
-            "observed_since_budget": self._budget_decided,
-            "energy_mj_mean": round(float(np.mean(self._energy)), 4) if self._energy else None,
-            "corrections": {t: round(float(c), 3) for t, c in zip(self.targets, self.corr_lat)},
-            "latency_model": {t: {"constant_ms": round(self._c0[i] * 1e3, 4), "scale": round(self._c1[i], 4)}
-                              for i, t in enumerate(self.targets)},
-            "margins": {t: round(float(m), 3) for t, m in zip(self.targets, self._margin)},
-            "decisions": self.decisions, "switches": self.switches, "profile": self.profile.source,
+            "corrections": {t: round(float(m.corr_lat), 3) for t, m in zip(self.targets, self.tm)},
+            "latency_model": {t: m.status() for t, m in zip(self.targets, self.tm)},
+            "margins": {t: round(float(m.margin), 3) for t, m in zip(self.targets, self.tm)},
+            "profile": self.profile.source,
         }
+        s.update(self.stats.status())
+        return s

@@ -12,6 +12,8 @@ from typing import Any, Dict, List
 
 import yaml
 
+from .priority import at_low_priority
+
 FORMAT = "dnnscale-modelset/1"
 MANIFEST = "manifest.yaml"
 KINDS = ("group", "portfolio")
@@ -51,8 +53,9 @@ def _brief(value: Any) -> str:   # for messages: a YAML alias bomb's full repr t
     return r.repr(value)
 
 
-def read(model_dir: str, verify: bool = True) -> Dict[str, Any]:
-    """Read and validate ``model_dir/manifest.yaml``; with ``verify`` check every file's sha256."""
+def read(model_dir: str, verify: bool = True, low_priority: bool = False) -> Dict[str, Any]:
+    """Read and validate ``model_dir/manifest.yaml``; with ``verify`` check every file's
+    sha256 (``low_priority``: hashing at nice 19, beside a daemon that serves)."""
     path = os.path.join(model_dir, MANIFEST)
     if not os.path.isdir(model_dir):
         raise ManifestError("model folder %s does not exist" % model_dir)
@@ -122,18 +125,25 @@ def read(model_dir: str, verify: bool = True) -> Dict[str, Any]:
             raise ManifestError("%s: accuracy must be a number or null, got %s" % (where, _brief(acc)))
         if f not in files:
             raise ManifestError("%s: file %s is not listed under 'files'" % (where, f))
+    digests = {}
     for name, info in files.items():
         where = "%s: files.%s" % (path, name)
         if not isinstance(name, str) or not name or os.path.basename(name) != name or name in (".", ".."):
             raise ManifestError("%s: file names must be plain names in the model folder" % where)
-        digest = _need(info, "sha256", str, where)
-        if verify:
-            p = os.path.join(model_dir, name)
-            if not os.path.isfile(p):
-                raise ManifestError("model file %s is missing" % p)
-            if sha256_file(p) != digest:
-                raise ManifestError("model file %s is altered: its sha256 does not match the manifest" % p)
+        digests[name] = _need(info, "sha256", str, where)
+    if verify:
+        check = lambda: _check_files(model_dir, digests)
+        at_low_priority(check) if low_priority else check()
     return m
+
+
+def _check_files(model_dir: str, digests: Dict[str, str]) -> None:
+    for name, digest in digests.items():
+        p = os.path.join(model_dir, name)
+        if not os.path.isfile(p):
+            raise ManifestError("model file %s is missing" % p)
+        if sha256_file(p) != digest:
+            raise ManifestError("model file %s is altered: its sha256 does not match the manifest" % p)
 
 
 def write(model_dir: str, manifest: Dict[str, Any]) -> str:

@@ -20,13 +20,14 @@ from __future__ import annotations
 
 import os
 import threading
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 import onnxruntime as ort
 
 from . import manifest as mf
 from .manifest import ModelSetError
+from .priority import at_low_priority
 
 GPU_PROVIDERS = ("TensorrtExecutionProvider", "CUDAExecutionProvider")
 
@@ -103,6 +104,19 @@ def gpu_provider() -> Optional[str]:
     return next((p for p in GPU_PROVIDERS if p in have), None)
 
 
+def files_on_disk(model_dir: str) -> Optional[Dict[str, Tuple[int, int, int, int, int]]]:
+    """The identity of every file in the folder (device, inode, size, mtime, ctime), or None
+    where it cannot be listed."""
+    try:
+        out = {}
+        for name in sorted(os.listdir(model_dir)):
+            st = os.stat(os.path.join(model_dir, name))
+            out[name] = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+        return out
+    except OSError:
+        return None
+
+
 class ModelSet:
     """A loaded model set; ``run(k, x, target)`` serves every level from memory."""
 
@@ -124,17 +138,22 @@ class ModelSet:
         self._lut = ((np.arange(256, dtype=np.float32)[:, None] / np.float32(255.0) - mean) / std).astype(np.float32)
         self._channel = np.arange(len(mean))[:, None, None]
         self.classes: List[str] = list(inp["classes"])
+        self.on_disk = None               # the files as verified (see load, same_as)
 
     # ------------------------------------------------------------------ loading
     @classmethod
     def load(cls, model_dir: str, threads: Optional[int] = None, gpu: bool = False,
-             verify: bool = True, lanes: Optional[Dict[str, int]] = None) -> "ModelSet":
+             verify: bool = True, lanes: Optional[Dict[str, int]] = None,
+             low_priority: bool = False) -> "ModelSet":
         """Load and verify a model set. ``threads``: onnxruntime intra-op threads (default:
         all CPUs this process may use). ``lanes``: CPU targets that run with another thread
         count (``{"cpu:1": 1}``); one session per level is created for each distinct count.
         ``gpu``: also create sessions on the GPU execution provider if the installed
-        onnxruntime has one."""
-        m = mf.read(model_dir, verify=verify)
+        onnxruntime has one. ``low_priority``: hash the files and warm the sessions up at
+        nice 19 (a reload beside a set that serves; the sessions are built at the caller's
+        priority, which their pools' threads inherit)."""
+        before = files_on_disk(model_dir)
+        m = mf.read(model_dir, verify=verify, low_priority=low_priority)
         threads = threads or len(os.sched_getaffinity(0))
         lanes = dict(lanes or {})
         for name, n in lanes.items():
@@ -167,8 +186,30 @@ class ModelSet:
                 raise ModelSetError("%s: the ONNX models give %d logits, the manifest names %d classes"
                                     % (model_dir, oshape[1], n_classes))
         ms = cls(model_dir, m, cpu, gpu_sessions, threads, lanes)
-        ms.warmup()
+        at_low_priority(ms.warmup) if low_priority else ms.warmup()
+        # What was verified, as the files were: a file changed while this ran is not this set.
+        ms.on_disk = before if verify and before == files_on_disk(model_dir) else None
         return ms
+
+    def same_as(self, model_dir: str, threads: int, lanes: Dict[str, int], gpu: bool) -> bool:
+        """Whether loading ``model_dir`` with these pools would give this set again: the same
+        folder, pools and GPU sessions, and every file unchanged since it was verified (the
+        same inode, size, mtime and ctime; ctime follows any write and cannot be set back)."""
+        return (self.on_disk is not None and os.path.realpath(model_dir) == os.path.realpath(self.dir)
+                and threads == self.threads and dict(lanes) == self.lanes and gpu == (self._gpu is not None)
+                and files_on_disk(model_dir) == self.on_disk)
+
+    def close(self, pause_s: float = 0.0) -> None:
+        """Drop the sessions one by one, ``pause_s`` apart (destroying one holds the GIL for
+        about half a millisecond; the whole set, about 6 ms on this VM: a daemon that serves
+        beside it spreads that out). The set cannot run after this."""
+        import time
+        for group in list(self._cpu.values()) + ([self._gpu] if self._gpu else []):
+            while group:
+                group.pop()
+                if pause_s:
+                    time.sleep(pause_s)
+        self._cpu, self._gpu = {}, None
 
     def warmup(self, runs: int = 3) -> None:
         x = np.zeros((1,) + self.input_shape, np.float32)

@@ -21,7 +21,7 @@ from . import discover
 from .energy import EnergyMeter, read_watts
 from .files import read_json, write_json
 from .owner import BOARD_DIR, Ownership
-from .model import BoardSpec, Target
+from .model import BoardSpec, Platform, Target
 from .sysfs import KernelRejected, NotPermitted, PlatformError, Sysfs, Vanished
 
 log = logging.getLogger("dnnscale.platform")
@@ -185,11 +185,11 @@ class Originals:
         return errors
 
 
-class SysfsPlatform:
-    simulated = False
-
+class SysfsPlatform(Platform):
     def __init__(self, spec: BoardSpec, root: str = "/", state_dir: Optional[str] = None,
-                 fs: Optional[Sysfs] = None):
+                 fs: Optional[Sysfs] = None, settle: bool = True):
+        super().__init__()
+        self.settle = settle
         self.spec = spec
         self.fs = fs or Sysfs(root)
         self.desc = discover.describe(self.fs, spec)
@@ -200,7 +200,6 @@ class SysfsPlatform:
         self._pinned: Optional[List[int]] = None
         self._affinity_before = sorted(os.sched_getaffinity(0))
         self._warned_pin = set()
-        self.dvfs_error: Optional[str] = None
         self.owner = Ownership()
 
     # ------------------------------------------------------------------ description
@@ -268,18 +267,42 @@ class SysfsPlatform:
         return {"user": user, "dvfs": dvfs, "dvfs_blocked": dvfs_blocked, "energy": not energy_blocked,
                 "energy_blocked": energy_blocked, "remedy": remedy}
 
+    def host_cpus(self, target: str) -> List[int]:
+        t = self.targets.get(target)
+        return list(t.online) if t is not None and t.kind == "cpu" else []
+
+    def host_gpu(self) -> bool:
+        return "gpu" in self.targets
+
+    # ------------------------------------------------------------------ energy
     @property
-    def dvfs_enabled(self) -> bool:
-        return self.dvfs_error is None and any(t.freqs_khz and t.control for t in self.targets.values())
+    def energy_available(self) -> bool:
+        return self.meter is not None
 
     @property
-    def dvfs_reason(self) -> str:
-        if self.dvfs_error:
-            return self.dvfs_error
-        return "" if self.dvfs_enabled else "no frequency control found (no cpufreq/devfreq)"
+    def settle_s(self) -> float:
+        """How long after a frequency change the power reads belong to the new frequency:
+        two sampling periods of the meter, whose period is at least the slowest sensor's
+        refresh (XU3 INA231: 263.8 ms, so 0.53 s; an INA3221 converts on every read, so two
+        20 ms periods); 0 for a counter (RAPL) or without a meter."""
+        if self.meter is None or self.meter.counter or not self.settle:
+            return 0.0
+        return 2 * self.meter.period
 
-    def disable_dvfs(self, reason: str) -> None:
-        self.dvfs_error = reason
+    def joules(self) -> Optional[float]:
+        m = self.meter
+        if m is None:
+            return None
+        try:
+            return m.joules()
+        except PlatformError as e:
+            self.meter = None
+            self.energy_reason = "energy reporting off: %s" % e
+            log.error("%s", self.energy_reason)
+            return None
+
+    def energy_between(self, j0: float, j1: float) -> float:
+        return self.meter.energy_between(j0, j1) if self.meter is not None else (j1 - j0) * 1e3
 
     # ------------------------------------------------------------------ lifecycle
     def claim(self, doing: str) -> None:
@@ -308,7 +331,7 @@ class SysfsPlatform:
         try:
             pending = self.originals.load(self._is_control_file)
         except UnresolvedRecord as e:
-            self.disable_dvfs(str(e))
+            self.disable_dvfs("record", str(e))
             log.error("%s", e)
             return [str(e)]
         if not pending:

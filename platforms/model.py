@@ -1,8 +1,9 @@
-"""Plain data the platform layer hands out: what a board is, as discovered."""
+"""Plain data the platform layer hands out (what a board is, as discovered), and the
+interface every board implements, real or simulated (``Platform``)."""
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
-from typing import Dict, List, Optional, Tuple
+from typing import Dict, List, NamedTuple, Optional, Tuple
 
 
 @dataclass(frozen=True)
@@ -65,3 +66,121 @@ class Description:
                 "gpu": self.gpu.to_dict() if self.gpu else None,
                 "rails": [asdict(r) for r in self.rails], "thermal": dict(self.thermal),
                 "warnings": list(self.warnings)}
+
+
+class DvfsOff(NamedTuple):
+    """Why frequency control is off. ``cause`` is one of :data:`DVFS_CAUSES`; only a
+    ``failed`` write is worth trying again (on reload): the others hold until the
+    configuration, the user's rights or the crash record change, which a restart sees."""
+    cause: str
+    reason: str
+
+
+DVFS_CAUSES = ("config", "access", "record", "failed")
+
+
+class Platform:
+    """What the daemon may use of a board, real (:class:`platforms.adapter.SysfsPlatform`)
+    or simulated (:class:`platforms.sim.SimBoard`): one interface, so that nothing above
+    this room asks which kind it has. ``simulated`` is a label for output, not a switch."""
+
+    name: str
+    simulated = False
+    targets: Dict[str, Target]
+    energy_reason = ""
+
+    def __init__(self) -> None:
+        self.dvfs_off: Optional[DvfsOff] = None
+
+    # -- frequency control: on, or off with a typed cause ---------------------------------
+    def has_dvfs(self) -> bool:
+        """Whether the board has frequency control at all (whatever turned it off)."""
+        return any(t.freqs_khz and t.control for t in self.targets.values())
+
+    @property
+    def dvfs_enabled(self) -> bool:
+        return self.dvfs_off is None and self.has_dvfs()
+
+    @property
+    def dvfs_reason(self) -> str:
+        if self.dvfs_off is not None:
+            return self.dvfs_off.reason
+        return "" if self.has_dvfs() else "no frequency control found (no cpufreq/devfreq)"
+
+    def disable_dvfs(self, cause: str, reason: str) -> None:
+        if cause not in DVFS_CAUSES:
+            raise ValueError("unknown cause %r" % cause)
+        self.dvfs_off = DvfsOff(cause, reason)
+
+    def retry_dvfs(self) -> bool:
+        """Turn frequency control back on where a failed write turned it off; whether it did."""
+        if self.dvfs_off is not None and self.dvfs_off.cause == "failed":
+            self.dvfs_off = None
+            return True
+        return False
+
+    # -- what runs where on this machine --------------------------------------------------
+    def host_cpus(self, target: str) -> List[int]:
+        """The CPUs of this machine that ``target``'s onnxruntime threads run on ([] where
+        the target is not a set of this machine's CPUs: a GPU, a simulated board)."""
+        return []
+
+    def host_gpu(self) -> bool:
+        """Whether the ``gpu`` target is this machine's GPU (onnxruntime may run there)."""
+        return False
+
+    def board_model(self, macs: float, target: str, noise: bool = True) -> Optional[Tuple[float, float]]:
+        """A simulated board's (latency s, energy J) of work of ``macs`` on ``target`` at its
+        frequency now; None where the run on this machine is the measurement."""
+        return None
+
+    # -- energy ---------------------------------------------------------------------------
+    @property
+    def energy_available(self) -> bool:
+        return False
+
+    def joules(self) -> Optional[float]:
+        """The energy counter now (J), None where nothing meters energy."""
+        return None
+
+    def energy_between(self, j0: float, j1: float) -> float:
+        """mJ between two :meth:`joules` reads."""
+        return (j1 - j0) * 1e3
+
+    # -- lifecycle (a simulated board has nothing to own, restore or switch on) -----------
+    def claim(self, doing: str) -> None:
+        pass
+
+    def release(self) -> None:
+        pass
+
+    def restore_pending(self) -> List[str]:
+        return []
+
+    def start(self) -> List[str]:
+        return []
+
+    def reset(self) -> List[str]:
+        return []
+
+    def stop(self) -> List[str]:
+        return []
+
+    # -- control and readings: each board's own ------------------------------------------
+    def pin(self, target: str) -> List[int]:
+        raise NotImplementedError
+
+    def set_frequency(self, target: str, khz: int) -> int:
+        raise NotImplementedError
+
+    def frequency(self, target: str) -> int:
+        raise NotImplementedError
+
+    def temperatures(self) -> Dict[str, float]:
+        raise NotImplementedError
+
+    def access(self) -> Dict:
+        raise NotImplementedError
+
+    def describe(self) -> Dict:
+        raise NotImplementedError

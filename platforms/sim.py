@@ -34,7 +34,7 @@ import random
 from dataclasses import dataclass
 from typing import Callable, Dict, List, Optional, Tuple
 
-from .model import Description, Target
+from .model import Description, Platform, Target
 
 XU3_A15_UV = {2000: 1312500, 1900: 1262500, 1800: 1237500, 1700: 1250000, 1600: 1250000,
               1500: 1100000, 1400: 1100000, 1300: 1100000, 1200: 1000000, 1100: 1000000,
@@ -139,11 +139,13 @@ class Interference:
     end_s: float = math.inf
 
 
-class SimBoard:
+class SimBoard(Platform):
     simulated = True
+    energy_reason = "simulated energy model"
 
     def __init__(self, name: str, seed: int = 0, noise: float = 0.02,
                  interference: Optional[List[Interference]] = None):
+        super().__init__()
         if name not in SPECS:
             raise ValueError("unknown simulated board %r (have %s)" % (name, ", ".join(SPECS)))
         self.spec = SPECS[name]()
@@ -159,53 +161,32 @@ class SimBoard:
         self.temp_c = self.spec.ambient_c
         self.cap_khz: Dict[str, int] = {}     # the thermal model's cap in force
         self.forced_cap: Dict[str, int] = {}  # a cap a scenario imposes (e.g. a thermal event)
-        self.meter = None
-        self.energy_reason = "simulated energy model"
-        self.dvfs_error = None
 
-    # -- the SysfsPlatform interface ----------------------------------------------------
+    # -- the Platform interface ---------------------------------------------------------
     @property
     def name(self) -> str:
         return self.spec.name
 
     @property
-    def dvfs_enabled(self) -> bool:
+    def energy_available(self) -> bool:
         return True
 
-    dvfs_reason = ""
+    settle_s = 0.0
+
+    def board_model(self, macs: float, target: str, noise: bool = True) -> Optional[Tuple[float, float]]:
+        return self.run(macs, target) if noise else self.predict(macs, target)
 
     def describe(self) -> Dict:
         d = Description(self.spec.name, True, self.targets, [], {"soc (simulated)": "model"}).to_dict()
         d["energy"] = {"available": True, "reason": "SIMULATED", "rails": list(self.spec.idle_w)}
-        d["dvfs"] = {"enabled": True, "reason": ""}
+        d["dvfs"] = {"enabled": self.dvfs_enabled, "reason": self.dvfs_reason}
         d["notes"] = "SIMULATED board. " + self.spec.notes
         return d
-
-    def restore_pending(self) -> List[str]:
-        return []
-
-    def claim(self, doing: str) -> None:
-        """A simulated board has nothing to own."""
-
-    def release(self) -> None:
-        pass
 
     def access(self) -> Dict:
         """A simulated board has no files: everything is allowed."""
         return {"user": "", "dvfs": {t: True for t in self.targets}, "dvfs_blocked": "", "energy": True,
                 "energy_blocked": "", "remedy": ""}
-
-    def start(self) -> List[str]:
-        return []
-
-    def stop(self) -> List[str]:
-        return []
-
-    def reset(self) -> List[str]:
-        return []
-
-    def disable_dvfs(self, reason: str) -> None:
-        self.dvfs_error = reason
 
     def frequency(self, target: str) -> int:
         return self.effective(target, self._freq[target])

@@ -204,7 +204,7 @@ def test_profile_waits_for_the_sensor(random_set, tmp_path):
     every frequency change (each frequency once: the plan is sorted by frequency) and takes
     the power over at least two periods."""
     from daemon.executor import Executor
-    from daemon.profiler import measure, settle_s
+    from daemon.profiler import measure
     from governor import build_space, levels_from_manifest, plan_measurements
     from models import ModelSet
     from platforms import boards
@@ -215,13 +215,13 @@ def test_profile_waits_for_the_sensor(random_set, tmp_path):
     p.start()
     try:
         assert p.meter.period == pytest.approx(0.263808)
-        assert settle_s(p.meter) == pytest.approx(2 * 0.263808)
+        assert p.settle_s == pytest.approx(2 * 0.263808)
         p.meter.period = 0.01            # the fake sensor never changes: keep the test short
         ms = ModelSet.load(random_set, threads=1)
         levels = levels_from_manifest(ms.manifest)
         space = build_space(levels, {n: t.freqs_khz for n, t in p.targets.items()})
         sleeps = []
-        prof = measure(Executor(ms, p, None), space, levels, runs=1, sleep=sleeps.append)
+        prof = measure(Executor(p), ms, space, levels, runs=1, sleep=sleeps.append)
         changes = {(c.target, c.freq_khz) for c in plan_measurements(space)}
         assert len(sleeps) == len(changes) == len(trees.XU3_A7) + len(trees.XU3_A15)
         assert all(s == pytest.approx(0.02) for s in sleeps)

@@ -471,19 +471,13 @@ def test_control_answers_while_inference_is_busy(served):
     assert t_status < t_all / 2, (t_status, t_all)
 
 
-def test_default_threads_follow_the_largest_cluster(random_set, tmp_path):
-    from daemon.config import load
-    from daemon.service import Service
-    cfgf = tmp_path / "c.yaml"
-    cfgf.write_text("")
+def test_default_threads_follow_the_largest_cluster(tmp_path):
+    """XU3: one onnxruntime thread per CPU of a cluster (4), not of the board (8)."""
+    import platforms
+    from daemon.runtime import Builder
     root = trees.build("odroid-xu3", str(tmp_path / "sysfs"))
-    cfg = load(str(cfgf), {"model": random_set, "sysfs_root": root, "state_dir": str(tmp_path / "s")})
-    svc = Service(cfg)
-    svc.start()
-    try:
-        assert svc._default_threads() == min(4, len(os.sched_getaffinity(0)))
-    finally:
-        svc.stop()
+    b = Builder(platforms.create("odroid-xu3", root=root))
+    assert b.default_threads() == min(4, len(os.sched_getaffinity(0)))
 
 
 @pytest.mark.skipif(shutil.which("tmux") is None, reason="needs tmux")

@@ -109,7 +109,7 @@ def test_the_margin_is_the_measured_tail_and_the_misses_follow_it():
         t = g.targets.index("big")
         m = g.status()["margins"]["big"]
         if quantile:
-            assert m == pytest.approx(max(1.0, np.quantile(list(g._resid[t]), 0.99)), rel=0.03)
+            assert m == pytest.approx(max(1.0, np.quantile(list(g.tm[t].resid), 0.99)), rel=0.03)
             assert 1.15 < m < 1.5
             assert np.mean(misses[500:]) <= 0.02 and np.mean(levels[500:]) >= 3
         else:

@@ -77,6 +77,27 @@ def test_metrics_bind_loopback_by_default(metered):
     assert "127.0.0.1:%d" % port in out.stdout
 
 
+def test_idle_connections_keep_no_thread(metered):
+    """Connections that send half a request and wait hold at most METRICS_CLIENTS threads,
+    each for METRICS_TIMEOUT_S; then a scrape is answered again and the threads are gone."""
+    from daemon.metrics import METRICS_CLIENTS, METRICS_TIMEOUT_S
+    d, port = metered
+    threads = lambda: len(os.listdir("/proc/%d/task" % d.proc.pid))
+    base = threads()
+    idle = []
+    for _ in range(3 * METRICS_CLIENTS):
+        s = socket.create_connection(("127.0.0.1", port))
+        s.sendall(b"GET /metr")
+        idle.append(s)
+    time.sleep(0.5)
+    assert threads() <= base + METRICS_CLIENTS
+    time.sleep(METRICS_TIMEOUT_S + 1)
+    assert threads() <= base + 1
+    assert scrape(port)[("dnnscale_requests_total", ())] >= 0
+    for s in idle:
+        s.close()
+
+
 @pytest.mark.prometheus
 @pytest.mark.skipif(shutil.which("prometheus") is None, reason="needs Debian's prometheus package")
 def test_a_real_prometheus_scrapes_the_daemon(metered, tmp_path):

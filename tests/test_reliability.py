@@ -396,6 +396,7 @@ def test_critical_temperature_reported_keeps_serving(live):
 def test_write_failure_mid_run_turns_dvfs_off(random_set, tmp_path, err):
     """A kernel refusal in the middle of serving: DVFS off with the reason, serving goes on."""
     from daemon.executor import Executor
+    from daemon.runtime import Runtime
     from governor import Governor, Profile, TargetFit, build_space, levels_from_manifest
     from models import ModelSet
     from platforms import boards
@@ -418,17 +419,19 @@ def test_write_failure_mid_run_turns_dvfs_off(random_set, tmp_path, err):
     space = build_space(levels, {n: t.freqs_khz for n, t in plat.targets.items()})
     prof = Profile({t: TargetFit(1e-12, 1e-4, {}) for t in plat.targets})
     gov = Governor(space, levels, prof)
-    ex = Executor(ms, plat, gov)
+    ex = Executor(plat)
+    rt = Runtime(ms, random_set, dict(plat.targets), "", levels, space, prof, True, gov)
     x = np.zeros((1, 3, 32, 32), np.float32)
     gov.pin(freq_khz=1800000)
-    ex.infer(x)
+    ex.infer(rt, x)
     assert plat.dvfs_enabled
     fs.fail = True
     gov.pin(freq_khz=1200000)
-    logits, info = ex.infer(x)
-    assert logits.shape == (1, 10) and not plat.dvfs_enabled
-    assert os.strerror(err) in plat.dvfs_reason
-    ex.infer(x)   # and keeps serving
+    logits, info, ran = ex.run(rt, x)
+    assert logits.shape == (1, 10) and not plat.dvfs_enabled and ran.dvfs_lost
+    assert plat.dvfs_off.cause == "failed" and os.strerror(err) in plat.dvfs_reason
+    assert info["config"]["freq_khz"] is None       # not reported as set
+    ex.infer(rt, x)   # and keeps serving
 
 
 def _service(random_set, tmp_path):
@@ -496,11 +499,11 @@ def test_reply_goes_out_before_the_governor_learns(random_set, tmp_path):
     real_learn = svc.executor.learn
     replied, seen = threading.Event(), []
 
-    def learn(ran):
+    def learn(ran, current):
         seen.append(replied.wait(10))       # True: the client had its reply before this ran
         if len(seen) == 2:
             raise RuntimeError("injected in learn")
-        real_learn(ran)
+        real_learn(ran, current)
 
     svc.executor.learn = learn
     with _serving(svc, cfg) as t:

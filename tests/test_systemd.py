@@ -172,7 +172,9 @@ def test_the_guide_under_a_real_systemd(machine):
     pid2 = m.wait_for(_active_with_new_pid(m, pid), 120, 1.0)
     assert "watchdog timeout" in m.sh("journalctl --no-pager -o cat").stdout.lower(), m.journal()
     # kill -9 under a pin: restarted, and the restart puts back what the killed run changed.
-    freq = _status(m)["targets"]["a15"]["freqs_khz"][1]
+    st = _status(m)
+    assert st["dvfs"]["enabled"], (st["dvfs"]["reason"], m.journal())
+    freq = st["targets"]["a15"]["freqs_khz"][1]
     m.sh("dnnscale pin --target a15 --freq-mhz %g" % (freq / 1000), user="alice")
     m.sh("kill -9 %d" % pid2)
     m.wait_for(_active_with_new_pid(m, pid2), 120, 1.0)

@@ -1,0 +1,232 @@
+"""One runtime built one way (daemon/runtime.py): start, reload and the loss of DVFS build
+through the same builder, the operator's settings carry over, a forced level keeps the pin's
+target, and the lock keeps control commands out of a decision in progress."""
+from __future__ import annotations
+
+import os
+import threading
+
+import numpy as np
+import pytest
+
+from daemon.protocol import InferRequest
+from governor import Budget, Config, Governor, Level, Profile, TargetFit, build_space
+from tests.fixtures import trees
+
+LEVELS = [Level(1, 1e6, 60.0), Level(2, 2e6, 70.0), Level(3, 3e6, 75.0), Level(4, 4e6, 80.0)]
+FREQS = {"big": [1000000, 2000000], "little": [500000, 1000000]}
+
+
+def _gov() -> Governor:
+    prof = Profile({"big": TargetFit(1e-3, 1e-4, {1000000: 2.0, 2000000: 4.0}),
+                    "little": TargetFit(3e-3, 1e-4, {500000: 0.5, 1000000: 1.0})})
+    return Governor(build_space(LEVELS, FREQS), LEVELS, prof)
+
+
+def test_a_forced_level_keeps_the_pinned_target_frequency_and_caps():
+    """A request's own ``groups`` replaces the pin's level only: the pinned target and
+    frequency and the kernel's caps hold for it, on the fast path and on the slow one."""
+    g = _gov()
+    g.pin(level=1, target="little")
+    for budget in (Budget(), Budget(latency_ms=1e-3), Budget(power_w=0.1)):   # fast, infeasible, power cap
+        g.set_budget(budget)
+        d = g.decide(level=4)
+        assert d.config.level == 4 and d.config.target == "little", (budget, d.config)
+    g.set_budget(Budget())
+    g.pin(target="big", freq_khz=1000000)
+    assert g.decide(level=3).config == Config(3, "big", 1000000)
+    g.release()
+    g.observe(Config(4, "big", 2000000), 0.01, ran_khz=1000000)     # the kernel held big at 1 GHz
+    assert g.caps == {"big": 1000000}
+    for _ in range(5):
+        c = g.decide(level=2).config
+        assert not (c.target == "big" and c.freq_khz > 1000000), c
+    assert g.current is None or g.space[g.current].level != 2 or True    # the governed state untouched
+    lanes_before = {lv: [l.idx for l in ls] for lv, ls in g._lanes.items()}
+    g.pin(level=1)
+    g.decide(level=4)
+    assert {lv: [l.idx for l in ls] for lv, ls in g._lanes.items()} != lanes_before   # pin rebuilt them
+    after = {lv: [l.idx for l in ls] for lv, ls in g._lanes.items()}
+    g.decide(level=3)
+    assert {lv: [l.idx for l in ls] for lv, ls in g._lanes.items()} == after          # decide writes none
+
+
+def test_carry_over_keeps_operator_settings_and_learning_by_rule():
+    """The replaced governor hands over the budget and the pin (its frequency only where the
+    new space has frequencies), the statistics, and under the same profile what it learnt."""
+    old = _gov()
+    old.set_budget(Budget(latency_ms=5.0))
+    old.pin(target="big", freq_khz=2000000)
+    for _ in range(40):
+        d = old.decide()
+        old.observe(d.config, 2 * old._lat(old.index[d.config]))
+    learnt = old.status()["corrections"]["big"]
+    assert learnt > 1.5
+    same = Governor(old.space, LEVELS, old.profile)
+    same.carry_over(old)
+    st = same.status()
+    assert st["budget"]["latency_ms"] == 5.0 and st["pinned"] == {"target": "big", "freq_khz": 2000000}
+    assert st["corrections"]["big"] == learnt and st["observed_since_budget"] == 40
+    # DVFS lost: a space without frequencies; the pin keeps its target; a new profile starts afresh
+    fixed = old.profile.at_fixed_frequency({"big": 2000000, "little": 1000000})
+    nofreq = Governor(build_space(LEVELS, {"big": [], "little": []}), LEVELS, fixed)
+    nofreq.carry_over(old)
+    st = nofreq.status()
+    assert st["pinned"] == {"target": "big"} and st["budget"]["latency_ms"] == 5.0
+    assert st["corrections"]["big"] == 1.0 and st["observed_since_budget"] == 40
+
+
+def _service(random_set, tmp_path, board=None, extra=None):
+    from daemon.config import load as load_config
+    from daemon.service import Service
+    empty = tmp_path / "empty.yaml"
+    empty.write_text("")
+    over = {"model": random_set, "platform": "generic", "state_dir": str(tmp_path / "s"),
+            "sysfs_root": trees.build("generic", str(tmp_path / "sysfs")), "profile_runs": 1,
+            "infer_endpoint": "ipc://%s/i.sock" % tmp_path, "control_endpoint": "ipc://%s/c.sock" % tmp_path}
+    over.update(extra or {})
+    svc = Service(load_config(str(empty), over), board=board)
+    svc.start()
+    return svc
+
+
+def _request(groups=None):
+    return InferRequest(1, "float32", np.zeros((1, 3, 32, 32), np.float32), groups, None)
+
+
+def _serve_one(svc, groups=None):
+    replies, ran = svc.infer([_request(groups)])
+    svc.learn(ran, 1)
+    return replies[0][0]
+
+
+def test_dvfs_lost_keeps_the_pin_and_budget_and_a_reload_brings_it_back(random_set, tmp_path):
+    """A frequency write the kernel refuses while serving: the runtime is rebuilt without
+    frequencies (after the reply, not in the middle of a decision), the pin keeps its target
+    and the budget stays; a reload tries DVFS again (a typed cause, not a message's wording)
+    and keeps both."""
+    from platforms.sysfs import Sysfs, _remedy
+    import errno
+
+    class Failing(Sysfs):
+        fail = False
+
+        def write(self, p, value):
+            if self.fail and "scaling_" in p:
+                raise _remedy(OSError(errno.EBUSY, os.strerror(errno.EBUSY)), p, str(value))
+            super().write(p, value)
+
+    engines = []
+    svc = _service(random_set, tmp_path, board={"sysfs": lambda root: engines.append(Failing(root)) or engines[-1]})
+    try:
+        freqs = svc.platform.targets["cpu"].freqs_khz
+        svc.control("set_budget", {"latency_ms": 100.0})
+        svc.control("pin", {"target": "cpu:1", "freq_khz": freqs[-1]})
+        assert _serve_one(svc)["config"]["target"] == "cpu:1"
+        engines[0].fail = True
+        reply = svc.control("pin", {"target": "cpu:1", "freq_khz": freqs[0]})
+        assert "could not be set" in reply["warning"] and reply["pinned"] == {"target": "cpu:1"}
+        st = svc.status()
+        assert not st["dvfs"]["enabled"] and svc.platform.dvfs_off.cause == "failed"
+        assert st["pinned"] == {"target": "cpu:1"} and st["budget"]["latency_ms"] == 100.0
+        assert not any(c.freq_khz for c in svc.rt.space)
+        assert _serve_one(svc, groups=svc.models.groups)["config"]["target"] == "cpu:1"
+        engines[0].fail = False
+        assert svc.control("reload", {})["dvfs"] is True
+        st = svc.status()
+        assert st["dvfs"]["enabled"] and st["pinned"] == {"target": "cpu:1"} and st["budget"]["latency_ms"] == 100.0
+        assert any(c.freq_khz for c in svc.rt.space)
+    finally:
+        svc.stop()
+
+
+def test_a_dvfs_off_for_another_cause_is_not_retried(random_set, tmp_path):
+    svc = _service(random_set, tmp_path, extra={"dvfs": False})
+    try:
+        assert svc.platform.dvfs_off.cause == "config"
+        assert svc.control("reload", {})["dvfs"] is False
+        assert not svc.status()["dvfs"]["enabled"]
+    finally:
+        svc.stop()
+
+
+def test_the_lock_keeps_a_pin_out_of_a_decision_in_progress(random_set, tmp_path):
+    """The governor has two callers (the inference thread, control commands). A pin that
+    arrives while a decision is being made waits for it: the decision sees the governor
+    either before or after the pin, never half-changed. Fails with the lock removed."""
+    svc = _service(random_set, tmp_path)
+    try:
+        gov = svc.governor
+        inside, go_on = threading.Event(), threading.Event()
+        real = gov.decide
+
+        def slow_decide(*a, **k):
+            if threading.current_thread() is t:       # the inference thread's decision only
+                inside.set()
+                go_on.wait(10)
+            return real(*a, **k)
+
+        gov.decide = slow_decide
+        t = threading.Thread(target=lambda: svc.infer([_request()]))
+        t.start()
+        assert inside.wait(10)
+        pinned = threading.Event()
+        p = threading.Thread(target=lambda: (svc.control("pin", {"groups": 1}), pinned.set()))
+        p.start()
+        assert not pinned.wait(0.5), "a pin went through while a decision was in progress"
+        go_on.set()
+        t.join(10)
+        p.join(10)
+        assert pinned.is_set() and svc.status()["pinned"] == {"groups": 1}
+    finally:
+        svc.stop()
+
+
+def test_reload_rebuilds_through_the_same_builder_as_start(random_set, tmp_path):
+    """Start and reload give the same lanes and targets: one builder."""
+    svc = _service(random_set, tmp_path, extra={"threads": None})
+    try:
+        before = ({t: svc.models.threads_of(t) for t in svc.targets}, list(svc.rt.space))
+        svc.control("reload", {})
+        assert ({t: svc.models.threads_of(t) for t in svc.targets}, list(svc.rt.space)) == before
+    finally:
+        svc.stop()
+
+
+@pytest.mark.parametrize("name", ["sim-odroid-xu3", "sim-jetson-nano"])
+def test_a_simulated_board_honours_dvfs_false(random_set, tmp_path, name):
+    svc = _service(random_set, tmp_path, extra={"platform": name, "dvfs": False})
+    try:
+        st = svc.status()
+        assert st["simulated"] and not st["dvfs"]["enabled"] and "dvfs: false" in st["dvfs"]["reason"]
+        assert not any(c.freq_khz for c in svc.rt.space)
+        assert _serve_one(svc)["simulated"] is True
+    finally:
+        svc.stop()
+
+
+def test_reload_keeps_an_unchanged_set_and_loads_a_rewritten_one_beside(random_set, tmp_path):
+    """An unchanged set (no file changed since it was verified) keeps its sessions; a file
+    rewritten (even with the same bytes: its ctime moves) makes the reload verify and load
+    the set again beside the serving one, and free the replaced one in pieces once no
+    request runs on it."""
+    import shutil
+    model = str(tmp_path / "model")
+    shutil.copytree(random_set, model)
+    svc = _service(random_set, tmp_path, extra={"model": model})
+    try:
+        first = svc.models
+        r = svc.control("reload", {})
+        assert r["model_reloaded"] is False and svc.models is first
+        os.utime(os.path.join(model, "weights.bin"))
+        r = svc.control("reload", {})
+        assert r["model_reloaded"] is True and svc.models is not first
+        assert first._cpu == {}                                # freed by the reload, not by a request
+        assert _serve_one(svc)["labels"]
+        with open(os.path.join(model, "weights.bin"), "r+b") as f:   # altered: refused, the set serves on
+            f.write(b"\0\0\0\0")
+        with pytest.raises(Exception, match="altered"):
+            svc.control("reload", {})
+        assert _serve_one(svc)["labels"]
+    finally:
+        svc.stop()
