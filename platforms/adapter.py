@@ -289,16 +289,18 @@ class SysfsPlatform(Platform):
             return 0.0
         return 2 * self.meter.period
 
+    @property
+    def energy_degraded(self) -> str:
+        return (self.meter.error or "") if self.meter is not None else ""
+
     def joules(self) -> Optional[float]:
+        """None while a sensor read fails (the meter retries by itself: energy_degraded)."""
         m = self.meter
         if m is None:
             return None
         try:
             return m.joules()
-        except PlatformError as e:
-            self.meter = None
-            self.energy_reason = "energy reporting off: %s" % e
-            log.error("%s", self.energy_reason)
+        except PlatformError:
             return None
 
     def energy_between(self, j0: float, j1: float) -> float:
@@ -338,7 +340,11 @@ class SysfsPlatform(Platform):
             return []
         log.warning("restoring %d platform settings left by an earlier run", len(pending))
         self.originals.saved.update(pending)
-        return self.originals.restore()
+        errors = self.originals.restore()
+        # Discovered again: the limits in force were the crashed run's (a max it held low),
+        # which would cut every table at that frequency for this whole run.
+        self.desc = discover.describe(self.fs, self.spec)
+        return errors
 
     def start(self) -> List[str]:
         """Enable the sensors and start metering (after :meth:`restore_pending`)."""

@@ -10,12 +10,16 @@ counter and is read directly at both ends.
 """
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from typing import Callable, List, Optional
 
 from .model import Rail
 from .sysfs import PlatformError, Sysfs
+
+log = logging.getLogger("dnnscale.energy")
+BACKOFF_MAX_S = 5.0     # the longest wait between retries of a failing sensor
 
 
 def read_watts(fs: Sysfs, rail: Rail) -> float:
@@ -58,12 +62,24 @@ class EnergyMeter:
         self._last = (t, w, joules)
 
     def _run(self) -> None:
-        while not self._stop.wait(self.period):
+        """Sample every period. A failed read (EIO, ENOENT while a driver rebinds) is a gap,
+        not the end: ``error`` says why while it lasts (energy reads raise), the sampler
+        retries with backoff (up to BACKOFF_MAX_S), and the first good sample ends it; over
+        the gap the integral holds the last good power."""
+        wait = self.period
+        while not self._stop.wait(wait):
             try:
                 self.sample()
             except PlatformError as e:
+                if self.error is None:
+                    log.warning("energy sensor read failed, retrying: %s", e)
                 self.error = str(e)
-                return
+                wait = min(2 * wait, BACKOFF_MAX_S)
+                continue
+            if self.error is not None:
+                log.warning("energy sensor reads again after: %s", self.error)
+                self.error = None
+            wait = self.period
 
     def start(self) -> None:
         if self.counter or self._thread:
@@ -81,11 +97,16 @@ class EnergyMeter:
     # -- energy --------------------------------------------------------------
     def joules(self) -> float:
         """The running energy integral now (J); differences of two calls are what matter."""
+        if self.counter:       # read at both ends: a failed read is a gap until the next good one
+            try:
+                value = self.fs.read_int(self.rails[0].path) / 1e6
+            except PlatformError as e:
+                self.error = str(e)
+                raise
+            self.error = None
+            return value
         if self.error:
             raise PlatformError(self.error)
-        if self.counter:
-            r = self.rails[0]
-            return self.fs.read_int(r.path) / 1e6
         last = self._last
         if last is None:
             raise PlatformError("energy meter not started")

@@ -139,6 +139,11 @@ class Platform:
     def energy_available(self) -> bool:
         return False
 
+    @property
+    def energy_degraded(self) -> str:
+        """Why energy reads fail right now (a transient sensor error the meter retries), or ""."""
+        return ""
+
     def joules(self) -> Optional[float]:
         """The energy counter now (J), None where nothing meters energy."""
         return None

@@ -205,6 +205,23 @@ def test_restore_after_crash(tmp_path):
     assert snapshot(root) == before
 
 
+@pytest.mark.parametrize("name, spec, target", [("odroid-xu3", boards.ODROID_XU3, "a15"),
+                                                ("jetson-nano", boards.JETSON_NANO, "cpu")])
+def test_after_a_crash_the_frequency_table_is_the_boards_not_the_crashed_runs(tmp_path, name, spec, target):
+    """A run killed while it held a cluster's max at a low frequency (the min = max method, or
+    the limits a pin leaves): the next start must not take that max for the limit in force,
+    which would leave it a table cut at the crashed run's frequency (found under a real
+    systemd: the watchdog's restart offered a15 one frequency). Discovered again after the
+    restore, the table is the board's whole one."""
+    p, fs, root = board(tmp_path, name, spec)
+    full = list(p.targets[target].freqs_khz)
+    p.set_frequency(target, full[0])
+    del p                                                       # the process dies: no stop()
+    q = SysfsPlatform(spec, root, str(tmp_path / "state"), fs=KernelSysfs(root))
+    assert q.restore_pending() == []
+    assert q.targets[target].freqs_khz == full
+
+
 @contextlib.contextmanager
 def read_only(path):
     """A read-only view of ``path``: a read-only bind mount as root, chmod otherwise."""
@@ -472,3 +489,37 @@ def test_pinning_failure_is_reported(tmp_path, monkeypatch):
     monkeypatch.setattr(os, "sched_setaffinity", refuse)
     with pytest.raises(KernelRejected, match="pinning thread"):
         p.pin("cpu:1")
+
+
+def test_a_sampled_sensor_that_fails_is_retried_until_it_reads_again(tmp_path):
+    """INA231-style sampling: a read that fails (EIO/ENOENT while a driver rebinds) sets the
+    meter's error and energy reads fail; the sampler keeps retrying, and the first good read
+    clears it. Over the gap the integral holds the last good power."""
+    import time
+    from platforms.energy import EnergyMeter
+    from platforms.model import Rail
+    from platforms.sysfs import PlatformError, Sysfs
+    d = tmp_path / "sys/bus/i2c/drivers/INA231/4-0040"
+    d.mkdir(parents=True)
+    (d / "sensor_W").write_text("2.000000\n")
+    m = EnergyMeter(Sysfs(str(tmp_path)), [Rail("arm", "ina231", "/sys/bus/i2c/drivers/INA231/4-0040/sensor_W")],
+                    period_s=0.01)
+    m.start()
+    try:
+        j0, t_j0 = m.joules(), time.monotonic()
+        (d / "sensor_W").unlink()
+        end = time.monotonic() + 5
+        while m.error is None and time.monotonic() < end:
+            time.sleep(0.01)
+        assert m.error and "sensor_W" in m.error
+        with pytest.raises(PlatformError):
+            m.joules()
+        (d / "sensor_W").write_text("2.000000\n")
+        end = time.monotonic() + 10
+        while m.error is not None and time.monotonic() < end:
+            time.sleep(0.01)
+        assert m.error is None
+        j1, t_j1 = m.joules(), time.monotonic()
+        assert j1 - j0 == pytest.approx(2.0 * (t_j1 - t_j0), rel=0.05)   # 2 W all along, the gap included
+    finally:
+        m.stop()
