@@ -517,6 +517,7 @@ SYSTEM_HELP = ("the system service's configuration, state and sockets (/etc/dnns
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from .commands import COMMANDS
     p = argparse.ArgumentParser(
         prog="dnnscale",
         description="Runtime for dynamic (group-incremental) DNNs on embedded boards. "
@@ -650,21 +651,21 @@ def build_parser() -> argparse.ArgumentParser:
     bu.add_argument("--power-w", type=float, default=None)
     bu.add_argument("--clear", action="store_true")
     bu.set_defaults(func=cmd_budget)
-    st = client_parser("status", "what the daemon is doing")
+    st = client_parser("status", COMMANDS["status"].doc)
     st.add_argument("--json", action="store_true")
     st.set_defaults(func=cmd_status)
-    pn = client_parser("pin", "fix (part of) the configuration: groups, target, frequency")
+    pn = client_parser("pin", COMMANDS["pin"].doc)
     pn.add_argument("--groups", type=int, default=None)
     pn.add_argument("--target", default=None)
     pn.add_argument("--freq-mhz", type=float, default=None)
     pn.set_defaults(func=cmd_pin)
-    client_parser("release", "undo pin: let the governor choose").set_defaults(func=cmd_release)
+    client_parser("release", COMMANDS["release"].doc).set_defaults(func=cmd_release)
     tp = client_parser("top", "a live view of the daemon: configuration, latency against the budget, miss rate, "
                               "energy, temperatures, frequencies, corrections; q quits")
     tp.add_argument("--interval", type=float, default=1.0, help="seconds between refreshes (default 1)")
     tp.add_argument("--once", action="store_true", help="draw once and exit (no full-screen mode)")
     tp.set_defaults(func=cmd_top)
-    client_parser("reload", "re-verify and reload the model set and the stored profile").set_defaults(func=cmd_reload)
+    client_parser("reload", COMMANDS["reload"].doc).set_defaults(func=cmd_reload)
 
     pl = sub.add_parser("platform", help="what dnnscale sees on this board",
                         description="Targets with CPUs and frequencies, GPU, power rails, thermal zones.")

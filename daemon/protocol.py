@@ -43,7 +43,7 @@ class InputSpec:
     max_batch: int
 
 
-def _scalar_id(v) -> bool:
+def scalar_id(v) -> bool:
     """A JSON scalar that echoes back as valid JSON (no NaN/Infinity, no 10^400 integer)."""
     if isinstance(v, float):
         return math.isfinite(v)
@@ -126,7 +126,7 @@ def peek_id(frame: bytes) -> Any:
     try:
         obj = loads(bytes(frame)) if len(frame) <= MAX_HEADER_BYTES else None
         v = obj.get("id") if isinstance(obj, dict) else None
-        return v if _scalar_id(v) else None
+        return v if scalar_id(v) else None
     except Exception:
         return None
 
@@ -153,7 +153,7 @@ def decode_infer(frames: Sequence[bytes], spec: InputSpec) -> InferRequest:
         raise ProtocolError("bad_header", "unknown header field(s): %s (allowed: %s)"
                             % (", ".join(sorted(map(str, unknown))), ", ".join(sorted(HEADER_KEYS))))
     rid = h.get("id")
-    if not _scalar_id(rid):
+    if not scalar_id(rid):
         raise ProtocolError("bad_header", "id must be a JSON scalar (string of at most %d characters, number, "
                                           "boolean or null)" % MAX_ID_CHARS)
     dtype = h.get("dtype")
@@ -202,29 +202,3 @@ def error_reply(rid: Any, code: str, message: str) -> List[bytes]:
 
 
 # ---------------------------------------------------------------------------- control
-COMMANDS = {
-    "set_budget": {"latency_ms", "energy_mj", "power_w"},
-    "clear_budget": set(),
-    "status": set(),
-    "pin": {"groups", "target", "freq_khz"},
-    "release": set(),
-    "reload": set(),
-}
-
-
-def decode_control(frames: Sequence[bytes]) -> Tuple[Any, str, Dict]:
-    if len(frames) != 1:
-        raise ProtocolError("bad_frames", "a control message is one JSON frame, got %d" % len(frames))
-    msg = parse_json(frames[0], "the control message")
-    rid = msg.get("id")
-    if not _scalar_id(rid):
-        raise ProtocolError("bad_request", "id must be a JSON scalar")
-    cmd = msg.get("cmd")
-    if not isinstance(cmd, str) or cmd not in COMMANDS:
-        raise ProtocolError("unknown_command", "unknown command %r (commands: %s)" % (cmd, ", ".join(COMMANDS)))
-    args = {k: v for k, v in msg.items() if k not in ("cmd", "id")}
-    unknown = set(args) - COMMANDS[cmd]
-    if unknown:
-        raise ProtocolError("bad_properties", "%s does not take %s (it takes: %s)" % (
-            cmd, ", ".join(sorted(unknown)), ", ".join(sorted(COMMANDS[cmd])) or "nothing"))
-    return rid, cmd, args

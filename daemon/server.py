@@ -25,7 +25,8 @@ import zmq
 
 from .config import Config, ConfigError, check_socket_dir
 from .notify import Notifier
-from .protocol import ProtocolError, decode_control, decode_infer, encode_reply, error_reply, peek_id
+from . import commands
+from .protocol import ProtocolError, decode_infer, encode_reply, error_reply, peek_id
 from .queues import RequestQueues
 from .service import Service
 
@@ -414,7 +415,7 @@ class Server:
             try:
                 if refusal is not None:
                     raise refusal
-                rid, cmd, args = decode_control(body)
+                rid, cmd, args = commands.decode(body)
                 reply = {"id": rid, "ok": True}
                 reply.update(self.service.control(cmd, args))
             except ProtocolError as e:

@@ -20,6 +20,7 @@ from models import ModelSetError
 from platforms.owner import Ownership
 
 from . import profiler, state
+from .commands import COMMANDS
 from .config import KEY_DOCS, Config, ConfigError
 from .executor import Executor, Ran
 from .metrics import Counters
@@ -206,83 +207,35 @@ class Service:
 
     # ------------------------------------------------------------------ control
     def control(self, cmd: str, args: Dict[str, Any]) -> Dict:
-        """One control command. A refused command changes nothing (checked, saved, then applied)."""
-        if cmd == "status":
-            return self.status()
-        if cmd == "reload":
-            return self.reload()
+        """One control command (daemon/commands.py). A refused command changes nothing
+        (checked, saved, then applied)."""
+        c = COMMANDS.get(cmd)
+        if c is None:
+            raise ProtocolError("unknown_command", cmd)
+        if not c.locked:
+            return c.run(self, args)
         with self.lock:
-            if cmd == "set_budget":
-                try:
-                    budget = Budget(**args).validate()
-                except (TypeError, ValueError) as e:
-                    raise ProtocolError("bad_budget", str(e))
-                if budget.empty:
-                    raise ProtocolError("bad_budget", "give at least one of latency_ms, energy_mj, power_w "
-                                                      "(or use clear_budget)")
-                reply = self._set_budget(budget)
-                if budget.energy_mj is not None or budget.power_w is not None:
-                    if not self.energy_measured:
-                        reply["warning"] = ("nothing measures energy here (%s): the energy/power part of the "
-                                            "budget cannot be enforced" % self.energy_reason)
-                return reply
-            if cmd == "clear_budget":
-                return self._set_budget(Budget())
-            if cmd == "pin":
-                return self._pin(args)
-            if cmd == "release":
-                replaced = dict(self.governor.pinned)
-                self.governor.release()
-                return {"pinned": {}, "released": replaced}
-        raise ProtocolError("unknown_command", cmd)
+            return c.run(self, args)
 
-    def _set_budget(self, budget: Budget) -> Dict:
+    def save_budget(self, budget: Budget) -> Dict:
+        """Save ``budget`` (first: a full disk changes nothing), then set it."""
         previous = self.governor.budget.to_dict()
         try:
-            state.write_json(self._budget_path(), budget.to_dict())   # saved first: a full disk changes nothing
+            state.write_json(self._budget_path(), budget.to_dict())
         except OSError as e:
             raise ProtocolError("state_unwritable", "could not save the budget in %s (%s); the budget is "
                                 "unchanged" % (self.cfg.state_dir, e.strerror or e))
         self.governor.set_budget(budget)
         return {"budget": self.governor.budget.to_dict(), "replaced": previous}
 
-    def _pin(self, args: Dict[str, Any]) -> Dict:
-        g, t, f = args.get("groups"), args.get("target"), args.get("freq_khz")
-        if g is None and t is None and f is None:
-            raise ProtocolError("bad_pin", "pin needs at least one of groups, target, freq_khz "
-                                           "(release removes a pin)")
-        n = self.models.groups
-        if g is not None and (isinstance(g, bool) or not isinstance(g, int) or not 1 <= g <= n):
-            raise ProtocolError("bad_pin", "groups must be an integer in 1..%d, got %r" % (n, g))
-        if t is not None and (not isinstance(t, str) or t not in self.targets):
-            raise ProtocolError("bad_pin", "target must be one of %s, got %r" % (", ".join(self.targets), t))
-        if f is not None:
-            if isinstance(f, bool) or not isinstance(f, int) or not 0 < f < 10 ** 9:
-                raise ProtocolError("bad_pin", "freq_khz must be a positive integer (kHz), got %r" % (f,))
-            have = sorted({c.freq_khz for c in self.rt.space if c.freq_khz is not None
-                           and (t is None or c.target == t)})
-            if not have:
-                raise ProtocolError("bad_pin", "no frequency can be pinned: %s" % (
-                    self.platform.dvfs_reason or "the target has no frequency control"))
-            if f not in have:
-                raise ProtocolError("bad_pin", "%d MHz (%d kHz) is not an available frequency%s; choose from %s MHz"
-                                    % (f // 1000, f, "" if t is None else " of " + t,
-                                       ", ".join("%g" % (x / 1000) for x in have)))
-        replaced = dict(self.governor.pinned)
-        try:
-            self.governor.pin(level=g, target=t, freq_khz=f)
-        except ValueError as e:
-            raise ProtocolError("bad_pin", "%s (targets: %s)" % (e, ", ".join(self.targets)))
-        # Take effect now: a user who pins 1200 MHz reads 1200 MHz back, not after the next inference.
-        reply = {"pinned": self.governor.pinned, "replaced": replaced}
-        if not self.executor.apply(self.governor.decide().config):
-            self._dvfs_lost()           # the pin's frequency goes with DVFS; the rest of it holds
-            reply["pinned"] = self.governor.pinned
-            reply["warning"] = "the frequency could not be set: %s" % self.platform.dvfs_reason
-            self.executor.apply(self.governor.decide().config)
-        if self.governor.current is not None:
-            reply["config"] = self.executor.reported(self.governor.space[self.governor.current])
-        return reply
+    def apply_now(self) -> Optional[str]:
+        """Apply the governor's decision now (a pin takes effect before its reply); where the
+        kernel refuses the frequency, rebuild without DVFS, apply again, and say why."""
+        if self.executor.apply(self.governor.decide().config):
+            return None
+        self._dvfs_lost()
+        self.executor.apply(self.governor.decide().config)
+        return "the frequency could not be set: %s" % self.platform.dvfs_reason
 
     def reload(self) -> Dict:
         # Its Python parts (YAML, checks, building the governor) would hold the GIL for whole

@@ -211,3 +211,19 @@ def test_version_and_top_once_without_a_daemon(tmp_path):
     r = subprocess.run(dnnscale_cmd() + ["top", "--once", "--control-endpoint", "ipc://%s/none.sock" % tmp_path],
                        cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
     assert r.returncode == 1 and "no dnnscale daemon" in r.stdout + r.stderr
+
+
+def test_every_control_command_has_its_client_method_verb_and_protocol_row():
+    """daemon/commands.py is the one table: each command's keys are its client method's
+    parameters, it has a CLI verb, and docs/protocol.md has its row."""
+    import inspect
+    from daemon.cli import build_parser
+    from daemon.client import Client
+    from daemon.commands import COMMANDS
+    protocol = open(os.path.join(ROOT, "docs", "protocol.md")).read()
+    sub = next(a for a in build_parser()._actions if a.__class__.__name__ == "_SubParsersAction")
+    for name, c in COMMANDS.items():
+        params = [p for p in inspect.signature(getattr(Client, name)).parameters if p != "self"]
+        assert params == list(c.keys), (name, params, c.keys)
+        assert {"set_budget": "budget", "clear_budget": "budget"}.get(name, name) in sub.choices, name
+        assert "| `%s` |" % name in protocol, name

@@ -20,7 +20,8 @@ import pytest
 import zmq
 from hypothesis import HealthCheck, given, settings, strategies as st
 
-from daemon.protocol import (COMMANDS, InputSpec, ProtocolError, decode_control, decode_infer)
+from daemon.commands import COMMANDS, decode as decode_control
+from daemon.protocol import InputSpec, ProtocolError, decode_infer
 from tests.daemon_harness import ROOT, Daemon, dnnscale_cmd
 from tests.fixtures import trees
 from tests.fixtures.kernel import snapshot
@@ -107,7 +108,7 @@ def test_fuzz_decoder_mutated_valid_header(extra, pos, byte):
 def test_fuzz_control_decoder(msg):
     try:
         rid, cmd, args = decode_control([encode(msg)])
-        assert cmd in COMMANDS and set(args) <= COMMANDS[cmd]
+        assert cmd in COMMANDS and set(args) <= set(COMMANDS[cmd].keys)
     except ProtocolError as e:
         assert e.code in CONTROL_CODES
 

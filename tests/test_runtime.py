@@ -81,8 +81,9 @@ def _service(random_set, tmp_path, board=None, extra=None):
     from daemon.service import Service
     empty = tmp_path / "empty.yaml"
     empty.write_text("")
+    root = str(tmp_path / "sysfs")
     over = {"model": random_set, "platform": "generic", "state_dir": str(tmp_path / "s"),
-            "sysfs_root": trees.build("generic", str(tmp_path / "sysfs")), "profile_runs": 1,
+            "sysfs_root": root if os.path.isdir(root) else trees.build("generic", root), "profile_runs": 1,
             "infer_endpoint": "ipc://%s/i.sock" % tmp_path, "control_endpoint": "ipc://%s/c.sock" % tmp_path}
     over.update(extra or {})
     svc = Service(load_config(str(empty), over), board=board)
@@ -228,5 +229,99 @@ def test_reload_keeps_an_unchanged_set_and_loads_a_rewritten_one_beside(random_s
         with pytest.raises(Exception, match="altered"):
             svc.control("reload", {})
         assert _serve_one(svc)["labels"]
+    finally:
+        svc.stop()
+
+
+@pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="needs 2 CPUs to tell 1 thread from 2")
+def test_config_precedence_defaults_then_file_then_command_line(random_set, tmp_path):
+    """The real ``dnnscale serve``: a key in the config file overrides the default, a flag on
+    the command line overrides the file (status shows what is in force)."""
+    from tests.daemon_harness import Daemon
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("threads: 2\nmax_batch: 8\n")
+    for flags, want_threads in ((None, 2), (1, 1)):
+        d = Daemon(str(tmp_path / ("run%s" % flags)), random_set, platform="generic", config=str(cfg),
+                   threads=flags)
+        try:
+            d.wait_ready()
+            with d.client() as c:
+                st = c.status()
+            assert st["targets"]["cpu"]["onnxruntime_threads"] == want_threads, st["targets"]
+            assert st["max_batch"] == 8                       # from the file; the default is 64
+        finally:
+            assert d.stop() == 0, d.output()
+
+
+def test_the_watchdog_is_withheld_while_the_inference_thread_hangs(random_set, tmp_path):
+    """The control thread pings the watchdog only while the inference thread's loop is
+    alive: a run that hangs (a driver stuck in a GPU call) stops the pings, so systemd's
+    watchdog restarts the daemon; when it comes back, the pings do too."""
+    import socket
+    import time
+    from daemon.client import Client
+    from daemon.notify import Notifier
+    from daemon.server import Server
+    svc = _service(random_set, tmp_path)
+    path = str(tmp_path / "notify.sock")
+    listen = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    listen.bind(path)
+    listen.settimeout(0.05)
+    server = Server(svc, svc.cfg, notifier=Notifier({"NOTIFY_SOCKET": path, "WATCHDOG_USEC": "400000"}))
+    server.bind()
+    stop = threading.Event()
+    t = threading.Thread(target=server.serve, args=(stop,))
+    hang, real = threading.Event(), svc.models.run
+
+    def run(*a, **k):
+        hang.wait(30)
+        return real(*a, **k)
+
+    def pings(seconds):
+        n, end = 0, time.monotonic() + seconds
+        while time.monotonic() < end:
+            try:
+                n += b"WATCHDOG=1" in listen.recv(4096)
+            except socket.timeout:
+                pass
+        return n
+
+    t.start()
+    try:
+        assert pings(1.0) >= 3                       # every 0.2 s while alive
+        svc.models.run = run
+        c = Client(svc.cfg.infer_endpoint, svc.cfg.control_endpoint, timeout_s=30)
+        sender = threading.Thread(target=lambda: c.infer(np.zeros((1, 32, 32, 3), np.uint8)))
+        sender.start()
+        time.sleep(0.6)                              # the heartbeat goes stale (older than 0.4 s)
+        pings(0.1)                                   # what was sent before it did
+        assert pings(1.0) == 0
+        hang.set()
+        sender.join(10)
+        assert pings(1.0) >= 3
+        c.close()
+    finally:
+        hang.set()
+        stop.set()
+        t.join()
+        server.close()
+        svc.stop()
+        listen.close()
+
+
+def test_the_budget_and_the_profile_persist_across_a_restart(random_set, tmp_path):
+    """What the state directory keeps: the budget set before a restart is in force after it,
+    and the stored profile is used instead of measuring again."""
+    svc = _service(random_set, tmp_path)
+    try:
+        svc.control("set_budget", {"latency_ms": 42.0})
+        created = svc.governor.profile.created
+    finally:
+        svc.stop()
+    svc = _service(random_set, tmp_path)
+    try:
+        st = svc.status()
+        assert st["budget"]["latency_ms"] == 42.0
+        assert st["profile_created"] == created and st["profile"].startswith("stored")
     finally:
         svc.stop()

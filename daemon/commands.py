@@ -1,0 +1,113 @@
+"""The control commands, one object each: its keys, what it does (one line, for
+docs/protocol.md and the CLI's help), whether it runs under the service's lock, and its
+execution. The decoder (``decode``), ``Service.control`` and the client's methods follow
+from this table; tests/test_runtime.py checks that each has its client method, CLI verb and
+row in docs/protocol.md."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable, Dict, Sequence, Tuple
+
+from governor import Budget
+
+from .protocol import ProtocolError, parse_json, scalar_id
+
+
+@dataclass(frozen=True)
+class Command:
+    name: str
+    keys: Tuple[str, ...]
+    doc: str
+    run: Callable[[Any, Dict], Dict]      # (service, arguments) → the reply's fields
+    locked: bool = True                   # under the service's lock (the governor and the board)
+
+
+def _set_budget(svc, args: Dict) -> Dict:
+    try:
+        budget = Budget(**args).validate()
+    except (TypeError, ValueError) as e:
+        raise ProtocolError("bad_budget", str(e))
+    if budget.empty:
+        raise ProtocolError("bad_budget", "give at least one of latency_ms, energy_mj, power_w (or use clear_budget)")
+    reply = svc.save_budget(budget)
+    if (budget.energy_mj is not None or budget.power_w is not None) and not svc.energy_measured:
+        reply["warning"] = ("nothing measures energy here (%s): the energy/power part of the budget cannot be "
+                            "enforced" % svc.energy_reason)
+    return reply
+
+
+def _pin(svc, args: Dict) -> Dict:
+    g, t, f = args.get("groups"), args.get("target"), args.get("freq_khz")
+    if g is None and t is None and f is None:
+        raise ProtocolError("bad_pin", "pin needs at least one of groups, target, freq_khz (release removes a pin)")
+    n = svc.models.groups
+    if g is not None and (isinstance(g, bool) or not isinstance(g, int) or not 1 <= g <= n):
+        raise ProtocolError("bad_pin", "groups must be an integer in 1..%d, got %r" % (n, g))
+    if t is not None and (not isinstance(t, str) or t not in svc.targets):
+        raise ProtocolError("bad_pin", "target must be one of %s, got %r" % (", ".join(svc.targets), t))
+    if f is not None:
+        if isinstance(f, bool) or not isinstance(f, int) or not 0 < f < 10 ** 9:
+            raise ProtocolError("bad_pin", "freq_khz must be a positive integer (kHz), got %r" % (f,))
+        have = sorted({c.freq_khz for c in svc.rt.space if c.freq_khz is not None and (t is None or c.target == t)})
+        if not have:
+            raise ProtocolError("bad_pin", "no frequency can be pinned: %s" % (
+                svc.platform.dvfs_reason or "the target has no frequency control"))
+        if f not in have:
+            raise ProtocolError("bad_pin", "%d MHz (%d kHz) is not an available frequency%s; choose from %s MHz"
+                                % (f // 1000, f, "" if t is None else " of " + t,
+                                   ", ".join("%g" % (x / 1000) for x in have)))
+    gov = svc.governor
+    replaced = dict(gov.pinned)
+    try:
+        gov.pin(level=g, target=t, freq_khz=f)
+    except ValueError as e:
+        raise ProtocolError("bad_pin", "%s (targets: %s)" % (e, ", ".join(svc.targets)))
+    # Take effect now: a user who pins 1200 MHz reads 1200 MHz back, not after the next inference.
+    warning = svc.apply_now()
+    gov = svc.governor                    # rebuilt without frequencies where the write failed
+    reply = {"pinned": gov.pinned, "replaced": replaced}
+    if warning:
+        reply["warning"] = warning        # the pin's frequency went with DVFS; the rest of it holds
+    if gov.current is not None:
+        reply["config"] = svc.executor.reported(gov.space[gov.current])
+    return reply
+
+
+def _release(svc, args: Dict) -> Dict:
+    replaced = dict(svc.governor.pinned)
+    svc.governor.release()
+    return {"pinned": {}, "released": replaced}
+
+
+COMMANDS: Dict[str, Command] = {c.name: c for c in (
+    Command("set_budget", ("latency_ms", "energy_mj", "power_w"),
+            "set the latency/energy/power budget (saved; the governor meets it with the best accuracy)", _set_budget),
+    Command("clear_budget", (), "no budget: the best accuracy at the lowest energy",
+            lambda svc, a: svc.save_budget(Budget())),
+    Command("status", (), "what the daemon is doing", lambda svc, a: svc.status(), locked=False),
+    Command("pin", ("groups", "target", "freq_khz"), "fix (part of) the configuration: groups, target, frequency",
+            _pin),
+    Command("release", (), "undo pin: let the governor choose", _release),
+    Command("reload", (), "re-read the config, re-verify and reload the model set and the stored profile",
+            lambda svc, a: svc.reload(), locked=False),
+)}
+
+
+def decode(frames: Sequence[bytes]) -> Tuple[Any, str, Dict]:
+    """One control message → (id, command name, arguments), its keys checked against the table."""
+    if len(frames) != 1:
+        raise ProtocolError("bad_frames", "a control message is one JSON frame, got %d" % len(frames))
+    msg = parse_json(frames[0], "the control message")
+    rid = msg.get("id")
+    if not scalar_id(rid):
+        raise ProtocolError("bad_request", "id must be a JSON scalar")
+    cmd = msg.get("cmd")
+    if not isinstance(cmd, str) or cmd not in COMMANDS:
+        raise ProtocolError("unknown_command", "unknown command %r (commands: %s)" % (cmd, ", ".join(COMMANDS)))
+    args = {k: v for k, v in msg.items() if k not in ("cmd", "id")}
+    keys = COMMANDS[cmd].keys
+    unknown = set(args) - set(keys)
+    if unknown:
+        raise ProtocolError("bad_properties", "%s does not take %s (it takes: %s)" % (
+            cmd, ", ".join(sorted(unknown)), ", ".join(sorted(keys)) or "nothing"))
+    return rid, cmd, args
