@@ -609,8 +609,8 @@ def build_parser() -> argparse.ArgumentParser:
     sv.add_argument("--model", default=None, help="model-set folder or shipped name (default: the shipped model)")
     sv.add_argument("--platform", default=None, help="platform name (default: detect)")
     sv.add_argument("--sysfs-root", default=None, help="root of the sysfs tree (default /)")
-    sv.add_argument("--infer-endpoint", default=None, help="default tcp://127.0.0.1:5555 (the system service: "
-                    "ipc:///run/dnnscale/infer.sock)")
+    sv.add_argument("--infer-endpoint", default=None, help="default ipc://<runtime dir>/infer.sock (the system "
+                    "service: ipc:///run/dnnscale/infer.sock)")
     sv.add_argument("--control-endpoint", default=None, help="default ipc://<runtime dir>/control.sock")
     sv.add_argument("--state-dir", default=None, help="default $STATE_DIRECTORY, else /var/lib/dnnscale with "
                     "--system, else ~/.local/state/dnnscale")
@@ -633,7 +633,8 @@ def build_parser() -> argparse.ArgumentParser:
     def client_parser(name, help, infer=False):
         c = sub.add_parser(name, help=help, description=help)
         if infer:
-            c.add_argument("--endpoint", default=None, help="inference endpoint (default tcp://127.0.0.1:5555)")
+            c.add_argument("--endpoint", default=None, help="inference endpoint (default: where the daemon "
+                                                                    "says it listens, its status's infer_endpoint)")
         c.add_argument("--control-endpoint", default=None,
                        help="control endpoint (default: the daemon's ipc socket)")
         c.add_argument("--timeout", type=float, default=5.0, help="seconds to wait for the daemon")

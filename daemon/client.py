@@ -16,7 +16,7 @@ from typing import Any, Dict, List, Optional
 import numpy as np
 import zmq
 
-from .config import DEFAULT_INFER_ENDPOINT, ConfigError, check_socket_dir, default_control_endpoint
+from .config import ConfigError, check_socket_dir, default_control_endpoint, default_infer_endpoint
 from .protocol import dumps, loads
 
 
@@ -133,7 +133,7 @@ class Client:
                  timeout_s: float = 5.0, ctx: Optional[zmq.Context] = None,
                  curve_secret_key: Optional[str] = None, curve_server_key: Optional[str] = None):
         """``endpoint``: the inference socket (default: the one the daemon at
-        ``control_endpoint`` says it binds, else tcp://127.0.0.1:5555). ``curve_secret_key``
+        ``control_endpoint`` says it binds, else ipc://<runtime dir>/infer.sock). ``curve_secret_key``
         (this client's certificate file) and ``curve_server_key`` (the daemon's public
         certificate) are needed for a tcp:// control endpoint, and for a tcp:// inference
         endpoint where the daemon has CURVE keys."""
@@ -159,13 +159,13 @@ class Client:
 
     def _daemons_infer_endpoint(self) -> str:
         """Ask the daemon where it takes inference requests (the system service: an ipc
-        socket); a daemon too old to say, or none at all: the tcp default."""
+        socket); a daemon too old to say, or none at all: the default."""
         try:
             ep = self.status().get("infer_endpoint")
         except (DaemonUnavailable, DaemonError):
-            return DEFAULT_INFER_ENDPOINT
+            return default_infer_endpoint()
         if not isinstance(ep, str) or not ep.startswith(("tcp://", "ipc://")):
-            return DEFAULT_INFER_ENDPOINT
+            return default_infer_endpoint()
         host, _, port = ep[len("tcp://"):].rpartition(":") if ep.startswith("tcp://") else ("", "", "")
         if host in ("*", "0.0.0.0", "[::]"):      # bound on every address: reach it on loopback
             ep = "tcp://%s:%s" % ("[::1]" if host == "[::]" else "127.0.0.1", port)

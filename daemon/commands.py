@@ -10,7 +10,7 @@ from typing import Any, Callable, Dict, Sequence, Tuple
 
 from governor import Budget
 
-from .protocol import ProtocolError, parse_json, scalar_id
+from .protocol import ProtocolError, brief, parse_json, scalar_id
 
 
 @dataclass(frozen=True)
@@ -25,8 +25,10 @@ class Command:
 def _set_budget(svc, args: Dict) -> Dict:
     try:
         budget = Budget(**args).validate()
-    except (TypeError, ValueError) as e:
+    except TypeError as e:
         raise ProtocolError("bad_budget", str(e))
+    except ValueError as e:       # its message repeats the value: cut to an excerpt
+        raise ProtocolError("bad_budget", str(e)[:200])
     if budget.empty:
         raise ProtocolError("bad_budget", "give at least one of latency_ms, energy_mj, power_w (or use clear_budget)")
     reply = svc.save_budget(budget)
@@ -42,12 +44,12 @@ def _pin(svc, args: Dict) -> Dict:
         raise ProtocolError("bad_pin", "pin needs at least one of groups, target, freq_khz (release removes a pin)")
     n = svc.models.groups
     if g is not None and (isinstance(g, bool) or not isinstance(g, int) or not 1 <= g <= n):
-        raise ProtocolError("bad_pin", "groups must be an integer in 1..%d, got %r" % (n, g))
+        raise ProtocolError("bad_pin", "groups must be an integer in 1..%d, got %s" % (n, brief(g)))
     if t is not None and (not isinstance(t, str) or t not in svc.targets):
-        raise ProtocolError("bad_pin", "target must be one of %s, got %r" % (", ".join(svc.targets), t))
+        raise ProtocolError("bad_pin", "target must be one of %s, got %s" % (", ".join(svc.targets), brief(t)))
     if f is not None:
         if isinstance(f, bool) or not isinstance(f, int) or not 0 < f < 10 ** 9:
-            raise ProtocolError("bad_pin", "freq_khz must be a positive integer (kHz), got %r" % (f,))
+            raise ProtocolError("bad_pin", "freq_khz must be a positive integer (kHz), got %s" % brief(f))
         have = sorted({c.freq_khz for c in svc.rt.space if c.freq_khz is not None and (t is None or c.target == t)})
         if not have:
             raise ProtocolError("bad_pin", "no frequency can be pinned: %s" % (
@@ -103,11 +105,11 @@ def decode(frames: Sequence[bytes]) -> Tuple[Any, str, Dict]:
         raise ProtocolError("bad_request", "id must be a JSON scalar")
     cmd = msg.get("cmd")
     if not isinstance(cmd, str) or cmd not in COMMANDS:
-        raise ProtocolError("unknown_command", "unknown command %r (commands: %s)" % (cmd, ", ".join(COMMANDS)))
+        raise ProtocolError("unknown_command", "unknown command %s (commands: %s)" % (brief(cmd), ", ".join(COMMANDS)))
     args = {k: v for k, v in msg.items() if k not in ("cmd", "id")}
     keys = COMMANDS[cmd].keys
     unknown = set(args) - set(keys)
     if unknown:
         raise ProtocolError("bad_properties", "%s does not take %s (it takes: %s)" % (
-            cmd, ", ".join(sorted(unknown)), ", ".join(sorted(keys)) or "nothing"))
+            cmd, brief(sorted(unknown)), ", ".join(sorted(keys)) or "nothing"))
     return rid, cmd, args

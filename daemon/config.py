@@ -16,7 +16,6 @@ from typing import Any, Dict, List, Optional
 
 import yaml
 
-DEFAULT_INFER_ENDPOINT = "tcp://127.0.0.1:5555"   # loopback only
 SYSTEM_RUNTIME = "/run/dnnscale"
 
 
@@ -65,11 +64,11 @@ def default_runtime_dir() -> str:
 
 
 def default_infer_endpoint(runtime_dir: Optional[str] = None) -> str:
-    """The system service listens on an ipc socket in its runtime directory (mode 0660, its
-    group: only members may send); a user's own daemon on tcp loopback."""
-    if system_mode():
-        return "ipc://" + os.path.join(runtime_dir or default_runtime_dir(), "infer.sock")
-    return DEFAULT_INFER_ENDPOINT
+    """An ipc socket in the runtime directory: the system service's is mode 0660 in a 0750
+    directory (its group may send), a user's own daemon's is in the user's 0700 directory
+    (only that user may send). Not tcp loopback, where any local process could send, and
+    a message libzmq holds whole before the daemon can refuse it costs memory."""
+    return "ipc://" + os.path.join(runtime_dir or default_runtime_dir(), "infer.sock")
 
 
 def _system_service_present() -> bool:
@@ -92,7 +91,7 @@ class Config:
     model: Optional[str] = None            # a model-set folder or a shipped set's name
     platform: Optional[str] = None         # None: detect
     sysfs_root: str = "/"
-    infer_endpoint: Optional[str] = None   # None: tcp loopback, or ipc in the runtime dir (system)
+    infer_endpoint: Optional[str] = None   # None: ipc in the runtime dir
     control_endpoint: Optional[str] = None  # None: ipc:// in the runtime directory
     control_group: Optional[str] = None    # group owning the ipc control socket (mode 0660)
     infer_group: Optional[str] = None      # group owning an ipc inference socket (default control_group)
@@ -126,8 +125,8 @@ KEY_DOCS = {
     "model": "a model-set folder or a shipped set's name (default: the shipped CIFAR-10 set)",
     "platform": "odroid-xu3, jetson-nano, generic, sim-odroid-xu3 or sim-jetson-nano (default: detect)",
     "sysfs_root": "root of the sysfs tree, for fake trees (default /)",
-    "infer_endpoint": "inference socket, tcp://HOST:PORT or ipc://PATH (default: the system service "
-                      "ipc://<runtime_dir>/infer.sock, else tcp://127.0.0.1:5555; tcp off loopback needs CURVE)",
+    "infer_endpoint": "inference socket, ipc://PATH or tcp://HOST:PORT (default ipc://<runtime_dir>/infer.sock; "
+                      "tcp off loopback needs CURVE)",
     "control_endpoint": "control socket (default ipc://<runtime_dir>/control.sock; tcp:// needs CURVE)",
     "control_group": "group that owns the ipc control socket, mode 0660 (default: the daemon's group)",
     "infer_group": "group that owns an ipc inference socket, mode 0660 (default: control_group)",

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import math
+import reprlib
 from dataclasses import dataclass
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
@@ -107,6 +108,18 @@ except ImportError:
     loads, dumps = _std_loads, _std_dumps
 
 
+_BRIEF = reprlib.Repr()
+_BRIEF.maxstring = _BRIEF.maxother = 40
+_BRIEF.maxlist = _BRIEF.maxdict = 6
+_BRIEF.maxlevel = 2
+
+
+def brief(v: Any) -> str:
+    """A short, quoted excerpt of a client's value for an error message (at most ~60
+    characters: a reply never repeats kilobytes of what was sent)."""
+    return _BRIEF.repr(v)
+
+
 def parse_json(frame: bytes, what: str) -> Dict:
     if len(frame) > MAX_HEADER_BYTES:
         raise ProtocolError("too_large", "%s is %d bytes; the limit is %d" % (what, len(frame), MAX_HEADER_BYTES))
@@ -138,8 +151,8 @@ def positive_number(v, name: str, limit: float, code: str, low: float = 0.0) -> 
     """A finite number in (0, limit] (and >= ``low`` when given)."""
     if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(float(v)) \
             or not 0 < v <= limit or v < low:
-        raise ProtocolError(code, "%s must be a number in (%s, %g], got %r"
-                            % (name, "%g" % low if low else "0", limit, v))
+        raise ProtocolError(code, "%s must be a number in (%s, %g], got %s"
+                            % (name, "%g" % low if low else "0", limit, brief(v)))
     return float(v)
 
 
@@ -151,7 +164,7 @@ def decode_infer(frames: Sequence[bytes], spec: InputSpec) -> InferRequest:
     unknown = set(h) - HEADER_KEYS
     if unknown:
         raise ProtocolError("bad_header", "unknown header field(s): %s (allowed: %s)"
-                            % (", ".join(sorted(map(str, unknown))), ", ".join(sorted(HEADER_KEYS))))
+                            % (brief(sorted(map(str, unknown))), ", ".join(sorted(HEADER_KEYS))))
     rid = h.get("id")
     if not scalar_id(rid):
         raise ProtocolError("bad_header", "id must be a JSON scalar (string of at most %d characters, number, "
@@ -159,17 +172,17 @@ def decode_infer(frames: Sequence[bytes], spec: InputSpec) -> InferRequest:
     dtype = h.get("dtype")
     if dtype not in ("uint8", "float32"):
         raise ProtocolError("bad_dtype", "dtype must be \"uint8\" (NHWC images) or \"float32\" (normalised NCHW), "
-                                         "got %r" % (dtype,))
+                                         "got %s" % brief(dtype))
     shape = h.get("shape")
     c, hh, ww = spec.chw
     want = [hh, ww, c] if dtype == "uint8" else [c, hh, ww]
     if not isinstance(shape, list) or len(shape) != 4 or any(isinstance(s, bool) or not isinstance(s, int)
                                                              for s in shape):
-        raise ProtocolError("bad_shape", "shape must be 4 integers [N, %s], got %r"
-                            % (", ".join(map(str, want)), shape))
+        raise ProtocolError("bad_shape", "shape must be 4 integers [N, %s], got %s"
+                            % (", ".join(map(str, want)), brief(shape)))
     if shape[1:] != want or shape[0] < 1:
-        raise ProtocolError("bad_shape", "shape must be [N, %s] for %s with N >= 1, got %r"
-                            % (", ".join(map(str, want)), dtype, shape))
+        raise ProtocolError("bad_shape", "shape must be [N, %s] for %s with N >= 1, got %s"
+                            % (", ".join(map(str, want)), dtype, brief(shape)))
     if shape[0] > spec.max_batch:
         raise ProtocolError("too_large", "batch of %d exceeds the maximum of %d" % (shape[0], spec.max_batch))
     itemsize = 1 if dtype == "uint8" else 4
@@ -183,7 +196,7 @@ def decode_infer(frames: Sequence[bytes], spec: InputSpec) -> InferRequest:
         tensor = tensor.astype(np.float32, copy=False)
     groups = h.get("groups")
     if groups is not None and (isinstance(groups, bool) or not isinstance(groups, int) or not 1 <= groups <= spec.levels):
-        raise ProtocolError("bad_groups", "groups must be an integer in 1..%d, got %r" % (spec.levels, groups))
+        raise ProtocolError("bad_groups", "groups must be an integer in 1..%d, got %s" % (spec.levels, brief(groups)))
     deadline = h.get("deadline_ms")
     if deadline is not None:
         deadline = positive_number(deadline, "deadline_ms", MAX_DEADLINE_MS, "bad_deadline", low=MIN_DEADLINE_MS)

@@ -173,6 +173,11 @@ class Server:
         # Replies to a client that pipelines commands wait for it rather than being dropped at
         # the default 1000; a drop past this is counted (status errors: reply_dropped).
         self.control.setsockopt(zmq.SNDHWM, 100_000)
+        # Inference replies queued for one peer: twice what it may have queued (its share of
+        # the queue), not libzmq's 1000; a peer that sends and never reads holds at most that
+        # many replies (each at most max_batch logits and a short header), the rest are
+        # dropped and counted (reply_dropped).
+        self.infer.setsockopt(zmq.SNDHWM, 2 * self.queues.per_client)
         ep = self.cfg.control_endpoint
         if ep.startswith("ipc://@"):
             raise ConfigError("control_endpoint %s is an abstract socket, which has no file permissions (any "

@@ -16,6 +16,21 @@ def run(*args, timeout=300):
                           capture_output=True, text=True, timeout=timeout)
 
 
+def run_here(*args):
+    """The CLI's ``main`` in this process (argument checks: one torch import for all of them;
+    ``run`` covers the real process)."""
+    import contextlib
+    import io
+    from daemon.cli import main
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            rc = main(list(args))
+        except SystemExit as e:
+            rc = e.code
+    return subprocess.CompletedProcess(list(args), rc, out.getvalue(), err.getvalue())
+
+
 def test_train_then_eval(tiny_data, tmp_path):
     pytest.importorskip("torch")
     out = str(tmp_path / "set")
@@ -92,7 +107,7 @@ def test_train_bad_width_is_one_line(tiny_data, tmp_path):
     (["--kind", "portfolio", "--group-widths", "1"], "--group-widths: a portfolio is one dense network"),
 ])
 def test_train_bad_swa_is_one_line(tiny_data, tmp_path, args, expect):
-    r = run("train", "--data", tiny_data, "--out", str(tmp_path / "o"), "--size", "tiny", *args)
+    r = run_here("train", "--data", tiny_data, "--out", str(tmp_path / "o"), "--size", "tiny", *args)
     assert r.returncode == 2 and expect in r.stderr and "Traceback" not in r.stderr
     assert len(r.stderr.strip().splitlines()) == 1
     assert not (tmp_path / "o").exists()
@@ -103,7 +118,7 @@ def test_train_bad_swa_is_one_line(tiny_data, tmp_path, args, expect):
     ("cuda:99", "--device cuda:99"),
 ])
 def test_train_bad_device_is_one_line(tiny_data, tmp_path, device, expect):
-    r = run("train", "--data", tiny_data, "--out", str(tmp_path / "o"), "--device", device, "--size", "tiny")
+    r = run_here("train", "--data", tiny_data, "--out", str(tmp_path / "o"), "--device", device, "--size", "tiny")
     assert r.returncode == 2 and expect in r.stderr and "Traceback" not in r.stderr
     assert len(r.stderr.strip().splitlines()) == 1
     assert not (tmp_path / "o").exists()
@@ -180,7 +195,7 @@ def test_the_system_service_and_a_users_daemon_share_nothing_unless_asked(monkey
     assert config.default_state_dir() == str(tmp_path / ".local" / "state" / "dnnscale")
     assert config.default_runtime_dir() == "/tmp/dnnscale-%d" % os.getuid()
     assert config.SYSTEM_CONFIG not in config.default_paths()
-    assert config.default_infer_endpoint() == "tcp://127.0.0.1:5555"
+    assert config.default_infer_endpoint() == "ipc:///tmp/dnnscale-%d/infer.sock" % os.getuid()
     monkeypatch.setenv("DNNSCALE_SYSTEM", "1")            # serve/profile --system
     assert config.default_state_dir() == config.SYSTEM_STATE == "/var/lib/dnnscale"
     assert config.default_runtime_dir() == "/run/dnnscale" and config.default_paths() == [config.SYSTEM_CONFIG]

@@ -77,12 +77,11 @@ def test_every_documented_command_parses(cmd):
 
 @contextlib.contextmanager
 def users_serve(home, argv=("serve",)):
-    """`dnnscale serve` as a user runs it (``argv`` as written): per-user state and control
-    socket ($XDG_RUNTIME_DIR/dnnscale); $DNNSCALE_CONFIG puts its inference socket beside them
-    (not tcp:5555, where something else on this machine might listen). Yields the clients'
-    environment once `dnnscale status` answers in it."""
+    """`dnnscale serve` as a user runs it (``argv`` as written): per-user state and sockets
+    ($XDG_RUNTIME_DIR/dnnscale). Yields the clients' environment once `dnnscale status`
+    answers in it."""
     cfg = home / "config.yaml"
-    cfg.write_text("infer_endpoint: ipc://%s/dnnscale/infer.sock\nthreads: 1\nprofile_runs: 1\n" % home)
+    cfg.write_text("threads: 1\nprofile_runs: 1\n")
     env = dict(os.environ, HOME=str(home), XDG_RUNTIME_DIR=str(home), DNNSCALE_CONFIG=str(cfg), PYTHONPATH=ROOT)
     for v in ("STATE_DIRECTORY", "RUNTIME_DIRECTORY", "DNNSCALE_SYSTEM", "NOTIFY_SOCKET", "XDG_STATE_HOME"):
         env.pop(v, None)

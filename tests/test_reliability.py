@@ -26,7 +26,7 @@ from tests.daemon_harness import ROOT, Daemon, dnnscale_cmd
 from tests.fixtures import trees
 from tests.fixtures.kernel import snapshot
 
-SCALE = float(os.environ.get("DNNSCALE_FUZZ_SCALE", "1"))
+SCALE = float(os.environ.get("DNNSCALE_FUZZ_SCALE", "0.3"))   # 1 or more: a longer fuzz (README, "Test it")
 SPEC = InputSpec((3, 32, 32), 4, 64)
 INFER_CODES = {"bad_frames", "bad_json", "too_large", "bad_header", "bad_dtype", "bad_shape", "bad_size",
                "bad_values", "bad_groups", "bad_deadline", "busy", "internal"}
@@ -592,8 +592,8 @@ def test_defaults_are_local_only(monkeypatch):
     from daemon.config import Config
     for v in ("STATE_DIRECTORY", "RUNTIME_DIRECTORY", "DNNSCALE_SYSTEM"):
         monkeypatch.delenv(v, raising=False)
-    c = Config().resolve()
-    assert c.infer_endpoint.startswith("tcp://127.0.0.1:") and c.control_endpoint.startswith("ipc://")
+    c = Config().resolve()      # a user's own daemon: both in the user's own runtime directory
+    assert c.infer_endpoint == "ipc://%s/infer.sock" % c.runtime_dir and c.control_endpoint.startswith("ipc://")
     monkeypatch.setenv("RUNTIME_DIRECTORY", "/run/dnnscale")     # the service: group-only ipc for both
     c = Config().resolve()
     assert c.infer_endpoint == "ipc:///run/dnnscale/infer.sock" and c.control_endpoint.startswith("ipc://")
@@ -806,3 +806,13 @@ def test_stray_signals_stop_cleanly_or_are_ignored(random_set, tmp_path):
     finally:
         assert d.stop(signal.SIGQUIT) == 0, d.output()
     assert snapshot(root) == before
+
+
+@pytest.mark.parametrize("field", ["dtype", "shape", "groups", "deadline_ms", "unknown"])
+def test_error_replies_quote_a_short_excerpt(field):
+    """A client's value is quoted, never repeated whole: a 10 KB field gives a short reply."""
+    h = {"id": 1, "dtype": "uint8", "shape": [1, 32, 32, 3]}
+    h["x" * 10000 if field == "unknown" else field] = ["A" * 10000] * 3 if field == "shape" else "A" * 10000
+    with pytest.raises(ProtocolError) as e:
+        decode_infer([encode(h), bytes(3072)], SPEC)
+    assert len(str(e.value)) < 300, (field, len(str(e.value)))

@@ -63,6 +63,13 @@ def machine(tmp_path_factory):
     subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "-w",
                     os.path.join(src, "dist"), src], check=True, capture_output=True, timeout=600)
     trees.build("odroid-xu3", board)
+    # Time, not behaviour: the INA231s' update period set to 20 ms (the driver's update_period
+    # is writable on the board too), so the start-up profile waits 0.04 s per frequency for the
+    # sensors instead of 0.53 s (32 frequencies: 17 s of a fake sensor that never changes).
+    for dirpath, _, files in os.walk(os.path.join(board, "sys")):
+        if "update_period" in files and "sensor_W" in files:
+            with open(os.path.join(dirpath, "update_period"), "w") as f:
+                f.write("20000 usec\n")
     m = nspawn.Machine(image, {src: "/src", board: BOARD})
     m.host_board = board
     try:
@@ -71,8 +78,9 @@ def machine(tmp_path_factory):
         m.sh("mkdir -p /etc/dnnscale /etc/systemd/system/dnnscale.service.d && cat > /etc/dnnscale/config.yaml "
              "<<'EOF'\n%sEOF" % CONFIG)
         # The one stand-in: /srv/board plays /sys, which ProtectSystem=strict leaves writable.
-        m.sh("printf '[Service]\\nReadWritePaths=%s\\n' > /etc/systemd/system/dnnscale.service.d/test-board.conf"
-             % BOARD)
+        # And one for time: the watchdog fires after 10 s of silence instead of the unit's 30.
+        m.sh("printf '[Service]\\nReadWritePaths=%s\\nWatchdogSec=10\\n' > "
+             "/etc/systemd/system/dnnscale.service.d/test-board.conf" % BOARD)
         m.guide = nspawn.guide_blocks(open(os.path.join(ROOT, "docs", "deployment.md")).read())
         yield m
     finally:
