@@ -53,7 +53,8 @@ def _pin(svc, args: Dict) -> Dict:
         have = sorted({c.freq_khz for c in svc.rt.space if c.freq_khz is not None and (t is None or c.target == t)})
         if not have:
             raise ProtocolError("bad_pin", "no frequency can be pinned: %s" % (
-                svc.platform.dvfs_reason or "the target has no frequency control"))
+                (svc.platform.dvfs_reason_for(t) if t else svc.platform.dvfs_reason)
+                or "the target has no frequency control"))
         if f not in have:
             raise ProtocolError("bad_pin", "%d MHz (%d kHz) is not an available frequency%s; choose from %s MHz"
                                 % (f // 1000, f, "" if t is None else " of " + t,

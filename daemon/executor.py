@@ -53,8 +53,8 @@ class Executor:
 
     def apply(self, c: Config) -> bool:
         """Pin and set the frequency, touching only what differs from the last config; False
-        where the frequency could not be set: the platform rolled the change back and DVFS is
-        off (the caller rebuilds its runtime without frequencies)."""
+        where the frequency could not be set: the platform rolled the change back and the
+        target's DVFS is off (the caller rebuilds its runtime without its frequencies)."""
         prev = self.applied
         if prev is None or prev.target != c.target:
             self.moved = SETTLE_RUNS     # the next runs pay for the move (see infer)
@@ -65,15 +65,17 @@ class Executor:
                 if self.mapping_error != str(e):
                     log.error("thread mapping failed, running unpinned: %s", e)
                 self.mapping_error = str(e)
-        if c.freq_khz is not None and self.platform.dvfs_enabled and (prev is None or prev.freq_khz != c.freq_khz
-                                                                      or prev.target != c.target):
+        if c.freq_khz is not None and self.platform.dvfs_on(c.target) and (prev is None or prev.freq_khz != c.freq_khz
+                                                                           or prev.target != c.target):
             try:
                 self.freq_read[c.target] = self.platform.set_frequency(c.target, c.freq_khz)
             except (PlatformError, OSError) as e:
-                self.platform.disable_dvfs("failed", "frequency control failed, DVFS is off: %s" % e)
-                log.error("%s", self.platform.dvfs_reason)
+                # That target's frequency control is off; the other targets keep theirs.
+                self.platform.disable_dvfs("failed", "frequency control failed, DVFS is off for %s: %s"
+                                           % (c.target, e), target=c.target)
+                log.error("%s", self.platform.dvfs_reason_for(c.target))
                 self.applied = None
-                self.freq_read.clear()
+                self.freq_read.pop(c.target, None)
                 return False
         self.applied = c
         return True

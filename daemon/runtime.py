@@ -82,8 +82,10 @@ class Builder:
         return targets, ""
 
     def space(self, levels: List[Level], targets: Dict[str, Target]) -> List[Config]:
-        on = self.platform.dvfs_enabled
-        return build_space(levels, {n: (t.freqs_khz if on else []) for n, t in targets.items()})
+        """Every (level, target, frequency); a target without frequency control (now) at the
+        frequency it runs at."""
+        on = self.platform.dvfs_on
+        return build_space(levels, {n: (t.freqs_khz if on(n) else []) for n, t in targets.items()})
 
     def frequencies(self, targets) -> Dict[str, Optional[int]]:
         """target → the frequency the kernel reports now (kHz), None without control."""
@@ -104,8 +106,10 @@ class Builder:
         levels = levels_from_manifest(models.manifest)
         space = self.space(levels, targets)
         use = profile
-        if per_frequency and not any(c.freq_khz for c in space):
-            use = profile.at_fixed_frequency(self.frequencies(targets))
+        fixed = [n for n in targets if not any(c.freq_khz for c in space if c.target == n)]
+        khz = self.frequencies(fixed) if per_frequency else {}
+        if any(khz.values()):             # targets without DVFS now: predicted at the frequency they run at
+            use = profile.at_fixed_frequency(khz)
         gov = Governor(space, levels, use)
         if previous is not None:
             if previous.profile is not use and _same_profile(previous.profile, use):

@@ -95,9 +95,10 @@ class Service:
             platform.disable_dvfs("config", "DVFS is off in the configuration (dvfs: false)")
         elif platform.dvfs_enabled:
             acc = platform.access()      # said at start, not after the first refused write
-            if acc["dvfs"] and not any(acc["dvfs"].values()):
-                platform.disable_dvfs("access", "this user (%s) cannot write %s: %s" % (
-                    acc["user"], acc["dvfs_blocked"], acc["remedy"]))
+            for target, ok in acc["dvfs"].items():
+                if not ok:               # that target's files; a target this user can write keeps DVFS
+                    platform.disable_dvfs("access", "this user (%s) cannot write %s: %s" % (
+                        acc["user"], acc["dvfs_blocked_by"][target], acc["remedy"]), target=target)
         doing = "dnnscale profile" if self.remeasure else "dnnscale serve"
         try:
             os.makedirs(cfg.state_dir, exist_ok=True)   # to lock it (check_writable says why it cannot be)
@@ -199,7 +200,7 @@ class Service:
         """A frequency write failed (and was rolled back): from now on the space has no
         frequencies, each target predicted at the frequency the kernel reports for it now."""
         with self.lock:
-            if any(c.freq_khz for c in self.rt.space) and not self.platform.dvfs_enabled:
+            if any(c.freq_khz and not self.platform.dvfs_on(c.target) for c in self.rt.space):
                 self.rt = self._rebuild()
 
     def count_error(self, code: str) -> None:
@@ -230,12 +231,13 @@ class Service:
 
     def apply_now(self) -> Optional[str]:
         """Apply the governor's decision now (a pin takes effect before its reply); where the
-        kernel refuses the frequency, rebuild without DVFS, apply again, and say why."""
-        if self.executor.apply(self.governor.decide().config):
+        kernel refuses the frequency, rebuild without that target's DVFS, apply again, and say why."""
+        c = self.governor.decide().config
+        if self.executor.apply(c):
             return None
         self._dvfs_lost()
         self.executor.apply(self.governor.decide().config)
-        return "the frequency could not be set: %s" % self.platform.dvfs_reason
+        return "the frequency could not be set: %s" % self.platform.dvfs_reason_for(c.target)
 
     def reload(self) -> Dict:
         # Its Python parts (YAML, checks, building the governor) would hold the GIL for whole
@@ -332,12 +334,13 @@ class Service:
             "platform": p.name,
             "simulated": bool(p.simulated),
             "targets": {n: {"kind": t.kind, "cpus": t.cpus, "offline": list(t.offline),
-                            "freqs_khz": t.freqs_khz if p.dvfs_enabled else [],
+                            "freqs_khz": t.freqs_khz if p.dvfs_on(n) else [],
                             "onnxruntime_threads": self.models.threads_of(n)}
                         for n, t in self.targets.items()},
             "frequencies_khz": freqs,
             "gpu": self.rt.gpu_reason or ("available" if "gpu" in self.targets else "none"),
-            "dvfs": {"enabled": bool(p.dvfs_enabled), "reason": p.dvfs_reason},
+            "dvfs": {"enabled": bool(p.dvfs_enabled), "reason": p.dvfs_reason,
+                     "off": {t: o.reason for t, o in p.target_off.items()}},
             "mapping": {"ok": not self.executor.mapping_error, "reason": self.executor.mapping_error},
             "energy": {"available": self.energy_measured, "reason": "" if self.energy_measured else self.energy_reason,
                        "degraded": p.energy_degraded},

@@ -324,10 +324,14 @@ class Governor:
         latency model and margin and the caps in force. Hysteresis starts afresh."""
         self.budget = old.budget
         pin = dict(old.pinned)
-        if pin.get("freq_khz") is not None and not (self._freq == pin["freq_khz"]).any():
-            pin.pop("freq_khz")
         if pin.get("target") is not None and pin["target"] not in self.targets:
             pin.pop("target")
+        if pin.get("freq_khz") is not None:
+            where = self._freq == pin["freq_khz"]
+            if pin.get("target") is not None:
+                where &= self._tgt == self.targets.index(pin["target"])
+            if not where.any():           # that frequency is no longer in the space (DVFS lost there)
+                pin.pop("freq_khz")
         if pin:
             self.pin(level=pin.get("groups"), target=pin.get("target"), freq_khz=pin.get("freq_khz"))
         self.stats = old.stats

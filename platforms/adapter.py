@@ -234,7 +234,7 @@ class SysfsPlatform(Platform):
         """Per target, whether this user may write the files a frequency change writes (the
         min/max pair every method falls back to); whether it may read the energy rails and
         switch on the sensors that are off; and, where not, what grants it."""
-        dvfs, dvfs_blocked = {}, ""
+        dvfs, dvfs_blocked, blocked_by = {}, "", {}
         for name, t in self.targets.items():
             if not (t.freqs_khz and t.control):
                 continue
@@ -243,6 +243,8 @@ class SysfsPlatform(Platform):
             blocked = [f for f in files if not self.fs.can(f, write=True)]
             dvfs[name] = not blocked
             dvfs_blocked = dvfs_blocked or (blocked[0] if blocked else "")
+            if blocked:
+                blocked_by[name] = blocked[0]
         energy_blocked = ""
         for r in self._energy_rails():
             if not self.fs.can(r.path):
@@ -264,7 +266,8 @@ class SysfsPlatform(Platform):
         elif needs:
             remedy = ("run as root, or install systemd/dnnscale-sysfs.conf and systemd/90-dnnscale-devfreq.rules "
                       "and run as a member of group dvfs (docs/deployment.md, \"Without root\")")
-        return {"user": user, "dvfs": dvfs, "dvfs_blocked": dvfs_blocked, "energy": not energy_blocked,
+        return {"user": user, "dvfs": dvfs, "dvfs_blocked": dvfs_blocked, "dvfs_blocked_by": blocked_by,
+                "energy": not energy_blocked,
                 "energy_blocked": energy_blocked, "remedy": remedy}
 
     def host_cpus(self, target: str) -> List[int]:

@@ -90,34 +90,58 @@ class Platform:
     energy_reason = ""
 
     def __init__(self) -> None:
-        self.dvfs_off: Optional[DvfsOff] = None
+        self.dvfs_off: Optional[DvfsOff] = None          # the whole board's
+        self.target_off: Dict[str, DvfsOff] = {}          # one target's (its cluster gone, its files refused)
 
-    # -- frequency control: on, or off with a typed cause ---------------------------------
+    # -- frequency control: per target, on or off with a typed cause ----------------------
     def has_dvfs(self) -> bool:
         """Whether the board has frequency control at all (whatever turned it off)."""
         return any(t.freqs_khz and t.control for t in self.targets.values())
 
+    def dvfs_on(self, target: str) -> bool:
+        t = self.targets.get(target)
+        return (self.dvfs_off is None and target not in self.target_off
+                and t is not None and bool(t.freqs_khz and t.control))
+
     @property
     def dvfs_enabled(self) -> bool:
-        return self.dvfs_off is None and self.has_dvfs()
+        """Whether any target's frequency can be set."""
+        return any(self.dvfs_on(t) for t in self.targets)
 
     @property
     def dvfs_reason(self) -> str:
         if self.dvfs_off is not None:
             return self.dvfs_off.reason
+        if self.target_off and not self.dvfs_enabled:
+            return "; ".join("%s: %s" % (t, o.reason) for t, o in sorted(self.target_off.items()))
         return "" if self.has_dvfs() else "no frequency control found (no cpufreq/devfreq)"
 
-    def disable_dvfs(self, cause: str, reason: str) -> None:
+    def dvfs_reason_for(self, target: str) -> str:
+        if self.dvfs_off is not None:
+            return self.dvfs_off.reason
+        off = self.target_off.get(target)
+        return off.reason if off else ("" if self.dvfs_on(target) else "the target has no frequency control")
+
+    def disable_dvfs(self, cause: str, reason: str, target: Optional[str] = None) -> None:
+        """Frequency control off for ``target`` (its other targets keep theirs), or for the
+        whole board where no target is named."""
         if cause not in DVFS_CAUSES:
             raise ValueError("unknown cause %r" % cause)
-        self.dvfs_off = DvfsOff(cause, reason)
+        if target is None:
+            self.dvfs_off = DvfsOff(cause, reason)
+        else:
+            self.target_off[target] = DvfsOff(cause, reason)
 
     def retry_dvfs(self) -> bool:
-        """Turn frequency control back on where a failed write turned it off; whether it did."""
+        """Turn frequency control back on where a failed write turned it off (the board's or
+        a target's); whether anything came back."""
+        back = False
         if self.dvfs_off is not None and self.dvfs_off.cause == "failed":
-            self.dvfs_off = None
-            return True
-        return False
+            self.dvfs_off, back = None, True
+        for t in [t for t, o in self.target_off.items() if o.cause == "failed"]:
+            del self.target_off[t]
+            back = True
+        return back
 
     # -- what runs where on this machine --------------------------------------------------
     def host_cpus(self, target: str) -> List[int]:

@@ -185,7 +185,8 @@ class SimBoard(Platform):
 
     def access(self) -> Dict:
         """A simulated board has no files: everything is allowed."""
-        return {"user": "", "dvfs": {t: True for t in self.targets}, "dvfs_blocked": "", "energy": True,
+        return {"user": "", "dvfs": {t: True for t in self.targets}, "dvfs_blocked": "", "dvfs_blocked_by": {},
+                "energy": True,
                 "energy_blocked": "", "remedy": ""}
 
     def frequency(self, target: str) -> int:

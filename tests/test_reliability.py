@@ -437,8 +437,9 @@ def test_write_failure_mid_run_turns_dvfs_off(random_set, tmp_path, err):
     fs.fail = True
     gov.pin(freq_khz=1200000)
     logits, info, ran = ex.run(rt, x)
-    assert logits.shape == (1, 10) and not plat.dvfs_enabled and ran.dvfs_lost
-    assert plat.dvfs_off.cause == "failed" and os.strerror(err) in plat.dvfs_reason
+    target = ran.decision.config.target
+    assert logits.shape == (1, 10) and not plat.dvfs_on(target) and ran.dvfs_lost
+    assert plat.target_off[target].cause == "failed" and os.strerror(err) in plat.dvfs_reason_for(target)
     assert info["config"]["freq_khz"] is None       # not reported as set
     ex.infer(rt, x)   # and keeps serving
 

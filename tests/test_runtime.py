@@ -128,15 +128,52 @@ def test_dvfs_lost_keeps_the_pin_and_budget_and_a_reload_brings_it_back(random_s
         reply = svc.control("pin", {"target": "cpu:1", "freq_khz": freqs[0]})
         assert "could not be set" in reply["warning"] and reply["pinned"] == {"target": "cpu:1"}
         st = svc.status()
-        assert not st["dvfs"]["enabled"] and svc.platform.dvfs_off.cause == "failed"
+        assert "cpu:1" in st["dvfs"]["off"] and svc.platform.target_off["cpu:1"].cause == "failed"
         assert st["pinned"] == {"target": "cpu:1"} and st["budget"]["latency_ms"] == 100.0
-        assert not any(c.freq_khz for c in svc.rt.space)
+        assert not any(c.freq_khz for c in svc.rt.space if c.target == "cpu:1")
         assert _serve_one(svc, groups=svc.models.groups)["config"]["target"] == "cpu:1"
         engines[0].fail = False
         assert svc.control("reload", {})["dvfs"] is True
         st = svc.status()
-        assert st["dvfs"]["enabled"] and st["pinned"] == {"target": "cpu:1"} and st["budget"]["latency_ms"] == 100.0
-        assert any(c.freq_khz for c in svc.rt.space)
+        assert st["dvfs"]["off"] == {} and st["pinned"] == {"target": "cpu:1"} and st["budget"]["latency_ms"] == 100.0
+        assert any(c.freq_khz for c in svc.rt.space if c.target == "cpu:1")
+    finally:
+        svc.stop()
+
+
+def test_one_cluster_losing_dvfs_leaves_the_other_its_frequencies(random_set, tmp_path):
+    """XU3: the a15 cluster's cpufreq files vanish (its CPUs taken offline: ENOENT). Only a15
+    loses frequency control; a7 keeps it, its pin at a frequency written to its policy."""
+    import errno
+    from platforms.sysfs import _remedy
+    from tests.fixtures.kernel import KernelSysfs
+
+    class Hotplug(KernelSysfs):
+        gone = False
+
+        def write(self, p, value):
+            if self.gone and "/policy4/" in p:
+                raise _remedy(OSError(errno.ENOENT, os.strerror(errno.ENOENT)), p, str(value))
+            super().write(p, value)
+
+    engines = []
+    root = str(tmp_path / "sysfs")
+    trees.build("odroid-xu3", root)
+    svc = _service(random_set, tmp_path, board={"sysfs": lambda r: engines.append(Hotplug(r)) or engines[-1],
+                                                "settle": False}, extra={"platform": "odroid-xu3"})
+    try:
+        a15, a7 = svc.platform.targets["a15"].freqs_khz, svc.platform.targets["a7"].freqs_khz
+        engines[0].gone = True
+        reply = svc.control("pin", {"target": "a15", "freq_khz": a15[1]})
+        assert "a15" in reply["warning"]
+        st = svc.status()
+        assert st["dvfs"]["enabled"] and set(st["dvfs"]["off"]) == {"a15"}
+        assert st["targets"]["a15"]["freqs_khz"] == [] and st["targets"]["a7"]["freqs_khz"] == a7
+        reply = svc.control("pin", {"target": "a7", "freq_khz": a7[1]})
+        assert "warning" not in reply and reply["config"]["freq_khz"] == a7[1]
+        assert svc.platform.frequency("a7") == a7[1]           # the kernel double's read-back
+        with pytest.raises(Exception, match="no frequency can be pinned"):
+            svc.control("pin", {"target": "a15", "freq_khz": a15[1]})
     finally:
         svc.stop()
 
