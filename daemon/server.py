@@ -19,7 +19,7 @@ import socket
 import stat
 import threading
 import time
-from typing import List, Optional
+from typing import Dict, List, Optional
 
 import zmq
 
@@ -69,26 +69,35 @@ def _clear_stale_socket(path: str) -> None:
 
 class FdGuard:
     """Keeps the process clear of its descriptor limit. libzmq aborts the whole process when
-    accept() on an ipc listener fails with EMFILE (src/ipc_listener.cpp asserts on it), so a
-    local client opening connections until the limit, or the operator's next ``dnnscale
-    status`` after a tcp flood, would take the daemon down. A thread follows the sockets'
-    monitor events (each accepted and each closed connection) and recounts the open
-    descriptors at each; past ``high`` of the soft limit it unlinks the ipc socket files (no
-    new connection can reach the listeners; established ones are served on), and below
-    ``low`` the socket-owning threads bind them again. Idle, it wakes four times a second."""
+    accept() on an ipc listener fails with EMFILE (src/ipc_listener.cpp asserts on it), and
+    retries a tcp accept that fails with EMFILE in a busy loop, so a local client opening
+    connections until the limit would take the daemon down or spin a core. A thread follows
+    the sockets' monitor events (each accepted and each closed connection) and recounts the
+    open descriptors at each. Past ``high`` of the soft limit the inference endpoint stops
+    accepting (its ipc socket file is unlinked; a tcp endpoint is unbound by the thread that
+    owns it); the control endpoint only past ``control_high``, so that the descriptors in
+    between stay a reserve for the operator during a flood. Established connections are
+    served on; below ``low`` (``control_low``) each endpoint accepts again. Idle, it wakes
+    four times a second."""
 
-    def __init__(self, paths: List[str], high: float = 0.6, low: float = 0.4):
+    def __init__(self, high: float = 0.6, low: float = 0.4, control_high: float = 0.85, control_low: float = 0.6):
         soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
         self.limit = soft
-        self.high, self.low = int(soft * high), int(soft * low)
-        self.paths = paths
-        self.hidden = False
-        self.rebind = set()          # endpoint kinds ("infer", "control") to bind again
+        self.marks = {"infer": (int(soft * high), int(soft * low)),
+                      "control": (int(soft * control_high), int(soft * control_low))}
+        self.paths: Dict[str, str] = {}  # endpoint kind → its ipc socket file
+        self.closed: Dict[str, bool] = {"infer": False, "control": False}
+        self.rebind = set()              # endpoint kinds to bind again (by the owning thread)
+        self.unbind = set()              # tcp endpoint kinds to unbind (by the owning thread)
         self.peak = 0
         self.trips = 0
         self.monitors: List[zmq.Socket] = []
         self._stop = threading.Event()
         self._thread: Optional[threading.Thread] = None
+
+    @property
+    def hidden(self) -> bool:
+        return any(self.closed.values())
 
     def watch(self, sock: zmq.Socket) -> None:
         """Follow ``sock``'s connections (call from the thread that owns it, before start)."""
@@ -104,20 +113,25 @@ class FdGuard:
     def check(self) -> None:
         n = self.count()
         self.peak = max(self.peak, n)
-        if n >= self.high and not self.hidden:
-            self.hidden = True
-            self.trips += 1
-            for p in self.paths:
-                try:
-                    os.unlink(p)
-                except OSError:
-                    pass
-            log.warning("%d of %d file descriptors in use: not accepting new connections until "
-                        "fewer than %d are open", n, self.limit, self.low)
-        elif n <= self.low and self.hidden:
-            self.hidden = False
-            self.rebind.update(("infer", "control"))
-            log.info("%d file descriptors in use: accepting connections again", n)
+        for kind, (high, low) in self.marks.items():
+            if n >= high and not self.closed[kind]:
+                self.closed[kind] = True
+                self.trips += kind == "infer"
+                path = self.paths.get(kind)
+                if path:
+                    try:
+                        os.unlink(path)
+                    except OSError:
+                        pass
+                else:
+                    self.unbind.add(kind)
+                log.warning("%d of %d file descriptors in use: the %s endpoint accepts no new connections until "
+                            "fewer than %d are open", n, self.limit, kind, low)
+            elif n <= low and self.closed[kind]:
+                self.closed[kind] = False
+                self.unbind.discard(kind)
+                self.rebind.add(kind)
+                log.info("%d file descriptors in use: the %s endpoint accepts connections again", n, kind)
 
     def _run(self) -> None:
         poller = zmq.Poller()
@@ -156,7 +170,7 @@ class Server:
         self.heartbeat = time.monotonic()   # the inference thread's last loop iteration
         self._auth = None
         self._bound_paths: List[str] = []   # ipc socket files this process created
-        self.guard = FdGuard(self._bound_paths)
+        self.guard = FdGuard()
         service.fd_guard = self.guard
         c, h, w = service.models.input_shape
         self.max_bytes = cfg.max_batch * c * h * w * 4 + HEADER_SLACK
@@ -237,22 +251,30 @@ class Server:
             path = ep[len("ipc://"):]
             if path not in self._bound_paths:
                 self._bound_paths.append(path)
+            self.guard.paths["control" if sock is getattr(self, "control", None) else "infer"] = path
             self._socket_file_modes(path, "control_group" if sock is getattr(self, "control", None)
                                     else "infer_group")
 
     def _rebind_if_asked(self, kind: str) -> None:
-        """Called by the thread that owns the socket: bind an ipc endpoint FdGuard hid."""
-        if kind not in self.guard.rebind or self.guard.hidden:
-            return
-        self.guard.rebind.discard(kind)
+        """Called by the thread that owns the socket: unbind a tcp endpoint FdGuard closed,
+        bind an endpoint it opens again."""
         sock, ep = (self.infer, self.cfg.infer_endpoint) if kind == "infer" else \
             (self.control, self.cfg.control_endpoint)
-        if not ep.startswith("ipc://") or ep.startswith("ipc://@"):
+        if kind in self.guard.unbind:
+            self.guard.unbind.discard(kind)
+            try:
+                sock.unbind(ep)
+            except zmq.ZMQError as e:
+                log.error("could not stop accepting on %s: %s", ep, e)
             return
-        try:
-            sock.unbind(ep)
-        except zmq.ZMQError:
-            pass
+        if kind not in self.guard.rebind or self.guard.closed[kind]:
+            return
+        self.guard.rebind.discard(kind)
+        if ep.startswith("ipc://"):
+            try:
+                sock.unbind(ep)
+            except zmq.ZMQError:
+                pass
         try:
             self._bind(sock, ep)
         except ConfigError as e:
@@ -451,6 +473,7 @@ class Server:
             self._rebind_if_asked("control")
             if poller.poll(timeout_ms):
                 self._on_control()
+            self.service.retry_dvfs()
             if self.reload_requested.is_set():   # SIGHUP: the same path as the control command
                 self.reload_requested.clear()
                 try:

@@ -33,6 +33,8 @@ BUDGET_FILE = "budget.json"
 # profile's space, the queue sizes the server was built with).
 LIVE_KEYS = ("model", "threads", "batch_requests", "log_level", "profile_runs")
 RELOAD_SWITCH_S = 0.0002     # the interpreter's thread switch interval while a reload loads
+DVFS_RETRY_S = 5.0           # a target whose frequency write failed is tried again after this,
+DVFS_RETRY_MAX_S = 300.0     # doubling at each failure up to this
 
 
 def _settle_heap() -> None:
@@ -76,6 +78,8 @@ class Service:
         # reload runs on a thread a pin may have narrowed to one cluster.
         self.cpus_allowed = set(os.sched_getaffinity(0))
         self.owner = Ownership()                 # the state directory's lock
+        self._dvfs_retry_at: Dict[str, float] = {}   # target → when to try its frequency control again
+        self._dvfs_backoff: Dict[str, float] = {}
 
     # the runtime's parts, for readers (status, metrics, the CLI)
     models = property(lambda self: self.rt.models)
@@ -198,9 +202,34 @@ class Service:
 
     def _dvfs_lost(self) -> None:
         """A frequency write failed (and was rolled back): from now on the space has no
-        frequencies, each target predicted at the frequency the kernel reports for it now."""
+        frequencies for that target, predicted at the frequency the kernel reports for it
+        now; it is tried again after a backoff (:meth:`retry_dvfs`)."""
         with self.lock:
-            if any(c.freq_khz and not self.platform.dvfs_on(c.target) for c in self.rt.space):
+            lost = {c.target for c in self.rt.space if c.freq_khz and not self.platform.dvfs_on(c.target)}
+            if lost:
+                self.rt = self._rebuild()
+            now = time.monotonic()
+            for t in lost:
+                backoff = min(2 * self._dvfs_backoff.get(t, DVFS_RETRY_S / 2), DVFS_RETRY_MAX_S)
+                self._dvfs_backoff[t] = backoff
+                self._dvfs_retry_at[t] = now + backoff
+
+    def retry_dvfs(self) -> None:
+        """Frequency control that a failed write turned off comes back by itself: each such
+        target is tried again DVFS_RETRY_S after it failed, then after twice as long each time
+        it fails again (up to DVFS_RETRY_MAX_S). Called by the control thread's loop."""
+        if not self._dvfs_retry_at:
+            return
+        now = time.monotonic()
+        due = [t for t, at in self._dvfs_retry_at.items() if now >= at]
+        if not due:
+            return
+        with self.lock:
+            back = [t for t in due if self.platform.retry_dvfs(target=t)]
+            for t in due:
+                self._dvfs_retry_at.pop(t, None)
+            if back:
+                log.info("trying frequency control again on %s", ", ".join(back))
                 self.rt = self._rebuild()
 
     def count_error(self, code: str) -> None:
@@ -373,7 +402,7 @@ class Service:
         if g is None:
             return None
         return {"fd_limit": g.limit, "fds_open": g.count(), "fds_peak": g.peak, "refusing": g.hidden,
-                "refused_periods": g.trips}
+                "closed": sorted(k for k, v in g.closed.items() if v), "refused_periods": g.trips}
 
     # ------------------------------------------------------------------ state
     def _budget_path(self) -> str:

@@ -132,13 +132,13 @@ class Platform:
         else:
             self.target_off[target] = DvfsOff(cause, reason)
 
-    def retry_dvfs(self) -> bool:
-        """Turn frequency control back on where a failed write turned it off (the board's or
-        a target's); whether anything came back."""
+    def retry_dvfs(self, target: Optional[str] = None) -> bool:
+        """Turn frequency control back on where a failed write turned it off (the board's and
+        every target's, or ``target``'s only); whether anything came back."""
         back = False
-        if self.dvfs_off is not None and self.dvfs_off.cause == "failed":
+        if target is None and self.dvfs_off is not None and self.dvfs_off.cause == "failed":
             self.dvfs_off, back = None, True
-        for t in [t for t, o in self.target_off.items() if o.cause == "failed"]:
+        for t in [t for t, o in self.target_off.items() if o.cause == "failed" and target in (None, t)]:
             del self.target_off[t]
             back = True
         return back

@@ -29,13 +29,13 @@ class Daemon:
     def __init__(self, workdir: str, model: str, sysfs_root: Optional[str] = None, platform: Optional[str] = None,
                  extra: Optional[List[str]] = None, env: Optional[Dict[str, str]] = None,
                  config: Optional[str] = None, kernel_uid: Optional[int] = None, preexec=None,
-                 source: str = ROOT, threads: Optional[int] = 1):
+                 source: str = ROOT, threads: Optional[int] = 1, infer_ep: Optional[str] = None):
         """``kernel_uid``: run through tests.fixtures.kernel, so that the tree answers writes
         by the kernel's rules, as the user ``kernel_uid`` (0: root; else modes count).
         ``source``: the checkout to run the daemon from (benchmarks compare revisions)."""
         self.dir = workdir
         os.makedirs(workdir, exist_ok=True)
-        self.infer_ep = "ipc://" + os.path.join(workdir, "infer.sock")
+        self.infer_ep = infer_ep or "ipc://" + os.path.join(workdir, "infer.sock")
         self.control_ep = "ipc://" + os.path.join(workdir, "control.sock")
         self.state = os.path.join(workdir, "state")
         self.notify_path = os.path.join(workdir, "notify.sock")

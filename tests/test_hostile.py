@@ -108,6 +108,60 @@ def test_connection_flood_at_the_fd_limit(daemon):
     good.close()
 
 
+def test_tcp_flood_leaves_the_operator_a_reserve_and_comes_back(daemon):
+    """1,100 idle tcp connections at a 1024 limit: the inference endpoint stops accepting at
+    60% (unbound, which in libzmq also drops the connections made through it; no EMFILE busy
+    loop in its accept), the control socket keeps a reserve up to 85%, so the operator's pin
+    is answered during the flood; DVFS and energy stay on, and the endpoint accepts again."""
+    import socket as so
+    limit = 1024
+    s0 = so.socket()
+    s0.bind(("127.0.0.1", 0))
+    port = s0.getsockname()[1]
+    s0.close()
+    d = daemon(preexec=lambda: resource.setrlimit(resource.RLIMIT_NOFILE, (limit, limit)),
+               infer_ep="tcp://127.0.0.1:%d" % port)
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard < 2400:
+        pytest.skip("the test process needs 2,400 descriptors")
+    resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, 2400), hard))
+    with d.client() as c:
+        before = c.status()
+    flood, refused = [], 0
+    try:
+        for _ in range(1100):
+            s = so.socket()
+            s.settimeout(1)
+            try:
+                s.connect(("127.0.0.1", port))
+                flood.append(s)
+            except OSError:
+                s.close()
+                refused += 1
+        time.sleep(1.5)
+        assert d.proc.poll() is None, d.output()
+        assert refused > 0
+        with d.client(timeout_s=5) as c:                  # the operator, during the flood
+            st = c.status()
+            assert st["connections"]["refused_periods"] >= 1, st["connections"]
+            freq = st["targets"]["cpu"]["freqs_khz"][0]
+            assert c.pin(target="cpu", freq_khz=freq)["pinned"] == {"target": "cpu", "freq_khz": freq}
+            assert st["dvfs"] == before["dvfs"] and st["dvfs"]["enabled"] and st["energy"] == before["energy"]
+        cpu = psutil.Process(d.proc.pid).cpu_percent(interval=1.0)
+        assert cpu < 50, cpu                              # no accept() busy loop
+    finally:
+        for s in flood:
+            s.close()
+    deadline, answer = time.time() + 15, None
+    while time.time() < deadline and answer is None:
+        try:
+            with d.client(timeout_s=1) as c:
+                answer = c.infer(IMG)
+        except ClientError:
+            time.sleep(0.2)
+    assert answer is not None and len(answer.labels) == 1, d.output()
+
+
 # ---------------------------------------------------------------- 2. reload after a manifest typo
 def test_sighup_with_a_manifest_typo_keeps_serving(daemon, random_set, tmp_path):
     model = str(tmp_path / "model")

@@ -362,3 +362,40 @@ def test_the_budget_and_the_profile_persist_across_a_restart(random_set, tmp_pat
         assert st["profile_created"] == created and st["profile"].startswith("stored")
     finally:
         svc.stop()
+
+
+def test_a_failed_target_comes_back_by_itself(random_set, tmp_path, monkeypatch):
+    """Frequency control a failed write turned off is tried again after a backoff, without a
+    reload: back once the kernel takes writes again; off again (longer backoff) if not."""
+    import errno
+    import time
+    import daemon.service
+    from platforms.sysfs import Sysfs, _remedy
+    monkeypatch.setattr(daemon.service, "DVFS_RETRY_S", 0.2)
+
+    class Failing(Sysfs):
+        fail = False
+
+        def write(self, p, value):
+            if self.fail and "scaling_" in p:
+                raise _remedy(OSError(errno.EIO, os.strerror(errno.EIO)), p, str(value))
+            super().write(p, value)
+
+    engines = []
+    svc = _service(random_set, tmp_path, board={"sysfs": lambda root: engines.append(Failing(root)) or engines[-1]})
+    try:
+        freqs = svc.platform.targets["cpu"].freqs_khz
+        engines[0].fail = True
+        assert "warning" in svc.control("pin", {"target": "cpu", "freq_khz": freqs[0]})
+        assert "cpu" in svc.status()["dvfs"]["off"]
+        svc.retry_dvfs()
+        assert "cpu" in svc.status()["dvfs"]["off"]            # not yet due
+        time.sleep(0.25)
+        engines[0].fail = False
+        svc.retry_dvfs()
+        st = svc.status()
+        assert "cpu" not in st["dvfs"]["off"] and st["targets"]["cpu"]["freqs_khz"] == freqs
+        assert "warning" not in svc.control("pin", {"target": "cpu", "freq_khz": freqs[0]})
+        assert svc.platform.frequency("cpu") is not None
+    finally:
+        svc.stop()
