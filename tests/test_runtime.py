@@ -91,6 +91,28 @@ def _service(random_set, tmp_path, board=None, extra=None):
     return svc
 
 
+class Breakable:
+    """A sysfs engine for the board (the kernel double) whose writes to paths containing
+    ``match`` fail with ``err`` while ``broken`` is set: a driver refusing, a cluster gone."""
+
+    def __init__(self, match: str, err: int):
+        self.match, self.err, self.broken, self.engines = match, err, False, []
+
+    def __call__(self, root):
+        from platforms.sysfs import _remedy
+        from tests.fixtures.kernel import KernelSysfs
+        outer = self
+
+        class Engine(KernelSysfs):
+            def write(self, p, value):
+                if outer.broken and outer.match in p:
+                    raise _remedy(OSError(outer.err, os.strerror(outer.err)), p, str(value))
+                super().write(p, value)
+
+        self.engines.append(Engine(root))
+        return self.engines[-1]
+
+
 def _request(groups=None):
     return InferRequest(1, "float32", np.zeros((1, 3, 32, 32), np.float32), groups, None)
 
@@ -106,25 +128,15 @@ def test_dvfs_lost_keeps_the_pin_and_budget_and_a_reload_brings_it_back(random_s
     frequencies (after the reply, not in the middle of a decision), the pin keeps its target
     and the budget stays; a reload tries DVFS again (a typed cause, not a message's wording)
     and keeps both."""
-    from platforms.sysfs import Sysfs, _remedy
     import errno
-
-    class Failing(Sysfs):
-        fail = False
-
-        def write(self, p, value):
-            if self.fail and "scaling_" in p:
-                raise _remedy(OSError(errno.EBUSY, os.strerror(errno.EBUSY)), p, str(value))
-            super().write(p, value)
-
-    engines = []
-    svc = _service(random_set, tmp_path, board={"sysfs": lambda root: engines.append(Failing(root)) or engines[-1]})
+    board = Breakable("scaling_", errno.EBUSY)
+    svc = _service(random_set, tmp_path, board={"sysfs": board, "settle": False})
     try:
         freqs = svc.platform.targets["cpu"].freqs_khz
         svc.control("set_budget", {"latency_ms": 100.0})
         svc.control("pin", {"target": "cpu:1", "freq_khz": freqs[-1]})
         assert _serve_one(svc)["config"]["target"] == "cpu:1"
-        engines[0].fail = True
+        board.broken = True
         reply = svc.control("pin", {"target": "cpu:1", "freq_khz": freqs[0]})
         assert "could not be set" in reply["warning"] and reply["pinned"] == {"target": "cpu:1"}
         st = svc.status()
@@ -132,7 +144,7 @@ def test_dvfs_lost_keeps_the_pin_and_budget_and_a_reload_brings_it_back(random_s
         assert st["pinned"] == {"target": "cpu:1"} and st["budget"]["latency_ms"] == 100.0
         assert not any(c.freq_khz for c in svc.rt.space if c.target == "cpu:1")
         assert _serve_one(svc, groups=svc.models.groups)["config"]["target"] == "cpu:1"
-        engines[0].fail = False
+        board.broken = False
         assert svc.control("reload", {})["dvfs"] is True
         st = svc.status()
         assert st["dvfs"]["off"] == {} and st["pinned"] == {"target": "cpu:1"} and st["budget"]["latency_ms"] == 100.0
@@ -145,25 +157,12 @@ def test_one_cluster_losing_dvfs_leaves_the_other_its_frequencies(random_set, tm
     """XU3: the a15 cluster's cpufreq files vanish (its CPUs taken offline: ENOENT). Only a15
     loses frequency control; a7 keeps it, its pin at a frequency written to its policy."""
     import errno
-    from platforms.sysfs import _remedy
-    from tests.fixtures.kernel import KernelSysfs
-
-    class Hotplug(KernelSysfs):
-        gone = False
-
-        def write(self, p, value):
-            if self.gone and "/policy4/" in p:
-                raise _remedy(OSError(errno.ENOENT, os.strerror(errno.ENOENT)), p, str(value))
-            super().write(p, value)
-
-    engines = []
-    root = str(tmp_path / "sysfs")
-    trees.build("odroid-xu3", root)
-    svc = _service(random_set, tmp_path, board={"sysfs": lambda r: engines.append(Hotplug(r)) or engines[-1],
-                                                "settle": False}, extra={"platform": "odroid-xu3"})
+    board = Breakable("/policy4/", errno.ENOENT)
+    trees.build("odroid-xu3", str(tmp_path / "sysfs"))
+    svc = _service(random_set, tmp_path, board={"sysfs": board, "settle": False}, extra={"platform": "odroid-xu3"})
     try:
         a15, a7 = svc.platform.targets["a15"].freqs_khz, svc.platform.targets["a7"].freqs_khz
-        engines[0].gone = True
+        board.broken = True
         reply = svc.control("pin", {"target": "a15", "freq_khz": a15[1]})
         assert "a15" in reply["warning"]
         st = svc.status()
@@ -370,28 +369,18 @@ def test_a_failed_target_comes_back_by_itself(random_set, tmp_path, monkeypatch)
     import errno
     import time
     import daemon.service
-    from platforms.sysfs import Sysfs, _remedy
     monkeypatch.setattr(daemon.service, "DVFS_RETRY_S", 0.2)
-
-    class Failing(Sysfs):
-        fail = False
-
-        def write(self, p, value):
-            if self.fail and "scaling_" in p:
-                raise _remedy(OSError(errno.EIO, os.strerror(errno.EIO)), p, str(value))
-            super().write(p, value)
-
-    engines = []
-    svc = _service(random_set, tmp_path, board={"sysfs": lambda root: engines.append(Failing(root)) or engines[-1]})
+    board = Breakable("scaling_", errno.EIO)
+    svc = _service(random_set, tmp_path, board={"sysfs": board, "settle": False})
     try:
         freqs = svc.platform.targets["cpu"].freqs_khz
-        engines[0].fail = True
+        board.broken = True
         assert "warning" in svc.control("pin", {"target": "cpu", "freq_khz": freqs[0]})
         assert "cpu" in svc.status()["dvfs"]["off"]
         svc.retry_dvfs()
         assert "cpu" in svc.status()["dvfs"]["off"]            # not yet due
         time.sleep(0.25)
-        engines[0].fail = False
+        board.broken = False
         svc.retry_dvfs()
         st = svc.status()
         assert "cpu" not in st["dvfs"]["off"] and st["targets"]["cpu"]["freqs_khz"] == freqs
