@@ -11,6 +11,7 @@ control messages. No socket is shared between threads.
 """
 from __future__ import annotations
 
+import ctypes
 import grp
 import logging
 import os
@@ -36,6 +37,18 @@ MAX_FRAMES = 4          # identity, REQ's empty delimiter, header, tensor
 RECEIVE_CHUNK = 64      # messages taken in per loop iteration (bounded: see _receive)
 CONTROL_MAX_BYTES = 64 * 1024
 CLOSE_LINGER_MS = 1000  # at stop: how long queued replies may take to leave
+
+
+now_s = time.monotonic
+
+
+def give_back_memory() -> None:
+    """Return the heap's free pages to the kernel (glibc's malloc_trim): after a refused
+    message of hundreds of megabytes, the daemon's resident size would otherwise stay there."""
+    try:
+        ctypes.CDLL(None).malloc_trim(0)
+    except (OSError, AttributeError):    # not glibc
+        pass
 
 
 def _split(frames: List[bytes]):
@@ -166,6 +179,7 @@ class Server:
         self.notifier = notifier or Notifier({})
         self.ctx = ctx or zmq.Context()
         self.queues = RequestQueues(cfg.queue_size, cfg.max_batch)
+        self.trim_due, self._trimmed_at = False, 0.0   # memory to give back after a refused message
         self.reload_requested = threading.Event()
         self.heartbeat = time.monotonic()   # the inference thread's last loop iteration
         self._auth = None
@@ -192,6 +206,10 @@ class Server:
         # many replies (each at most max_batch logits and a short header), the rest are
         # dropped and counted (reply_dropped).
         self.infer.setsockopt(zmq.SNDHWM, 2 * self.queues.per_client)
+        # And requests from one peer waiting in libzmq: its share of the queue, not 1000; past
+        # it libzmq stops reading that peer (it waits), so a peer that sends faster than it is
+        # served holds at most twice its share of messages in the daemon (pipe and queue).
+        self.infer.setsockopt(zmq.RCVHWM, self.queues.per_client)
         ep = self.cfg.control_endpoint
         if ep.startswith("ipc://@"):
             raise ConfigError("control_endpoint %s is an abstract socket, which has no file permissions (any "
@@ -345,6 +363,7 @@ class Server:
         if zero_copy_last and len(body) == 1:      # the "tensor" was the header: make it bytes
             body = [bytes(body[0])]
         if refusal is not None:
+            self.trim_due = True          # the frames libzmq held are free now: give them back
             return envelope, body, ProtocolError("too_large", "message refused (%s: %d frames, over %d bytes; a "
                                                  "request is a JSON header and one tensor of at most %d bytes)"
                                                  % (refusal, count, total if refusal == "too many bytes" else 0,
@@ -474,6 +493,9 @@ class Server:
             if poller.poll(timeout_ms):
                 self._on_control()
             self.service.retry_dvfs()
+            if self.trim_due and now_s() - self._trimmed_at > 1.0:
+                self.trim_due, self._trimmed_at = False, now_s()
+                give_back_memory()
             if self.reload_requested.is_set():   # SIGHUP: the same path as the control command
                 self.reload_requested.clear()
                 try:

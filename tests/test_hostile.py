@@ -240,7 +240,39 @@ def test_multipart_bomb_is_refused_without_a_copy(daemon):
     assert grown < 1.5, grown
     with d.client() as c:
         assert len(c.infer(IMG).labels) == 1
+    end = time.time() + 5                 # and gives it back to the kernel (malloc_trim)
+    while proc.memory_info().rss > before + 64 * 2 ** 20 and time.time() < end:
+        time.sleep(0.1)
+    assert proc.memory_info().rss <= before + 64 * 2 ** 20, (before, proc.memory_info().rss)
     s.close()
+
+
+def test_peers_that_never_read_hold_little(daemon):
+    """60 peers each send 400 refused requests with a 12 KB field and never read: libzmq
+    holds at most a client's queue share of one peer's messages (RCVHWM; then it stops
+    reading that peer), every error reply quotes a short excerpt, and at most twice that
+    share of replies wait for each peer (SNDHWM). With libzmq's defaults (1,000 each way)
+    the same peers took 254 MB here."""
+    d = daemon()
+    proc = psutil.Process(d.proc.pid)
+    before = proc.memory_info().rss
+    peers = []
+    junk = json.dumps({"id": 1, "dtype": "A" * 12000, "shape": [1, 32, 32, 3]}).encode()
+    for _ in range(60):
+        s = dealer(d.infer_ep)
+        s.setsockopt(zmq.SNDHWM, 0)
+        for _ in range(400):
+            s.send_multipart([junk, IMG.tobytes()])
+        peers.append(s)
+    time.sleep(3)
+    grown = proc.memory_info().rss - before
+    with d.client() as c:
+        assert len(c.infer(IMG).labels) == 1
+        assert c.status()["errors"].get("bad_dtype", 0) >= 1000
+    for s in peers:
+        s.close()
+    share = 256 // 4                          # queue_size's default, a quarter per client
+    assert grown < 60 * 2 * share * (len(junk) + IMG.nbytes), grown / 2 ** 20   # twice the share per peer
 
 
 # ---------------------------------------------------------------- 4. one client against the others
