@@ -17,7 +17,6 @@ from typing import Dict, NamedTuple, Optional, Tuple
 import numpy as np
 
 from governor import Config, Decision
-from models import ModelSet
 from platforms import Platform, PlatformError
 
 from .runtime import Runtime
@@ -49,7 +48,6 @@ class Executor:
         self.freq_read: Dict[str, Optional[int]] = {}   # target → kHz the kernel reported after our write
         self.mapping_error = ""
         self.moved = 0            # runs left that still pay for the last move to another target
-        self.models: Optional[ModelSet] = None         # for the profiler (measure), before a runtime exists
 
     def apply(self, c: Config) -> bool:
         """Pin and set the frequency, touching only what differs from the last config; False

@@ -39,9 +39,6 @@ CONTROL_MAX_BYTES = 64 * 1024
 CLOSE_LINGER_MS = 1000  # at stop: how long queued replies may take to leave
 
 
-now_s = time.monotonic
-
-
 def give_back_memory() -> None:
     """Return the heap's free pages to the kernel (glibc's malloc_trim): after a refused
     message of hundreds of megabytes, the daemon's resident size would otherwise stay there."""
@@ -493,8 +490,8 @@ class Server:
             if poller.poll(timeout_ms):
                 self._on_control()
             self.service.retry_dvfs()
-            if self.trim_due and now_s() - self._trimmed_at > 1.0:
-                self.trim_due, self._trimmed_at = False, now_s()
+            if self.trim_due and time.monotonic() - self._trimmed_at > 1.0:
+                self.trim_due, self._trimmed_at = False, time.monotonic()
                 give_back_memory()
             if self.reload_requested.is_set():   # SIGHUP: the same path as the control command
                 self.reload_requested.clear()
