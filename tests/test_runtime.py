@@ -388,3 +388,43 @@ def test_a_failed_target_comes_back_by_itself(random_set, tmp_path, monkeypatch)
         assert svc.platform.frequency("cpu") is not None
     finally:
         svc.stop()
+
+
+def test_a_write_stuck_in_the_driver_is_given_up_on(random_set, tmp_path):
+    """A cpufreq write that never returns (a driver stuck in its store()): the pin answers
+    after the engine's timeout with a warning, that target's DVFS is off, inference goes on,
+    and stop() returns (the stuck write is left behind in its own thread)."""
+    import threading
+    import time
+    stuck = threading.Event()
+
+    class Stuck(Breakable):
+        hang = False
+
+        def __call__(self, root):
+            engine = super().__call__(root)
+            engine.timeout_s = 0.5
+            real = engine.store
+
+            def store(p, value):              # the write itself, in the engine's I/O thread
+                if self.hang and self.match in p:
+                    stuck.wait(60)            # the driver never returns (until the test ends)
+                return real(p, value)
+            engine.store = store
+            return engine
+
+    board = Stuck("scaling_", 0)
+    svc = _service(random_set, tmp_path, board={"sysfs": board, "settle": False})
+    try:
+        freqs = svc.platform.targets["cpu"].freqs_khz
+        board.hang = True
+        t0 = time.monotonic()
+        reply = svc.control("pin", {"target": "cpu", "freq_khz": freqs[0]})
+        assert time.monotonic() - t0 < 3 and "did not return within 0.5 s" in reply["warning"], reply
+        assert "cpu" in svc.status()["dvfs"]["off"]
+        assert _serve_one(svc)["labels"]
+    finally:
+        t0 = time.monotonic()
+        svc.stop()
+        assert time.monotonic() - t0 < 10
+        stuck.set()
