@@ -109,6 +109,7 @@ class Config:
     log_level: str = "info"
     metrics_port: Optional[int] = None     # Prometheus exporter (off unless set)
     metrics_address: str = "127.0.0.1"
+    memory_bound_mb: int = 256             # growth over the floor that drops the inference connections
     source: List[str] = field(default_factory=list)   # where the values came from
 
     def resolve(self) -> "Config":
@@ -147,6 +148,8 @@ KEY_DOCS = {
     "log_level": "debug, info, warning or error (default info)",
     "metrics_port": "serve Prometheus metrics on this TCP port (default: off; needs the metrics extra)",
     "metrics_address": "address of the metrics endpoint (default 127.0.0.1: loopback only)",
+    "memory_bound_mb": "how far the daemon's resident size may grow over its floor (a message libzmq holds "
+                       "unfinished) before every inference connection is dropped; default 256, 0 turns it off",
 }
 
 _TYPES = {f.name: f for f in fields(Config)}
@@ -176,6 +179,10 @@ def _check(key: str, value: Any, where: str) -> Any:
             raise ConfigError("%s: metrics_port must be a TCP port (1-65535), got %s" % (where, _brief(value)))
         if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 1_000_000:
             raise ConfigError("%s: %s must be a positive integer, got %s" % (where, key, _brief(value)))
+    elif key == "memory_bound_mb":
+        if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= 1_000_000:
+            raise ConfigError("%s: memory_bound_mb must be an integer >= 0 (MB; 0 turns it off), got %s"
+                              % (where, _brief(value)))
     elif key in ("dvfs", "gpu", "batch_requests"):
         if not isinstance(value, bool):
             raise ConfigError("%s: %s must be true or false, got %s" % (where, key, _brief(value)))

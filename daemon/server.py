@@ -11,6 +11,7 @@ control messages. No socket is shared between threads.
 """
 from __future__ import annotations
 
+import collections
 import ctypes
 import grp
 import logging
@@ -77,6 +78,41 @@ def _clear_stale_socket(path: str) -> None:
     raise ConfigError("%s is in use: another dnnscale serve is running there" % path)
 
 
+class MemoryGuard:
+    """The daemon's resident size held within ``bound`` bytes of its floor (the lowest size
+    over the last ``window_s``, so that the daemon's own slow growth moves the floor up).
+    libzmq holds every frame of a message until its last one arrives, and nothing in its API
+    bounds the frames of one message (``ZMQ_MAXMSGSIZE`` bounds a frame), so a peer that sends
+    frames and never ends the message grows the daemon without limit; past the bound every
+    inference connection is dropped (DEALER clients reconnect by themselves), which frees what
+    libzmq held, and the heap is given back."""
+
+    def __init__(self, bound: int, window_s: float = 10.0):
+        self.bound = bound
+        self.window_s = window_s
+        self.samples: "collections.deque" = collections.deque()
+        self.trips = 0
+        self.page = os.sysconf("SC_PAGE_SIZE")
+
+    def rss(self) -> int:
+        with open("/proc/self/statm", "rb") as f:
+            return int(f.read().split()[1]) * self.page
+
+    def check(self) -> bool:
+        now, r = time.monotonic(), self.rss()
+        while self.samples and now - self.samples[0][0] > self.window_s:
+            self.samples.popleft()
+        self.samples.append((now, r))
+        floor = min(v for _, v in self.samples)
+        if r - floor <= self.bound:
+            return False
+        self.trips += 1
+        self.samples.clear()
+        log.warning("resident size %d MB, %d MB over its floor (bound %d MB): an unfinished message is being "
+                    "held; dropping every inference connection", r >> 20, (r - floor) >> 20, self.bound >> 20)
+        return True
+
+
 class FdGuard:
     """Keeps the process clear of its descriptor limit. libzmq aborts the whole process when
     accept() on an ipc listener fails with EMFILE (src/ipc_listener.cpp asserts on it), and
@@ -102,6 +138,8 @@ class FdGuard:
         self.peak = 0
         self.trips = 0
         self.monitors: List[zmq.Socket] = []
+        self.memory: Optional[MemoryGuard] = None
+        self.trims: List[float] = []     # when to give memory back after dropping connections
         self._stop = threading.Event()
         self._thread: Optional[threading.Thread] = None
 
@@ -148,11 +186,21 @@ class FdGuard:
         for m in self.monitors:
             poller.register(m, zmq.POLLIN)
         while not self._stop.is_set():
-            ready = dict(poller.poll(250))
+            ready = dict(poller.poll(100))
             for m in self.monitors:
                 while m in ready and m.poll(0):
                     m.recv_multipart()      # what happened does not matter: the count does
             self.check()
+            if self.memory is not None and self.memory.check():
+                self.drop("infer")
+
+    def drop(self, kind: str) -> None:
+        """Drop every connection of an endpoint (the owning thread unbinds it, which in libzmq
+        ends the connections made through it and frees what they held, then binds it again)."""
+        self.unbind.add(kind)
+        self.rebind.add(kind)
+        now = time.monotonic()           # libzmq frees the held frames as the connections end
+        self.trims = [now + 0.3, now + 1.5]
 
     def start(self) -> None:
         self._thread = threading.Thread(target=self._run, name="dnnscale-fdguard", daemon=True)
@@ -185,6 +233,8 @@ class Server:
         service.fd_guard = self.guard
         c, h, w = service.models.input_shape
         self.max_bytes = cfg.max_batch * c * h * w * 4 + HEADER_SLACK
+        if cfg.memory_bound_mb:
+            self.guard.memory = MemoryGuard(cfg.memory_bound_mb << 20)
 
     # ------------------------------------------------------------------ sockets
     def bind(self) -> None:
@@ -470,6 +520,17 @@ class Server:
                 reply = {"id": rid, "ok": False, "error": {"code": "internal", "message": str(e)[:300]}}
             self._send(self.control, envelope + encode_reply(reply))
 
+    def _give_back_memory_if_due(self) -> None:
+        """After a refused oversized message (at most once a second), and at the times the
+        memory guard set after dropping connections."""
+        now = time.monotonic()
+        due = [t for t in self.guard.trims if t <= now]
+        if due:
+            self.guard.trims = [t for t in self.guard.trims if t > now]
+        if due or (self.trim_due and now - self._trimmed_at > 1.0):
+            self.trim_due, self._trimmed_at = False, now
+            give_back_memory()
+
     def serve(self, stop: threading.Event, ready_status: str = "serving") -> None:
         if stop.is_set():   # SIGTERM while loading: nothing to serve
             return
@@ -490,9 +551,7 @@ class Server:
             if poller.poll(timeout_ms):
                 self._on_control()
             self.service.retry_dvfs()
-            if self.trim_due and time.monotonic() - self._trimmed_at > 1.0:
-                self.trim_due, self._trimmed_at = False, time.monotonic()
-                give_back_memory()
+            self._give_back_memory_if_due()
             if self.reload_requested.is_set():   # SIGHUP: the same path as the control command
                 self.reload_requested.clear()
                 try:

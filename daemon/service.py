@@ -402,7 +402,8 @@ class Service:
         if g is None:
             return None
         return {"fd_limit": g.limit, "fds_open": g.count(), "fds_peak": g.peak, "refusing": g.hidden,
-                "closed": sorted(k for k, v in g.closed.items() if v), "refused_periods": g.trips}
+                "closed": sorted(k for k, v in g.closed.items() if v), "refused_periods": g.trips,
+                "memory_drops": g.memory.trips if g.memory is not None else None}
 
     # ------------------------------------------------------------------ state
     def _budget_path(self) -> str:

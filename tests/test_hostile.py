@@ -227,7 +227,7 @@ def test_multipart_bomb_is_refused_without_a_copy(daemon):
     t.start()
     s = dealer(d.infer_ep)
     frame = bytes(800 * 1024)
-    n = 300
+    n = 200                               # 160 MB: under memory_bound_mb (256), so it is read and refused
     s.send_multipart([header(id="bomb")] + [frame] * n)
     assert s.poll(30000)
     reply = json.loads(s.recv_multipart()[0])
@@ -245,6 +245,46 @@ def test_multipart_bomb_is_refused_without_a_copy(daemon):
         time.sleep(0.1)
     assert proc.memory_info().rss <= before + 64 * 2 ** 20, (before, proc.memory_info().rss)
     s.close()
+
+
+def test_a_message_never_finished_is_bounded(daemon, tmp_path):
+    """A raw ZMTP peer sends 800 KiB frames of one message and never its last: libzmq holds
+    them all (an earlier daemon: 872 MB, kept after). Past memory_bound_mb over its floor the
+    daemon drops every inference connection, which frees them, and gives the memory back;
+    another client (a DEALER, which reconnects) is served after."""
+    import socket as so
+    from tests.fixtures import zmtp
+    cfg = tmp_path / "bound.yaml"
+    cfg.write_text("memory_bound_mb: 128\n")
+    d = daemon(config=str(cfg))
+    proc = psutil.Process(d.proc.pid)
+    with d.client() as c:
+        assert len(c.infer(IMG).labels) == 1
+    before = peak = proc.memory_info().rss
+    s = zmtp.dealer(d.infer_ep[len("ipc://"):])
+    s.settimeout(5)
+    f = zmtp.frame(bytes(800 * 1024), more=True)
+    sent = 0
+    try:
+        s.sendall(zmtp.frame(header(id="never"), more=True))
+        for _ in range(1200):                 # 960 MB if nothing stopped it
+            s.sendall(f)
+            sent += 1
+            if sent % 20 == 0:
+                peak = max(peak, proc.memory_info().rss)
+    except (so.timeout, OSError):
+        pass                                  # the daemon dropped the connection
+    end = time.time() + 3
+    while time.time() < end:
+        peak = max(peak, proc.memory_info().rss)
+        time.sleep(0.05)
+    s.close()
+    assert sent < 1200, "the connection was never dropped"
+    assert peak - before < (128 + 256) * 2 ** 20, (before >> 20, peak >> 20)
+    assert proc.memory_info().rss - before < 64 * 2 ** 20, (before >> 20, proc.memory_info().rss >> 20)
+    with d.client(timeout_s=10) as c:
+        assert len(c.infer(IMG).labels) == 1
+        assert c.status()["connections"]["memory_drops"] >= 1
 
 
 def test_peers_that_never_read_hold_little(daemon):
