@@ -49,7 +49,9 @@ def run(model_dir: str, portfolio_dir: Optional[str], quick: bool, plots_dir: Op
         ("daemon", lambda: bdaemon.report(bdaemon.run(model_dir, requests=200 if quick else 1000,
                                                       clients=(1, 4, 8, 16)))),
         ("reload", lambda: breload.report(breload.run(model_dir, rounds=1 if quick else 3,
-                                                      steady_s=1.0 if quick else 4.0), 3)),
+                                                      steady_s=1.0 if quick else 4.0,
+                                                      modes=("unchanged",) if quick else ("unchanged", "rewritten")),
+                                          3)),
         ("hotpath", lambda: hotpath_section(model_dir, quick)),
         ("governor", lambda: governor_section(model_dir, quick, plots_dir)),
     ]

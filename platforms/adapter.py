@@ -287,7 +287,8 @@ class SysfsPlatform(Platform):
         """How long after a frequency change the power reads belong to the new frequency:
         two sampling periods of the meter, whose period is at least the slowest sensor's
         refresh (XU3 INA231: 263.8 ms, so 0.53 s; an INA3221 converts on every read, so two
-        20 ms periods); 0 for a counter (RAPL) or without a meter."""
+        20 ms periods); 0 for a counter (RAPL), without a meter, or with ``settle=False`` (a
+        fake tree's sensors never change)."""
         if self.meter is None or self.meter.counter or not self.settle:
             return 0.0
         return 2 * self.meter.period
