@@ -95,6 +95,25 @@ def cmd_train(a: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_columns(a: argparse.Namespace) -> int:
+    from models import manifest as mf, onnxset, zoo
+    from models.manifest import ModelSetError
+    try:
+        model_dir = zoo.resolve(a.model)
+        m = mf.read(model_dir)
+    except ModelSetError as e:
+        raise CliError(str(e))
+    if m["kind"] != "group":
+        raise CliError("%s is a %s: only a group set has columns" % (model_dir, m["kind"]))
+    files = onnxset.add_columns(model_dir, m)
+    for f in files:
+        m["files"].setdefault(f, {})
+    m["columns"] = onnxset.columns_entry(len(m["levels"]))
+    mf.write(model_dir, m)
+    print("wrote %d column graphs in %s and listed them in its manifest" % (len(files), model_dir))
+    return 0
+
+
 def cmd_eval(a: argparse.Namespace) -> int:
     from models import evaluate, zoo
     from models.cifar import DataError
@@ -595,6 +614,14 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--limit", type=int, default=None, help="evaluate only the first N test images")
     e.add_argument("--latency-runs", type=int, default=200, help="batch-1 runs timed per k")
     e.set_defaults(func=cmd_eval)
+    co = sub.add_parser("columns", help="give a group set its column graphs (sets exported before they existed)",
+                        description="Write the graphs of every range of columns and every head of a group set "
+                                    "from its own k1..kG graphs (the same bytes of weights.bin), and list them in "
+                                    "its manifest: one inference may then run its columns at once on different "
+                                    "processors (docs/model-set.md, \"Columns\"). Needs the onnx package "
+                                    "(the train extra).")
+    co.add_argument("model", help="model-set folder or shipped name")
+    co.set_defaults(func=cmd_columns)
     from .config import KEY_DOCS
     sv = sub.add_parser("serve", help="run the daemon in the foreground (what systemd runs)",
                         formatter_class=argparse.RawDescriptionHelpFormatter,

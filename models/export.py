@@ -47,6 +47,7 @@ def export_group_set(result: Dict, out_dir: str, cfg, name: Optional[str] = None
                        "val_accuracy": round(result["val"][k - 1]["chosen_acc"], 2)})
     m = _manifest("group", name, out_dir, arch, data, cfg, command, levels, files, shares_weights=True,
                   histories=[v["history"] for v in result["val"]])
+    m["columns"] = onnxset.columns_entry(len(groups))
     _measure(out_dir, m, data)
     return m
 

@@ -139,6 +139,7 @@ class ModelSet:
         self._channel = np.arange(len(mean))[:, None, None]
         self.classes: List[str] = list(inp["classes"])
         self.on_disk = None               # the files as verified (see load, same_as)
+        self._col_sessions: Dict = {}     # (column graph, threads) → session, made on first use
 
     # ------------------------------------------------------------------ loading
     @classmethod
@@ -198,6 +199,54 @@ class ModelSet:
         return (self.on_disk is not None and os.path.realpath(model_dir) == os.path.realpath(self.dir)
                 and threads == self.threads and dict(lanes) == self.lanes and gpu == (self._gpu is not None)
                 and files_on_disk(model_dir) == self.on_disk)
+
+    # ------------------------------------------------------------------ columns
+    @property
+    def has_columns(self) -> bool:
+        """Whether the set ships its columns on their own (a group set exported with them)."""
+        return bool(self.manifest.get("columns"))
+
+    def _columns_session(self, file: str, threads: int):
+        key = (file, threads)
+        s = self._col_sessions.get(key)
+        if s is None:
+            path = os.path.join(self.dir, file)
+            try:
+                s = ort.InferenceSession(path, session_options(threads), providers=["CPUExecutionProvider"])
+            except Exception as e:  # onnxruntime raises its own exception types
+                raise ModelSetError("cannot load %s: %s" % (path, str(e).splitlines()[0])) from None
+            self._col_sessions[key] = s
+        return s
+
+    def run_split(self, k: int, x: np.ndarray, parts, pool=None) -> np.ndarray:
+        """The logits of level ``k`` with its columns split: ``parts`` is a list of
+        (first, last, threads) column ranges covering 1..k in order; the ranges run at once
+        (the first in the calling thread, the others in ``pool``, a ThreadPoolExecutor;
+        onnxruntime releases the GIL in a run), their features are joined in order and the head of k is applied. Equal to
+        ``run(k, x)`` (tests/test_columns.py)."""
+        if not self.has_columns:
+            raise ModelSetError("%s has no column graphs (exported before they existed): it runs whole" % self.dir)
+        cols = self.manifest["columns"]
+        want = 1
+        for first, last, _ in parts:
+            if first != want or last < first:
+                raise ValueError("column ranges must cover 1..%d in order, got %s" % (k, parts))
+            want = last + 1
+        if want != k + 1:
+            raise ValueError("column ranges must cover 1..%d in order, got %s" % (k, parts))
+        x = np.ascontiguousarray(x, dtype=np.float32)
+        runs = [(self._columns_session(cols["ranges"]["%d-%d" % (a, b)], n), x) for a, b, n in parts]
+
+        def run(item):
+            sess, inp = item
+            return sess.run(None, {"input": inp})[0]
+        if pool is not None and len(runs) > 1:   # the first range here, the others in the pool at once
+            later = [pool.submit(run, r) for r in runs[1:]]
+            feats = [run(runs[0])] + [f.result() for f in later]
+        else:
+            feats = [run(r) for r in runs]
+        head = self._columns_session(cols["heads"][str(k)], 1)
+        return head.run(None, {"features": np.concatenate(feats, axis=1) if len(feats) > 1 else feats[0]})[0]
 
     def close(self, pause_s: float = 0.0) -> None:
         """Drop the sessions one by one, ``pause_s`` apart (destroying one holds the GIL for

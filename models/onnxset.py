@@ -79,6 +79,59 @@ def _external(name: str, shape: Sequence[int], offset: int) -> TensorProto:
     return t
 
 
+def _column(nodes: List, init: Callable, a: Arch, n: int, tag: str, key: str) -> str:
+    """Convs and FC1 of ``n`` equal groups of ``a`` (one grouped Conv per layer) on the input;
+    ``tag`` suffixes the node names, ``key`` prefixes the weights.bin keys. Returns the name
+    of the features ([N, hidden x n])."""
+    x, cin = INPUT, a.in_channels
+    for i, (w, ks, pool) in enumerate(zip(a.widths, a.kernels, a.pools)):
+        wn = init(key + "conv%d.w" % i, key + "conv%d.w" % i, (w * n, cin, ks, ks))
+        bn = init(key + "conv%d.b" % i, key + "conv%d.b" % i, (w * n,))
+        p, c = ks // 2, "conv%d%s" % (i, tag)
+        nodes.append(helper.make_node("Conv", [x, wn, bn], [c], group=1 if i == 0 else n,
+                                      kernel_shape=[ks, ks], pads=[p, p, p, p], name=c))
+        x = "relu%d%s" % (i, tag)
+        nodes.append(helper.make_node("Relu", [c], [x], name=x))
+        if pool:
+            nodes.append(helper.make_node("MaxPool", [x], ["pool%d%s" % (i, tag)], kernel_shape=[3, 3],
+                                          strides=[2, 2], pads=[1, 1, 1, 1], name="pool%d%s" % (i, tag)))
+            x = "pool%d%s" % (i, tag)
+        cin = w
+    s = a.final_size
+    fw = init(key + "fc1.w", key + "fc1.w", (a.hidden * n, a.widths[-1], s, s))
+    fb = init(key + "fc1.b", key + "fc1.b", (a.hidden * n,))
+    nodes.append(helper.make_node("Conv", [x, fw, fb], ["fc1" + tag], group=n, kernel_shape=[s, s],
+                                  name="fc1" + tag))
+    nodes.append(helper.make_node("Relu", ["fc1" + tag], ["features4d" + tag], name="relu_fc1" + tag))
+    nodes.append(helper.make_node("Flatten", ["features4d" + tag], ["features" + tag], axis=1,
+                                  name="flatten" + tag))
+    return "features" + tag
+
+
+def _features(arch: Arch, first: int, last: int, nodes: List, init: Callable) -> str:
+    """The features of columns ``first``..``last`` concatenated (equal groups: one grouped
+    chain; unequal: a chain per group)."""
+    if arch.equal_groups:
+        return _column(nodes, init, arch.group(1), last - first + 1, "", "")
+    feats = [_column(nodes, init, arch.group(g), 1, "_g%d" % g, "g%d." % g) for g in range(first, last + 1)]
+    if len(feats) == 1:
+        return feats[0]
+    nodes.append(helper.make_node("Concat", feats, ["features"], axis=1, name="features"))
+    return "features"
+
+
+def _model(nodes, inits, arch: Arch, name: str, output: str, width) -> onnx.ModelProto:
+    graph = helper.make_graph(
+        nodes, name,
+        [helper.make_tensor_value_info(INPUT, TensorProto.FLOAT, ["N", arch.in_channels, arch.image, arch.image])],
+        [helper.make_tensor_value_info(output, TensorProto.FLOAT, ["N", width])],
+        initializer=inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)],
+                              producer_name="dnnscale")
+    model.ir_version = IR_VERSION
+    return model
+
+
 def _graph(arch: Arch, k: int, shapes: Dict[str, Tuple[int, ...]],
            tensor: Callable[[str, str, Sequence[int]], TensorProto]) -> onnx.ModelProto:
     """The k-group network of ``arch`` (k = 1: a plain dense network). ``tensor(name, key,
@@ -89,52 +142,11 @@ def _graph(arch: Arch, k: int, shapes: Dict[str, Tuple[int, ...]],
         inits.append(tensor(name, key, shape))
         return name
 
-    def column(a: Arch, n: int, tag: str, key: str) -> str:
-        """Convs and FC1 of ``n`` equal groups of ``a`` (one grouped Conv per layer) on the
-        input; ``tag`` suffixes the node names, ``key`` prefixes the weights.bin keys."""
-        x, cin = INPUT, a.in_channels
-        for i, (w, ks, pool) in enumerate(zip(a.widths, a.kernels, a.pools)):
-            wn = init(key + "conv%d.w" % i, key + "conv%d.w" % i, (w * n, cin, ks, ks))
-            bn = init(key + "conv%d.b" % i, key + "conv%d.b" % i, (w * n,))
-            p, c = ks // 2, "conv%d%s" % (i, tag)
-            nodes.append(helper.make_node("Conv", [x, wn, bn], [c], group=1 if i == 0 else n,
-                                          kernel_shape=[ks, ks], pads=[p, p, p, p], name=c))
-            x = "relu%d%s" % (i, tag)
-            nodes.append(helper.make_node("Relu", [c], [x], name=x))
-            if pool:
-                nodes.append(helper.make_node("MaxPool", [x], ["pool%d%s" % (i, tag)], kernel_shape=[3, 3],
-                                              strides=[2, 2], pads=[1, 1, 1, 1], name="pool%d%s" % (i, tag)))
-                x = "pool%d%s" % (i, tag)
-            cin = w
-        s = a.final_size
-        fw = init(key + "fc1.w", key + "fc1.w", (a.hidden * n, a.widths[-1], s, s))
-        fb = init(key + "fc1.b", key + "fc1.b", (a.hidden * n,))
-        nodes.append(helper.make_node("Conv", [x, fw, fb], ["fc1" + tag], group=n, kernel_shape=[s, s],
-                                      name="fc1" + tag))
-        nodes.append(helper.make_node("Relu", ["fc1" + tag], ["features4d" + tag], name="relu_fc1" + tag))
-        nodes.append(helper.make_node("Flatten", ["features4d" + tag], ["features" + tag], axis=1,
-                                      name="flatten" + tag))
-        return "features" + tag
-
-    if arch.equal_groups:
-        features = column(arch.group(1), k, "", "")
-    else:   # one chain per group; their features concatenated
-        feats = [column(arch.group(g), 1, "_g%d" % g, "g%d." % g) for g in range(1, k + 1)]
-        features = feats[0] if k == 1 else "features"
-        if k > 1:
-            nodes.append(helper.make_node("Concat", feats, [features], axis=1, name=features))
+    features = _features(arch, 1, k, nodes, init)
     hw = init("head.w", "head%d.w" % k, shapes["head%d.w" % k])
     hb = init("head.b", "head%d.b" % k, shapes["head%d.b" % k])
     nodes.append(helper.make_node("Gemm", [features, hw, hb], [OUTPUT], transB=1, name="head"))
-    graph = helper.make_graph(
-        nodes, "dnnscale_k%d" % k,
-        [helper.make_tensor_value_info(INPUT, TensorProto.FLOAT, ["N", arch.in_channels, arch.image, arch.image])],
-        [helper.make_tensor_value_info(OUTPUT, TensorProto.FLOAT, ["N", arch.classes])],
-        initializer=inits)
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)],
-                              producer_name="dnnscale")
-    model.ir_version = IR_VERSION
-    return model
+    return _model(nodes, inits, arch, "dnnscale_k%d" % k, OUTPUT, arch.classes)
 
 
 def write_group_set(out_dir: str, arch: Arch, groups: Sequence[Dict[str, np.ndarray]],
@@ -159,6 +171,67 @@ def write_group_set(out_dir: str, arch: Arch, groups: Sequence[Dict[str, np.ndar
         onnx.save(model, path)
         onnx.checker.check_model(path)
         names.append(level_file(k))
+    return names + write_columns(out_dir, arch, len(groups), shapes, offsets)
+
+
+def range_file(first: int, last: int) -> str:
+    return "c%d-%d.onnx" % (first, last)
+
+
+def head_file(k: int) -> str:
+    return "h%d.onnx" % k
+
+
+def columns_entry(groups: int) -> Dict:
+    """The manifest's ``columns``: the graph of every column range and every head."""
+    return {"ranges": {"%d-%d" % (a, b): range_file(a, b) for a in range(1, groups + 1)
+                       for b in range(a, groups + 1)},
+            "heads": {str(k): head_file(k) for k in range(1, groups + 1)}}
+
+
+def write_columns(out_dir: str, arch: Arch, groups: int, shapes: Dict[str, Tuple[int, ...]],
+                  offsets: Dict[str, int]) -> List[str]:
+    """The columns on their own: ``c{a}-{b}.onnx`` gives the features of columns a..b
+    ([N, hidden of each, concatenated]) and ``h{k}.onnx`` the head of k over the features of
+    columns 1..k; their weights are the same bytes of weights.bin as the kN graphs' (a range
+    of columns is a slice of every concatenated tensor, or its groups' own tensors), so one
+    inference may run its column ranges at once, on different processors, and join them in
+    the head (docs/model-set.md, "Columns")."""
+    names = []
+    for a in range(1, groups + 1):
+        for b in range(a, groups + 1):
+            nodes, inits = [], []
+
+            def init(name: str, key: str, shape, first=a, n=b - a + 1):
+                full = shapes[key]             # all G groups (or the group's own tensor)
+                if arch.equal_groups:          # out-channel-major: groups first..last are one slice
+                    per = int(np.prod(full)) * 4 // groups
+                    inits.append(_external(name, shape, offsets[key] + (first - 1) * per))
+                else:
+                    inits.append(_external(name, shape, offsets[key]))
+                return name
+
+            feats = _features(arch, a, b, nodes, init)
+            nodes.append(helper.make_node("Identity", [feats], ["features_out"], name="out"))
+            width = sum(arch.group(g).hidden for g in range(a, b + 1))
+            path = os.path.join(out_dir, range_file(a, b))
+            onnx.save(_model(nodes, inits, arch, "dnnscale_c%d_%d" % (a, b), "features_out", width), path)
+            onnx.checker.check_model(path)
+            names.append(range_file(a, b))
+    for k in range(1, groups + 1):
+        w, b = shapes["head%d.w" % k], shapes["head%d.b" % k]
+        graph = helper.make_graph(
+            [helper.make_node("Gemm", ["features", "head.w", "head.b"], [OUTPUT], transB=1, name="head")],
+            "dnnscale_h%d" % k,
+            [helper.make_tensor_value_info("features", TensorProto.FLOAT, ["N", int(w[1])])],
+            [helper.make_tensor_value_info(OUTPUT, TensorProto.FLOAT, ["N", int(w[0])])],
+            initializer=[_external("head.w", w, offsets["head%d.w" % k]), _external("head.b", b, offsets["head%d.b" % k])])
+        model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)], producer_name="dnnscale")
+        model.ir_version = IR_VERSION
+        path = os.path.join(out_dir, head_file(k))
+        onnx.save(model, path)
+        onnx.checker.check_model(path)
+        names.append(head_file(k))
     return names
 
 
@@ -180,3 +253,23 @@ def write_dense(path: str, arch: Arch, t: Dict[str, np.ndarray]) -> None:
     model = _graph(arch, 1, shapes, embedded)
     onnx.save(model, path)
     onnx.checker.check_model(path)
+
+
+def add_columns(model_dir: str, manifest: Dict) -> List[str]:
+    """Write the column graphs of a group set exported before they existed, from the offsets
+    and shapes its ``k{G}.onnx`` (every tensor of the G-group network) and ``k1..k{G}.onnx``
+    (the heads) give for weights.bin; returns the new files (the caller lists them in the
+    manifest with ``columns_entry``)."""
+    from .arch import Arch
+    arch = Arch.from_dict(manifest["arch"])
+    groups = len(manifest["levels"])
+    offsets: Dict[str, int] = {}
+    shapes: Dict[str, Tuple[int, ...]] = {}
+    for k in range(1, groups + 1):
+        model = onnx.load(os.path.join(model_dir, level_file(k)), load_external_data=False)
+        for t in model.graph.initializer:
+            ext = {e.key: e.value for e in t.external_data}
+            key = "head%d.%s" % (k, t.name.split(".")[1]) if t.name.startswith("head.") else t.name
+            if k == groups or key.startswith("head"):
+                offsets[key], shapes[key] = int(ext["offset"]), tuple(int(d) for d in t.dims)
+    return write_columns(model_dir, arch, groups, shapes, offsets)

@@ -85,7 +85,7 @@ def write_random_set(out_dir: str, groups: int = 3, seed: int = 0, arch=None) ->
          "output": {"name": "logits", "shape": ["N", arch.classes]}, "arch": arch.to_dict(),
          "levels": [dict(level=k, file=onnxset.level_file(k), accuracy=50.0 + k, confidence=1.0,
                          **arch.cost(k)) for k in range(1, groups + 1)],
-         "files": {f: {} for f in files}}
+         "files": {f: {} for f in files}, "columns": onnxset.columns_entry(groups)}
     mf.write(out_dir, m)
     return out_dir
 
