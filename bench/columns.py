@@ -24,7 +24,41 @@ from typing import Dict, List
 
 import numpy as np
 
-from .common import machine, table
+from .common import in_fresh_process, machine, table
+
+_SET_WITH_SPLIT = r'''
+import json, numpy as np, psutil
+from concurrent.futures import ThreadPoolExecutor
+from models import ModelSet
+ms = ModelSet.load(%(model)r)
+x = np.zeros((1,) + ms.input_shape, np.float32)
+for k in range(1, ms.groups + 1): ms.run(k, x)
+with ThreadPoolExecutor(1) as pool:
+    for c in range(1, ms.groups):
+        ms.run_split(ms.groups, x, [(1, c, 1), (c + 1, ms.groups, 1)], pool=pool)
+print(json.dumps({"pss_mib": psutil.Process().memory_full_info().pss / 2**20}))
+'''
+
+_ALONE = r'''
+import json, numpy as np, onnxruntime as ort, psutil
+s = ort.InferenceSession(%(path)r, providers=["CPUExecutionProvider"])
+s.run(None, {"input": np.zeros((1,) + tuple(s.get_inputs()[0].shape[1:]), np.float32)})
+print(json.dumps({"pss_mib": psutil.Process().memory_full_info().pss / 2**20}))
+'''
+
+
+def memory(model: str) -> Dict:
+    """PSS of a fresh process: the k=G sub-network alone (its own embedded .onnx, one session)
+    against the whole set with every k and every two-way split of k=G loaded and run."""
+    import tempfile
+    from models import zoo
+    from .modelset import standalone_models
+    d = zoo.resolve(model)
+    with tempfile.TemporaryDirectory() as tmp:
+        alone = standalone_models(d, tmp)[-1]
+        a = in_fresh_process(_ALONE % {"path": alone})["pss_mib"]
+    s = in_fresh_process(_SET_WITH_SPLIT % {"model": d})["pss_mib"]
+    return {"alone_mib": a, "set_mib": s}
 
 
 def _pinned_pool(cpus: List[int]) -> ThreadPoolExecutor:
@@ -125,6 +159,10 @@ def main(argv=None) -> None:
     ap.add_argument("--runs", type=int, default=100)
     a = ap.parse_args(argv)
     print(report(run(a.model, a.k, a.blocks, a.runs)))
+    m = memory(a.model)
+    print("PSS: the k=G sub-network alone %.1f MiB; the set with every k and every two-way split of k=G "
+          "loaded and run %.1f MiB: %.2fx (target <= 1.10x)" % (m["alone_mib"], m["set_mib"],
+                                                               m["set_mib"] / m["alone_mib"]))
 
 
 if __name__ == "__main__":
