@@ -222,8 +222,8 @@ class ModelSet:
         """The logits of level ``k`` with its columns split: ``parts`` is a list of
         (first, last, threads) column ranges covering 1..k in order; the ranges run at once
         (the first in the calling thread, the others in ``pool``, a ThreadPoolExecutor;
-        onnxruntime releases the GIL in a run), their features are joined in order and the head of k is applied. Equal to
-        ``run(k, x)`` (tests/test_columns.py)."""
+        onnxruntime releases the GIL in a run), their features are joined in order and the
+        head of k is applied. Equal to ``run(k, x)`` (tests/test_columns.py)."""
         if not self.has_columns:
             raise ModelSetError("%s has no column graphs (exported before they existed): it runs whole" % self.dir)
         cols = self.manifest["columns"]
@@ -259,6 +259,10 @@ class ModelSet:
                 if pause_s:
                     time.sleep(pause_s)
         self._cpu, self._gpu = {}, None
+        while self._col_sessions:
+            self._col_sessions.popitem()
+            if pause_s:
+                time.sleep(pause_s)
 
     def warmup(self, runs: int = 3) -> None:
         x = np.zeros((1,) + self.input_shape, np.float32)
