@@ -329,7 +329,7 @@ def test_the_watchdog_is_withheld_while_the_inference_thread_hangs(random_set, t
         c = Client(svc.cfg.infer_endpoint, svc.cfg.control_endpoint, timeout_s=30)
         sender = threading.Thread(target=lambda: c.infer(np.zeros((1, 32, 32, 3), np.uint8)))
         sender.start()
-        time.sleep(0.6)                              # the heartbeat goes stale (older than 0.4 s)
+        time.sleep(1.0)                              # the heartbeat goes stale (older than 0.4 s)
         pings(0.1)                                   # what was sent before it did
         assert pings(1.0) == 0
         hang.set()
