@@ -584,6 +584,9 @@ def test_reload_rereads_the_config_keeps_lanes_and_pin_and_takes_a_new_profile(r
             assert st["pinned"] == {"target": "cpu:1"} and st["budget"]["latency_ms"] == 50.0
             assert st["profile_created"] == "2026-01-02T03:04:05+0000" and st["max_batch"] == 64
             assert c.infer(np.zeros((1, 32, 32, 3), np.uint8)).config["target"] == "cpu:1"
+            for g in (1, 3):                              # a request's own groups keeps the pinned target
+                r = c.infer(np.zeros((1, 32, 32, 3), np.uint8), groups=g).config
+                assert r["groups"] == g and r["target"] == "cpu:1", r
             cfg.write_text("max_batch: -1\n")                    # a broken config: nothing changes
             with pytest.raises(DaemonError, match="reload_failed.*max_batch"):
                 c.reload()
