@@ -14,7 +14,6 @@ import reprlib
 from dataclasses import dataclass, field, fields
 from typing import Any, Dict, List, Optional
 
-import yaml
 
 SYSTEM_RUNTIME = "/run/dnnscale"
 
@@ -217,20 +216,11 @@ def load(path: Optional[str] = None, overrides: Optional[Dict[str, Any]] = None)
         raise ConfigError("config file %s %s" % (path, "is not a regular file (for no configuration, give an "
                                                        "empty file)" if os.path.exists(path) else "does not exist"))
     if path:
+        from models.manifest import read_yaml   # here: clients import this module, not onnxruntime
         try:
-            with open(path, "rb") as f:
-                text = f.read(MAX_CONFIG_BYTES + 1)
-            if len(text) > MAX_CONFIG_BYTES:
-                raise ConfigError("%s is over %d bytes: not a dnnscale configuration" % (path, MAX_CONFIG_BYTES))
-            data = yaml.safe_load(text.decode("utf-8"))
-        except UnicodeDecodeError as e:
-            raise ConfigError("%s is not UTF-8 text (byte %d): not a YAML configuration" % (path, e.start)) from None
-        except yaml.YAMLError as e:
-            raise ConfigError("%s is not valid YAML: %s" % (path, str(e).replace("\n", " ")[:300])) from None
-        except RecursionError:
-            raise ConfigError("%s is nested too deeply: not a dnnscale configuration" % path) from None
-        except OSError as e:
-            raise ConfigError("cannot read %s: %s" % (path, e.strerror)) from None
+            data = read_yaml(path, MAX_CONFIG_BYTES, "dnnscale configuration", "YAML configuration")
+        except ValueError as e:
+            raise ConfigError(str(e)) from None
         if data is None:
             data = {}
         if not isinstance(data, dict):

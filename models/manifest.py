@@ -53,6 +53,27 @@ def _brief(value: Any) -> str:   # for messages: a YAML alias bomb's full repr t
     return r.repr(value)
 
 
+def read_yaml(path: str, limit: int, what: str, text_what: str = "") -> Any:
+    """A YAML file read whole and bounded (at most ``limit`` bytes, UTF-8, nesting Python can
+    parse); anything else is a ValueError of one line naming ``path`` and saying it is not a
+    ``what`` (``text_what`` for bytes that are not UTF-8). The manifest and the daemon's
+    configuration file both come through here."""
+    try:
+        with open(path, "rb") as f:
+            text = f.read(limit + 1)
+        if len(text) > limit:
+            raise ValueError("%s is over %d bytes: not a %s" % (path, limit, what))
+        return yaml.safe_load(text.decode("utf-8"))
+    except UnicodeDecodeError as e:
+        raise ValueError("%s is not UTF-8 text (byte %d): not a %s" % (path, e.start, text_what or what)) from None
+    except yaml.YAMLError as e:
+        raise ValueError("%s is not valid YAML: %s" % (path, str(e).replace("\n", " ")[:300])) from None
+    except RecursionError:
+        raise ValueError("%s is nested too deeply: not a %s" % (path, what)) from None
+    except OSError as e:
+        raise ValueError("cannot read %s: %s" % (path, e.strerror or e)) from None
+
+
 def read(model_dir: str, verify: bool = True, low_priority: bool = False) -> Dict[str, Any]:
     """Read and validate ``model_dir/manifest.yaml``; with ``verify`` check every file's
     sha256 (``low_priority``: hashing at nice 19, beside a daemon that serves)."""
@@ -62,19 +83,9 @@ def read(model_dir: str, verify: bool = True, low_priority: bool = False) -> Dic
     if not os.path.isfile(path):
         raise ManifestError("%s is missing: not a dnnscale model set" % path)
     try:
-        with open(path, "rb") as f:
-            text = f.read(MAX_MANIFEST_BYTES + 1)
-        if len(text) > MAX_MANIFEST_BYTES:
-            raise ManifestError("%s is over %d bytes: not a dnnscale manifest" % (path, MAX_MANIFEST_BYTES))
-        m = yaml.safe_load(text.decode("utf-8"))
-    except UnicodeDecodeError as e:
-        raise ManifestError("%s is not UTF-8 text (byte %d): not a dnnscale manifest" % (path, e.start)) from None
-    except yaml.YAMLError as e:
-        raise ManifestError("%s is not valid YAML: %s" % (path, str(e).replace("\n", " ")[:300])) from None
-    except RecursionError:
-        raise ManifestError("%s is nested too deeply: not a dnnscale manifest" % path) from None
-    except OSError as e:
-        raise ManifestError("cannot read %s: %s" % (path, e.strerror or e)) from None
+        m = read_yaml(path, MAX_MANIFEST_BYTES, "dnnscale manifest")
+    except ValueError as e:
+        raise ManifestError(str(e)) from None
     if not isinstance(m, dict):
         raise ManifestError("%s must be a YAML mapping" % path)
     if m.get("format") != FORMAT:
