@@ -97,18 +97,14 @@ def cmd_train(a: argparse.Namespace) -> int:
 
 def cmd_columns(a: argparse.Namespace) -> int:
     from models import manifest as mf, onnxset, zoo
-    from models.manifest import ModelSetError
     try:
         model_dir = zoo.resolve(a.model)
         m = mf.read(model_dir)
-    except ModelSetError as e:
+    except mf.ModelSetError as e:
         raise CliError(str(e))
     if m["kind"] != "group":
         raise CliError("%s is a %s: only a group set has columns" % (model_dir, m["kind"]))
     files = onnxset.add_columns(model_dir, m)
-    for f in files:
-        m["files"].setdefault(f, {})
-    m["columns"] = onnxset.columns_entry(len(m["levels"]))
     mf.write(model_dir, m)
     print("wrote %d column graphs in %s and listed them in its manifest" % (len(files), model_dir))
     return 0

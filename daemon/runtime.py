@@ -112,13 +112,12 @@ class Builder:
             use = profile.at_fixed_frequency(khz)
         gov = Governor(space, levels, use)
         if previous is not None:
-            if previous.profile is not use and _same_profile(previous.profile, use):
+            if previous.profile is not use and same_profile(previous.profile, use):
                 gov.set_profile(previous.profile)
             gov.carry_over(previous)
         return Runtime(models, model_dir, targets, gpu_reason, levels, space, profile, per_frequency, gov)
 
 
-def _same_profile(a: Profile, b: Profile) -> bool:
+def same_profile(a: Profile, b: Profile) -> bool:
     """The same measurement (a reload that read the unchanged file again)."""
-    return a.source == b.source and getattr(a, "created", None) == getattr(b, "created", None) \
-        and a.to_dict() == b.to_dict()
+    return a.created == b.created and a.to_dict() == b.to_dict()      # to_dict holds the source

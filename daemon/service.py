@@ -25,7 +25,7 @@ from .config import KEY_DOCS, Config, ConfigError
 from .executor import Executor, Ran
 from .metrics import Counters
 from .protocol import InferRequest, InputSpec, ProtocolError
-from .runtime import Builder, Runtime
+from .runtime import Builder, Runtime, same_profile
 
 log = logging.getLogger("dnnscale.service")
 BUDGET_FILE = "budget.json"
@@ -313,7 +313,7 @@ class Service:
                                 "input or classes (restart the daemon to change models)")
         stored = profiler.load(self.cfg.state_dir, self.profile_key, old.targets)
         profile = old.profile
-        if stored is not None and not (stored.created == old.profile.created and stored.to_dict() == old.profile.to_dict()):
+        if stored is not None and not same_profile(stored, old.profile):
             profile = stored               # a new profile applies whether DVFS is on or off
         with self.lock:
             for k in LIVE_KEYS:            # the object the server reads too

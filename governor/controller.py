@@ -326,12 +326,9 @@ class Governor:
         pin = dict(old.pinned)
         if pin.get("target") is not None and pin["target"] not in self.targets:
             pin.pop("target")
-        if pin.get("freq_khz") is not None:
-            where = self._freq == pin["freq_khz"]
-            if pin.get("target") is not None:
-                where &= self._tgt == self.targets.index(pin["target"])
-            if not where.any():           # that frequency is no longer in the space (DVFS lost there)
-                pin.pop("freq_khz")
+        if pin.get("freq_khz") is not None and not self._matching(target=pin.get("target"),
+                                                                  freq_khz=pin["freq_khz"]).any():
+            pin.pop("freq_khz")           # that frequency is no longer in the space (DVFS lost there)
         if pin:
             self.pin(level=pin.get("groups"), target=pin.get("target"), freq_khz=pin.get("freq_khz"))
         self.stats = old.stats
@@ -347,11 +344,8 @@ class Governor:
         """The one rule for what may run: the operator's pin and the caps in force. A request
         that forces its level replaces the pin's level only: ``_forced`` keeps the pinned
         target and frequency and the caps for it."""
-        place = np.ones(len(self.space), bool)          # the pin's target and frequency, the caps
-        if self.pinned.get("target") is not None:
-            place &= self._tgt == self.targets.index(self.pinned["target"])
-        if self.pinned.get("freq_khz") is not None:
-            place &= self._freq == self.pinned["freq_khz"]
+        self._pin_place = self._matching(target=self.pinned.get("target"), freq_khz=self.pinned.get("freq_khz"))
+        place = self._pin_place.copy()                  # the pin's target and frequency, the caps
         for name, khz in self.caps.items():
             place &= ~((self._tgt == self.targets.index(name)) & (self._freq > khz))
         self._place = place
@@ -382,9 +376,9 @@ class Governor:
     def clear_budget(self) -> None:
         self.set_budget(Budget())
 
-    def pin(self, level: Optional[int] = None, target: Optional[str] = None,
-            freq_khz: Optional[int] = None) -> None:
-        """Restrict decisions to configurations matching what is given (any subset)."""
+    def _matching(self, level: Optional[int] = None, target: Optional[str] = None,
+                  freq_khz: Optional[int] = None):
+        """The configurations with what is given (any subset; an unknown target: none)."""
         mask = np.ones(len(self.space), bool)
         if level is not None:
             mask &= self._lvl == level
@@ -392,7 +386,12 @@ class Governor:
             mask &= self._tgt == (self.targets.index(target) if target in self.targets else -1)
         if freq_khz is not None:
             mask &= self._freq == freq_khz
-        if not mask.any():
+        return mask
+
+    def pin(self, level: Optional[int] = None, target: Optional[str] = None,
+            freq_khz: Optional[int] = None) -> None:
+        """Restrict decisions to configurations matching what is given (any subset)."""
+        if not self._matching(level, target, freq_khz).any():
             raise ValueError("no configuration has %s" % ", ".join(
                 "%s=%s" % kv for kv in (("groups", level), ("target", target), ("freq_khz", freq_khz))
                 if kv[1] is not None))
@@ -567,7 +566,7 @@ class Governor:
         en = self._base_en * ce[self._tgt]
         allowed = np.isin(self._lvl, order) & allowed
         if not allowed.any():        # caps below every allowed frequency: the pin alone
-            allowed = np.isin(self._lvl, order) & self._pin_mask()
+            allowed = np.isin(self._lvl, order) & self._pin_place
         ratios = [np.zeros_like(lat)]
         if limit_s is not None:
             ratios.append(lat * np.array([m.margin for m in self.tm])[self._tgt] / limit_s)
@@ -585,15 +584,6 @@ class Governor:
         idx = idx[self._acc[idx] == self._acc[idx].max()]
         ekey = self._base_ekey[idx] * ce[self._tgt[idx]]
         return int(idx[np.lexsort((lat[idx], self._freq[idx], ekey))[0]]), feasible
-
-    def _pin_mask(self):
-        """The pin's target and frequency, without the caps."""
-        mask = np.ones(len(self.space), bool)
-        if self.pinned.get("target") is not None:
-            mask &= self._tgt == self.targets.index(self.pinned["target"])
-        if self.pinned.get("freq_khz") is not None:
-            mask &= self._freq == self.pinned["freq_khz"]
-        return mask
 
     # ------------------------------------------------------------------ feedback
     def observe(self, config: Config, latency_s: float, energy_j: Optional[float] = None,

@@ -258,8 +258,8 @@ def write_dense(path: str, arch: Arch, t: Dict[str, np.ndarray]) -> None:
 def add_columns(model_dir: str, manifest: Dict) -> List[str]:
     """Write the column graphs of a group set exported before they existed, from the offsets
     and shapes its ``k{G}.onnx`` (every tensor of the G-group network) and ``k1..k{G}.onnx``
-    (the heads) give for weights.bin; returns the new files (the caller lists them in the
-    manifest with ``columns_entry``)."""
+    (the heads) give for weights.bin, and list them in ``manifest`` (``files``, ``columns``;
+    the caller writes it); returns the new files."""
     from .arch import Arch
     arch = Arch.from_dict(manifest["arch"])
     groups = len(manifest["levels"])
@@ -272,4 +272,8 @@ def add_columns(model_dir: str, manifest: Dict) -> List[str]:
             key = "head%d.%s" % (k, t.name.split(".")[1]) if t.name.startswith("head.") else t.name
             if k == groups or key.startswith("head"):
                 offsets[key], shapes[key] = int(ext["offset"]), tuple(int(d) for d in t.dims)
-    return write_columns(model_dir, arch, groups, shapes, offsets)
+    files = write_columns(model_dir, arch, groups, shapes, offsets)
+    for f in files:
+        manifest["files"].setdefault(f, {})
+    manifest["columns"] = columns_entry(groups)
+    return files

@@ -308,7 +308,7 @@ class SysfsPlatform(Platform):
             return None
 
     def energy_between(self, j0: float, j1: float) -> float:
-        return self.meter.energy_between(j0, j1) if self.meter is not None else (j1 - j0) * 1e3
+        return self.meter.energy_between(j0, j1) if self.meter is not None else super().energy_between(j0, j1)
 
     # ------------------------------------------------------------------ lifecycle
     def claim(self, doing: str) -> None:

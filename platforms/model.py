@@ -163,6 +163,9 @@ class Platform:
     def energy_available(self) -> bool:
         return False
 
+    # How long after a frequency change power reads belong to the new frequency (s).
+    settle_s = 0.0
+
     @property
     def energy_degraded(self) -> str:
         """Why energy reads fail right now (a transient sensor error the meter retries), or ""."""

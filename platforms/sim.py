@@ -171,8 +171,6 @@ class SimBoard(Platform):
     def energy_available(self) -> bool:
         return True
 
-    settle_s = 0.0
-
     def board_model(self, macs: float, target: str, noise: bool = True) -> Optional[Tuple[float, float]]:
         return self.run(macs, target) if noise else self.predict(macs, target)
 
