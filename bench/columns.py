@@ -1,25 +1,27 @@
 """One inference on several processors at once: the group columns of k split over two
 one-CPU lanes, against the one-CPU lane and the all-CPU lane running k whole.
 
-Direct ``ModelSet`` runs at batch 1 (not through the daemon: a split is not a daemon target
-yet), one process, the three rows in interleaved blocks (``--blocks`` blocks of ``--runs``
-runs each, a row's block after the other rows'), so that all of them see the same moments of
-a noisy machine. The split runs columns 1..c in the calling thread pinned to CPU 0 and c+1..k
-in a worker pinned to CPU 1, each a one-thread onnxruntime session, and joins them in the head; c is
-chosen so both halves have about the same MACs. The one-CPU lane is pinned to CPU 0; the
-all-CPU lane is one session with a thread per CPU. Medians of the per-block p50 and p99 with
-their ranges; issue 33's targets at k=G: split p50 <= 0.7x the one-CPU lane's and <= 1.1x the
-all-CPU lane's, p99 <= 1.2x the all-CPU lane's.
+First direct ``ModelSet`` runs at batch 1, then the same rows through a real ``dnnscale
+serve`` (client round trips; pins of ``cpu:1``, ``cpu`` and the split target), each time one
+process timing the three rows in interleaved blocks (``--blocks`` blocks of ``--runs`` runs
+each, a row's block after the other rows'), so that all of them see the same moments of a
+noisy machine. The split runs columns 1..c in the calling thread pinned to CPU 0 and c+1..k
+in the lane worker pinned to CPU 1, each a one-thread onnxruntime session, and joins them in
+the head; c is chosen so both halves have about the same MACs (governor.cut_columns, as the
+daemon cuts equal lanes). The one-CPU lane is pinned to CPU 0; the all-CPU lane is one
+session with a thread per CPU. Medians of the per-block p50 and p99 with their ranges;
+issue 33's targets at k=G: split p50 <= 0.7x the one-CPU lane's and <= 1.1x the all-CPU
+lane's, p99 <= 1.2x the all-CPU lane's. Then the memory: PSS of the set as the daemon holds
+it with its split against the k=G network alone.
 
-    python -m bench.columns [--model NAME] [--blocks N] [--runs N]
+    python -m bench.columns [--model NAME] [--k K] [--blocks N] [--runs N] [--direct-only]
 """
 from __future__ import annotations
 
 import argparse
+import json
 import os
-import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
 from typing import Dict, List
 
 import numpy as np
@@ -28,14 +30,15 @@ from .common import in_fresh_process, machine, table
 
 _SET_WITH_SPLIT = r'''
 import json, numpy as np, psutil
-from concurrent.futures import ThreadPoolExecutor
+from governor import column_macs, cut_columns, levels_from_manifest
 from models import ModelSet
 ms = ModelSet.load(%(model)r)
 x = np.zeros((1,) + ms.input_shape, np.float32)
 for k in range(1, ms.groups + 1): ms.run(k, x)
-with ThreadPoolExecutor(1) as pool:
-    for c in range(1, ms.groups):
-        ms.run_split(ms.groups, x, [(1, c, 1), (c + 1, ms.groups, 1)], pool=pool)
+cols = column_macs(levels_from_manifest(ms.manifest))
+lanes = [ms.lane("cpu0", [], 1), ms.lane("cpu1", [], 1)]
+for k in range(2, ms.groups + 1):    # every cut the daemon's split of two equal lanes uses
+    ms.run_split(k, x, cut_columns(cols[:k], [(1.0, 0.0)] * 2), lanes)
 print(json.dumps({"pss_mib": psutil.Process().memory_full_info().pss / 2**20}))
 '''
 
@@ -49,7 +52,7 @@ print(json.dumps({"pss_mib": psutil.Process().memory_full_info().pss / 2**20}))
 
 def memory(model: str) -> Dict:
     """PSS of a fresh process: the k=G sub-network alone (its own embedded .onnx, one session)
-    against the whole set with every k and every two-way split of k=G loaded and run."""
+    against the whole set with every k and the split's cuts of k = 2..G loaded and run."""
     import tempfile
     from models import zoo
     from .modelset import standalone_models
@@ -61,30 +64,6 @@ def memory(model: str) -> Dict:
     return {"alone_mib": a, "set_mib": s}
 
 
-def _pinned_pool(cpus: List[int]) -> ThreadPoolExecutor:
-    """A worker per CPU, each pinned to its own (its first task pins it)."""
-    pool = ThreadPoolExecutor(len(cpus))
-    barrier = threading.Barrier(len(cpus))
-
-    def pin(cpu):
-        os.sched_setaffinity(0, {cpu})
-        barrier.wait()
-    list(pool.map(pin, cpus))
-    return pool
-
-
-def _cut(levels: List[Dict], k: int) -> int:
-    """The column c splitting 1..k into two halves of about equal MACs (a column's MACs: the
-    difference between consecutive levels')."""
-    macs = [levels[0]["macs"]] + [levels[i]["macs"] - levels[i - 1]["macs"] for i in range(1, k)]
-    total, acc = sum(macs), 0
-    for c in range(1, k):
-        acc += macs[c - 1]
-        if acc >= total / 2:
-            return c
-    return k - 1
-
-
 def run(model: str, k: int = None, blocks: int = 10, runs: int = 100) -> Dict:
     from models import ModelSet, zoo
     cpus = sorted(os.sched_getaffinity(0))
@@ -94,34 +73,81 @@ def run(model: str, k: int = None, blocks: int = 10, runs: int = 100) -> Dict:
     one = ModelSet.load(d, threads=1)
     wide = ModelSet.load(d, threads=len(cpus))
     k = k or one.groups
-    c = _cut(one.manifest["levels"], k)
+    from governor import column_macs, cut_columns, levels_from_manifest
+    c = cut_columns(column_macs(levels_from_manifest(one.manifest))[:k], [(1.0, 0.0)] * 2)[0][1]
     x = np.zeros((1,) + one.input_shape, np.float32)
-    pool = _pinned_pool(cpus[1:2])
+    lanes = [one.lane("cpu%d" % cpus[0], [cpus[0]], 1), one.lane("cpu%d" % cpus[1], [cpus[1]], 1)]
     here = os.sched_getaffinity(0)
     rows = {"one-CPU lane (k whole, 1 thread)": [], "all-CPU lane (k whole, %d threads)" % len(cpus): [],
             "split (columns 1-%d | %d-%d, 1 thread each)" % (c, c + 1, k): []}
     names = list(rows)
 
     fns = [lambda: one.run(k, x), lambda: wide.run(k, x),
-           lambda: one.run_split(k, x, [(1, c, 1), (c + 1, k, 1)], pool=pool)]
+           lambda: one.run_split(k, x, [(1, c), (c + 1, k)], lanes)]
     for fn in fns:                        # warm every session
         for _ in range(20):
             fn()
-    try:
-        for _ in range(blocks):
-            for name, fn in zip(names, fns):
-                if not name.startswith("all-CPU"):
-                    os.sched_setaffinity(0, {cpus[0]})
-                t = []
-                for _ in range(runs):
-                    t0 = time.perf_counter()
-                    fn()
-                    t.append(time.perf_counter() - t0)
-                os.sched_setaffinity(0, here)
-                rows[name].append((np.percentile(t, 50) * 1e3, np.percentile(t, 99) * 1e3))
-    finally:
-        pool.shutdown()
+    for _ in range(blocks):
+        for name, fn in zip(names, fns):
+            if not name.startswith("all-CPU"):
+                os.sched_setaffinity(0, {cpus[0]})
+            t = []
+            for _ in range(runs):
+                t0 = time.perf_counter()
+                fn()
+                t.append(time.perf_counter() - t0)
+            os.sched_setaffinity(0, here)
+            rows[name].append((np.percentile(t, 50) * 1e3, np.percentile(t, 99) * 1e3))
     return {"k": k, "cut": c, "rows": rows, "blocks": blocks, "runs": runs, "model": model}
+
+
+def through_daemon(model: str, ks: List[int], blocks: int = 10, runs: int = 100) -> Dict:
+    """The same three rows through a real ``dnnscale serve`` (client round trips at batch 1
+    over ipc), each a pin of the target: the one-CPU lane (``cpu:1``), the all-CPU lane
+    (``cpu``) and the split over single-CPU lanes; per block and k, the rows in turn."""
+    import tempfile
+    from models import zoo
+    from tests.daemon_harness import Daemon
+    out = {"rows": {}, "blocks": blocks, "runs": runs, "model": model, "labels": {}}
+    with tempfile.TemporaryDirectory() as tmp:
+        cfg = os.path.join(tmp, "c.yaml")
+        with open(cfg, "w") as f:
+            f.write("profile_runs: 2\n")
+        d = Daemon(os.path.join(tmp, "run"), zoo.resolve(model), config=cfg, threads=None)   # as deployed
+        try:
+            d.wait_ready()
+            with d.client(timeout_s=30) as c:
+                st = c.status()
+                split = next((n for n, t in st["targets"].items() if "split" in t), None)
+                if split is None:
+                    raise SystemExit("bench.columns: the daemon has no split target (%s)" % st["splits"])
+                targets = [("one-CPU lane (cpu:1)", "cpu:1"), ("all-CPU lane (cpu)", "cpu"),
+                           ("split (%s)" % split, split)]
+                img = np.random.default_rng(0).integers(0, 256, (256, 32, 32, 3), dtype=np.uint8)
+                x = img[:1]
+                for k in ks:                     # the labels: the split's are the whole network's
+                    got = {}
+                    for _, t in targets:
+                        c.pin(groups=k, target=t)
+                        got[t] = c.infer(img).labels
+                    out["labels"][k] = all(got[t] == got["cpu"] for _, t in targets)
+                for _ in range(blocks):
+                    for k in ks:
+                        for name, t in targets:
+                            c.pin(groups=k, target=t)
+                            for _ in range(10):
+                                c.infer(x)
+                            rt = []
+                            for _ in range(runs):
+                                t0 = time.perf_counter()
+                                c.infer(x)
+                                rt.append(time.perf_counter() - t0)
+                            out["rows"].setdefault(k, {}).setdefault(name, []).append(
+                                (np.percentile(rt, 50) * 1e3, np.percentile(rt, 99) * 1e3))
+                out["lanes"] = st["targets"][split]["split"]
+        finally:
+            d.stop()
+    return out
 
 
 def report(r: Dict) -> str:
@@ -151,16 +177,43 @@ def report(r: Dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def report_daemon(r: Dict) -> str:
+    lines = ["Through the daemon: client round trips at batch 1 over ipc, %s, %d blocks of %d requests per row "
+             "and k (%s)" % (r["model"], r["blocks"], r["runs"], machine()), ""]
+    body = []
+    for k, rows in r["rows"].items():
+        one, wide, split = list(rows)
+        rs = np.array([(s[0] / o[0], s[0] / w[0], s[1] / w[1]) for o, w, s in zip(rows[one], rows[wide], rows[split])])
+        for n in (one, wide, split):
+            p50s, p99s = [b[0] for b in rows[n]], [b[1] for b in rows[n]]
+            body.append([k, n, "%.3f (%.3f-%.3f)" % (np.median(p50s), min(p50s), max(p50s)),
+                         "%.3f (%.3f-%.3f)" % (np.median(p99s), min(p99s), max(p99s)),
+                         "" if n != split else "%.2fx (%.2f-%.2f)" % (np.median(rs[:, 0]), rs[:, 0].min(), rs[:, 0].max()),
+                         "" if n != split else "%.2fx (%.2f-%.2f)" % (np.median(rs[:, 1]), rs[:, 1].min(), rs[:, 1].max()),
+                         "" if n != split else "%.2fx (%.2f-%.2f)" % (np.median(rs[:, 2]), rs[:, 2].min(), rs[:, 2].max()),
+                         "" if n != split else ("yes" if r["labels"][k] else "NO")])
+    lines.append(table(["k", "row", "p50 ms (range over blocks)", "p99 ms (range)", "split p50 / one-CPU p50",
+                        "split p50 / all-CPU p50", "split p99 / all-CPU p99", "same labels (256 images)"], body))
+    lines += ["", "Targets at k=G: split p50 <= 0.7x the one-CPU lane's and <= 1.1x the all-CPU lane's, "
+              "p99 <= 1.2x the all-CPU lane's. The split's lanes and columns: %s" % json.dumps(r["lanes"])]
+    return "\n".join(lines) + "\n"
+
+
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(prog="python -m bench.columns", description=__doc__.split("\n")[0])
     ap.add_argument("--model", default="cifar10-g4", help="a group set with columns (default cifar10-g4)")
     ap.add_argument("--k", type=int, default=None, help="the level (default: all groups)")
     ap.add_argument("--blocks", type=int, default=10)
     ap.add_argument("--runs", type=int, default=100)
+    ap.add_argument("--direct-only", action="store_true", help="skip the rows through the daemon")
     a = ap.parse_args(argv)
     print(report(run(a.model, a.k, a.blocks, a.runs)))
-    m = memory(a.model)
-    print("PSS: the k=G sub-network alone %.1f MiB; the set with every k and every two-way split of k=G "
+    if not a.direct_only:
+        from models import ModelSet, zoo
+        G = ModelSet.load(zoo.resolve(a.model), threads=1).groups
+        print(report_daemon(through_daemon(a.model, [a.k] if a.k else list(range(2, G + 1)), a.blocks, a.runs)))
+    m = memory(a.model)   # the whole set and every two-way split of k=G loaded
+    print("PSS: the k=G sub-network alone %.1f MiB; the set with every k and the split's cuts of k = 2..G "
           "loaded and run %.1f MiB: %.2fx (target <= 1.10x)" % (m["alone_mib"], m["set_mib"],
                                                                m["set_mib"] / m["alone_mib"]))
 

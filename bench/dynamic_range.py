@@ -30,7 +30,7 @@ def measured(model_dir: str, runs: int = 100) -> List[Dict]:
     x = np.zeros((1,) + ms.input_shape, np.float32)
     rows = []
     try:
-        for target in plat.targets:
+        for target in [n for n, t in plat.targets.items() if not t.is_split]:   # splits: bench/columns.py
             plat.pin(target)
             for k in range(1, ms.groups + 1):
                 t = timings(lambda: ms.run(k, x, target), runs)
@@ -44,17 +44,26 @@ def measured(model_dir: str, runs: int = 100) -> List[Dict]:
 def simulated(model_dir: str) -> Dict[str, List[Dict]]:
     from models import manifest as mf
     from platforms.sim import SimBoard
+    from governor import Config, levels_from_manifest
+    from .scenarios import Work, _space, measure_profile
     m = mf.read(model_dir)
+    levels = levels_from_manifest(m)
     out = {}
     for name in ("sim-odroid-xu3", "sim-jetson-nano"):
         b = SimBoard(name)
+        work = Work(b, levels, measure_profile(SimBoard(name), _space(b, levels), levels))
         rows = []
         for lv in m["levels"]:
-            for t, st in b.sim_targets.items():
+            for t, st in b.targets.items():
+                if st.is_split and lv["level"] < len(st.parts):
+                    continue
                 for f in st.freqs_khz:
-                    lat, en = b.predict(lv["macs"], t, f)
+                    w = work(Config(lv["level"], t, f)) if st.is_split else lv["macs"]
+                    if st.is_split and w == lv["macs"]:
+                        continue
+                    lat, en = b.predict(w, t, f)
                     rows.append({"k": lv["level"], "target": t, "freq_khz": f, "latency_ms": lat * 1e3,
-                                 "energy_mj": en * 1e3, "accuracy": lv.get("accuracy")})
+                                 "energy_mj": en * 1e3, "accuracy": lv.get("accuracy"), "split": st.is_split})
         out[name] = rows
     return out
 
@@ -66,13 +75,16 @@ def _range(rows, key) -> Optional[float]:
 
 def axes(rows: List[Dict]) -> Dict[str, List[Dict]]:
     """(a) the fastest target at its top frequency, (b) every target at its top frequency,
-    (c) everything."""
+    (c) everything but the splits, (d) with the splits (the columns at once on every
+    processor)."""
+    splits = [r for r in rows if r.get("split")]
+    rows = [r for r in rows if not r.get("split")]
     fmax = {t: max(r["freq_khz"] for r in rows if r["target"] == t) for t in {r["target"] for r in rows}}
     at_max = [r for r in rows if r["freq_khz"] == fmax[r["target"]]]
     top = max(r["k"] for r in rows)
     fastest = min((r for r in at_max if r["k"] == top), key=lambda r: r["latency_ms"])["target"]
     return {"(a) groups alone": [r for r in at_max if r["target"] == fastest],
-            "(b) groups + mapping": at_max, "(c) + DVFS": rows}
+            "(b) groups + mapping": at_max, "(c) + DVFS": rows, "(d) + splits (columns in parallel)": rows + splits}
 
 
 def run(model_dir: str, quick: bool = False) -> Dict:
@@ -82,9 +94,23 @@ def run(model_dir: str, quick: bool = False) -> Dict:
     res["boards"]["this machine (measured)"] = {
         "(a) groups alone": [r for r in real if r["target"] == fastest],
         "(b) groups + mapping": real, "(c) + DVFS": None}
+    res["splits"] = []
     for name, rows in simulated(model_dir).items():
         res["boards"][name + " (SIMULATED)"] = axes(rows)
+        res["splits"] += split_rows(name, rows)
     return res
+
+
+def split_rows(board: str, rows: List[Dict]) -> List[List]:
+    """Per k, the fastest configuration on one processor against the fastest split."""
+    out = []
+    for k in sorted({r["k"] for r in rows if r.get("split")}):
+        one = min((r for r in rows if r["k"] == k and not r.get("split")), key=lambda r: r["latency_ms"])
+        s = min((r for r in rows if r["k"] == k and r.get("split")), key=lambda r: r["latency_ms"])
+        out.append([board + " (SIMULATED)", k, "%s %.3f ms, %.2f mJ" % (one["target"], one["latency_ms"], one["energy_mj"]),
+                    "%s %.3f ms, %.2f mJ" % (s["target"], s["latency_ms"], s["energy_mj"]),
+                    "%.2fx" % (s["latency_ms"] / one["latency_ms"]), "%.2fx" % (s["energy_mj"] / one["energy_mj"])])
+    return out
 
 
 def report(r: Dict) -> str:
@@ -98,8 +124,14 @@ def report(r: Dict) -> str:
             rows.append([board, name, "%.2fx" % t, "n/a (no sensor)" if e is None else "%.2fx" % e, len(sel)])
     for claim, (t, e) in PAPER.items():
         rows.append(["Xun et al. 2019 (published)", claim, "%.2fx" % t, "%.2fx" % e, "-"])
-    return ("Machine: %s. Dynamic range = max/min over the configurations of each axis.\n\n" % r["machine"] +
-            table(["board", "axis", "latency range", "energy range", "configurations"], rows))
+    out = ("Machine: %s. Dynamic range = max/min over the configurations of each axis.\n\n" % r["machine"] +
+           table(["board", "axis", "latency range", "energy range", "configurations"], rows))
+    if r.get("splits"):
+        out += ("\n\nThe fastest configuration of each k on one processor (any frequency) against the fastest "
+                "split (the group columns at once on every processor, bench/columns.py measures it on this "
+                "machine):\n\n" + table(["board", "k", "fastest on one processor", "fastest split",
+                                          "latency ratio", "energy ratio"], r["splits"]))
+    return out
 
 
 def pareto(rows: List[Dict], key: str) -> List[Dict]:

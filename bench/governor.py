@@ -28,7 +28,12 @@ from .common import ROOT, machine, table
 
 
 def simulated(levels) -> List[Dict]:
-    return [S.run(sc, p, levels) for sc in S.scenarios() for p in S.POLICIES]
+    """Every policy per scenario, and dnnscale again with the split targets in its space."""
+    out = []
+    for sc in S.scenarios():
+        out += [S.run(sc, p, levels) for p in S.POLICIES]
+        out.append(dict(S.run(sc, "dnnscale", levels, splits=True), policy="dnnscale, with splits"))
+    return out
 
 
 def measured(model_dir: str) -> List[Dict]:
@@ -94,7 +99,7 @@ def _real(model_dir: str, n: int, settle: int, label: str) -> List[Dict]:
     plat = platforms.create("generic")
     ms = ModelSet.load(model_dir, lanes=Builder(plat).lanes())      # each lane its own thread count, as served
     levels = levels_from_manifest(ms.manifest)
-    space = build_space(levels, {t: [] for t in plat.targets})
+    space = build_space(levels, {n: [] for n, t in plat.targets.items() if not t.is_split})
     ex = Executor(plat)
     quiet = profiler.measure(ex, ms, space, levels, runs=30)
     burners = [_burner() for _ in range(os.cpu_count() or 1)]

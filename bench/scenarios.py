@@ -13,7 +13,8 @@ from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 
-from governor import Budget, Config, Governor, Level, Params, Profile, Sample, build_space, plan_measurements
+from governor import (Budget, Config, Governor, Level, Params, Profile, Sample, build_space, column_macs, cut_columns,
+                      plan_measurements, split_macs)
 from governor.baselines import Oracle, Ondemand, Performance, StepManager
 from platforms.sim import Interference, SimBoard
 
@@ -67,19 +68,44 @@ def scenarios() -> List[Scenario]:
     return [xu3, nano, nano_gpu]
 
 
+class Work:
+    """What level k costs on a target of a simulated board: its MACs, or a split's per lane,
+    cut as the daemon cuts it (governor.cut_columns, from the profile of the lanes)."""
+
+    def __init__(self, board: SimBoard, levels: List[Level], profile: Optional[Profile] = None):
+        self.macs = {l.level: l.macs for l in levels}
+        self.cols = column_macs(levels)
+        self.cuts: Dict[Tuple[str, int], List[Tuple[int, int]]] = {}
+        for name, t in board.targets.items():
+            if t.is_split and profile is not None:
+                costs = [(profile.fits[p.name].a / max(p.freqs_khz), profile.fits[p.name].b) for p in t.parts]
+                for k in range(len(t.parts), len(self.cols) + 1):
+                    self.cuts[(name, k)] = cut_columns(self.cols[:k], costs)
+
+    def __call__(self, c: Config):
+        cut = self.cuts.get((c.target, c.level))
+        return split_macs(self.cols, cut) if cut else self.macs[c.level]
+
+
 def measure_profile(board: SimBoard, space: List[Config], levels: List[Level]) -> Profile:
-    """What ``dnnscale profile`` does, on a simulated board: measure the planned subset."""
-    macs = {l.level: l.macs for l in levels}
+    """What ``dnnscale profile`` does, on a simulated board: measure the planned subset; the
+    splits last, cut from the profile of their lanes."""
+    plan = plan_measurements(space)
     samples = []
-    for c in plan_measurements(space):
-        board.set_frequency(c.target, c.freq_khz)
-        lat, en = board.predict(macs[c.level], c.target)
-        samples.append(Sample(c, lat, en))
+    for split in (False, True):
+        work = Work(board, levels, Profile.fit(samples, levels) if split else None)
+        for c in plan:
+            if board.targets[c.target].is_split == split:
+                board.set_frequency(c.target, c.freq_khz)
+                lat, en = board.predict(work(c), c.target)
+                samples.append(Sample(c, lat, en))
     return Profile.fit(samples, levels, source="simulated measurement")
 
 
-def _space(board: SimBoard, levels: List[Level]) -> List[Config]:
-    return build_space(levels, {n: t.freqs_khz for n, t in board.targets.items()})
+def _space(board: SimBoard, levels: List[Level], splits: bool = False) -> List[Config]:
+    """Every configuration of the board; its split targets only where ``splits``."""
+    return build_space(levels, {n: t.freqs_khz for n, t in board.targets.items() if splits or not t.is_split},
+                       {n: len(t.parts) for n, t in board.targets.items() if t.is_split})
 
 
 FIXED = "dnnscale, fixed 10% margin"   # the governor without its quantile margin
@@ -102,16 +128,18 @@ def policy_from_profile(policy: str, space: List[Config], levels: List[Level], p
 
 
 def run(scenario: Scenario, policy: str, levels: List[Level], seed: int = 0,
-        settle: int = 20) -> Dict:
+        settle: int = 20, splits: bool = False) -> Dict:
+    """One policy through one scenario; ``splits``: the split targets are in its space."""
     board = SimBoard(scenario.board, seed=seed)
-    space = _space(board, levels)
+    space = _space(board, levels, splits)
     profile = measure_profile(SimBoard(scenario.board), space, levels)
-    macs = {l.level: l.macs for l in levels}
+    work = Work(board, levels, profile)
     acc = {l.level: l.accuracy for l in levels}
     clock = lambda: board.now
     if policy == "oracle":
         def truth(c: Config):
-            return board.predict(macs[c.level], c.target, board.effective(c.target, c.freq_khz))
+            khz = c.freq_khz if board.targets[c.target].is_split else board.effective(c.target, c.freq_khz)
+            return board.predict(work(c), c.target, khz)
         pol = Oracle(space, levels, truth)
     else:
         pol = policy_from_profile(policy, space, levels, profile, clock)
@@ -147,7 +175,7 @@ def run(scenario: Scenario, policy: str, levels: List[Level], seed: int = 0,
         prev = c
         if c.freq_khz is not None:
             board.set_frequency(c.target, c.freq_khz)
-        lat, energy = board.run(macs[c.level], c.target, idle_s=scenario.gap_s)
+        lat, energy = board.run(work(c), c.target, idle_s=scenario.gap_s)
         ran = board.frequency(c.target) if c.freq_khz is not None else None
         pol.observe(c, lat, energy, d.latency_limit_ms, ran_khz=ran)   # what the kernel reports
         limit = d.latency_limit_ms
@@ -172,7 +200,8 @@ def fastest_full_ms(board: str, levels: List[Level]) -> float:
     """The noise-free latency of the full model at the fastest target's top frequency."""
     b = SimBoard(board)
     top = max(levels, key=lambda l: l.macs)
-    return 1e3 * min(b.predict(top.macs, t, khz=max(st.freqs_khz))[0] for t, st in b.targets.items())
+    return 1e3 * min(b.predict(top.macs, t, khz=max(st.freqs_khz))[0] for t, st in b.targets.items()
+                     if not st.is_split)
 
 
 def sweep(board: str, levels: List[Level], multiples=SWEEP, n: int = 300) -> List[Dict]:

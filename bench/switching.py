@@ -58,7 +58,7 @@ ms = ModelSet.load(%(model)r)
 p = platforms.create("generic")
 x = np.zeros((1,) + ms.input_shape, np.float32)
 G = ms.groups
-ts = list(p.targets)
+ts = [n for n, t in p.targets.items() if not t.is_split]
 res = {}
 if len(ts) > 1:
     steady = {}

@@ -126,11 +126,17 @@ def cmd_eval(a: argparse.Namespace) -> int:
 # ---------------------------------------------------------------------------- platform
 def format_platform(d) -> str:
     lines = ["platform: %s%s" % (d["platform"], " (SIMULATED)" if d.get("simulated") else "")]
+    width = max([6] + [len(n) for n in d["targets"]])
     for name, t in d["targets"].items():
         f = t["freqs_khz"]
         freqs = "%g-%g MHz, %d steps" % (f[0] / 1000, f[-1] / 1000, len(f)) if f else "fixed frequency"
         cpus = "cpus %s" % ",".join(map(str, t["cpus"])) if t["cpus"] else t["kind"]
-        lines.append("  target %-6s %-16s %-28s control: %s" % (name, cpus, freqs, t["method"]))
+        if t.get("parts"):
+            lines.append("  target %-*s split: its columns at once on %s; frequencies move together"
+                         % (width, name, " | ".join("%s (%s)" % (p["name"], "cpus " + ",".join(map(str, p["cpus"]))
+                                                                  if p["cpus"] else p["kind"]) for p in t["parts"])))
+            continue
+        lines.append("  target %-*s %-16s %-28s control: %s" % (width, name, cpus, freqs, t["method"]))
     gpu = d.get("gpu")
     if gpu and "gpu" not in d["targets"]:
         lines.append("  gpu (not an inference target) %g-%g MHz" % (gpu["freqs_khz"][0] / 1000,
@@ -323,7 +329,7 @@ def cmd_profile(a: argparse.Namespace) -> int:
         top = max((c.freq_khz or 0) for c in cs)
         lat = ["k=%d %.3f ms" % (lv.level, prof.predict(next(c for c in cs if c.level == lv.level and
                                                               (c.freq_khz or 0) == top), lv.macs)[0] * 1e3)
-               for lv in levels]
+               for lv in levels if any(c.level == lv.level for c in cs)]   # a split from k = its lanes
         print("  %-6s %s%s" % (t, ", ".join(lat), " (at %d MHz)" % (top // 1000) if top else ""))
     print("the daemon serving from %s uses it from its next start" % cfg.state_dir)
     return 0
@@ -365,7 +371,15 @@ def cmd_infer(a: argparse.Namespace) -> int:
         raise CliError("no image to classify")
     rows, header, batch_ms, energy = [], None, 0.0, 0.0
     for start in range(0, len(x), max_batch):       # what the daemon takes in one request
-        res = _call(lambda: c.infer(x[start:start + max_batch], groups=a.groups))
+        chunk = x[start:start + max_batch]
+        if a.progressive:
+            for res in _call(lambda: list(c.infer_progressive(chunk, groups=a.groups, stop_at=a.stop_at))):
+                if not a.json and not res.header.get("final"):
+                    print("k=%d so far (%.3f ms): %s" % (res.header["level"], res.latency_ms, ", ".join(
+                        "%s %s %.2f" % (names[start + i], nm, pr) for i, (nm, pr) in
+                        enumerate(zip(res.header["names"], res.header["probabilities"])))))
+        else:
+            res = _call(lambda: c.infer(chunk, groups=a.groups, stop_at=a.stop_at))
         header = header or res.header
         batch_ms += res.latency_ms
         energy = None if energy is None or res.energy_mj is None else energy + res.energy_mj
@@ -376,7 +390,8 @@ def cmd_infer(a: argparse.Namespace) -> int:
                          "name": classes[i] if i < len(classes) else str(lab),
                          "top": [{"class": j, "p": round(pr, 4)} for j, pr in top],
                          "config": res.config, "latency_ms": res.latency_ms, "batch_images": n,
-                         "latency_ms_per_image": round(res.latency_ms / n, 4), "energy_mj": res.energy_mj})
+                         "latency_ms_per_image": round(res.latency_ms / n, 4), "energy_mj": res.energy_mj,
+                         **({"groups": res.header["groups_per_image"][i]} if "groups_per_image" in res.header else {})})
     if a.json:
         print(json.dumps({"images": rows, "problems": [{"file": p, "error": w} for p, w in problems]}))
     else:
@@ -391,7 +406,8 @@ def cmd_infer(a: argparse.Namespace) -> int:
         for r in rows:
             alts = ", ".join("%s %.2f" % (names_of[t["class"]] if t["class"] < len(names_of) else t["class"], t["p"])
                              for t in r["top"])
-            print("%s: %s (p %.2f; top: %s)" % (r["file"], r["name"], r["top"][0]["p"], alts))
+            print("%s: %s (p %.2f; top: %s)%s" % (r["file"], r["name"], r["top"][0]["p"], alts,
+                                                  "; stopped at k=%d" % r["groups"] if "groups" in r else ""))
     return 1 if problems else 0
 
 
@@ -666,7 +682,13 @@ def build_parser() -> argparse.ArgumentParser:
     inf = client_parser("infer", "classify images (PNG/JPEG/.npy, or folders of them) with the running daemon; "
                         "each is scaled (shorter side) and centre-cropped to the model's input", infer=True)
     inf.add_argument("files", nargs="+", metavar="FILE", help="image files, .npy arrays, or folders")
-    inf.add_argument("--groups", type=int, default=None, help="force k groups for this request")
+    inf.add_argument("--groups", type=int, default=None, help="force k groups for this request (with --stop-at: "
+                                                               "the most an image gets)")
+    inf.add_argument("--stop-at", type=float, default=None, metavar="P",
+                     help="add groups one at a time and stop each image once its top-1 probability reaches P "
+                          "(0 < P <= 1): easy images cost one group, hard ones get more")
+    inf.add_argument("--progressive", action="store_true",
+                     help="print the answer after every added group, as the daemon computes it")
     inf.add_argument("--json", action="store_true")
     inf.set_defaults(func=cmd_infer)
     bu = client_parser("budget", "show, set or clear the latency/energy budget")

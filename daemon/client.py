@@ -11,7 +11,7 @@ import math
 import os
 import time
 from dataclasses import dataclass
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, Iterator, List, Optional
 
 import numpy as np
 import zmq
@@ -190,8 +190,12 @@ class Client:
 
     def _call(self, endpoint: str, frames: List[bytes], rid: str):
         """Send; return (the reply's parsed header, its frames)."""
+        self._sock(endpoint).send_multipart(frames)
+        return self._await(endpoint, rid)
+
+    def _await(self, endpoint: str, rid: str):
+        """The next reply to ``rid`` (a progressive request gets several)."""
         s = self._sock(endpoint)
-        s.send_multipart(frames)
         end = time.monotonic() + self.timeout_s
         while True:
             left = end - time.monotonic()
@@ -219,8 +223,28 @@ class Client:
 
     # ------------------------------------------------------------------ inference
     def infer(self, images: np.ndarray, groups: Optional[int] = None,
-              deadline_ms: Optional[float] = None) -> Result:
-        """Classify uint8 NHWC images or float32 NCHW normalised input."""
+              deadline_ms: Optional[float] = None, stop_at: Optional[float] = None) -> Result:
+        """Classify uint8 NHWC images or float32 NCHW normalised input. ``stop_at``: add
+        groups one at a time and stop each image once its top-1 probability reaches it (the
+        reply's ``groups_per_image`` says where each stopped; ``groups`` is then the most)."""
+        rid, frames = self._request(images, groups, deadline_ms, stop_at, False)
+        head, reply = self._call(self.endpoint, frames, rid)
+        return self._result(head, reply)
+
+    def infer_progressive(self, images: np.ndarray, groups: Optional[int] = None,
+                          deadline_ms: Optional[float] = None, stop_at: Optional[float] = None) -> Iterator[Result]:
+        """One Result per added group, as the daemon computes them (labels, ``probabilities``
+        and ``groups_per_image`` so far in each header); the last has ``final`` true."""
+        rid, frames = self._request(images, groups, deadline_ms, stop_at, True)
+        head, reply = self._call(self.endpoint, frames, rid)
+        while True:
+            r = self._result(head, reply)
+            yield r
+            if head.get("final", True):
+                return
+            head, reply = self._await(self.endpoint, rid)
+
+    def _request(self, images, groups, deadline_ms, stop_at, progressive):
         images = np.ascontiguousarray(images)
         if images.dtype == np.uint8:
             dtype = "uint8"
@@ -236,8 +260,14 @@ class Client:
             header["groups"] = groups
         if deadline_ms is not None:
             header["deadline_ms"] = deadline_ms
+        if stop_at is not None:
+            header["stop_at"] = stop_at
+        if progressive:
+            header["progressive"] = True
         _refuse_non_finite(header)
-        head, reply = self._call(self.endpoint, [dumps(header), images], rid)
+        return rid, [dumps(header), images]
+
+    def _result(self, head: Dict, reply: List[bytes]) -> Result:
         if not head.get("ok"):
             err = head.get("error", {})
             raise DaemonError(err.get("code", "?"), err.get("message", ""))

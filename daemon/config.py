@@ -109,6 +109,7 @@ class Config:
     metrics_port: Optional[int] = None     # Prometheus exporter (off unless set)
     metrics_address: str = "127.0.0.1"
     memory_bound_mb: int = 256             # growth over the floor that drops the inference connections
+    stop_at: Optional[float] = None        # anytime answers for requests that name no stop_at
     source: List[str] = field(default_factory=list)   # where the values came from
 
     def resolve(self) -> "Config":
@@ -149,6 +150,8 @@ KEY_DOCS = {
     "metrics_address": "address of the metrics endpoint (default 127.0.0.1: loopback only)",
     "memory_bound_mb": "how far the daemon's resident size may grow over its floor (a message libzmq holds "
                        "unfinished) before every inference connection is dropped; default 256, 0 turns it off",
+    "stop_at": "the stop_at of requests that name none: add groups one at a time and stop each image once its "
+               "top-1 probability reaches it, a number in (0, 1] (default: off, every image gets the chosen k)",
 }
 
 _TYPES = {f.name: f for f in fields(Config)}
@@ -182,6 +185,11 @@ def _check(key: str, value: Any, where: str) -> Any:
         if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= 1_000_000:
             raise ConfigError("%s: memory_bound_mb must be an integer >= 0 (MB; 0 turns it off), got %s"
                               % (where, _brief(value)))
+    elif key == "stop_at":
+        if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))
+                                  or not 0 < value <= 1):
+            raise ConfigError("%s: stop_at must be a top-1 probability in (0, 1] or null, got %s" % (where, _brief(value)))
+        return None if value is None else float(value)
     elif key in ("dvfs", "gpu", "batch_requests"):
         if not isinstance(value, bool):
             raise ConfigError("%s: %s must be true or false, got %s" % (where, key, _brief(value)))

@@ -9,6 +9,7 @@ set_budget), so every read and change of it, and every platform write, happens u
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
 import threading
 import time
@@ -18,6 +19,7 @@ import numpy as np
 
 from governor import Config, Decision
 from platforms import Platform, PlatformError
+from platforms.model import part_frequencies
 
 from .runtime import Runtime
 
@@ -49,15 +51,19 @@ class Executor:
         self.mapping_error = ""
         self.moved = 0            # runs left that still pay for the last move to another target
 
-    def apply(self, c: Config) -> bool:
+    def apply(self, c: Config, columns=None) -> bool:
         """Pin and set the frequency, touching only what differs from the last config; False
         where the frequency could not be set: the platform rolled the change back and the
-        target's DVFS is off (the caller rebuilds its runtime without its frequencies)."""
+        target's DVFS is off (the caller rebuilds its runtime without its frequencies).
+        ``columns``: the runtime's splits (a split target pins each lane's threads to its
+        own CPUs, the calling thread to the first lane's)."""
         prev = self.applied
         if prev is None or prev.target != c.target:
             self.moved = SETTLE_RUNS     # the next runs pay for the move (see infer)
             try:
                 self.platform.pin(c.target)
+                if columns is not None and c.target in columns.lanes:
+                    columns.repin(c.target)
                 self.mapping_error = ""
             except PlatformError as e:
                 if self.mapping_error != str(e):
@@ -78,14 +84,21 @@ class Executor:
         self.applied = c
         return True
 
-    def reported(self, c: Config) -> Dict:
-        """The configuration as the board runs it: the frequency is the kernel's read-back."""
+    def reported(self, c: Config, rt: Optional[Runtime] = None) -> Dict:
+        """The configuration as the board runs it: the frequency is the kernel's read-back;
+        a split's lanes with the columns each ran (and each one's frequency)."""
         d = c.to_dict()
         if c.freq_khz is not None:
             got = self.freq_read.get(c.target)
             if got is not None and got != c.freq_khz:
                 d["requested_freq_khz"] = c.freq_khz
             d["freq_khz"] = got
+        if rt is not None and rt.is_split(c.target):
+            lanes = rt.columns.describe(c.target, c.level)
+            if c.freq_khz is not None:
+                for lane, f in zip(lanes, part_frequencies(self.platform.targets[c.target], c.freq_khz)):
+                    lane["freq_khz"] = f
+            d["lanes"] = lanes
         return d
 
     def run(self, rt: Runtime, x: np.ndarray, groups: Optional[int] = None,
@@ -94,19 +107,20 @@ class Executor:
         is given the returned ``Ran`` (the server sends the replies first)."""
         with self.lock:
             d = rt.governor.decide(deadline_ms=deadline_ms, level=groups)
-            ok = self.apply(d.config)
+            ok = self.apply(d.config, rt.columns)
             c = d.config
             moved, self.moved = self.moved > 0, max(0, self.moved - 1)
-            config = self.reported(c) if ok else dict(c.to_dict(), freq_khz=None)
+            config = self.reported(c, rt) if ok else dict(c.to_dict(), freq_khz=None)
         p = self.platform
         j0 = p.joules()
         t0 = self.clock()
-        logits = rt.models.run(c.level, x, c.target)
+        logits = rt.run(c.level, x, c.target)
         latency = self.clock() - t0
         j1 = p.joules()
         energy = p.energy_between(j0, j1) / 1e3 if j0 is not None and j1 is not None else None
         n = len(x)
-        modelled = p.board_model(rt.models.level(c.level)["macs"] * n, c.target)
+        work = rt.macs(c.level, c.target)
+        modelled = p.board_model([m * n for m in work] if isinstance(work, list) else work * n, c.target)
         if modelled is not None:      # a simulated board: its model's figures, labelled
             latency, energy = modelled
         info = {"config": config, "latency_ms": round(latency * 1e3, 4),
@@ -114,6 +128,48 @@ class Executor:
         if modelled is not None:
             info["simulated"] = True
         return logits, info, Ran(rt, d, latency / n, None if energy is None else energy / n, moved, not ok, n)
+
+    def run_anytime(self, rt: Runtime, x: np.ndarray, stop_at: Optional[float], groups: Optional[int] = None,
+                    deadline_ms: Optional[float] = None, work: float = 1.0,
+                    on_level=None) -> Tuple[np.ndarray, np.ndarray, Dict, Ran]:
+        """An anytime run (models.ModelSet.run_anytime): the governor decides as for a
+        whole run, but for a latency limit of ``limit / work``, ``work`` being the share of
+        the decided level's MACs that images stop after at this ``stop_at`` (learnt by the
+        caller), so that the mean meets the budget; the decided level is the most any image
+        gets. The run stops at the request's limit (per image, times the batch). A split
+        target runs the columns one after another on its first lane. ``on_level(k, logits,
+        groups, info)``: after every level, with what has been spent so far."""
+        limit = deadline_ms if deadline_ms is not None else rt.governor.budget.latency_ms
+        with self.lock:
+            d = rt.governor.decide(deadline_ms=limit / work if limit is not None and work < 1 else deadline_ms,
+                                   level=groups)
+            ok = self.apply(d.config, rt.columns)
+            c = d.config
+            self.moved = max(0, self.moved - 1)
+            config = self.reported(c, rt) if ok else dict(c.to_dict(), freq_khz=None)
+        p, n = self.platform, len(x)
+        threads = rt.columns.lanes[c.target][0].threads if rt.is_split(c.target) else None
+        j0 = p.joules()
+        t0 = self.clock()
+
+        def spent(k, logits, stopped):
+            if on_level is None:
+                return
+            j = p.joules()
+            on_level(k, logits, stopped, {"config": config, "latency_ms": round((self.clock() - t0) * 1e3, 4),
+                                          "energy_mj": None if j0 is None or j is None
+                                          else round(p.energy_between(j0, j), 4)})
+        logits, stopped = rt.models.run_anytime(x, stop_at, c.level, c.target,
+                                                deadline_s=None if limit is None else limit * n / 1e3,
+                                                on_level=spent, clock=self.clock, threads=threads)
+        latency = self.clock() - t0
+        j1 = p.joules()
+        energy = p.energy_between(j0, j1) / 1e3 if j0 is not None and j1 is not None else None
+        info = {"config": config, "latency_ms": round(latency * 1e3, 4),
+                "energy_mj": None if energy is None else round(energy * 1e3, 4)}
+        # counted against the limit, not learnt as the level's speed: most images ran less of it
+        return logits, stopped, info, Ran(rt, dataclasses.replace(d, latency_limit_ms=limit), latency / n,
+                                          None if energy is None else energy / n, True, not ok, n)
 
     def infer(self, rt: Runtime, x: np.ndarray, groups: Optional[int] = None,
               deadline_ms: Optional[float] = None) -> Tuple[np.ndarray, Dict]:

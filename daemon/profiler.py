@@ -39,49 +39,66 @@ class Interrupted(Exception):
 
 def measure(executor, models, space: List[Config], levels: List[Level], runs: int = 5,
             progress: Optional[Callable[[int, int], None]] = None,
-            stop: Optional[threading.Event] = None, sleep=time.sleep) -> Profile:
+            stop: Optional[threading.Event] = None, sleep=time.sleep,
+            columns: Optional[Callable[[Optional[Profile]], object]] = None) -> Profile:
     """Time each planned configuration ``runs`` times (median) on batch-1 input. Where a
     power sensor meters energy, each frequency is given the platform's ``settle_s`` to show
     in the sensor, and the power at that frequency is taken from the largest level run for
     at least that long, so that every figure is the frequency's own (the profile keeps one
     power per frequency; the other levels are timed only). A simulated board gives its
-    model's figures instead."""
+    model's figures instead. Split targets are measured last, with ``columns(profile)`` (a
+    :class:`daemon.split.Columns`) cut from the profile of the other targets: their lanes
+    finish together as the profile predicts them."""
     plan = sorted(plan_measurements(space), key=lambda c: (c.target, c.freq_khz or 0, c.level))
-    ms, platform = models, executor.platform
-    x = np.zeros((1,) + ms.input_shape, np.float32)
+    platform = executor.platform
+    splits = {c.target for c in plan if platform.targets[c.target].is_split}
+    whole = [c for c in plan if c.target not in splits]
+    split = [c for c in plan if c.target in splits]
+    if split and columns is None:
+        raise ValueError("the space has split targets (%s): measuring them needs ``columns``" % ", ".join(sorted(splits)))
+    x = np.zeros((1,) + models.input_shape, np.float32)
     samples: List[Sample] = []
     macs = {l.level: l.macs for l in levels}
     top = max(macs)
-    prev = None
-    modelled = False
-    for n, c in enumerate(plan):
+    state = {"prev": None, "modelled": False, "n": 0}
+
+    def one(c: Config, run: Callable, work) -> None:
         if stop is not None and stop.is_set():
-            raise Interrupted("profiling interrupted after %d of %d configurations" % (n, len(plan)))
-        executor.apply(c)
-        cost = platform.board_model(macs[c.level], c.target, noise=False)
+            raise Interrupted("profiling interrupted after %d of %d configurations" % (state["n"], len(plan)))
+        executor.apply(c, cols)
+        cost = platform.board_model(work, c.target, noise=False)
         if cost is not None:
             samples.append(Sample(c, *cost))
-            modelled = True
+            state["modelled"] = True
         else:
-            settle = platform.settle_s
+            settle, prev = platform.settle_s, state["prev"]
             if platform.energy_available and (prev is None or (prev.target, prev.freq_khz) != (c.target, c.freq_khz)):
                 sleep(settle)
-            prev = c
-            ms.run(c.level, x, c.target)  # warm this configuration
+            state["prev"] = c
+            run(c.level, x, c.target)  # warm this configuration
             power = platform.energy_available and c.level == top
             lats = []
             j0, t_start = (platform.joules() if power else None), time.monotonic()
             window = settle if power else 0.0
             while len(lats) < runs or time.monotonic() - t_start < window:
                 t0 = time.perf_counter()
-                ms.run(c.level, x, c.target)
+                run(c.level, x, c.target)
                 lats.append(time.perf_counter() - t0)
             j1 = platform.joules() if power else None
             en = platform.energy_between(j0, j1) / 1e3 / len(lats) if j0 is not None and j1 is not None else None
             samples.append(Sample(c, statistics.median(lats), en))
+        state["n"] += 1
         if progress:
-            progress(n + 1, len(plan))
-    return Profile.fit(samples, levels, source="simulated" if modelled else "measured (%d runs each)" % runs)
+            progress(state["n"], len(plan))
+
+    cols = None
+    for c in whole:
+        one(c, models.run, macs[c.level])
+    if split:
+        cols = columns(Profile.fit(samples, levels) if samples else None)
+        for c in split:
+            one(c, cols.run, cols.part_macs(c.level, c.target))
+    return Profile.fit(samples, levels, source="simulated" if state["modelled"] else "measured (%d runs each)" % runs)
 
 
 def save(state_dir: str, profile: Profile, match: Dict) -> str:

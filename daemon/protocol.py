@@ -34,6 +34,17 @@ class InferRequest:
     tensor: np.ndarray
     groups: Optional[int]
     deadline_ms: Optional[float]
+    stop_at: Optional[float] = None      # anytime: stop each image once its top-1 probability reaches it
+    progressive: bool = False            # anytime: a reply per added group, the last final
+
+    @property
+    def anytime(self) -> bool:
+        return self.stop_at is not None or self.progressive
+
+    @property
+    def batch_key(self) -> Tuple:
+        """Requests run as one batch only where all of these agree."""
+        return (self.dtype, self.groups, self.deadline_ms, self.stop_at, self.progressive)
 
 
 @dataclass
@@ -42,6 +53,8 @@ class InputSpec:
     chw: Tuple[int, int, int]
     levels: int
     max_batch: int
+    anytime: str = ""          # why the set cannot stop early ("": it can)
+    stop_at: Optional[float] = None   # the daemon's default for requests that name none
 
 
 def scalar_id(v) -> bool:
@@ -144,7 +157,7 @@ def peek_id(frame: bytes) -> Any:
         return None
 
 
-HEADER_KEYS = {"id", "dtype", "shape", "groups", "deadline_ms"}
+HEADER_KEYS = {"id", "dtype", "shape", "groups", "deadline_ms", "stop_at", "progressive"}
 
 
 def positive_number(v, name: str, limit: float, code: str, low: float = 0.0) -> float:
@@ -200,7 +213,17 @@ def decode_infer(frames: Sequence[bytes], spec: InputSpec) -> InferRequest:
     deadline = h.get("deadline_ms")
     if deadline is not None:
         deadline = positive_number(deadline, "deadline_ms", MAX_DEADLINE_MS, "bad_deadline", low=MIN_DEADLINE_MS)
-    return InferRequest(rid, dtype, tensor, groups, deadline)
+    stop_at = h.get("stop_at", spec.stop_at)
+    if stop_at is not None:
+        stop_at = positive_number(stop_at, "stop_at (a top-1 probability)", 1.0, "bad_stop_at")
+    progressive = h.get("progressive", False)
+    if not isinstance(progressive, bool):
+        raise ProtocolError("bad_progressive", "progressive must be true or false, got %s" % brief(progressive))
+    if (progressive or "stop_at" in h) and spec.anytime:
+        raise ProtocolError("bad_stop_at" if "stop_at" in h else "bad_progressive", spec.anytime)
+    if spec.anytime:
+        stop_at = None               # a daemon-wide default does not apply to a set that cannot stop early
+    return InferRequest(rid, dtype, tensor, groups, deadline, stop_at, progressive)
 
 
 def encode_reply(header: Dict, logits: Optional[np.ndarray] = None) -> List[bytes]:

@@ -61,14 +61,14 @@ class RequestQueues:
         if not batching:
             return envelopes, batch
         taken: Dict[Hashable, int] = {first: len(r0.tensor)}
-        sig = (r0.dtype, r0.groups, r0.deadline_ms)
+        sig = r0.batch_key
         progress = True
         while progress and self._q and n < self.max_batch:
             progress = False
             for client in list(self._q):
                 env, r = self._q[client][0]
                 k = len(r.tensor)
-                if (r.dtype, r.groups, r.deadline_ms) == sig and n + k <= self.max_batch \
+                if r.batch_key == sig and n + k <= self.max_batch \
                         and taken.get(client, 0) + k <= share:
                     self._take(client)
                     batch.append(r)

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import logging
 import os
+
+import numpy as np
 from dataclasses import dataclass
 from typing import Dict, List, Optional, Set, Tuple
 
@@ -17,6 +19,8 @@ from governor import Config, Governor, Level, Profile, build_space, levels_from_
 from models import ModelSet, zoo
 from platforms import Platform, PlatformError
 from platforms.model import Target
+
+from .split import Columns
 
 log = logging.getLogger("dnnscale.runtime")
 
@@ -32,6 +36,22 @@ class Runtime:
     profile: Profile                 # as stored or measured
     per_frequency: bool              # whether ``profile`` was measured per frequency (DVFS on)
     governor: Governor
+    columns: Optional[Columns] = None   # how the split targets run (None: there are none)
+    split_reason: str = ""           # why there is no split target ("" where there is, or none fits)
+
+    def is_split(self, target: str) -> bool:
+        return self.columns is not None and target in self.columns.lanes
+
+    def run(self, k: int, x: np.ndarray, target: str) -> np.ndarray:
+        if self.is_split(target):
+            return self.columns.run(k, x, target)
+        return self.models.run(k, x, target)
+
+    def macs(self, k: int, target: str):
+        """The work of level k on ``target``: one figure, or one per lane of a split."""
+        if self.is_split(target):
+            return self.columns.part_macs(k, target)
+        return self.models.level(k)["macs"]
 
 
 class Builder:
@@ -72,20 +92,37 @@ class Builder:
             return loaded, model_dir
         return ModelSet.load(model_dir, threads=n, gpu=gpu, lanes=lanes, low_priority=loaded is not None), model_dir
 
-    def targets(self, models: ModelSet, gpu_enabled: bool) -> Tuple[Dict[str, Target], str]:
-        targets = dict(self.platform.targets)
+    def targets(self, models: ModelSet, gpu_enabled: bool) -> Tuple[Dict[str, Target], str, str]:
+        """The targets this model set can run on, why the GPU is not one, why there is no
+        split (a set without columns: a portfolio, or a group set exported before them)."""
+        targets, gpu_reason, split_reason = dict(self.platform.targets), "", ""
         if "gpu" in targets and self.platform.host_gpu() and "gpu" not in models.targets:
             targets.pop("gpu")
-            return targets, "gpu is not a target: %s" % (
+            gpu_reason = "gpu is not a target: %s" % (
                 "disabled in the configuration (gpu: false)" if not gpu_enabled else
                 "the installed onnxruntime has no CUDA/TensorRT execution provider (see docs/deployment.md)")
-        return targets, ""
+        splits = [n for n, t in targets.items() if t.is_split]
+        for n in splits:
+            if not models.has_columns:
+                targets.pop(n)
+                split_reason = "no split target: %s has no group columns (%s)" % (
+                    models.name, "a portfolio" if models.kind != "group_set" else "run `dnnscale columns` on it")
+            elif any(p.kind == "gpu" and p.name not in targets for p in targets[n].parts):
+                targets.pop(n)          # its GPU lane is not a target here
+        return targets, gpu_reason, split_reason
 
     def space(self, levels: List[Level], targets: Dict[str, Target]) -> List[Config]:
         """Every (level, target, frequency); a target without frequency control (now) at the
-        frequency it runs at."""
+        frequency it runs at; a split of n lanes from level n."""
         on = self.platform.dvfs_on
-        return build_space(levels, {n: (t.freqs_khz if on(n) else []) for n, t in targets.items()})
+        return build_space(levels, {n: (t.freqs_khz if on(n) else []) for n, t in targets.items()},
+                           {n: len(t.parts) for n, t in targets.items() if t.is_split})
+
+    def columns(self, models: ModelSet, targets: Dict[str, Target], levels: List[Level],
+                profile: Optional[Profile], threads: Optional[int] = None) -> Columns:
+        """How the splits among ``targets`` run, their cuts from ``profile`` (None: equal lanes)."""
+        return Columns(models, self.platform, [n for n, t in targets.items() if t.is_split], levels, profile,
+                       self.cpus, threads)
 
     def frequencies(self, targets) -> Dict[str, Optional[int]]:
         """target → the frequency the kernel reports now (kHz), None without control."""
@@ -98,13 +135,15 @@ class Builder:
         return now
 
     def build(self, models: ModelSet, model_dir: str, gpu_enabled: bool, profile: Profile,
-              per_frequency: bool, previous: Optional[Governor] = None) -> Runtime:
+              per_frequency: bool, previous: Optional[Governor] = None, threads: Optional[int] = None) -> Runtime:
         """The runtime for ``models`` under ``profile`` on the platform as it is now: without
         DVFS, each target predicted at the frequency the kernel reports for it. ``previous``:
         the governor being replaced, whose operator settings and learning carry over."""
-        targets, gpu_reason = self.targets(models, gpu_enabled)
+        targets, gpu_reason, split_reason = self.targets(models, gpu_enabled)
         levels = levels_from_manifest(models.manifest)
         space = self.space(levels, targets)
+        columns = self.columns(models, targets, levels, profile, threads)
+        columns.warm()
         use = profile
         fixed = [n for n in targets if not any(c.freq_khz for c in space if c.target == n)]
         khz = self.frequencies(fixed) if per_frequency else {}
@@ -115,7 +154,8 @@ class Builder:
             if previous.profile is not use and same_profile(previous.profile, use):
                 gov.set_profile(previous.profile)
             gov.carry_over(previous)
-        return Runtime(models, model_dir, targets, gpu_reason, levels, space, profile, per_frequency, gov)
+        return Runtime(models, model_dir, targets, gpu_reason, levels, space, profile, per_frequency, gov,
+                       columns, split_reason)
 
 
 def same_profile(a: Profile, b: Profile) -> bool:

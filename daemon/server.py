@@ -449,7 +449,8 @@ class Server:
         """infer → reply → learn: the replies go out before the governor learns from the run."""
         envelopes, batch = self.queues.next_batch(self.cfg.batch_requests)
         try:
-            results, ran = self.service.infer(batch)
+            results, ran = self.service.infer(batch, emit=lambda replies: [
+                self._send(self.infer, env + encode_reply(h, l)) for env, (h, l) in zip(envelopes, replies)])
         except Exception as e:   # an onnxruntime (or governor) failure must not kill the thread
             log.exception("inference failed")
             self.service.count_error("internal")

@@ -31,7 +31,7 @@ log = logging.getLogger("dnnscale.service")
 BUDGET_FILE = "budget.json"
 # Configuration keys a reload applies; the others need a restart (sockets, the board, the
 # profile's space, the queue sizes the server was built with).
-LIVE_KEYS = ("model", "threads", "batch_requests", "log_level", "profile_runs")
+LIVE_KEYS = ("model", "threads", "batch_requests", "log_level", "profile_runs", "stop_at")
 RELOAD_SWITCH_S = 0.0002     # the interpreter's thread switch interval while a reload loads
 DVFS_RETRY_S = 5.0           # a target whose frequency write failed is tried again after this,
 DVFS_RETRY_MAX_S = 300.0     # doubling at each failure up to this
@@ -43,6 +43,30 @@ def _settle_heap() -> None:
     on this VM) would otherwise run in whichever thread trips it, often the inference thread."""
     gc.collect()
     gc.freeze()
+
+
+class AnytimeStats:
+    """What anytime requests at one ``stop_at`` did: how many images stopped at each level,
+    and the share of the decided level's MACs they ran (``work``, a moving average from 1:
+    the governor decides for ``limit / work``, so that the mean meets the budget)."""
+
+    def __init__(self) -> None:
+        self.runs = self.images = 0
+        self.groups: Dict[int, int] = {}
+        self.work = 1.0
+
+    def observe(self, stopped: np.ndarray, k_max: int, levels) -> None:
+        macs = {l.level: l.macs for l in levels}
+        for g in stopped.tolist():
+            self.groups[int(g)] = self.groups.get(int(g), 0) + 1
+        frac = float(np.mean([macs[int(g)] for g in stopped])) / macs[k_max]
+        self.work = 0.8 * self.work + 0.2 * frac
+        self.runs += 1
+        self.images += len(stopped)
+
+    def to_dict(self) -> Dict:
+        return {"runs": self.runs, "images": self.images, "groups": {str(k): n for k, n in sorted(self.groups.items())},
+                "work": round(self.work, 4)}
 
 
 class Service:
@@ -70,6 +94,7 @@ class Service:
         self.errors: Dict[str, int] = {}
         self.served = 0
         self.counters = Counters()
+        self.anytime: Dict[Optional[float], AnytimeStats] = {}   # per stop_at
         self.platform: Optional[platforms.Platform] = None
         self.rt: Optional[Runtime] = None
         self.executor: Optional[Executor] = None
@@ -124,7 +149,7 @@ class Service:
         self._platform_started = True
         platform.start()
         self.executor = Executor(platform, lock=self.lock)
-        targets, _ = self.builder.targets(models, cfg.gpu)
+        targets = self.builder.targets(models, cfg.gpu)[0]
         levels = levels_from_manifest(models.manifest)
         space = self.builder.space(levels, targets)
         self.profile_key = profiler.key(models.manifest, platform.name, space)
@@ -134,7 +159,8 @@ class Service:
             log.info("measuring a profile (%d runs per configuration)%s", cfg.profile_runs,
                      "" if self.remeasure else ": no stored one matches")
             profile = profiler.measure(self.executor, models, space, levels, runs=cfg.profile_runs,
-                                       progress=self.progress, stop=self.stop_event)
+                                       progress=self.progress, stop=self.stop_event,
+                                       columns=lambda p: self.builder.columns(models, targets, levels, p, cfg.threads))
             try:
                 profiler.save(cfg.state_dir, profile, self.profile_key)   # later starts reuse it
             except OSError as e:
@@ -144,7 +170,7 @@ class Service:
                 log.error("could not restore after profiling: %s", err)
             self.executor.applied = None
             self.executor.freq_read.clear()
-        self.rt = self.builder.build(models, model_dir, cfg.gpu, profile, per_frequency)
+        self.rt = self.builder.build(models, model_dir, cfg.gpu, profile, per_frequency, threads=cfg.threads)
         if self.rt.gpu_reason:
             log.warning("%s", self.rt.gpu_reason)
         self._load_budget()
@@ -159,14 +185,18 @@ class Service:
         as the serving runtime has it; the serving governor hands over (carry_over)."""
         old = self.rt
         return self.builder.build(models or old.models, model_dir or old.model_dir, self.cfg.gpu,
-                                  profile or old.profile, old.per_frequency, previous=old.governor)
+                                  profile or old.profile, old.per_frequency, previous=old.governor,
+                                  threads=self.cfg.threads)
 
     # ------------------------------------------------------------------ inference
     @property
     def input_spec(self) -> InputSpec:
-        return InputSpec(self.models.input_shape, self.models.groups, self.cfg.max_batch)
+        ms = self.models
+        why = "" if ms.has_columns else "%s cannot stop early: it has no group columns (%s)" % (
+            ms.name, "a portfolio" if ms.kind != "group_set" else "run `dnnscale columns` on it")
+        return InputSpec(ms.input_shape, ms.groups, self.cfg.max_batch, why, self.cfg.stop_at)
 
-    def infer(self, reqs: List[InferRequest]) -> Tuple[List[Tuple[Dict, np.ndarray]], Ran]:
+    def infer(self, reqs: List[InferRequest], emit=None) -> Tuple[List[Tuple[Dict, np.ndarray]], Ran]:
         """Run requests that share dtype, groups and deadline as one batch: one reply each,
         and the run for :meth:`learn`, which the caller calls once the replies are out (so the
         governor's and the counters' work is not in the client's round trip). Each reply
@@ -176,6 +206,8 @@ class Service:
         x = np.concatenate([r.tensor for r in reqs]) if len(reqs) > 1 else r0.tensor
         if r0.dtype == "uint8":
             x = rt.models.preprocess(x)
+        if r0.anytime:
+            return self._infer_anytime(rt, reqs, x, emit)
         logits, info, ran = self.executor.run(rt, x, groups=r0.groups, deadline_ms=r0.deadline_ms)
         out, start, n = [], 0, len(x)
         for r in reqs:
@@ -189,6 +221,41 @@ class Service:
                 head["energy_mj"] = round(info["energy_mj"] * k / n, 4)
             out.append((head, part))
         return out, ran
+
+    def _infer_anytime(self, rt: Runtime, reqs: List[InferRequest], x: np.ndarray, emit):
+        """Anytime requests (``stop_at``, ``progressive``): one run adding a group at a time;
+        a progressive request gets a reply per level before the final one (``emit``)."""
+        r0 = reqs[0]
+        tau = r0.stop_at
+        stats = self.anytime.setdefault(tau, AnytimeStats())
+
+        def replies(k, logits, stopped, info, final):
+            out, start, n = [], 0, len(x)
+            z = np.exp(logits - logits.max(1, keepdims=True))
+            prob = (z.max(1) / z.sum(1)).tolist()
+            labels = logits.argmax(1).tolist()
+            for r in reqs:
+                m = len(r.tensor)
+                head = {"id": r.id, "ok": True, "labels": labels[start:start + m],
+                        "names": [rt.models.classes[i] for i in labels[start:start + m]],
+                        "probabilities": [round(p, 6) for p in prob[start:start + m]],
+                        "groups_per_image": [int(g) or k for g in stopped[start:start + m]]}
+                head.update(info)
+                if info["energy_mj"] is not None and len(reqs) > 1:
+                    head["energy_mj"] = round(info["energy_mj"] * m / n, 4)
+                if r0.progressive:
+                    head.update(level=k, final=final)
+                out.append((head, logits[start:start + m].copy()))
+                start += m
+            return out
+
+        def on_level(k, logits, stopped, info):
+            if r0.progressive and emit is not None and not stopped.all():
+                emit(replies(k, logits, stopped, info, False))
+        logits, stopped, info, ran = self.executor.run_anytime(
+            rt, x, tau, groups=r0.groups, deadline_ms=r0.deadline_ms, work=stats.work, on_level=on_level)
+        stats.observe(stopped, ran.decision.config.level, rt.levels)
+        return replies(int(stopped.max()), logits, stopped, info, True), ran
 
     def learn(self, ran: Ran, requests: int) -> None:
         """After the replies of one :meth:`infer`: count it, let the governor learn from it,
@@ -357,15 +424,17 @@ class Service:
         with self.lock:
             s = self.governor.status()
             if s.get("config"):
-                s["config"] = self.executor.reported(self.governor.space[self.governor.current])
+                s["config"] = self.executor.reported(self.governor.space[self.governor.current], self.rt)
         freqs = self.frequencies()
         s.update({
             "platform": p.name,
             "simulated": bool(p.simulated),
             "targets": {n: {"kind": t.kind, "cpus": t.cpus, "offline": list(t.offline),
                             "freqs_khz": t.freqs_khz if p.dvfs_on(n) else [],
-                            "onnxruntime_threads": self.models.threads_of(n)}
+                            "onnxruntime_threads": self.models.threads_of(n),
+                            **({"split": self.rt.columns.to_dict()[n]} if self.rt.is_split(n) else {})}
                         for n, t in self.targets.items()},
+            "splits": self.rt.split_reason or ("available" if self.rt.columns and self.rt.columns.lanes else "none"),
             "frequencies_khz": freqs,
             "gpu": self.rt.gpu_reason or ("available" if "gpu" in self.targets else "none"),
             "dvfs": {"enabled": bool(p.dvfs_enabled), "reason": p.dvfs_reason,
@@ -384,6 +453,7 @@ class Service:
             "profile_created": self.governor.profile.created,
             "state_dir": self.cfg.state_dir,
             "served": self.served,
+            "anytime": {("off" if t is None else "%g" % t): a.to_dict() for t, a in self.anytime.items()},
             "images": self.counters.images,
             "errors": dict(self.errors),
             "connections": self.fd_guard_status(),

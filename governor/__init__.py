@@ -4,7 +4,7 @@ No sysfs, no sockets, no onnxruntime: plain data in, decisions out, an injectabl
 """
 from .controller import Budget, Decision, Governor, Params
 from .profile import Profile, Sample, TargetFit, plan_measurements
-from .space import Config, Level, build_space, levels_from_manifest
+from .space import Config, Level, build_space, column_macs, cut_columns, levels_from_manifest, split_macs
 
 __all__ = ["Budget", "Decision", "Governor", "Params", "Profile", "Sample", "TargetFit",
-           "plan_measurements", "Config", "Level", "build_space", "levels_from_manifest"]
+           "plan_measurements", "Config", "Level", "build_space", "column_macs", "cut_columns", "levels_from_manifest", "split_macs"]

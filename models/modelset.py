@@ -20,12 +20,14 @@ from __future__ import annotations
 
 import os
 import threading
-from typing import Dict, List, Optional, Tuple
+import time
+from typing import Callable, Dict, List, Optional, Tuple
 
 import numpy as np
 import onnxruntime as ort
 
 from . import manifest as mf
+from .columns import ColumnLane, features_of, run_lanes
 from .manifest import ModelSetError
 from .priority import at_low_priority
 
@@ -139,7 +141,8 @@ class ModelSet:
         self._channel = np.arange(len(mean))[:, None, None]
         self.classes: List[str] = list(inp["classes"])
         self.on_disk = None               # the files as verified (see load, same_as)
-        self._col_sessions: Dict = {}     # (column graph, threads) → session, made on first use
+        self._lanes: Dict[Tuple, ColumnLane] = {}   # a split's lanes, made on first use
+        self._heads: Dict[int, ort.InferenceSession] = {}
 
     # ------------------------------------------------------------------ loading
     @classmethod
@@ -206,47 +209,113 @@ class ModelSet:
         """Whether the set ships its columns on their own (a group set exported with them)."""
         return bool(self.manifest.get("columns"))
 
-    def _columns_session(self, file: str, threads: int):
-        key = (file, threads)
-        s = self._col_sessions.get(key)
-        if s is None:
-            path = os.path.join(self.dir, file)
-            try:
-                s = ort.InferenceSession(path, session_options(threads), providers=["CPUExecutionProvider"])
-            except Exception as e:  # onnxruntime raises its own exception types
-                raise ModelSetError("cannot load %s: %s" % (path, str(e).splitlines()[0])) from None
-            self._col_sessions[key] = s
-        return s
-
-    def run_split(self, k: int, x: np.ndarray, parts, pool=None) -> np.ndarray:
-        """The logits of level ``k`` with its columns split: ``parts`` is a list of
-        (first, last, threads) column ranges covering 1..k in order; the ranges run at once
-        (the first in the calling thread, the others in ``pool``, a ThreadPoolExecutor;
-        onnxruntime releases the GIL in a run), their features are joined in order and the
-        head of k is applied. Equal to ``run(k, x)`` (tests/test_columns.py)."""
+    def lane(self, name: str, cpus: List[int] = (), threads: int = 1, gpu: bool = False) -> ColumnLane:
+        """The lane ``name`` of a split (models/columns.py): its worker pinned to ``cpus``
+        (this machine's; none: not pinned), sessions of ``threads`` intra-op threads, on the
+        GPU where ``gpu``. Made once per (name, cpus, threads, gpu) and kept with the set."""
         if not self.has_columns:
             raise ModelSetError("%s has no column graphs (exported before they existed): it runs whole" % self.dir)
-        cols = self.manifest["columns"]
+        key = (name, tuple(cpus), threads, bool(gpu))
+        lane = self._lanes.get(key)
+        if lane is None:
+            if gpu and self._gpu is None:
+                raise ModelSetError("lane %s: onnxruntime has no GPU execution provider here" % name)
+            providers = [gpu_provider(), "CPUExecutionProvider"] if gpu else ["CPUExecutionProvider"]
+            lane = self._lanes[key] = ColumnLane(name, list(cpus), threads,
+                                                 lambda f, n: self._session(f, n, providers))
+        return lane
+
+    def _session(self, file: str, threads: int, providers: List[str]):
+        path = os.path.join(self.dir, file)
+        try:
+            return ort.InferenceSession(path, session_options(threads), providers=providers)
+        except Exception as e:  # onnxruntime raises its own exception types
+            raise ModelSetError("cannot load %s: %s" % (path, str(e).splitlines()[0])) from None
+
+    def _check_cuts(self, k: int, cuts) -> None:
         want = 1
-        for first, last, _ in parts:
+        for first, last in cuts:
             if first != want or last < first:
-                raise ValueError("column ranges must cover 1..%d in order, got %s" % (k, parts))
+                raise ValueError("column ranges must cover 1..%d in order, got %s" % (k, list(cuts)))
             want = last + 1
         if want != k + 1:
-            raise ValueError("column ranges must cover 1..%d in order, got %s" % (k, parts))
-        x = np.ascontiguousarray(x, dtype=np.float32)
-        runs = [(self._columns_session(cols["ranges"]["%d-%d" % (a, b)], n), x) for a, b, n in parts]
+            raise ValueError("column ranges must cover 1..%d in order, got %s" % (k, list(cuts)))
 
-        def run(item):
-            sess, inp = item
-            return sess.run(None, {"input": inp})[0]
-        if pool is not None and len(runs) > 1:   # the first range here, the others in the pool at once
-            later = [pool.submit(run, r) for r in runs[1:]]
-            feats = [run(runs[0])] + [f.result() for f in later]
-        else:
-            feats = [run(r) for r in runs]
-        head = self._columns_session(cols["heads"][str(k)], 1)
-        return head.run(None, {"features": np.concatenate(feats, axis=1) if len(feats) > 1 else feats[0]})[0]
+    def run_split(self, k: int, x: np.ndarray, cuts, lanes: Optional[List[ColumnLane]] = None) -> np.ndarray:
+        """The logits of level ``k`` with its columns split: ``cuts`` is a list of
+        (first, last) column ranges covering 1..k in order, run at once, one per lane of
+        ``lanes`` (default: unpinned one-thread lanes); their features are joined in order
+        and the head of k is applied in the calling thread. Equal to ``run(k, x)``
+        (tests/test_columns.py)."""
+        self._check_level(k)
+        self._check_cuts(k, cuts)
+        lanes = lanes or [self.lane("free%d" % i) for i in range(len(cuts))]
+        if len(lanes) != len(cuts):
+            raise ValueError("%d column ranges for %d lanes" % (len(cuts), len(lanes)))
+        ranges = self.manifest["columns"]["ranges"]
+        x = np.ascontiguousarray(x, dtype=np.float32)
+        feats = features_of(run_lanes(lanes, [ranges["%d-%d" % c] for c in cuts], x))
+        return self.head(k).run(None, {"features": feats})[0]
+
+    def run_anytime(self, x: np.ndarray, stop_at: Optional[float] = None, max_k: Optional[int] = None,
+                    target: Optional[str] = None, deadline_s: Optional[float] = None,
+                    on_level: Optional[Callable] = None, clock=time.perf_counter,
+                    threads: Optional[int] = None) -> Tuple[np.ndarray, np.ndarray]:
+        """Anytime inference: add one group column at a time, computing each column once
+        (going from k to k+1 runs column k+1 and head k+1 on the kept features, not the
+        network of k+1); an image stops once its top-1 probability reaches ``stop_at``, and
+        only the undecided images go on. Stops at ``max_k`` (default: all groups), and before
+        a column that the time left until ``deadline_s`` (on ``clock``) would not cover at
+        the pace of the last; ``threads``: the sessions' (default: ``target``'s lane's).
+        ``on_level(k, logits, groups)`` is called after every level
+        with every image's best logits so far and the level each stopped at (0: still going).
+        Returns (logits, groups per image); at every k the logits equal ``run(k, x)``'s
+        (tests/test_anytime.py)."""
+        if not self.has_columns:
+            raise ModelSetError("%s has no column graphs: it cannot stop early (a portfolio, or a group set "
+                                "exported before them: `dnnscale columns`)" % self.dir)
+        max_k = max_k or self.groups
+        self._check_level(max_k)
+        t_start = clock()
+        n = threads or (self.threads if target == "gpu" else self.lanes.get(target, self.threads))
+        lane = self.lane("anytime%d" % n, [], n, gpu=target == "gpu")
+        ranges = self.manifest["columns"]["ranges"]
+        x = np.ascontiguousarray(x, dtype=np.float32)
+        best = np.zeros((len(x), len(self.classes)), np.float32)
+        groups = np.zeros(len(x), np.int64)
+        active = np.arange(len(x))
+        feats: List[np.ndarray] = []
+        for k in range(1, max_k + 1):
+            t0 = clock()
+            feats.append(lane.run(ranges["%d-%d" % (k, k)], x))
+            logits = self.head(k).run(None, {"features": features_of(feats)})[0]
+            best[active] = logits
+            now = clock()
+            last = k == max_k or (deadline_s is not None and now + (now - t0) > t_start + deadline_s)
+            if last:
+                done = np.ones(len(active), bool)
+            elif stop_at is not None:
+                z = logits - logits.max(1, keepdims=True)
+                p = np.exp(z)
+                done = p.max(1) / p.sum(1) >= stop_at
+            else:
+                done = np.zeros(len(active), bool)
+            groups[active[done]] = k
+            if on_level is not None:
+                on_level(k, best, groups)
+            if last or done.all():
+                break
+            if done.any():
+                keep = ~done
+                active, x, feats = active[keep], x[keep], [f[keep] for f in feats]
+        return best, groups
+
+    def head(self, k: int):
+        """The session of level k's head (features of columns 1..k → logits; one thread)."""
+        s = self._heads.get(k)
+        if s is None:
+            s = self._heads[k] = self._session(self.manifest["columns"]["heads"][str(k)], 1, ["CPUExecutionProvider"])
+        return s
 
     def close(self, pause_s: float = 0.0) -> None:
         """Drop the sessions one by one, ``pause_s`` apart (destroying one holds the GIL for
@@ -259,10 +328,11 @@ class ModelSet:
                 if pause_s:
                     time.sleep(pause_s)
         self._cpu, self._gpu = {}, None
-        while self._col_sessions:
-            self._col_sessions.popitem()
+        while self._lanes:
+            self._lanes.popitem()[1].close()
             if pause_s:
                 time.sleep(pause_s)
+        self._heads.clear()
 
     def warmup(self, runs: int = 3) -> None:
         x = np.zeros((1,) + self.input_shape, np.float32)

@@ -235,12 +235,15 @@ class SysfsPlatform(Platform):
         min/max pair every method falls back to); whether it may read the energy rails and
         switch on the sensors that are off; and, where not, what grants it."""
         dvfs, dvfs_blocked, blocked_by = {}, "", {}
+        def files(t):
+            if t.parts:
+                return [f for p in t.parts if p.freqs_khz and p.control for f in files(p)]
+            pair = ("min_freq", "max_freq") if t.kind == "gpu" else ("scaling_min_freq", "scaling_max_freq")
+            return [d + "/" + f for d in t.control for f in pair]
         for name, t in self.targets.items():
             if not (t.freqs_khz and t.control):
                 continue
-            pair = ("min_freq", "max_freq") if t.kind == "gpu" else ("scaling_min_freq", "scaling_max_freq")
-            files = [d + "/" + f for d in t.control for f in pair]
-            blocked = [f for f in files if not self.fs.can(f, write=True)]
+            blocked = [f for f in files(t) if not self.fs.can(f, write=True)]
             dvfs[name] = not blocked
             dvfs_blocked = dvfs_blocked or (blocked[0] if blocked else "")
             if blocked:
@@ -272,7 +275,13 @@ class SysfsPlatform(Platform):
 
     def host_cpus(self, target: str) -> List[int]:
         t = self.targets.get(target)
-        return list(t.online) if t is not None and t.kind == "cpu" else []
+        return self._host_cpus_of(t) if t is not None else []
+
+    def _host_cpus_of(self, t: Target) -> List[int]:
+        return list(t.online) if t.kind == "cpu" else []
+
+    def pin_lost(self) -> None:
+        self._pinned = []          # pinned, to no one set: the next pin writes, stop restores
 
     def host_gpu(self) -> bool:
         return "gpu" in self.targets
@@ -404,28 +413,28 @@ class SysfsPlatform(Platform):
 
     # ------------------------------------------------------------------ frequency
     def frequency(self, target: str) -> Optional[int]:
-        """The frequency the kernel reports now (kHz), or None without cpufreq/devfreq."""
-        t = self.targets[target] if target in self.targets else self.desc.gpu
-        if not t or not t.control:
+        """The frequency the kernel reports now (kHz), or None without cpufreq/devfreq; also
+        the GPU's where it is not a target (the XU3's Mali)."""
+        if target not in self.targets and self.desc.gpu is not None and target == self.desc.gpu.name:
+            return self._frequency(self.desc.gpu)
+        return super().frequency(target)
+
+    def _frequency(self, t: Target) -> Optional[int]:
+        if not t.control:
             return None
         d = t.control[0]
         if t.kind == "gpu":
             return self.fs.read_int(d + "/cur_freq") // 1000
         return self.fs.read_int(d + "/scaling_cur_freq")
 
-    def set_frequency(self, target: str, khz: int) -> Optional[int]:
-        """Set ``target`` to exactly ``khz`` (a value from its table), all or nothing: when a
-        write fails, what this change already wrote is put back before the error is raised.
-        Only what changed is written. Returns what the kernel reports after the writes (it
-        rounds, and thermal or nvpmodel caps can keep a frequency out of reach)."""
-        t = self.targets.get(target)
-        if t is None:
-            raise ValueError("unknown target %r (have %s)" % (target, ", ".join(self.targets)))
+    def _set_frequency(self, t: Target, khz: int) -> Optional[int]:
+        """All or nothing: when a write fails, what this change already wrote is put back
+        before the error is raised. Only what changed is written."""
         if not t.freqs_khz or not t.control:
-            raise PlatformError("target %s has no frequency control" % target)
+            raise PlatformError("target %s has no frequency control" % t.name)
         if khz not in t.freqs_khz:
             raise ValueError("%d kHz is not an available frequency of %s (%s)"
-                             % (khz, target, " ".join(map(str, t.freqs_khz))))
+                             % (khz, t.name, " ".join(map(str, t.freqs_khz))))
         journal: List[Tuple[str, str]] = []     # (file, its value before this change), in write order
         try:
             for d in t.control:
@@ -442,7 +451,7 @@ class SysfsPlatform(Platform):
             raise
         for d in t.control:
             self._set[d] = khz
-        return self.frequency(target)
+        return self._frequency(t)
 
     def _rollback(self, journal: List[Tuple[str, str]]) -> None:
         for p, old in reversed(journal):

@@ -10,7 +10,7 @@ import os
 import re
 from typing import Dict, List, Optional, Tuple
 
-from .model import BoardSpec, Description, Rail, Target
+from .model import BoardSpec, Description, Rail, Target, halves, with_splits
 from .sysfs import PlatformError, Sysfs
 
 CPU = "/sys/devices/system/cpu"
@@ -223,4 +223,6 @@ def describe(fs: Sysfs, spec: BoardSpec) -> Description:
     gpu = gpu_devfreq(fs, spec, warnings)
     if gpu and spec.gpu_is_target:
         targets["gpu"] = gpu
+    lanes = halves(targets["cpu"]) if spec.thread_mapping and "cpu" in targets else None
+    targets = with_splits(targets, lanes)
     return Description(spec.name, False, targets, rails(fs, spec), thermal_zones(fs), gpu, warnings)

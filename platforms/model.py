@@ -32,13 +32,67 @@ class Target:
     control: List[str] = field(default_factory=list)   # cpufreq policy dirs, or the devfreq dir
     method: str = "none"                        # "userspace", "minmax" or "none"
     offline: List[int] = field(default_factory=list)   # of ``cpus``, those offline at discovery
+    parts: List["Target"] = field(default_factory=list)  # a split's lanes, in column order
 
     @property
     def online(self) -> List[int]:
         return [c for c in self.cpus if c not in self.offline]
 
+    @property
+    def is_split(self) -> bool:
+        return bool(self.parts)
+
     def to_dict(self) -> Dict:
         return asdict(self)
+
+
+def split(parts: List[Target]) -> Target:
+    """The split over ``parts``: one inference's group columns run at once, the first
+    columns on the first part (docs/model-set.md, "Columns"). Named by its parts joined with
+    ``+``. Its frequencies are one ladder, the table of the part with the most steps (the
+    lead); each other part runs at the same fraction of its own table
+    (:func:`part_frequencies`): the clusters move together, each at a frequency of its own."""
+    ctl = [p for p in parts if p.freqs_khz and p.control]
+    lead = max(ctl, key=lambda p: len(p.freqs_khz)) if ctl else None
+    return Target("+".join(p.name for p in parts), "split", sorted({c for p in parts for c in p.cpus}),
+                  list(lead.freqs_khz) if lead else [], [d for p in ctl for d in p.control],
+                  "split" if lead else "none", sorted({c for p in parts for c in p.offline}), list(parts))
+
+
+def part_frequencies(t: Target, khz: int) -> List[Optional[int]]:
+    """A split's frequency (a step of its ladder) → each part's (None: no control)."""
+    i = t.freqs_khz.index(khz)
+    frac = i / max(1, len(t.freqs_khz) - 1)
+    return [p.freqs_khz[int(round(frac * (len(p.freqs_khz) - 1)))] if p.freqs_khz and p.control else None
+            for p in t.parts]
+
+
+def with_splits(targets: Dict[str, Target], lanes: Optional[List[Target]] = None) -> Dict[str, Target]:
+    """``targets`` and the split over their processors, last: the CPU clusters (fastest table
+    first) and a GPU target; or, on a machine of one cluster, ``lanes`` (the halves of its
+    CPUs). Nothing to split where there is one processor."""
+    if lanes is None:
+        cpu = [t for t in targets.values() if t.kind == "cpu" and not t.name.startswith("cpu:")]
+        cpu.sort(key=lambda t: (-max(t.freqs_khz, default=0), min(t.cpus, default=0)))
+        lanes = cpu + [t for t in targets.values() if t.kind == "gpu"]
+    if len(lanes) < 2:
+        return targets
+    s = split(lanes)
+    return dict(targets, **{s.name: s})
+
+
+def halves(cpu: Target) -> List[Target]:
+    """A cluster's online CPUs as two lanes (``cpu0-1``, ``cpu2-3``; ``cpu0``, ``cpu1``),
+    each with the cluster's frequency control (one policy: their frequency is the same)."""
+    on = cpu.online
+    if len(on) < 2:
+        return []
+    h = len(on) // 2
+
+    def lane(cpus):
+        name = "cpu%d" % cpus[0] if len(cpus) == 1 else "cpu%d-%d" % (cpus[0], cpus[-1])
+        return Target(name, "cpu", list(cpus), list(cpu.freqs_khz), list(cpu.control), cpu.method)
+    return [lane(on[:h]), lane(on[h:])]
 
 
 @dataclass
@@ -101,7 +155,8 @@ class Platform:
     def dvfs_on(self, target: str) -> bool:
         t = self.targets.get(target)
         return (self.dvfs_off is None and target not in self.target_off
-                and t is not None and bool(t.freqs_khz and t.control))
+                and t is not None and bool(t.freqs_khz and t.control)
+                and all(p.name not in self.target_off for p in t.parts))
 
     @property
     def dvfs_enabled(self) -> bool:
@@ -153,6 +208,19 @@ class Platform:
         """Whether the ``gpu`` target is this machine's GPU (onnxruntime may run there)."""
         return False
 
+    def lanes_of(self, target: str) -> List[Tuple[str, List[int], str]]:
+        """A split's parts in column order: (name, the CPUs of this machine its threads run
+        on as :meth:`host_cpus` says, kind); [] for a target that is not a split."""
+        t = self.targets.get(target)
+        return [(p.name, self._host_cpus_of(p), p.kind) for p in t.parts] if t is not None else []
+
+    def _host_cpus_of(self, t: Target) -> List[int]:
+        return []
+
+    def pin_lost(self) -> None:
+        """Threads were pinned behind the platform's back (a split's lanes, each to its own
+        CPUs): the next :meth:`pin` pins every thread again."""
+
     def board_model(self, macs: float, target: str, noise: bool = True) -> Optional[Tuple[float, float]]:
         """A simulated board's (latency s, energy J) of work of ``macs`` on ``target`` at its
         frequency now; None where the run on this machine is the measurement."""
@@ -198,14 +266,57 @@ class Platform:
     def stop(self) -> List[str]:
         return []
 
+    # -- frequencies: a split sets each of its parts --------------------------------------
+    def _target(self, target: str) -> Target:
+        t = self.targets.get(target)
+        if t is None:
+            raise ValueError("unknown target %r (have %s)" % (target, ", ".join(self.targets)))
+        return t
+
+    def set_frequency(self, target: str, khz: int) -> Optional[int]:
+        """Set ``target`` to exactly ``khz`` (a value from its table); a split sets each part
+        to its step of the ladder, and puts back the parts already set where one fails.
+        Returns what the kernel reports after the writes (a split: its lead part's)."""
+        t = self._target(target)
+        if not t.parts:
+            return self._set_frequency(t, khz)          # checks the control and the table
+        if khz not in t.freqs_khz:
+            raise ValueError("%d kHz is not an available frequency of %s (%s)"
+                             % (khz, target, " ".join(map(str, t.freqs_khz))))
+        done: List[Tuple[Target, Optional[int]]] = []
+        try:
+            for p, f in zip(t.parts, part_frequencies(t, khz)):
+                if f is not None:
+                    before = self._frequency(p)
+                    self._set_frequency(p, f)
+                    done.append((p, before))
+        except Exception:
+            for p, before in reversed(done):
+                if before in p.freqs_khz:
+                    try:
+                        self._set_frequency(p, before)
+                    except Exception:    # the first error is the one to report
+                        pass
+            raise
+        return self.frequency(target)
+
+    def frequency(self, target: str) -> Optional[int]:
+        """The frequency the kernel reports now (kHz; a split: its lead part's, the one whose
+        table is the split's), or None without frequency control."""
+        t = self._target(target)
+        if t.parts:
+            lead = next((p for p in t.parts if p.freqs_khz == t.freqs_khz and p.control), None)
+            return self._frequency(lead) if lead is not None else None
+        return self._frequency(t)
+
     # -- control and readings: each board's own ------------------------------------------
     def pin(self, target: str) -> List[int]:
         raise NotImplementedError
 
-    def set_frequency(self, target: str, khz: int) -> int:
+    def _set_frequency(self, t: Target, khz: int) -> Optional[int]:
         raise NotImplementedError
 
-    def frequency(self, target: str) -> int:
+    def _frequency(self, t: Target) -> Optional[int]:
         raise NotImplementedError
 
     def temperatures(self) -> Dict[str, float]:

@@ -34,7 +34,7 @@ import random
 from dataclasses import dataclass
 from typing import Callable, Dict, List, Optional, Tuple
 
-from .model import Description, Platform, Target
+from .model import Description, Platform, Target, part_frequencies, with_splits
 
 XU3_A15_UV = {2000: 1312500, 1900: 1262500, 1800: 1237500, 1700: 1250000, 1600: 1250000,
               1500: 1100000, 1400: 1100000, 1300: 1100000, 1200: 1000000, 1100: 1000000,
@@ -150,9 +150,9 @@ class SimBoard(Platform):
             raise ValueError("unknown simulated board %r (have %s)" % (name, ", ".join(SPECS)))
         self.spec = SPECS[name]()
         self.sim_targets: Dict[str, SimTarget] = {t.name: t for t in self.spec.targets}
-        self.targets: Dict[str, Target] = {
+        self.targets: Dict[str, Target] = with_splits({
             t.name: Target(t.name, t.kind, list(t.cpus), list(t.freqs_khz), ["(simulated)"], "simulated")
-            for t in self.spec.targets}
+            for t in self.spec.targets})
         self._freq = {t.name: t.freqs_khz[-1] for t in self.spec.targets}
         self.interference = list(interference or [])
         self.rng = random.Random(seed)
@@ -187,24 +187,21 @@ class SimBoard(Platform):
                 "energy": True,
                 "energy_blocked": "", "remedy": ""}
 
-    def frequency(self, target: str) -> int:
-        return self.effective(target, self._freq[target])
+    def _frequency(self, t: Target) -> int:
+        return self.effective(t.name, self._freq[t.name])
 
     def effective(self, target: str, khz: int) -> int:
         """The frequency a request for ``khz`` runs at under the caps in force."""
         caps = [c for c in (self.cap_khz.get(target), self.forced_cap.get(target)) if c]
         return min([khz] + caps)
 
-    def set_frequency(self, target: str, khz: int) -> int:
-        t = self.targets.get(target)
-        if t is None:
-            raise ValueError("unknown target %r (have %s)" % (target, ", ".join(self.targets)))
+    def _set_frequency(self, t: Target, khz: int) -> int:
         if khz not in t.freqs_khz:
-            raise ValueError("%d kHz is not an available frequency of %s" % (khz, target))
-        if self._freq[target] != khz:
-            self.now += self.sim_targets[target].dvfs_latency_s
-        self._freq[target] = khz
-        return self.frequency(target)
+            raise ValueError("%d kHz is not an available frequency of %s" % (khz, t.name))
+        if self._freq[t.name] != khz:
+            self.now += self.sim_targets[t.name].dvfs_latency_s
+        self._freq[t.name] = khz
+        return self._frequency(t)
 
     def pin(self, target: str) -> List[int]:
         return list(self.targets[target].cpus)
@@ -221,17 +218,34 @@ class SimBoard(Platform):
         return min(0.95, sum(i.share for i in self.interference
                              if i.target == target and i.start_s <= t < i.end_s))
 
-    def predict(self, macs: float, target: str, khz: Optional[int] = None,
+    def predict(self, macs, target: str, khz: Optional[int] = None,
                 stolen: Optional[float] = None) -> Tuple[float, float]:
-        """Noise-free (latency s, energy J) of one inference: the model without the board's state."""
-        st = self.sim_targets[target]
-        khz = khz or self.frequency(target)
-        s = self.stolen(target) if stolen is None else stolen
-        lat = st.latency(macs, khz, s)
-        idle = sum(w for r, w in self.spec.idle_w.items() if r != st.rail)
-        return lat, (st.power(khz) + idle) * lat
+        """Noise-free (latency s, energy J) of one inference: the model without the board's
+        state. A split's ``macs`` is one figure per part (its columns; the head's few MACs
+        go to the first): its latency is its slowest part's, its energy each part's power
+        while it runs, and the idle power of every other rail for the whole inference."""
+        parts = self.targets[target].parts
+        if not parts:
+            macs, khz = [macs], [khz]
+            names = [target]
+        else:
+            names = [p.name for p in parts]
+            khz = part_frequencies(self.targets[target], khz) if khz else [None] * len(names)
+        lats, busy = [], 0.0
+        for n, m, f in zip(names, macs, khz):
+            st = self.sim_targets[n]
+            f = f or self._frequency(self.targets[n])
+            lat = st.latency(m, f, self.stolen(n) if stolen is None else stolen)
+            lats.append(lat)
+            busy += st.power(f) * lat
+        lat = max(lats)
+        rails = {self.sim_targets[n].rail for n in names}
+        idle = sum(w for r, w in self.spec.idle_w.items() if r not in rails)
+        # a part that finishes first idles at its rail's idle power for the rest
+        wait = sum(self.spec.idle_w[self.sim_targets[n].rail] * (lat - l) for n, l in zip(names, lats))
+        return lat, busy + idle * lat + wait
 
-    def run(self, macs: float, target: str, idle_s: float = 0.0) -> Tuple[float, float]:
+    def run(self, macs, target: str, idle_s: float = 0.0) -> Tuple[float, float]:
         """Simulate one inference now: returns (latency s, energy J); advances the clock and
         the thermal state. ``idle_s``: idle time before it (a request gap)."""
         if idle_s > 0:

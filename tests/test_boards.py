@@ -19,15 +19,15 @@ from tests.fixtures import trees
 from tests.fixtures.kernel import KernelSysfs, snapshot
 
 EXPECT = {   # tree → (platform, targets, offline CPUs per target)
-    "odroid-xu3": ("odroid-xu3", ["a7", "a15"], {}),
-    "odroid-xu3-3.10": ("odroid-xu3", ["a7", "a15"], {}),
-    "odroid-xu3-6.1": ("odroid-xu3", ["a7", "a15"], {}),
-    "odroid-xu3-cpu0-offline": ("odroid-xu3", ["a7", "a15"], {"a7": [0]}),
-    "jetson-nano": ("jetson-nano", ["cpu", "gpu"], {}),
-    "jetson-nano-5w": ("jetson-nano", ["cpu", "gpu"], {"cpu": [2, 3]}),
-    "generic": ("generic", ["cpu", "cpu:1"], {}),
-    "generic-nocpufreq": ("generic", ["cpu", "cpu:1"], {}),
-    "generic-rapl": ("generic", ["cpu", "cpu:1"], {}),
+    "odroid-xu3": ("odroid-xu3", ["a7", "a15", "a15+a7"], {}),
+    "odroid-xu3-3.10": ("odroid-xu3", ["a7", "a15", "a15+a7"], {}),
+    "odroid-xu3-6.1": ("odroid-xu3", ["a7", "a15", "a15+a7"], {}),
+    "odroid-xu3-cpu0-offline": ("odroid-xu3", ["a7", "a15", "a15+a7"], {"a7": [0]}),
+    "jetson-nano": ("jetson-nano", ["cpu", "gpu", "cpu+gpu"], {}),
+    "jetson-nano-5w": ("jetson-nano", ["cpu", "gpu", "cpu+gpu"], {"cpu": [2, 3]}),
+    "generic": ("generic", ["cpu", "cpu:1", "cpu0+cpu1"], {}),
+    "generic-nocpufreq": ("generic", ["cpu", "cpu:1", "cpu0+cpu1"], {}),
+    "generic-rapl": ("generic", ["cpu", "cpu:1", "cpu0+cpu1"], {}),
 }
 IMG = np.zeros((1, 32, 32, 3), np.uint8)
 
@@ -69,7 +69,7 @@ def test_serve_on_board_tree(name, random_set, tmp_path):
     assert snapshot(root) == before, "dnnscale platform must only read"
     from models.modelset import gpu_provider
     if gpu_provider() is None:   # no CUDA execution provider here: the daemon serves the CPU only
-        want_targets = [t for t in want_targets if t != "gpu"]
+        want_targets = [t for t in want_targets if "gpu" not in t]
     cfg = tmp_path / "c.yaml"
     cfg.write_text("profile_runs: 1\n")
     d = Daemon(str(tmp_path / "run"), random_set, sysfs_root=root, config=str(cfg), kernel_uid=0)
@@ -82,14 +82,24 @@ def test_serve_on_board_tree(name, random_set, tmp_path):
             for t in want_targets:
                 freqs = s["targets"][t]["freqs_khz"]
                 f = freqs[1] if len(freqs) > 1 else None
-                c.pin(groups=1, target=t, freq_khz=f) if f else c.pin(groups=1, target=t)
-                if f:   # in effect when pinned, before any inference
+                parts = desc["targets"][t]["parts"]
+                k = len(parts) if parts else 1       # a split of n lanes runs from k = n
+                c.pin(groups=k, target=t, freq_khz=f) if f else c.pin(groups=k, target=t)
+                if f and not parts:   # in effect when pinned, before any inference
                     gpu = desc["targets"][t]["kind"] == "gpu"
                     assert read_khz(cur_freq_file(root, desc, t), gpu) == f
                     assert c.status()["frequencies_khz"][t] == f
                 r = c.infer(IMG)
-                assert r.config["target"] == t and r.config["groups"] == 1
+                assert r.config["target"] == t and r.config["groups"] == k
                 assert r.config["freq_khz"] == f
+                if parts:   # each lane ran its columns at its own step of the split's ladder
+                    assert [l["lane"] for l in r.config["lanes"]] == [p["name"] for p in parts]
+                    assert [l["columns"] for l in r.config["lanes"]] == [[i, i] for i in range(1, k + 1)]
+                    for p, lane in zip(parts, r.config["lanes"]):
+                        if f:
+                            assert lane["freq_khz"] in p["freqs_khz"]
+                            if p["name"] in desc["targets"]:
+                                assert read_khz(cur_freq_file(root, desc, p["name"]), p["kind"] == "gpu") == lane["freq_khz"]
                 if name.startswith(("odroid-xu3", "jetson-nano")):
                     # from the first start on, though the XU3 boots with its INA231 off: the
                     # sensors the start-up profile enabled stay on (twice the INA231's 263.8 ms
@@ -219,7 +229,7 @@ def test_profile_waits_for_the_sensor(random_set, tmp_path):
         p.meter.period = 0.01            # the fake sensor never changes: keep the test short
         ms = ModelSet.load(random_set, threads=1)
         levels = levels_from_manifest(ms.manifest)
-        space = build_space(levels, {n: t.freqs_khz for n, t in p.targets.items()})
+        space = build_space(levels, {n: t.freqs_khz for n, t in p.targets.items() if not t.is_split})
         sleeps = []
         prof = measure(Executor(p), ms, space, levels, runs=1, sleep=sleeps.append)
         changes = {(c.target, c.freq_khz) for c in plan_measurements(space)}

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import re
 import os
 import subprocess
 
@@ -73,8 +74,10 @@ def test_profile_on_simulated_board(random_set, tmp_path):
     r = run("profile", "--model", random_set, "--platform", "sim-jetson-nano", "--state-dir", state, "--runs", "2")
     assert r.returncode == 0, r.stderr
     d = json.load(open(os.path.join(state, "profile.json")))
-    assert set(d["profile"]["targets"]) == {"cpu", "gpu"} and d["key"]["platform"] == "sim-jetson-nano"
-    assert "profiled" in r.stdout and "of 81 configurations" in r.stdout
+    assert set(d["profile"]["targets"]) == {"cpu", "gpu", "cpu+gpu"} and d["key"]["platform"] == "sim-jetson-nano"
+    # 3 levels x (15 CPU + 12 GPU frequencies), and the split's 15-step ladder from k = 2
+    assert "profiled" in r.stdout and "of 111 configurations" in r.stdout
+    assert re.search(r"cpu\+gpu k=2 [0-9.]+ ms, k=3 [0-9.]+ ms", r.stdout), r.stdout
 
 
 def test_platform_unknown_name():

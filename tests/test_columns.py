@@ -4,8 +4,6 @@ and any split of 1..k into ranges run at once gives the logits of ``kN.onnx``.""
 from __future__ import annotations
 
 import dataclasses
-from concurrent.futures import ThreadPoolExecutor
-
 import numpy as np
 import pytest
 
@@ -30,21 +28,20 @@ def test_every_split_equals_the_whole_network(tmp_path, unequal):
     arch = dataclasses.replace(TINY, group_widths=(0.5, 1.0, 2.0)) if unequal else TINY
     ms = ModelSet.load(write_random_set(str(tmp_path / "set"), groups=3, arch=arch), threads=1)
     x = np.random.default_rng(1).standard_normal((5,) + ms.input_shape).astype(np.float32)
-    with ThreadPoolExecutor(3) as pool:
-        for k in range(1, 4):
-            want = ms.run(k, x)
-            for split in splits(k):
-                got = ms.run_split(k, x, [(a, b, 1) for a, b in split], pool=pool)
-                # float32 convs summed in another order (a grouped conv against its groups
-                # alone): within 2e-5 of the largest logit (these random weights give ~13)
-                err = float(np.abs(got - want).max() / np.abs(want).max())
-                assert err < 2e-5, (k, split, err)
+    for k in range(1, 4):
+        want = ms.run(k, x)
+        for split in splits(k):
+            got = ms.run_split(k, x, split)
+            # float32 convs summed in another order (a grouped conv against its groups
+            # alone): within 2e-5 of the largest logit (these random weights give ~13)
+            err = float(np.abs(got - want).max() / np.abs(want).max())
+            assert err < 2e-5, (k, split, err)
 
 
 def test_a_split_must_cover_the_columns_in_order(random_set):
     ms = ModelSet.load(random_set, threads=1)
     x = np.zeros((1,) + ms.input_shape, np.float32)
-    for bad in ([(1, 1, 1)], [(2, 3, 1)], [(1, 1, 1), (3, 3, 1)], [(1, 2, 1), (2, 3, 1)]):
+    for bad in ([(1, 1)], [(2, 3)], [(1, 1), (3, 3)], [(1, 2), (2, 3)]):
         with pytest.raises(ValueError, match="cover 1..3"):
             ms.run_split(3, x, bad)
 
@@ -80,8 +77,7 @@ def test_the_shipped_sets_columns_give_their_logits(name):
     x = ms.preprocess(np.random.default_rng(2).integers(0, 256, (16,) + tuple(ms.manifest["input"]["image"]["shape"]),
                                                         dtype=np.uint8))
     want = ms.run(G, x)
-    with ThreadPoolExecutor(2) as pool:
-        for cut in range(1, G):
-            got = ms.run_split(G, x, [(1, cut, 1), (cut + 1, G, 1)], pool=pool)
-            assert (got.argmax(1) == want.argmax(1)).all()
-            assert float(np.abs(got - want).max() / np.abs(want).max()) < 2e-5, cut
+    for cut in range(1, G):
+        got = ms.run_split(G, x, [(1, cut), (cut + 1, G)])
+        assert (got.argmax(1) == want.argmax(1)).all()
+        assert float(np.abs(got - want).max() / np.abs(want).max()) < 2e-5, cut

@@ -46,7 +46,7 @@ def test_detect(tmp_path, name, want):
 
 def test_discover_xu3_414(tmp_path):
     p = platforms.detect(tree(tmp_path, "odroid-xu3"))
-    assert list(p.targets) == ["a7", "a15"]
+    assert list(p.targets) == ["a7", "a15", "a15+a7"]
     a7, a15 = p.targets["a7"], p.targets["a15"]
     assert a7.cpus == [0, 1, 2, 3] and a15.cpus == [4, 5, 6, 7]
     assert a7.freqs_khz == [200000 + 100000 * i for i in range(13)]
@@ -82,7 +82,7 @@ def test_discover_xu3_mainline(tmp_path):
     root = tree(tmp_path, "odroid-xu3-6.1")
     assert len(os.listdir(os.path.join(root, "sys/class/devfreq"))) == 17
     p = platforms.detect(root)
-    assert p.name == "odroid-xu3" and list(p.targets) == ["a7", "a15"]
+    assert p.name == "odroid-xu3" and list(p.targets) == ["a7", "a15", "a15+a7"]
     assert p.desc.gpu.control == ["/sys/devices/platform/soc/11800000.gpu/devfreq/11800000.gpu"]
     assert p.desc.gpu.freqs_khz == [f // 1000 for f in trees.XU3_MALI]
     rails = {r.name: r for r in p.desc.rails}
@@ -119,7 +119,7 @@ def test_platform_answers_for_its_user(tmp_path):
 
 def test_discover_nano(tmp_path):
     p = platforms.detect(tree(tmp_path, "jetson-nano"))
-    assert list(p.targets) == ["cpu", "gpu"]
+    assert list(p.targets) == ["cpu", "gpu", "cpu+gpu"]
     assert p.targets["cpu"].freqs_khz[-1] == 1479000 and p.targets["cpu"].method == "userspace"
     assert p.targets["gpu"].freqs_khz == [76800 * i for i in range(1, 13)]
     assert {r.name: r.kind for r in p.desc.rails} == {"in": "ina3221", "gpu": "ina3221", "cpu": "ina3221"}
@@ -128,7 +128,7 @@ def test_discover_nano(tmp_path):
 
 def test_discover_generic_mapping_and_no_cpufreq(tmp_path):
     p = platforms.detect(tree(tmp_path, "generic"))
-    assert list(p.targets) == ["cpu", "cpu:1"] and p.targets["cpu:1"].cpus == [0]
+    assert list(p.targets) == ["cpu", "cpu:1", "cpu0+cpu1"] and p.targets["cpu:1"].cpus == [0]
     assert p.dvfs_enabled
     q = platforms.detect(tree(tmp_path, "generic-nocpufreq"))
     assert q.targets["cpu"].freqs_khz == [] and not q.dvfs_enabled

@@ -1,15 +1,14 @@
 """The request queues alone (daemon/queues.py): busy, batching, shares, round robin."""
 from __future__ import annotations
 
-from types import SimpleNamespace
-
 import numpy as np
 
+from daemon.protocol import InferRequest
 from daemon.queues import RequestQueues
 
 
-def req(n=1, groups=None, dtype="uint8", deadline=None, tag=None):
-    return SimpleNamespace(tensor=np.zeros((n, 1)), groups=groups, dtype=dtype, deadline_ms=deadline, tag=tag)
+def req(n=1, groups=None, dtype="uint8", deadline=None, tag=None, stop_at=None, progressive=False):
+    return InferRequest(tag, dtype, np.zeros((n, 1)), groups, deadline, stop_at, progressive)
 
 
 def test_busy_past_the_queue_and_past_a_clients_share():
@@ -29,10 +28,14 @@ def test_a_batch_joins_only_matching_requests_up_to_max_batch():
     q.offer("a", "a1", req(2))
     q.offer("b", "b1", req(2, groups=3))                 # another level: not in a's batch
     q.offer("c", "c1", req(2, dtype="float32"))          # another dtype: neither
+    q.offer("e", "e1", req(1, stop_at=0.9))               # anytime: only with the same stop_at
+    q.offer("f", "f1", req(1, progressive=True))          # and the same progressive
+    q.offer("g", "g1", req(1, stop_at=0.9))
     q.offer("d", "d1", req(1))
     envs, batch = q.next_batch()
     assert envs == ["a1", "d1"] and sum(len(r.tensor) for r in batch) == 3
-    assert q.next_batch()[0] == ["b1"] and q.next_batch()[0] == ["c1"] and not q
+    assert q.next_batch()[0] == ["b1"] and q.next_batch()[0] == ["c1"]
+    assert q.next_batch()[0] == ["e1", "g1"] and q.next_batch()[0] == ["f1"] and not q
 
 
 def test_round_robin_and_a_clients_share_of_a_batch():

@@ -1,0 +1,150 @@
+"""Anytime answers (issue 34): accuracy against work when each image stops adding groups once
+its top-1 probability reaches tau, beside static k; offline over each shipped group set's
+whole test set, and through a real ``dnnscale serve`` at batch 1.
+
+Offline: every level's logits of every test image (``ModelSet.run``; the incremental run
+gives the same logits to 1e-5, tests/test_anytime.py), then per tau the level each image
+stops at; MACs are the manifest's per level. Through the daemon: ``--images`` test images
+one request each, in blocks of 100 that alternate between ``pin --groups G`` with plain
+requests and the same pin with ``stop_at`` (the pin makes G the most an image gets), so that
+both see the same moments of the machine; mean latency per image from the replies'
+``latency_ms`` and from the client's round trips.
+
+    python -m bench.anytime [--images N] [--stop-at T] [--sets NAME ...]
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import time
+from typing import Dict, List, Optional
+
+import numpy as np
+
+from .common import ROOT, machine, table
+
+TAUS = (0.5, 0.7, 0.8, 0.9, 0.95, 0.98, 0.99)
+DATA = {"cifar10-g4": os.path.join(ROOT, "..", "shared", "data", "cifar10", "cifar-10-batches-py"),
+        "fashion-mnist-g4": "/usr/share/datasets/fashion-mnist"}
+
+
+def test_set(name: str, ms):
+    from models import datasets
+    path = DATA[name]
+    if not os.path.exists(path):
+        return None
+    h, w, c = ms.manifest["input"]["image"]["shape"]
+    d = datasets.load(path, train=False, image=h, channels=c)
+    return d.x_test, d.y_test
+
+
+def offline(name: str) -> Optional[Dict]:
+    from models import ModelSet, zoo
+    ms = ModelSet.load(zoo.resolve(name))
+    data = test_set(name, ms)
+    if data is None:
+        return None
+    x_u8, y = data
+    G = ms.groups
+    logits = {k: np.concatenate([ms.run(k, ms.preprocess(x_u8[i:i + 500])) for i in range(0, len(y), 500)])
+              for k in range(1, G + 1)}
+    prob = {}
+    for k, l in logits.items():
+        z = np.exp(l - l.max(1, keepdims=True))
+        prob[k] = z.max(1) / z.sum(1)
+    macs = np.array([ms.level(k)["macs"] for k in range(1, G + 1)], float)
+    rows = []
+    for k in range(1, G + 1):
+        rows.append({"policy": "static k=%d" % k, "acc": 100 * float((logits[k].argmax(1) == y).mean()),
+                     "macs": 100 * macs[k - 1] / macs[-1], "at1": None})
+    for tau in TAUS:
+        stop = np.full(len(y), G)
+        for k in range(G - 1, 0, -1):          # the first level that is sure enough
+            stop = np.where(prob[k] >= tau, k, stop)
+        pred = np.choose(stop - 1, [logits[k].argmax(1) for k in range(1, G + 1)])
+        rows.append({"policy": "stop_at %.2f" % tau, "tau": tau, "acc": 100 * float((pred == y).mean()),
+                     "macs": 100 * float(macs[stop - 1].mean()) / macs[-1], "at1": 100 * float((stop == 1).mean())})
+    return {"set": name, "images": len(y), "rows": rows}
+
+
+def through_daemon(name: str, images: int, stop_at: float, block: int = 100) -> Optional[Dict]:
+    import tempfile
+    from models import ModelSet, zoo
+    from tests.daemon_harness import Daemon
+    ms = ModelSet.load(zoo.resolve(name))
+    data = test_set(name, ms)
+    if data is None:
+        return None
+    x_u8, y = data[0][:images], data[1][:images]
+    out = {"set": name, "images": len(y), "stop_at": stop_at, "static": [], "anytime": []}
+    with tempfile.TemporaryDirectory() as tmp:
+        cfg = os.path.join(tmp, "c.yaml")
+        with open(cfg, "w") as f:
+            f.write("profile_runs: 2\n")
+        d = Daemon(os.path.join(tmp, "run"), zoo.resolve(name), config=cfg, threads=None)   # as deployed
+        try:
+            d.wait_ready()
+            with d.client(timeout_s=30) as c:
+                G = c.status()["model"]["levels"]
+                c.pin(groups=G)
+                for i in range(20):
+                    c.infer(x_u8[i:i + 1])
+                    c.infer(x_u8[i:i + 1], stop_at=stop_at)
+                for start in range(0, len(y), block):
+                    for mode in ("static", "anytime"):
+                        for i in range(start, min(start + block, len(y))):
+                            t0 = time.perf_counter()
+                            r = c.infer(x_u8[i:i + 1], stop_at=stop_at if mode == "anytime" else None)
+                            rt = time.perf_counter() - t0
+                            k = r.header["groups_per_image"][0] if mode == "anytime" else G
+                            out[mode].append((r.labels[0] == int(y[i]), r.latency_ms, rt * 1e3, k))
+                prog = list(c.infer_progressive(x_u8[:1]))
+                out["progressive"] = [(p.header["level"], p.header["final"]) for p in prog]
+                out["status"] = c.status()["anytime"]
+        finally:
+            d.stop()
+    out["macs"] = [ms.level(k)["macs"] for k in range(1, ms.groups + 1)]
+    return out
+
+
+def report(off: List[Dict], live: List[Dict]) -> str:
+    lines = ["Anytime answers (%s)" % machine(), ""]
+    for r in off:
+        lines += ["**%s**, offline, all %d test images:" % (r["set"], r["images"]), "",
+                  table(["policy", "top-1 %", "mean MACs, % of k=G", "images decided at k=1 %"],
+                        [[x["policy"], "%.2f" % x["acc"], "%.1f" % x["macs"],
+                          "-" if x["at1"] is None else "%.1f" % x["at1"]] for x in r["rows"]]), ""]
+    for r in live:
+        s, a = np.array(r["static"], float), np.array(r["anytime"], float)
+        macs = np.array(r["macs"], float)
+        work = 100 * macs[a[:, 3].astype(int) - 1].mean() / macs[-1]
+        lines += ["**%s** through the daemon at batch 1, %d test images, blocks of 100 alternating "
+                  "(pin --groups %d; stop_at %g):" % (r["set"], r["images"], len(macs), r["stop_at"]), "",
+                  table(["requests", "top-1 %", "mean MACs, % of k=G", "mean latency_ms per image",
+                         "mean round trip ms"],
+                        [["pinned k=G", "%.2f" % (100 * s[:, 0].mean()), "100", "%.3f" % s[:, 1].mean(),
+                          "%.3f" % s[:, 2].mean()],
+                         ["stop_at %g" % r["stop_at"], "%.2f" % (100 * a[:, 0].mean()), "%.1f" % work,
+                          "%.3f" % a[:, 1].mean(), "%.3f" % a[:, 2].mean()]]), "",
+                  "stop_at / pinned k=G: accuracy %+.2f points, mean latency %.2fx, mean round trip %.2fx "
+                  "(targets: within 0.1 point, MACs <= 45%%, latency <= 0.6x); a progressive request's replies "
+                  "(level, final): %s; status anytime: %s" % (
+                      100 * (a[:, 0].mean() - s[:, 0].mean()), a[:, 1].mean() / s[:, 1].mean(),
+                      a[:, 2].mean() / s[:, 2].mean(), r["progressive"], r["status"]), ""]
+    return "\n".join(lines) + "\n"
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(prog="python -m bench.anytime", description=__doc__.split("\n")[0])
+    ap.add_argument("--sets", nargs="*", default=list(DATA), help="shipped group sets (default: both)")
+    ap.add_argument("--images", type=int, default=2000, help="test images through the daemon (default 2000)")
+    ap.add_argument("--stop-at", type=float, default=0.95)
+    ap.add_argument("--offline-only", action="store_true")
+    a = ap.parse_args(argv)
+    off = [r for r in (offline(n) for n in a.sets) if r]
+    live = [] if a.offline_only else [r for r in (through_daemon(n, a.images, a.stop_at) for n in a.sets) if r]
+    print(report(off, live))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,93 @@
+"""Anytime answers (issue 34): a request's columns are computed once and added one at a time;
+an image stops at the first level whose top-1 probability reaches ``stop_at``; a progressive
+request gets one reply per added level, the last final. Through the real daemon."""
+from __future__ import annotations
+
+import subprocess
+
+import numpy as np
+import pytest
+
+from models import ModelSet, zoo
+from tests.daemon_harness import Daemon, dnnscale_cmd
+
+
+def _images(n, seed=0):
+    return np.random.default_rng(seed).integers(0, 256, (n, 32, 32, 3), dtype=np.uint8)
+
+
+@pytest.mark.parametrize("name", ["cifar10-g4", "fashion-mnist-g4"])
+def test_incremental_levels_equal_the_whole_networks(name):
+    """At every k the incremental logits are those of kN.onnx, and an image that stops at k
+    has k's logits."""
+    ms = ModelSet.load(zoo.resolve(name), threads=1)
+    hwc = tuple(ms.manifest["input"]["image"]["shape"])
+    x = ms.preprocess(np.random.default_rng(3).integers(0, 256, (24,) + hwc, dtype=np.uint8))
+    whole = {k: ms.run(k, x) for k in range(1, ms.groups + 1)}
+    for k in whole:
+        got, groups = ms.run_anytime(x, None, k)
+        assert (groups == k).all()
+        assert float(np.abs(got - whole[k]).max() / np.abs(whole[k]).max()) < 1e-5
+    got, groups = ms.run_anytime(x, 0.9)
+    assert groups.min() >= 1 and groups.max() <= ms.groups
+    for i, k in enumerate(groups):
+        assert np.allclose(got[i], whole[int(k)][i], rtol=0, atol=1e-5 * np.abs(whole[int(k)]).max())
+        p = np.exp(whole[int(k)][i] - whole[int(k)][i].max())
+        top = p.max() / p.sum()
+        assert top >= 0.9 or k == ms.groups
+        for j in range(1, int(k)):      # it did not stop earlier: no earlier level was sure enough
+            q = np.exp(whole[j][i] - whole[j][i].max())
+            assert q.max() / q.sum() < 0.9
+
+
+def test_a_portfolio_cannot_stop_early():
+    ms = ModelSet.load(zoo.resolve("cifar10-portfolio"), threads=1)
+    with pytest.raises(Exception, match="no column graphs"):
+        ms.run_anytime(np.zeros((1,) + ms.input_shape, np.float32), 0.9)
+
+
+def test_stop_at_and_progressive_through_the_daemon(tmp_path):
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("profile_runs: 1\n")
+    d = Daemon(str(tmp_path / "run"), zoo.resolve("cifar10-g4"), config=str(cfg))
+    try:
+        d.wait_ready()
+        with d.client() as c:
+            img = _images(64)
+            G = c.status()["model"]["levels"]
+            whole = {k: c.infer(img, groups=k) for k in range(1, G + 1)}
+            r = c.infer(img, stop_at=0.95)
+            groups = r.header["groups_per_image"]
+            assert len(groups) == 64 and 1 <= min(groups) and max(groups) <= G
+            assert r.labels == [whole[k].labels[i] for i, k in enumerate(groups)]
+            assert min(groups) < G, "some of 64 random images must be easy at 0.95"
+            # a progressive request: a reply per level, groups 1..G, the last final
+            replies = list(c.infer_progressive(img[:4]))
+            assert [p.header["level"] for p in replies] == list(range(1, G + 1))
+            assert [p.header["final"] for p in replies] == [False] * (G - 1) + [True]
+            for p in replies:
+                assert p.labels == whole[p.header["level"]].labels[:4]
+                assert all(0 < q <= 1 for q in p.header["probabilities"])
+            # progressive with stop_at: it ends at the level where every image had stopped
+            replies = list(c.infer_progressive(img[:1], stop_at=0.5))
+            assert replies[-1].header["final"] and replies[-1].header["groups_per_image"][0] == len(replies)
+            s = c.status()
+            assert s["anytime"]["0.95"]["images"] == 64
+            assert sum(s["anytime"]["0.95"]["groups"].values()) == 64
+            # the refusals say what is wrong
+            for bad in (0, 1.5, "x", True):
+                with pytest.raises(Exception, match="stop_at"):
+                    c.infer(img[:1], stop_at=bad)
+        # and the CLI: where each image stopped, and the answer after every group
+        np.save(str(tmp_path / "x.npy"), img[:2])
+        ep = ["--endpoint", d.infer_ep, "--control-endpoint", d.control_ep]
+        r = subprocess.run(dnnscale_cmd() + ["infer", str(tmp_path / "x.npy"), "--stop-at", "0.95"] + ep,
+                           capture_output=True, text=True, timeout=60)
+        assert r.returncode == 0 and r.stdout.count("stopped at k=") == 2, r.stdout + r.stderr
+        r = subprocess.run(dnnscale_cmd() + ["infer", str(tmp_path / "x.npy"), "--progressive"] + ep,
+                           capture_output=True, text=True, timeout=60)
+        assert r.returncode == 0, r.stderr
+        assert [l.split(" so far")[0] for l in r.stdout.splitlines() if "so far" in l] == \
+            ["k=%d" % k for k in range(1, G)]
+    finally:
+        d.stop()
