@@ -5,8 +5,9 @@ whole test set, and through a real ``dnnscale serve`` at batch 1.
 Offline: every level's logits of every test image (``ModelSet.run``; the incremental run
 gives the same logits to 1e-5, tests/test_anytime.py), then per tau the level each image
 stops at; MACs are the manifest's per level. Through the daemon: ``--images`` test images
-one request each, in blocks of 100 that alternate between ``pin --groups G`` with plain
-requests and the same pin with ``stop_at`` (the pin makes G the most an image gets), so that
+one request each, in blocks of 100 that alternate between ``pin --groups G --target cpu``
+(all CPUs) with plain requests and the same pin with ``stop_at`` (the pin makes G the most an
+image gets), so that
 both see the same moments of the machine; mean latency per image from the replies'
 ``latency_ms`` and from the client's round trips.
 
@@ -21,7 +22,7 @@ from typing import Dict, List, Optional
 
 import numpy as np
 
-from .common import ROOT, machine, table
+from .common import ROOT, machine, serving, table
 
 TAUS = (0.5, 0.7, 0.8, 0.9, 0.95, 0.98, 0.99)
 DATA = {"cifar10-g4": os.path.join(ROOT, "..", "shared", "data", "cifar10", "cifar-10-batches-py"),
@@ -68,41 +69,35 @@ def offline(name: str) -> Optional[Dict]:
 
 
 def through_daemon(name: str, images: int, stop_at: float, block: int = 100) -> Optional[Dict]:
-    import tempfile
     from models import ModelSet, zoo
-    from tests.daemon_harness import Daemon
     ms = ModelSet.load(zoo.resolve(name))
     data = test_set(name, ms)
     if data is None:
         return None
     x_u8, y = data[0][:images], data[1][:images]
     out = {"set": name, "images": len(y), "stop_at": stop_at, "static": [], "anytime": []}
-    with tempfile.TemporaryDirectory() as tmp:
-        cfg = os.path.join(tmp, "c.yaml")
-        with open(cfg, "w") as f:
-            f.write("profile_runs: 2\n")
-        d = Daemon(os.path.join(tmp, "run"), zoo.resolve(name), config=cfg, threads=None)   # as deployed
-        try:
-            d.wait_ready()
-            with d.client(timeout_s=30) as c:
-                G = c.status()["model"]["levels"]
-                c.pin(groups=G)
-                for i in range(20):
-                    c.infer(x_u8[i:i + 1])
-                    c.infer(x_u8[i:i + 1], stop_at=stop_at)
-                for start in range(0, len(y), block):
-                    for mode in ("static", "anytime"):
-                        for i in range(start, min(start + block, len(y))):
-                            t0 = time.perf_counter()
-                            r = c.infer(x_u8[i:i + 1], stop_at=stop_at if mode == "anytime" else None)
-                            rt = time.perf_counter() - t0
-                            k = r.header["groups_per_image"][0] if mode == "anytime" else G
-                            out[mode].append((r.labels[0] == int(y[i]), r.latency_ms, rt * 1e3, k))
-                prog = list(c.infer_progressive(x_u8[:1]))
-                out["progressive"] = [(p.header["level"], p.header["final"]) for p in prog]
-                out["status"] = c.status()["anytime"]
-        finally:
-            d.stop()
+    with serving(name) as c:
+        st = c.status()
+        G = st["model"]["levels"]
+        # the whole CPU (a split runs an anytime request's columns one after another on its
+        # first lane, which would compare one CPU with two)
+        target = max((n for n, t in st["targets"].items() if t["kind"] == "cpu"), key=lambda n: len(st["targets"][n]["cpus"]))
+        out["target"] = target
+        c.pin(groups=G, target=target)
+        for i in range(20):
+            c.infer(x_u8[i:i + 1])
+            c.infer(x_u8[i:i + 1], stop_at=stop_at)
+        for start in range(0, len(y), block):
+            for mode in ("static", "anytime"):
+                for i in range(start, min(start + block, len(y))):
+                    t0 = time.perf_counter()
+                    r = c.infer(x_u8[i:i + 1], stop_at=stop_at if mode == "anytime" else None)
+                    rt = time.perf_counter() - t0
+                    k = r.header["groups_per_image"][0] if mode == "anytime" else G
+                    out[mode].append((r.labels[0] == int(y[i]), r.latency_ms, rt * 1e3, k))
+        prog = list(c.infer_progressive(x_u8[:1]))
+        out["progressive"] = [(p.header["level"], p.header["final"]) for p in prog]
+        out["status"] = c.status()["anytime"]
     out["macs"] = [ms.level(k)["macs"] for k in range(1, ms.groups + 1)]
     return out
 
@@ -119,7 +114,8 @@ def report(off: List[Dict], live: List[Dict]) -> str:
         macs = np.array(r["macs"], float)
         work = 100 * macs[a[:, 3].astype(int) - 1].mean() / macs[-1]
         lines += ["**%s** through the daemon at batch 1, %d test images, blocks of 100 alternating "
-                  "(pin --groups %d; stop_at %g):" % (r["set"], r["images"], len(macs), r["stop_at"]), "",
+                  "(pin --groups %d --target %s; stop_at %g):" % (r["set"], r["images"], len(macs), r["target"],
+                                                                    r["stop_at"]), "",
                   table(["requests", "top-1 %", "mean MACs, % of k=G", "mean latency_ms per image",
                          "mean round trip ms"],
                         [["pinned k=G", "%.2f" % (100 * s[:, 0].mean()), "100", "%.3f" % s[:, 1].mean(),

@@ -26,7 +26,7 @@ from typing import Dict, List
 
 import numpy as np
 
-from .common import in_fresh_process, machine, table
+from .common import in_fresh_process, machine, serving, table
 
 _SET_WITH_SPLIT = r'''
 import json, numpy as np, psutil
@@ -105,48 +105,36 @@ def through_daemon(model: str, ks: List[int], blocks: int = 10, runs: int = 100)
     """The same three rows through a real ``dnnscale serve`` (client round trips at batch 1
     over ipc), each a pin of the target: the one-CPU lane (``cpu:1``), the all-CPU lane
     (``cpu``) and the split over single-CPU lanes; per block and k, the rows in turn."""
-    import tempfile
-    from models import zoo
-    from tests.daemon_harness import Daemon
     out = {"rows": {}, "blocks": blocks, "runs": runs, "model": model, "labels": {}}
-    with tempfile.TemporaryDirectory() as tmp:
-        cfg = os.path.join(tmp, "c.yaml")
-        with open(cfg, "w") as f:
-            f.write("profile_runs: 2\n")
-        d = Daemon(os.path.join(tmp, "run"), zoo.resolve(model), config=cfg, threads=None)   # as deployed
-        try:
-            d.wait_ready()
-            with d.client(timeout_s=30) as c:
-                st = c.status()
-                split = next((n for n, t in st["targets"].items() if "split" in t), None)
-                if split is None:
-                    raise SystemExit("bench.columns: the daemon has no split target (%s)" % st["splits"])
-                targets = [("one-CPU lane (cpu:1)", "cpu:1"), ("all-CPU lane (cpu)", "cpu"),
-                           ("split (%s)" % split, split)]
-                img = np.random.default_rng(0).integers(0, 256, (256, 32, 32, 3), dtype=np.uint8)
-                x = img[:1]
-                for k in ks:                     # the labels: the split's are the whole network's
-                    got = {}
-                    for _, t in targets:
-                        c.pin(groups=k, target=t)
-                        got[t] = c.infer(img).labels
-                    out["labels"][k] = all(got[t] == got["cpu"] for _, t in targets)
-                for _ in range(blocks):
-                    for k in ks:
-                        for name, t in targets:
-                            c.pin(groups=k, target=t)
-                            for _ in range(10):
-                                c.infer(x)
-                            rt = []
-                            for _ in range(runs):
-                                t0 = time.perf_counter()
-                                c.infer(x)
-                                rt.append(time.perf_counter() - t0)
-                            out["rows"].setdefault(k, {}).setdefault(name, []).append(
-                                (np.percentile(rt, 50) * 1e3, np.percentile(rt, 99) * 1e3))
-                out["lanes"] = st["targets"][split]["split"]
-        finally:
-            d.stop()
+    with serving(model) as c:
+        st = c.status()
+        split = next((n for n, t in st["targets"].items() if "split" in t), None)
+        if split is None:
+            raise SystemExit("bench.columns: the daemon has no split target (%s)" % st["splits"])
+        targets = [("one-CPU lane (cpu:1)", "cpu:1"), ("all-CPU lane (cpu)", "cpu"),
+                   ("split (%s)" % split, split)]
+        img = np.random.default_rng(0).integers(0, 256, (256, 32, 32, 3), dtype=np.uint8)
+        x = img[:1]
+        for k in ks:                     # the labels: the split's are the whole network's
+            got = {}
+            for _, t in targets:
+                c.pin(groups=k, target=t)
+                got[t] = [l for i in range(0, len(img), 64) for l in c.infer(img[i:i + 64]).labels]
+            out["labels"][k] = all(got[t] == got["cpu"] for _, t in targets)
+        for _ in range(blocks):
+            for k in ks:
+                for name, t in targets:
+                    c.pin(groups=k, target=t)
+                    for _ in range(10):
+                        c.infer(x)
+                    rt = []
+                    for _ in range(runs):
+                        t0 = time.perf_counter()
+                        c.infer(x)
+                        rt.append(time.perf_counter() - t0)
+                    out["rows"].setdefault(k, {}).setdefault(name, []).append(
+                        (np.percentile(rt, 50) * 1e3, np.percentile(rt, 99) * 1e3))
+        out["lanes"] = st["targets"][split]["split"]
     return out
 
 

@@ -1,6 +1,7 @@
 """Helpers shared by the benchmarks: fresh-process runs, tables, the machine description."""
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import platform
@@ -84,3 +85,23 @@ def round_trip_args(p) -> None:
     p.add_argument("--threads", type=int, action="append", help="onnxruntime threads (repeat; default 1 and all)")
     p.add_argument("--awake", action="store_true",
                    help="keep every CPU busy with an idle-class loop (this VM's halted vCPUs wake slowly)")
+
+
+@contextlib.contextmanager
+def serving(model: str, profile_runs: int = 2):
+    """A client of a real ``dnnscale serve`` of ``model`` (a folder or a shipped set's name)
+    as deployed: each target's own thread count, a quick start-up profile."""
+    import tempfile
+    from models import zoo
+    from tests.daemon_harness import Daemon
+    with tempfile.TemporaryDirectory() as tmp:
+        cfg = os.path.join(tmp, "c.yaml")
+        with open(cfg, "w") as f:
+            f.write("profile_runs: %d\n" % profile_runs)
+        d = Daemon(os.path.join(tmp, "run"), zoo.resolve(model), config=cfg, threads=None)
+        try:
+            d.wait_ready()
+            with d.client(timeout_s=30) as c:
+                yield c
+        finally:
+            d.stop()

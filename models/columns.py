@@ -12,8 +12,7 @@ from __future__ import annotations
 
 import os
 import threading
-from concurrent.futures import Future, ThreadPoolExecutor
-from typing import Callable, Dict, List, Set
+from typing import Callable, Dict, List, Optional, Set
 
 import numpy as np
 
@@ -23,6 +22,54 @@ def _tids() -> Set[int]:
         return {int(t) for t in os.listdir("/proc/self/task")}
     except OSError:
         return set()
+
+
+class _Worker(threading.Thread):
+    """One thread that runs one job at a time, handed over through two C-level locks (a
+    ThreadPoolExecutor's queue and Future cost more on every run). ``call`` may come from
+    several threads; they take turns."""
+
+    def __init__(self, name: str):
+        super().__init__(name=name, daemon=True)
+        self._go, self._done, self._turn = threading.Lock(), threading.Lock(), threading.Lock()
+        self._go.acquire()
+        self._done.acquire()
+        self._job: Optional[Callable] = None
+        self._out = self._err = None
+        self.start()
+
+    def run(self) -> None:
+        while True:
+            self._go.acquire()
+            job = self._job
+            if job is None:
+                self._done.release()
+                return
+            try:
+                self._out, self._err = job(), None
+            except BaseException as e:      # handed to the caller
+                self._out, self._err = None, e
+            self._done.release()
+
+    def begin(self, job: Callable) -> None:
+        self._turn.acquire()
+        self._job = job
+        self._go.release()
+
+    def end(self):
+        self._done.acquire()
+        out, err, self._out, self._err = self._out, self._err, None, None
+        self._turn.release()
+        if err is not None:
+            raise err
+        return out
+
+    def call(self, job: Callable):
+        self.begin(job)
+        return self.end()
+
+    def stop(self) -> None:
+        self.call(None) if self.is_alive() else None
 
 
 class ColumnLane:
@@ -35,20 +82,18 @@ class ColumnLane:
         self._sessions: Dict[str, object] = {}
         self._tids: Set[int] = set()            # the worker and the pool threads it created
         self._lock = threading.Lock()
-        self._pool = ThreadPoolExecutor(1, thread_name_prefix="lane-" + name)
-        self._pool.submit(self._start).result()
+        self._worker = _Worker("lane-" + name)
+        self._worker_tid = self._worker.call(self._start)
 
-    def _start(self) -> None:
-        self._worker = threading.get_native_id()
-        self._tids.add(self._worker)
-        self._pin_self()
-
-    def _pin_self(self) -> None:
+    def _start(self) -> int:
+        tid = threading.get_native_id()
+        self._tids.add(tid)
         if self.cpus:
             try:
                 os.sched_setaffinity(0, self.cpus)
             except OSError:
                 pass
+        return tid
 
     def session(self, file: str):
         """The lane's session of a column graph, created in the lane's worker (so its pool's
@@ -56,8 +101,8 @@ class ColumnLane:
         with self._lock:
             s = self._sessions.get(file)
         if s is None:
-            s = self._create(file) if threading.get_native_id() == self._worker \
-                else self._pool.submit(self._create, file).result()
+            s = self._create(file) if threading.get_native_id() == self._worker_tid \
+                else self._worker.call(lambda: self._create(file))
         return s
 
     def _create(self, file: str):
@@ -70,8 +115,12 @@ class ColumnLane:
             self._sessions[file] = s
             return s
 
-    def submit(self, file: str, x: np.ndarray) -> Future:
-        return self._pool.submit(self.run, file, x)
+    def begin(self, file: str, x: np.ndarray) -> None:
+        """Start ``file`` on ``x`` in the lane's worker; :meth:`end` waits for its features."""
+        self._worker.begin(lambda: self.run(file, x))
+
+    def end(self) -> np.ndarray:
+        return self._worker.end()
 
     def run(self, file: str, x: np.ndarray) -> np.ndarray:
         return self.session(file).run(None, {"input": x})[0]
@@ -89,7 +138,7 @@ class ColumnLane:
                 self._tids.discard(tid)
 
     def close(self) -> None:
-        self._pool.shutdown(wait=True)
+        self._worker.stop()
         with self._lock:
             self._sessions.clear()
 
@@ -97,9 +146,13 @@ class ColumnLane:
 def run_lanes(lanes: List[ColumnLane], files: List[str], x: np.ndarray) -> List[np.ndarray]:
     """Each lane runs its file at once: the first in the calling thread, the others in their
     workers (onnxruntime releases the GIL in a run); their features in lane order."""
-    later = [lane.submit(f, x) for lane, f in zip(lanes[1:], files[1:])]
-    first = lanes[0].run(files[0], x)
-    return [first] + [f.result() for f in later]
+    for lane, f in zip(lanes[1:], files[1:]):
+        lane.begin(f, x)
+    try:
+        first = lanes[0].run(files[0], x)
+    finally:
+        rest = [lane.end() for lane in lanes[1:]]      # every lane's turn ends, whatever failed
+    return [first] + rest
 
 
 def features_of(outs: List[np.ndarray]) -> np.ndarray:

@@ -95,6 +95,13 @@ def session_options(threads: Optional[int] = None) -> ort.SessionOptions:
         so.add_session_config_entry("session.intra_op.allow_spinning", "0" if spin == "off" else "1")
         if spin == "run":
             so.add_session_config_entry("session.force_spinning_stop", "1")
+    # No memory arena: an arena keeps the activations of the largest batch its session ran
+    # for good (32 MB for k4 at batch 64), and a set has a session per level, lane size,
+    # column range and head: a client's batch-64 requests at every level left the daemon
+    # 250 MB over its floor, which the memory guard (docs/reliability.md) took for a held
+    # message. Without it the latency is the same at batch 1 and 64 (measured on this VM:
+    # k4 p50 1.35-1.39 ms either way on one thread, batch 64 86-94 ms).
+    so.enable_cpu_mem_arena = False
     so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     so.log_severity_level = 3
     return so
