@@ -105,8 +105,7 @@ class Builder:
         for n in splits:
             if not models.has_columns:
                 targets.pop(n)
-                split_reason = "no split target: %s has no group columns (%s)" % (
-                    models.name, "a portfolio" if models.kind != "group_set" else "run `dnnscale columns` on it")
+                split_reason = "no split target: " + models.no_columns
             elif any(p.kind == "gpu" and p.name not in targets for p in targets[n].parts):
                 targets.pop(n)          # its GPU lane is not a target here
         return targets, gpu_reason, split_reason

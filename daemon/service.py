@@ -192,12 +192,12 @@ class Service:
     @property
     def input_spec(self) -> InputSpec:
         ms = self.models
-        why = "" if ms.has_columns else "%s cannot stop early: it has no group columns (%s)" % (
-            ms.name, "a portfolio" if ms.kind != "group_set" else "run `dnnscale columns` on it")
+        why = ms.no_columns and "it cannot stop early: " + ms.no_columns
         return InputSpec(ms.input_shape, ms.groups, self.cfg.max_batch, why, self.cfg.stop_at)
 
     def infer(self, reqs: List[InferRequest], emit=None) -> Tuple[List[Tuple[Dict, np.ndarray]], Ran]:
-        """Run requests that share dtype, groups and deadline as one batch: one reply each,
+        """Run requests that share dtype, groups, deadline, stop_at and progressive as one batch
+        (``emit``: sends a progressive request's replies before the last): one reply each,
         and the run for :meth:`learn`, which the caller calls once the replies are out (so the
         governor's and the counters' work is not in the client's round trip). Each reply
         carries the batch's latency and its own share of the batch's energy."""

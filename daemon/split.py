@@ -1,6 +1,6 @@
 """How the daemon runs a split target: one inference's group columns at once on the split's
 lanes (models/columns.py), the columns each lane runs chosen from the profile so that the
-lanes finish together (governor.cut_columns), or as the operator pinned them."""
+lanes finish together (governor.cut_columns)."""
 from __future__ import annotations
 
 from typing import Dict, List, Optional, Sequence, Set, Tuple
@@ -17,8 +17,7 @@ class Columns:
     ranges each lane runs (``cuts[target][k]``)."""
 
     def __init__(self, models: ModelSet, platform: Platform, splits: Sequence[str], levels: List[Level],
-                 profile: Optional[Profile], cpus: Set[int], threads: Optional[int] = None,
-                 pinned: Optional[Dict[str, List[int]]] = None):
+                 profile: Optional[Profile], cpus: Set[int], threads: Optional[int] = None):
         self.models, self.platform = models, platform
         self.col_macs = column_macs(levels)
         self.lanes: Dict[str, List] = {}
@@ -33,8 +32,7 @@ class Columns:
                                          gpu=kind == "gpu" and platform.host_gpu()))
             self.lanes[name] = lanes
             costs = self._costs(name, [p[0] for p in parts], profile)
-            fixed = (pinned or {}).get(name)
-            self.cuts[name] = {k: self._cut(k, costs, fixed) for k in range(len(parts), len(self.col_macs) + 1)}
+            self.cuts[name] = {k: cut_columns(self.col_macs[:k], costs) for k in range(len(parts), len(self.col_macs) + 1)}
 
     def _costs(self, split: str, parts: List[str], profile: Optional[Profile]) -> List[Tuple[float, float]]:
         """Per lane, seconds per MAC and per run at the split's top frequency, from the
@@ -49,19 +47,6 @@ class Columns:
             khz = max(sub.freqs_khz) if sub.freqs_khz and self.platform.dvfs_on(split) else None
             out.append((fits[p].a / (khz or 1), fits[p].b))
         return out
-
-    def _cut(self, k: int, costs, fixed: Optional[List[int]]) -> List[Tuple[int, int]]:
-        if fixed and sum(fixed[:-1]) < k and all(c >= 1 for c in fixed[:-1]) and len(fixed) == len(costs):
-            out, first = [], 1
-            for c in fixed[:-1]:
-                out.append((first, first + c - 1))
-                first += c
-            return out + [(first, k)]
-        return cut_columns(self.col_macs[:k], costs)
-
-    @property
-    def min_level(self) -> Dict[str, int]:
-        return {name: len(lanes) for name, lanes in self.lanes.items()}
 
     def run(self, k: int, x: np.ndarray, target: str) -> np.ndarray:
         return self.models.run_split(k, x, self.cuts[target][k], self.lanes[target])

@@ -216,12 +216,20 @@ class ModelSet:
         """Whether the set ships its columns on their own (a group set exported with them)."""
         return bool(self.manifest.get("columns"))
 
+    @property
+    def no_columns(self) -> str:
+        """Why the set cannot split or stop early ("" where it can)."""
+        if self.has_columns:
+            return ""
+        return "%s has no group columns (%s)" % (self.name, "a portfolio" if self.kind != "group" else
+                                                 "exported before them: run `dnnscale columns` on it")
+
     def lane(self, name: str, cpus: List[int] = (), threads: int = 1, gpu: bool = False) -> ColumnLane:
         """The lane ``name`` of a split (models/columns.py): its worker pinned to ``cpus``
         (this machine's; none: not pinned), sessions of ``threads`` intra-op threads, on the
         GPU where ``gpu``. Made once per (name, cpus, threads, gpu) and kept with the set."""
         if not self.has_columns:
-            raise ModelSetError("%s has no column graphs (exported before they existed): it runs whole" % self.dir)
+            raise ModelSetError("%s: it runs whole" % self.no_columns)
         key = (name, tuple(cpus), threads, bool(gpu))
         lane = self._lanes.get(key)
         if lane is None:
@@ -279,8 +287,7 @@ class ModelSet:
         Returns (logits, groups per image); at every k the logits equal ``run(k, x)``'s
         (tests/test_anytime.py)."""
         if not self.has_columns:
-            raise ModelSetError("%s has no column graphs: it cannot stop early (a portfolio, or a group set "
-                                "exported before them: `dnnscale columns`)" % self.dir)
+            raise ModelSetError("%s: it cannot stop early" % self.no_columns)
         max_k = max_k or self.groups
         self._check_level(max_k)
         t_start = clock()

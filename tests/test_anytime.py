@@ -42,8 +42,19 @@ def test_incremental_levels_equal_the_whole_networks(name):
 
 def test_a_portfolio_cannot_stop_early():
     ms = ModelSet.load(zoo.resolve("cifar10-portfolio"), threads=1)
-    with pytest.raises(Exception, match="no column graphs"):
+    with pytest.raises(Exception, match="has no group columns \\(a portfolio\\): it cannot stop early"):
         ms.run_anytime(np.zeros((1,) + ms.input_shape, np.float32), 0.9)
+    # the daemon refuses the fields for it, with the reason; a daemon-wide default does not apply
+    import json
+    from daemon.protocol import InputSpec, ProtocolError, decode_infer
+    spec = InputSpec((3, 32, 32), 4, 64, "it cannot stop early: " + ms.no_columns, stop_at=0.9)
+    body = bytes(32 * 32 * 3)
+    for field, code in (({"stop_at": 0.9}, "bad_stop_at"), ({"progressive": True}, "bad_progressive")):
+        head = dict({"dtype": "uint8", "shape": [1, 32, 32, 3]}, **field)
+        with pytest.raises(ProtocolError, match="a portfolio") as e:
+            decode_infer([json.dumps(head).encode(), body], spec)
+        assert e.value.code == code
+    assert decode_infer([json.dumps({"dtype": "uint8", "shape": [1, 32, 32, 3]}).encode(), body], spec).stop_at is None
 
 
 def test_stop_at_and_progressive_through_the_daemon(tmp_path):
