@@ -41,6 +41,7 @@ def test_set(name: str, ms):
 
 def offline(name: str) -> Optional[Dict]:
     from models import ModelSet, zoo
+    from models.modelset import softmax
     ms = ModelSet.load(zoo.resolve(name))
     data = test_set(name, ms)
     if data is None:
@@ -49,10 +50,7 @@ def offline(name: str) -> Optional[Dict]:
     G = ms.groups
     logits = {k: np.concatenate([ms.run(k, ms.preprocess(x_u8[i:i + 500])) for i in range(0, len(y), 500)])
               for k in range(1, G + 1)}
-    prob = {}
-    for k, l in logits.items():
-        z = np.exp(l - l.max(1, keepdims=True))
-        prob[k] = z.max(1) / z.sum(1)
+    prob = {k: softmax(l).max(1) for k, l in logits.items()}
     macs = np.array([ms.level(k)["macs"] for k in range(1, G + 1)], float)
     rows = []
     for k in range(1, G + 1):

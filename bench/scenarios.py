@@ -13,8 +13,8 @@ from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 
-from governor import (Budget, Config, Governor, Level, Params, Profile, Sample, build_space, column_macs, cut_columns,
-                      plan_measurements, split_macs)
+from governor import (Budget, Config, Governor, Level, Params, Profile, Sample, build_space, column_macs,
+                      plan_measurements, split_cuts, split_macs)
 from governor.baselines import Oracle, Ondemand, Performance, StepManager
 from platforms.sim import Interference, SimBoard
 
@@ -78,9 +78,8 @@ class Work:
         self.cuts: Dict[Tuple[str, int], List[Tuple[int, int]]] = {}
         for name, t in board.targets.items():
             if t.is_split and profile is not None:
-                costs = [(profile.fits[p.name].a / max(p.freqs_khz), profile.fits[p.name].b) for p in t.parts]
-                for k in range(len(t.parts), len(self.cols) + 1):
-                    self.cuts[(name, k)] = cut_columns(self.cols[:k], costs)
+                cuts = split_cuts(profile, self.cols, [(p.name, max(p.freqs_khz)) for p in t.parts])
+                self.cuts.update({(name, k): c for k, c in cuts.items()})
 
     def __call__(self, c: Config):
         cut = self.cuts.get((c.target, c.level))

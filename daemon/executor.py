@@ -105,19 +105,14 @@ class Executor:
             deadline_ms: Optional[float] = None) -> Tuple[np.ndarray, Dict, Ran]:
         """Decide, apply, run and measure; the governor learns nothing until :meth:`learn`
         is given the returned ``Ran`` (the server sends the replies first)."""
-        with self.lock:
-            d = rt.governor.decide(deadline_ms=deadline_ms, level=groups)
-            ok = self.apply(d.config, rt.columns)
-            c = d.config
-            moved, self.moved = self.moved > 0, max(0, self.moved - 1)
-            config = self.reported(c, rt) if ok else dict(c.to_dict(), freq_khz=None)
+        d, ok, moved, config = self._decide(rt, groups, deadline_ms)
+        c = d.config
         p = self.platform
         j0 = p.joules()
         t0 = self.clock()
         logits = rt.run(c.level, x, c.target)
         latency = self.clock() - t0
-        j1 = p.joules()
-        energy = p.energy_between(j0, j1) / 1e3 if j0 is not None and j1 is not None else None
+        energy = self._joules_since(j0)
         n = len(x)
         work = rt.macs(c.level, c.target)
         modelled = p.board_model([m * n for m in work] if isinstance(work, list) else work * n, c.target)
@@ -128,6 +123,20 @@ class Executor:
         if modelled is not None:
             info["simulated"] = True
         return logits, info, Ran(rt, d, latency / n, None if energy is None else energy / n, moved, not ok, n)
+
+    def _decide(self, rt: Runtime, groups: Optional[int], deadline_ms: Optional[float]):
+        """Under the lock: the governor's decision, applied; whether it applied (the frequency
+        was set), whether this run still pays for a move, and the configuration to report."""
+        with self.lock:
+            d = rt.governor.decide(deadline_ms=deadline_ms, level=groups)
+            ok = self.apply(d.config, rt.columns)
+            moved, self.moved = self.moved > 0, max(0, self.moved - 1)
+            return d, ok, moved, self.reported(d.config, rt) if ok else dict(d.config.to_dict(), freq_khz=None)
+
+    def _joules_since(self, j0: Optional[float]) -> Optional[float]:
+        """J since the counter read ``j0`` (None where nothing meters energy)."""
+        j1 = self.platform.joules()
+        return self.platform.energy_between(j0, j1) / 1e3 if j0 is not None and j1 is not None else None
 
     def run_anytime(self, rt: Runtime, x: np.ndarray, stop_at: Optional[float], groups: Optional[int] = None,
                     deadline_ms: Optional[float] = None, work: float = 1.0,
@@ -140,13 +149,8 @@ class Executor:
         target runs the columns one after another on its first lane. ``on_level(k, logits,
         groups, info)``: after every level, with what has been spent so far."""
         limit = deadline_ms if deadline_ms is not None else rt.governor.budget.latency_ms
-        with self.lock:
-            d = rt.governor.decide(deadline_ms=limit / work if limit is not None and work < 1 else deadline_ms,
-                                   level=groups)
-            ok = self.apply(d.config, rt.columns)
-            c = d.config
-            self.moved = max(0, self.moved - 1)
-            config = self.reported(c, rt) if ok else dict(c.to_dict(), freq_khz=None)
+        d, ok, _, config = self._decide(rt, groups, limit / work if limit is not None and work < 1 else deadline_ms)
+        c = d.config
         p, n = self.platform, len(x)
         threads = rt.columns.lanes[c.target][0].threads if rt.is_split(c.target) else None
         j0 = p.joules()
@@ -155,16 +159,14 @@ class Executor:
         def spent(k, logits, stopped):
             if on_level is None:
                 return
-            j = p.joules()
+            j = self._joules_since(j0)
             on_level(k, logits, stopped, {"config": config, "latency_ms": round((self.clock() - t0) * 1e3, 4),
-                                          "energy_mj": None if j0 is None or j is None
-                                          else round(p.energy_between(j0, j), 4)})
+                                          "energy_mj": None if j is None else round(j * 1e3, 4)})
         logits, stopped = rt.models.run_anytime(x, stop_at, c.level, c.target,
                                                 deadline_s=None if limit is None else limit * n / 1e3,
                                                 on_level=spent, clock=self.clock, threads=threads)
         latency = self.clock() - t0
-        j1 = p.joules()
-        energy = p.energy_between(j0, j1) / 1e3 if j0 is not None and j1 is not None else None
+        energy = self._joules_since(j0)
         info = {"config": config, "latency_ms": round(latency * 1e3, 4),
                 "energy_mj": None if energy is None else round(energy * 1e3, 4)}
         # counted against the limit, not learnt as the level's speed: most images ran less of it

@@ -49,32 +49,35 @@ def measure(executor, models, space: List[Config], levels: List[Level], runs: in
     model's figures instead. Split targets are measured last, with ``columns(profile)`` (a
     :class:`daemon.split.Columns`) cut from the profile of the other targets: their lanes
     finish together as the profile predicts them."""
-    plan = sorted(plan_measurements(space), key=lambda c: (c.target, c.freq_khz or 0, c.level))
     platform = executor.platform
-    splits = {c.target for c in plan if platform.targets[c.target].is_split}
-    whole = [c for c in plan if c.target not in splits]
-    split = [c for c in plan if c.target in splits]
-    if split and columns is None:
+    splits = {c.target for c in space if platform.targets[c.target].is_split}
+    if splits and columns is None:
         raise ValueError("the space has split targets (%s): measuring them needs ``columns``" % ", ".join(sorted(splits)))
+    # by frequency, so each is set once; the splits last
+    plan = sorted(plan_measurements(space), key=lambda c: (c.target in splits, c.target, c.freq_khz or 0, c.level))
     x = np.zeros((1,) + models.input_shape, np.float32)
     samples: List[Sample] = []
     macs = {l.level: l.macs for l in levels}
     top = max(macs)
-    state = {"prev": None, "modelled": False, "n": 0}
-
-    def one(c: Config, run: Callable, work) -> None:
+    prev, cols, modelled = None, None, False
+    for n, c in enumerate(plan):
         if stop is not None and stop.is_set():
-            raise Interrupted("profiling interrupted after %d of %d configurations" % (state["n"], len(plan)))
+            raise Interrupted("profiling interrupted after %d of %d configurations" % (n, len(plan)))
+        run, work = models.run, macs[c.level]
+        if c.target in splits:
+            if cols is None:             # cut from what the other targets just measured
+                cols = columns(Profile.fit(samples, levels) if samples else None)
+            run, work = cols.run, cols.part_macs(c.level, c.target)
         executor.apply(c, cols)
         cost = platform.board_model(work, c.target, noise=False)
         if cost is not None:
             samples.append(Sample(c, *cost))
-            state["modelled"] = True
+            modelled = True
         else:
-            settle, prev = platform.settle_s, state["prev"]
+            settle = platform.settle_s
             if platform.energy_available and (prev is None or (prev.target, prev.freq_khz) != (c.target, c.freq_khz)):
                 sleep(settle)
-            state["prev"] = c
+            prev = c
             run(c.level, x, c.target)  # warm this configuration
             power = platform.energy_available and c.level == top
             lats = []
@@ -87,18 +90,9 @@ def measure(executor, models, space: List[Config], levels: List[Level], runs: in
             j1 = platform.joules() if power else None
             en = platform.energy_between(j0, j1) / 1e3 / len(lats) if j0 is not None and j1 is not None else None
             samples.append(Sample(c, statistics.median(lats), en))
-        state["n"] += 1
         if progress:
-            progress(state["n"], len(plan))
-
-    cols = None
-    for c in whole:
-        one(c, models.run, macs[c.level])
-    if split:
-        cols = columns(Profile.fit(samples, levels) if samples else None)
-        for c in split:
-            one(c, cols.run, cols.part_macs(c.level, c.target))
-    return Profile.fit(samples, levels, source="simulated" if state["modelled"] else "measured (%d runs each)" % runs)
+            progress(n + 1, len(plan))
+    return Profile.fit(samples, levels, source="simulated" if modelled else "measured (%d runs each)" % runs)
 
 
 def save(state_dir: str, profile: Profile, match: Dict) -> str:

@@ -17,6 +17,7 @@ import numpy as np
 import platforms
 from governor import Budget, levels_from_manifest
 from models import ModelSetError
+from models.modelset import softmax
 from platforms.owner import Ownership
 
 from . import profiler, state
@@ -209,18 +210,28 @@ class Service:
         if r0.anytime:
             return self._infer_anytime(rt, reqs, x, emit)
         logits, info, ran = self.executor.run(rt, x, groups=r0.groups, deadline_ms=r0.deadline_ms)
-        out, start, n = [], 0, len(x)
+        return self._replies(rt, reqs, logits, info), ran
+
+    @staticmethod
+    def _replies(rt: Runtime, reqs: List[InferRequest], logits: np.ndarray, info: Dict,
+                 more=None) -> List[Tuple[Dict, np.ndarray]]:
+        """One reply per request of a batch: its rows of the logits, their labels and class
+        names, the batch's ``info`` (config, latency) with its own share of the energy;
+        ``more(a, b)``: the further fields of the request whose images are rows a..b-1."""
+        out, start, n = [], 0, len(logits)
         for r in reqs:
-            k = len(r.tensor)
-            part = logits[start:start + k]
-            start += k
+            m = len(r.tensor)
+            part = logits[start:start + m]
             labels = part.argmax(1).tolist()
             head = {"id": r.id, "ok": True, "labels": labels, "names": [rt.models.classes[i] for i in labels]}
+            if more is not None:
+                head.update(more(start, start + m))
             head.update(info)
             if info["energy_mj"] is not None and len(reqs) > 1:
-                head["energy_mj"] = round(info["energy_mj"] * k / n, 4)
+                head["energy_mj"] = round(info["energy_mj"] * m / n, 4)
             out.append((head, part))
-        return out, ran
+            start += m
+        return out
 
     def _infer_anytime(self, rt: Runtime, reqs: List[InferRequest], x: np.ndarray, emit):
         """Anytime requests (``stop_at``, ``progressive``): one run adding a group at a time;
@@ -230,24 +241,14 @@ class Service:
         stats = self.anytime.setdefault(tau, AnytimeStats())
 
         def replies(k, logits, stopped, info, final):
-            out, start, n = [], 0, len(x)
-            z = np.exp(logits - logits.max(1, keepdims=True))
-            prob = (z.max(1) / z.sum(1)).tolist()
-            labels = logits.argmax(1).tolist()
-            for r in reqs:
-                m = len(r.tensor)
-                head = {"id": r.id, "ok": True, "labels": labels[start:start + m],
-                        "names": [rt.models.classes[i] for i in labels[start:start + m]],
-                        "probabilities": [round(p, 6) for p in prob[start:start + m]],
-                        "groups_per_image": [int(g) or k for g in stopped[start:start + m]]}
-                head.update(info)
-                if info["energy_mj"] is not None and len(reqs) > 1:
-                    head["energy_mj"] = round(info["energy_mj"] * m / n, 4)
-                if r0.progressive:
-                    head.update(level=k, final=final)
-                out.append((head, logits[start:start + m].copy()))
-                start += m
-            return out
+            prob = [round(p, 6) for p in softmax(logits).max(1).tolist()]
+            groups = [int(g) or k for g in stopped]         # 0: still going, at k so far
+
+            def more(a, b):
+                d = {"probabilities": prob[a:b], "groups_per_image": groups[a:b]}
+                return dict(d, level=k, final=final) if r0.progressive else d
+            # the rows are encoded (copied) before the run goes on and changes them
+            return self._replies(rt, reqs, logits, info, more)
 
         def on_level(k, logits, stopped, info):
             if r0.progressive and emit is not None and not stopped.all():

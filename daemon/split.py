@@ -7,7 +7,7 @@ from typing import Dict, List, Optional, Sequence, Set, Tuple
 
 import numpy as np
 
-from governor import Level, Profile, column_macs, cut_columns, split_macs
+from governor import Level, Profile, column_macs, split_cuts, split_macs
 from models import ModelSet
 from platforms import Platform
 
@@ -31,22 +31,10 @@ class Columns:
                 lanes.append(models.lane(lane, use, min(n, threads) if threads else n,
                                          gpu=kind == "gpu" and platform.host_gpu()))
             self.lanes[name] = lanes
-            costs = self._costs(name, [p[0] for p in parts], profile)
-            self.cuts[name] = {k: cut_columns(self.col_macs[:k], costs) for k in range(len(parts), len(self.col_macs) + 1)}
-
-    def _costs(self, split: str, parts: List[str], profile: Optional[Profile]) -> List[Tuple[float, float]]:
-        """Per lane, seconds per MAC and per run at the split's top frequency, from the
-        profile's fit of the lane where it has one (a cluster, the GPU); lanes it does not
-        know (the halves of one cluster) count as equal."""
-        fits = profile.fits if profile is not None else {}
-        if not all(p in fits for p in parts):
-            return [(1.0, 0.0)] * len(parts)
-        t = self.platform.targets[split]
-        out = []
-        for p, sub in zip(parts, t.parts):
-            khz = max(sub.freqs_khz) if sub.freqs_khz and self.platform.dvfs_on(split) else None
-            out.append((fits[p].a / (khz or 1), fits[p].b))
-        return out
+            # each lane at its top frequency (as fitted, where DVFS is off)
+            on = platform.dvfs_on(name)
+            self.cuts[name] = split_cuts(profile, self.col_macs, [
+                (p.name, max(p.freqs_khz) if p.freqs_khz and on else None) for p in platform.targets[name].parts])
 
     def run(self, k: int, x: np.ndarray, target: str) -> np.ndarray:
         return self.models.run_split(k, x, self.cuts[target][k], self.lanes[target])

@@ -3,8 +3,8 @@
 No sysfs, no sockets, no onnxruntime: plain data in, decisions out, an injectable clock.
 """
 from .controller import Budget, Decision, Governor, Params
-from .profile import Profile, Sample, TargetFit, plan_measurements
+from .profile import Profile, Sample, TargetFit, plan_measurements, split_cuts
 from .space import Config, Level, build_space, column_macs, cut_columns, levels_from_manifest, split_macs
 
 __all__ = ["Budget", "Decision", "Governor", "Params", "Profile", "Sample", "TargetFit",
-           "plan_measurements", "Config", "Level", "build_space", "column_macs", "cut_columns", "levels_from_manifest", "split_macs"]
+           "plan_measurements", "split_cuts", "Config", "Level", "build_space", "column_macs", "cut_columns", "levels_from_manifest", "split_macs"]

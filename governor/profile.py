@@ -17,7 +17,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from .space import Config, Level
+from .space import Config, Level, cut_columns
 
 
 @dataclass
@@ -133,3 +133,17 @@ def plan_measurements(space: Sequence[Config]) -> List[Config]:
             if f in (freqs[0], freqs[-1]) or c.level == levels[-1]:
                 out.append(c)
     return out
+
+
+def split_cuts(profile: Optional[Profile], col_macs: Sequence[float],
+               lanes: Sequence[Tuple[str, Optional[int]]]) -> Dict[int, List[Tuple[int, int]]]:
+    """Per level k, from one column per lane on: the column ranges of a split's lanes, cut
+    so that they finish together (:func:`cut_columns`) by the profile's fit of each lane
+    (``lanes``: name, kHz it runs at; None: as fitted without DVFS). Where the profile does
+    not know every lane (the halves of one cluster, or no profile yet) they count as equal."""
+    fits = profile.fits if profile is not None else {}
+    if all(name in fits for name, _ in lanes):
+        costs = [(fits[name].a / (khz or 1), fits[name].b) for name, khz in lanes]
+    else:
+        costs = [(1.0, 0.0)] * len(lanes)
+    return {k: cut_columns(col_macs[:k], costs) for k in range(len(lanes), len(col_macs) + 1)}

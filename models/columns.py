@@ -69,7 +69,8 @@ class _Worker(threading.Thread):
         return self.end()
 
     def stop(self) -> None:
-        self.call(None) if self.is_alive() else None
+        if self.is_alive():
+            self.call(None)
 
 
 class ColumnLane:

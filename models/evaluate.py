@@ -7,13 +7,7 @@ from typing import Dict, List, Optional
 import numpy as np
 
 from . import datasets
-from .modelset import ModelSet
-
-
-def softmax(logits: np.ndarray) -> np.ndarray:
-    z = logits - logits.max(axis=1, keepdims=True)
-    e = np.exp(z)
-    return e / e.sum(axis=1, keepdims=True)
+from .modelset import ModelSet, softmax
 
 
 def accuracy_table(ms: ModelSet, x_u8: np.ndarray, y: np.ndarray, batch: int = 500) -> List[Dict]:

@@ -107,6 +107,12 @@ def session_options(threads: Optional[int] = None) -> ort.SessionOptions:
     return so
 
 
+def softmax(logits: np.ndarray) -> np.ndarray:
+    z = logits - logits.max(axis=1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(axis=1, keepdims=True)
+
+
 def gpu_provider() -> Optional[str]:
     """The GPU execution provider the installed onnxruntime offers, or None."""
     have = ort.get_available_providers()
@@ -291,7 +297,7 @@ class ModelSet:
         max_k = max_k or self.groups
         self._check_level(max_k)
         t_start = clock()
-        n = threads or (self.threads if target == "gpu" else self.lanes.get(target, self.threads))
+        n = threads or self.threads_of(target)
         lane = self.lane("anytime%d" % n, [], n, gpu=target == "gpu")
         ranges = self.manifest["columns"]["ranges"]
         x = np.ascontiguousarray(x, dtype=np.float32)
@@ -309,9 +315,7 @@ class ModelSet:
             if last:
                 done = np.ones(len(active), bool)
             elif stop_at is not None:
-                z = logits - logits.max(1, keepdims=True)
-                p = np.exp(z)
-                done = p.max(1) / p.sum(1) >= stop_at
+                done = softmax(logits).max(1) >= stop_at
             else:
                 done = np.zeros(len(active), bool)
             groups[active[done]] = k
@@ -335,7 +339,6 @@ class ModelSet:
         """Drop the sessions one by one, ``pause_s`` apart (destroying one holds the GIL for
         about half a millisecond; the whole set, about 6 ms on this VM: a daemon that serves
         beside it spreads that out). The set cannot run after this."""
-        import time
         for group in list(self._cpu.values()) + ([self._gpu] if self._gpu else []):
             while group:
                 group.pop()

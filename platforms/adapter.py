@@ -235,6 +235,7 @@ class SysfsPlatform(Platform):
         min/max pair every method falls back to); whether it may read the energy rails and
         switch on the sensors that are off; and, where not, what grants it."""
         dvfs, dvfs_blocked, blocked_by = {}, "", {}
+
         def files(t):
             if t.parts:
                 return [f for p in t.parts if p.freqs_khz and p.control for f in files(p)]
@@ -430,11 +431,6 @@ class SysfsPlatform(Platform):
     def _set_frequency(self, t: Target, khz: int) -> Optional[int]:
         """All or nothing: when a write fails, what this change already wrote is put back
         before the error is raised. Only what changed is written."""
-        if not t.freqs_khz or not t.control:
-            raise PlatformError("target %s has no frequency control" % t.name)
-        if khz not in t.freqs_khz:
-            raise ValueError("%d kHz is not an available frequency of %s (%s)"
-                             % (khz, t.name, " ".join(map(str, t.freqs_khz))))
         journal: List[Tuple[str, str]] = []     # (file, its value before this change), in write order
         try:
             for d in t.control:

@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Dict, List, NamedTuple, Optional, Tuple
 
+from .sysfs import PlatformError
+
 
 @dataclass(frozen=True)
 class BoardSpec:
@@ -278,11 +280,13 @@ class Platform:
         to its step of the ladder, and puts back the parts already set where one fails.
         Returns what the kernel reports after the writes (a split: its lead part's)."""
         t = self._target(target)
-        if not t.parts:
-            return self._set_frequency(t, khz)          # checks the control and the table
+        if not t.freqs_khz or not t.control:
+            raise PlatformError("target %s has no frequency control" % target)
         if khz not in t.freqs_khz:
             raise ValueError("%d kHz is not an available frequency of %s (%s)"
                              % (khz, target, " ".join(map(str, t.freqs_khz))))
+        if not t.parts:
+            return self._set_frequency(t, khz)
         done: List[Tuple[Target, Optional[int]]] = []
         try:
             for p, f in zip(t.parts, part_frequencies(t, khz)):
@@ -314,6 +318,7 @@ class Platform:
         raise NotImplementedError
 
     def _set_frequency(self, t: Target, khz: int) -> Optional[int]:
+        """Set one processor (not a split) to ``khz``, a value of its table."""
         raise NotImplementedError
 
     def _frequency(self, t: Target) -> Optional[int]:
