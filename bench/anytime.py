@@ -81,18 +81,27 @@ def through_daemon(name: str, images: int, stop_at: float, block: int = 100) -> 
         # first lane, which would compare one CPU with two)
         target = max((n for n, t in st["targets"].items() if t["kind"] == "cpu"), key=lambda n: len(st["targets"][n]["cpus"]))
         out["target"] = target
-        c.pin(groups=G, target=target)
         for i in range(20):
-            c.infer(x_u8[i:i + 1])
+            for k in range(1, G + 1):
+                c.pin(groups=k, target=target)
+                c.infer(x_u8[i:i + 1])
             c.infer(x_u8[i:i + 1], stop_at=stop_at)
+        levels = {k: [] for k in range(1, G)}      # pinned k < G: the floor below
         for start in range(0, len(y), block):
-            for mode in ("static", "anytime"):
+            for mode in ["static", "anytime"] + list(levels):
+                c.pin(groups=mode if mode in levels else G, target=target)
                 for i in range(start, min(start + block, len(y))):
                     t0 = time.perf_counter()
                     r = c.infer(x_u8[i:i + 1], stop_at=stop_at if mode == "anytime" else None)
                     rt = time.perf_counter() - t0
+                    if mode in levels:
+                        levels[mode].append(r.latency_ms)
+                        continue
                     k = r.header["groups_per_image"][0] if mode == "anytime" else G
                     out[mode].append((r.labels[0] == int(y[i]), r.latency_ms, rt * 1e3, k))
+        levels[G] = [row[1] for row in out["static"]]
+        out["level_ms"] = {k: float(np.mean(v)) for k, v in levels.items()}
+        c.pin(groups=G, target=target)
         prog = list(c.infer_progressive(x_u8[:1]))
         out["progressive"] = [(p.header["level"], p.header["final"]) for p in prog]
         out["status"] = c.status()["anytime"]
@@ -111,6 +120,7 @@ def report(off: List[Dict], live: List[Dict]) -> str:
         s, a = np.array(r["static"], float), np.array(r["anytime"], float)
         macs = np.array(r["macs"], float)
         work = 100 * macs[a[:, 3].astype(int) - 1].mean() / macs[-1]
+        oracle = float(np.mean([r["level_ms"][int(k)] for k in a[:, 3]]))
         lines += ["**%s** through the daemon at batch 1, %d test images, blocks of 100 alternating "
                   "(pin --groups %d --target %s; stop_at %g):" % (r["set"], r["images"], len(macs), r["target"],
                                                                     r["stop_at"]), "",
@@ -120,6 +130,13 @@ def report(off: List[Dict], live: List[Dict]) -> str:
                           "%.3f" % s[:, 2].mean()],
                          ["stop_at %g" % r["stop_at"], "%.2f" % (100 * a[:, 0].mean()), "%.1f" % work,
                           "%.3f" % a[:, 1].mean(), "%.3f" % a[:, 2].mean()]]), "",
+                  "Floor of any early stop: each image run whole (pinned) at the level it stopped at, "
+                  "from the pinned levels' mean latency_ms in the same blocks (%s): %.3f ms, %.2fx pinned k=G."
+                  % (", ".join("k=%d %.3f" % kv for kv in sorted(r["level_ms"].items())), oracle,
+                     oracle / s[:, 1].mean()), "",
+                  "stop_at's mean latency_ms by the level images stopped at: %s." % ", ".join(
+                      "k=%d %.3f (%d images)" % (k, a[a[:, 3] == k, 1].mean(), (a[:, 3] == k).sum())
+                      for k in sorted(set(a[:, 3].astype(int)))), "",
                   "stop_at / pinned k=G: accuracy %+.2f points, mean latency %.2fx, mean round trip %.2fx "
                   "(targets: within 0.1 point, MACs <= 45%%, latency <= 0.6x); a progressive request's replies "
                   "(level, final): %s; status anytime: %s" % (

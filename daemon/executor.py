@@ -157,14 +157,13 @@ class Executor:
         t0 = self.clock()
 
         def spent(k, logits, stopped):
-            if on_level is None:
-                return
             j = self._joules_since(j0)
             on_level(k, logits, stopped, {"config": config, "latency_ms": round((self.clock() - t0) * 1e3, 4),
                                           "energy_mj": None if j is None else round(j * 1e3, 4)})
         logits, stopped = rt.models.run_anytime(x, stop_at, c.level, c.target,
                                                 deadline_s=None if limit is None else limit * n / 1e3,
-                                                on_level=spent, clock=self.clock, threads=threads)
+                                                on_level=spent if on_level else None, clock=self.clock,
+                                                threads=threads)
         latency = self.clock() - t0
         energy = self._joules_since(j0)
         info = {"config": config, "latency_ms": round(latency * 1e3, 4),

@@ -251,10 +251,11 @@ class Service:
             return self._replies(rt, reqs, logits, info, more)
 
         def on_level(k, logits, stopped, info):
-            if r0.progressive and emit is not None and not stopped.all():
+            if not stopped.all():
                 emit(replies(k, logits, stopped, info, False))
         logits, stopped, info, ran = self.executor.run_anytime(
-            rt, x, tau, groups=r0.groups, deadline_ms=r0.deadline_ms, work=stats.work, on_level=on_level)
+            rt, x, tau, groups=r0.groups, deadline_ms=r0.deadline_ms, work=stats.work,
+            on_level=on_level if r0.progressive and emit is not None else None)
         stats.observe(stopped, ran.decision.config.level, rt.levels)
         return replies(int(stopped.max()), logits, stopped, info, True), ran
 

@@ -156,6 +156,7 @@ class ModelSet:
         self.on_disk = None               # the files as verified (see load, same_as)
         self._lanes: Dict[Tuple, ColumnLane] = {}   # a split's lanes, made on first use
         self._heads: Dict[int, ort.InferenceSession] = {}
+        self._anytime: Dict[Tuple[int, bool], List] = {}   # (threads, gpu) → anytime steps
 
     # ------------------------------------------------------------------ loading
     @classmethod
@@ -297,36 +298,56 @@ class ModelSet:
         max_k = max_k or self.groups
         self._check_level(max_k)
         t_start = clock()
-        n = threads or self.threads_of(target)
-        lane = self.lane("anytime%d" % n, [], n, gpu=target == "gpu")
-        ranges = self.manifest["columns"]["ranges"]
-        x = np.ascontiguousarray(x, dtype=np.float32)
-        best = np.zeros((len(x), len(self.classes)), np.float32)
-        groups = np.zeros(len(x), np.int64)
-        active = np.arange(len(x))
+        steps = self._steps(threads or self.threads_of(target), target == "gpu")
+        # top-1 probability >= stop_at  <=>  sum(exp(z - max z)) <= 1 / stop_at
+        bound = None if stop_at is None else 1.0 / stop_at if stop_at > 0 else np.inf
+        feed = {"input": np.ascontiguousarray(x, dtype=np.float32)}
+        n = len(feed["input"])
+        best = np.zeros((n, len(self.classes)), np.float32)
+        groups = np.zeros(n, np.int64)
+        active = None                 # the rows still going (None: all of them)
         feats: List[np.ndarray] = []
         for k in range(1, max_k + 1):
             t0 = clock()
-            feats.append(lane.run(ranges["%d-%d" % (k, k)], x))
-            logits = self.head(k).run(None, {"features": features_of(feats)})[0]
-            best[active] = logits
-            now = clock()
-            last = k == max_k or (deadline_s is not None and now + (now - t0) > t_start + deadline_s)
-            if last:
-                done = np.ones(len(active), bool)
-            elif stop_at is not None:
-                done = softmax(logits).max(1) >= stop_at
+            column, head = steps[k - 1]
+            feats.append(column.run(None, feed)[0])
+            logits = head.run(None, {"features": feats[0] if k == 1 else np.concatenate(feats, axis=1)})[0]
+            if active is None:
+                best[:] = logits
             else:
-                done = np.zeros(len(active), bool)
-            groups[active[done]] = k
-            if on_level is not None:
-                on_level(k, best, groups)
-            if last or done.all():
+                best[active] = logits
+            now = clock()
+            if k == max_k or (deadline_s is not None and now + (now - t0) > t_start + deadline_s):
+                done = None                                     # every row stops here
+            elif bound is not None:
+                done = np.exp(logits - logits.max(axis=1, keepdims=True)).sum(axis=1) <= bound
+            else:
+                done = np.zeros(len(logits), bool)
+            if done is None or done.all():
+                groups[groups == 0] = k
+                if on_level is not None:
+                    on_level(k, best, groups)
                 break
             if done.any():
+                rows = np.flatnonzero(done) if active is None else active[done]
+                groups[rows] = k
                 keep = ~done
-                active, x, feats = active[keep], x[keep], [f[keep] for f in feats]
+                active = np.flatnonzero(keep) if active is None else active[keep]
+                feed["input"], feats = feed["input"][keep], [f[keep] for f in feats]
+            if on_level is not None:
+                on_level(k, best, groups)
         return best, groups
+
+    def _steps(self, threads: int, gpu: bool) -> List[Tuple[object, ort.InferenceSession]]:
+        """The (column k, head k) sessions of an anytime run at ``threads``, for k = 1..G."""
+        key = (threads, gpu)
+        steps = self._anytime.get(key)
+        if steps is None:
+            lane = self.lane("anytime%d" % threads, [], threads, gpu=gpu)
+            ranges = self.manifest["columns"]["ranges"]
+            steps = self._anytime[key] = [(lane.session(ranges["%d-%d" % (k, k)]), self.head(k))
+                                          for k in range(1, self.groups + 1)]
+        return steps
 
     def head(self, k: int):
         """The session of level k's head (features of columns 1..k → logits; one thread)."""
@@ -350,6 +371,7 @@ class ModelSet:
             if pause_s:
                 time.sleep(pause_s)
         self._heads.clear()
+        self._anytime.clear()
 
     def warmup(self, runs: int = 3) -> None:
         x = np.zeros((1,) + self.input_shape, np.float32)
