@@ -416,15 +416,18 @@ def cmd_budget(a: argparse.Namespace) -> int:
     for flag, v in (("--latency-ms", a.latency_ms), ("--energy-mj", a.energy_mj), ("--power-w", a.power_w)):
         if v is not None and (not math.isfinite(v) or v <= 0):
             raise CliError("%s must be a positive number, got %s" % (flag, v))
+    if a.accuracy_min is not None and not 0 <= a.accuracy_min <= 100:
+        raise CliError("--accuracy-min must be a top-1 percentage in [0, 100], got %s" % a.accuracy_min)
+    given = [v for v in (a.latency_ms, a.energy_mj, a.power_w, a.accuracy_min) if v is not None]
     c = _client(a)
     if a.clear:
-        if a.latency_ms is not None or a.energy_mj is not None or a.power_w is not None:
+        if given:
             raise CliError("--clear takes no other option")
         r = _call(c.clear_budget)
-    elif a.latency_ms is None and a.energy_mj is None and a.power_w is None:
+    elif not given:
         r = {"budget": _call(c.status)["budget"]}
     else:
-        r = _call(lambda: c.set_budget(a.latency_ms, a.energy_mj, a.power_w))
+        r = _call(lambda: c.set_budget(a.latency_ms, a.energy_mj, a.power_w, a.accuracy_min))
     def fmt(b):
         return ", ".join("%s %s" % (k, v) for k, v in b.items() if v is not None)
     print("budget: %s" % (fmt(r["budget"]) or "none (best accuracy at the lowest energy)"))
@@ -443,7 +446,9 @@ def format_status(s) -> str:
         s["model"]["levels"])]
     b = {k: v for k, v in s["budget"].items() if v is not None}
     lines.append("budget: %s%s" % (", ".join("%s %s" % kv for kv in b.items()) or "none",
-                                   "" if s.get("feasible") in (None, True) else "   INFEASIBLE: serving the closest configuration"))
+                                   "" if s.get("feasible") in (None, True) else
+                                   "   INFEASIBLE: serving the closest configuration (not met: %s)"
+                                   % ", ".join(s.get("gave_way") or ["?"])))
     if cfg:
         lines.append("config: k=%s on %s at %s" % (cfg["groups"], cfg["target"],
                      "%d MHz" % (cfg["freq_khz"] // 1000) if cfg.get("freq_khz") else "fixed frequency"))
@@ -695,6 +700,9 @@ def build_parser() -> argparse.ArgumentParser:
     bu.add_argument("--latency-ms", type=float, default=None)
     bu.add_argument("--energy-mj", type=float, default=None)
     bu.add_argument("--power-w", type=float, default=None)
+    bu.add_argument("--accuracy-min", type=float, default=None, metavar="PERCENT",
+                    help="an accuracy floor (the level's top-1 %%): the governor never chooses a level below "
+                         "it; where the latency or energy cannot be met at or above it, they give way")
     bu.add_argument("--clear", action="store_true")
     bu.set_defaults(func=cmd_budget)
     st = client_parser("status", COMMANDS["status"].doc)

@@ -286,8 +286,9 @@ class Client:
         return reply
 
     def set_budget(self, latency_ms: Optional[float] = None, energy_mj: Optional[float] = None,
-                   power_w: Optional[float] = None) -> Dict:
-        return self.command("set_budget", latency_ms=latency_ms, energy_mj=energy_mj, power_w=power_w)
+                   power_w: Optional[float] = None, accuracy_min: Optional[float] = None) -> Dict:
+        return self.command("set_budget", latency_ms=latency_ms, energy_mj=energy_mj, power_w=power_w,
+                            accuracy_min=accuracy_min)
 
     def clear_budget(self) -> Dict:
         return self.command("clear_budget")

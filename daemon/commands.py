@@ -30,7 +30,8 @@ def _set_budget(svc, args: Dict) -> Dict:
     except ValueError as e:       # its message repeats the value: cut to an excerpt
         raise ProtocolError("bad_budget", str(e)[:200])
     if budget.empty:
-        raise ProtocolError("bad_budget", "give at least one of latency_ms, energy_mj, power_w (or use clear_budget)")
+        raise ProtocolError("bad_budget", "give at least one of latency_ms, energy_mj, power_w, accuracy_min "
+                            "(or use clear_budget)")
     reply = svc.save_budget(budget)
     if (budget.energy_mj is not None or budget.power_w is not None) and not svc.energy_measured:
         reply["warning"] = ("nothing measures energy here (%s): the energy/power part of the budget cannot be "
@@ -83,8 +84,9 @@ def _release(svc, args: Dict) -> Dict:
 
 
 COMMANDS: Dict[str, Command] = {c.name: c for c in (
-    Command("set_budget", ("latency_ms", "energy_mj", "power_w"),
-            "set the latency/energy/power budget (saved; the governor meets it with the best accuracy)", _set_budget),
+    Command("set_budget", ("latency_ms", "energy_mj", "power_w", "accuracy_min"),
+            "set the latency/energy/power budget and an accuracy floor (saved; the governor meets it with the best "
+            "accuracy)", _set_budget),
     Command("clear_budget", (), "no budget: the best accuracy at the lowest energy",
             lambda svc, a: svc.save_budget(Budget())),
     Command("status", (), "what the daemon is doing", lambda svc, a: svc.status(), locked=False),

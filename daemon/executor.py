@@ -179,21 +179,22 @@ class Executor:
         self.learn(ran, rt)
         return logits, info
 
-    def learn(self, ran: Ran, current: Runtime) -> None:
-        """The governor's observation of one run (per image), unless its runtime was replaced since."""
+    def learn(self, ran: Ran, current: Runtime) -> Optional[str]:
+        """The governor's observation of one run (per image), unless its runtime was replaced
+        since; the cause of its miss (None: it met its limit or was not observed)."""
         with self.lock:
             d, c = ran.decision, ran.decision.config
             if current is not ran.runtime or ran.dvfs_lost:
-                return
+                return None
             missed = d.latency_limit_ms is not None and ran.latency_s * 1e3 > d.latency_limit_ms
             if missed and c.freq_khz is not None:
                 self._refresh_frequency(c.target)    # a cap that came after our write shows here
             # The first runs on a target after moving there pay for the move (threads
             # migrating, the lane's pool and caches warming: 1.5-2x a steady run for about
             # three runs on this VM): counted, but not learnt as the target's speed.
-            ran.runtime.governor.observe(c, ran.latency_s, ran.energy_j, d.latency_limit_ms,
-                                         ran_khz=self.freq_read.get(c.target) if c.freq_khz is not None else None,
-                                         learn=not ran.moved)
+            return ran.runtime.governor.observe(
+                c, ran.latency_s, ran.energy_j, d.latency_limit_ms,
+                ran_khz=self.freq_read.get(c.target) if c.freq_khz is not None else None, learn=not ran.moved)
 
     def _refresh_frequency(self, target: str) -> None:
         try:

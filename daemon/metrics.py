@@ -7,7 +7,9 @@ from __future__ import annotations
 import bisect
 import logging
 import threading
-from typing import Optional
+from typing import Dict, Optional
+
+from governor import CAUSES
 
 log = logging.getLogger("dnnscale.metrics")
 
@@ -22,6 +24,7 @@ class Counters:
         self.requests = 0
         self.images = 0
         self.misses = 0
+        self.causes: Dict[str, int] = {}     # governed runs over their limit, by cause (governor.CAUSES)
         self.energy_mj = 0.0
         self.buckets = [0] * (len(BUCKETS_S) + 1)
         self.latency_sum_s = 0.0
@@ -39,6 +42,10 @@ class Counters:
                 self.misses += requests
             if energy_mj is not None:
                 self.energy_mj += energy_mj
+
+    def miss(self, cause: str) -> None:
+        with self.lock:
+            self.causes[cause] = self.causes.get(cause, 0) + 1
 
 
 def _collector(service):
@@ -64,11 +71,25 @@ def _collector(service):
             yield HistogramMetricFamily("dnnscale_latency_seconds", "inference latency of a request (its batch)",
                                         buckets=cum, sum_value=lsum)
             yield CounterMetricFamily("dnnscale_deadline_misses", "requests over their latency limit", value=miss)
+            by_cause = CounterMetricFamily("dnnscale_deadline_misses_by_cause",
+                                           "runs over their latency limit, by cause (docs/governor.md)", labels=["cause"])
+            with c.lock:
+                causes = dict(c.causes)
+            for cause in CAUSES:
+                by_cause.add_metric([cause], causes.get(cause, 0))
+            yield by_cause
             yield CounterMetricFamily("dnnscale_energy_millijoules", "metered energy of the inferences", value=en)
             with service.lock:
                 g = service.governor
                 cur = g.space[g.current] if g.current is not None else None
                 budget = g.budget.to_dict()
+                burst = g.stats.status()["misses"]
+            yield GaugeMetricFamily("dnnscale_longest_miss_run", "the most consecutive misses since the budget was set",
+                                    value=burst["longest_run"])
+            if burst["p_miss_after_miss"] is not None:
+                yield GaugeMetricFamily("dnnscale_miss_after_miss_ratio",
+                                        "misses among the runs right after a miss, since the budget was set",
+                                        value=burst["p_miss_after_miss"])
             cfg = GaugeMetricFamily("dnnscale_config_groups", "groups (level) in use, by target", labels=["target"])
             if cur is not None:
                 cfg.add_metric([cur.target], cur.level)

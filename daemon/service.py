@@ -267,7 +267,9 @@ class Service:
                               None if ran.energy_j is None else ran.energy_j * ran.batch * 1e3)
         if ran.dvfs_lost:
             self._dvfs_lost()
-        self.executor.learn(ran, self.rt)
+        cause = self.executor.learn(ran, self.rt)
+        if cause is not None:
+            self.counters.miss(cause)
 
     def _dvfs_lost(self) -> None:
         """A frequency write failed (and was rolled back): from now on the space has no
@@ -317,7 +319,12 @@ class Service:
             return c.run(self, args)
 
     def save_budget(self, budget: Budget) -> Dict:
-        """Save ``budget`` (first: a full disk changes nothing), then set it."""
+        """Check ``budget`` against the model set, save it (first: a full disk changes
+        nothing), then set it."""
+        try:
+            self.governor.check_budget(budget)
+        except ValueError as e:
+            raise ProtocolError("bad_budget", str(e)[:200])
         previous = self.governor.budget.to_dict()
         try:
             state.write_json(self._budget_path(), budget.to_dict())

@@ -51,14 +51,19 @@ import numpy as np
 from .profile import Profile
 from .space import Config, Level
 
-LIMITS = {"latency_ms": 600_000.0, "energy_mj": 1e9, "power_w": 1e4}   # above these: absurd
-FLOORS = {"latency_ms": 1e-3, "energy_mj": 1e-6, "power_w": 1e-6}       # below these: a typo
+LIMITS = {"latency_ms": 600_000.0, "energy_mj": 1e9, "power_w": 1e4, "accuracy_min": 100.0}  # above: absurd
+FLOORS = {"latency_ms": 1e-3, "energy_mj": 1e-6, "power_w": 1e-6, "accuracy_min": 0.0}      # below: a typo
+CAUSES = ("infeasible", "frequency_cap", "switch", "wake_up", "contention", "prediction")   # of a miss
 
 
 def quantile(values, q: float) -> float:
     """``np.quantile(values, q)`` (its linear interpolation) of a deque without np.quantile's
     conversion, which reads a deque by indexing, item by item, each index a walk."""
     a = np.fromiter(values, float, len(values))
+    return _quantile(a, q)
+
+
+def _quantile(a: np.ndarray, q: float) -> float:
     pos = q * (len(a) - 1)
     lo = int(pos)
     hi = min(lo + 1, len(a) - 1)
@@ -66,11 +71,37 @@ def quantile(values, q: float) -> float:
     return float(part[lo] + (part[hi] - part[lo]) * (pos - lo))
 
 
+def tail_quantile(values, miss: float, tail: float = 0.1) -> float:
+    """The value exceeded with probability ``miss``, from a generalised-Pareto fit to the
+    peaks over the (1 - ``tail``) empirical quantile (peaks over a threshold; probability-
+    weighted moments, Hosking and Wallis 1987, shape clipped to [-0.5, 0.5]). Where ``miss``
+    is not inside the tail, or fewer than 5 peaks are in, the plain empirical quantile. A
+    plain quantile of 300 values at 1% rests on the 3 largest; the fit on the 30 largest."""
+    a = np.fromiter(values, float, len(values))
+    n = len(a)
+    if not 0 < miss < tail or n * tail < 5:
+        return _quantile(a, 1 - miss)
+    a.sort()
+    u = float(a[int((1 - tail) * (n - 1))])
+    y = a[a > u] - u
+    m = len(y)
+    if m < 5:
+        return _quantile(a, 1 - miss)
+    a0 = float(y.mean())
+    a1 = float(np.dot(y, np.arange(m - 1, -1, -1)) / (m * (m - 1)))     # E[Y (1 - F(Y))]
+    d = a0 - 2 * a1
+    xi = 0.5 if d <= 0 else min(max(2 - a0 / d, -0.5), 0.5)
+    sigma = a0 * (1 - xi)                                                  # E[Y] = sigma / (1 - xi)
+    ratio = (m / n) / miss
+    return u + (sigma * math.log(ratio) if abs(xi) < 1e-6 else sigma / xi * (ratio ** xi - 1))
+
+
 @dataclass
 class Budget:
     latency_ms: Optional[float] = None
     energy_mj: Optional[float] = None
     power_w: Optional[float] = None
+    accuracy_min: Optional[float] = None      # top-1 %: the governor's own choices stay at or above it
 
     def validate(self) -> "Budget":
         for key, limit in LIMITS.items():
@@ -86,7 +117,8 @@ class Budget:
 
     @property
     def empty(self) -> bool:
-        return self.latency_ms is None and self.energy_mj is None and self.power_w is None
+        return self.latency_ms is None and self.energy_mj is None and self.power_w is None \
+            and self.accuracy_min is None
 
     def to_dict(self) -> Dict:
         return asdict(self)
@@ -99,6 +131,7 @@ class Decision:
     predicted_energy_j: Optional[float]
     feasible: bool
     latency_limit_ms: Optional[float]
+    gave_way: Tuple[str, ...] = ()     # infeasible: the budget's keys the configuration does not meet
 
 
 @dataclass
@@ -106,6 +139,9 @@ class Params:
     safety: float = 0.10           # the margin until resid_min observations (or always, see below)
     miss_target: float = 0.01      # the margin is the (1 - miss_target) quantile of observed / predicted
     quantile_margin: bool = True   # False: the fixed 1 + safety
+    tail_fit: bool = True          # that quantile from a generalised-Pareto tail (False: empirical)
+    burst_decay: float = 0.85      # per observation: how fast the guard after a miss fades
+    wake_s: float = 1.0            # a run after this long without one: a miss there is a wake-up's
     resid_window: int = 300        # observations per target the quantile is taken over
     resid_min: int = 30
     shape_forget: float = 0.98     # per observation: the latency model's memory (~50 inferences)
@@ -144,7 +180,9 @@ class TargetModel:
         self.n_obs = 0
         self.spread = 0.0              # EWMA of (ratio - 1)^2, for the winsorising
         self.recent: Deque[float] = deque(maxlen=3)   # the last observed / modelled ratios
-        self.margin = 1 + p.safety
+        self.tail = 1 + p.safety       # the margin for the miss rate asked, from the observed tail
+        self.guard = 1.0               # raised by a miss, fading (misses come in bursts)
+        self.margin = self.tail        # the larger of the two
         self.seen = -math.inf
 
     def shape(self, base_s: float) -> float:
@@ -174,16 +212,23 @@ class TargetModel:
         self.sums = [v * d for v in self.sums]
         self.fit_shape()
         base = 1 + self.p.safety
-        self.margin = base + (self.margin - base) * d
+        self.tail = base + (self.tail - base) * d
+        self.guard = 1.0
+        self.margin = self.tail
         if self.resid:
             self.resid.clear()
             self.spread = 0.0
 
     def observe(self, base_s: float, latency_s: float, energy_j: Optional[float], base_e: float,
-                now: float) -> None:
+                now: float, missed: bool = False) -> None:
         p, a = self.p, self.p.alpha
         shape = self.shape(base_s)
         ratio = latency_s / (shape * self.corr_lat)          # against what was predicted for it
+        # After a miss the next runs are likely to miss too (a burst): the margin is at least
+        # the ratio that missed, fading by burst_decay per observation.
+        self.guard = 1 + (self.guard - 1) * p.burst_decay
+        if missed:
+            self.guard = max(self.guard, min(ratio, 3.0))
         # Winsorised at 3 spreads (at least ``safety``): a load step is a few large errors that
         # the fast level absorbs, and must not sit in the window as tail for resid_window
         # inferences; jitter keeps coming, grows the spread and so widens the clip.
@@ -194,7 +239,9 @@ class TargetModel:
         self.n_obs += 1
         # the quantile every 10th observation once resid_min are in
         if p.quantile_margin and len(self.resid) >= p.resid_min and self.n_obs % 10 == 0:
-            self.margin = max(1.0, quantile(self.resid, 1 - p.miss_target))
+            self.tail = max(1.0, tail_quantile(self.resid, p.miss_target) if p.tail_fit
+                            else quantile(self.resid, 1 - p.miss_target))
+        self.margin = max(self.tail, self.guard)
         # the level follows the median of the last 3 observed / modelled ratios: a load step
         # (which repeats) moves it from the second inference on, a lone spike (a control
         # command's work on the same CPU, a page fault) not at all
@@ -219,14 +266,30 @@ class Stats:
         self.lat_ms: Deque[float] = deque(maxlen=window)
         self.miss: Deque[bool] = deque(maxlen=window)
         self.energy_mj: Deque[float] = deque(maxlen=window)
-        self.budget_decided = self.budget_missed = 0       # since the budget was last set
         self.decisions = self.switches = 0
+        self.restart()
 
-    def count(self, latency_s: float, energy_j: Optional[float], missed: bool) -> None:
+    def restart(self) -> None:
+        """A new budget: the miss counts start again."""
+        self.budget_decided = self.budget_missed = 0
+        self.causes = dict.fromkeys(CAUSES, 0)
+        self.after_miss = self.after_miss_missed = 0      # runs right after a miss; of them, missed
+        self.run = self.longest_run = 0                   # consecutive misses: now, the most
+        self._last_missed = False
+
+    def count(self, latency_s: float, energy_j: Optional[float], missed: bool, cause: Optional[str] = None) -> None:
         self.lat_ms.append(latency_s * 1e3)
         self.miss.append(missed)
         self.budget_decided += 1
         self.budget_missed += missed
+        if self._last_missed:
+            self.after_miss += 1
+            self.after_miss_missed += missed
+        self._last_missed = missed
+        self.run = self.run + 1 if missed else 0
+        self.longest_run = max(self.longest_run, self.run)
+        if missed and cause is not None:
+            self.causes[cause] += 1
         if energy_j is not None:
             self.energy_mj.append(energy_j * 1e3)
 
@@ -238,6 +301,9 @@ class Stats:
             "miss_rate": round(self.budget_missed / self.budget_decided, 5) if self.budget_decided else 0.0,
             "miss_rate_recent": round(float(np.mean(self.miss)), 5) if self.miss else 0.0,
             "observed_since_budget": self.budget_decided,
+            "misses": {"causes": dict(self.causes), "longest_run": self.longest_run,
+                       "p_miss_after_miss": round(self.after_miss_missed / self.after_miss, 4)
+                       if self.after_miss else None},
             "energy_mj_mean": round(float(np.mean(self.energy_mj)), 4) if self.energy_mj else None,
             "decisions": self.decisions, "switches": self.switches,
         }
@@ -296,6 +362,8 @@ class Governor:
         self._patience = self.p.up_patience    # doubled after each move up that missed at once
         self._probe, self._probation = None, 0
         self._freq_changed_at = -math.inf
+        self._switched: Optional[int] = None     # decided on another target or frequency: its first run
+        self._observed_at = -math.inf
         self.last: Optional[Decision] = None
         self.stats = Stats(self.p.window)
         self._fresh_decision = False
@@ -369,9 +437,18 @@ class Governor:
     def set_budget(self, budget: Budget) -> None:
         """A new budget is a fresh decision: no hysteresis carried over from the old one (after
         a clear, the best configuration from the next request), and the miss rate restarts."""
-        self.budget = budget.validate()
+        self.budget = self.check_budget(budget)
         self._fresh()
-        self.stats.budget_decided = self.stats.budget_missed = 0
+        self.stats.restart()
+
+    def check_budget(self, budget: Budget) -> Budget:
+        """``budget`` validated, and its accuracy floor reachable by some level (ValueError)."""
+        budget = budget.validate()
+        best = max(self.levels[lv].accuracy for lv in self._level_order)
+        if budget.accuracy_min is not None and budget.accuracy_min > best:
+            raise ValueError("accuracy_min %g is above every level's accuracy (the best: %g)"
+                             % (budget.accuracy_min, best))
+        return budget
 
     def clear_budget(self) -> None:
         self.set_budget(Budget())
@@ -501,7 +578,7 @@ class Governor:
         limit_ms = deadline_ms if deadline_ms is not None else b.latency_ms
         limit_s = None if limit_ms is None else limit_ms / 1e3
         forced = level is not None
-        order = [level] if forced else self._auto_order
+        order = [level] if forced else self._floored(self._auto_order)
         lanes = self._forced if forced else self._lanes
         allowed = (self._place & (self._lvl == level)) if forced else self._allowed
         cur = self.current
@@ -543,14 +620,38 @@ class Governor:
             self.stats.switches += 1
             if self._freq_l[cand] != self._freq_l[cur] or self._tgt_l[cand] != self._tgt_l[cur]:
                 self._freq_changed_at = self.clock()
+                self._switched = cand
         if not forced:   # a request that forces its level does not move the governed state
             self.current = cand
             self._fresh_decision = False
         self.stats.decisions += 1
         e = self._ekey(cand)
+        floor = self.budget.accuracy_min
+        feasible = feasible and (floor is None or self._acc_l[cand] >= floor)
         self.last = Decision(self.space[cand], self._lat(cand), None if math.isinf(e) else e,
-                             feasible, limit_ms)
+                             feasible, limit_ms, () if feasible else self._gave_way(cand, limit_s))
         return self.last
+
+    def _floored(self, order: List[int]) -> List[int]:
+        """The levels of ``order`` at or above the budget's accuracy floor (all of them where
+        none is: a pin below the floor holds, and the floor gives way)."""
+        lo = self.budget.accuracy_min
+        kept = [lv for lv in order if lo is None or self.levels[lv].accuracy >= lo]
+        return kept or list(order)
+
+    def _gave_way(self, i: int, limit_s: Optional[float]) -> Tuple[str, ...]:
+        """The budget's keys that configuration ``i`` does not meet (by the prediction)."""
+        b, out = self.budget, []
+        if b.accuracy_min is not None and self._acc_l[i] < b.accuracy_min:
+            out.append("accuracy_min")
+        if limit_s is not None and self._lat(i) * self.tm[self._tgt_l[i]].margin > limit_s:
+            out.append("latency_ms")
+        e = self._ekey(i)
+        if b.energy_mj is not None and not math.isinf(e) and e > b.energy_mj / 1e3:
+            out.append("energy_mj")
+        if b.power_w is not None and not math.isinf(e) and e / self._lat(i) > b.power_w:
+            out.append("power_w")
+        return tuple(out)
 
     def _slow(self, order: Sequence[int], limit_s: Optional[float], allowed) -> Tuple[int, bool]:
         """Vectorised decision for power caps, and the closest configuration when nothing
@@ -587,27 +688,53 @@ class Governor:
 
     # ------------------------------------------------------------------ feedback
     def observe(self, config: Config, latency_s: float, energy_j: Optional[float] = None,
-                limit_ms: Optional[float] = None, ran_khz: Optional[int] = None, learn: bool = True) -> None:
+                limit_ms: Optional[float] = None, ran_khz: Optional[int] = None,
+                learn: bool = True) -> Optional[str]:
         """Feed back one measured inference; ``limit_ms`` is the latency limit it was
         decided under (default: the last decision's) for the miss rate; ``ran_khz``: the
         frequency the kernel reported after setting ``config``'s (a cap shows there);
         ``learn=False``: count it (miss rate, status) but do not learn the target's speed
-        from it (the first run after a move to another target)."""
+        from it (the first run after a move to another target). Returns the cause of a miss
+        (:meth:`_cause`; None where it met the limit)."""
         i = self.index.get(config)
         if i is None or not latency_s > 0:
-            return
+            return None
         if limit_ms is None and self.last is not None:
             limit_ms = self.last.latency_limit_ms
         missed = limit_ms is not None and latency_s * 1e3 > limit_ms
         self._on_probation(i, missed)
         t = self._tgt_l[i]
+        now = self.clock()
+        cause = self._cause(config, t, ran_khz, switched=not learn or i == self._switched,
+                            idle_s=now - self._observed_at) if missed else None
+        self._switched, self._observed_at = None, now
         if learn:
             if ran_khz is not None and config.freq_khz is not None and ran_khz != config.freq_khz:
                 if ran_khz < config.freq_khz:
                     self._cap(t, ran_khz)
                 i = self.index.get(Config(config.level, config.target, ran_khz), i)   # the model learns what ran
-            self.tm[t].observe(self._lat_l[i], latency_s, energy_j, self._base_en[i], self.clock())
-        self.stats.count(latency_s, energy_j, missed)
+            self.tm[t].observe(self._lat_l[i], latency_s, energy_j, self._base_en[i], now, missed)
+        self.stats.count(latency_s, energy_j, missed, cause)
+        return cause
+
+    def _cause(self, config: Config, t: int, ran_khz: Optional[int], switched: bool, idle_s: float) -> str:
+        """Why a run missed, the first that applies: it was decided as the closest to a budget
+        that nothing meets (infeasible); the kernel held the frequency below what
+        was asked; it was the first run after a move to another target or frequency (the
+        move and the clock's settling); it came after ``wake_s`` without a run; the target's
+        level (the median of its last 3 observed / modelled ratios, before this run) stood
+        above its tail margin: it was running slower than its measured tail allows, a change
+        of level (contention); else a lone error of the prediction (the tail left out)."""
+        if self.last is not None and not self.last.feasible and self.last.config == config:
+            return "infeasible"
+        if ran_khz is not None and config.freq_khz is not None and ran_khz < config.freq_khz:
+            return "frequency_cap"
+        if switched:
+            return "switch"
+        if idle_s > self.p.wake_s:
+            return "wake_up"
+        recent = sorted(self.tm[t].recent)
+        return "contention" if recent and recent[len(recent) // 2] > self.tm[t].tail else "prediction"
 
     # ------------------------------------------------------------------ status
     @property
@@ -626,6 +753,7 @@ class Governor:
             "pinned": dict(self.pinned),
             "caps_khz": dict(self.caps),
             "predicted_latency_ms": None if self.last is None else round(self.last.predicted_latency_s * 1e3, 4),
+            "gave_way": [] if self.last is None else list(self.last.gave_way),
             "corrections": {t: round(float(m.corr_lat), 3) for t, m in zip(self.targets, self.tm)},
             "latency_model": {t: m.status() for t, m in zip(self.targets, self.tm)},
             "margins": {t: round(float(m.margin), 3) for t, m in zip(self.targets, self.tm)},

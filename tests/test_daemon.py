@@ -65,6 +65,29 @@ def test_budget_changes_configuration_and_persists(served):
         c.clear_budget()
 
 
+def test_an_accuracy_floor_through_the_daemon(served):
+    """``accuracy_min``: the governor serves no level below it, and where the latency cannot
+    be met at or above it, says that the latency gave way; a floor above every level is
+    refused and changes nothing (neither the budget in force nor the saved one)."""
+    d, _ = served
+    img = np.zeros((1, 32, 32, 3), np.uint8)
+    with d.client() as c:
+        acc = c.status()["model"]["accuracy"]                   # per level, k = 1..G
+        floor = sorted(acc)[1]                                   # the second-worst level's
+        c.set_budget(latency_ms=1e-3, accuracy_min=floor)        # 1 µs: nothing meets it
+        for _ in range(5):
+            r = c.infer(img)
+            assert acc[r.config["groups"] - 1] >= floor
+        s = c.status()
+        assert s["feasible"] is False and s["gave_way"] == ["latency_ms"]
+        assert s["misses"]["causes"]["infeasible"] == 5 and s["misses"]["longest_run"] == 5
+        with pytest.raises(DaemonError, match="bad_budget.*above every level"):
+            c.set_budget(accuracy_min=99.9)
+        assert c.status()["budget"]["accuracy_min"] == floor
+        assert json.load(open(os.path.join(d.state, "budget.json")))["accuracy_min"] == floor
+        c.clear_budget()
+
+
 def test_status_fields(served):
     d, _ = served
     with d.client() as c:

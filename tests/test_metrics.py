@@ -62,6 +62,10 @@ def test_metrics_endpoint(metered):
     m = scrape(port)
     assert m[("dnnscale_requests_total", ())] >= 5 and m[("dnnscale_images_total", ())] >= 10
     assert m[("dnnscale_deadline_misses_total", ())] >= 5
+    causes = {dict(k[1])["cause"]: v for k, v in m.items() if k[0] == "dnnscale_deadline_misses_by_cause_total"}
+    assert set(causes) == {"infeasible", "frequency_cap", "switch", "wake_up", "contention", "prediction"}
+    assert sum(causes.values()) >= 5
+    assert m[("dnnscale_longest_miss_run", ())] >= 1
     assert m[("dnnscale_errors_total", (("code", "bad_groups"),))] >= 1
     assert m[("dnnscale_latency_seconds_count", ())] >= 5
     assert m[("dnnscale_latency_seconds_bucket", (("le", "+Inf"),))] == m[("dnnscale_latency_seconds_count", ())]
