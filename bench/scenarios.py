@@ -112,10 +112,11 @@ POLICIES = ("dnnscale", FIXED, "performance", "ondemand", "step (Dynamic-OFA)", 
 
 
 def policy_from_profile(policy: str, space: List[Config], levels: List[Level], profile: Profile,
-                        clock=time.monotonic):
-    """Every policy of POLICIES but the oracle (each bench builds that from what it knows)."""
+                        clock=time.monotonic, settle_s: Optional[Dict[str, float]] = None):
+    """Every policy of POLICIES but the oracle (each bench builds that from what it knows);
+    ``settle_s``: the targets' DVFS settle times, as the daemon gives them to its governor."""
     if policy in ("dnnscale", FIXED):
-        return Governor(space, levels, profile, clock=clock,
+        return Governor(space, levels, profile, clock=clock, settle_s=settle_s,
                         params=Params(quantile_margin=False) if policy == FIXED else None)
     if policy == "performance":
         return Performance(space, levels, profile, clock=clock)
@@ -141,7 +142,8 @@ def run(scenario: Scenario, policy: str, levels: List[Level], seed: int = 0,
             return board.predict(work(c), c.target, khz)
         pol = Oracle(space, levels, truth)
     else:
-        pol = policy_from_profile(policy, space, levels, profile, clock)
+        pol = policy_from_profile(policy, space, levels, profile, clock,
+                                  {n: t.settle_s for n, t in board.targets.items()})
     events = {e.at: e for e in scenario.events}
     loads: Dict[str, Interference] = {}
     rows = []

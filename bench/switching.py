@@ -137,7 +137,7 @@ def run(model_dir: str, portfolio_dir: Optional[str], runs: int = 100) -> Dict:
            "target": in_fresh_process(_TARGET % {"model": model_dir, "runs": runs})}
     if portfolio_dir:
         res["portfolio"] = in_fresh_process(_SWITCH % {"model": portfolio_dir, "runs": runs})
-    res["dvfs_sim_us"] = {name: {t: st.dvfs_latency_s * 1e6 for t, st in SimBoard(name).sim_targets.items()}
+    res["dvfs_sim_us"] = {name: {t: st.settle_s * 1e6 for t, st in SimBoard(name).sim_targets.items()}
                           for name in ("sim-odroid-xu3", "sim-jetson-nano")}
     return res
 

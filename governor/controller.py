@@ -24,6 +24,10 @@ highest accuracy, and the lowest energy among equals.
   cleared or a pin released (the operator's change: at once).
 * A request that forces its level (``decide(level=k)``) gets the best configuration of
   that level but leaves the governed state (and its hysteresis) where it was.
+* Settle time: a target's frequency change takes ``settle_s[target]`` to take effect (the
+  platform's figure), during which it runs at the old frequency; a configuration at
+  another frequency than the target's last is predicted with the time that costs,
+  ``settle x (1 - f_old / f_new)`` (nothing when it goes down).
 * Rate limit: a frequency change within ``freq_interval_s`` of the last one is avoided
   when a configuration at the current frequency is as accurate and feasible.
 * Infeasible budget: the configuration closest to it (the smallest worst-case ratio of
@@ -140,7 +144,7 @@ class Params:
     miss_target: float = 0.01      # the margin is the (1 - miss_target) quantile of observed / predicted
     quantile_margin: bool = True   # False: the fixed 1 + safety
     tail_fit: bool = True          # that quantile from a generalised-Pareto tail (False: empirical)
-    burst_decay: float = 0.85      # per observation: how fast the guard after a miss fades
+    burst_decay: float = 0.5       # per run: how fast the guard after a miss fades
     wake_s: float = 1.0            # a run after this long without one: a miss there is a wake-up's
     resid_window: int = 300        # observations per target the quantile is taken over
     resid_min: int = 30
@@ -224,11 +228,6 @@ class TargetModel:
         p, a = self.p, self.p.alpha
         shape = self.shape(base_s)
         ratio = latency_s / (shape * self.corr_lat)          # against what was predicted for it
-        # After a miss the next runs are likely to miss too (a burst): the margin is at least
-        # the ratio that missed, fading by burst_decay per observation.
-        self.guard = 1 + (self.guard - 1) * p.burst_decay
-        if missed:
-            self.guard = max(self.guard, min(ratio, 3.0))
         # Winsorised at 3 spreads (at least ``safety``): a load step is a few large errors that
         # the fast level absorbs, and must not sit in the window as tail for resid_window
         # inferences; jitter keeps coming, grows the spread and so widens the clip.
@@ -241,7 +240,6 @@ class TargetModel:
         if p.quantile_margin and len(self.resid) >= p.resid_min and self.n_obs % 10 == 0:
             self.tail = max(1.0, tail_quantile(self.resid, p.miss_target) if p.tail_fit
                             else quantile(self.resid, 1 - p.miss_target))
-        self.margin = max(self.tail, self.guard)
         # the level follows the median of the last 3 observed / modelled ratios: a load step
         # (which repeats) moves it from the second inference on, a lone spike (a control
         # command's work on the same CPU, a page fault) not at all
@@ -253,7 +251,22 @@ class TargetModel:
         self.fit_shape()
         if energy_j is not None and energy_j > 0 and not math.isnan(base_e):
             self.corr_en = (1 - a) * self.corr_en + a * min(max(energy_j / base_e, 0.05), 50.0)
+        # After a miss the next runs are likely to miss too (a burst), and the level, which
+        # follows a median of 3, has not moved for one: the margin is at least the part of
+        # the missed run that the updated model still does not predict, for a few runs
+        # (:meth:`fade`).
+        if missed:
+            self.guard = max(self.guard, min(latency_s / (self.shape(base_s) * self.corr_lat), 3.0))
+        self.margin = max(self.tail, self.guard)
         self.seen = now
+
+    def fade(self) -> None:
+        """One run (on any target) since: the guard after a miss fades by burst_decay."""
+        if self.guard > 1.0:
+            self.guard = 1 + (self.guard - 1) * self.p.burst_decay
+            if self.guard < 1.001:
+                self.guard = 1.0
+            self.margin = max(self.tail, self.guard)
 
     def status(self) -> Dict:
         return {"constant_ms": round(self.c0 * 1e3, 4), "scale": round(self.c1, 4)}
@@ -333,7 +346,8 @@ class Governor:
     per target, one rule for what is allowed (:meth:`_build_lanes`) and :class:`Stats`."""
 
     def __init__(self, space: Sequence[Config], levels: Sequence[Level], profile: Profile,
-                 clock: Callable[[], float] = time.monotonic, params: Optional[Params] = None):
+                 clock: Callable[[], float] = time.monotonic, params: Optional[Params] = None,
+                 settle_s: Optional[Dict[str, float]] = None):
         if not space:
             raise ValueError("empty configuration space")
         self.space = list(space)
@@ -348,6 +362,8 @@ class Governor:
         self._freq = np.array([c.freq_khz or 0 for c in self.space], dtype=float)
         self._acc = np.array([self.levels[c.level].accuracy for c in self.space])
         self._tgt_l, self._freq_l, self._acc_l = self._tgt.tolist(), self._freq.tolist(), self._acc.tolist()
+        self.settle_s = [float((settle_s or {}).get(t, 0.0)) for t in self.targets]
+        self._khz_now: Dict[int, float] = {}        # target → the frequency of its last decision
         # levels by accuracy, best first (level number breaks ties)
         self._level_order = sorted({c.level for c in self.space},
                                    key=lambda l: (-self.levels[l].accuracy, -l))
@@ -533,8 +549,18 @@ class Governor:
     def _ekey(self, i: int) -> float:
         return self._ekey_l[i] * self.tm[self._tgt_l[i]].corr_en
 
+    def _settle(self, i: int) -> float:
+        """The time configuration ``i`` loses to its target's frequency settling: the settle
+        time at the last frequency instead of its own (0 where it goes down or stays)."""
+        t = self._tgt_l[i]
+        s, f_new, f_old = self.settle_s[t], self._freq_l[i], self._khz_now.get(t)
+        if not s or not f_new or not f_old or f_old >= f_new:
+            return 0.0
+        return s * (1 - f_old / f_new)
+
     def _meets(self, i: int, lat_limit_s: Optional[float]) -> bool:
-        if lat_limit_s is not None and self._lat(i) * self.tm[self._tgt_l[i]].margin > lat_limit_s:
+        if lat_limit_s is not None and \
+                self._lat(i) * self.tm[self._tgt_l[i]].margin + self._settle(i) > lat_limit_s:
             return False
         e = self.budget.energy_mj
         return e is None or not self._ekey(i) > e / 1e3 or math.isinf(self._ekey(i))
@@ -553,6 +579,8 @@ class Governor:
                 shape_max = lat_limit_s / (m.margin * m.corr_lat)   # c0 + c1 x profile <= this
                 j = bisect.bisect_right(lane.lat, (shape_max - m.c0) / m.c1) - 1
                 while j >= 0 and self._lat(lane.idx[j]) * m.margin > lat_limit_s:   # the 5% floor
+                    j -= 1
+                while j >= 0 and self._lat(lane.best[j]) * m.margin + self._settle(lane.best[j]) > lat_limit_s:
                     j -= 1
                 if j < 0:
                     continue
@@ -630,6 +658,8 @@ class Governor:
         feasible = feasible and (floor is None or self._acc_l[cand] >= floor)
         self.last = Decision(self.space[cand], self._lat(cand), None if math.isinf(e) else e,
                              feasible, limit_ms, () if feasible else self._gave_way(cand, limit_s))
+        if self._freq_l[cand]:
+            self._khz_now[self._tgt_l[cand]] = self._freq_l[cand]
         return self.last
 
     def _floored(self, order: List[int]) -> List[int]:
@@ -644,7 +674,7 @@ class Governor:
         b, out = self.budget, []
         if b.accuracy_min is not None and self._acc_l[i] < b.accuracy_min:
             out.append("accuracy_min")
-        if limit_s is not None and self._lat(i) * self.tm[self._tgt_l[i]].margin > limit_s:
+        if limit_s is not None and self._lat(i) * self.tm[self._tgt_l[i]].margin + self._settle(i) > limit_s:
             out.append("latency_ms")
         e = self._ekey(i)
         if b.energy_mj is not None and not math.isinf(e) and e > b.energy_mj / 1e3:
@@ -664,13 +694,14 @@ class Governor:
         c1 = np.array([m.c1 for m in self.tm])
         shape = np.maximum(c0[self._tgt] + c1[self._tgt] * self._base_lat, 0.05 * self._base_lat)
         lat = shape * ct[self._tgt]
+        settle = np.array([self._settle(i) for i in range(len(self.space))]) if self._khz_now else 0.0
         en = self._base_en * ce[self._tgt]
         allowed = np.isin(self._lvl, order) & allowed
         if not allowed.any():        # caps below every allowed frequency: the pin alone
             allowed = np.isin(self._lvl, order) & self._pin_place
         ratios = [np.zeros_like(lat)]
         if limit_s is not None:
-            ratios.append(lat * np.array([m.margin for m in self.tm])[self._tgt] / limit_s)
+            ratios.append((lat * np.array([m.margin for m in self.tm])[self._tgt] + settle) / limit_s)
         if b.energy_mj is not None:
             ratios.append(np.where(np.isnan(en), 0.0, en / (b.energy_mj / 1e3)))
         if b.power_w is not None:
@@ -708,6 +739,8 @@ class Governor:
         cause = self._cause(config, t, ran_khz, switched=not learn or i == self._switched,
                             idle_s=now - self._observed_at) if missed else None
         self._switched, self._observed_at = None, now
+        for m in self.tm:
+            m.fade()
         if learn:
             if ran_khz is not None and config.freq_khz is not None and ran_khz != config.freq_khz:
                 if ran_khz < config.freq_khz:

@@ -97,22 +97,24 @@ def cpu_targets(fs: Sysfs, spec: BoardSpec, warnings: List[str]) -> Dict[str, Ta
             continue
         freqs = _under_cap(fs, pol + "/scaling_max_freq", freqs, pol, warnings)
         govs = _governors(fs, pol + "/scaling_available_governors")
-        clusters.append((cpus, freqs, pol, "userspace" if "userspace" in govs else "minmax"))
+        clusters.append((cpus, freqs, pol, "userspace" if "userspace" in govs else "minmax",
+                         _transition_s(fs, pol)))
     online = online_cpus(fs)
     if not clusters:
         cpus = online or list(range(os.cpu_count() or 1))
         warnings.append("no cpufreq on this machine: frequency control is off")
         return _finish_cpu({"cpu": Target("cpu", "cpu", cpus)}, spec, online)
     named: Dict[str, Target] = {}
-    for cpus, freqs, pol, method in clusters:
+    for cpus, freqs, pol, method, settle in clusters:
         if online is not None and not set(cpus) & set(online):
             warnings.append("skipping cpufreq policy %s: all its CPUs (%s) are offline" % (pol, _cpustr(cpus)))
             continue
         name = spec.cluster_names.get(parts.get(cpus[0], ""), "cpu")
         t = named.get(name)
         if t is None:
-            named[name] = Target(name, "cpu", list(cpus), freqs, [pol], method)
+            named[name] = Target(name, "cpu", list(cpus), freqs, [pol], method, settle_s=settle)
         else:  # one target over several policies (x86: one policy per core): common freqs only
+            t.settle_s = max(t.settle_s, settle)
             t.cpus += cpus
             t.freqs_khz = sorted(set(t.freqs_khz) & set(freqs))
             t.control.append(pol)
@@ -128,6 +130,17 @@ def cpu_targets(fs: Sysfs, spec: BoardSpec, warnings: List[str]) -> Dict[str, Ta
     return _finish_cpu(named, spec, online)
 
 
+def _transition_s(fs: Sysfs, pol: str) -> float:
+    """The policy's ``cpuinfo_transition_latency`` (ns, the driver's own figure for a
+    frequency change) in seconds; 0 where it is absent, unreadable or CPUFREQ_ETERNAL."""
+    path = pol + "/cpuinfo_transition_latency"
+    try:
+        ns = fs.read_ints(path)[0] if fs.exists(path) else 0
+    except (PlatformError, IndexError):
+        return 0.0
+    return ns / 1e9 if 0 < ns < 0xFFFFFFFF else 0.0
+
+
 def _cpustr(cpus: List[int]) -> str:
     return ",".join(map(str, cpus))
 
@@ -140,7 +153,8 @@ def _finish_cpu(targets: Dict[str, Target], spec: BoardSpec, online: Optional[Li
         usable = [c for c in sorted(base.cpus) if c not in base.offline]
         for n in range(1, len(usable)):
             targets["cpu:%d" % n] = Target("cpu:%d" % n, "cpu", usable[:n],
-                                           list(base.freqs_khz), list(base.control), base.method)
+                                           list(base.freqs_khz), list(base.control), base.method,
+                                           settle_s=base.settle_s)
     # "cpu" first, then by first CPU and size (a7 before a15; cpu:1 before cpu:2)
     return dict(sorted(targets.items(), key=lambda kv: (kv[0] != "cpu", min(kv[1].cpus, default=0),
                                                          len(kv[1].cpus), kv[0])))

@@ -35,6 +35,7 @@ class Target:
     method: str = "none"                        # "userspace", "minmax" or "none"
     offline: List[int] = field(default_factory=list)   # of ``cpus``, those offline at discovery
     parts: List["Target"] = field(default_factory=list)  # a split's lanes, in column order
+    settle_s: float = 0.0                       # a frequency change's time to take effect (0: unknown)
 
     @property
     def online(self) -> List[int]:
@@ -58,7 +59,8 @@ def split(parts: List[Target]) -> Target:
     lead = max(ctl, key=lambda p: len(p.freqs_khz)) if ctl else None
     return Target("+".join(p.name for p in parts), "split", sorted({c for p in parts for c in p.cpus}),
                   list(lead.freqs_khz) if lead else [], [d for p in ctl for d in p.control],
-                  "split" if lead else "none", sorted({c for p in parts for c in p.offline}), list(parts))
+                  "split" if lead else "none", sorted({c for p in parts for c in p.offline}), list(parts),
+                  max((p.settle_s for p in parts), default=0.0))
 
 
 def part_frequencies(t: Target, khz: int) -> List[Optional[int]]:
@@ -93,7 +95,8 @@ def halves(cpu: Target) -> List[Target]:
 
     def lane(cpus):
         name = "cpu%d" % cpus[0] if len(cpus) == 1 else "cpu%d-%d" % (cpus[0], cpus[-1])
-        return Target(name, "cpu", list(cpus), list(cpu.freqs_khz), list(cpu.control), cpu.method)
+        return Target(name, "cpu", list(cpus), list(cpu.freqs_khz), list(cpu.control), cpu.method,
+                      settle_s=cpu.settle_s)
     return [lane(on[:h]), lane(on[h:])]
 
 

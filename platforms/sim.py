@@ -26,6 +26,11 @@ estimate, stated as such, that the evaluation does not depend on in detail):
   P_static: ASSUMED, chosen so that the A15 cluster at 2 GHz draws about 5 W and the A7
   cluster at 1.4 GHz about 0.7 W, and the Nano module stays inside its 10 W MAXN budget
   (NVIDIA L4T power guide: MAXN = 10 W).
+* DVFS settle time (a frequency change takes effect this long after the write; until then
+  the target runs at the old frequency): CPU 1 ms, GPU 5 ms (MEASURED, but on a Jetson
+  Orin, not on these boards: Kang, arXiv 2606.16106). The XU3's kernel declares 140 µs for
+  its clusters (``clock-latency`` in the exynos5420 device tree, read back as
+  ``cpuinfo_transition_latency``): the PLL's relock alone, less than the measured settle.
 """
 from __future__ import annotations
 
@@ -73,7 +78,7 @@ class SimTarget:
     c_eff: float                           # ASSUMED: F per unit
     static_w_per_v: float                  # ASSUMED: leakage ~ linear in V
     rail: str
-    dvfs_latency_s: float = 140e-6         # HARD for XU3: clock-latency-ns = 140000 (DT)
+    settle_s: float = 1e-3                 # MEASURED on another SoC (see the module docstring)
 
     def latency(self, macs: float, khz: int, stolen: float = 0.0) -> float:
         rate = self.units * self.mac_per_cycle * self.efficiency * khz * 1e3
@@ -121,7 +126,7 @@ def _nano() -> SimSpec:
         "sim-jetson-nano",
         [SimTarget("cpu", "cpu", [0, 1, 2, 3], cpu, cpu_v, 4, 4, 0.30, 0.4e-3, 3.0e-10, 0.30, "cpu"),
          SimTarget("gpu", "gpu", [], gpu, gpu_v, 128, 1, 0.25, 1.5e-3, 1.6e-11, 0.30, "gpu",
-                   dvfs_latency_s=1e-3)],
+                   settle_s=5e-3)],
         idle_w={"in": 1.25, "cpu": 0.20, "gpu": 0.05},   # "in" is the module total (docs/platforms.md)
         thermal_trip_c=97.0, throttle_khz={"cpu": 1224000, "gpu": 768000},
         notes="Tegra X1 (T210); energy = POM_5V_IN, the module total")
@@ -151,13 +156,15 @@ class SimBoard(Platform):
         self.spec = SPECS[name]()
         self.sim_targets: Dict[str, SimTarget] = {t.name: t for t in self.spec.targets}
         self.targets: Dict[str, Target] = with_splits({
-            t.name: Target(t.name, t.kind, list(t.cpus), list(t.freqs_khz), ["(simulated)"], "simulated")
+            t.name: Target(t.name, t.kind, list(t.cpus), list(t.freqs_khz), ["(simulated)"], "simulated",
+                           settle_s=t.settle_s)
             for t in self.spec.targets})
         self._freq = {t.name: t.freqs_khz[-1] for t in self.spec.targets}
         self.interference = list(interference or [])
         self.rng = random.Random(seed)
         self.noise = noise
         self.now = 0.0                      # simulated seconds
+        self._settling: Dict[str, Tuple[int, float]] = {}   # target → (old kHz, until)
         self.temp_c = self.spec.ambient_c
         self.cap_khz: Dict[str, int] = {}     # the thermal model's cap in force
         self.forced_cap: Dict[str, int] = {}  # a cap a scenario imposes (e.g. a thermal event)
@@ -196,8 +203,8 @@ class SimBoard(Platform):
         return min([khz] + caps)
 
     def _set_frequency(self, t: Target, khz: int) -> int:
-        if self._freq[t.name] != khz:
-            self.now += self.sim_targets[t.name].dvfs_latency_s
+        if self._freq[t.name] != khz:      # the old frequency holds for settle_s from now
+            self._settling[t.name] = (self._frequency(t), self.now + self.sim_targets[t.name].settle_s)
         self._freq[t.name] = khz
         return self._frequency(t)
 
@@ -217,9 +224,10 @@ class SimBoard(Platform):
                              if i.target == target and i.start_s <= t < i.end_s))
 
     def predict(self, macs, target: str, khz: Optional[int] = None,
-                stolen: Optional[float] = None) -> Tuple[float, float]:
+                stolen: Optional[float] = None, now: Optional[float] = None) -> Tuple[float, float]:
         """Noise-free (latency s, energy J) of one inference: the model without the board's
-        state. A split's ``macs`` is one figure per part (its columns; the head's few MACs
+        state (``now``: with it, a frequency change still settling at that moment: its part
+        runs at the old frequency until then). A split's ``macs`` is one figure per part (its columns; the head's few MACs
         go to the first): its latency is its slowest part's, its energy each part's power
         while it runs, and the idle power of every other rail for the whole inference."""
         parts = self.targets[target].parts
@@ -233,7 +241,12 @@ class SimBoard(Platform):
         for n, m, f in zip(names, macs, khz):
             st = self.sim_targets[n]
             f = f or self._frequency(self.targets[n])
-            lat = st.latency(m, f, self.stolen(n) if stolen is None else stolen)
+            share = self.stolen(n) if stolen is None else stolen
+            lat = st.latency(m, f, share)
+            old = self._settling.get(n) if now is not None else None
+            if old is not None and now < old[1]:
+                s, lat_old = old[1] - now, st.latency(m, old[0], share)
+                lat = lat_old if lat_old <= s else s + (1 - s / lat_old) * lat
             lats.append(lat)
             busy += st.power(f) * lat
         lat = max(lats)
@@ -248,10 +261,9 @@ class SimBoard(Platform):
         the thermal state. ``idle_s``: idle time before it (a request gap)."""
         if idle_s > 0:
             self._heat(0.0, idle_s)
-        lat, energy = self.predict(macs, target)
-        lat *= 1.0 + self.rng.gauss(0.0, self.noise)
-        lat = max(lat, 1e-6)
-        energy = energy * lat / max(self.predict(macs, target)[0], 1e-9)
+        base, energy = self.predict(macs, target, now=self.now)
+        lat = max(base * (1.0 + self.rng.gauss(0.0, self.noise)), 1e-6)
+        energy = energy * lat / max(base, 1e-9)
         self._heat(energy / lat, lat)
         return lat, energy
 
