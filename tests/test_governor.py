@@ -449,10 +449,14 @@ def test_after_a_miss_the_margin_holds_the_ratio_that_missed_and_fades():
     g.set_budget(Budget(latency_ms=2.5))
     d = g.decide()
     assert d.config == Config(4, "big", 2000000)
-    g.observe(d.config, pred(g, d.config)[0] * 1.3)              # 2.6 ms: a miss
-    # the part the updated model (its level moved a little) still does not predict
+    for _ in range(60):                                          # as profiled: the model settles there
+        g.observe(d.config, pred(g, d.config)[0])
+        assert g.decide().config == d.config
+    g.observe(d.config, pred(g, d.config)[0] * 1.3)              # 2.6 ms: a lone miss
+    # the level (a median of 3) did not move for one run; the guard is the part of the run
+    # that the updated model still does not predict
     assert g.status()["margins"]["big"] == pytest.approx(2.6e-3 / modelled(g, d.config), abs=0.001)
-    assert g.status()["margins"]["big"] > 1.15
+    assert g.status()["margins"]["big"] > 1.25
     assert g.decide().config.level < 4
     for _ in range(30):
         c = g.decide().config
@@ -522,3 +526,24 @@ def test_an_accuracy_floor_holds_and_the_latency_gives_way():
     g.pin(level=1)                                            # the operator's pin wins over the floor
     d = g.decide()
     assert d.config.level == 1 and "accuracy_min" in d.gave_way
+
+
+def test_a_frequency_change_is_predicted_with_the_time_it_takes_to_settle():
+    """Big settles in 0.5 ms: from 500 MHz, level 4 at 2 GHz loses 0.5 x (1 - 0.5/2) =
+    0.375 ms, over a 2.5 ms budget with its 2.2 ms; level 3 at 2 GHz fits with it. Once there,
+    nothing is lost and level 4 comes back; without a settle time it is chosen at once."""
+    def at_500(settle):
+        g = Governor(build_space(LEVELS, FREQS), LEVELS, profile(), clock=Clock(),
+                     params=Params(quantile_margin=False), settle_s=settle)
+        g.set_budget(Budget(latency_ms=10.0))
+        assert g.decide().config == Config(4, "big", 500000)
+        g.set_budget(Budget(latency_ms=2.5))
+        return g
+    assert at_500({}).decide().config == Config(4, "big", 2000000)
+    g = at_500({"big": 0.5e-3})
+    d = g.decide()
+    assert d.config == Config(3, "big", 2000000) and d.feasible
+    for _ in range(g.p.up_patience + 1):
+        g.observe(d.config, pred(g, d.config)[0])
+        d = g.decide()
+    assert d.config == Config(4, "big", 2000000)

@@ -52,6 +52,7 @@ def test_discover_xu3_414(tmp_path):
     assert a7.freqs_khz == [200000 + 100000 * i for i in range(13)]
     assert a15.freqs_khz[-1] == 2000000 and len(a15.freqs_khz) == 19
     assert a15.control == [POL4] and a15.method == "minmax"   # userspace is a module, not listed
+    assert a15.settle_s == a7.settle_s == 300e-6 == p.targets["a15+a7"].settle_s   # cpuinfo_transition_latency
     assert p.desc.gpu.freqs_khz[0] == 177000 and "11800000.mali" in p.desc.gpu.control[0]
     assert {r.name for r in p.desc.rails} == {"arm", "kfc", "g3d", "mem"}
     assert all(abs(r.period_s - 0.263808) < 1e-9 for r in p.desc.rails)

@@ -45,3 +45,23 @@ def test_thermal_cap_engages_when_hot():
     b.temp_c = 40.0
     b.run(MACS, "a7", idle_s=1.0)
     assert b.frequency("a15") == 2000000
+
+
+def test_a_frequency_change_settles_at_the_old_frequency_first():
+    """For settle_s after a change (GPU 5 ms, CPU 1 ms: the module docstring's source) the
+    target runs at its old frequency: a run that starts at once is slower than the new
+    frequency alone gives, and one after the settle time is not."""
+    b = SimBoard("sim-jetson-nano", noise=0.0)
+    gpu = b.sim_targets["gpu"]
+    assert gpu.settle_s == 5e-3 and b.sim_targets["cpu"].settle_s == 1e-3
+    assert b.targets["gpu"].settle_s == 5e-3 and b.targets["cpu+gpu"].settle_s == 5e-3
+    lo, hi = gpu.freqs_khz[0], gpu.freqs_khz[-1]
+    b.set_frequency("gpu", lo)
+    b.run(MACS, "cpu", idle_s=1.0)
+    b.set_frequency("gpu", hi)
+    at_hi, at_lo = b.predict(MACS, "gpu", hi)[0], b.predict(MACS, "gpu", lo)[0]
+    s = gpu.settle_s
+    expect = at_lo if at_lo <= s else s + (1 - s / at_lo) * at_hi
+    assert b.run(MACS, "gpu")[0] == pytest.approx(expect, rel=1e-9) and expect > 1.05 * at_hi
+    b.run(MACS, "cpu", idle_s=s)
+    assert b.run(MACS, "gpu")[0] == pytest.approx(at_hi, rel=1e-9)
