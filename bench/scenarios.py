@@ -15,7 +15,7 @@ import numpy as np
 
 from governor import (Budget, Config, Governor, Level, Params, Profile, Sample, build_space, column_macs,
                       plan_measurements, split_cuts, split_macs)
-from governor.baselines import Oracle, Ondemand, Performance, StepManager
+from governor.baselines import Fixed, Oracle, Ondemand, Performance, StepManager
 from platforms.sim import Interference, SimBoard
 
 GROUP_ACC = [82.0, 85.0, 86.5, 87.5]   # placeholder accuracies when no manifest is given
@@ -127,16 +127,19 @@ def policy_from_profile(policy: str, space: List[Config], levels: List[Level], p
     raise ValueError(policy)
 
 
-def run(scenario: Scenario, policy: str, levels: List[Level], seed: int = 0,
+def run(scenario: Scenario, policy, levels: List[Level], seed: int = 0,
         settle: int = 20, splits: bool = False) -> Dict:
-    """One policy through one scenario; ``splits``: the split targets are in its space."""
+    """One policy through one scenario (a name of POLICIES, or a Config: that configuration
+    always); ``splits``: the split targets are in its space."""
     board = SimBoard(scenario.board, seed=seed)
     space = _space(board, levels, splits)
     profile = measure_profile(SimBoard(scenario.board), space, levels)
     work = Work(board, levels, profile)
     acc = {l.level: l.accuracy for l in levels}
     clock = lambda: board.now
-    if policy == "oracle":
+    if isinstance(policy, Config):
+        pol = Fixed(space, levels, profile, policy, clock)
+    elif policy == "oracle":
         def truth(c: Config):
             khz = c.freq_khz if board.targets[c.target].is_split else board.effective(c.target, c.freq_khz)
             return board.predict(work(c), c.target, khz)

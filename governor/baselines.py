@@ -8,6 +8,8 @@
   frequency that would keep utilisation at ``up``.
 * ``StepManager``: the step-level manager of Dynamic-OFA (Lou et al.): one level down on a
   deadline miss, one up after ``patience`` inferences with slack; no DVFS.
+* ``Fixed``: one configuration, always (the static configurations a governor is judged
+  against: the best of them in hindsight).
 * ``Oracle``: knows the true latency and energy of every configuration at every moment
   (the interference trace included) and picks the best feasible one.
 """
@@ -58,6 +60,18 @@ class Performance(_Static):
 
     def decide(self, deadline_ms=None, level=None) -> Decision:
         return self._decision(Config(self.top, self.target, self.freqs[-1]), deadline_ms)
+
+
+class Fixed(_Static):
+    def __init__(self, space: Sequence[Config], levels: Sequence[Level], profile: Profile, config: Config,
+                 clock: Callable[[], float] = time.monotonic):
+        super().__init__(space, levels, profile, clock)
+        self.config = config
+        self.name = "k=%d on %s at %s" % (config.level, config.target,
+                                           "%d MHz" % (config.freq_khz // 1000) if config.freq_khz else "-")
+
+    def decide(self, deadline_ms=None, level=None) -> Decision:
+        return self._decision(self.config, deadline_ms)
 
 
 class Ondemand(_Static):

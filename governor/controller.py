@@ -25,9 +25,12 @@ highest accuracy, and the lowest energy among equals.
 * A request that forces its level (``decide(level=k)``) gets the best configuration of
   that level but leaves the governed state (and its hysteresis) where it was.
 * Settle time: a target's frequency change takes ``settle_s[target]`` to take effect (the
-  platform's figure), during which it runs at the old frequency; a configuration at
-  another frequency than the target's last is predicted with the time that costs,
-  ``settle x (1 - f_old / f_new)`` (nothing when it goes down).
+  platform's figure), during which it runs at the old frequency: the first run after a
+  raise loses ``settle x (1 - f_old / f_new)``. That run is learnt without it (it is the
+  change's cost, not the configuration's speed) and a miss there is the change's
+  (``switch``). Decisions do not avoid it: it is paid once per change, which the
+  hysteresis and the rate limit keep rare, and where the settle time exceeds the budget
+  (a GPU's 5 ms under a 3 ms budget) avoiding it would keep the frequency low for good.
 * Rate limit: a frequency change within ``freq_interval_s`` of the last one is avoided
   when a configuration at the current frequency is as accurate and feasible.
 * Infeasible budget: the configuration closest to it (the smallest worst-case ratio of
@@ -240,6 +243,7 @@ class TargetModel:
         if p.quantile_margin and len(self.resid) >= p.resid_min and self.n_obs % 10 == 0:
             self.tail = max(1.0, tail_quantile(self.resid, p.miss_target) if p.tail_fit
                             else quantile(self.resid, 1 - p.miss_target))
+            self.margin = max(self.tail, self.guard)
         # the level follows the median of the last 3 observed / modelled ratios: a load step
         # (which repeats) moves it from the second inference on, a lone spike (a control
         # command's work on the same CPU, a page fault) not at all
@@ -256,9 +260,12 @@ class TargetModel:
         # the missed run that the updated model still does not predict, for a few runs
         # (:meth:`fade`).
         if missed:
-            self.guard = max(self.guard, min(latency_s / (self.shape(base_s) * self.corr_lat), 3.0))
-        self.margin = max(self.tail, self.guard)
+            self.raise_guard(latency_s / (self.shape(base_s) * self.corr_lat))
         self.seen = now
+
+    def raise_guard(self, ratio: float) -> None:
+        self.guard = max(self.guard, min(ratio, 3.0))
+        self.margin = max(self.tail, self.guard)
 
     def fade(self) -> None:
         """One run (on any target) since: the guard after a miss fades by burst_decay."""
@@ -379,6 +386,7 @@ class Governor:
         self._probe, self._probation = None, 0
         self._freq_changed_at = -math.inf
         self._switched: Optional[int] = None     # decided on another target or frequency: its first run
+        self._switch_loss = 0.0                  # what the last decision's settling was predicted to cost
         self._observed_at = -math.inf
         self.last: Optional[Decision] = None
         self.stats = Stats(self.p.window)
@@ -559,8 +567,7 @@ class Governor:
         return s * (1 - f_old / f_new)
 
     def _meets(self, i: int, lat_limit_s: Optional[float]) -> bool:
-        if lat_limit_s is not None and \
-                self._lat(i) * self.tm[self._tgt_l[i]].margin + self._settle(i) > lat_limit_s:
+        if lat_limit_s is not None and self._lat(i) * self.tm[self._tgt_l[i]].margin > lat_limit_s:
             return False
         e = self.budget.energy_mj
         return e is None or not self._ekey(i) > e / 1e3 or math.isinf(self._ekey(i))
@@ -579,8 +586,6 @@ class Governor:
                 shape_max = lat_limit_s / (m.margin * m.corr_lat)   # c0 + c1 x profile <= this
                 j = bisect.bisect_right(lane.lat, (shape_max - m.c0) / m.c1) - 1
                 while j >= 0 and self._lat(lane.idx[j]) * m.margin > lat_limit_s:   # the 5% floor
-                    j -= 1
-                while j >= 0 and self._lat(lane.best[j]) * m.margin + self._settle(lane.best[j]) > lat_limit_s:
                     j -= 1
                 if j < 0:
                     continue
@@ -658,6 +663,7 @@ class Governor:
         feasible = feasible and (floor is None or self._acc_l[cand] >= floor)
         self.last = Decision(self.space[cand], self._lat(cand), None if math.isinf(e) else e,
                              feasible, limit_ms, () if feasible else self._gave_way(cand, limit_s))
+        self._switch_loss = self._settle(cand)
         if self._freq_l[cand]:
             self._khz_now[self._tgt_l[cand]] = self._freq_l[cand]
         return self.last
@@ -674,7 +680,7 @@ class Governor:
         b, out = self.budget, []
         if b.accuracy_min is not None and self._acc_l[i] < b.accuracy_min:
             out.append("accuracy_min")
-        if limit_s is not None and self._lat(i) * self.tm[self._tgt_l[i]].margin + self._settle(i) > limit_s:
+        if limit_s is not None and self._lat(i) * self.tm[self._tgt_l[i]].margin > limit_s:
             out.append("latency_ms")
         e = self._ekey(i)
         if b.energy_mj is not None and not math.isinf(e) and e > b.energy_mj / 1e3:
@@ -694,14 +700,13 @@ class Governor:
         c1 = np.array([m.c1 for m in self.tm])
         shape = np.maximum(c0[self._tgt] + c1[self._tgt] * self._base_lat, 0.05 * self._base_lat)
         lat = shape * ct[self._tgt]
-        settle = np.array([self._settle(i) for i in range(len(self.space))]) if self._khz_now else 0.0
         en = self._base_en * ce[self._tgt]
         allowed = np.isin(self._lvl, order) & allowed
         if not allowed.any():        # caps below every allowed frequency: the pin alone
             allowed = np.isin(self._lvl, order) & self._pin_place
         ratios = [np.zeros_like(lat)]
         if limit_s is not None:
-            ratios.append((lat * np.array([m.margin for m in self.tm])[self._tgt] + settle) / limit_s)
+            ratios.append(lat * np.array([m.margin for m in self.tm])[self._tgt] / limit_s)
         if b.energy_mj is not None:
             ratios.append(np.where(np.isnan(en), 0.0, en / (b.energy_mj / 1e3)))
         if b.power_w is not None:
@@ -736,17 +741,23 @@ class Governor:
         self._on_probation(i, missed)
         t = self._tgt_l[i]
         now = self.clock()
-        cause = self._cause(config, t, ran_khz, switched=not learn or i == self._switched,
+        switched = self._switched
+        cause = self._cause(config, t, ran_khz, switched=not learn or i == switched,
                             idle_s=now - self._observed_at) if missed else None
         self._switched, self._observed_at = None, now
         for m in self.tm:
             m.fade()
+        # learnt without what the change's settling was predicted to cost it
+        own = max(latency_s - self._switch_loss, 0.05 * latency_s) if i == switched else latency_s
+        own_missed = limit_ms is not None and own * 1e3 > limit_ms
         if learn:
             if ran_khz is not None and config.freq_khz is not None and ran_khz != config.freq_khz:
                 if ran_khz < config.freq_khz:
                     self._cap(t, ran_khz)
                 i = self.index.get(Config(config.level, config.target, ran_khz), i)   # the model learns what ran
-            self.tm[t].observe(self._lat_l[i], latency_s, energy_j, self._base_en[i], now, missed)
+            self.tm[t].observe(self._lat_l[i], own, energy_j, self._base_en[i], now, own_missed)
+        elif own_missed:             # not its speed, but a burst may have begun: the guard still holds
+            self.tm[t].raise_guard(own / self._lat(i))
         self.stats.count(latency_s, energy_j, missed, cause)
         return cause
 

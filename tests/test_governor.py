@@ -91,7 +91,7 @@ def test_hysteresis_waits_before_going_up():
 
 def test_the_margin_is_the_measured_tail_and_the_misses_follow_it():
     """With +-25% scatter around the profile, the margin becomes the 99th percentile of the
-    observed / predicted ratios, and the closed loop misses its budget about as rarely as
+    observed / predicted ratios (the tail fit's, near the plain one's), and the closed loop misses its budget about as rarely as
     asked (1%) while still serving the high levels; with quantile_margin=False it stays 1.1."""
     import random
     for quantile in (True, False):
@@ -109,7 +109,9 @@ def test_the_margin_is_the_measured_tail_and_the_misses_follow_it():
         t = g.targets.index("big")
         m = g.status()["margins"]["big"]
         if quantile:
-            assert m == pytest.approx(max(1.0, np.quantile(list(g.tm[t].resid), 0.99)), rel=0.03)
+            from governor.controller import tail_quantile
+            assert m == pytest.approx(max(1.0, tail_quantile(g.tm[t].resid, 0.01)), rel=0.03)
+            assert m == pytest.approx(np.quantile(list(g.tm[t].resid), 0.99), rel=0.1)
             assert 1.15 < m < 1.5
             assert np.mean(misses[500:]) <= 0.02 and np.mean(levels[500:]) >= 3
         else:
@@ -528,22 +530,27 @@ def test_an_accuracy_floor_holds_and_the_latency_gives_way():
     assert d.config.level == 1 and "accuracy_min" in d.gave_way
 
 
-def test_a_frequency_change_is_predicted_with_the_time_it_takes_to_settle():
-    """Big settles in 0.5 ms: from 500 MHz, level 4 at 2 GHz loses 0.5 x (1 - 0.5/2) =
-    0.375 ms, over a 2.5 ms budget with its 2.2 ms; level 3 at 2 GHz fits with it. Once there,
-    nothing is lost and level 4 comes back; without a settle time it is chosen at once."""
+def test_the_run_after_a_frequency_change_is_learnt_without_its_settling():
+    """Big settles in 0.5 ms: from 500 MHz, the first run of level 4 at 2 GHz loses
+    0.5 x (1 - 0.5/2) = 0.375 ms. The decision does not avoid it (paid once per change); the
+    model learns the run without it, where a governor told of no settle time learns it as
+    the configuration's speed; a miss there is the change's."""
     def at_500(settle):
         g = Governor(build_space(LEVELS, FREQS), LEVELS, profile(), clock=Clock(),
                      params=Params(quantile_margin=False), settle_s=settle)
         g.set_budget(Budget(latency_ms=10.0))
         assert g.decide().config == Config(4, "big", 500000)
         g.set_budget(Budget(latency_ms=2.5))
-        return g
-    assert at_500({}).decide().config == Config(4, "big", 2000000)
-    g = at_500({"big": 0.5e-3})
-    d = g.decide()
-    assert d.config == Config(3, "big", 2000000) and d.feasible
-    for _ in range(g.p.up_patience + 1):
-        g.observe(d.config, pred(g, d.config)[0])
         d = g.decide()
-    assert d.config == Config(4, "big", 2000000)
+        assert d.config == Config(4, "big", 2000000)
+        return g, d.config
+    g, c = at_500({"big": 0.5e-3})
+    naive, _ = at_500({})
+    first = pred(g, c)[0] + 0.375e-3
+    assert g.observe(c, first) is None and naive.observe(c, first) is None
+    assert modelled(g, c) == pytest.approx(pred(g, c)[0], rel=0.01)
+    assert modelled(naive, c) > 1.05 * pred(g, c)[0]
+    g, c = at_500({"big": 0.5e-3})
+    naive, _ = at_500({})
+    assert g.observe(c, 2.6e-3) == "switch" and naive.observe(c, 2.6e-3) == "switch"
+    assert modelled(g, c) < modelled(naive, c)          # 2.225 ms learnt, not 2.6
