@@ -29,7 +29,7 @@ import signal
 import subprocess
 import sys
 import time
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, List, Sequence
 
 import numpy as np
 
@@ -176,7 +176,7 @@ def report_real(runs: List[Dict], at: Sequence[float]) -> str:
 
 # ------------------------------------------------------------------ (b) simulated boards
 def simulated(levels, burst: int = 25, n: int = 1500, at: Sequence[float] = (0.25, 0.5, 0.75)) -> List[Dict]:
-    from governor import Budget, Config
+    from governor import Budget
     from platforms.sim import SimBoard
     from . import scenarios as S
     out = []

@@ -147,6 +147,7 @@ class Params:
     miss_target: float = 0.01      # the margin is the (1 - miss_target) quantile of observed / predicted
     quantile_margin: bool = True   # False: the fixed 1 + safety
     tail_fit: bool = True          # that quantile from a generalised-Pareto tail (False: empirical)
+    winsorise: bool = False        # clip the ratios at 3 spreads before they enter the window
     burst_decay: float = 0.5       # per run: how fast the guard after a miss fades
     wake_s: float = 1.0            # a run after this long without one: a miss there is a wake-up's
     resid_window: int = 300        # observations per target the quantile is taken over
@@ -157,6 +158,7 @@ class Params:
     probation: int = 20            # inferences after a move up in which a miss doubles up_patience
     alpha: float = 0.3
     stale_s: float = 2.0           # unobserved for this long → the correction decays to 1
+    tail_memory_s: float = 60.0    # unobserved for this long → the tail margin is forgotten too
     freq_interval_s: float = 0.05
     window: int = 2000             # observations kept for the status percentiles
     # Accuracy points a level must beat every cheaper level (fewer MACs) by to be chosen on its
@@ -206,37 +208,45 @@ class TargetModel:
         self.c0, self.c1 = c0 * self.ref, min(max(c1, 0.05), 50.0)
 
     def learnt(self) -> bool:
-        return (self.corr_lat != 1.0 or self.corr_en != 1.0 or self.sums[0] > 1e-3
+        return (abs(self.corr_lat - 1) > 1e-4 or abs(self.corr_en - 1) > 1e-4 or self.sums[0] > 1e-3
                 or abs(self.margin - 1 - self.p.safety) > 1e-3)
 
-    def decay(self) -> None:
-        """One step back towards the profile (unobserved for ``stale_s``): the corrections,
-        the shape and the margin; a tail measured long ago must not keep the target out for
-        good (when it is used again, its window starts afresh)."""
+    def decay(self, now: float) -> None:
+        """One step back towards the profile (unobserved for ``stale_s``): the corrections
+        and the shape, so a target that a load had slowed is tried again. Its tail is kept
+        for ``tail_memory_s``: a target whose runs scatter widely (a pool of two threads on
+        a busy machine) would otherwise be tried again, and missed on, every few seconds;
+        after that the tail goes too (when it is used again, its window starts afresh)."""
         d = math.exp(-self.p.alpha)
         self.corr_lat = 1 + (self.corr_lat - 1) * d
         self.corr_en = 1 + (self.corr_en - 1) * d
         self.sums = [v * d for v in self.sums]
         self.fit_shape()
-        base = 1 + self.p.safety
-        self.tail = base + (self.tail - base) * d
         self.guard = 1.0
+        if now - self.seen > self.p.tail_memory_s:
+            self.tail = 1 + self.p.safety
+            if self.resid:
+                self.resid.clear()
+                self.spread = 0.0
         self.margin = self.tail
-        if self.resid:
-            self.resid.clear()
-            self.spread = 0.0
 
     def observe(self, base_s: float, latency_s: float, energy_j: Optional[float], base_e: float,
                 now: float, missed: bool = False) -> None:
         p, a = self.p, self.p.alpha
         shape = self.shape(base_s)
         ratio = latency_s / (shape * self.corr_lat)          # against what was predicted for it
-        # Winsorised at 3 spreads (at least ``safety``): a load step is a few large errors that
-        # the fast level absorbs, and must not sit in the window as tail for resid_window
-        # inferences; jitter keeps coming, grows the spread and so widens the clip.
+        # A load step is a few large errors that the fast level absorbs: they must not sit in
+        # the window as tail for resid_window inferences. Once the level moves (the median
+        # of the last 3 runs is beyond the clip: a step, not a spike), the window's last 3
+        # ratios are winsorised at 3 spreads (at least ``safety``; jitter keeps coming, grows
+        # the spread and so widens the clip). A lone spike (the scheduler giving a competing
+        # process the CPU for a time slice: 5x a run) stays whole: it is the tail a budget
+        # must cover. ``winsorise=True``: every ratio is clipped (the older rule, which hid
+        # those spikes from the margin).
         clip = 1 + max(3 * math.sqrt(self.spread), p.safety)
-        ratio = min(max(ratio, 2 - clip), clip)
-        self.spread = 0.95 * self.spread + 0.05 * (ratio - 1) ** 2
+        if p.winsorise:
+            ratio = min(max(ratio, 2 - clip), clip)
+        self.spread = 0.95 * self.spread + 0.05 * (min(max(ratio, 2 - clip), clip) - 1) ** 2
         self.resid.append(ratio)
         self.n_obs += 1
         # the quantile every 10th observation once resid_min are in
@@ -248,7 +258,11 @@ class TargetModel:
         # (which repeats) moves it from the second inference on, a lone spike (a control
         # command's work on the same CPU, a page fault) not at all
         self.recent.append(min(max(latency_s / shape, 0.05), 50.0))
-        self.corr_lat = (1 - a) * self.corr_lat + a * sorted(self.recent)[len(self.recent) // 2]
+        level = sorted(self.recent)[len(self.recent) // 2]
+        if len(self.recent) == 3 and not 2 - clip <= level / self.corr_lat <= clip:
+            for j in range(1, min(3, len(self.resid)) + 1):
+                self.resid[-j] = min(max(self.resid[-j], 2 - clip), clip)
+        self.corr_lat = (1 - a) * self.corr_lat + a * level
         x, y, f = base_s / self.ref, latency_s / self.ref, p.shape_forget
         for j, v in enumerate((1.0, x, x * x, y, x * y)):
             self.sums[j] = self.sums[j] * f + v
@@ -387,6 +401,8 @@ class Governor:
         self._freq_changed_at = -math.inf
         self._switched: Optional[int] = None     # decided on another target or frequency: its first run
         self._switch_loss = 0.0                  # what the last decision's settling was predicted to cost
+        self.move_ratio = 1.0          # EWMA of the first run after a target move / its prediction
+        self._last_target: Optional[int] = None
         self._observed_at = -math.inf
         self.last: Optional[Decision] = None
         self.stats = Stats(self.p.window)
@@ -532,7 +548,7 @@ class Governor:
         now = self.clock()
         for m in self.tm:
             if now - m.seen > self.p.stale_s and m.learnt():
-                m.decay()
+                m.decay(now)
 
     def _cap(self, t: int, khz: int) -> None:
         """The kernel ran target ``t`` below what was asked (a thermal or power cap): leave
@@ -583,9 +599,10 @@ class Governor:
                 j = len(lane.lat) - 1
             else:
                 m = self.tm[lane.target]
-                shape_max = lat_limit_s / (m.margin * m.corr_lat)   # c0 + c1 x profile <= this
+                margin = m.margin * self._move_cost(lane.target)
+                shape_max = lat_limit_s / (margin * m.corr_lat)     # c0 + c1 x profile <= this
                 j = bisect.bisect_right(lane.lat, (shape_max - m.c0) / m.c1) - 1
-                while j >= 0 and self._lat(lane.idx[j]) * m.margin > lat_limit_s:   # the 5% floor
+                while j >= 0 and self._lat(lane.idx[j]) * margin > lat_limit_s:   # the 5% floor
                     j -= 1
                 if j < 0:
                     continue
@@ -635,6 +652,9 @@ class Governor:
                         self._probe, self._probation = cand, self.p.probation
                 else:
                     self._up_count = 0
+                if cand is not None and cand != cur and self._acc_l[cand] == self._acc_l[cur] \
+                        and not self._cheaper(cand, cur):
+                    cand = cur              # as accurate and no cheaper: a move would only add risk
             else:
                 self._up_count = 0
                 for lv in order:
@@ -667,6 +687,20 @@ class Governor:
         if self._freq_l[cand]:
             self._khz_now[self._tgt_l[cand]] = self._freq_l[cand]
         return self.last
+
+    def _move_cost(self, t: int) -> float:
+        """How much slower than predicted the first run after a move to target ``t`` is
+        expected to be (threads migrating, the lane's pools and caches cold: learnt from the
+        moves so far); 1 for the target served now."""
+        return 1.0 if self.current is None or self._tgt_l[self.current] == t else self.move_ratio
+
+    def _cheaper(self, a: int, b: int) -> bool:
+        """Whether configuration ``a`` is predicted to cost less energy than ``b``: by the
+        energy model where both have one, else a lower frequency of the same target."""
+        ea, eb = self._ekey(a), self._ekey(b)
+        if not math.isinf(ea) and not math.isinf(eb):
+            return ea < eb
+        return self._tgt_l[a] == self._tgt_l[b] and self._freq_l[a] < self._freq_l[b]
 
     def _floored(self, order: List[int]) -> List[int]:
         """The levels of ``order`` at or above the budget's accuracy floor (all of them where
@@ -749,6 +783,10 @@ class Governor:
             m.fade()
         # learnt without what the change's settling was predicted to cost it
         own = max(latency_s - self._switch_loss, 0.05 * latency_s) if i == switched else latency_s
+        if self._last_target is not None and t != self._last_target:      # the first run after a move
+            a = self.p.alpha
+            self.move_ratio = (1 - a) * self.move_ratio + a * min(max(own / self._lat(i), 1.0), 3.0)
+        self._last_target = t
         own_missed = limit_ms is not None and own * 1e3 > limit_ms
         if learn:
             if ran_khz is not None and config.freq_khz is not None and ran_khz != config.freq_khz:
@@ -801,6 +839,7 @@ class Governor:
             "corrections": {t: round(float(m.corr_lat), 3) for t, m in zip(self.targets, self.tm)},
             "latency_model": {t: m.status() for t, m in zip(self.targets, self.tm)},
             "margins": {t: round(float(m.margin), 3) for t, m in zip(self.targets, self.tm)},
+            "move_cost": round(self.move_ratio, 3),
             "profile": self.profile.source,
         }
         s.update(self.stats.status())

@@ -2,6 +2,7 @@
 import os
 import subprocess
 import sys
+import pytest
 
 from tests.daemon_harness import ROOT
 
@@ -146,3 +147,28 @@ def test_compiled_hot_path_prototype_answers_like_the_daemon(random_set, tmp_pat
     finally:
         ctx.destroy(linger=0)
         server.kill()
+
+
+def test_deadlines_best_static_in_hindsight_and_the_simulated_gap():
+    """bench.deadlines: the best static is the most accurate one with <= 1% misses on the
+    pattern (counted after the first requests), and the simulated part gives the governor,
+    the oracle and the statics on one trace."""
+    from bench import deadlines as D
+    acc = [80.0, 84.0, 86.0]
+    n = D.SETTLE + 200
+    fast = [{"ms": 1.0, "k": 1, "target": "cpu"}] * n
+    mid = [{"ms": 2.0, "k": 2, "target": "cpu"}] * (n - 2) + [{"ms": 9.0, "k": 2, "target": "cpu"}] * 2
+    slow = [{"ms": 2.0, "k": 3, "target": "cpu"}] * (n - 10) + [{"ms": 9.0, "k": 3, "target": "cpu"}] * 10
+    gov = [{"ms": 2.0, "k": 2, "target": "cpu"}] * (n - 1) + [{"ms": 9.0, "k": 3, "target": "cpu"}]
+    run = {"acc": acc, "statics": {(1, "cpu"): fast, (2, "cpu"): mid, (3, "cpu"): slow},
+           "governed": [{"budget_ms": 3.0, "trace": gov, "misses": {}}]}
+    row = D.summarise(run)[0]
+    assert row["best"][2:4] == (2, "cpu") and row["best"][4] == pytest.approx(2 / 200)   # 1%: kept; k=3's 5%: not
+    assert row["miss"] == pytest.approx(1 / 200)
+    assert D.busy_at(n // 3, n, 25) and not D.busy_at(n // 3 + 25, n, 25) and not D.busy_at(0, n, 25)
+    from bench.scenarios import default_levels
+    rows = D.simulated(default_levels([1e7, 2e7, 3e7, 4e7]), n=150, at=(0.5,))
+    assert {r["board"] for r in rows} == {"sim-odroid-xu3", "sim-jetson-nano"}
+    for r in rows:
+        assert 0 <= r["ours"]["miss_rate"] <= 1 and r["oracle"]["policy"] == "oracle"
+        assert r["best"] is None or r["best"]["miss_rate"] <= 0.01
