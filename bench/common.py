@@ -88,9 +88,10 @@ def round_trip_args(p) -> None:
 
 
 @contextlib.contextmanager
-def serving(model: str, profile_runs: int = 2):
+def serving(model: str, profile_runs: int = 2, nice: Optional[int] = None):
     """A client of a real ``dnnscale serve`` of ``model`` (a folder or a shipped set's name)
-    as deployed: each target's own thread count, a quick start-up profile."""
+    as deployed: each target's own thread count, a quick start-up profile; ``nice``: the
+    daemon's niceness (the systemd unit's ``Nice=``; lowering it needs root)."""
     import tempfile
     from models import zoo
     from tests.daemon_harness import Daemon
@@ -98,7 +99,8 @@ def serving(model: str, profile_runs: int = 2):
         cfg = os.path.join(tmp, "c.yaml")
         with open(cfg, "w") as f:
             f.write("profile_runs: %d\n" % profile_runs)
-        d = Daemon(os.path.join(tmp, "run"), zoo.resolve(model), config=cfg, threads=None)
+        d = Daemon(os.path.join(tmp, "run"), zoo.resolve(model), config=cfg, threads=None,
+                   preexec=None if nice is None else lambda: os.setpriority(os.PRIO_PROCESS, 0, nice))
         try:
             d.wait_ready()
             with d.client(timeout_s=30) as c:
