@@ -158,7 +158,7 @@ class Params:
     probation: int = 20            # inferences after a move up in which a miss doubles up_patience
     alpha: float = 0.3
     stale_s: float = 2.0           # unobserved for this long → the correction decays to 1
-    tail_memory_s: float = 60.0    # unobserved for this long → the tail margin is forgotten too
+    tail_memory_s: float = 2.0     # unobserved for this long → the tail margin is forgotten too
     freq_interval_s: float = 0.05
     window: int = 2000             # observations kept for the status percentiles
     # Accuracy points a level must beat every cheaper level (fewer MACs) by to be chosen on its
