@@ -158,7 +158,6 @@ class Params:
     probation: int = 20            # inferences after a move up in which a miss doubles up_patience
     alpha: float = 0.3
     stale_s: float = 2.0           # unobserved for this long → the correction decays to 1
-    tail_memory_s: float = 2.0     # unobserved for this long → the tail margin is forgotten too
     freq_interval_s: float = 0.05
     window: int = 2000             # observations kept for the status percentiles
     # Accuracy points a level must beat every cheaper level (fewer MACs) by to be chosen on its
@@ -211,24 +210,22 @@ class TargetModel:
         return (abs(self.corr_lat - 1) > 1e-4 or abs(self.corr_en - 1) > 1e-4 or self.sums[0] > 1e-3
                 or abs(self.margin - 1 - self.p.safety) > 1e-3)
 
-    def decay(self, now: float) -> None:
+    def decay(self) -> None:
         """One step back towards the profile (unobserved for ``stale_s``): the corrections
-        and the shape, so a target that a load had slowed is tried again. Its tail is kept
-        for ``tail_memory_s``: a target whose runs scatter widely (a pool of two threads on
-        a busy machine) would otherwise be tried again, and missed on, every few seconds;
-        after that the tail goes too (when it is used again, its window starts afresh)."""
+        and the shape, so a target that a load had slowed is tried again; its tail margin
+        goes back to ``1 + safety`` (when it is used again, its window starts afresh). A
+        tail kept for a minute instead kept the governor on the lanes it had not missed on,
+        2 points below the best static choice on a quiet machine (``bench.static``)."""
         d = math.exp(-self.p.alpha)
         self.corr_lat = 1 + (self.corr_lat - 1) * d
         self.corr_en = 1 + (self.corr_en - 1) * d
         self.sums = [v * d for v in self.sums]
         self.fit_shape()
         self.guard = 1.0
-        if now - self.seen > self.p.tail_memory_s:
-            self.tail = 1 + self.p.safety
-            if self.resid:
-                self.resid.clear()
-                self.spread = 0.0
-        self.margin = self.tail
+        self.tail = self.margin = 1 + self.p.safety
+        if self.resid:
+            self.resid.clear()
+            self.spread = 0.0
 
     def observe(self, base_s: float, latency_s: float, energy_j: Optional[float], base_e: float,
                 now: float, missed: bool = False) -> None:
@@ -548,7 +545,7 @@ class Governor:
         now = self.clock()
         for m in self.tm:
             if now - m.seen > self.p.stale_s and m.learnt():
-                m.decay(now)
+                m.decay()
 
     def _cap(self, t: int, khz: int) -> None:
         """The kernel ran target ``t`` below what was asked (a thermal or power cap): leave
