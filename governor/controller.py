@@ -1,6 +1,5 @@
 """The feedback governor: per inference, the configuration that meets the budget with the
-highest accuracy, and the lowest energy among equals (without an energy model: the lowest
-frequency, then the fewest CPUs, then the lowest latency).
+highest accuracy, and the lowest energy among equals.
 
 * Prediction, per target (a lane: a cluster, a CPU count, the GPU): observed latency =
   ``level`` x (c0 + c1 x profile), where (c0, c1) is a constant plus a per-work term fitted
@@ -366,7 +365,7 @@ class Governor:
 
     def __init__(self, space: Sequence[Config], levels: Sequence[Level], profile: Profile,
                  clock: Callable[[], float] = time.monotonic, params: Optional[Params] = None,
-                 settle_s: Optional[Dict[str, float]] = None, cpus: Optional[Dict[str, int]] = None):
+                 settle_s: Optional[Dict[str, float]] = None):
         if not space:
             raise ValueError("empty configuration space")
         self.space = list(space)
@@ -382,9 +381,6 @@ class Governor:
         self._acc = np.array([self.levels[c.level].accuracy for c in self.space])
         self._tgt_l, self._freq_l, self._acc_l = self._tgt.tolist(), self._freq.tolist(), self._acc.tolist()
         self.settle_s = [float((settle_s or {}).get(t, 0.0)) for t in self.targets]
-        # CPUs each configuration's target occupies (unknown: 0): the tie-break after energy
-        self._ncpu = np.array([(cpus or {}).get(c.target, 0) for c in self.space])
-        self._ncpu_l = self._ncpu.tolist()
         self._khz_now: Dict[int, float] = {}        # target → the frequency of its last decision
         # levels by accuracy, best first (level number breaks ties)
         self._level_order = sorted({c.level for c in self.space},
@@ -608,13 +604,13 @@ class Governor:
                 if j < 0:
                     continue
             i = lane.best[j]
-            key = (self._ekey(i), self._freq_l[i], self._ncpu_l[i], self._lat(i))
+            key = (self._ekey(i), self._freq_l[i], self._lat(i))
             if e_lim is not None and key[0] > e_lim / 1e3 and not math.isinf(key[0]):
                 continue
             if best_key is None or key < best_key:
                 best, best_key = i, key
         if extra is not None and self._lvl[extra] == lv:
-            key = (self._ekey(extra), self._freq_l[extra], self._ncpu_l[extra], self._lat(extra))
+            key = (self._ekey(extra), self._freq_l[extra], self._lat(extra))
             if best_key is None or key < best_key:
                 best = extra
         return best
@@ -755,7 +751,7 @@ class Governor:
         idx = np.flatnonzero(ok)
         idx = idx[self._acc[idx] == self._acc[idx].max()]
         ekey = self._base_ekey[idx] * ce[self._tgt[idx]]
-        return int(idx[np.lexsort((lat[idx], self._ncpu[idx], self._freq[idx], ekey))[0]]), feasible
+        return int(idx[np.lexsort((lat[idx], self._freq[idx], ekey))[0]]), feasible
 
     # ------------------------------------------------------------------ feedback
     def observe(self, config: Config, latency_s: float, energy_j: Optional[float] = None,
