@@ -6,9 +6,9 @@ Offline: every level's logits of every test image (``ModelSet.run``; the increme
 gives the same logits to 1e-5, tests/test_anytime.py), then per tau the level each image
 stops at; MACs are the manifest's per level. Through the daemon: ``--images`` test images
 one request each, in blocks of 100 that alternate between ``pin --groups G --target cpu``
-(all CPUs) with plain requests and the same pin with ``stop_at`` (the pin makes G the most an
-image gets), so that
-both see the same moments of the machine; mean latency per image from the replies'
+(all CPUs; ``--target`` another) with plain requests, the same pin with ``stop_at`` (the pin
+makes G the most an image gets) and pins of k = 1..G-1 (the floor), so that all see the same
+moments of the machine; mean latency per image from the replies'
 ``latency_ms`` and from the client's round trips.
 
     python -m bench.anytime [--images N] [--stop-at T] [--sets NAME ...]
@@ -66,7 +66,8 @@ def offline(name: str) -> Optional[Dict]:
     return {"set": name, "images": len(y), "rows": rows}
 
 
-def through_daemon(name: str, images: int, stop_at: float, block: int = 100) -> Optional[Dict]:
+def through_daemon(name: str, images: int, stop_at: float, block: int = 100,
+                   target: Optional[str] = None) -> Optional[Dict]:
     from models import ModelSet, zoo
     ms = ModelSet.load(zoo.resolve(name))
     data = test_set(name, ms)
@@ -79,7 +80,8 @@ def through_daemon(name: str, images: int, stop_at: float, block: int = 100) -> 
         G = st["model"]["levels"]
         # the whole CPU (a split runs an anytime request's columns one after another on its
         # first lane, which would compare one CPU with two)
-        target = max((n for n, t in st["targets"].items() if t["kind"] == "cpu"), key=lambda n: len(st["targets"][n]["cpus"]))
+        target = target or max((n for n, t in st["targets"].items() if t["kind"] == "cpu"),
+                               key=lambda n: len(st["targets"][n]["cpus"]))
         out["target"] = target
         for i in range(20):
             for k in range(1, G + 1):
@@ -151,9 +153,11 @@ def main(argv=None) -> None:
     ap.add_argument("--images", type=int, default=2000, help="test images through the daemon (default 2000)")
     ap.add_argument("--stop-at", type=float, default=0.95)
     ap.add_argument("--offline-only", action="store_true")
+    ap.add_argument("--target", default=None, help="the target every request is pinned to (default: the CPU "
+                    "target with the most CPUs)")
     a = ap.parse_args(argv)
     off = [r for r in (offline(n) for n in a.sets) if r]
-    live = [] if a.offline_only else [r for r in (through_daemon(n, a.images, a.stop_at) for n in a.sets) if r]
+    live = [] if a.offline_only else [r for r in (through_daemon(n, a.images, a.stop_at, target=a.target) for n in a.sets) if r]
     print(report(off, live))
 
 
