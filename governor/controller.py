@@ -542,14 +542,9 @@ class Governor:
 
     # ------------------------------------------------------------------ decide
     def _decay_stale(self) -> None:
-        """Targets unobserved for ``stale_s`` drift back towards their profile; while the
-        budget is infeasible, every target but the current one does so at each decision
-        (nothing is lost by trying one again, and a load that slowed it may have gone)."""
         now = self.clock()
-        stuck = self.last is not None and not self.last.feasible and self.current is not None
-        here = self._tgt_l[self.current] if stuck else -1
-        for t, m in enumerate(self.tm):
-            if (now - m.seen > self.p.stale_s or (stuck and t != here)) and m.learnt():
+        for m in self.tm:
+            if now - m.seen > self.p.stale_s and m.learnt():
                 m.decay()
 
     def _cap(self, t: int, khz: int) -> None:

@@ -552,28 +552,3 @@ def test_the_run_after_a_frequency_change_is_learnt_without_its_settling():
     naive, _ = at_500({})
     assert g.observe(c, 2.6e-3) == "switch" and naive.observe(c, 2.6e-3) == "switch"
     assert modelled(g, c) < modelled(naive, c)          # 2.225 ms learnt, not 2.6
-
-
-def test_while_nothing_meets_the_budget_the_other_targets_are_tried_again():
-    """A load made big 10x slower, so the governor moved to little, where nothing meets
-    0.6 ms either (the closest). Once big's load has gone, big is not observed, and stale_s
-    has not passed: while the budget is infeasible the other targets drift back to their
-    profile at each decision, so big is tried again (and fits) within a few decisions."""
-    g, clock = gov(quantile_margin=False)
-    g.set_budget(Budget(latency_ms=0.6))
-    d = g.decide()
-    assert d.config == Config(1, "big", 2000000) and d.feasible
-    while d.config.target == "big":                      # the load: 10x on big
-        g.observe(d.config, pred(g, d.config)[0] * 10)
-        d = g.decide()
-        clock.t += 0.001
-    assert d.config.target == "little" and not d.feasible
-    tried = None
-    for i in range(40):                                  # the load has gone; the clock barely moves
-        g.observe(d.config, pred(g, d.config)[0])
-        clock.t += 0.001
-        d = g.decide()
-        tried = i if tried is None and d.config.target == "big" else tried
-        if d.config.target == "big" and d.feasible:
-            break
-    assert tried is not None and tried < 10 and d.config.target == "big" and d.feasible
