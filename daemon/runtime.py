@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import logging
 import os
-
-import numpy as np
 from dataclasses import dataclass
 from typing import Dict, List, Optional, Set, Tuple
+
+import numpy as np
 
 from governor import Config, Governor, Level, Profile, build_space, levels_from_manifest
 from models import ModelSet, zoo

@@ -51,9 +51,9 @@ class Columns:
 
     def warm(self) -> None:
         """Create and run every session the cuts use, so no request pays for one."""
+        x = np.zeros((1,) + self.models.input_shape, np.float32)
         for name, by_k in self.cuts.items():
             for k in by_k:
-                x = np.zeros((1,) + self.models.input_shape, np.float32)
                 self.run(k, x, name)
 
     def describe(self, target: str, k: int) -> List[Dict]:
@@ -64,4 +64,3 @@ class Columns:
         return {name: {"lanes": [{"name": l.name, "cpus": l.cpus, "threads": l.threads} for l in lanes],
                        "columns": {str(k): [list(c) for c in cuts] for k, cuts in self.cuts[name].items()}}
                 for name, lanes in self.lanes.items()}
-

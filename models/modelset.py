@@ -323,12 +323,10 @@ class ModelSet:
                 done = np.exp(logits - logits.max(axis=1, keepdims=True)).sum(axis=1) <= bound
             else:
                 done = np.zeros(len(logits), bool)
-            if done is None or done.all():
+            last = done is None or done.all()
+            if last:
                 groups[groups == 0] = k
-                if on_level is not None:
-                    on_level(k, best, groups)
-                break
-            if done.any():
+            elif done.any():
                 rows = np.flatnonzero(done) if active is None else active[done]
                 groups[rows] = k
                 keep = ~done
@@ -336,6 +334,8 @@ class ModelSet:
                 feed["input"], feats = feed["input"][keep], [f[keep] for f in feats]
             if on_level is not None:
                 on_level(k, best, groups)
+            if last:
+                break
         return best, groups
 
     def _steps(self, threads: int, gpu: bool) -> List[Tuple[object, ort.InferenceSession]]:
