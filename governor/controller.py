@@ -388,6 +388,7 @@ class Governor:
         self.budget = Budget()
         self.pinned: Dict = {}
         self.caps: Dict[str, int] = {}               # target → kHz the kernel held it to (read-back)
+        self.floors: Dict[str, int] = {}             # target → kHz other models on the board need there
         self._cap_at: Dict[str, float] = {}
         self.tm: List[TargetModel] = []
         self.set_profile(profile)
@@ -453,6 +454,8 @@ class Governor:
         place = self._pin_place.copy()                  # the pin's target and frequency, the caps
         for name, khz in self.caps.items():
             place &= ~((self._tgt == self.targets.index(name)) & (self._freq > khz))
+        self._own_place = place                         # before what other models need
+        place = place & self._floor_mask(self.floors)
         self._place = place
         self._allowed = place & ((self._lvl == self.pinned["groups"]) if self.pinned.get("groups") is not None
                                  else True)
@@ -460,6 +463,55 @@ class Governor:
         self._forced = self._lanes_of(place)
         keep = worthwhile([self.levels[lv] for lv in self._level_order if self._lanes[lv]], self.p.acc_tolerance)
         self._auto_order = [lv for lv in self._level_order if lv in keep]
+
+    def _floor_mask(self, floors: Dict[str, int]):
+        """The configurations at or above ``floors`` (target → kHz) on their targets."""
+        mask = np.ones(len(self.space), bool)
+        for name, khz in floors.items():
+            if name in self.targets:
+                mask &= ~((self._tgt == self.targets.index(name)) & (self._freq > 0) & (self._freq < khz))
+        return mask
+
+    def share(self, floors: Dict[str, int], running_khz: Optional[Dict[str, int]] = None) -> None:
+        """What the board's other models impose (governor/board.py): ``floors``, target →
+        the kHz they need there (this model's configurations below it are left out: the
+        target runs at least that fast while they are served); ``running_khz``, target →
+        the frequency set now (the settle a change costs is counted from it)."""
+        floors = {t: k for t, k in floors.items() if t in self.targets}
+        if floors != self.floors:
+            self.floors = floors
+            self._build_lanes()
+        for name, khz in (running_khz or {}).items():
+            if name in self.targets and khz:
+                self._khz_now[self.targets.index(name)] = khz
+
+    def need_khz(self, config: Config, limit_ms: Optional[float]) -> Optional[int]:
+        """The frequency ``config``'s level would ask for on its target without the other
+        models: the lowest that meets the budget (its latency with the margin, its energy),
+        the least-energy one where no latency limit is set, the fastest where none meets it.
+        None for a target without frequency control."""
+        if config.freq_khz is None or config.target not in self.targets:
+            return None
+        idx = np.flatnonzero(self._own_place & self._matching(config.level, config.target)).tolist()
+        if not idx:
+            return config.freq_khz
+        idx.sort(key=lambda i: self._freq_l[i])
+        limit_s = None if limit_ms is None else limit_ms / 1e3
+        meets = [i for i in idx if self._meets(i, limit_s)]
+        if not meets:
+            return int(self._freq_l[idx[-1]])
+        if limit_s is None:
+            return int(self._freq_l[min(meets, key=lambda i: (self._ekey(i), self._freq_l[i]))])
+        return int(self._freq_l[meets[0]])
+
+    def best_accuracy(self, floors: Dict[str, int], deadline_ms: Optional[float] = None) -> float:
+        """The best accuracy a decision could meet the budget with under ``floors``
+        (-inf: none meets it), without deciding."""
+        limit_ms = deadline_ms if deadline_ms is not None else self.budget.latency_ms
+        lat, _, worst = self._ratios(None if limit_ms is None else limit_ms / 1e3)
+        ok = self._own_place & self._floor_mask(floors) & np.isin(self._lvl, self._floored(self._auto_order)) \
+            & (worst <= 1.0)
+        return float(self._acc[ok].max()) if ok.any() else -math.inf
 
     def _lanes_of(self, mask) -> Dict[int, List[_Lane]]:
         lanes: Dict[int, List[_Lane]] = {}
@@ -720,10 +772,9 @@ class Governor:
             out.append("power_w")
         return tuple(out)
 
-    def _slow(self, order: Sequence[int], limit_s: Optional[float], allowed) -> Tuple[int, bool]:
-        """Vectorised decision for power caps, and the closest configuration when nothing
-        meets the budget; among the ``allowed`` configurations of the levels in ``order``
-        (where the caps leave none, the pin alone)."""
+    def _ratios(self, limit_s: Optional[float]):
+        """Per configuration, as the models predict it now: latency, energy, and the worst
+        ratio to the budget (<= 1: it meets every part)."""
         b = self.budget
         ct = np.array([m.corr_lat for m in self.tm])
         ce = np.array([m.corr_en for m in self.tm])
@@ -732,9 +783,6 @@ class Governor:
         shape = np.maximum(c0[self._tgt] + c1[self._tgt] * self._base_lat, 0.05 * self._base_lat)
         lat = shape * ct[self._tgt]
         en = self._base_en * ce[self._tgt]
-        allowed = np.isin(self._lvl, order) & allowed
-        if not allowed.any():        # caps below every allowed frequency: the pin alone
-            allowed = np.isin(self._lvl, order) & self._pin_place
         ratios = [np.zeros_like(lat)]
         if limit_s is not None:
             ratios.append(lat * np.array([m.margin for m in self.tm])[self._tgt] / limit_s)
@@ -742,7 +790,17 @@ class Governor:
             ratios.append(np.where(np.isnan(en), 0.0, en / (b.energy_mj / 1e3)))
         if b.power_w is not None:
             ratios.append(np.where(np.isnan(en), 0.0, en / lat / b.power_w))
-        worst = np.max(ratios, axis=0)
+        return lat, en, np.max(ratios, axis=0)
+
+    def _slow(self, order: Sequence[int], limit_s: Optional[float], allowed) -> Tuple[int, bool]:
+        """Vectorised decision for power caps, and the closest configuration when nothing
+        meets the budget; among the ``allowed`` configurations of the levels in ``order``
+        (where the caps leave none, the pin alone)."""
+        lat, _, worst = self._ratios(limit_s)
+        ce = np.array([m.corr_en for m in self.tm])
+        allowed = np.isin(self._lvl, order) & allowed
+        if not allowed.any():        # caps below every allowed frequency: the pin alone
+            allowed = np.isin(self._lvl, order) & self._pin_place
         ok = allowed & (worst <= 1.0)
         feasible = bool(ok.any())
         if not feasible:
@@ -831,6 +889,7 @@ class Governor:
             "config": None if self.current is None else self.space[self.current].to_dict(),
             "pinned": dict(self.pinned),
             "caps_khz": dict(self.caps),
+            "floors_khz": dict(self.floors),
             "predicted_latency_ms": None if self.last is None else round(self.last.predicted_latency_s * 1e3, 4),
             "gave_way": [] if self.last is None else list(self.last.gave_way),
             "corrections": {t: round(float(m.corr_lat), 3) for t, m in zip(self.targets, self.tm)},
