@@ -185,8 +185,14 @@ def _read_config(a: argparse.Namespace):
     """The configuration as serve/profile see it: the file, then the options given; raises
     ConfigError. Also what a reload calls, so that a reload reads what a start reads."""
     from .config import load
-    keys = ("model", "platform", "sysfs_root", "infer_endpoint", "control_endpoint", "state_dir", "threads")
-    return load(getattr(a, "config", None), {k: getattr(a, k, None) for k in keys})
+    keys = ("platform", "sysfs_root", "infer_endpoint", "control_endpoint", "state_dir", "threads")
+    over = {k: getattr(a, k, None) for k in keys}
+    given = getattr(a, "model", None) or []          # --model, repeated: several sets
+    if len(given) == 1:
+        over["model"] = given[0]
+    elif given:
+        over["models"] = list(given)
+    return load(getattr(a, "config", None), over)
 
 
 def _load_config(a: argparse.Namespace):
@@ -270,7 +276,7 @@ def cmd_serve(a: argparse.Namespace) -> int:
     signal.signal(signal.SIGUSR1, signal.SIG_IGN)
     signal.signal(signal.SIGUSR2, signal.SIG_IGN)
     notifier = Notifier()
-    notifier.status("loading %s" % (cfg.model or "the shipped model"))
+    notifier.status("loading %s" % ", ".join(e.model or "the shipped model" for e in cfg.entries()))
     service = Service(cfg, stop_event=stop, config_loader=lambda: _read_config(a), board=a.board)
     server = metrics_server = None
     try:
@@ -289,8 +295,8 @@ def cmd_serve(a: argparse.Namespace) -> int:
             raise CliError(str(e))
         if cfg.metrics_port:
             metrics_server = _start_metrics(service, cfg)
-        server.serve(stop, ready_status="serving %s (%d levels) on %s" % (
-            service.models.name, service.models.groups, service.platform.name))
+        server.serve(stop, ready_status="serving %s on %s" % (", ".join(
+            "%s (%d levels)" % (n, x.rt.models.groups) for n, x in service.sets.items()), service.platform.name))
     finally:   # every exit path: the board goes back to its own settings
         if metrics_server is not None:
             metrics_server.shutdown()
@@ -319,18 +325,20 @@ def cmd_profile(a: argparse.Namespace) -> int:
     finally:
         for e in service.stop():
             print("dnnscale profile: could not restore %s" % e, file=sys.stderr)
-    n, m = len(service.rt.space), len(profiler.plan_measurements(service.rt.space))
-    print("profiled %d of %d configurations on %s (%s) and predicted the rest; saved in %s"
-          % (m, n, service.platform.name, service.governor.profile.source,
-             os.path.join(cfg.state_dir, profiler.PROFILE_FILE)))
-    prof, levels = service.governor.profile, service.rt.levels
-    for t in service.targets:
-        cs = [c for c in service.rt.space if c.target == t]
-        top = max((c.freq_khz or 0) for c in cs)
-        lat = ["k=%d %.3f ms" % (lv.level, prof.predict(next(c for c in cs if c.level == lv.level and
-                                                              (c.freq_khz or 0) == top), lv.macs)[0] * 1e3)
-               for lv in levels if any(c.level == lv.level for c in cs)]   # a split from k = its lanes
-        print("  %-6s %s%s" % (t, ", ".join(lat), " (at %d MHz)" % (top // 1000) if top else ""))
+    for name, x in service.sets.items():
+        rt = x.rt
+        n, m = len(rt.space), len(profiler.plan_measurements(rt.space))
+        print("profiled %s: %d of %d configurations on %s (%s) and predicted the rest; saved in %s"
+              % (name, m, n, service.platform.name, rt.governor.profile.source,
+                 os.path.join(cfg.state_dir, profiler.filename(x.file_name))))
+        prof = rt.governor.profile
+        for t in rt.targets:
+            cs = [c for c in rt.space if c.target == t]
+            top = max((c.freq_khz or 0) for c in cs)
+            lat = ["k=%d %.3f ms" % (lv.level, prof.predict(next(c for c in cs if c.level == lv.level and
+                                                                  (c.freq_khz or 0) == top), lv.macs)[0] * 1e3)
+                   for lv in rt.levels if any(c.level == lv.level for c in cs)]   # a split from k = its lanes
+            print("  %-6s %s%s" % (t, ", ".join(lat), " (at %d MHz)" % (top // 1000) if top else ""))
     print("the daemon serving from %s uses it from its next start" % cfg.state_dir)
     return 0
 
@@ -339,7 +347,12 @@ def cmd_profile(a: argparse.Namespace) -> int:
 def _client(a: argparse.Namespace):
     from .client import Client
     return Client(endpoint=getattr(a, "endpoint", None), control_endpoint=getattr(a, "control_endpoint", None),
-                  timeout_s=a.timeout)
+                  timeout_s=a.timeout, model=getattr(a, "model", None))
+
+
+def _part(st: Dict, model: Optional[str]) -> Dict:
+    """The status of the set named ``model`` (None: the default's, at the top)."""
+    return st["models"][model] if model and model in (st.get("models") or {}) else st
 
 
 def _call(fn):
@@ -358,8 +371,9 @@ def cmd_infer(a: argparse.Namespace) -> int:
     hwc, max_batch, names_of = (32, 32, 3), 64, []
     try:                          # the model's input and the daemon's batch limit, where it says them
         st = c.status()
-        ch, hh, ww = st["model"]["input_shape"]
-        hwc, max_batch, names_of = (hh, ww, ch), int(st.get("max_batch") or 64), st["model"].get("classes") or []
+        m = _part(st, a.model)["model"]
+        ch, hh, ww = m["input_shape"]
+        hwc, max_batch, names_of = (hh, ww, ch), int(st.get("max_batch") or 64), m.get("classes") or []
     except (ClientError, KeyError, TypeError, ValueError):
         pass
     x, names, problems, notes = imgs.read(a.files, hwc)
@@ -425,7 +439,7 @@ def cmd_budget(a: argparse.Namespace) -> int:
             raise CliError("--clear takes no other option")
         r = _call(c.clear_budget)
     elif not given:
-        r = {"budget": _call(c.status)["budget"]}
+        r = {"budget": _part(_call(c.status), a.model)["budget"]}
     else:
         r = _call(lambda: c.set_budget(a.latency_ms, a.energy_mj, a.power_w, a.accuracy_min))
     def fmt(b):
@@ -472,6 +486,15 @@ def format_status(s) -> str:
         lines.append("temperatures: %s" % ", ".join("%s %.1f C" % kv for kv in s["temperatures_c"].items()))
     if s.get("errors"):
         lines.append("refused requests: %s" % ", ".join("%s %d" % kv for kv in sorted(s["errors"].items())))
+    for name, m in (s.get("models") or {}).items():      # several sets: one line each
+        mc, ml = m.get("config") or {}, m.get("latency_ms") or {}
+        b = ", ".join("%s %s" % kv for kv in m["budget"].items() if kv[1] is not None) or "no budget"
+        lines.append("model %s (priority %d): %s; %s; %s" % (
+            name, m["priority"], b,
+            "k=%s on %s%s" % (mc["groups"], mc["target"], " at %d MHz" % (mc["freq_khz"] // 1000)
+                              if mc.get("freq_khz") else "") if mc else "not run yet",
+            "p99 %.3f ms, miss rate %.2f%%, %d requests" % (ml["p99"], 100 * m["miss_rate"], m["served"])
+            if ml else "nothing served"))
     return "\n".join(lines)
 
 
@@ -650,7 +673,9 @@ def build_parser() -> argparse.ArgumentParser:
                     "/etc/dnnscale/config.yaml for the system service, ~/.config/dnnscale/config.yaml otherwise, "
                     "if present)")
     sv.add_argument("--system", action="store_true", help=SYSTEM_HELP)
-    sv.add_argument("--model", default=None, help="model-set folder or shipped name (default: the shipped model)")
+    sv.add_argument("--model", action="append", default=None, metavar="MODEL",
+                    help="model-set folder or shipped name (default: the shipped model); repeat it to serve several "
+                         "sets, which requests and commands name by the set's name (the first is the default)")
     sv.add_argument("--platform", default=None, help="platform name (default: detect)")
     sv.add_argument("--sysfs-root", default=None, help="root of the sysfs tree (default /)")
     sv.add_argument("--infer-endpoint", default=None, help="default ipc://<runtime dir>/infer.sock (the system "
@@ -667,15 +692,20 @@ def build_parser() -> argparse.ArgumentParser:
                                     "latency and power model, predict the rest, and save the profile to "
                                     "the state directory, where the daemon picks it up at its next start. "
                                     "Refused while a daemon serves from that state directory.")
-    for flag in ("--config", "--model", "--platform", "--sysfs-root", "--state-dir"):
+    for flag in ("--config", "--platform", "--sysfs-root", "--state-dir"):
         pr.add_argument(flag, default=None)
+    pr.add_argument("--model", action="append", default=None, metavar="MODEL",
+                    help="model-set folder or shipped name; repeat it to profile several sets")
     pr.add_argument("--threads", type=int, default=None)
     pr.add_argument("--system", action="store_true", help=SYSTEM_HELP + "; refused while the service runs")
     pr.add_argument("--runs", type=int, default=20, help="timed runs per configuration (median)")
     pr.set_defaults(func=cmd_profile)
 
-    def client_parser(name, help, infer=False):
+    def client_parser(name, help, infer=False, model=False):
         c = sub.add_parser(name, help=help, description=help)
+        if model:
+            c.add_argument("--model", default=None, metavar="NAME",
+                           help="the model set, where the daemon serves several (default: its first)")
         if infer:
             c.add_argument("--endpoint", default=None, help="inference endpoint (default: where the daemon "
                                                                     "says it listens, its status's infer_endpoint)")
@@ -685,7 +715,7 @@ def build_parser() -> argparse.ArgumentParser:
         return c
 
     inf = client_parser("infer", "classify images (PNG/JPEG/.npy, or folders of them) with the running daemon; "
-                        "each is scaled (shorter side) and centre-cropped to the model's input", infer=True)
+                        "each is scaled (shorter side) and centre-cropped to the model's input", infer=True, model=True)
     inf.add_argument("files", nargs="+", metavar="FILE", help="image files, .npy arrays, or folders")
     inf.add_argument("--groups", type=int, default=None, help="force k groups for this request (with --stop-at: "
                                                                "the most an image gets)")
@@ -696,7 +726,7 @@ def build_parser() -> argparse.ArgumentParser:
                      help="print the answer after every added group, as the daemon computes it")
     inf.add_argument("--json", action="store_true")
     inf.set_defaults(func=cmd_infer)
-    bu = client_parser("budget", "show, set or clear the latency/energy budget")
+    bu = client_parser("budget", "show, set or clear the latency/energy budget", model=True)
     bu.add_argument("--latency-ms", type=float, default=None)
     bu.add_argument("--energy-mj", type=float, default=None)
     bu.add_argument("--power-w", type=float, default=None)
@@ -708,12 +738,12 @@ def build_parser() -> argparse.ArgumentParser:
     st = client_parser("status", COMMANDS["status"].doc)
     st.add_argument("--json", action="store_true")
     st.set_defaults(func=cmd_status)
-    pn = client_parser("pin", COMMANDS["pin"].doc)
+    pn = client_parser("pin", COMMANDS["pin"].doc, model=True)
     pn.add_argument("--groups", type=int, default=None)
     pn.add_argument("--target", default=None)
     pn.add_argument("--freq-mhz", type=float, default=None)
     pn.set_defaults(func=cmd_pin)
-    client_parser("release", COMMANDS["release"].doc).set_defaults(func=cmd_release)
+    client_parser("release", COMMANDS["release"].doc, model=True).set_defaults(func=cmd_release)
     tp = client_parser("top", "a live view of the daemon: configuration, latency against the budget, miss rate, "
                               "energy, temperatures, frequencies, corrections; q quits")
     tp.add_argument("--interval", type=float, default=1.0, help="seconds between refreshes (default 1)")

@@ -131,13 +131,17 @@ def _probe(endpoint: str) -> None:
 class Client:
     def __init__(self, endpoint: Optional[str] = None, control_endpoint: Optional[str] = None,
                  timeout_s: float = 5.0, ctx: Optional[zmq.Context] = None,
-                 curve_secret_key: Optional[str] = None, curve_server_key: Optional[str] = None):
-        """``endpoint``: the inference socket (default: the one the daemon at
+                 curve_secret_key: Optional[str] = None, curve_server_key: Optional[str] = None,
+                 model: Optional[str] = None):
+        """``model``: the model set this client's requests and commands name where the daemon
+        serves several (None: the daemon's default set; each call may name another).
+        ``endpoint``: the inference socket (default: the one the daemon at
         ``control_endpoint`` says it binds, else ipc://<runtime dir>/infer.sock). ``curve_secret_key``
         (this client's certificate file) and ``curve_server_key`` (the daemon's public
         certificate) are needed for a tcp:// control endpoint, and for a tcp:// inference
         endpoint where the daemon has CURVE keys."""
         self._endpoint = endpoint
+        self.model = model
         self.control_endpoint = control_endpoint or default_control_endpoint(for_client=True)
         self.timeout_s = timeout_s
         self.ctx = ctx or zmq.Context.instance()
@@ -223,19 +227,22 @@ class Client:
 
     # ------------------------------------------------------------------ inference
     def infer(self, images: np.ndarray, groups: Optional[int] = None,
-              deadline_ms: Optional[float] = None, stop_at: Optional[float] = None) -> Result:
+              deadline_ms: Optional[float] = None, stop_at: Optional[float] = None,
+              model: Optional[str] = None) -> Result:
         """Classify uint8 NHWC images or float32 NCHW normalised input. ``stop_at``: add
         groups one at a time and stop each image once its top-1 probability reaches it (the
-        reply's ``groups_per_image`` says where each stopped; ``groups`` is then the most)."""
-        rid, frames = self._request(images, groups, deadline_ms, stop_at, False)
+        reply's ``groups_per_image`` says where each stopped; ``groups`` is then the most).
+        ``model``: the set to run (default: the client's)."""
+        rid, frames = self._request(images, groups, deadline_ms, stop_at, False, model)
         head, reply = self._call(self.endpoint, frames, rid)
         return self._result(head, reply)
 
     def infer_progressive(self, images: np.ndarray, groups: Optional[int] = None,
-                          deadline_ms: Optional[float] = None, stop_at: Optional[float] = None) -> Iterator[Result]:
+                          deadline_ms: Optional[float] = None, stop_at: Optional[float] = None,
+                          model: Optional[str] = None) -> Iterator[Result]:
         """One Result per added group, as the daemon computes them (labels, ``probabilities``
         and ``groups_per_image`` so far in each header); the last has ``final`` true."""
-        rid, frames = self._request(images, groups, deadline_ms, stop_at, True)
+        rid, frames = self._request(images, groups, deadline_ms, stop_at, True, model)
         head, reply = self._call(self.endpoint, frames, rid)
         while True:
             r = self._result(head, reply)
@@ -244,7 +251,7 @@ class Client:
                 return
             head, reply = self._await(self.endpoint, rid)
 
-    def _request(self, images, groups, deadline_ms, stop_at, progressive):
+    def _request(self, images, groups, deadline_ms, stop_at, progressive, model=None):
         images = np.ascontiguousarray(images)
         if images.dtype == np.uint8:
             dtype = "uint8"
@@ -264,6 +271,8 @@ class Client:
             header["stop_at"] = stop_at
         if progressive:
             header["progressive"] = True
+        if (model or self.model) is not None:
+            header["model"] = model or self.model
         _refuse_non_finite(header)
         return rid, [dumps(header), images]
 
@@ -285,24 +294,29 @@ class Client:
             raise DaemonError(err.get("code", "?"), err.get("message", ""))
         return reply
 
-    def set_budget(self, latency_ms: Optional[float] = None, energy_mj: Optional[float] = None,
-                   power_w: Optional[float] = None, accuracy_min: Optional[float] = None) -> Dict:
-        return self.command("set_budget", latency_ms=latency_ms, energy_mj=energy_mj, power_w=power_w,
-                            accuracy_min=accuracy_min)
+    def _for(self, model: Optional[str]) -> Dict:
+        m = model or self.model
+        return {} if m is None else {"model": m}
 
-    def clear_budget(self) -> Dict:
-        return self.command("clear_budget")
+    def set_budget(self, latency_ms: Optional[float] = None, energy_mj: Optional[float] = None,
+                   power_w: Optional[float] = None, accuracy_min: Optional[float] = None,
+                   model: Optional[str] = None) -> Dict:
+        return self.command("set_budget", latency_ms=latency_ms, energy_mj=energy_mj, power_w=power_w,
+                            accuracy_min=accuracy_min, **self._for(model))
+
+    def clear_budget(self, model: Optional[str] = None) -> Dict:
+        return self.command("clear_budget", **self._for(model))
 
     def status(self) -> Dict:
         return self.command("status")
 
     def pin(self, groups: Optional[int] = None, target: Optional[str] = None,
-            freq_khz: Optional[int] = None) -> Dict:
+            freq_khz: Optional[int] = None, model: Optional[str] = None) -> Dict:
         args = {k: v for k, v in (("groups", groups), ("target", target), ("freq_khz", freq_khz)) if v is not None}
-        return self.command("pin", **args)
+        return self.command("pin", **args, **self._for(model))
 
-    def release(self) -> Dict:
-        return self.command("release")
+    def release(self, model: Optional[str] = None) -> Dict:
+        return self.command("release", **self._for(model))
 
     def reload(self) -> Dict:
         return self.command("reload")

@@ -85,9 +85,21 @@ def default_control_endpoint(for_client: bool = False) -> str:
     return own
 
 
+@dataclass(frozen=True)
+class ModelEntry:
+    """One model set the daemon serves: ``model`` a folder or a shipped set's name; ``name``
+    what requests and commands call it (None: the set's own name, from its manifest);
+    ``priority`` 1 first (None: its place in the list): whose budget holds where two cannot
+    both be met on the board (governor/board.py)."""
+    model: Optional[str] = None
+    name: Optional[str] = None
+    priority: Optional[int] = None
+
+
 @dataclass
 class Config:
     model: Optional[str] = None            # a model-set folder or a shipped set's name
+    models: Optional[List[ModelEntry]] = None   # several sets (instead of model)
     platform: Optional[str] = None         # None: detect
     sysfs_root: str = "/"
     infer_endpoint: Optional[str] = None   # None: ipc in the runtime dir
@@ -112,7 +124,17 @@ class Config:
     stop_at: Optional[float] = None        # anytime answers for requests that name no stop_at
     source: List[str] = field(default_factory=list)   # where the values came from
 
+    def entries(self) -> List[ModelEntry]:
+        """The model sets to serve, highest priority first (the first listed wins a tie);
+        the first is the default of requests and commands that name none."""
+        if not self.models:
+            return [ModelEntry(self.model)]
+        order = sorted(range(len(self.models)), key=lambda i: (self.models[i].priority or i + 1, i))
+        return [self.models[i] for i in order]
+
     def resolve(self) -> "Config":
+        if self.model is not None and self.models:
+            raise ConfigError("give either model (one set) or models (a list), not both")
         self.state_dir = self.state_dir or default_state_dir()
         self.runtime_dir = self.runtime_dir or default_runtime_dir()
         self.control_endpoint = self.control_endpoint or "ipc://" + os.path.join(self.runtime_dir, "control.sock")
@@ -124,6 +146,9 @@ class Config:
 # Every key, its meaning (serve --help, systemd/config.yaml and docs/deployment.md show these).
 KEY_DOCS = {
     "model": "a model-set folder or a shipped set's name (default: the shipped CIFAR-10 set)",
+    "models": "several model sets in one daemon, instead of model: a list of folders or shipped names, or of "
+              "{model, name, priority} (name: what requests call it, default the set's own; priority: 1 first, "
+              "default the list's order); the first is the default for requests that name none",
     "platform": "odroid-xu3, jetson-nano, generic, sim-odroid-xu3 or sim-jetson-nano (default: detect)",
     "sysfs_root": "root of the sysfs tree, for fake trees (default /)",
     "infer_endpoint": "inference socket, ipc://PATH or tcp://HOST:PORT (default ipc://<runtime_dir>/infer.sock; "
@@ -167,7 +192,40 @@ def _brief(value: Any) -> str:   # for messages: a YAML alias bomb's full repr t
     return r.repr(value)
 
 
+def _entries(value: Any, where: str) -> Optional[List[ModelEntry]]:
+    """The ``models`` list: each a folder or shipped name, or a mapping {model, name, priority}."""
+    if value is None:
+        return None
+    if not isinstance(value, list) or not value:
+        raise ConfigError("%s: models must be a non-empty list of model sets, got %s" % (where, _brief(value)))
+    out = []
+    for i, v in enumerate(value):
+        at = "%s: models[%d]" % (where, i)
+        if isinstance(v, ModelEntry):
+            v = {"model": v.model, "name": v.name, "priority": v.priority}
+        if isinstance(v, str):
+            v = {"model": v}
+        if not isinstance(v, dict):
+            raise ConfigError("%s must be a folder or shipped name, or a mapping with model, name, priority; got %s"
+                              % (at, _brief(v)))
+        unknown = set(v) - {"model", "name", "priority"}
+        if unknown:
+            raise ConfigError("%s: unknown key(s) %s (allowed: model, name, priority)" % (at, _brief(sorted(map(str, unknown)))))
+        if not isinstance(v.get("model"), str) or not v["model"]:
+            raise ConfigError("%s: model must be a folder or a shipped set's name, got %s" % (at, _brief(v.get("model"))))
+        name, prio = v.get("name"), v.get("priority")
+        if name is not None and (not isinstance(name, str) or not name or len(name) > 64
+                                 or not all(ch.isalnum() or ch in "-_." for ch in name)):
+            raise ConfigError("%s: name must be 1-64 letters, digits, '-', '_' or '.', got %s" % (at, _brief(name)))
+        if prio is not None and (isinstance(prio, bool) or not isinstance(prio, int) or not 1 <= prio <= 1000):
+            raise ConfigError("%s: priority must be an integer in 1..1000 (1 first), got %s" % (at, _brief(prio)))
+        out.append(ModelEntry(v["model"], name, prio))
+    return out
+
+
 def _check(key: str, value: Any, where: str) -> Any:
+    if key == "models":
+        return _entries(value, where)
     if key not in _TYPES or key == "source":
         raise ConfigError("%s: unknown key '%s' (allowed: %s)" % (where, key, ", ".join(
             k for k in _TYPES if k != "source")))
@@ -239,8 +297,13 @@ def load(path: Optional[str] = None, overrides: Optional[Dict[str, Any]] = None)
         cfg.source.append(path)
     for k, v in (overrides or {}).items():
         if v is not None:
+            if k in ("model", "models"):      # a model named on the command line replaces the file's
+                cfg.model = cfg.models = None
             setattr(cfg, k, _check(k, v, "--" + k.replace("_", "-")))
-    return cfg.resolve()
+    try:
+        return cfg.resolve()
+    except ConfigError as e:
+        raise ConfigError("%s: %s" % (", ".join(cfg.source) or "the options", e)) from None
 
 
 def check_socket_dir(path: str, for_client: bool = False) -> None:

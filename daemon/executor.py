@@ -17,7 +17,7 @@ from typing import Dict, NamedTuple, Optional, Tuple
 
 import numpy as np
 
-from governor import Config, Decision
+from governor import Board, Config, Decision
 from platforms import Platform, PlatformError
 from platforms.model import part_frequencies
 
@@ -39,17 +39,38 @@ class Ran(NamedTuple):
 
 
 class Executor:
-    """Applies decisions to the board and runs them; what is applied survives a runtime's
-    replacement (a reload swaps the model set and the governor, not the board's state)."""
+    """Applies decisions to the board and runs them, one run at a time, for every model set
+    the daemon serves (each runtime's ``name``); what is applied survives a runtime's
+    replacement (a reload swaps the model set and the governor, not the board's state).
+    ``board``: how the sets' governors share the board's frequencies (governor/board.py)."""
 
-    def __init__(self, platform: Platform, clock=time.perf_counter, lock: Optional[threading.RLock] = None):
+    def __init__(self, platform: Platform, clock=time.perf_counter, lock: Optional[threading.RLock] = None,
+                 board: Optional[Board] = None):
         self.platform = platform
         self.clock = clock
         self.lock = lock or threading.RLock()
-        self.applied: Optional[Config] = None
+        self.board = board or Board([])
+        self.applied: Optional[Config] = None      # the last configuration applied (the thread's pin)
+        self.freq_set: Dict[str, int] = {}         # target → kHz last written (what the board runs at)
         self.freq_read: Dict[str, Optional[int]] = {}   # target → kHz the kernel reported after our write
         self.mapping_error = ""
-        self.moved = 0            # runs left that still pay for the last move to another target
+        self.moved: Dict[str, int] = {}     # set → runs left that still pay for its last move to another target
+        self.last_target: Dict[str, str] = {}   # set → the target of its last run
+
+    def forget(self) -> None:
+        """The board was put back to its own settings (after profiling): apply everything anew."""
+        self.applied = None
+        self.freq_set.clear()
+        self.freq_read.clear()
+
+    def _written(self, target: str, khz: int) -> None:
+        """``target`` now runs at ``khz``; a target sharing its frequency control (a split and
+        its parts) no longer runs at what was written for it."""
+        ctl = set(self.platform.targets[target].control)
+        for t in list(self.freq_set):
+            if t != target and ctl & set(self.platform.targets[t].control):
+                del self.freq_set[t]
+        self.freq_set[target] = khz
 
     def apply(self, c: Config, columns=None) -> bool:
         """Pin and set the frequency, touching only what differs from the last config; False
@@ -59,7 +80,6 @@ class Executor:
         own CPUs, the calling thread to the first lane's)."""
         prev = self.applied
         if prev is None or prev.target != c.target:
-            self.moved = SETTLE_RUNS     # the next runs pay for the move (see infer)
             try:
                 self.platform.pin(c.target)
                 if columns is not None and c.target in columns.lanes:
@@ -69,10 +89,10 @@ class Executor:
                 if self.mapping_error != str(e):
                     log.error("thread mapping failed, running unpinned: %s", e)
                 self.mapping_error = str(e)
-        if c.freq_khz is not None and self.platform.dvfs_on(c.target) and (prev is None or prev.freq_khz != c.freq_khz
-                                                                           or prev.target != c.target):
+        if c.freq_khz is not None and self.platform.dvfs_on(c.target) and self.freq_set.get(c.target) != c.freq_khz:
             try:
                 self.freq_read[c.target] = self.platform.set_frequency(c.target, c.freq_khz)
+                self._written(c.target, c.freq_khz)
             except (PlatformError, OSError) as e:
                 # That target's frequency control is off; the other targets keep theirs.
                 self.platform.disable_dvfs("failed", "frequency control failed, DVFS is off for %s: %s"
@@ -80,6 +100,7 @@ class Executor:
                 log.error("%s", self.platform.dvfs_reason_for(c.target))
                 self.applied = None
                 self.freq_read.pop(c.target, None)
+                self.freq_set.pop(c.target, None)
                 return False
         self.applied = c
         return True
@@ -125,13 +146,19 @@ class Executor:
         return logits, info, Ran(rt, d, latency / n, None if energy is None else energy / n, moved, not ok, n)
 
     def _decide(self, rt: Runtime, groups: Optional[int], deadline_ms: Optional[float]):
-        """Under the lock: the governor's decision, applied; whether it applied (the frequency
-        was set), whether this run still pays for a move, and the configuration to report."""
+        """Under the lock: the set's decision (its governor's, with what the board's other
+        sets need), applied; whether it applied (the frequency was set), whether this run
+        still pays for the set's move to another target, and the configuration to report."""
         with self.lock:
-            d = rt.governor.decide(deadline_ms=deadline_ms, level=groups)
+            d = self.board.decide(rt.name, rt.governor, deadline_ms=deadline_ms, level=groups,
+                                  running_khz=self.freq_set)
             ok = self.apply(d.config, rt.columns)
-            moved, self.moved = self.moved > 0, max(0, self.moved - 1)
-            return d, ok, moved, self.reported(d.config, rt) if ok else dict(d.config.to_dict(), freq_khz=None)
+            if self.last_target.get(rt.name) != d.config.target:
+                self.last_target[rt.name] = d.config.target
+                self.moved[rt.name] = SETTLE_RUNS     # the next runs pay for the move (see learn)
+            left = self.moved.get(rt.name, 0)
+            self.moved[rt.name] = max(0, left - 1)
+            return d, ok, left > 0, self.reported(d.config, rt) if ok else dict(d.config.to_dict(), freq_khz=None)
 
     def _joules_since(self, j0: Optional[float]) -> Optional[float]:
         """J since the counter read ``j0`` (None where nothing meters energy)."""

@@ -52,48 +52,70 @@ def _collector(service):
     from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 
     class ServiceCollector:
+        """Per model set (label ``model``): requests, images, latency, misses, energy, the
+        configuration and the budget; for the board: errors, frequencies, temperatures."""
+
         def collect(self):
-            c = service.counters
-            with c.lock:
-                req, img, miss, en = c.requests, c.images, c.misses, c.energy_mj
-                buckets, lsum = list(c.buckets), c.latency_sum_s
-            yield CounterMetricFamily("dnnscale_requests", "inference requests answered with a result", value=req)
-            yield CounterMetricFamily("dnnscale_images", "images inferred", value=img)
+            with service.lock:
+                sets = list(service.sets.values())
+            fam = {
+                "req": CounterMetricFamily("dnnscale_requests", "inference requests answered with a result",
+                                           labels=["model"]),
+                "img": CounterMetricFamily("dnnscale_images", "images inferred", labels=["model"]),
+                "lat": HistogramMetricFamily("dnnscale_latency_seconds", "inference latency of a request (its batch)",
+                                             labels=["model"]),
+                "miss": CounterMetricFamily("dnnscale_deadline_misses", "requests over their latency limit",
+                                            labels=["model"]),
+                "cause": CounterMetricFamily("dnnscale_deadline_misses_by_cause",
+                                             "runs over their latency limit, by cause (docs/governor.md)",
+                                             labels=["model", "cause"]),
+                "en": CounterMetricFamily("dnnscale_energy_millijoules", "metered energy of the inferences",
+                                          labels=["model"]),
+                "run": GaugeMetricFamily("dnnscale_longest_miss_run",
+                                         "the most consecutive misses since the budget was set", labels=["model"]),
+                "mam": GaugeMetricFamily("dnnscale_miss_after_miss_ratio",
+                                         "misses among the runs right after a miss, since the budget was set",
+                                         labels=["model"]),
+                "cfg": GaugeMetricFamily("dnnscale_config_groups", "groups (level) in use, by target",
+                                         labels=["model", "target"]),
+                "bud": GaugeMetricFamily("dnnscale_budget", "the budget in force (absent: none)",
+                                         labels=["model", "kind"]),
+            }
+            for s in sets:
+                c, m = s.counters, [s.name]
+                with c.lock:
+                    req, img, miss, en = c.requests, c.images, c.misses, c.energy_mj
+                    buckets, lsum, causes = list(c.buckets), c.latency_sum_s, dict(c.causes)
+                fam["req"].add_metric(m, req)
+                fam["img"].add_metric(m, img)
+                cum, acc = [], 0
+                for le, n in zip(list(map(str, BUCKETS_S)) + ["+Inf"], buckets):
+                    acc += n
+                    cum.append((le, acc))
+                fam["lat"].add_metric(m, cum, lsum)
+                fam["miss"].add_metric(m, miss)
+                for cause in CAUSES:
+                    fam["cause"].add_metric(m + [cause], causes.get(cause, 0))
+                fam["en"].add_metric(m, en)
+                with service.lock:
+                    g = s.rt.governor
+                    cur = g.space[g.current] if g.current is not None else None
+                    budget = g.budget.to_dict()
+                    burst = g.stats.status()["misses"]
+                fam["run"].add_metric(m, burst["longest_run"])
+                if burst["p_miss_after_miss"] is not None:
+                    fam["mam"].add_metric(m, burst["p_miss_after_miss"])
+                if cur is not None:
+                    fam["cfg"].add_metric(m + [cur.target], cur.level)
+                for k, v in budget.items():
+                    if v is not None:
+                        fam["bud"].add_metric(m + [k], v)
+            yield from fam.values()
             errs = CounterMetricFamily("dnnscale_errors", "refused or failed requests and commands, by code",
                                        labels=["code"])
             for code, n in sorted(dict(service.errors).items()):
                 errs.add_metric([code], n)
             yield errs
-            cum, acc = [], 0
-            for le, n in zip(list(map(str, BUCKETS_S)) + ["+Inf"], buckets):
-                acc += n
-                cum.append((le, acc))
-            yield HistogramMetricFamily("dnnscale_latency_seconds", "inference latency of a request (its batch)",
-                                        buckets=cum, sum_value=lsum)
-            yield CounterMetricFamily("dnnscale_deadline_misses", "requests over their latency limit", value=miss)
-            by_cause = CounterMetricFamily("dnnscale_deadline_misses_by_cause",
-                                           "runs over their latency limit, by cause (docs/governor.md)", labels=["cause"])
-            with c.lock:
-                causes = dict(c.causes)
-            for cause in CAUSES:
-                by_cause.add_metric([cause], causes.get(cause, 0))
-            yield by_cause
-            yield CounterMetricFamily("dnnscale_energy_millijoules", "metered energy of the inferences", value=en)
-            with service.lock:
-                g = service.governor
-                cur = g.space[g.current] if g.current is not None else None
-                budget = g.budget.to_dict()
-                burst = g.stats.status()["misses"]
-            yield GaugeMetricFamily("dnnscale_longest_miss_run", "the most consecutive misses since the budget was set",
-                                    value=burst["longest_run"])
-            if burst["p_miss_after_miss"] is not None:
-                yield GaugeMetricFamily("dnnscale_miss_after_miss_ratio",
-                                        "misses among the runs right after a miss, since the budget was set",
-                                        value=burst["p_miss_after_miss"])
-            cfg = GaugeMetricFamily("dnnscale_config_groups", "groups (level) in use, by target", labels=["target"])
-            if cur is not None:
-                cfg.add_metric([cur.target], cur.level)
-            yield cfg
             freq = GaugeMetricFamily("dnnscale_frequency_khz", "frequency the kernel reports, by target",
                                      labels=["target"])
             for t, khz in service.frequencies().items():
@@ -104,11 +126,6 @@ def _collector(service):
             for z, v in service.platform.temperatures().items():
                 temp.add_metric([z], v)
             yield temp
-            bud = GaugeMetricFamily("dnnscale_budget", "the budget in force (absent: none)", labels=["kind"])
-            for k, v in budget.items():
-                if v is not None:
-                    bud.add_metric([k], v)
-            yield bud
 
     return ServiceCollector()
 

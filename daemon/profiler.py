@@ -95,21 +95,27 @@ def measure(executor, models, space: List[Config], levels: List[Level], runs: in
     return Profile.fit(samples, levels, source="simulated" if modelled else "measured (%d runs each)" % runs)
 
 
-def save(state_dir: str, profile: Profile, match: Dict) -> str:
+def filename(name: Optional[str] = None) -> str:
+    """The profile file of a model set: ``profile.json`` for the daemon's default (first) set,
+    ``profile-<name>.json`` for each further one."""
+    return PROFILE_FILE if name is None else "profile-%s.json" % name
+
+
+def save(state_dir: str, profile: Profile, match: Dict, name: Optional[str] = None) -> str:
     os.makedirs(state_dir, exist_ok=True)
-    path = os.path.join(state_dir, PROFILE_FILE)
+    path = os.path.join(state_dir, filename(name))
     created = time.strftime("%Y-%m-%dT%H:%M:%S%z")
     state.write_json(path, {"key": match, "created": created, "profile": profile.to_dict()}, indent=1)
     profile.created = created
     return path
 
 
-def load(state_dir: str, match: Dict, targets=()) -> Optional[Profile]:
+def load(state_dir: str, match: Dict, targets=(), name: Optional[str] = None) -> Optional[Profile]:
     """The stored profile if it exists and matches ``match`` (else None: the start measures
     one). A damaged one (not JSON, not a profile, a missing target in ``targets``, a slope or
     power that is not a finite positive number) is set aside as ``profile.json.damaged`` with
     one log line, so that the start re-measures instead of failing every time."""
-    path = os.path.join(state_dir, PROFILE_FILE)
+    path = os.path.join(state_dir, filename(name))
     if not os.path.lexists(path):
         return None
     try:

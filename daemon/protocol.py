@@ -9,7 +9,7 @@ import json
 import math
 import reprlib
 from dataclasses import dataclass
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
@@ -36,6 +36,7 @@ class InferRequest:
     deadline_ms: Optional[float]
     stop_at: Optional[float] = None      # anytime: stop each image once its top-1 probability reaches it
     progressive: bool = False            # anytime: a reply per added group, the last final
+    model: Optional[str] = None          # the model set's name (None: the daemon's default set)
 
     @property
     def anytime(self) -> bool:
@@ -44,7 +45,7 @@ class InferRequest:
     @property
     def batch_key(self) -> Tuple:
         """Requests run as one batch only where all of these agree."""
-        return (self.dtype, self.groups, self.deadline_ms, self.stop_at, self.progressive)
+        return (self.model, self.dtype, self.groups, self.deadline_ms, self.stop_at, self.progressive)
 
 
 @dataclass
@@ -157,7 +158,7 @@ def peek_id(frame: bytes) -> Any:
         return None
 
 
-HEADER_KEYS = {"id", "dtype", "shape", "groups", "deadline_ms", "stop_at", "progressive"}
+HEADER_KEYS = {"id", "dtype", "shape", "groups", "deadline_ms", "stop_at", "progressive", "model"}
 
 
 def positive_number(v, name: str, limit: float, code: str, low: float = 0.0) -> float:
@@ -169,7 +170,9 @@ def positive_number(v, name: str, limit: float, code: str, low: float = 0.0) -> 
     return float(v)
 
 
-def decode_infer(frames: Sequence[bytes], spec: InputSpec) -> InferRequest:
+def decode_infer(frames: Sequence[bytes], specs: Union[InputSpec, Dict[str, InputSpec]]) -> InferRequest:
+    """One request, checked against what its model set accepts: ``specs`` by set name, the
+    default set first (or one spec: a daemon of one set, which takes no ``model``)."""
     if len(frames) != 2:
         raise ProtocolError("bad_frames", "an inference request is 2 frames (JSON header, tensor bytes), got %d"
                             % len(frames))
@@ -182,6 +185,16 @@ def decode_infer(frames: Sequence[bytes], spec: InputSpec) -> InferRequest:
     if not scalar_id(rid):
         raise ProtocolError("bad_header", "id must be a JSON scalar (string of at most %d characters, number, "
                                           "boolean or null)" % MAX_ID_CHARS)
+    model = h.get("model")
+    if isinstance(specs, InputSpec):
+        specs = {None: specs}
+    if model is None:
+        spec = next(iter(specs.values()))
+    elif not isinstance(model, str) or model not in specs:
+        raise ProtocolError("unknown_model", "no model set called %s is served (models: %s)"
+                            % (brief(model), ", ".join(str(n) for n in specs)))
+    else:
+        spec = specs[model]
     dtype = h.get("dtype")
     if dtype not in ("uint8", "float32"):
         raise ProtocolError("bad_dtype", "dtype must be \"uint8\" (NHWC images) or \"float32\" (normalised NCHW), "
@@ -223,7 +236,7 @@ def decode_infer(frames: Sequence[bytes], spec: InputSpec) -> InferRequest:
         raise ProtocolError("bad_stop_at" if "stop_at" in h else "bad_progressive", spec.anytime)
     if spec.anytime:
         stop_at = None               # a daemon-wide default does not apply to a set that cannot stop early
-    return InferRequest(rid, dtype, tensor, groups, deadline, stop_at, progressive)
+    return InferRequest(rid, dtype, tensor, groups, deadline, stop_at, progressive, model)
 
 
 def encode_reply(header: Dict, logits: Optional[np.ndarray] = None) -> List[bytes]:

@@ -38,6 +38,7 @@ class Runtime:
     governor: Governor
     columns: Optional[Columns] = None   # how the split targets run (None: there are none)
     split_reason: str = ""           # why there is no split target ("" where there is, or none fits)
+    name: str = ""                   # what requests and commands call the set (daemon/served.py)
 
     def is_split(self, target: str) -> bool:
         return self.columns is not None and target in self.columns.lanes
@@ -134,7 +135,8 @@ class Builder:
         return now
 
     def build(self, models: ModelSet, model_dir: str, gpu_enabled: bool, profile: Profile,
-              per_frequency: bool, previous: Optional[Governor] = None, threads: Optional[int] = None) -> Runtime:
+              per_frequency: bool, previous: Optional[Governor] = None, threads: Optional[int] = None,
+              name: str = "") -> Runtime:
         """The runtime for ``models`` under ``profile`` on the platform as it is now: without
         DVFS, each target predicted at the frequency the kernel reports for it. ``previous``:
         the governor being replaced, whose operator settings and learning carry over."""
@@ -154,7 +156,7 @@ class Builder:
                 gov.set_profile(previous.profile)
             gov.carry_over(previous)
         return Runtime(models, model_dir, targets, gpu_reason, levels, space, profile, per_frequency, gov,
-                       columns, split_reason)
+                       columns, split_reason, name)
 
 
 def same_profile(a: Profile, b: Profile) -> bool:

@@ -231,8 +231,9 @@ class Server:
         self._bound_paths: List[str] = []   # ipc socket files this process created
         self.guard = FdGuard()
         service.fd_guard = self.guard
-        c, h, w = service.models.input_shape
-        self.max_bytes = cfg.max_batch * c * h * w * 4 + HEADER_SLACK
+        self.specs = service.input_specs()
+        self.max_bytes = cfg.max_batch * max(c * h * w for c, h, w in (sp.chw for sp in self.specs.values())) * 4 \
+            + HEADER_SLACK
         if cfg.memory_bound_mb:
             self.guard.memory = MemoryGuard(cfg.memory_bound_mb << 20)
 
@@ -434,7 +435,7 @@ class Server:
             try:
                 if refusal is not None:
                     raise refusal
-                req = decode_infer(body, self.service.input_spec)
+                req = decode_infer(body, self.service.input_specs())
             except ProtocolError as e:
                 self.service.count_error(e.code)
                 self._send(self.infer, envelope + error_reply(peek_id(body[0]) if body else None, e.code, str(e)))

@@ -15,7 +15,7 @@ from typing import Any, Callable, Dict, List, Optional, Tuple
 import numpy as np
 
 import platforms
-from governor import Budget, levels_from_manifest
+from governor import Board, Budget, levels_from_manifest
 from models import ModelSetError
 from models.modelset import softmax
 from platforms.owner import Ownership
@@ -24,15 +24,15 @@ from . import profiler, state
 from .commands import COMMANDS
 from .config import KEY_DOCS, Config, ConfigError
 from .executor import Executor, Ran
-from .metrics import Counters
-from .protocol import InferRequest, InputSpec, ProtocolError
+from .protocol import InferRequest, InputSpec, ProtocolError, brief
 from .runtime import Builder, Runtime, same_profile
+from .served import AnytimeStats, Served
 
 log = logging.getLogger("dnnscale.service")
-BUDGET_FILE = "budget.json"
 # Configuration keys a reload applies; the others need a restart (sockets, the board, the
-# profile's space, the queue sizes the server was built with).
-LIVE_KEYS = ("model", "threads", "batch_requests", "log_level", "profile_runs", "stop_at")
+# profile's space, the queue sizes the server was built with). The models' folders reload;
+# their names and priorities need a restart.
+LIVE_KEYS = ("model", "models", "threads", "batch_requests", "log_level", "profile_runs", "stop_at")
 RELOAD_SWITCH_S = 0.0002     # the interpreter's thread switch interval while a reload loads
 DVFS_RETRY_S = 5.0           # a target whose frequency write failed is tried again after this,
 DVFS_RETRY_MAX_S = 300.0     # doubling at each failure up to this
@@ -46,35 +46,14 @@ def _settle_heap() -> None:
     gc.freeze()
 
 
-class AnytimeStats:
-    """What anytime requests at one ``stop_at`` did: how many images stopped at each level,
-    and the share of the decided level's MACs they ran (``work``, a moving average from 1:
-    the governor decides for ``limit / work``, so that the mean meets the budget)."""
-
-    def __init__(self) -> None:
-        self.runs = self.images = 0
-        self.groups: Dict[int, int] = {}
-        self.work = 1.0
-
-    def observe(self, stopped: np.ndarray, k_max: int, levels) -> None:
-        macs = {l.level: l.macs for l in levels}
-        for g in stopped.tolist():
-            self.groups[int(g)] = self.groups.get(int(g), 0) + 1
-        frac = float(np.mean([macs[int(g)] for g in stopped])) / macs[k_max]
-        self.work = 0.8 * self.work + 0.2 * frac
-        self.runs += 1
-        self.images += len(stopped)
-
-    def to_dict(self) -> Dict:
-        return {"runs": self.runs, "images": self.images, "groups": {str(k): n for k, n in sorted(self.groups.items())},
-                "work": round(self.work, 4)}
-
-
 class Service:
     """Wired by the constructor, acted by :meth:`start`, undone by :meth:`stop` (which undoes
     whatever ``start`` got to, so one ``finally`` covers every exit path). What serves is one
-    :class:`~daemon.runtime.Runtime` (``self.rt``), built by the one :class:`Builder` at
-    start, at a reload and when DVFS is lost, and swapped under ``lock``."""
+    :class:`~daemon.served.Served` per model set (``self.sets``, the default first), each
+    with its :class:`~daemon.runtime.Runtime`, built by the one :class:`Builder` at start, at
+    a reload and when DVFS is lost, and swapped under ``lock``. The sets share the board:
+    one executor applies their decisions, and one :class:`governor.Board` makes each
+    model's governor decide with what the others need of it."""
 
     def __init__(self, cfg: Config, progress=None, remeasure: bool = False,
                  stop_event: Optional[threading.Event] = None,
@@ -89,15 +68,13 @@ class Service:
         self.progress = progress
         self.remeasure = remeasure
         self.stop_event = stop_event or threading.Event()
-        self.board = board or {}
-        self.lock = threading.RLock()     # the runtime, the governor and the platform: see executor.py
+        self.platform_args = board or {}
+        self.lock = threading.RLock()     # the runtimes, the governors and the platform: see executor.py
         self.started = time.monotonic()
         self.errors: Dict[str, int] = {}
-        self.served = 0
-        self.counters = Counters()
-        self.anytime: Dict[Optional[float], AnytimeStats] = {}   # per stop_at
+        self.sets: Dict[str, Served] = {}   # by name, highest priority (the default) first
+        self.board: Optional[Board] = None
         self.platform: Optional[platforms.Platform] = None
-        self.rt: Optional[Runtime] = None
         self.executor: Optional[Executor] = None
         self._platform_started = False
         # The CPUs the process may use, taken before any thread is pinned to a target: a
@@ -107,18 +84,32 @@ class Service:
         self._dvfs_retry_at: Dict[str, float] = {}   # target → when to try its frequency control again
         self._dvfs_backoff: Dict[str, float] = {}
 
-    # the runtime's parts, for readers (status, metrics, the CLI)
+    # the default set's parts, for readers (status, metrics, the CLI)
+    default = property(lambda self: next(iter(self.sets.values())))
+    rt = property(lambda self: self.default.rt)
     models = property(lambda self: self.rt.models)
     governor = property(lambda self: self.rt.governor)
     targets = property(lambda self: self.rt.targets)
+    served = property(lambda self: sum(s.served for s in self.sets.values()))
+
+    def pick(self, name: Any) -> Served:
+        """The set called ``name`` (None: the default); ``unknown_model`` names those served."""
+        if name is None:
+            return self.default
+        s = self.sets.get(name) if isinstance(name, str) else None
+        if s is None:
+            raise ProtocolError("unknown_model", "no model set called %s is served (models: %s)"
+                                % (brief(name), ", ".join(self.sets)))
+        return s
 
     def start(self) -> None:
         """Load, probe and (where no stored profile matches) profile; raises ConfigError,
         ModelSetError or Interrupted with one line. The board is touched only after the
-        model set loaded, and only through the platform, which :meth:`stop` restores."""
+        model sets loaded, and only through the platform, which :meth:`stop` restores."""
         cfg = self.cfg
         try:
-            platform = platforms.create(cfg.platform, root=cfg.sysfs_root, state_dir=cfg.state_dir, **self.board)
+            platform = platforms.create(cfg.platform, root=cfg.sysfs_root, state_dir=cfg.state_dir,
+                                        **self.platform_args)
         except (ValueError, platforms.PlatformError) as e:
             raise ConfigError(str(e))
         if not cfg.dvfs:
@@ -146,84 +137,108 @@ class Service:
             log.error("could not restore a setting left by an earlier run: %s", err)
         state.check_writable(cfg.state_dir)
         self.builder = Builder(platform, self.cpus_allowed)
-        models, model_dir = self.builder.load_models(cfg.model, cfg.threads, cfg.gpu)
+        loaded = []
+        for entry in cfg.entries():
+            models, model_dir = self.builder.load_models(entry.model, cfg.threads, cfg.gpu)
+            name = entry.name or models.name
+            if any(name == n for n, _, _, _ in loaded):
+                raise ConfigError("two model sets are called %s: give each a name (models: [{model: ..., "
+                                  "name: ...}])" % name)
+            loaded.append((name, entry, models, model_dir))
         self._platform_started = True
         platform.start()
         self.executor = Executor(platform, lock=self.lock)
+        self.board = self.executor.board = Board([n for n, _, _, _ in loaded])
+        for rank, (name, entry, models, model_dir) in enumerate(loaded):
+            s = self._serve_set(rank, name, entry, models, model_dir)
+            self.sets[name] = s
+            if s.rt.gpu_reason:
+                log.warning("%s: %s", name, s.rt.gpu_reason)
+            self._load_budget(s)
+        _settle_heap()
+
+    def _serve_set(self, rank: int, name: str, entry, models, model_dir: str) -> Served:
+        """The runtime of one loaded set: its stored profile where one matches, else one
+        measured now (and saved)."""
+        cfg, platform = self.cfg, self.platform
         targets = self.builder.targets(models, cfg.gpu)[0]
         levels = levels_from_manifest(models.manifest)
         space = self.builder.space(levels, targets)
-        self.profile_key = profiler.key(models.manifest, platform.name, space)
+        key = profiler.key(models.manifest, platform.name, space)
+        file_name = None if rank == 0 else name
         per_frequency = any(c.freq_khz for c in space)     # the stored profile's kind
-        profile = None if self.remeasure else profiler.load(cfg.state_dir, self.profile_key, targets)
+        profile = None if self.remeasure else profiler.load(cfg.state_dir, key, targets, name=file_name)
         if profile is None:
-            log.info("measuring a profile (%d runs per configuration)%s", cfg.profile_runs,
+            log.info("measuring a profile of %s (%d runs per configuration)%s", name, cfg.profile_runs,
                      "" if self.remeasure else ": no stored one matches")
             profile = profiler.measure(self.executor, models, space, levels, runs=cfg.profile_runs,
                                        progress=self.progress, stop=self.stop_event,
                                        columns=lambda p: self.builder.columns(models, targets, levels, p, cfg.threads))
             try:
-                profiler.save(cfg.state_dir, profile, self.profile_key)   # later starts reuse it
+                profiler.save(cfg.state_dir, profile, key, name=file_name)   # later starts reuse it
             except OSError as e:
                 log.error("could not save the profile in %s (%s): the next start measures again",
                           cfg.state_dir, e.strerror or e)
             for err in platform.reset():   # serve from the board's own settings
                 log.error("could not restore after profiling: %s", err)
-            self.executor.applied = None
-            self.executor.freq_read.clear()
-        self.rt = self.builder.build(models, model_dir, cfg.gpu, profile, per_frequency, threads=cfg.threads)
-        if self.rt.gpu_reason:
-            log.warning("%s", self.rt.gpu_reason)
-        self._load_budget()
-        _settle_heap()
+            self.executor.forget()
+        rt = self.builder.build(models, model_dir, cfg.gpu, profile, per_frequency, threads=cfg.threads, name=name)
+        return Served(name, entry, rank, rt, key)
 
     def frequencies(self) -> Dict[str, Optional[int]]:
         """target → the frequency the kernel reports now (kHz), None without control."""
         return self.builder.frequencies(self.rt.targets)
 
-    def _rebuild(self, models=None, model_dir=None, profile=None) -> Runtime:
-        """The runtime rebuilt by the builder (under the lock): what changed given, the rest
-        as the serving runtime has it; the serving governor hands over (carry_over)."""
-        old = self.rt
+    def _rebuild(self, s: Served, models=None, model_dir=None, profile=None) -> Runtime:
+        """Set ``s``'s runtime rebuilt by the builder (under the lock): what changed given, the
+        rest as the serving runtime has it; the serving governor hands over (carry_over)."""
+        old = s.rt
         return self.builder.build(models or old.models, model_dir or old.model_dir, self.cfg.gpu,
                                   profile or old.profile, old.per_frequency, previous=old.governor,
-                                  threads=self.cfg.threads)
+                                  threads=self.cfg.threads, name=s.name)
 
     # ------------------------------------------------------------------ inference
-    @property
-    def input_spec(self) -> InputSpec:
-        ms = self.models
-        why = ms.no_columns and "it cannot stop early: " + ms.no_columns
-        return InputSpec(ms.input_shape, ms.groups, self.cfg.max_batch, why, self.cfg.stop_at)
+    def input_specs(self) -> Dict[str, InputSpec]:
+        """What each set accepts, by name, the default first."""
+        out = {}
+        for name, s in self.sets.items():
+            ms = s.rt.models
+            why = ms.no_columns and "it cannot stop early: " + ms.no_columns
+            out[name] = InputSpec(ms.input_shape, ms.groups, self.cfg.max_batch, why, self.cfg.stop_at)
+        return out
 
     def infer(self, reqs: List[InferRequest], emit=None) -> Tuple[List[Tuple[Dict, np.ndarray]], Ran]:
-        """Run requests that share dtype, groups, deadline, stop_at and progressive as one batch
-        (``emit``: sends a progressive request's replies before the last): one reply each,
-        and the run for :meth:`learn`, which the caller calls once the replies are out (so the
-        governor's and the counters' work is not in the client's round trip). Each reply
-        carries the batch's latency and its own share of the batch's energy."""
-        rt = self.rt
+        """Run requests that share their model, dtype, groups, deadline, stop_at and
+        progressive as one batch (``emit``: sends a progressive request's replies before the
+        last): one reply each, and the run for :meth:`learn`, which the caller calls once the
+        replies are out (so the governor's and the counters' work is not in the client's
+        round trip). Each reply carries the batch's latency and its own share of the batch's energy."""
         r0 = reqs[0]
+        s = self.pick(r0.model)
+        rt = s.rt
         x = np.concatenate([r.tensor for r in reqs]) if len(reqs) > 1 else r0.tensor
         if r0.dtype == "uint8":
             x = rt.models.preprocess(x)
         if r0.anytime:
-            return self._infer_anytime(rt, reqs, x, emit)
+            return self._infer_anytime(s, rt, reqs, x, emit)
         logits, info, ran = self.executor.run(rt, x, groups=r0.groups, deadline_ms=r0.deadline_ms)
         return self._replies(rt, reqs, logits, info), ran
 
-    @staticmethod
-    def _replies(rt: Runtime, reqs: List[InferRequest], logits: np.ndarray, info: Dict,
+    def _replies(self, rt: Runtime, reqs: List[InferRequest], logits: np.ndarray, info: Dict,
                  more=None) -> List[Tuple[Dict, np.ndarray]]:
         """One reply per request of a batch: its rows of the logits, their labels and class
         names, the batch's ``info`` (config, latency) with its own share of the energy;
-        ``more(a, b)``: the further fields of the request whose images are rows a..b-1."""
+        ``more(a, b)``: the further fields of the request whose images are rows a..b-1.
+        Where several sets are served, each reply names its set (``model``)."""
         out, start, n = [], 0, len(logits)
+        several = len(self.sets) > 1
         for r in reqs:
             m = len(r.tensor)
             part = logits[start:start + m]
             labels = part.argmax(1).tolist()
             head = {"id": r.id, "ok": True, "labels": labels, "names": [rt.models.classes[i] for i in labels]}
+            if several:
+                head["model"] = rt.name
             if more is not None:
                 head.update(more(start, start + m))
             head.update(info)
@@ -233,12 +248,12 @@ class Service:
             start += m
         return out
 
-    def _infer_anytime(self, rt: Runtime, reqs: List[InferRequest], x: np.ndarray, emit):
+    def _infer_anytime(self, s: Served, rt: Runtime, reqs: List[InferRequest], x: np.ndarray, emit):
         """Anytime requests (``stop_at``, ``progressive``): one run adding a group at a time;
         a progressive request gets a reply per level before the final one (``emit``)."""
         r0 = reqs[0]
         tau = r0.stop_at
-        stats = self.anytime.setdefault(tau, AnytimeStats())
+        stats = s.anytime.setdefault(tau, AnytimeStats())
 
         def replies(k, logits, stopped, info, final):
             prob = [round(p, 6) for p in softmax(logits).max(1).tolist()]
@@ -261,24 +276,27 @@ class Service:
 
     def learn(self, ran: Ran, requests: int) -> None:
         """After the replies of one :meth:`infer`: count it, let the governor learn from it,
-        and where a frequency write failed, rebuild the runtime without frequencies."""
-        self.served += requests
-        self.counters.observe(requests, ran.batch, ran.latency_s * ran.batch, ran.decision.latency_limit_ms,
-                              None if ran.energy_j is None else ran.energy_j * ran.batch * 1e3)
+        and where a frequency write failed, rebuild the runtimes without frequencies."""
+        s = self.sets.get(ran.runtime.name) or self.default
+        s.served += requests
+        s.counters.observe(requests, ran.batch, ran.latency_s * ran.batch, ran.decision.latency_limit_ms,
+                           None if ran.energy_j is None else ran.energy_j * ran.batch * 1e3)
         if ran.dvfs_lost:
             self._dvfs_lost()
-        cause = self.executor.learn(ran, self.rt)
+        cause = self.executor.learn(ran, s.rt)
         if cause is not None:
-            self.counters.miss(cause)
+            s.counters.miss(cause)
 
     def _dvfs_lost(self) -> None:
-        """A frequency write failed (and was rolled back): from now on the space has no
+        """A frequency write failed (and was rolled back): from now on the spaces have no
         frequencies for that target, predicted at the frequency the kernel reports for it
         now; it is tried again after a backoff (:meth:`retry_dvfs`)."""
         with self.lock:
-            lost = {c.target for c in self.rt.space if c.freq_khz and not self.platform.dvfs_on(c.target)}
-            if lost:
-                self.rt = self._rebuild()
+            lost = {c.target for s in self.sets.values() for c in s.rt.space
+                    if c.freq_khz and not self.platform.dvfs_on(c.target)}
+            for s in self.sets.values():
+                if any(c.freq_khz and c.target in lost for c in s.rt.space):
+                    s.rt = self._rebuild(s)
             now = time.monotonic()
             for t in lost:
                 backoff = min(2 * self._dvfs_backoff.get(t, DVFS_RETRY_S / 2), DVFS_RETRY_MAX_S)
@@ -301,7 +319,8 @@ class Service:
                 self._dvfs_retry_at.pop(t, None)
             if back:
                 log.info("trying frequency control again on %s", ", ".join(back))
-                self.rt = self._rebuild()
+                for s in self.sets.values():
+                    s.rt = self._rebuild(s)
 
     def count_error(self, code: str) -> None:
         self.errors[code] = self.errors.get(code, 0) + 1
@@ -318,30 +337,34 @@ class Service:
         with self.lock:
             return c.run(self, args)
 
-    def save_budget(self, budget: Budget) -> Dict:
-        """Check ``budget`` against the model set, save it (first: a full disk changes
-        nothing), then set it."""
+    def save_budget(self, s: Served, budget: Budget) -> Dict:
+        """Check ``budget`` against set ``s``, save it (first: a full disk changes nothing),
+        then set it."""
+        gov = s.rt.governor
         try:
-            self.governor.check_budget(budget)
+            gov.check_budget(budget)
         except ValueError as e:
             raise ProtocolError("bad_budget", str(e)[:200])
-        previous = self.governor.budget.to_dict()
+        previous = gov.budget.to_dict()
         try:
-            state.write_json(self._budget_path(), budget.to_dict())
+            state.write_json(s.budget_path(self.cfg.state_dir), budget.to_dict())
         except OSError as e:
             raise ProtocolError("state_unwritable", "could not save the budget in %s (%s); the budget is "
                                 "unchanged" % (self.cfg.state_dir, e.strerror or e))
-        self.governor.set_budget(budget)
-        return {"budget": self.governor.budget.to_dict(), "replaced": previous}
+        gov.set_budget(budget)
+        reply = {"budget": gov.budget.to_dict(), "replaced": previous}
+        if len(self.sets) > 1:
+            reply["model"] = s.name
+        return reply
 
-    def apply_now(self) -> Optional[str]:
-        """Apply the governor's decision now (a pin takes effect before its reply); where the
+    def apply_now(self, s: Served) -> Optional[str]:
+        """Apply set ``s``'s decision now (a pin takes effect before its reply); where the
         kernel refuses the frequency, rebuild without that target's DVFS, apply again, and say why."""
-        c = self.governor.decide().config
+        c = s.rt.governor.decide().config
         if self.executor.apply(c):
             return None
         self._dvfs_lost()
-        self.executor.apply(self.governor.decide().config)
+        self.executor.apply(s.rt.governor.decide().config)
         return "the frequency could not be set: %s" % self.platform.dvfs_reason_for(c.target)
 
     def reload(self) -> Dict:
@@ -356,14 +379,15 @@ class Service:
             sys.setswitchinterval(interval)
 
     def _reload(self) -> Dict:
-        """Re-read the configuration file, re-verify and reload the model set and the stored
-        profile, retry DVFS where a failed write had turned it off, and swap the new runtime
-        in; on failure keep serving with what is loaded and say why. The new runtime is built
+        """Re-read the configuration file, re-verify and reload each model set and its stored
+        profile, retry DVFS where a failed write had turned it off, and swap the new runtimes
+        in; on failure keep serving with what is loaded and say why. Each new runtime is built
         beside the serving one (the model set outside the lock: requests keep being served)
         by the same builder as at start, so each lane keeps its threads, and the operator's
-        budget and pin carry over. The one reload path: the control command and SIGHUP both
-        come here. Keys that need new sockets, a new board or a new profile space are named
-        in ``needs_restart`` and left as they are."""
+        budget and pin carry over; a set whose files did not change keeps its sessions. The
+        one reload path: the control command and SIGHUP both come here. Keys that need new
+        sockets, a new board or a new profile space are named in ``needs_restart`` and left
+        as they are; so are the sets' names and priorities."""
         cfg, needs_restart = self.cfg, []
         if self.config_loader is not None:
             try:
@@ -371,42 +395,64 @@ class Service:
             except ConfigError as e:
                 raise ProtocolError("reload_failed", "kept the running configuration: %s" % e)
             needs_restart = [k for k in KEY_DOCS if k not in LIVE_KEYS and getattr(cfg, k) != getattr(self.cfg, k)]
-            if needs_restart:
-                log.warning("reload: %s changed in the configuration; a restart applies %s",
-                            ", ".join(needs_restart), "them" if len(needs_restart) > 1 else "it")
-        old = self.rt
-        try:
-            models, model_dir = self.builder.load_models(cfg.model, cfg.threads, "gpu" in old.models.targets,
-                                                         loaded=old.models)
-        except ModelSetError as e:
-            raise ProtocolError("reload_failed", "kept the loaded model set: %s" % e)
-        except Exception as e:   # onnxruntime's own errors, a bug in validation: never fatal
-            log.exception("reload failed")
-            raise ProtocolError("reload_failed", "kept the loaded model set: %s: %s" % (type(e).__name__, e))
-        if models.groups != old.models.groups or models.input_shape != old.models.input_shape \
-                or models.classes != old.models.classes:
-            raise ProtocolError("reload_failed", "kept the loaded model set: the new one differs in its levels, "
-                                "input or classes (restart the daemon to change models)")
-        stored = profiler.load(self.cfg.state_dir, self.profile_key, old.targets)
-        profile = old.profile
-        if stored is not None and not same_profile(stored, old.profile):
-            profile = stored               # a new profile applies whether DVFS is on or off
+        entries = cfg.entries()
+        if [(e.name, e.priority) for e in entries] != [(s.entry.name, s.entry.priority) for s in self.sets.values()]:
+            needs_restart.append("models")         # which sets, their names and order: a restart
+            entries = [s.entry for s in self.sets.values()]
+        if needs_restart:
+            log.warning("reload: %s changed in the configuration; a restart applies %s",
+                        ", ".join(needs_restart), "them" if len(needs_restart) > 1 else "it")
+        new = {}
+        for s, entry in zip(list(self.sets.values()), entries):
+            old = s.rt
+            try:
+                models, model_dir = self.builder.load_models(entry.model, cfg.threads, "gpu" in old.models.targets,
+                                                             loaded=old.models)
+            except ModelSetError as e:
+                raise ProtocolError("reload_failed", "kept the loaded model sets: %s: %s" % (s.name, e))
+            except Exception as e:   # onnxruntime's own errors, a bug in validation: never fatal
+                log.exception("reload failed")
+                raise ProtocolError("reload_failed", "kept the loaded model sets: %s: %s: %s"
+                                    % (s.name, type(e).__name__, e))
+            if models.groups != old.models.groups or models.input_shape != old.models.input_shape \
+                    or models.classes != old.models.classes:
+                raise ProtocolError("reload_failed", "kept the loaded model sets: the new %s differs in its levels, "
+                                    "input or classes (restart the daemon to change models)" % s.name)
+            stored = profiler.load(self.cfg.state_dir, s.profile_key, old.targets, name=s.file_name)
+            profile = old.profile
+            if stored is not None and not same_profile(stored, old.profile):
+                profile = stored               # a new profile applies whether DVFS is on or off
+            new[s.name] = (entry, models, model_dir, profile)
+        retired = []
         with self.lock:
             for k in LIVE_KEYS:            # the object the server reads too
-                setattr(self.cfg, k, getattr(cfg, k))
+                if k not in ("model", "models"):
+                    setattr(self.cfg, k, getattr(cfg, k))
+            if "models" not in needs_restart:
+                self.cfg.model, self.cfg.models = cfg.model, cfg.models
             logging.getLogger().setLevel(getattr(logging, self.cfg.log_level.upper(), logging.INFO))
             log.debug("reload: %s", ", ".join("%s=%s" % (k, getattr(self.cfg, k)) for k in LIVE_KEYS))
             if self.cfg.dvfs and self.platform.retry_dvfs():
                 log.info("reload: DVFS on again (it had failed)")
-            self.rt = self._rebuild(models=models, model_dir=model_dir, profile=profile)
-            reply = {"model": self.models.name, "model_reloaded": models is not old.models,
+            reloaded = []
+            for name, (entry, models, model_dir, profile) in new.items():
+                s = self.sets[name]
+                old = s.rt
+                s.entry = entry
+                s.rt = self._rebuild(s, models=models, model_dir=model_dir, profile=profile)
+                if models is not old.models:
+                    reloaded.append(name)
+                    retired.append((old.models, weakref.ref(old)))
+                del old
+            reply = {"model": self.models.name, "model_reloaded": self.default.name in reloaded,
                      "profile": self.governor.profile.source,
                      "profile_created": self.governor.profile.created,
                      "dvfs": bool(self.platform.dvfs_enabled), "needs_restart": needs_restart}
-        if models is not old.models:
-            retired, gone = old.models, weakref.ref(old)
-            del old
-            self._retire(retired, gone)
+            if len(self.sets) > 1:
+                reply["models_reloaded"] = reloaded
+        new.clear()
+        for models, gone in retired:
+            self._retire(models, gone)
         _settle_heap()
         return reply
 
@@ -428,12 +474,37 @@ class Service:
     def energy_reason(self) -> str:
         return self.platform.energy_reason or "no power sensor"
 
+    def _model_status(self, s: Served) -> Dict:
+        """One set's part of the status: its governor's (budget, configuration, misses...),
+        its model, and what it served."""
+        rt = s.rt
+        st = rt.governor.status()
+        if st.get("config"):
+            st["config"] = self.executor.reported(rt.governor.space[rt.governor.current], rt)
+        ms = rt.models
+        st["model"] = {"name": ms.name, "kind": ms.kind, "levels": ms.groups,
+                       "shares_weights": bool(ms.manifest.get("shares_weights", False)),
+                       "accuracy": [l.accuracy for l in rt.levels], "onnxruntime_pool": ms.pool,
+                       "input_shape": list(ms.input_shape), "classes": list(ms.classes)}
+        st["served"] = s.served
+        st["images"] = s.counters.images
+        st["anytime"] = {("off" if t is None else "%g" % t): a.to_dict() for t, a in s.anytime.items()}
+        st["profile_file"] = os.path.join(self.cfg.state_dir, profiler.filename(s.file_name))
+        st["profile_created"] = rt.governor.profile.created
+        b = st["budget"]
+        if (b.get("energy_mj") is not None or b.get("power_w") is not None) and not self.energy_measured:
+            st["feasible"] = None
+            st["budget_warning"] = "the energy/power budget cannot be enforced: %s" % self.energy_reason
+        return st
+
     def status(self) -> Dict:
+        """The default set's status at the top (as with one set), the board's, and where
+        several sets are served, each one's under ``models`` (by name, the default first)."""
         p = self.platform
         with self.lock:
-            s = self.governor.status()
-            if s.get("config"):
-                s["config"] = self.executor.reported(self.governor.space[self.governor.current], self.rt)
+            per = {name: self._model_status(s) for name, s in self.sets.items()}
+            board = self.board.status()
+        s = dict(per[self.default.name])
         freqs = self.frequencies()
         s.update({
             "platform": p.name,
@@ -452,26 +523,19 @@ class Service:
             "energy": {"available": self.energy_measured, "reason": "" if self.energy_measured else self.energy_reason,
                        "degraded": p.energy_degraded},
             "temperatures_c": p.temperatures(),
-            "model": {"name": self.models.name, "kind": self.models.kind, "levels": self.models.groups,
-                      "shares_weights": bool(self.models.manifest.get("shares_weights", False)),
-                      "accuracy": [l.accuracy for l in self.rt.levels], "onnxruntime_pool": self.models.pool,
-                      "input_shape": list(self.models.input_shape), "classes": list(self.models.classes)},
             "max_batch": self.cfg.max_batch,
             "infer_endpoint": self.cfg.infer_endpoint,
-            "profile_file": os.path.join(self.cfg.state_dir, profiler.PROFILE_FILE),
-            "profile_created": self.governor.profile.created,
             "state_dir": self.cfg.state_dir,
             "served": self.served,
-            "anytime": {("off" if t is None else "%g" % t): a.to_dict() for t, a in self.anytime.items()},
-            "images": self.counters.images,
             "errors": dict(self.errors),
             "connections": self.fd_guard_status(),
             "uptime_s": round(time.monotonic() - self.started, 1),
+            "board": board,
         })
-        b = s["budget"]
-        if (b.get("energy_mj") is not None or b.get("power_w") is not None) and not self.energy_measured:
-            s["feasible"] = None
-            s["budget_warning"] = "the energy/power budget cannot be enforced: %s" % self.energy_reason
+        if len(self.sets) > 1:
+            for name, st in per.items():
+                st["priority"] = self.sets[name].rank + 1
+            s["models"] = per
         return s
 
     fd_guard = None   # the server's FdGuard, set when it binds
@@ -485,17 +549,15 @@ class Service:
                 "memory_drops": g.memory.trips if g.memory is not None else None}
 
     # ------------------------------------------------------------------ state
-    def _budget_path(self) -> str:
-        return os.path.join(self.cfg.state_dir, BUDGET_FILE)
-
-    def _load_budget(self) -> None:
+    def _load_budget(self, s: Served) -> None:
+        path = s.budget_path(self.cfg.state_dir)
         try:
-            self.governor.set_budget(Budget(**state.read_json(self._budget_path())))
-            log.info("budget restored from %s: %s", self._budget_path(), self.governor.budget.to_dict())
+            s.rt.governor.set_budget(Budget(**state.read_json(path)))
+            log.info("budget of %s restored from %s: %s", s.name, path, s.rt.governor.budget.to_dict())
         except FileNotFoundError:
             pass
         except (OSError, ValueError, TypeError) as e:
-            log.error("ignoring the stored budget %s: %s", self._budget_path(), e)
+            log.error("ignoring the stored budget %s: %s", path, e)
 
     def stop(self) -> List[str]:
         """Undo whatever :meth:`start` got to: the board's settings, sensors and affinity;
