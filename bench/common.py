@@ -88,9 +88,9 @@ def round_trip_args(p) -> None:
 
 
 @contextlib.contextmanager
-def serving(model: str, profile_runs: int = 2, nice: Optional[int] = None):
-    """A client of a real ``dnnscale serve`` of ``model`` (a folder or a shipped set's name)
-    as deployed: each target's own thread count, a quick start-up profile; ``nice``: the
+def serving(model, profile_runs: int = 2, nice: Optional[int] = None):
+    """A client of a real ``dnnscale serve`` of ``model`` (a folder or a shipped set's name,
+    or a list of them: several sets in one daemon) as deployed: each target's own thread count, a quick start-up profile; ``nice``: the
     daemon's niceness (the systemd unit's ``Nice=``; lowering it needs root)."""
     import tempfile
     from models import zoo
@@ -99,7 +99,8 @@ def serving(model: str, profile_runs: int = 2, nice: Optional[int] = None):
         cfg = os.path.join(tmp, "c.yaml")
         with open(cfg, "w") as f:
             f.write("profile_runs: %d\n" % profile_runs)
-        d = Daemon(os.path.join(tmp, "run"), zoo.resolve(model), config=cfg, threads=None,
+        models = [zoo.resolve(m) for m in ([model] if isinstance(model, str) else model)]
+        d = Daemon(os.path.join(tmp, "run"), models, config=cfg, threads=None,
                    preexec=None if nice is None else lambda: os.setpriority(os.PRIO_PROCESS, 0, nice))
         try:
             d.wait_ready()

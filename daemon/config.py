@@ -125,11 +125,13 @@ class Config:
     source: List[str] = field(default_factory=list)   # where the values came from
 
     def entries(self) -> List[ModelEntry]:
-        """The model sets to serve, highest priority first (the first listed wins a tie);
-        the first is the default of requests and commands that name none."""
+        """The model sets to serve, highest priority first (a set without one counts its place
+        in the list, 1 the first; a tie goes to the set that gives its priority, then to the
+        one listed first); the first is the default of requests and commands that name none."""
         if not self.models:
             return [ModelEntry(self.model)]
-        order = sorted(range(len(self.models)), key=lambda i: (self.models[i].priority or i + 1, i))
+        order = sorted(range(len(self.models)), key=lambda i: (self.models[i].priority or i + 1,
+                                                              self.models[i].priority is None, i))
         return [self.models[i] for i in order]
 
     def resolve(self) -> "Config":

@@ -486,23 +486,43 @@ class Governor:
                 self._khz_now[self.targets.index(name)] = khz
 
     def need_khz(self, config: Config, limit_ms: Optional[float]) -> Optional[int]:
-        """The frequency ``config``'s level would ask for on its target without the other
-        models: the lowest that meets the budget (its latency with the margin, its energy),
-        the least-energy one where no latency limit is set, the fastest where none meets it.
-        None for a target without frequency control."""
+        """The frequency ``config``'s level would run at on its target without the other
+        models: the one the governor picks there alone (the least energy that meets the
+        budget, :meth:`_best_at`'s order), the fastest where none meets it. None for a target
+        without frequency control."""
         if config.freq_khz is None or config.target not in self.targets:
             return None
         idx = np.flatnonzero(self._own_place & self._matching(config.level, config.target)).tolist()
         if not idx:
             return config.freq_khz
-        idx.sort(key=lambda i: self._freq_l[i])
         limit_s = None if limit_ms is None else limit_ms / 1e3
         meets = [i for i in idx if self._meets(i, limit_s)]
         if not meets:
-            return int(self._freq_l[idx[-1]])
-        if limit_s is None:
-            return int(self._freq_l[min(meets, key=lambda i: (self._ekey(i), self._freq_l[i]))])
-        return int(self._freq_l[meets[0]])
+            return int(max(self._freq_l[i] for i in idx))
+        return int(self._freq_l[min(meets, key=lambda i: (self._ekey(i), self._freq_l[i], self._lat(i)))])
+
+    def floor_khz(self, config: Config, limit_ms: Optional[float]) -> int:
+        """The lowest frequency another model may leave ``config``'s target at so that this
+        model's next run there, settling up to :meth:`need_khz` (the target's settle time at
+        the old frequency, as :meth:`_settle` predicts it), still meets its latency limit
+        with its margin: 0 where the slack covers the whole settle time (or there is no limit,
+        or no known settle time), the need itself where there is no slack."""
+        need = self.need_khz(config, limit_ms)
+        if need is None or limit_ms is None:
+            return 0
+        t = self.targets.index(config.target)
+        s = self.settle_s[t]
+        i = self.index.get(Config(config.level, config.target, need))
+        if not s or i is None:
+            return 0
+        slack = limit_ms / 1e3 / (self.tm[t].margin * self._move_cost(t)) - self._lat(i)
+        if slack >= s:
+            return 0
+        if slack <= 0:
+            return need
+        lowest = need * (1 - slack / s)
+        steps = {f for f, tt in zip(self._freq_l, self._tgt_l) if tt == t and lowest <= f <= need}
+        return int(min(steps, default=need))
 
     def best_accuracy(self, floors: Dict[str, int], deadline_ms: Optional[float] = None) -> float:
         """The best accuracy a decision could meet the budget with under ``floors``

@@ -26,7 +26,7 @@ def kernel_cmd(uid: int = 0) -> List[str]:
 class Daemon:
     """``dnnscale serve`` on ipc endpoints in ``workdir``, with a NOTIFY_SOCKET to listen on."""
 
-    def __init__(self, workdir: str, model: str, sysfs_root: Optional[str] = None, platform: Optional[str] = None,
+    def __init__(self, workdir: str, model, sysfs_root: Optional[str] = None, platform: Optional[str] = None,
                  extra: Optional[List[str]] = None, env: Optional[Dict[str, str]] = None,
                  config: Optional[str] = None, kernel_uid: Optional[int] = None, preexec=None,
                  source: str = ROOT, threads: Optional[int] = 1, infer_ep: Optional[str] = None):
@@ -48,7 +48,8 @@ class Daemon:
         cmd = dnnscale_cmd() if kernel_uid is None else kernel_cmd(kernel_uid)
         if source != ROOT:
             cmd = [sys.executable, "-m", "daemon.cli"]
-        args = cmd + ["serve", "--model", model, "--state-dir", self.state,
+        models = [model] if isinstance(model, str) else list(model)     # several: --model repeated
+        args = cmd + ["serve"] + [a for m in models for a in ("--model", m)] + ["--state-dir", self.state,
                                  "--infer-endpoint", self.infer_ep, "--control-endpoint", self.control_ep]
         if threads is not None:
             args += ["--threads", str(threads)]

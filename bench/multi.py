@@ -1,0 +1,240 @@
+"""Two model sets in one daemon, two clients, two budgets.
+
+Real (this machine): ``dnnscale serve --model cifar10-g4 --model fashion-mnist-g4``; two
+client threads, one per set, each sending batch-1 requests with a gap, both at once. First
+each set's tails with both running (k=1 and k=G pinned on the whole CPU, p99); each budget
+is a point between its set's two tails (``--at``). Then, in alternating blocks, the governed
+phase (each set's budget set through its own ``model``) and each static phase (both sets
+pinned to k on the whole CPU); per set: misses over its budget, mean accuracy (the
+manifest's, of the level each reply ran), and the best static in hindsight (the most
+accurate k that kept <= 1% misses in the same block).
+
+SIMULATED (``--sim``): the same two sets' levels on the simulated XU3 and Nano, requests
+alternating between the sets, each set with its own latency budget (a multiple of its
+fastest full-model latency); the joint decision (one governor.Board) against two
+independent governors (each decides as if alone; the executor writes whatever each asks,
+paying the clock's settle time at each change), as the daemon's executor applies them.
+
+    python -m bench.multi [--requests N] [--blocks B] [--at F] [--sim] [--sim-only]
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import threading
+import time
+from typing import Dict, List, Optional, Sequence
+
+import numpy as np
+
+from .common import machine, serving, table
+
+SETS = ("cifar10-g4", "fashion-mnist-g4")
+SETTLE = 20        # replies at the start of each phase left out of the miss rate
+
+
+def _stream(c, name: str, x: np.ndarray, n: int, gap_s: float, out: List) -> None:
+    for _ in range(n):
+        r = c.infer(x, model=name)
+        out.append((r.latency_ms, r.config["groups"]))
+        time.sleep(gap_s)
+
+
+def _both(clients: Dict, xs: Dict, n: int, gaps: Dict) -> Dict[str, List]:
+    """Both sets' streams at once; each reply's (latency ms, k)."""
+    out = {name: [] for name in clients}
+    threads = [threading.Thread(target=_stream, args=(clients[nm], nm, xs[nm], n, gaps[nm], out[nm]))
+               for nm in clients]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return out
+
+
+def real(n: int, blocks: int, at: float, gaps_ms: Sequence[float]) -> Dict:
+    from daemon.client import Client
+    with serving(list(SETS), profile_runs=10) as c0:
+        st = c0.status()
+        acc = {nm: st["models"][nm]["model"]["accuracy"] for nm in SETS}
+        whole = max((t for t in st["targets"] if st["targets"][t]["kind"] == "cpu"),
+                    key=lambda t: len(st["targets"][t]["cpus"]))
+        xs = {nm: np.zeros([1] + st["models"][nm]["model"]["input_shape"][1:] + [st["models"][nm]["model"]
+                                                                                 ["input_shape"][0]], np.uint8)
+              for nm in SETS}
+        gaps = {nm: g / 1e3 for nm, g in zip(SETS, gaps_ms)}
+        clients = {nm: Client(c0.endpoint, c0.control_endpoint, timeout_s=30) for nm in SETS}
+        G = {nm: len(acc[nm]) for nm in SETS}
+
+        def pin_all(k):
+            for nm in SETS:
+                c0.pin(groups=min(k, G[nm]), target=whole, model=nm)
+        tails = {nm: {} for nm in SETS}
+        for k in (1, max(G.values())):
+            pin_all(k)
+            got = _both(clients, xs, max(n, 300), gaps)
+            for nm in SETS:
+                tails[nm][min(k, G[nm])] = float(np.percentile([ms for ms, _ in got[nm][SETTLE:]], 99))
+        budgets = {nm: tails[nm][1] + at * (tails[nm][G[nm]] - tails[nm][1]) for nm in SETS}
+        phases = ["governed"] + list(range(1, max(G.values()) + 1))
+        res = {p: {nm: [] for nm in SETS} for p in phases}
+        for b in range(blocks):
+            for p in phases:
+                if p == "governed":
+                    for nm in SETS:
+                        c0.release(model=nm)
+                        c0.set_budget(latency_ms=budgets[nm], model=nm)
+                else:
+                    pin_all(p)
+                got = _both(clients, xs, n, gaps)
+                for nm in SETS:
+                    res[p][nm].append(got[nm])
+            print("block %d of %d done" % (b + 1, blocks), file=sys.stderr)
+        final = c0.status()
+        for nm in SETS:
+            c0.release(model=nm)
+            c0.clear_budget(model=nm)
+        for cl in clients.values():
+            cl.close()
+    return {"acc": acc, "tails": tails, "budgets": budgets, "res": res, "whole": whole,
+            "status": {nm: final["models"][nm]["misses"] for nm in SETS}}
+
+
+def report_real(r: Dict) -> str:
+    rows = []
+    for nm in SETS:
+        b, acc = r["budgets"][nm], r["acc"][nm]
+        for i, gov in enumerate(r["res"]["governed"][nm]):
+            g = gov[SETTLE:]
+            miss = float(np.mean([ms > b for ms, _ in g]))
+            mean_acc = float(np.mean([acc[k - 1] for _, k in gov]))
+            ok = []
+            for p, per in r["res"].items():
+                if p == "governed" or p > len(acc):
+                    continue
+                tr = per[nm][i][SETTLE:]
+                m = float(np.mean([ms > b for ms, _ in tr]))
+                if m <= 0.01:
+                    ok.append((acc[p - 1], p, m))
+            best = max(ok) if ok else None
+            rows.append([nm, i + 1, "%.3f" % b, "%.2f%%" % (100 * miss), "%.2f" % mean_acc,
+                         "k=%d (%.2f%%, %.2f)" % (best[1], 100 * best[2], best[0]) if best else "none",
+                         "%+.2f" % (mean_acc - best[0]) if best else "-"])
+    return ("Two sets in one daemon, two clients at once, batch 1 (%s; statics: k on %s)\n"
+            "tails p99 ms: %s\n" % (machine(), r["whole"], ", ".join(
+                "%s k=1 %.3f, k=G %.3f" % (nm, t[1], t[max(t)]) for nm, t in r["tails"].items()))
+            + table(["set", "block", "budget ms", "misses", "accuracy", "best static <= 1%", "vs best"], rows)
+            + "\nmiss causes (status): %s\n" % {nm: s["causes"] for nm, s in r["status"].items()})
+
+
+# ---------------------------------------------------------------------------- simulated
+class Independent:
+    """Two governors that decide as if alone: what two daemons (or a daemon without the
+    board's rule) would do on one board."""
+
+    def __init__(self, names):
+        from governor import Board
+        self.boards = {n: Board([n]) for n in names}
+
+    def decide(self, name, gov, **kw):
+        return self.boards[name].decide(name, gov, **kw)
+
+
+def simulated(board_name: str, sets, mults: Sequence[float], n: int = 3000, gap_s: float = 0.005,
+              seed: int = 0) -> List[Dict]:
+    from governor import Board, Budget, Governor
+    from platforms.sim import SimBoard
+    from .scenarios import Work, _space, fastest_full_ms, measure_profile
+    names = list(sets)
+    rows = []
+    for policy in ("joint", "independent"):
+        board = SimBoard(board_name, seed=seed)
+        clock = lambda: board.now
+        parts = {}
+        for nm, levels in sets.items():
+            space = _space(board, levels)
+            profile = measure_profile(SimBoard(board_name), space, levels)
+            gov = Governor(space, levels, profile, clock=clock, settle_s={t: x.settle_s for t, x in board.targets.items()})
+            parts[nm] = (levels, gov, Work(board, levels, profile))
+        for (nm, (levels, gov, _)), m in zip(parts.items(), mults):
+            gov.set_budget(Budget(latency_ms=m * fastest_full_ms(board_name, levels)))
+        rule = Board(names, clock=clock) if policy == "joint" else Independent(names)
+        freq_set: Dict[str, int] = {}
+        writes = 0
+        got = {nm: [] for nm in names}
+        for i in range(n):
+            nm = names[i % len(names)]
+            levels, gov, work = parts[nm]
+            d = rule.decide(nm, gov, running_khz=freq_set)
+            c = d.config
+            if c.freq_khz is not None and freq_set.get(c.target) != c.freq_khz:
+                board.set_frequency(c.target, c.freq_khz)
+                freq_set[c.target] = c.freq_khz
+                writes += 1
+            lat, en = board.run(work(c), c.target, idle_s=gap_s)
+            gov.observe(c, lat, en, d.latency_limit_ms, ran_khz=board.frequency(c.target) if c.freq_khz else None)
+            got[nm].append((lat * 1e3, en * 1e3, c.level, d.latency_limit_ms))
+        acc = {nm: {l.level: l.accuracy for l in parts[nm][0]} for nm in names}
+        for nm in names:
+            tr = got[nm][SETTLE:]
+            rows.append({"board": board_name, "policy": policy, "set": nm, "seed": seed, "budget_ms": tr[0][3],
+                         "miss": float(np.mean([ms > lim for ms, _, _, lim in tr])),
+                         "acc": float(np.mean([acc[nm][k] for _, _, k, _ in tr])),
+                         "energy_mj": float(np.mean([e for _, e, _, _ in tr])), "writes": writes})
+    return rows
+
+
+def report_sim(rows: List[Dict]) -> str:
+    """Per board, policy and set: the spread over seeds of misses, and the means."""
+    groups: Dict = {}
+    for r in rows:
+        groups.setdefault((r["board"], r["policy"], r["set"]), []).append(r)
+    out = []
+    for (b, pol, nm), rs in groups.items():
+        miss = [100 * r["miss"] for r in rs]
+        out.append([b, pol, nm, "%.3f" % rs[0]["budget_ms"], "%.2f-%.2f%%" % (min(miss), max(miss)),
+                    "%.2f" % np.mean([r["acc"] for r in rs]), "%.3f" % np.mean([r["energy_mj"] for r in rs]),
+                    "%d" % np.mean([r["writes"] for r in rs])])
+    text = ("SIMULATED boards: two sets, requests alternating, each its own budget; %d seeds (misses: their "
+            "range; the rest: means)\n" % len({r["seed"] for r in rows})) + table(
+        ["board", "policy", "set", "budget ms", "misses", "accuracy", "mJ/inference", "freq writes"], out)
+    lines = []
+    for b in sorted({r["board"] for r in rows}):
+        ratios = []
+        for seed in sorted({r["seed"] for r in rows}):
+            e = {pol: sum(r["energy_mj"] for r in rows if r["board"] == b and r["policy"] == pol and r["seed"] == seed)
+                 for pol in ("joint", "independent")}
+            ratios.append(100 * (e["joint"] / e["independent"] - 1))
+        lines.append("%s: joint energy vs independent, per seed: %s" % (b, ", ".join("%+.1f%%" % x for x in ratios)))
+    return text + "\n" + "\n".join(lines) + "\n"
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="python -m bench.multi", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--requests", type=int, default=400, help="requests per set per phase")
+    p.add_argument("--blocks", type=int, default=3)
+    p.add_argument("--at", type=float, default=0.5, help="each budget: this far from the k=1 tail to the k=G tail")
+    p.add_argument("--gap-ms", type=float, nargs=2, default=[4.0, 6.0], help="each client's gap between requests")
+    p.add_argument("--seeds", type=int, default=3, help="SIMULATED: runs with different noise")
+    p.add_argument("--mults", type=float, nargs=2, default=[1.1, 1.25],
+                   help="SIMULATED budgets: multiples of each set's fastest full-model latency")
+    p.add_argument("--sim", action="store_true", help="the simulated boards too")
+    p.add_argument("--sim-only", action="store_true")
+    a = p.parse_args(argv)
+    from governor import levels_from_manifest
+    from models import manifest as mf, zoo
+    if a.sim or a.sim_only:
+        sets = {nm: levels_from_manifest(mf.read(zoo.resolve(nm))) for nm in SETS}
+        rows = []
+        for b in ("sim-odroid-xu3", "sim-jetson-nano"):
+            for seed in range(a.seeds):
+                rows += simulated(b, sets, a.mults, seed=seed)
+        print(report_sim(rows))
+    if not a.sim_only:
+        print(report_real(real(a.requests, a.blocks, a.at, a.gap_ms)))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
