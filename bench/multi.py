@@ -15,7 +15,10 @@ fastest full-model latency); the joint decision (one governor.Board) against two
 independent governors (each decides as if alone; the executor writes whatever each asks,
 paying the clock's settle time at each change), as the daemon's executor applies them.
 
-    python -m bench.multi [--requests N] [--blocks B] [--at F] [--sim] [--sim-only]
+Memory (``--memory``): the daemon's resident size serving one set and serving both, beside
+the added set's weight file.
+
+    python -m bench.multi [--requests N] [--blocks B] [--at F] [--sim] [--sim-only] [--memory]
 """
 from __future__ import annotations
 
@@ -23,7 +26,7 @@ import argparse
 import sys
 import threading
 import time
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, List, Sequence
 
 import numpy as np
 
@@ -127,6 +130,51 @@ def report_real(r: Dict) -> str:
             + "\nmiss causes (status): %s\n" % {nm: s["causes"] for nm, s in r["status"].items()})
 
 
+# ---------------------------------------------------------------------------- memory
+def _rss_serving(names: Sequence[str], requests: int = 50) -> int:
+    """The resident size (bytes) of a real ``dnnscale serve`` of ``names`` after ``requests``
+    batch-1 requests to each set."""
+    import os
+    import tempfile
+    from models import zoo
+    from tests.daemon_harness import Daemon
+    with tempfile.TemporaryDirectory() as tmp:
+        cfg = os.path.join(tmp, "c.yaml")
+        with open(cfg, "w") as f:
+            f.write("profile_runs: 1\n")
+        d = Daemon(os.path.join(tmp, "run"), [zoo.resolve(n) for n in names], config=cfg, threads=None)
+        try:
+            d.wait_ready()
+            with d.client(timeout_s=30) as c:
+                st = c.status()
+                for nm in names:
+                    shape = (st["models"][nm] if "models" in st else st)["model"]["input_shape"]
+                    x = np.zeros((1, shape[1], shape[2], shape[0]), np.uint8)
+                    for _ in range(requests):
+                        c.infer(x, model=nm if "models" in st else None)
+            with open("/proc/%d/status" % d.proc.pid) as f:
+                return next(int(l.split()[1]) * 1024 for l in f if l.startswith("VmRSS:"))
+        finally:
+            d.stop()
+
+
+def memory(reps: int = 2) -> str:
+    """What a second set costs the daemon's resident size, beside its weight file."""
+    import os
+    from models import zoo
+    rows = []
+    for rep in range(reps):
+        for first, second in (SETS, SETS[::-1]):
+            one = _rss_serving([first])
+            two = _rss_serving([first, second])
+            w = os.path.getsize(os.path.join(zoo.resolve(second), "weights.bin"))
+            rows.append([rep + 1, first, second, "%.1f" % (one / 2**20), "%.1f" % (two / 2**20),
+                         "%.1f" % ((two - one) / 2**20), "%.1f" % (w / 2**20), "%.2f" % ((two - one) / w)])
+    return ("Resident size of dnnscale serve after 50 requests per set (MiB; %s)\n" % machine()
+            + table(["rep", "first set", "added set", "one set", "both", "added", "its weights.bin", "added / weights"],
+                    rows) + "\n")
+
+
 # ---------------------------------------------------------------------------- simulated
 class Independent:
     """Two governors that decide as if alone: what two daemons (or a daemon without the
@@ -221,7 +269,11 @@ def main(argv=None) -> int:
                    help="SIMULATED budgets: multiples of each set's fastest full-model latency")
     p.add_argument("--sim", action="store_true", help="the simulated boards too")
     p.add_argument("--sim-only", action="store_true")
+    p.add_argument("--memory", action="store_true", help="only: what a second set adds to the resident size")
     a = p.parse_args(argv)
+    if a.memory:
+        print(memory())
+        return 0
     from governor import levels_from_manifest
     from models import manifest as mf, zoo
     if a.sim or a.sim_only:
