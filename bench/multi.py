@@ -55,9 +55,9 @@ def _both(clients: Dict, xs: Dict, n: int, gaps: Dict) -> Dict[str, List]:
     return out
 
 
-def real(n: int, blocks: int, at: float, gaps_ms: Sequence[float]) -> Dict:
+def real(n: int, blocks: int, at: float, gaps_ms: Sequence[float], nice: int = 0) -> Dict:
     from daemon.client import Client, DaemonError
-    with serving(list(SETS), profile_runs=10) as c0:
+    with serving(list(SETS), profile_runs=10, nice=nice) as c0:
         st = c0.status()
         acc = {nm: st["models"][nm]["model"]["accuracy"] for nm in SETS}
         xs = {nm: np.zeros([1] + st["models"][nm]["model"]["input_shape"][1:] + [st["models"][nm]["model"]
@@ -114,7 +114,7 @@ def real(n: int, blocks: int, at: float, gaps_ms: Sequence[float]) -> Dict:
             c0.clear_budget(model=nm)
         for cl in clients.values():
             cl.close()
-    return {"acc": acc, "tails": tails, "budgets": budgets, "res": res,
+    return {"acc": acc, "tails": tails, "budgets": budgets, "res": res, "nice": nice,
             "causes": causes}
 
 
@@ -140,8 +140,8 @@ def report_real(r: Dict) -> str:
                          "%.2f%%" % (100 * miss), "%.2f" % mean_acc,
                          "k=%d %s (%.2f%%, %.2f)" % (best[2][0], best[2][1], 100 * best[3], best[0]) if best else "none",
                          "%+.2f" % (mean_acc - best[0]) if best else "-"])
-    return ("Two sets in one daemon, two clients at once, batch 1 (%s)\n"
-            "tails with both running (p99 ms, the lowest over the targets): %s\n" % (machine(), ", ".join(
+    return ("Two sets in one daemon at niceness %d, two clients at once, batch 1 (%s)\n"
+            "tails with both running (p99 ms, the lowest over the targets): %s\n" % (r["nice"], machine(), ", ".join(
                 "%s k=1 %.3f, k=G %.3f" % (nm, t[1], t[max(t)]) for nm, t in r["tails"].items()))
             + table(["set", "block", "budget ms", "governed p50 / p99 ms", "misses", "accuracy",
                      "best static <= 1% misses", "vs best"], rows)
@@ -285,6 +285,8 @@ def main(argv=None) -> int:
     p.add_argument("--seeds", type=int, default=3, help="SIMULATED: runs with different noise")
     p.add_argument("--mults", type=float, nargs=2, default=[1.1, 1.25],
                    help="SIMULATED budgets: multiples of each set's fastest full-model latency")
+    p.add_argument("--nice", type=int, default=None,
+                   help="the daemon's niceness (default: the systemd unit's Nice=, as deployed; 0: the clients' own)")
     p.add_argument("--sim", action="store_true", help="the simulated boards too")
     p.add_argument("--sim-only", action="store_true")
     p.add_argument("--memory", action="store_true", help="only: what a second set adds to the resident size")
@@ -302,7 +304,8 @@ def main(argv=None) -> int:
                 rows += simulated(b, sets, a.mults, seed=seed)
         print(report_sim(rows))
     if not a.sim_only:
-        print(report_real(real(a.requests, a.blocks, a.at, a.gap_ms)))
+        from .governor import unit_nice
+        print(report_real(real(a.requests, a.blocks, a.at, a.gap_ms, unit_nice() if a.nice is None else a.nice)))
     return 0
 
 
