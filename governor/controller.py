@@ -9,7 +9,10 @@ highest accuracy, and the lowest energy among equals.
   see is not read as a ratio that differs per level; ``level`` is a fast EWMA (``alpha``)
   of the median of the last 3 observed / modelled ratios, which absorbs a load step within a
   few inferences and ignores a lone spike. A target that has not been observed for
-  ``stale_s`` drifts back towards its profile, margin included (so it is probed again).
+  ``stale_s`` drifts back towards its profile, margin included (so it is probed again);
+  where the first run after moving to a target missed, that target waits twice as long
+  before it drifts back (up to ``stale_max_s``), and ``stale_s`` again after a move there
+  that met its limit: a lane that another load keeps slow is not retried every ``stale_s``.
 * What ran: ``observe(ran_khz=)`` takes the kernel's frequency read-back; a target held
   below what was asked (a cap) has its higher frequencies left out for ``stale_s``.
 * Safety: a configuration meets a latency limit when prediction x margin <= limit, where a
@@ -158,6 +161,7 @@ class Params:
     probation: int = 20            # inferences after a move up in which a miss doubles up_patience
     alpha: float = 0.3
     stale_s: float = 2.0           # unobserved for this long → the correction decays to 1
+    stale_max_s: float = 64.0      # the longest a target waits after moves there kept missing
     freq_interval_s: float = 0.05
     window: int = 2000             # observations kept for the status percentiles
     # Accuracy points a level must beat every cheaper level (fewer MACs) by to be chosen on its
@@ -192,6 +196,7 @@ class TargetModel:
         self.guard = 1.0               # raised by a miss, fading (misses come in bursts)
         self.margin = self.tail        # the larger of the two
         self.seen = -math.inf
+        self.stale_s = p.stale_s       # unobserved this long → decay (doubled after a move here missed)
 
     def shape(self, base_s: float) -> float:
         return max(self.c0 + self.c1 * base_s, 0.05 * base_s)
@@ -616,7 +621,7 @@ class Governor:
     def _decay_stale(self) -> None:
         now = self.clock()
         for m in self.tm:
-            if now - m.seen > self.p.stale_s and m.learnt():
+            if now - m.seen > m.stale_s and m.learnt():
                 m.decay()
 
     def _cap(self, t: int, khz: int) -> None:
@@ -861,6 +866,8 @@ class Governor:
         if self._last_target is not None and t != self._last_target:      # the first run after a move
             a = self.p.alpha
             self.move_ratio = (1 - a) * self.move_ratio + a * min(max(own / self._lat(i), 1.0), 3.0)
+            m = self.tm[t]
+            m.stale_s = min(2 * m.stale_s, self.p.stale_max_s) if missed else self.p.stale_s
         self._last_target = t
         own_missed = limit_ms is not None and own * 1e3 > limit_ms
         if learn:

@@ -2,14 +2,19 @@
 synthetic space (tests/test_governor.py), by simulated time."""
 from __future__ import annotations
 
+import pytest
+
 from governor import Board, Budget, Governor, Params, build_space
 
 from .test_governor import FREQS, LEVELS, Clock, profile
 
 
-def two(order=("a", "b")):
+def two(order=("a", "b"), settle_s=5e-3):
+    """Two governors on one board whose clocks settle in ``settle_s`` (default: longer than
+    any slack here, as the Nano GPU's 5 ms: a set's claim holds the clock where it needs it)."""
     clock = Clock()
-    govs = {n: Governor(build_space(LEVELS, FREQS), LEVELS, profile(), clock=clock, params=Params()) for n in order}
+    govs = {n: Governor(build_space(LEVELS, FREQS), LEVELS, profile(), clock=clock, params=Params(),
+                        settle_s={"big": settle_s, "little": settle_s}) for n in order}
     return Board(order, clock=clock), govs, clock
 
 
@@ -28,7 +33,19 @@ def test_a_model_decides_at_the_frequency_another_needs_and_spends_it_as_accurac
     g["b"].release()
     g["b"].pin(target="big")
     assert board.decide("b", g["b"]).config == a   # and the floor buys b level 4 at its budget
-    assert board.status()["targets"]["big"] == {"floor_khz": 2000000, "claims": {"a": 2000000, "b": 2000000}}
+    assert board.status()["targets"]["big"] == {"floor_khz": 2000000, "claims": {
+        "a": {"khz": 2000000, "floor_khz": 2000000}, "b": {"khz": 2000000, "floor_khz": 2000000}}}
+
+
+def test_where_the_slack_covers_the_settle_each_set_runs_at_its_own_clock():
+    board, g, _ = two(settle_s=0.1e-3)
+    for n in g:
+        g[n].pin(target="big")
+        g[n].set_budget(Budget(latency_ms=2.5))
+    g["b"].pin(level=1, target="big")
+    assert board.decide("a", g["a"]).config.freq_khz == 2000000
+    assert board.decide("b", g["b"]).config.freq_khz == 500000     # a's next run settles up in time
+    assert g["b"].floors == {}
 
 
 def test_a_claim_lapses_after_idle():
@@ -79,3 +96,19 @@ def test_one_model_on_a_board_decides_as_its_governor_alone():
         g["a"].observe(d1.config, lat)
         alone.observe(d2.config, lat)
         clock.t += 0.01
+
+
+@pytest.mark.parametrize("settle_s, floor", [(0.2e-3, 0), (0.5e-3, 1000000), (2e-3, 2000000), (0.0, 0)])
+def test_a_floor_is_what_lets_the_next_run_settle_up_in_time(settle_s, floor):
+    """Level 4 at 2 GHz: 2.0 ms, 2.2 with the 10% margin, under a 2.5 ms limit: 0.27 ms to
+    lose. A settle time within it leaves the clock free (0); a longer one holds it where the
+    run still makes it (at 1 GHz the first 0.5 ms cost 0.25 ms: in time); no known settle
+    time (0) binds nothing."""
+    g = Governor(build_space(LEVELS, FREQS), LEVELS, profile(), clock=Clock(), params=Params(),
+                 settle_s={"big": settle_s})
+    g.pin(target="big")
+    g.set_budget(Budget(latency_ms=2.5))
+    c = g.decide().config
+    assert (c.level, c.freq_khz) == (4, 2000000) and g.need_khz(c, 2.5) == 2000000
+    assert g.floor_khz(c, 2.5) == floor
+    assert g.floor_khz(c, None) == 0                  # no latency limit: nothing to settle in time for
