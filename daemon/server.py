@@ -231,9 +231,8 @@ class Server:
         self._bound_paths: List[str] = []   # ipc socket files this process created
         self.guard = FdGuard()
         service.fd_guard = self.guard
-        self.specs = service.input_specs()
-        self.max_bytes = cfg.max_batch * max(c * h * w for c, h, w in (sp.chw for sp in self.specs.values())) * 4 \
-            + HEADER_SLACK
+        largest = max(c * h * w for c, h, w in (sp.chw for sp in service.input_specs().values()))
+        self.max_bytes = cfg.max_batch * largest * 4 + HEADER_SLACK
         if cfg.memory_bound_mb:
             self.guard.memory = MemoryGuard(cfg.memory_bound_mb << 20)
 

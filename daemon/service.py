@@ -186,8 +186,9 @@ class Service:
         return Served(name, entry, rank, rt, key)
 
     def frequencies(self) -> Dict[str, Optional[int]]:
-        """target → the frequency the kernel reports now (kHz), None without control."""
-        return self.builder.frequencies(self.rt.targets)
+        """target → the frequency the kernel reports now (kHz), None without control; the
+        targets of every served set."""
+        return self.builder.frequencies({t: None for s in self.sets.values() for t in s.rt.targets})
 
     def _rebuild(self, s: Served, models=None, model_dir=None, profile=None) -> Runtime:
         """Set ``s``'s runtime rebuilt by the builder (under the lock): what changed given, the

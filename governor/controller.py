@@ -10,7 +10,8 @@ highest accuracy, and the lowest energy among equals.
   of the median of the last 3 observed / modelled ratios, which absorbs a load step within a
   few inferences and ignores a lone spike. A target that has not been observed for
   ``stale_s`` drifts back towards its profile, margin included (so it is probed again);
-  where the first run after moving to a target missed, that target waits twice as long
+  where the first run after moving to a target missed (a budget something was predicted to
+  meet: not while the budget is infeasible), that target waits twice as long
   before it drifts back (up to ``stale_max_s``), and ``stale_s`` again after a move there
   that met its limit: a lane that another load keeps slow is not retried every ``stale_s``.
 * What ran: ``observe(ran_khz=)`` takes the kernel's frequency read-back; a target held
@@ -866,8 +867,11 @@ class Governor:
         if self._last_target is not None and t != self._last_target:      # the first run after a move
             a = self.p.alpha
             self.move_ratio = (1 - a) * self.move_ratio + a * min(max(own / self._lat(i), 1.0), 3.0)
-            m = self.tm[t]
-            m.stale_s = min(2 * m.stale_s, self.p.stale_max_s) if missed else self.p.stale_s
+            m = self.tm[t]                  # a move the prediction allowed that missed: retried later
+            if cause == "switch":
+                m.stale_s = min(2 * m.stale_s, self.p.stale_max_s)
+            elif not missed:
+                m.stale_s = self.p.stale_s
         self._last_target = t
         own_missed = limit_ms is not None and own * 1e3 > limit_ms
         if learn:

@@ -151,3 +151,22 @@ def test_a_reload_of_one_set_leaves_the_other_serving(tmp_path):
         assert during > 0 and set(answered) == {CIFAR}            # the other set answered all along
     finally:
         svc.stop()
+
+
+def test_the_cli_names_the_set(both):
+    """`dnnscale infer --model`, `budget --model` and `status` as a user types them."""
+    import subprocess
+    from tests.daemon_harness import ROOT, dnnscale_cmd
+    ep = ["--control-endpoint", both.control_ep]
+    run = lambda *a: subprocess.run(dnnscale_cmd() + list(a) + ep, cwd=ROOT, capture_output=True, text=True,
+                                    timeout=60)
+    r = run("infer", "--model", FASHION, os.path.join(ROOT, "examples", "trouser.png"))
+    assert r.returncode == 0 and "trouser" in r.stdout, r.stdout + r.stderr
+    r = run("budget", "--model", FASHION, "--latency-ms", "40")
+    assert r.returncode == 0 and "latency_ms 40" in r.stdout
+    try:
+        r = run("status")
+        assert "model %s (priority 2): latency_ms 40.0" % FASHION in r.stdout and "model %s (priority 1)" % CIFAR \
+            in r.stdout, r.stdout
+    finally:
+        run("budget", "--model", FASHION, "--clear")
