@@ -188,8 +188,8 @@ def decode_infer(frames: Sequence[bytes], specs: Union[InputSpec, Dict[str, Inpu
     model = h.get("model")
     if isinstance(specs, InputSpec):
         specs = {None: specs}
-    if model is None:
-        spec = next(iter(specs.values()))
+    if model is None:              # the default set, by its name: batched with requests that name it
+        model, spec = next(iter(specs.items()))
     elif not isinstance(model, str) or model not in specs:
         raise ProtocolError("unknown_model", "no model set called %s is served (models: %s)"
                             % (brief(model), ", ".join(str(n) for n in specs)))

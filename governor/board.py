@@ -49,7 +49,10 @@ class Board:
     def decide(self, name: str, gov: Governor, deadline_ms: Optional[float] = None, level: Optional[int] = None,
                running_khz: Optional[Dict[str, int]] = None) -> Decision:
         """Model ``name``'s decision by its governor ``gov`` under the others' floors;
-        ``running_khz``: the frequencies the board runs at now (target → kHz)."""
+        ``running_khz``: the frequencies the board runs at now (target → kHz). Alone on the
+        board, a set's governor decides as it would without one (nobody reads its claim)."""
+        if len(self.rank) <= 1:
+            return gov.decide(deadline_ms=deadline_ms, level=level)
         now = self.clock()
         floors = self._floors(name, now, below_too=True)
         self.overruled.pop(name, None)
@@ -70,11 +73,6 @@ class Board:
         else:
             self.claims[name] = (c.target, need, gov.floor_khz(c, d.latency_limit_ms), now)
         return d
-
-    def forget(self, name: str) -> None:
-        """``name`` no longer serves (a reload that dropped it)."""
-        self.claims.pop(name, None)
-        self.overruled.pop(name, None)
 
     def status(self) -> Dict:
         """target → each model served there: the frequency it chooses and its floor; the
