@@ -110,6 +110,8 @@ def test_documented_client_commands_run_as_written(user_env):
     for verb in RUN:
         for cmd in sorted(c for c in COMMANDS if not PLACEHOLDER.search(c) and c.split()[1:2] == [verb] and c not in MENTIONS):
             argv = shlex.split(cmd)[1:] + (["--once"] if verb == "top" else [])
+            if "--model" in argv:
+                continue          # a set of a daemon serving several: their own test below
             if verb == "infer" and any("boot" in a or "trouser" in a for a in argv):
                 continue          # the Fashion-MNIST set's images: its own test below
             if verb == "infer" and not all(os.path.exists(os.path.join(ROOT, a)) for a in argv[1:]
@@ -124,6 +126,23 @@ def test_documented_client_commands_run_as_written(user_env):
     r = subprocess.run(dnnscale_cmd() + ["profile"], cwd=ROOT, env=user_env, capture_output=True, text=True,
                        timeout=120)                 # documented: refused while a daemon serves
     assert r.returncode == 2 and "stop it first" in r.stderr, r.stderr
+
+
+def test_documented_commands_for_several_sets_run_as_written(tmp_path):
+    """The client commands that name a set (`--model`), against `dnnscale serve --model
+    cifar10-g4 --model fashion-mnist-g4` as README runs it."""
+    serve = next(c for c in COMMANDS if c.startswith("dnnscale serve --model cifar10-g4 --model fashion-mnist-g4"))
+    cmds = sorted(c for c in COMMANDS if not PLACEHOLDER.search(c) and c not in MENTIONS and c.split()[1:2] != ["serve"]
+                  and "--model" in shlex.split(c))
+    assert any(c.split()[1] == "budget" for c in cmds) and any(c.split()[1] == "infer" for c in cmds)
+    with users_serve(tmp_path, shlex.split(serve)[1:]) as env:
+        for cmd in cmds:
+            r = subprocess.run(dnnscale_cmd() + shlex.split(cmd)[1:], cwd=ROOT, env=env, capture_output=True,
+                               text=True, timeout=120)
+            assert r.returncode == 0, "%s (in %s): exit %d\n%s%s" % (cmd, COMMANDS[cmd], r.returncode, r.stdout,
+                                                                    r.stderr)
+            if cmd.split()[1] == "infer":
+                assert "trouser" in r.stdout
 
 
 def test_readme_fashion_mnist_block(tmp_path):
