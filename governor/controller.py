@@ -534,7 +534,7 @@ class Governor:
         """The best accuracy a decision could meet the budget with under ``floors``
         (-inf: none meets it), without deciding."""
         limit_ms = deadline_ms if deadline_ms is not None else self.budget.latency_ms
-        lat, _, worst = self._ratios(None if limit_ms is None else limit_ms / 1e3)
+        _, _, worst = self._ratios(None if limit_ms is None else limit_ms / 1e3)
         ok = self._own_place & self._floor_mask(floors) & np.isin(self._lvl, self._floored(self._auto_order)) \
             & (worst <= 1.0)
         return float(self._acc[ok].max()) if ok.any() else -math.inf
