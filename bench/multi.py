@@ -18,7 +18,10 @@ paying the clock's settle time at each change), as the daemon's executor applies
 Memory (``--memory``): the daemon's resident size serving one set and serving both, beside
 the added set's weight file.
 
-    python -m bench.multi [--requests N] [--blocks B] [--at F] [--sim] [--sim-only] [--memory]
+Decision cost (``--decide``): µs per decision, one governor alone against two sets through
+one Board, alternating blocks.
+
+    python -m bench.multi [--requests N] [--blocks B] [--at F] [--sim] [--sim-only] [--memory] [--decide]
 """
 from __future__ import annotations
 
@@ -193,6 +196,43 @@ def memory(reps: int = 2) -> str:
                     rows) + "\n")
 
 
+# ---------------------------------------------------------------------------- decision cost
+def decision_cost(blocks: int = 6, n: int = 2000) -> str:
+    """µs per decision on the simulated XU3's space (CIFAR levels): one governor alone, and
+    two sets' governors through one Board, in alternating blocks (median and range)."""
+    import time as _t
+    from governor import Board, Budget, Governor, levels_from_manifest
+    from models import manifest as mf, zoo
+    from platforms.sim import SimBoard
+    from .scenarios import _space, measure_profile
+    levels = levels_from_manifest(mf.read(zoo.resolve(SETS[0])))
+    b = SimBoard("sim-odroid-xu3")
+    space = _space(b, levels)
+    prof = measure_profile(SimBoard("sim-odroid-xu3"), space, levels)
+    rows = []
+    for lat in (8.0, 4.0):
+        def gov():
+            g = Governor(space, levels, prof, settle_s={t: x.settle_s for t, x in b.targets.items()})
+            g.set_budget(Budget(latency_ms=lat))
+            return g
+        alone, two, board = gov(), (gov(), gov()), Board(["a", "b"])
+        res = {"alone": [], "board": []}
+        for _ in range(blocks):
+            t0 = _t.perf_counter()
+            for _ in range(n):
+                alone.decide()
+            res["alone"].append((_t.perf_counter() - t0) / n * 1e6)
+            t0 = _t.perf_counter()
+            for _ in range(n // 2):
+                board.decide("a", two[0])
+                board.decide("b", two[1])
+            res["board"].append((_t.perf_counter() - t0) / n * 1e6)
+        rows.append(["%.1f" % lat] + ["%.1f (%.1f-%.1f)" % (np.median(v), min(v), max(v)) for v in res.values()]
+                    + ["%.1fx" % (np.median(res["board"]) / np.median(res["alone"]))])
+    return ("µs per decision, SIMULATED XU3 space, %d blocks of %d (%s)\n" % (blocks, n, machine())
+            + table(["latency budget ms", "one governor alone", "two sets through one Board", "ratio"], rows) + "\n")
+
+
 # ---------------------------------------------------------------------------- simulated
 class Independent:
     """Two governors that decide as if alone: what two daemons (or a daemon without the
@@ -290,9 +330,13 @@ def main(argv=None) -> int:
     p.add_argument("--sim", action="store_true", help="the simulated boards too")
     p.add_argument("--sim-only", action="store_true")
     p.add_argument("--memory", action="store_true", help="only: what a second set adds to the resident size")
+    p.add_argument("--decide", action="store_true", help="only: what a decision costs with two sets on one Board")
     a = p.parse_args(argv)
     if a.memory:
         print(memory())
+        return 0
+    if a.decide:
+        print(decision_cost())
         return 0
     from governor import levels_from_manifest
     from models import manifest as mf, zoo

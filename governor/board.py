@@ -18,6 +18,10 @@ configuration) would cost a model accuracy or its budget (:meth:`Governor.best_a
 it decides without them: the lower-priority model's budget gives way (its run pays the
 settle), and ``status`` names who overruled whom.
 
+A claim and the priority check are worked out again when a set's configuration or limit
+changes, and every ``REFRESH``-th decision otherwise (as the set's latency model moves): per
+decision they would cost 20 times the decision itself.
+
 Pure: plain data in, decisions out, an injectable clock.
 """
 from __future__ import annotations
@@ -26,6 +30,8 @@ import time
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 from .controller import Decision, Governor
+
+REFRESH = 10     # decisions of a set between two workings-out of its claim and its priority check
 
 
 class Board:
@@ -36,6 +42,9 @@ class Board:
         self.idle_s = idle_s
         self.claims: Dict[str, Tuple[str, int, int, float]] = {}   # model → (target, its kHz, its floor, when)
         self.overruled: Dict[str, List[str]] = {}              # model → lower-priority models it decided without
+        self._ticks: Dict[str, int] = {}                         # model → decisions since its claim was worked out
+        self._claimed: Dict[str, Tuple] = {}                     # model → (config, limit) its claim is for
+        self._checked: Dict[str, Tuple] = {}                     # model → (floors, above, the floors it took)
 
     def _floors(self, name: str, now: float, below_too: bool) -> Dict[str, int]:
         floors: Dict[str, int] = {}
@@ -54,24 +63,40 @@ class Board:
         if len(self.rank) <= 1:
             return gov.decide(deadline_ms=deadline_ms, level=level)
         now = self.clock()
+        tick = self._ticks.get(name, 0)
+        self._ticks[name] = tick + 1
+        fresh = tick % REFRESH == 0
         floors = self._floors(name, now, below_too=True)
-        self.overruled.pop(name, None)
         if floors:
             above = self._floors(name, now, below_too=False)
-            if above != floors and gov.best_accuracy(floors, deadline_ms) < gov.best_accuracy(above, deadline_ms):
-                mine = self.rank.get(name, len(self.rank))
-                self.overruled[name] = sorted(o for o, (t, _, k, at) in self.claims.items()
-                                              if self.rank.get(o, 0) > mine and now - at <= self.idle_s
-                                              and k > above.get(t, 0))
-                floors = above
+            key = (floors, above)
+            done = self._checked.get(name)
+            if fresh or done is None or done[:2] != key:
+                take = floors
+                self.overruled.pop(name, None)
+                if above != floors and gov.best_accuracy(floors, deadline_ms) < gov.best_accuracy(above, deadline_ms):
+                    mine = self.rank.get(name, len(self.rank))
+                    self.overruled[name] = sorted(o for o, (t, _, k, at) in self.claims.items()
+                                                  if self.rank.get(o, 0) > mine and now - at <= self.idle_s
+                                                  and k > above.get(t, 0))
+                    take = above
+                done = self._checked[name] = key + (take,)
+            floors = done[2]
+        else:
+            self.overruled.pop(name, None)
         gov.share(floors, running_khz)
         d = gov.decide(deadline_ms=deadline_ms, level=level)
         c = d.config
-        need = gov.need_khz(c, d.latency_limit_ms)
-        if need is None:
-            self.claims.pop(name, None)
+        claim = self.claims.get(name)
+        if fresh or claim is None or self._claimed.get(name) != (c, d.latency_limit_ms):
+            need = gov.need_khz(c, d.latency_limit_ms)
+            self._claimed[name] = (c, d.latency_limit_ms)
+            if need is None:
+                self.claims.pop(name, None)
+                return d
+            self.claims[name] = (c.target, need, gov.floor_khz(c, d.latency_limit_ms, need), now)
         else:
-            self.claims[name] = (c.target, need, gov.floor_khz(c, d.latency_limit_ms), now)
+            self.claims[name] = claim[:3] + (now,)
         return d
 
     def status(self) -> Dict:

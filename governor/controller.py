@@ -507,13 +507,14 @@ class Governor:
             return int(max(self._freq_l[i] for i in idx))
         return int(self._freq_l[min(meets, key=lambda i: (self._ekey(i), self._freq_l[i], self._lat(i)))])
 
-    def floor_khz(self, config: Config, limit_ms: Optional[float]) -> int:
+    def floor_khz(self, config: Config, limit_ms: Optional[float], need: Optional[int] = None) -> int:
         """The lowest frequency another model may leave ``config``'s target at so that this
         model's next run there, settling up to :meth:`need_khz` (the target's settle time at
         the old frequency, as :meth:`_settle` predicts it), still meets its latency limit
         with its margin: 0 where the slack covers the whole settle time (or there is no limit,
-        or no known settle time), the need itself where there is no slack."""
-        need = self.need_khz(config, limit_ms)
+        or no known settle time), the need itself where there is no slack. ``need``: what
+        :meth:`need_khz` gave, where the caller has it."""
+        need = self.need_khz(config, limit_ms) if need is None else need
         if need is None or limit_ms is None:
             return 0
         t = self.targets.index(config.target)
