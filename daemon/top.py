@@ -63,6 +63,20 @@ def render(s: Dict, history: Deque):
         f = (s.get("frequencies_khz") or {}).get(t)
         side.add_row(t, "%g MHz" % (f / 1000) if f else "-", str((s.get("corrections") or {}).get(t, "-")),
                      str((s.get("margins") or {}).get(t, "-")))
+    parts = [head, latt, side]
+    if s.get("models"):              # several sets: one row each (the panel above is the default's)
+        sets = Table(title="model sets", show_header=True, expand=True)
+        for col in ("set", "priority", "budget", "config", "p99 ms", "miss rate", "served"):
+            sets.add_column(col)
+        for name, m in s["models"].items():
+            mc, ml = m.get("config") or {}, m.get("latency_ms") or {}
+            sets.add_row(name, str(m.get("priority", "-")),
+                         ", ".join("%s %s" % kv for kv in (m.get("budget") or {}).items() if kv[1] is not None)
+                         or "none",
+                         "k=%s on %s" % (mc["groups"], mc["target"]) if mc else "-",
+                         "%.3f" % ml["p99"] if ml else "-", "%.2f%%" % (100 * (m.get("miss_rate") or 0)),
+                         str(m.get("served", 0)))
+        parts.append(sets)
     env = Table.grid(padding=(0, 2))
     en = s.get("energy_mj_mean")
     env.add_row("energy", "%.3f mJ per inference" % en if en is not None else (s.get("energy") or {}).get("reason")
@@ -72,7 +86,7 @@ def render(s: Dict, history: Deque):
     env.add_row("dvfs", "on" if s["dvfs"]["enabled"] else "off (%s)" % s["dvfs"]["reason"])
     if s.get("errors"):
         env.add_row("refused", ", ".join("%s %d" % kv for kv in sorted(s["errors"].items())))
-    return Panel(Group(head, latt, side, env), title="dnnscale top", subtitle="q quits")
+    return Panel(Group(*parts, env), title="dnnscale top", subtitle="q quits")
 
 
 def run(client, interval: float = 1.0, once: bool = False) -> int:

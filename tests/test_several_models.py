@@ -159,7 +159,7 @@ def test_the_cli_names_the_set(both):
     from tests.daemon_harness import ROOT, dnnscale_cmd
     ep = ["--control-endpoint", both.control_ep]
     run = lambda *a: subprocess.run(dnnscale_cmd() + list(a) + ep, cwd=ROOT, capture_output=True, text=True,
-                                    timeout=60)
+                                    timeout=60, env=dict(os.environ, COLUMNS="200"))   # top's width
     r = run("infer", "--model", FASHION, os.path.join(ROOT, "examples", "trouser.png"))
     assert r.returncode == 0 and "trouser" in r.stdout, r.stdout + r.stderr
     r = run("budget", "--model", FASHION, "--latency-ms", "40")
@@ -168,5 +168,8 @@ def test_the_cli_names_the_set(both):
         r = run("status")
         assert "model %s (priority 2): latency_ms 40.0" % FASHION in r.stdout and "model %s (priority 1)" % CIFAR \
             in r.stdout, r.stdout
+        r = run("top", "--once")
+        assert r.returncode == 0 and "model sets" in r.stdout and FASHION in r.stdout and "latency_ms 40.0" in r.stdout, \
+            r.stdout + r.stderr
     finally:
         run("budget", "--model", FASHION, "--clear")
