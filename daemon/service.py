@@ -348,7 +348,7 @@ class Service:
             raise ProtocolError("bad_budget", str(e)[:200])
         previous = gov.budget.to_dict()
         try:
-            state.write_json(s.budget_path(self.cfg.state_dir), budget.to_dict())
+            state.write_json(s.budget_path(self.cfg.state_dir), dict(budget.to_dict(), model=s.name))
         except OSError as e:
             raise ProtocolError("state_unwritable", "could not save the budget in %s (%s); the budget is "
                                 "unchanged" % (self.cfg.state_dir, e.strerror or e))
@@ -553,7 +553,12 @@ class Service:
     def _load_budget(self, s: Served) -> None:
         path = s.budget_path(self.cfg.state_dir)
         try:
-            s.rt.governor.set_budget(Budget(**state.read_json(path)))
+            saved = state.read_json(path)
+            owner = saved.pop("model", None) if isinstance(saved, dict) else None
+            if owner is not None and owner != s.name:      # the sets were reordered since it was saved
+                log.error("ignoring the stored budget %s: it was set for %s, not %s", path, owner, s.name)
+                return
+            s.rt.governor.set_budget(Budget(**saved))
             log.info("budget of %s restored from %s: %s", s.name, path, s.rt.governor.budget.to_dict())
         except FileNotFoundError:
             pass

@@ -99,8 +99,9 @@ def _service(tmp_path, models):
     from daemon.service import Service
     empty = tmp_path / "empty.yaml"
     empty.write_text("")
+    root = str(tmp_path / "sysfs")
     over = {"models": models, "platform": "generic", "state_dir": str(tmp_path / "s"), "threads": 1,
-            "sysfs_root": trees.build("generic", str(tmp_path / "sysfs")), "profile_runs": 1,
+            "sysfs_root": root if os.path.isdir(root) else trees.build("generic", root), "profile_runs": 1,
             "infer_endpoint": "ipc://%s/i.sock" % tmp_path, "control_endpoint": "ipc://%s/c.sock" % tmp_path}
     svc = Service(load(str(empty), over))
     svc.start()
@@ -173,3 +174,24 @@ def test_the_cli_names_the_set(both):
             r.stdout + r.stderr
     finally:
         run("budget", "--model", FASHION, "--clear")
+
+
+def test_a_saved_budget_is_its_sets_after_the_list_is_reordered(tmp_path):
+    """The default set's budget lives in budget.json: after the list is reordered, the new
+    default set does not take up the old one's budget (the file names its set)."""
+    svc = _service(tmp_path, [CIFAR, FASHION])
+    try:
+        svc.control("set_budget", {"latency_ms": 7.0})                       # the default: CIFAR
+        svc.control("set_budget", {"latency_ms": 9.0, "model": FASHION})
+    finally:
+        svc.stop()
+    svc = _service(tmp_path, [CIFAR, FASHION])
+    try:
+        assert [svc.sets[n].rt.governor.budget.latency_ms for n in (CIFAR, FASHION)] == [7.0, 9.0]   # restored
+    finally:
+        svc.stop()
+    svc = _service(tmp_path, [FASHION, CIFAR])
+    try:
+        assert svc.sets[FASHION].rt.governor.budget.latency_ms is None     # budget.json is CIFAR's: not taken
+    finally:
+        svc.stop()
