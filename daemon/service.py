@@ -147,8 +147,8 @@ class Service:
             loaded.append((name, entry, models, model_dir))
         self._platform_started = True
         platform.start()
-        self.executor = Executor(platform, lock=self.lock)
-        self.board = self.executor.board = Board([n for n, _, _, _ in loaded])
+        self.board = Board([n for n, _, _, _ in loaded])
+        self.executor = Executor(platform, lock=self.lock, board=self.board)
         for rank, (name, entry, models, model_dir) in enumerate(loaded):
             s = self._serve_set(rank, name, entry, models, model_dir)
             self.sets[name] = s
