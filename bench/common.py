@@ -88,10 +88,11 @@ def round_trip_args(p) -> None:
 
 
 @contextlib.contextmanager
-def serving(model, profile_runs: int = 2, nice: Optional[int] = None):
-    """A client of a real ``dnnscale serve`` of ``model`` (a folder or a shipped set's name,
-    or a list of them: several sets in one daemon) as deployed: each target's own thread count, a quick start-up profile; ``nice``: the
-    daemon's niceness (the systemd unit's ``Nice=``; lowering it needs root)."""
+def running_daemon(model, profile_runs: int = 2, nice: Optional[int] = None):
+    """A real ``dnnscale serve`` of ``model`` (a folder or a shipped set's name, or a list of
+    them: several sets in one daemon) as deployed: each target's own thread count, a quick
+    start-up profile; ``nice``: the daemon's niceness (the systemd unit's ``Nice=``; lowering
+    it needs root). Yields the running tests.daemon_harness.Daemon."""
     import tempfile
     from models import zoo
     from tests.daemon_harness import Daemon
@@ -104,7 +105,13 @@ def serving(model, profile_runs: int = 2, nice: Optional[int] = None):
                    preexec=None if nice is None else lambda: os.setpriority(os.PRIO_PROCESS, 0, nice))
         try:
             d.wait_ready()
-            with d.client(timeout_s=30) as c:
-                yield c
+            yield d
         finally:
             d.stop()
+
+
+@contextlib.contextmanager
+def serving(model, profile_runs: int = 2, nice: Optional[int] = None):
+    """A client of :func:`running_daemon`."""
+    with running_daemon(model, profile_runs, nice) as d, d.client(timeout_s=30) as c:
+        yield c

@@ -33,7 +33,7 @@ from typing import Dict, List, Sequence
 
 import numpy as np
 
-from .common import machine, serving, table
+from .common import machine, running_daemon, serving, table
 
 SETS = ("cifar10-g4", "fashion-mnist-g4")
 SETTLE = 20        # replies at the start of each phase left out of the miss rate
@@ -155,28 +155,16 @@ def report_real(r: Dict) -> str:
 def _rss_serving(names: Sequence[str], requests: int = 50) -> int:
     """The resident size (bytes) of a real ``dnnscale serve`` of ``names`` after ``requests``
     batch-1 requests to each set."""
-    import os
-    import tempfile
-    from models import zoo
-    from tests.daemon_harness import Daemon
-    with tempfile.TemporaryDirectory() as tmp:
-        cfg = os.path.join(tmp, "c.yaml")
-        with open(cfg, "w") as f:
-            f.write("profile_runs: 1\n")
-        d = Daemon(os.path.join(tmp, "run"), [zoo.resolve(n) for n in names], config=cfg, threads=None)
-        try:
-            d.wait_ready()
-            with d.client(timeout_s=30) as c:
-                st = c.status()
-                for nm in names:
-                    shape = (st["models"][nm] if "models" in st else st)["model"]["input_shape"]
-                    x = np.zeros((1, shape[1], shape[2], shape[0]), np.uint8)
-                    for _ in range(requests):
-                        c.infer(x, model=nm if "models" in st else None)
-            with open("/proc/%d/status" % d.proc.pid) as f:
-                return next(int(l.split()[1]) * 1024 for l in f if l.startswith("VmRSS:"))
-        finally:
-            d.stop()
+    with running_daemon(list(names), profile_runs=1) as d:
+        with d.client(timeout_s=30) as c:
+            st = c.status()
+            for nm in names:
+                shape = st.get("models", {nm: st})[nm]["model"]["input_shape"]
+                x = np.zeros((1, shape[1], shape[2], shape[0]), np.uint8)
+                for _ in range(requests):
+                    c.infer(x, model=nm)
+        with open("/proc/%d/status" % d.proc.pid) as f:
+            return next(int(l.split()[1]) * 1024 for l in f if l.startswith("VmRSS:"))
 
 
 def memory(reps: int = 2) -> str:
@@ -201,10 +189,10 @@ def decision_cost(blocks: int = 6, n: int = 2000) -> str:
     """µs per decision on the simulated XU3's space (CIFAR levels): one governor alone, and
     two sets' governors through one Board, in alternating blocks (median and range)."""
     import time as _t
-    from governor import Board, Budget, Governor, levels_from_manifest
+    from governor import Board, Budget, levels_from_manifest
     from models import manifest as mf, zoo
     from platforms.sim import SimBoard
-    from .scenarios import _space, measure_profile
+    from .scenarios import _space, measure_profile, policy_from_profile
     levels = levels_from_manifest(mf.read(zoo.resolve(SETS[0])))
     b = SimBoard("sim-odroid-xu3")
     space = _space(b, levels)
@@ -212,7 +200,8 @@ def decision_cost(blocks: int = 6, n: int = 2000) -> str:
     rows = []
     for lat in (8.0, 4.0):
         def gov():
-            g = Governor(space, levels, prof, settle_s={t: x.settle_s for t, x in b.targets.items()})
+            g = policy_from_profile("dnnscale", space, levels, prof,
+                                    settle_s={t: x.settle_s for t, x in b.targets.items()})
             g.set_budget(Budget(latency_ms=lat))
             return g
         alone, two, board = gov(), (gov(), gov()), Board(["a", "b"])
@@ -235,22 +224,19 @@ def decision_cost(blocks: int = 6, n: int = 2000) -> str:
 
 # ---------------------------------------------------------------------------- simulated
 class Independent:
-    """Two governors that decide as if alone: what two daemons (or a daemon without the
-    board's rule) would do on one board."""
+    """Governors that decide as if alone, each not knowing what the others left on the board:
+    what two daemons (or a daemon without the board's rule) would do."""
 
-    def __init__(self, names):
-        from governor import Board
-        self.boards = {n: Board([n]) for n in names}
-
-    def decide(self, name, gov, **kw):
-        return self.boards[name].decide(name, gov, **kw)
+    @staticmethod
+    def decide(name, gov, deadline_ms=None, level=None, running_khz=None):
+        return gov.decide(deadline_ms=deadline_ms, level=level)
 
 
 def simulated(board_name: str, sets, mults: Sequence[float], n: int = 3000, gap_s: float = 0.005,
               seed: int = 0) -> List[Dict]:
-    from governor import Board, Budget, Governor
+    from governor import Board, Budget
     from platforms.sim import SimBoard
-    from .scenarios import Work, _space, fastest_full_ms, measure_profile
+    from .scenarios import Work, _space, fastest_full_ms, measure_profile, policy_from_profile
     names = list(sets)
     rows = []
     for policy in ("joint", "independent"):
@@ -260,11 +246,12 @@ def simulated(board_name: str, sets, mults: Sequence[float], n: int = 3000, gap_
         for nm, levels in sets.items():
             space = _space(board, levels)
             profile = measure_profile(SimBoard(board_name), space, levels)
-            gov = Governor(space, levels, profile, clock=clock, settle_s={t: x.settle_s for t, x in board.targets.items()})
+            gov = policy_from_profile("dnnscale", space, levels, profile, clock,
+                                      {t: x.settle_s for t, x in board.targets.items()})
             parts[nm] = (levels, gov, Work(board, levels, profile))
         for (nm, (levels, gov, _)), m in zip(parts.items(), mults):
             gov.set_budget(Budget(latency_ms=m * fastest_full_ms(board_name, levels)))
-        rule = Board(names, clock=clock) if policy == "joint" else Independent(names)
+        rule = Board(names, clock=clock) if policy == "joint" else Independent()
         freq_set: Dict[str, int] = {}
         writes = 0
         got = {nm: [] for nm in names}

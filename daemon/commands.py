@@ -34,7 +34,7 @@ def _set_budget(svc, args: Dict) -> Dict:
     if budget.empty:
         raise ProtocolError("bad_budget", "give at least one of latency_ms, energy_mj, power_w, accuracy_min "
                             "(or use clear_budget)")
-    reply = svc.save_budget(s, budget)
+    reply = _named(svc, s, svc.save_budget(s, budget))
     if (budget.energy_mj is not None or budget.power_w is not None) and not svc.energy_measured:
         reply["warning"] = ("nothing measures energy here (%s): the energy/power part of the budget cannot be "
                             "enforced" % svc.energy_reason)
@@ -80,6 +80,10 @@ def _pin(svc, args: Dict) -> Dict:
     return _named(svc, s, reply)
 
 
+def _cleared(svc, s) -> Dict:
+    return _named(svc, s, svc.save_budget(s, Budget()))
+
+
 def _named(svc, s, reply: Dict) -> Dict:
     """Where several sets are served, a reply names the one it acted on."""
     if len(svc.sets) > 1:
@@ -99,7 +103,7 @@ COMMANDS: Dict[str, Command] = {c.name: c for c in (
             "set a model set's latency/energy/power budget and accuracy floor (saved; the governor meets it with the "
             "best accuracy)", _set_budget),
     Command("clear_budget", ("model",), "no budget: the best accuracy at the lowest energy",
-            lambda svc, a: svc.save_budget(svc.pick(a.get("model")), Budget())),
+            lambda svc, a: _cleared(svc, svc.pick(a.get("model")))),
     Command("status", (), "what the daemon is doing (every model set's part under models)",
             lambda svc, a: svc.status(), locked=False),
     Command("pin", ("groups", "target", "freq_khz", "model"),

@@ -170,6 +170,12 @@ def positive_number(v, name: str, limit: float, code: str, low: float = 0.0) -> 
     return float(v)
 
 
+def unknown_model(name: Any, served) -> ProtocolError:
+    """The refusal of a request or command that names a set the daemon does not serve."""
+    return ProtocolError("unknown_model", "no model set called %s is served (models: %s)"
+                         % (brief(name), ", ".join(str(n) for n in served)))
+
+
 def decode_infer(frames: Sequence[bytes], specs: Union[InputSpec, Dict[str, InputSpec]]) -> InferRequest:
     """One request, checked against what its model set accepts: ``specs`` by set name, the
     default set first (or one spec: a daemon of one set, which takes no ``model``)."""
@@ -191,8 +197,7 @@ def decode_infer(frames: Sequence[bytes], specs: Union[InputSpec, Dict[str, Inpu
     if model is None:              # the default set, by its name: batched with requests that name it
         model, spec = next(iter(specs.items()))
     elif not isinstance(model, str) or model not in specs:
-        raise ProtocolError("unknown_model", "no model set called %s is served (models: %s)"
-                            % (brief(model), ", ".join(str(n) for n in specs)))
+        raise unknown_model(model, specs)
     else:
         spec = specs[model]
     dtype = h.get("dtype")

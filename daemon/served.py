@@ -15,6 +15,12 @@ from .runtime import Runtime
 BUDGET_FILE = "budget.json"
 
 
+def file_name(rank: int, name: str) -> Optional[str]:
+    """What a set's state files are named by: None for the default set (rank 0: its files
+    keep the one-set names), else its name."""
+    return None if rank == 0 else name
+
+
 class AnytimeStats:
     """What anytime requests at one ``stop_at`` did: how many images stopped at each level,
     and the share of the decided level's MACs they ran (``work``, a moving average from 1:
@@ -52,8 +58,7 @@ class Served:
 
     @property
     def file_name(self) -> Optional[str]:
-        """None for the default set (its files keep the one-set names), else its name."""
-        return None if self.rank == 0 else self.name
+        return file_name(self.rank, self.name)
 
     def budget_path(self, state_dir: str) -> str:
         n = self.file_name

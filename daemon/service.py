@@ -24,9 +24,9 @@ from . import profiler, state
 from .commands import COMMANDS
 from .config import KEY_DOCS, Config, ConfigError
 from .executor import Executor, Ran
-from .protocol import InferRequest, InputSpec, ProtocolError, brief
+from .protocol import InferRequest, InputSpec, ProtocolError, unknown_model
 from .runtime import Builder, Runtime, same_profile
-from .served import AnytimeStats, Served
+from .served import AnytimeStats, Served, file_name
 
 log = logging.getLogger("dnnscale.service")
 # Configuration keys a reload applies; the others need a restart (sockets, the board, the
@@ -98,8 +98,7 @@ class Service:
             return self.default
         s = self.sets.get(name) if isinstance(name, str) else None
         if s is None:
-            raise ProtocolError("unknown_model", "no model set called %s is served (models: %s)"
-                                % (brief(name), ", ".join(self.sets)))
+            raise unknown_model(name, self.sets)
         return s
 
     def start(self) -> None:
@@ -165,9 +164,9 @@ class Service:
         levels = levels_from_manifest(models.manifest)
         space = self.builder.space(levels, targets)
         key = profiler.key(models.manifest, platform.name, space)
-        file_name = None if rank == 0 else name
+        files = file_name(rank, name)
         per_frequency = any(c.freq_khz for c in space)     # the stored profile's kind
-        profile = None if self.remeasure else profiler.load(cfg.state_dir, key, targets, name=file_name)
+        profile = None if self.remeasure else profiler.load(cfg.state_dir, key, targets, name=files)
         if profile is None:
             log.info("measuring a profile of %s (%d runs per configuration)%s", name, cfg.profile_runs,
                      "" if self.remeasure else ": no stored one matches")
@@ -175,7 +174,7 @@ class Service:
                                        progress=self.progress, stop=self.stop_event,
                                        columns=lambda p: self.builder.columns(models, targets, levels, p, cfg.threads))
             try:
-                profiler.save(cfg.state_dir, profile, key, name=file_name)   # later starts reuse it
+                profiler.save(cfg.state_dir, profile, key, name=files)   # later starts reuse it
             except OSError as e:
                 log.error("could not save the profile in %s (%s): the next start measures again",
                           cfg.state_dir, e.strerror or e)
@@ -353,20 +352,21 @@ class Service:
             raise ProtocolError("state_unwritable", "could not save the budget in %s (%s); the budget is "
                                 "unchanged" % (self.cfg.state_dir, e.strerror or e))
         gov.set_budget(budget)
-        reply = {"budget": gov.budget.to_dict(), "replaced": previous}
-        if len(self.sets) > 1:
-            reply["model"] = s.name
-        return reply
+        return {"budget": gov.budget.to_dict(), "replaced": previous}
 
     def apply_now(self, s: Served) -> Optional[str]:
         """Apply set ``s``'s decision now (a pin takes effect before its reply); where the
         kernel refuses the frequency, rebuild without that target's DVFS, apply again, and say why."""
-        c = s.rt.governor.decide().config
+        c = self._decide_now(s)
         if self.executor.apply(c):
             return None
         self._dvfs_lost()
-        self.executor.apply(s.rt.governor.decide().config)
+        self.executor.apply(self._decide_now(s))
         return "the frequency could not be set: %s" % self.platform.dvfs_reason_for(c.target)
+
+    def _decide_now(self, s: Served):
+        """Set ``s``'s configuration now, decided as its runs are (through the board)."""
+        return self.board.decide(s.name, s.rt.governor, running_khz=self.executor.freq_set).config
 
     def reload(self) -> Dict:
         # Its Python parts (YAML, checks, building the governor) would hold the GIL for whole
