@@ -106,7 +106,7 @@ def cmd_columns(a: argparse.Namespace) -> int:
         raise CliError("%s is a %s: only a group set has columns" % (model_dir, m["kind"]))
     files = onnxset.add_columns(model_dir, m)
     mf.write(model_dir, m)
-    print("wrote %d column graphs in %s and listed them in its manifest" % (len(files), model_dir))
+    print("wrote %d column, head and anytime step graphs in %s and listed them in its manifest" % (len(files), model_dir))
     return 0
 
 

@@ -203,7 +203,7 @@ class Service:
         out = {}
         for name, s in self.sets.items():
             ms = s.rt.models
-            why = ms.no_columns and "it cannot stop early: " + ms.no_columns
+            why = ms.no_anytime and "it cannot stop early: " + ms.no_anytime
             out[name] = InputSpec(ms.input_shape, ms.groups, self.cfg.max_batch, why, self.cfg.stop_at)
         return out
 

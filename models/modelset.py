@@ -231,6 +231,15 @@ class ModelSet:
         return "%s has no group columns (%s)" % (self.name, "a portfolio" if self.kind != "group" else
                                                  "exported before them: run `dnnscale columns` on it")
 
+    @property
+    def no_anytime(self) -> str:
+        """Why the set cannot stop early ("" where it can): it needs its step graphs."""
+        if self.no_columns:
+            return self.no_columns
+        if not self.manifest["columns"].get("steps"):
+            return "%s was exported before its anytime step graphs: run `dnnscale columns` on it" % self.name
+        return ""
+
     def lane(self, name: str, cpus: List[int] = (), threads: int = 1, gpu: bool = False) -> ColumnLane:
         """The lane ``name`` of a split (models/columns.py): its worker pinned to ``cpus``
         (this machine's; none: not pinned), sessions of ``threads`` intra-op threads, on the
@@ -293,60 +302,57 @@ class ModelSet:
         with every image's best logits so far and the level each stopped at (0: still going).
         Returns (logits, groups per image); at every k the logits equal ``run(k, x)``'s
         (tests/test_anytime.py)."""
-        if not self.has_columns:
-            raise ModelSetError("%s: it cannot stop early" % self.no_columns)
+        why = self.no_anytime
+        if why:
+            raise ModelSetError("%s: it cannot stop early" % why)
         max_k = max_k or self.groups
         self._check_level(max_k)
         t_start = clock()
         steps = self._steps(threads or self.threads_of(target), target == "gpu")
-        # top-1 probability >= stop_at  <=>  sum(exp(z - max z)) <= 1 / stop_at
-        bound = None if stop_at is None else 1.0 / stop_at if stop_at > 0 else np.inf
-        feed = {"input": np.ascontiguousarray(x, dtype=np.float32)}
-        n = len(feed["input"])
-        best = np.zeros((n, len(self.classes)), np.float32)
-        groups = np.zeros(n, np.int64)
-        active = None                 # the rows still going (None: all of them)
-        feats: List[np.ndarray] = []
+        x = np.ascontiguousarray(x, dtype=np.float32)
+        n = len(x)
+        best = groups = None          # made when some images stop before the others
+        rows = None                   # the rows still going (None: all of them)
+        feed = {"input": x}
         for k in range(1, max_k + 1):
             t0 = clock()
-            column, head = steps[k - 1]
-            feats.append(column.run(None, feed)[0])
-            logits = head.run(None, {"features": feats[0] if k == 1 else np.concatenate(feats, axis=1)})[0]
-            if active is None:
-                best[:] = logits
-            else:
-                best[active] = logits
+            feed["previous"], logits, top = steps[k - 1].run(None, feed)   # step 1 has no "previous"
             now = clock()
-            if k == max_k or (deadline_s is not None and now + (now - t0) > t_start + deadline_s):
-                done = None                                     # every row stops here
-            elif bound is not None:
-                done = np.exp(logits - logits.max(axis=1, keepdims=True)).sum(axis=1) <= bound
-            else:
-                done = np.zeros(len(logits), bool)
-            last = done is None or done.all()
+            last = k == max_k or (deadline_s is not None and now + (now - t0) > t_start + deadline_s)
+            if best is not None:
+                best[rows] = logits
+            if not last and stop_at is not None:
+                if len(top) == 1:                    # batch 1 (or one image left): no masks
+                    last = float(top[0]) >= stop_at
+                else:
+                    going = top < stop_at
+                    if not going.any():
+                        last = True
+                    elif not going.all():            # some stop here, the others go on
+                        if best is None:
+                            best, groups, rows = logits.copy(), np.zeros(n, np.int64), np.arange(n)
+                        groups[rows[~going]] = k
+                        rows = rows[going]
+                        feed["input"], feed["previous"] = feed["input"][going], feed["previous"][going]
             if last:
-                groups[groups == 0] = k
-            elif done.any():
-                rows = np.flatnonzero(done) if active is None else active[done]
-                groups[rows] = k
-                keep = ~done
-                active = np.flatnonzero(keep) if active is None else active[keep]
-                feed["input"], feats = feed["input"][keep], [f[keep] for f in feats]
-            if on_level is not None:
-                on_level(k, best, groups)
+                if best is None:
+                    best, groups = logits, np.full(n, k, np.int64)
+                else:
+                    groups[groups == 0] = k
+            if on_level is not None:   # before any image stopped, this level's logits are everyone's
+                on_level(k, logits if best is None else best, np.zeros(n, np.int64) if groups is None else groups)
             if last:
-                break
-        return best, groups
+                return best, groups
+        raise AssertionError("unreachable: the last level always stops")
 
-    def _steps(self, threads: int, gpu: bool) -> List[Tuple[object, ort.InferenceSession]]:
-        """The (column k, head k) sessions of an anytime run at ``threads``, for k = 1..G."""
+    def _steps(self, threads: int, gpu: bool) -> List[ort.InferenceSession]:
+        """The sessions of anytime steps 1..G (onnxset.step_file) at ``threads``."""
         key = (threads, gpu)
         steps = self._anytime.get(key)
         if steps is None:
             lane = self.lane("anytime%d" % threads, [], threads, gpu=gpu)
-            ranges = self.manifest["columns"]["ranges"]
-            steps = self._anytime[key] = [(lane.session(ranges["%d-%d" % (k, k)]), self.head(k))
-                                          for k in range(1, self.groups + 1)]
+            files = self.manifest["columns"]["steps"]
+            steps = self._anytime[key] = [lane.session(files[str(k)]) for k in range(1, self.groups + 1)]
         return steps
 
     def head(self, k: int):

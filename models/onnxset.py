@@ -8,6 +8,8 @@ head per k. Output in ``out_dir``:
   output channels, run as one grouped Conv. Unequal groups (``Arch.group_widths``): each
   group's tensors are its own (``g{g}.conv{i}.w`` ...), run as a chain of its own, and the
   chains' features are concatenated before the head.
+* ``c{a}-{b}.onnx``, ``h{k}.onnx``, ``s{k}.onnx``: the columns on their own, the heads and
+  the anytime steps (:func:`write_columns`), on the same bytes of ``weights.bin``.
 * ``k1.onnx`` .. ``kG.onnx``: standard ONNX graphs whose initializers are *external data*
   pointing into ``weights.bin``: a concatenated tensor of the k-network is the prefix of the
   G-network's (out-channel-major, C order), so its (offset, length) is the same offset and a
@@ -126,10 +128,7 @@ def _model(nodes, inits, arch: Arch, name: str, output: str, width) -> onnx.Mode
         [helper.make_tensor_value_info(INPUT, TensorProto.FLOAT, ["N", arch.in_channels, arch.image, arch.image])],
         [helper.make_tensor_value_info(output, TensorProto.FLOAT, ["N", width])],
         initializer=inits)
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)],
-                              producer_name="dnnscale")
-    model.ir_version = IR_VERSION
-    return model
+    return _opset(helper.make_model(graph, producer_name="dnnscale"))
 
 
 def _graph(arch: Arch, k: int, shapes: Dict[str, Tuple[int, ...]],
@@ -166,11 +165,7 @@ def write_group_set(out_dir: str, arch: Arch, groups: Sequence[Dict[str, np.ndar
     names = [WEIGHTS]
     external = lambda name, key, shape: _external(name, shape, offsets[key])
     for k in range(1, len(groups) + 1):
-        model = _graph(arch, k, shapes, external)
-        path = os.path.join(out_dir, level_file(k))
-        onnx.save(model, path)
-        onnx.checker.check_model(path)
-        names.append(level_file(k))
+        names.append(_save(out_dir, level_file(k), _graph(arch, k, shapes, external)))
     return names + write_columns(out_dir, arch, len(groups), shapes, offsets)
 
 
@@ -182,11 +177,17 @@ def head_file(k: int) -> str:
     return "h%d.onnx" % k
 
 
+def step_file(k: int) -> str:
+    return "s%d.onnx" % k
+
+
 def columns_entry(groups: int) -> Dict:
-    """The manifest's ``columns``: the graph of every column range and every head."""
+    """The manifest's ``columns``: the graph of every column range, every head and every
+    anytime step."""
     return {"ranges": {"%d-%d" % (a, b): range_file(a, b) for a in range(1, groups + 1)
                        for b in range(a, groups + 1)},
-            "heads": {str(k): head_file(k) for k in range(1, groups + 1)}}
+            "heads": {str(k): head_file(k) for k in range(1, groups + 1)},
+            "steps": {str(k): step_file(k) for k in range(1, groups + 1)}}
 
 
 def write_columns(out_dir: str, arch: Arch, groups: int, shapes: Dict[str, Tuple[int, ...]],
@@ -196,28 +197,16 @@ def write_columns(out_dir: str, arch: Arch, groups: int, shapes: Dict[str, Tuple
     columns 1..k; their weights are the same bytes of weights.bin as the kN graphs' (a range
     of columns is a slice of every concatenated tensor, or its groups' own tensors), so one
     inference may run its column ranges at once, on different processors, and join them in
-    the head (docs/model-set.md, "Columns")."""
+    the head (docs/model-set.md, "Columns"); ``s{k}.onnx`` is anytime step k (:func:`_step`)."""
     names = []
     for a in range(1, groups + 1):
         for b in range(a, groups + 1):
             nodes, inits = [], []
-
-            def init(name: str, key: str, shape, first=a, n=b - a + 1):
-                full = shapes[key]             # all G groups (or the group's own tensor)
-                if arch.equal_groups:          # out-channel-major: groups first..last are one slice
-                    per = int(np.prod(full)) * 4 // groups
-                    inits.append(_external(name, shape, offsets[key] + (first - 1) * per))
-                else:
-                    inits.append(_external(name, shape, offsets[key]))
-                return name
-
-            feats = _features(arch, a, b, nodes, init)
+            feats = _features(arch, a, b, nodes, _slice_init(arch, groups, shapes, offsets, a, b, inits))
             nodes.append(helper.make_node("Identity", [feats], ["features_out"], name="out"))
             width = sum(arch.group(g).hidden for g in range(a, b + 1))
-            path = os.path.join(out_dir, range_file(a, b))
-            onnx.save(_model(nodes, inits, arch, "dnnscale_c%d_%d" % (a, b), "features_out", width), path)
-            onnx.checker.check_model(path)
-            names.append(range_file(a, b))
+            names.append(_save(out_dir, range_file(a, b), _model(nodes, inits, arch, "dnnscale_c%d_%d" % (a, b),
+                                                                  "features_out", width)))
     for k in range(1, groups + 1):
         w, b = shapes["head%d.w" % k], shapes["head%d.b" % k]
         graph = helper.make_graph(
@@ -226,13 +215,66 @@ def write_columns(out_dir: str, arch: Arch, groups: int, shapes: Dict[str, Tuple
             [helper.make_tensor_value_info("features", TensorProto.FLOAT, ["N", int(w[1])])],
             [helper.make_tensor_value_info(OUTPUT, TensorProto.FLOAT, ["N", int(w[0])])],
             initializer=[_external("head.w", w, offsets["head%d.w" % k]), _external("head.b", b, offsets["head%d.b" % k])])
-        model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)], producer_name="dnnscale")
-        model.ir_version = IR_VERSION
-        path = os.path.join(out_dir, head_file(k))
-        onnx.save(model, path)
-        onnx.checker.check_model(path)
-        names.append(head_file(k))
+        names.append(_save(out_dir, head_file(k), _opset(helper.make_model(graph, producer_name="dnnscale"))))
+    for k in range(1, groups + 1):
+        names.append(_save(out_dir, step_file(k), _step(arch, groups, shapes, offsets, k)))
     return names
+
+
+def _slice_init(arch: Arch, groups: int, shapes: Dict[str, Tuple[int, ...]], offsets: Dict[str, int],
+                first: int, last: int, inits: List) -> Callable:
+    """The ``init`` of columns first..last: each tensor is a slice of the concatenated one in
+    weights.bin (or its group's own tensor)."""
+    def init(name: str, key: str, shape):
+        full = shapes[key]             # all G groups (or the group's own tensor)
+        if arch.equal_groups:          # out-channel-major: groups first..last are one slice
+            per = int(np.prod(full)) * 4 // groups
+            inits.append(_external(name, shape, offsets[key] + (first - 1) * per))
+        else:
+            inits.append(_external(name, shape, offsets[key]))
+        return name
+    return init
+
+
+def _step(arch: Arch, groups: int, shapes: Dict[str, Tuple[int, ...]], offsets: Dict[str, int],
+          k: int) -> onnx.ModelProto:
+    """Anytime step k: column k on ``input``, its features appended to ``previous`` (those of
+    columns 1..k-1; k = 1 has none), head k: outputs ``columns`` (the features of columns
+    1..k, the next step's ``previous``), ``logits`` and ``top`` (the top-1 probability per image). One
+    session run per added group, no numpy between them (docs/model-set.md, "Anytime answers")."""
+    nodes, inits = [], []
+    feats = _features(arch, k, k, nodes, _slice_init(arch, groups, shapes, offsets, k, k, inits))
+    inputs = [helper.make_tensor_value_info(INPUT, TensorProto.FLOAT, ["N", arch.in_channels, arch.image, arch.image])]
+    if k == 1:
+        nodes.append(helper.make_node("Identity", [feats], ["columns"], name="columns"))
+    else:
+        inputs.append(helper.make_tensor_value_info("previous", TensorProto.FLOAT, ["N", arch.features(k - 1)]))
+        nodes.append(helper.make_node("Concat", ["previous", feats], ["columns"], axis=1, name="columns"))
+    w, b = shapes["head%d.w" % k], shapes["head%d.b" % k]
+    inits += [_external("head.w", w, offsets["head%d.w" % k]), _external("head.b", b, offsets["head%d.b" % k])]
+    nodes += [helper.make_node("Gemm", ["columns", "head.w", "head.b"], [OUTPUT], transB=1, name="head"),
+              helper.make_node("Softmax", [OUTPUT], ["probabilities"], axis=1, name="softmax"),
+              helper.make_node("ReduceMax", ["probabilities"], ["top"], axes=[1], keepdims=0, name="top")]
+    graph = helper.make_graph(nodes, "dnnscale_s%d" % k, inputs,
+                              [helper.make_tensor_value_info("columns", TensorProto.FLOAT, ["N", arch.features(k)]),
+                               helper.make_tensor_value_info(OUTPUT, TensorProto.FLOAT, ["N", arch.classes]),
+                               helper.make_tensor_value_info("top", TensorProto.FLOAT, ["N"])],
+                              initializer=inits)
+    return _opset(helper.make_model(graph, producer_name="dnnscale"))
+
+
+def _opset(model: onnx.ModelProto) -> onnx.ModelProto:
+    del model.opset_import[:]
+    model.opset_import.extend([helper.make_opsetid("", OPSET)])
+    model.ir_version = IR_VERSION
+    return model
+
+
+def _save(out_dir: str, name: str, model: onnx.ModelProto) -> str:
+    path = os.path.join(out_dir, name)
+    onnx.save(model, path)
+    onnx.checker.check_model(path)
+    return name
 
 
 def write_dense(path: str, arch: Arch, t: Dict[str, np.ndarray]) -> None:

@@ -105,3 +105,29 @@ def test_stop_at_and_progressive_through_the_daemon(tmp_path):
             ["k=%d" % k for k in range(1, G)]
     finally:
         d.stop()
+
+
+def test_a_set_exported_before_its_step_graphs_says_how_to_get_them(tmp_path):
+    """A group set whose manifest lists columns but no anytime steps (exported before them)
+    still splits; a stop_at request is refused with the command that adds them, and after
+    `dnnscale columns` it stops early."""
+    import os
+    import shutil
+    from models import manifest as mf
+    d = str(tmp_path / "old")
+    shutil.copytree(zoo.resolve("fashion-mnist-g4"), d)
+    m = mf.read(d)
+    for k, f in m["columns"].pop("steps").items():
+        os.remove(os.path.join(d, f))
+        del m["files"][f]
+    mf.write(d, m)
+    ms = ModelSet.load(d, threads=1)
+    assert ms.has_columns and "run `dnnscale columns` on it" in ms.no_anytime
+    x = np.zeros((1,) + ms.input_shape, np.float32)
+    with pytest.raises(Exception, match="exported before its anytime step graphs.*it cannot stop early"):
+        ms.run_anytime(x, 0.9)
+    assert ms.run_split(ms.groups, x, [(1, 1), (2, ms.groups)]).shape == (1, 10)
+    out = subprocess.run(dnnscale_cmd() + ["columns", d], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    ms = ModelSet.load(d, threads=1)
+    assert ms.no_anytime == "" and ms.run_anytime(x, 0.9)[1].shape == (1,)

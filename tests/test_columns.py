@@ -48,8 +48,8 @@ def test_a_split_must_cover_the_columns_in_order(random_set):
 
 @pytest.mark.parametrize("unequal", [False, True])
 def test_columns_added_to_an_older_set_are_the_exported_ones(tmp_path, unequal):
-    """A set exported before the columns existed gets them from its own kN graphs: the same
-    bytes as an export writes."""
+    """A set exported before the columns existed gets them (ranges, heads, anytime steps)
+    from its own kN graphs: the same bytes as an export writes."""
     pytest.importorskip("onnx")
     import os
     from models import onnxset
@@ -57,7 +57,7 @@ def test_columns_added_to_an_older_set_are_the_exported_ones(tmp_path, unequal):
     from tests.conftest import write_random_set
     arch = dataclasses.replace(TINY, group_widths=(0.5, 1.0, 2.0)) if unequal else TINY
     d = write_random_set(str(tmp_path / "set"), groups=3, arch=arch)
-    names = sorted(onnxset.columns_entry(3)["ranges"].values()) + sorted(onnxset.columns_entry(3)["heads"].values())
+    names = sorted(f for part in onnxset.columns_entry(3).values() for f in part.values())
     exported = {n: open(os.path.join(d, n), "rb").read() for n in names}
     for n in names:
         os.remove(os.path.join(d, n))
