@@ -42,12 +42,12 @@ SETTLE = 20        # replies at the start of each phase left out of the miss rat
 def _stream(c, name: str, x: np.ndarray, n: int, gap_s: float, out: List) -> None:
     for _ in range(n):
         r = c.infer(x, model=name)
-        out.append((r.latency_ms, r.config["groups"]))
+        out.append((r.latency_ms, r.config["groups"], r.config["target"]))
         time.sleep(gap_s)
 
 
 def _both(clients: Dict, xs: Dict, n: int, gaps: Dict) -> Dict[str, List]:
-    """Both sets' streams at once; each reply's (latency ms, k)."""
+    """Both sets' streams at once; each reply's (latency ms, k, target)."""
     out = {name: [] for name in clients}
     threads = [threading.Thread(target=_stream, args=(clients[nm], nm, xs[nm], n, gaps[nm], out[nm]))
                for nm in clients]
@@ -88,22 +88,26 @@ def real(n: int, blocks: int, at: float, gaps_ms: Sequence[float], nice: int = 0
                 pin_all(k, t)
                 got = _both(clients, xs, max(n, 300), gaps)
                 for nm in SETS:
-                    p99 = float(np.percentile([ms for ms, _ in got[nm][SETTLE:]], 99))
+                    p99 = float(np.percentile([ms for ms, *_ in got[nm][SETTLE:]], 99))
                     kk = min(k, G[nm])
                     tails[nm][kk] = min(tails[nm].get(kk, p99), p99)
         budgets = {nm: tails[nm][1] + at * (tails[nm][G[nm]] - tails[nm][1]) for nm in SETS}
         phases = ["governed"] + statics
         res = {p: {nm: [] for nm in SETS} for p in phases}
         causes = {nm: {} for nm in SETS}        # of the governed phases' misses (status)
+        moves = []                              # the threads' moves to another target per governed block
         for b in range(blocks):
             for p in phases:
                 if p == "governed":
                     for nm in SETS:
                         c0.release(model=nm)
                         c0.set_budget(latency_ms=budgets[nm], model=nm)
+                    moved = c0.status()["mapping"]["moves"]
                 else:
                     pin_all(*p)
                 got = _both(clients, xs, n, gaps)
+                if p == "governed":
+                    moves.append(c0.status()["mapping"]["moves"] - moved)
                 for nm in SETS:
                     res[p][nm].append(got[nm])
                 if p == "governed":
@@ -118,7 +122,7 @@ def real(n: int, blocks: int, at: float, gaps_ms: Sequence[float], nice: int = 0
         for cl in clients.values():
             cl.close()
     return {"acc": acc, "tails": tails, "budgets": budgets, "res": res, "nice": nice,
-            "causes": causes}
+            "causes": causes, "moves": moves}
 
 
 def report_real(r: Dict) -> str:
@@ -127,28 +131,33 @@ def report_real(r: Dict) -> str:
         b, acc = r["budgets"][nm], r["acc"][nm]
         for i, gov in enumerate(r["res"]["governed"][nm]):
             g = gov[SETTLE:]
-            ms = [x for x, _ in g]
+            ms = [x for x, *_ in g]
             miss = float(np.mean([x > b for x in ms]))
-            mean_acc = float(np.mean([acc[k - 1] for _, k in gov]))
+            mean_acc = float(np.mean([acc[k - 1] for _, k, _ in gov]))
             ok = []
             for p, per in r["res"].items():
                 if p == "governed" or p[0] > len(acc):
                     continue
                 tr = per[nm][i][SETTLE:]
-                m = float(np.mean([x > b for x, _ in tr]))
+                m = float(np.mean([x > b for x, *_ in tr]))
                 if m <= 0.01:
-                    ok.append((acc[p[0] - 1], -np.median([x for x, _ in tr]), p, m))
+                    ok.append((acc[p[0] - 1], -np.median([x for x, *_ in tr]), p, m))
             best = max(ok) if ok else None
+            where = {}
+            for _, _, t in gov:
+                where[t] = where.get(t, 0) + 1
             rows.append([nm, i + 1, "%.3f" % b, "%.3f / %.3f" % (np.median(ms), np.percentile(ms, 99)),
                          "%.2f%%" % (100 * miss), "%.2f" % mean_acc,
+                         " ".join("%s %d%%" % (t, round(100 * c / len(gov))) for t, c in sorted(where.items())),
                          "k=%d %s (%.2f%%, %.2f)" % (best[2][0], best[2][1], 100 * best[3], best[0]) if best else "none",
                          "%+.2f" % (mean_acc - best[0]) if best else "-"])
     return ("Two sets in one daemon at niceness %d, two clients at once, batch 1 (%s)\n"
             "tails with both running (p99 ms, the lowest over the targets): %s\n" % (r["nice"], machine(), ", ".join(
                 "%s k=1 %.3f, k=G %.3f" % (nm, t[1], t[max(t)]) for nm, t in r["tails"].items()))
-            + table(["set", "block", "budget ms", "governed p50 / p99 ms", "misses", "accuracy",
+            + table(["set", "block", "budget ms", "governed p50 / p99 ms", "misses", "accuracy", "targets",
                      "best static <= 1% misses", "vs best"], rows)
-            + "\nthe governed phases' misses by cause (status): %s\n" % r["causes"])
+            + "\nthe governed phases' misses by cause (status): %s\n" % r["causes"]
+            + "the threads' moves to another target in each governed block (status mapping.moves): %s\n" % r["moves"])
 
 
 # ---------------------------------------------------------------------------- memory

@@ -178,7 +178,8 @@ KEY_DOCS = {
     "memory_bound_mb": "how far the daemon's resident size may grow over its floor (a message libzmq holds "
                        "unfinished) before every inference connection is dropped; default 256, 0 turns it off",
     "stop_at": "the stop_at of requests that name none: add groups one at a time and stop each image once its "
-               "top-1 probability reaches it, a number in (0, 1] (default: off, every image gets the chosen k)",
+               "top-1 probability reaches it, a number in (0, 1] (default: off, every image gets the chosen k); "
+               "set, the anytime step sessions are built at start rather than by the first such request",
 }
 
 _TYPES = {f.name: f for f in fields(Config)}

@@ -56,6 +56,7 @@ class Executor:
         self.mapping_error = ""
         self.moved: Dict[str, int] = {}     # set → runs left that still pay for its last move to another target
         self.last_target: Dict[str, str] = {}   # set → the target of its last run
+        self.pin_moves = 0                  # times the threads were pinned to another target
 
     def forget(self) -> None:
         """The board was put back to its own settings (after profiling): apply everything anew."""
@@ -80,6 +81,7 @@ class Executor:
         own CPUs, the calling thread to the first lane's)."""
         prev = self.applied
         if prev is None or prev.target != c.target:
+            self.pin_moves += 1
             try:
                 self.platform.pin(c.target)
                 if columns is not None and c.target in columns.lanes:
@@ -179,7 +181,6 @@ class Executor:
         d, ok, _, config = self._decide(rt, groups, limit / work if limit is not None and work < 1 else deadline_ms)
         c = d.config
         p, n = self.platform, len(x)
-        threads = rt.columns.lanes[c.target][0].threads if rt.is_split(c.target) else None
         j0 = p.joules()
         t0 = self.clock()
 
@@ -187,10 +188,9 @@ class Executor:
             j = self._joules_since(j0)
             on_level(k, logits, stopped, {"config": config, "latency_ms": round((self.clock() - t0) * 1e3, 4),
                                           "energy_mj": None if j is None else round(j * 1e3, 4)})
-        logits, stopped = rt.models.run_anytime(x, stop_at, c.level, c.target,
-                                                deadline_s=None if limit is None else limit * n / 1e3,
-                                                on_level=spent if on_level else None, clock=self.clock,
-                                                threads=threads)
+        logits, stopped = rt.run_anytime(x, stop_at, c.level, c.target,
+                                         deadline_s=None if limit is None else limit * n / 1e3,
+                                         on_level=spent if on_level else None, clock=self.clock)
         latency = self.clock() - t0
         energy = self._joules_since(j0)
         info = {"config": config, "latency_ms": round(latency * 1e3, 4),

@@ -48,6 +48,14 @@ class Runtime:
             return self.columns.run(k, x, target)
         return self.models.run(k, x, target)
 
+    def run_anytime(self, x: np.ndarray, stop_at: Optional[float], max_k: int, target: str, **kw):
+        """models.ModelSet.run_anytime on ``target``: a split runs the steps one after another
+        on its first lane's thread count."""
+        return self.models.run_anytime(x, stop_at, max_k, target, threads=self._anytime_threads(target), **kw)
+
+    def _anytime_threads(self, target: str) -> Optional[int]:
+        return self.columns.lanes[target][0].threads if self.is_split(target) else None
+
     def macs(self, k: int, target: str):
         """The work of level k on ``target``: one figure, or one per lane of a split."""
         if self.is_split(target):

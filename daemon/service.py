@@ -182,6 +182,8 @@ class Service:
                 log.error("could not restore after profiling: %s", err)
             self.executor.forget()
         rt = self.builder.build(models, model_dir, cfg.gpu, profile, per_frequency, threads=cfg.threads, name=name)
+        if cfg.stop_at is not None and not models.no_anytime:
+            models.warm_anytime()       # every request stops early: none pays for the step sessions
         return Served(name, entry, rank, rt, key)
 
     def frequencies(self) -> Dict[str, Optional[int]]:
@@ -419,6 +421,8 @@ class Service:
                     or models.classes != old.models.classes:
                 raise ProtocolError("reload_failed", "kept the loaded model sets: the new %s differs in its levels, "
                                     "input or classes (restart the daemon to change models)" % s.name)
+            if cfg.stop_at is not None and not models.no_anytime:
+                models.warm_anytime()   # outside the lock, as at start
             stored = profiler.load(self.cfg.state_dir, s.profile_key, old.targets, name=s.file_name)
             profile = old.profile
             if stored is not None and not same_profile(stored, old.profile):
@@ -520,7 +524,8 @@ class Service:
             "gpu": self.rt.gpu_reason or ("available" if "gpu" in self.targets else "none"),
             "dvfs": {"enabled": bool(p.dvfs_enabled), "reason": p.dvfs_reason,
                      "off": {t: o.reason for t, o in p.target_off.items()}},
-            "mapping": {"ok": not self.executor.mapping_error, "reason": self.executor.mapping_error},
+            "mapping": {"ok": not self.executor.mapping_error, "reason": self.executor.mapping_error,
+                        "moves": self.executor.pin_moves},
             "energy": {"available": self.energy_measured, "reason": "" if self.energy_measured else self.energy_reason,
                        "degraded": p.energy_degraded},
             "temperatures_c": p.temperatures(),

@@ -355,6 +355,15 @@ class ModelSet:
             steps = self._anytime[key] = [lane.session(files[str(k)]) for k in range(1, self.groups + 1)]
         return steps
 
+    def warm_anytime(self, runs: int = 3) -> None:
+        """Build and run the anytime steps at every thread count the set has sessions for
+        (and on the GPU where it has one), so that no request pays for building them: tens
+        of ms on the first stop_at request of each thread count otherwise."""
+        x = np.zeros((1,) + self.input_shape, np.float32)
+        for threads, gpu in [(n, False) for n in sorted(self._cpu)] + ([(self.threads, True)] if self._gpu else []):
+            for _ in range(runs):
+                self.run_anytime(x, None, target="gpu" if gpu else None, threads=threads)
+
     def head(self, k: int):
         """The session of level k's head (features of columns 1..k → logits; one thread)."""
         s = self._heads.get(k)

@@ -131,3 +131,24 @@ def test_a_set_exported_before_its_step_graphs_says_how_to_get_them(tmp_path):
     assert out.returncode == 0, out.stderr
     ms = ModelSet.load(d, threads=1)
     assert ms.no_anytime == "" and ms.run_anytime(x, 0.9)[1].shape == (1,)
+
+
+@pytest.mark.parametrize("stop_at", [None, 0.9])
+def test_a_daemon_wide_stop_at_builds_the_steps_at_start(random_set, tmp_path, stop_at):
+    """With a daemon-wide stop_at every request stops early: the step sessions of every
+    thread count are built at start (and at a reload that sets it), not by a request.
+    Without one they are built on a first stop_at request (memory for those that never ask)."""
+    from tests.test_runtime import _service
+    svc = _service(random_set, tmp_path, extra={"stop_at": stop_at, "threads": None})
+    try:
+        ms = svc.default.rt.models
+        want = {(n, False) for n in ms._cpu}
+        assert len(want) >= 1
+        assert set(ms._anytime) == (want if stop_at else set())
+        x = np.zeros((1, 32, 32, 3), np.uint8)
+        from daemon.protocol import InferRequest
+        replies, ran = svc.infer([InferRequest(1, "uint8", x, None, None, 0.9)])
+        assert replies[0][0]["groups_per_image"][0] >= 1
+        assert set(ms._anytime) >= {(ms.threads_of(ran.decision.config.target), False)}
+    finally:
+        svc.stop()
