@@ -78,8 +78,8 @@ def through_daemon(name: str, images: int, stop_at: float, block: int = 100,
     with serving(name) as c:
         st = c.status()
         G = st["model"]["levels"]
-        # the whole CPU (a split runs an anytime request's columns one after another on its
-        # first lane, which would compare one CPU with two)
+        # the whole CPU (pinned to a split, an anytime request runs its steps at its first
+        # lane's thread count, which would compare one CPU with two)
         target = target or max((n for n, t in st["targets"].items() if t["kind"] == "cpu"),
                                key=lambda n: len(st["targets"][n]["cpus"]))
         out["target"] = target

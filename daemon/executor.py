@@ -147,13 +147,13 @@ class Executor:
             info["simulated"] = True
         return logits, info, Ran(rt, d, latency / n, None if energy is None else energy / n, moved, not ok, n)
 
-    def _decide(self, rt: Runtime, groups: Optional[int], deadline_ms: Optional[float]):
+    def _decide(self, rt: Runtime, groups: Optional[int], deadline_ms: Optional[float], stepped: bool = False):
         """Under the lock: the set's decision (its governor's, with what the board's other
         sets need), applied; whether it applied (the frequency was set), whether this run
         still pays for the set's move to another target, and the configuration to report."""
         with self.lock:
             d = self.board.decide(rt.name, rt.governor, deadline_ms=deadline_ms, level=groups,
-                                  running_khz=self.freq_set)
+                                  running_khz=self.freq_set, stepped=stepped)
             ok = self.apply(d.config, rt.columns)
             if self.last_target.get(rt.name) != d.config.target:
                 self.last_target[rt.name] = d.config.target
@@ -174,11 +174,13 @@ class Executor:
         whole run, but for a latency limit of ``limit / work``, ``work`` being the share of
         the decided level's MACs that images stop after at this ``stop_at`` (learnt by the
         caller), so that the mean meets the budget; the decided level is the most any image
-        gets. The run stops at the request's limit (per image, times the batch). A split
-        target runs the columns one after another on its first lane. ``on_level(k, logits,
+        gets. The run stops at the request's limit (per image, times the batch). It is
+        decided off the split targets (governor ``stepped``); pinned to one, it runs the
+        steps on the split's first lane's thread count. ``on_level(k, logits,
         groups, info)``: after every level, with what has been spent so far."""
         limit = deadline_ms if deadline_ms is not None else rt.governor.budget.latency_ms
-        d, ok, _, config = self._decide(rt, groups, limit / work if limit is not None and work < 1 else deadline_ms)
+        d, ok, _, config = self._decide(rt, groups, limit / work if limit is not None and work < 1 else deadline_ms,
+                                        stepped=True)
         c = d.config
         p, n = self.platform, len(x)
         j0 = p.joules()

@@ -56,12 +56,12 @@ class Board:
         return floors
 
     def decide(self, name: str, gov: Governor, deadline_ms: Optional[float] = None, level: Optional[int] = None,
-               running_khz: Optional[Dict[str, int]] = None) -> Decision:
+               running_khz: Optional[Dict[str, int]] = None, stepped: bool = False) -> Decision:
         """Model ``name``'s decision by its governor ``gov`` under the others' floors;
         ``running_khz``: the frequencies the board runs at now (target → kHz). Alone on the
         board, a set's governor decides as it would without one (nobody reads its claim)."""
         if len(self.rank) <= 1:
-            return gov.decide(deadline_ms=deadline_ms, level=level)
+            return gov.decide(deadline_ms=deadline_ms, level=level, stepped=stepped)
         now = self.clock()
         tick = self._ticks.get(name, 0)
         self._ticks[name] = tick + 1
@@ -85,7 +85,7 @@ class Board:
         else:
             self.overruled.pop(name, None)
         gov.share(floors, running_khz)
-        d = gov.decide(deadline_ms=deadline_ms, level=level)
+        d = gov.decide(deadline_ms=deadline_ms, level=level, stepped=stepped)
         c = d.config
         claim = self.claims.get(name)
         if fresh or claim is None or self._claimed.get(name) != (c, d.latency_limit_ms):

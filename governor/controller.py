@@ -371,7 +371,7 @@ class Governor:
 
     def __init__(self, space: Sequence[Config], levels: Sequence[Level], profile: Profile,
                  clock: Callable[[], float] = time.monotonic, params: Optional[Params] = None,
-                 settle_s: Optional[Dict[str, float]] = None):
+                 settle_s: Optional[Dict[str, float]] = None, splits: Sequence[str] = ()):
         if not space:
             raise ValueError("empty configuration space")
         self.space = list(space)
@@ -382,6 +382,9 @@ class Governor:
         self.targets = sorted({c.target for c in self.space})
         t_of = {t: i for i, t in enumerate(self.targets)}
         self._tgt = np.array([t_of[c.target] for c in self.space])
+        # a split runs a whole level's columns at once on its lanes; an anytime run adds them
+        # one at a time, which the profile does not measure there: decided elsewhere if it can
+        self._whole = ~np.isin(self._tgt, [t_of[t] for t in splits if t in t_of])
         self._lvl = np.array([c.level for c in self.space])
         self._freq = np.array([c.freq_khz or 0 for c in self.space], dtype=float)
         self._acc = np.array([self.levels[c.level].accuracy for c in self.space])
@@ -467,6 +470,8 @@ class Governor:
                                  else True)
         self._lanes = self._lanes_of(self._allowed)
         self._forced = self._lanes_of(place)
+        self._lanes_stepped = self._lanes_of(self._allowed & self._whole)
+        self._forced_stepped = self._lanes_of(place & self._whole)
         keep = worthwhile([self.levels[lv] for lv in self._level_order if self._lanes[lv]], self.p.acc_tolerance)
         self._auto_order = [lv for lv in self._level_order if lv in keep]
 
@@ -694,9 +699,12 @@ class Governor:
                 best = extra
         return best
 
-    def decide(self, deadline_ms: Optional[float] = None, level: Optional[int] = None) -> Decision:
+    def decide(self, deadline_ms: Optional[float] = None, level: Optional[int] = None,
+               stepped: bool = False) -> Decision:
         """The configuration for the next inference. ``level``: the request forces its group
-        count; the pinned target and frequency and the caps still hold (:meth:`_build_lanes`)."""
+        count; the pinned target and frequency and the caps still hold (:meth:`_build_lanes`).
+        ``stepped``: an anytime run (groups added one at a time), decided off the split
+        targets unless only they are allowed (the operator pinned one)."""
         self._decay_stale()
         if self.caps and any(self.clock() - at > self.p.stale_s for at in self._cap_at.values()):
             self._lift_caps()
@@ -707,6 +715,9 @@ class Governor:
         order = [level] if forced else self._floored(self._auto_order)
         lanes = self._forced if forced else self._lanes
         allowed = (self._place & (self._lvl == level)) if forced else self._allowed
+        if stepped and (allowed & self._whole).any():
+            lanes = self._forced_stepped if forced else self._lanes_stepped
+            allowed = allowed & self._whole
         cur = self.current
         if b.power_w is not None:
             cand, feasible = self._slow(order, limit_s, allowed)

@@ -88,6 +88,14 @@ def test_stop_at_and_progressive_through_the_daemon(tmp_path):
             assert s["connections"]["memory_drops"] == 0, s["connections"]
             assert s["anytime"]["0.95"]["images"] == 64
             assert sum(s["anytime"]["0.95"]["groups"].values()) == 64
+            # decided off the split (its profile is of whole levels), unless pinned there
+            kinds = {n: t["kind"] for n, t in s["targets"].items()}
+            split = next(n for n, k in kinds.items() if k == "split")
+            c.pin(groups=G)
+            assert kinds[c.infer(img[:1], stop_at=0.95).config["target"]] != "split"
+            c.pin(groups=G, target=split)
+            assert c.infer(img[:1], stop_at=0.95).config["target"] == split
+            c.release()
             # the refusals say what is wrong
             for bad in (0, 1.5, "x", True):
                 with pytest.raises(Exception, match="stop_at"):
@@ -152,3 +160,20 @@ def test_a_daemon_wide_stop_at_builds_the_steps_at_start(random_set, tmp_path, s
         assert set(ms._anytime) >= {(ms.threads_of(ran.decision.config.target), False)}
     finally:
         svc.stop()
+
+
+def test_an_anytime_request_is_not_decided_onto_a_split():
+    """A split target runs a level's columns at once; an anytime run adds them one at a time,
+    which the split's profile does not predict: a stepped decision takes the best target that
+    is not a split, even where the split is the fastest for the whole level; pinned to the
+    split, it stays there."""
+    from governor import Config, Governor, Level, Profile, TargetFit, build_space
+    levels = [Level(1, 80.0, 10_000_000), Level(2, 85.0, 20_000_000)]
+    space = build_space(levels, {"big": [], "split": []})
+    prof = Profile({"big": TargetFit(1e-10, 0.0, {}), "split": TargetFit(0.5e-10, 0.0, {})})   # 2 ms, 1 ms at k=2
+    g = Governor(space, levels, prof, splits=["split"])
+    assert g.decide().config == Config(2, "split", None)
+    assert g.decide(stepped=True).config == Config(2, "big", None)
+    assert g.decide(level=1, stepped=True).config == Config(1, "big", None)
+    g.pin(target="split")
+    assert g.decide(stepped=True).config == Config(2, "split", None)
