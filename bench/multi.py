@@ -244,6 +244,7 @@ class Independent:
 def simulated(board_name: str, sets, mults: Sequence[float], n: int = 3000, gap_s: float = 0.005,
               seed: int = 0) -> List[Dict]:
     from governor import Board, Budget
+    from platforms.model import clock_table
     from platforms.sim import SimBoard
     from .scenarios import Work, _space, fastest_full_ms, measure_profile, policy_from_profile
     names = list(sets)
@@ -260,7 +261,7 @@ def simulated(board_name: str, sets, mults: Sequence[float], n: int = 3000, gap_
             parts[nm] = (levels, gov, Work(board, levels, profile))
         for (nm, (levels, gov, _)), m in zip(parts.items(), mults):
             gov.set_budget(Budget(latency_ms=m * fastest_full_ms(board_name, levels)))
-        rule = Board(names, clock=clock) if policy == "joint" else Independent()
+        rule = Board(names, clock=clock, clocks=clock_table(board.targets)) if policy == "joint" else Independent()
         freq_set: Dict[str, int] = {}
         writes = 0
         got = {nm: [] for nm in names}

@@ -18,6 +18,7 @@ import platforms
 from governor import Board, Budget, levels_from_manifest
 from models import ModelSetError
 from models.modelset import softmax
+from platforms.model import clock_table
 from platforms.owner import Ownership
 
 from . import profiler, state
@@ -146,7 +147,7 @@ class Service:
             loaded.append((name, entry, models, model_dir))
         self._platform_started = True
         platform.start()
-        self.board = Board([n for n, _, _, _ in loaded])
+        self.board = Board([n for n, _, _, _ in loaded], clocks=clock_table(platform.targets))
         self.executor = Executor(platform, lock=self.lock, board=self.board)
         for rank, (name, entry, models, model_dir) in enumerate(loaded):
             s = self._serve_set(rank, name, entry, models, model_dir)

@@ -18,6 +18,12 @@ configuration) would cost a model accuracy or its budget (:meth:`Governor.best_a
 it decides without them: the lower-priority model's budget gives way (its run pays the
 settle), and ``status`` names who overruled whom.
 
+Targets may share a clock (a cluster and a split over it; a split's parts each run at a
+frequency of their own): given ``clocks`` (target → {its step → {clock → kHz}}, plain data
+from the platform), a floor holds each clock the claimed target's frequency sets, and every
+target on those clocks gets the lowest step that keeps them at or above it. Without it, each
+target is a clock of its own.
+
 A claim and the priority check are worked out again when a set's configuration or limit
 changes, and every ``REFRESH``-th decision otherwise (as the set's latency model moves): per
 decision they would cost 20 times the decision itself.
@@ -35,11 +41,16 @@ REFRESH = 10     # decisions of a set between two workings-out of its claim and 
 
 
 class Board:
-    def __init__(self, order: Sequence[str], clock: Callable[[], float] = time.monotonic, idle_s: float = 1.0):
-        """``order``: the model names, highest priority first."""
+    def __init__(self, order: Sequence[str], clock: Callable[[], float] = time.monotonic, idle_s: float = 1.0,
+                 clocks: Optional[Dict[str, Dict[int, Dict[str, int]]]] = None):
+        """``order``: the model names, highest priority first; ``clocks``: which clocks each
+        target's frequency steps set (platforms.model.clock_table)."""
         self.rank = {n: i for i, n in enumerate(order)}
         self.clock = clock
         self.idle_s = idle_s
+        self.clocks = {t: table for t, table in (clocks or {}).items() if table}
+        self._steps = {t: sorted(table) for t, table in self.clocks.items()}
+        self._on = {t: {c for step in table.values() for c in step} for t, table in self.clocks.items()}
         self.claims: Dict[str, Tuple[str, int, int, float]] = {}   # model → (target, its kHz, its floor, when)
         self.overruled: Dict[str, List[str]] = {}              # model → lower-priority models it decided without
         self._ticks: Dict[str, int] = {}                         # model → decisions since its claim was worked out
@@ -47,13 +58,28 @@ class Board:
         self._checked: Dict[str, Tuple] = {}                     # model → (floors, above, the floors it took)
 
     def _floors(self, name: str, now: float, below_too: bool) -> Dict[str, int]:
-        floors: Dict[str, int] = {}
+        """target → the lowest kHz the other models' claims leave ``name`` there (those of
+        lower priority too where ``below_too``)."""
+        held: Dict[str, int] = {}          # clock (or a target without a table) → kHz
         mine = self.rank.get(name, len(self.rank))
         for other, (target, _, khz, at) in self.claims.items():
             if other == name or not khz or now - at > self.idle_s or (not below_too and self.rank.get(other, 0) > mine):
                 continue
-            floors[target] = max(floors.get(target, 0), khz)
+            for c, k in self._clocks_at(target, khz).items():
+                held[c] = max(held.get(c, 0), k)
+        floors = {t: k for t, k in held.items() if t not in self.clocks and not any(t in on for on in self._on.values())}
+        for t, table in self.clocks.items():
+            if self._on[t] & held.keys():
+                ok = [f for f in self._steps[t] if all(k >= held.get(c, 0) for c, k in table[f].items())]
+                floors[t] = ok[0] if ok else self._steps[t][-1]
         return floors
+
+    def _clocks_at(self, target: str, khz: int) -> Dict[str, int]:
+        """The clocks ``target`` at ``khz`` runs at (the step at or above ``khz``)."""
+        steps = self._steps.get(target)
+        if not steps:
+            return {target: khz}
+        return self.clocks[target][next((f for f in steps if f >= khz), steps[-1])]
 
     def decide(self, name: str, gov: Governor, deadline_ms: Optional[float] = None, level: Optional[int] = None,
                running_khz: Optional[Dict[str, int]] = None, stepped: bool = False) -> Decision:

@@ -71,6 +71,24 @@ def part_frequencies(t: Target, khz: int) -> List[Optional[int]]:
             for p in t.parts]
 
 
+def clock_table(targets: Dict[str, Target]) -> Dict[str, Dict[int, Dict[str, int]]]:
+    """target → {its frequency step (kHz) → {clock (its control dir) → kHz}}: which clocks a
+    target's frequency sets, and to what (a split's parts each at its own,
+    :func:`part_frequencies`). Two targets share a clock where they share a control dir: a
+    cluster and a split over it, or ``cpu`` and ``cpu:1`` of one policy. Targets without
+    frequency control are left out."""
+    out: Dict[str, Dict[int, Dict[str, int]]] = {}
+    for name, t in targets.items():
+        if not t.freqs_khz or not t.control:
+            continue
+        if t.parts:
+            out[name] = {f: {p.control[0]: k for p, k in zip(t.parts, part_frequencies(t, f))
+                             if k is not None and p.control} for f in t.freqs_khz}
+        else:
+            out[name] = {f: {d: f for d in t.control} for f in t.freqs_khz}
+    return out
+
+
 def with_splits(targets: Dict[str, Target], lanes: Optional[List[Target]] = None) -> Dict[str, Target]:
     """``targets`` and the split over their processors, last: the CPU clusters (fastest table
     first) and a GPU target; or, on a machine of one cluster, ``lanes`` (the halves of its

@@ -156,7 +156,7 @@ class SimBoard(Platform):
         self.spec = SPECS[name]()
         self.sim_targets: Dict[str, SimTarget] = {t.name: t for t in self.spec.targets}
         self.targets: Dict[str, Target] = with_splits({
-            t.name: Target(t.name, t.kind, list(t.cpus), list(t.freqs_khz), ["(simulated)"], "simulated",
+            t.name: Target(t.name, t.kind, list(t.cpus), list(t.freqs_khz), ["(simulated %s)" % t.name], "simulated",
                            settle_s=t.settle_s)
             for t in self.spec.targets})
         self._freq = {t.name: t.freqs_khz[-1] for t in self.spec.targets}

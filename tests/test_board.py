@@ -112,3 +112,37 @@ def test_a_floor_is_what_lets_the_next_run_settle_up_in_time(settle_s, floor):
     assert (c.level, c.freq_khz) == (4, 2000000) and g.need_khz(c, 2.5) == 2000000
     assert g.floor_khz(c, 2.5) == floor
     assert g.floor_khz(c, None) == 0                  # no latency limit: nothing to settle in time for
+
+
+def test_a_split_holds_the_clocks_of_the_clusters_it_runs_on():
+    """A split's frequency sets each of its parts' clocks (platforms.model.clock_table): a
+    model on the split at 2 GHz, whose next run could not settle up in time, holds the little
+    cluster at the 1 GHz the split runs it at; a model on the little cluster alone decides
+    above it. Without the clocks, the split and the cluster were unrelated names."""
+    from governor import Profile, TargetFit
+    from platforms.model import Target, clock_table, split
+    big = Target("big", "cpu", [4, 5], FREQS["big"], ["policy4"])
+    little = Target("little", "cpu", [0, 1], FREQS["little"], ["policy0"])
+    both = split([big, little])
+    clocks = clock_table({"big": big, "little": little, both.name: both})
+    assert clocks[both.name][2000000] == {"policy4": 2000000, "policy0": 1000000}
+    freqs = dict(FREQS, **{both.name: both.freqs_khz})
+    prof = Profile({"big": TargetFit(1e-4, 0.0, {500000: 0.5, 1000000: 1.2, 2000000: 4.0}),
+                    "little": TargetFit(3e-4, 0.0, {500000: 0.1, 1000000: 0.25}),
+                    both.name: TargetFit(0.6e-4, 0.0, {500000: 0.6, 1000000: 1.45, 2000000: 4.2})})
+
+    def decide_b(clocks):
+        clock = Clock()
+        g = {n: Governor(build_space(LEVELS, freqs), LEVELS, prof, clock=clock, params=Params(),
+                         settle_s={t: 5e-3 for t in freqs}) for n in "ab"}
+        board = Board("ab", clock=clock, clocks=clocks)
+        g["a"].pin(target=both.name)
+        g["a"].set_budget(Budget(latency_ms=1.5))      # level 4 on the split needs 2 GHz (1.2 ms x 1.1)
+        a = board.decide("a", g["a"]).config
+        assert (a.level, a.freq_khz) == (4, 2000000)
+        g["b"].pin(target="little")
+        g["b"].set_budget(Budget(latency_ms=30))      # alone: level 4 at 500 MHz (24 ms, the least energy)
+        return board.decide("b", g["b"]).config
+
+    assert decide_b(None).freq_khz == 500000
+    assert decide_b(clocks).freq_khz == 1000000
