@@ -185,7 +185,7 @@ def simulated(levels, burst: int = 25, n: int = 1500, at: Sequence[float] = (0.2
         top = max(b.targets[serve].freqs_khz)
         lo = b.predict(levels[0].macs, serve, top)[0] * 1e3
         hi = b.predict(levels[-1].macs, serve, top)[0] * 1e3
-        space = S._space(b, levels)
+        space = S.board_space(b, levels)
         for f in at:
             limit = lo + f * (hi - lo)
             events = [S.Event(0, budget=Budget(latency_ms=limit))]

@@ -45,13 +45,13 @@ def simulated(model_dir: str) -> Dict[str, List[Dict]]:
     from models import manifest as mf
     from platforms.sim import SimBoard
     from governor import Config, levels_from_manifest
-    from .scenarios import Work, _space, measure_profile
+    from .scenarios import Work, board_space, measure_profile
     m = mf.read(model_dir)
     levels = levels_from_manifest(m)
     out = {}
     for name in ("sim-odroid-xu3", "sim-jetson-nano"):
         b = SimBoard(name)
-        work = Work(b, levels, measure_profile(SimBoard(name), _space(b, levels), levels))
+        work = Work(b, levels, measure_profile(SimBoard(name), board_space(b, levels), levels))
         rows = []
         for lv in m["levels"]:
             for t, st in b.targets.items():

@@ -186,7 +186,7 @@ def decision_cost(levels, n: int = 5000) -> str:
     rows = []
     for name in ("sim-odroid-xu3", "sim-jetson-nano"):
         board = SimBoard(name)
-        space = S._space(board, levels)
+        space = S.board_space(board, levels)
         g = Governor(space, levels, S.measure_profile(SimBoard(name), space, levels))
         fastest = min(g.profile.predict(c, l.macs)[0] for c in space for l in levels if l.level == c.level)
         g.set_budget(Budget(latency_ms=3 * fastest * 1e3))

@@ -201,10 +201,10 @@ def decision_cost(blocks: int = 6, n: int = 2000) -> str:
     from governor import Board, Budget, levels_from_manifest
     from models import manifest as mf, zoo
     from platforms.sim import SimBoard
-    from .scenarios import _space, measure_profile, policy_from_profile
+    from .scenarios import board_space, measure_profile, policy_from_profile
     levels = levels_from_manifest(mf.read(zoo.resolve(SETS[0])))
     b = SimBoard("sim-odroid-xu3")
-    space = _space(b, levels)
+    space = board_space(b, levels)
     prof = measure_profile(SimBoard("sim-odroid-xu3"), space, levels)
     rows = []
     for lat in (8.0, 4.0):
@@ -246,7 +246,7 @@ def simulated(board_name: str, sets, mults: Sequence[float], n: int = 3000, gap_
     from governor import Board, Budget
     from platforms.model import clock_table
     from platforms.sim import SimBoard
-    from .scenarios import Work, _space, fastest_full_ms, measure_profile, policy_from_profile
+    from .scenarios import Work, board_space, fastest_full_ms, measure_profile, policy_from_profile
     names = list(sets)
     rows = []
     for policy in ("joint", "independent"):
@@ -254,7 +254,7 @@ def simulated(board_name: str, sets, mults: Sequence[float], n: int = 3000, gap_
         clock = lambda: board.now
         parts = {}
         for nm, levels in sets.items():
-            space = _space(board, levels)
+            space = board_space(board, levels)
             profile = measure_profile(SimBoard(board_name), space, levels)
             gov = policy_from_profile("dnnscale", space, levels, profile, clock,
                                       {t: x.settle_s for t, x in board.targets.items()})

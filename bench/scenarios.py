@@ -101,7 +101,7 @@ def measure_profile(board: SimBoard, space: List[Config], levels: List[Level]) -
     return Profile.fit(samples, levels, source="simulated measurement")
 
 
-def _space(board: SimBoard, levels: List[Level], splits: bool = False) -> List[Config]:
+def board_space(board: SimBoard, levels: List[Level], splits: bool = False) -> List[Config]:
     """Every configuration of the board; its split targets only where ``splits``."""
     return build_space(levels, {n: t.freqs_khz for n, t in board.targets.items() if splits or not t.is_split},
                        {n: len(t.parts) for n, t in board.targets.items() if t.is_split})
@@ -132,7 +132,7 @@ def run(scenario: Scenario, policy, levels: List[Level], seed: int = 0,
     """One policy through one scenario (a name of POLICIES, or a Config: that configuration
     always); ``splits``: the split targets are in its space."""
     board = SimBoard(scenario.board, seed=seed)
-    space = _space(board, levels, splits)
+    space = board_space(board, levels, splits)
     profile = measure_profile(SimBoard(scenario.board), space, levels)
     work = Work(board, levels, profile)
     acc = {l.level: l.accuracy for l in levels}
