@@ -11,7 +11,7 @@ makes G the most an image gets) and pins of k = 1..G-1 (the floor), so that all 
 moments of the machine; mean latency per image from the replies'
 ``latency_ms`` and from the client's round trips.
 
-    python -m bench.anytime [--images N] [--stop-at T] [--sets NAME ...]
+    python -m bench.anytime [--images N] [--stop-at T] [--sets NAME ...] [--plot PNG]
 """
 from __future__ import annotations
 
@@ -147,6 +147,37 @@ def report(off: List[Dict], live: List[Dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def plot(off: List[Dict], path: str) -> Optional[str]:
+    """Accuracy against mean MACs, the stop_at sweep beside static k, one panel per set
+    (needs matplotlib: the ``plot`` extra); the path written, or None without it."""
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return None
+    fig, axes = plt.subplots(1, len(off), figsize=(5.5 * len(off), 4), squeeze=False)
+    for ax, r in zip(axes[0], off):
+        static = [x for x in r["rows"] if x["at1"] is None]
+        sweep = [x for x in r["rows"] if x["at1"] is not None]
+        ax.plot([x["macs"] for x in static], [x["acc"] for x in static], "s-", color="0.5", label="static k")
+        for x in static:
+            ax.annotate(x["policy"].split()[-1], (x["macs"], x["acc"]), textcoords="offset points",
+                        xytext=(4, -10), fontsize=7)
+        ax.plot([x["macs"] for x in sweep], [x["acc"] for x in sweep], "o-", color="C0", label="stop_at tau")
+        for x in sweep:
+            ax.annotate("%g" % x["tau"], (x["macs"], x["acc"]), textcoords="offset points", xytext=(3, 4),
+                        fontsize=7, color="C0")
+        ax.set_xlabel("mean MACs, % of k=G")
+        ax.set_ylabel("top-1 %")
+        ax.set_title("%s, all %d test images (offline)" % (r["set"], r["images"]), fontsize=9)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8, loc="lower right")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    return path
+
+
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(prog="python -m bench.anytime", description=__doc__.split("\n")[0])
     ap.add_argument("--sets", nargs="*", default=list(DATA), help="shipped group sets (default: both)")
@@ -155,8 +186,11 @@ def main(argv=None) -> None:
     ap.add_argument("--offline-only", action="store_true")
     ap.add_argument("--target", default=None, help="the target every request is pinned to (default: the CPU "
                     "target with the most CPUs)")
+    ap.add_argument("--plot", default=None, help="write the accuracy / MACs curve here (needs matplotlib)")
     a = ap.parse_args(argv)
     off = [r for r in (offline(n) for n in a.sets) if r]
+    if a.plot and off:
+        print("plot: %s" % (plot(off, a.plot) or "not written: matplotlib is not installed (the plot extra)"))
     live = [] if a.offline_only else [r for r in (through_daemon(n, a.images, a.stop_at, target=a.target) for n in a.sets) if r]
     print(report(off, live))
 
