@@ -152,7 +152,7 @@ class Params:
     quantile_margin: bool = True   # False: the fixed 1 + safety
     tail_fit: bool = True          # that quantile from a generalised-Pareto tail (False: empirical)
     winsorise: bool = False        # clip the ratios at 3 spreads before they enter the window
-    burst_decay: float = 0.5       # per run: how fast the guard after a miss fades
+    burst_decay: float = 0.7       # per run: how fast the guard after a miss fades
     wake_s: float = 1.0            # a run after this long without one: a miss there is a wake-up's
     resid_window: int = 300        # observations per target the quantile is taken over
     resid_min: int = 30
