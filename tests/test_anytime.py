@@ -158,6 +158,10 @@ def test_a_daemon_wide_stop_at_builds_the_steps_at_start(random_set, tmp_path, s
         replies, ran = svc.infer([InferRequest(1, "uint8", x, None, None, 0.9)])
         assert replies[0][0]["groups_per_image"][0] >= 1
         assert set(ms._anytime) >= {(ms.threads_of(ran.decision.config.target), False)}
+        if stop_at is None:            # a reload that sets it builds the rest
+            svc.cfg.stop_at = 0.9
+            svc.reload()
+            assert svc.default.rt.models is ms and set(ms._anytime) == want
     finally:
         svc.stop()
 
