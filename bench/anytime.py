@@ -12,6 +12,7 @@ moments of the machine; mean latency per image from the replies'
 ``latency_ms`` and from the client's round trips.
 
     python -m bench.anytime [--images N] [--stop-at T] [--sets NAME ...] [--plot PNG]
+    python -m bench.anytime --sweep N      (every tau through the daemon, N images per set)
 """
 from __future__ import annotations
 
@@ -111,6 +112,56 @@ def through_daemon(name: str, images: int, stop_at: float, block: int = 100,
     return out
 
 
+def sweep(name: str, images: int, taus=TAUS, block: int = 50, target: Optional[str] = None) -> Optional[Dict]:
+    """Every tau through the daemon at batch 1 on the same ``images`` test images, in blocks
+    of ``block`` that alternate pinned k=G plain requests with each tau's stop_at requests
+    (all pinned to ``target``, default the CPU target with the most CPUs): per tau, accuracy,
+    mean MACs and mean latency_ms against pinned k=G in the same blocks."""
+    from models import ModelSet, zoo
+    ms = ModelSet.load(zoo.resolve(name))
+    data = test_set(name, ms)
+    if data is None:
+        return None
+    x_u8, y = data[0][:images], data[1][:images]
+    macs = np.array([ms.level(k)["macs"] for k in range(1, ms.groups + 1)], float)
+    modes = [None] + list(taus)
+    got = {m: [] for m in modes}            # (correct, latency_ms, k)
+    with serving(name) as c:
+        st = c.status()
+        G = st["model"]["levels"]
+        target = target or max((n for n, t in st["targets"].items() if t["kind"] == "cpu"),
+                               key=lambda n: len(st["targets"][n]["cpus"]))
+        c.pin(groups=G, target=target)
+        for tau in taus:                     # build and warm every session first
+            for i in range(10):
+                c.infer(x_u8[i:i + 1], stop_at=tau)
+        for start in range(0, len(y), block):
+            for m in modes:
+                for i in range(start, min(start + block, len(y))):
+                    r = c.infer(x_u8[i:i + 1], stop_at=m)
+                    k = r.header["groups_per_image"][0] if m is not None else G
+                    got[m].append((r.labels[0] == int(y[i]), r.latency_ms, k))
+    base = np.array(got[None], float)
+    rows = []
+    for m in modes:
+        a = np.array(got[m], float)
+        rows.append({"policy": "pinned k=G" if m is None else "stop_at %.2f" % m, "acc": 100 * a[:, 0].mean(),
+                     "macs": 100 * macs[a[:, 2].astype(int) - 1].mean() / macs[-1],
+                     "ms": a[:, 1].mean(), "ratio": a[:, 1].mean() / base[:, 1].mean()})
+    return {"set": name, "images": len(y), "target": target, "block": block, "rows": rows}
+
+
+def report_sweep(sw: List[Dict]) -> str:
+    lines = []
+    for r in sw:
+        lines += ["**%s** through the daemon at batch 1, %d test images, every tau and pinned k=G in alternating "
+                  "blocks of %d on `%s`:" % (r["set"], r["images"], r["block"], r["target"]), "",
+                  table(["requests", "top-1 %", "mean MACs, % of k=G", "mean latency_ms", "vs pinned k=G"],
+                        [[x["policy"], "%.2f" % x["acc"], "%.1f" % x["macs"], "%.3f" % x["ms"], "%.2fx" % x["ratio"]]
+                         for x in r["rows"]]), ""]
+    return "\n".join(lines) + "\n"
+
+
 def report(off: List[Dict], live: List[Dict]) -> str:
     lines = ["Anytime answers (%s)" % machine(), ""]
     for r in off:
@@ -187,7 +238,12 @@ def main(argv=None) -> None:
     ap.add_argument("--target", default=None, help="the target every request is pinned to (default: the CPU "
                     "target with the most CPUs)")
     ap.add_argument("--plot", default=None, help="write the accuracy / MACs curve here (needs matplotlib)")
+    ap.add_argument("--sweep", type=int, default=0, metavar="N",
+                    help="only: every tau through the daemon on N test images per set (alternating blocks)")
     a = ap.parse_args(argv)
+    if a.sweep:
+        print(report_sweep([r for r in (sweep(n, a.sweep, target=a.target) for n in a.sets) if r]))
+        return
     off = [r for r in (offline(n) for n in a.sets) if r]
     if a.plot and off:
         print("plot: %s" % (plot(off, a.plot) or "not written: matplotlib is not installed (the plot extra)"))

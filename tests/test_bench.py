@@ -190,3 +190,17 @@ def test_the_boards_joint_decision_holds_the_nano_gpu_clock_where_independent_go
     e = {p: sum(r["energy_mj"] for r in xu3 if r["policy"] == p) for p in ("joint", "independent")}
     assert abs(e["joint"] / e["independent"] - 1) < 0.01
     assert all(r["miss"] <= 0.02 for r in xu3)
+
+
+@pytest.mark.skipif(not os.path.isdir("/usr/share/datasets/fashion-mnist"), reason="needs Debian's dataset-fashion-mnist")
+def test_anytime_sweep_through_the_daemon():
+    """`python -m bench.anytime --sweep N`: every tau and pinned k=G through a real daemon on the
+    same test images; a lower tau stops earlier (fewer MACs); every row has its latency
+    against pinned k=G in the same blocks."""
+    from bench.anytime import sweep
+    r = sweep("fashion-mnist-g4", 40, taus=(0.5, 0.99), block=20)
+    rows = {x["policy"]: x for x in r["rows"]}
+    assert list(rows) == ["pinned k=G", "stop_at 0.50", "stop_at 0.99"]
+    assert rows["pinned k=G"]["macs"] == 100.0 and rows["pinned k=G"]["ratio"] == 1.0
+    assert rows["stop_at 0.50"]["macs"] < rows["stop_at 0.99"]["macs"] < 100.0
+    assert all(x["ms"] > 0 and x["ratio"] == x["ms"] / rows["pinned k=G"]["ms"] for x in r["rows"])
