@@ -183,7 +183,7 @@ class Service:
                 log.error("could not restore after profiling: %s", err)
             self.executor.forget()
         rt = self.builder.build(models, model_dir, cfg.gpu, profile, per_frequency, threads=cfg.threads, name=name)
-        if cfg.stop_at is not None and not models.no_anytime:
+        if cfg.stop_at is not None:
             models.warm_anytime()       # every request stops early: none pays for the step sessions
         return Served(name, entry, rank, rt, key)
 
@@ -422,7 +422,7 @@ class Service:
                     or models.classes != old.models.classes:
                 raise ProtocolError("reload_failed", "kept the loaded model sets: the new %s differs in its levels, "
                                     "input or classes (restart the daemon to change models)" % s.name)
-            if cfg.stop_at is not None and not models.no_anytime:
+            if cfg.stop_at is not None:
                 models.warm_anytime()   # outside the lock, as at start
             stored = profiler.load(self.cfg.state_dir, s.profile_key, old.targets, name=s.file_name)
             profile = old.profile

@@ -51,6 +51,7 @@ class Board:
         self.clocks = {t: table for t, table in (clocks or {}).items() if table}
         self._steps = {t: sorted(table) for t, table in self.clocks.items()}
         self._on = {t: {c for step in table.values() for c in step} for t, table in self.clocks.items()}
+        self._named = set().union(*self._on.values())    # every clock a table names
         self.claims: Dict[str, Tuple[str, int, int, float]] = {}   # model → (target, its kHz, its floor, when)
         self.overruled: Dict[str, List[str]] = {}              # model → lower-priority models it decided without
         self._ticks: Dict[str, int] = {}                         # model → decisions since its claim was worked out
@@ -67,7 +68,7 @@ class Board:
                 continue
             for c, k in self._clocks_at(target, khz).items():
                 held[c] = max(held.get(c, 0), k)
-        floors = {t: k for t, k in held.items() if t not in self.clocks and not any(t in on for on in self._on.values())}
+        floors = {t: k for t, k in held.items() if t not in self._named}   # targets without a table
         for t, table in self.clocks.items():
             if self._on[t] & held.keys():
                 ok = [f for f in self._steps[t] if all(k >= held.get(c, 0) for c, k in table[f].items())]

@@ -470,8 +470,7 @@ class Governor:
                                  else True)
         self._lanes = self._lanes_of(self._allowed)
         self._forced = self._lanes_of(place)
-        self._lanes_stepped = self._lanes_of(self._allowed & self._whole)
-        self._forced_stepped = self._lanes_of(place & self._whole)
+        self._stepped: Dict[bool, Dict[int, List[_Lane]]] = {}   # forced → lanes off the splits (decide)
         keep = worthwhile([self.levels[lv] for lv in self._level_order if self._lanes[lv]], self.p.acc_tolerance)
         self._auto_order = [lv for lv in self._level_order if lv in keep]
 
@@ -716,8 +715,10 @@ class Governor:
         lanes = self._forced if forced else self._lanes
         allowed = (self._place & (self._lvl == level)) if forced else self._allowed
         if stepped and (allowed & self._whole).any():
-            lanes = self._forced_stepped if forced else self._lanes_stepped
             allowed = allowed & self._whole
+            lanes = self._stepped.get(forced)
+            if lanes is None:                 # built on the first anytime decision after a change
+                lanes = self._stepped[forced] = self._lanes_of((self._place if forced else self._allowed) & self._whole)
         cur = self.current
         if b.power_w is not None:
             cand, feasible = self._slow(order, limit_s, allowed)

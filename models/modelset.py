@@ -358,7 +358,10 @@ class ModelSet:
     def warm_anytime(self, runs: int = 3) -> None:
         """Build and run the anytime steps at every thread count the set has sessions for
         (and on the GPU where it has one), so that no request pays for building them: tens
-        of ms on the first stop_at request of each thread count otherwise."""
+        of ms on the first stop_at request of each thread count otherwise. Nothing where the set
+        cannot stop early."""
+        if self.no_anytime:
+            return
         x = np.zeros((1,) + self.input_shape, np.float32)
         for threads, gpu in [(n, False) for n in sorted(self._cpu)] + ([(self.threads, True)] if self._gpu else []):
             for _ in range(runs):
