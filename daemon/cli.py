@@ -432,7 +432,9 @@ def cmd_budget(a: argparse.Namespace) -> int:
             raise CliError("%s must be a positive number, got %s" % (flag, v))
     if a.accuracy_min is not None and not 0 <= a.accuracy_min <= 100:
         raise CliError("--accuracy-min must be a top-1 percentage in [0, 100], got %s" % a.accuracy_min)
-    given = [v for v in (a.latency_ms, a.energy_mj, a.power_w, a.accuracy_min) if v is not None]
+    if a.miss_rate is not None and a.latency_ms is None:
+        raise CliError("--miss-rate is the share of runs that may exceed --latency-ms: give --latency-ms too")
+    given = [v for v in (a.latency_ms, a.energy_mj, a.power_w, a.accuracy_min, a.miss_rate) if v is not None]
     c = _client(a)
     if a.clear:
         if given:
@@ -441,7 +443,7 @@ def cmd_budget(a: argparse.Namespace) -> int:
     elif not given:
         r = {"budget": _part(_call(c.status), a.model)["budget"]}
     else:
-        r = _call(lambda: c.set_budget(a.latency_ms, a.energy_mj, a.power_w, a.accuracy_min))
+        r = _call(lambda: c.set_budget(a.latency_ms, a.energy_mj, a.power_w, a.accuracy_min, miss_rate=a.miss_rate))
     def fmt(b):
         return ", ".join("%s %s" % (k, v) for k, v in b.items() if v is not None)
     print("budget: %s" % (fmt(r["budget"]) or "none (best accuracy at the lowest energy)"))
@@ -733,6 +735,9 @@ def build_parser() -> argparse.ArgumentParser:
     bu.add_argument("--accuracy-min", type=float, default=None, metavar="PERCENT",
                     help="an accuracy floor (the level's top-1 %%): the governor never chooses a level below "
                          "it; where the latency or energy cannot be met at or above it, they give way")
+    bu.add_argument("--miss-rate", type=float, default=None, metavar="FRACTION",
+                    help="with --latency-ms: the share of runs that may exceed it (default 0.01); the governor "
+                         "keeps a margin over each target's measured tail for it, so a smaller share costs accuracy")
     bu.add_argument("--clear", action="store_true")
     bu.set_defaults(func=cmd_budget)
     st = client_parser("status", COMMANDS["status"].doc)

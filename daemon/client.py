@@ -300,9 +300,10 @@ class Client:
 
     def set_budget(self, latency_ms: Optional[float] = None, energy_mj: Optional[float] = None,
                    power_w: Optional[float] = None, accuracy_min: Optional[float] = None,
-                   model: Optional[str] = None) -> Dict:
+                   model: Optional[str] = None, miss_rate: Optional[float] = None) -> Dict:
         return self.command("set_budget", latency_ms=latency_ms, energy_mj=energy_mj, power_w=power_w,
-                            accuracy_min=accuracy_min, **self._for(model))
+                            accuracy_min=accuracy_min, **self._for(model),
+                            **({} if miss_rate is None else {"miss_rate": miss_rate}))
 
     def clear_budget(self, model: Optional[str] = None) -> Dict:
         return self.command("clear_budget", **self._for(model))

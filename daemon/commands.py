@@ -99,9 +99,9 @@ def _release(svc, args: Dict) -> Dict:
 
 
 COMMANDS: Dict[str, Command] = {c.name: c for c in (
-    Command("set_budget", ("latency_ms", "energy_mj", "power_w", "accuracy_min", "model"),
-            "set a model set's latency/energy/power budget and accuracy floor (saved; the governor meets it with the "
-            "best accuracy)", _set_budget),
+    Command("set_budget", ("latency_ms", "energy_mj", "power_w", "accuracy_min", "model", "miss_rate"),
+            "set a model set's latency/energy/power budget, accuracy floor and the share of runs that may exceed "
+            "its latency (saved; the governor meets it with the best accuracy)", _set_budget),
     Command("clear_budget", ("model",), "no budget: the best accuracy at the lowest energy",
             lambda svc, a: _cleared(svc, svc.pick(a.get("model")))),
     Command("status", (), "what the daemon is doing (every model set's part under models)",

@@ -17,7 +17,7 @@ highest accuracy, and the lowest energy among equals.
 * What ran: ``observe(ran_khz=)`` takes the kernel's frequency read-back; a target held
   below what was asked (a cap) has its higher frequencies left out for ``stale_s``.
 * Safety: a configuration meets a latency limit when prediction x margin <= limit, where a
-  target's margin is the (1 - ``miss_target``) quantile of its last ``resid_window``
+  target's margin is the (1 - the budget's ``miss_rate``, else ``miss_target``) quantile of its last ``resid_window``
   observed / predicted ratios (at least 1; ``1 + safety`` until ``resid_min`` are in):
   the margin covers the tail that was measured, for the miss rate asked, instead of fixed
   percentages stacked on each other. ``quantile_margin=False``: the fixed ``1 + safety``.
@@ -62,8 +62,10 @@ import numpy as np
 from .profile import Profile
 from .space import Config, Level
 
-LIMITS = {"latency_ms": 600_000.0, "energy_mj": 1e9, "power_w": 1e4, "accuracy_min": 100.0}  # above: absurd
-FLOORS = {"latency_ms": 1e-3, "energy_mj": 1e-6, "power_w": 1e-6, "accuracy_min": 0.0}      # below: a typo
+LIMITS = {"latency_ms": 600_000.0, "energy_mj": 1e9, "power_w": 1e4, "accuracy_min": 100.0,
+          "miss_rate": 0.5}                                                                   # above: absurd
+FLOORS = {"latency_ms": 1e-3, "energy_mj": 1e-6, "power_w": 1e-6, "accuracy_min": 0.0,
+          "miss_rate": 0.001}     # below: a typo (or, for miss_rate, a tail 300 runs cannot show)
 CAUSES = ("infeasible", "frequency_cap", "switch", "wake_up", "contention", "prediction")   # of a miss
 
 
@@ -113,6 +115,7 @@ class Budget:
     energy_mj: Optional[float] = None
     power_w: Optional[float] = None
     accuracy_min: Optional[float] = None      # top-1 %: the governor's own choices stay at or above it
+    miss_rate: Optional[float] = None         # the share of runs that may exceed latency_ms (None: Params')
 
     def validate(self) -> "Budget":
         for key, limit in LIMITS.items():
@@ -124,6 +127,8 @@ class Budget:
             if not FLOORS[key] <= v <= limit:
                 raise ValueError("%s must be in [%g, %g], got %r" % (key, FLOORS[key], limit, v))
             setattr(self, key, float(v))
+        if self.miss_rate is not None and self.latency_ms is None:
+            raise ValueError("miss_rate is the share of runs that may exceed latency_ms: give latency_ms too")
         return self
 
     @property
@@ -193,6 +198,7 @@ class TargetModel:
         self.n_obs = 0
         self.spread = 0.0              # EWMA of (ratio - 1)^2, for the winsorising
         self.recent: Deque[float] = deque(maxlen=3)   # the last observed / modelled ratios
+        self.miss_rate = p.miss_target  # the miss rate asked (the budget's, else Params')
         self.tail = 1 + p.safety       # the margin for the miss rate asked, from the observed tail
         self.guard = 1.0               # raised by a miss, fading (misses come in bursts)
         self.margin = self.tail        # the larger of the two
@@ -253,10 +259,8 @@ class TargetModel:
         self.resid.append(ratio)
         self.n_obs += 1
         # the quantile every 10th observation once resid_min are in
-        if p.quantile_margin and len(self.resid) >= p.resid_min and self.n_obs % 10 == 0:
-            self.tail = max(1.0, tail_quantile(self.resid, p.miss_target) if p.tail_fit
-                            else quantile(self.resid, 1 - p.miss_target))
-            self.margin = max(self.tail, self.guard)
+        if self.n_obs % 10 == 0:
+            self.fit_tail()
         # the level follows the median of the last 3 observed / modelled ratios: a load step
         # (which repeats) moves it from the second inference on, a lone spike (a control
         # command's work on the same CPU, a page fault) not at all
@@ -279,6 +283,20 @@ class TargetModel:
         if missed:
             self.raise_guard(latency_s / (self.shape(base_s) * self.corr_lat))
         self.seen = now
+
+    def fit_tail(self) -> None:
+        """The margin for ``miss_rate`` from the window's tail (once ``resid_min`` are in)."""
+        p = self.p
+        if p.quantile_margin and len(self.resid) >= p.resid_min:
+            self.tail = max(1.0, tail_quantile(self.resid, self.miss_rate) if p.tail_fit
+                            else quantile(self.resid, 1 - self.miss_rate))
+            self.margin = max(self.tail, self.guard)
+
+    def ask(self, miss_rate: float) -> None:
+        """A budget asks for another miss rate: the margin for it from the tail seen so far."""
+        if miss_rate != self.miss_rate:
+            self.miss_rate = miss_rate
+            self.fit_tail()
 
     def raise_guard(self, ratio: float) -> None:
         self.guard = max(self.guard, min(ratio, 3.0))
@@ -430,6 +448,8 @@ class Governor:
         # the unit of the shape fit per target (x = profile / ref ~ 1): its median profile latency
         self.tm = [TargetModel(self.p, float(np.median(self._base_lat[self._tgt == t])))
                    for t in range(len(self.targets))]
+        for m in self.tm:
+            m.ask(self.miss_rate)
         self._build_lanes()
 
     def carry_over(self, old: "Governor") -> None:
@@ -438,6 +458,8 @@ class Governor:
         this space has it), the statistics, and, under the same profile, each target's
         latency model and margin and the caps in force. Hysteresis starts afresh."""
         self.budget = old.budget
+        for m in self.tm:
+            m.ask(self.miss_rate)
         pin = dict(old.pinned)
         if pin.get("target") is not None and pin["target"] not in self.targets:
             pin.pop("target")
@@ -558,8 +580,16 @@ class Governor:
         """A new budget is a fresh decision: no hysteresis carried over from the old one (after
         a clear, the best configuration from the next request), and the miss rate restarts."""
         self.budget = self.check_budget(budget)
+        for m in self.tm:
+            m.ask(self.miss_rate)
         self._fresh()
         self.stats.restart()
+
+    @property
+    def miss_rate(self) -> float:
+        """The miss rate the margins are for: the budget's, else ``Params.miss_target``."""
+        b = self.budget.miss_rate
+        return self.p.miss_target if b is None else b
 
     def check_budget(self, budget: Budget) -> Budget:
         """``budget`` validated, and its accuracy floor reachable by some level (ValueError)."""

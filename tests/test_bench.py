@@ -166,6 +166,14 @@ def test_deadlines_best_static_in_hindsight_and_the_simulated_gap():
     assert row["best"][2:4] == (2, "cpu") and row["best"][4] == pytest.approx(2 / 200)   # 1%: kept; k=3's 5%: not
     assert row["miss"] == pytest.approx(1 / 200)
     assert D.busy_at(n // 3, n, 25) and not D.busy_at(n // 3 + 25, n, 25) and not D.busy_at(0, n, 25)
+    # --miss-rates: the governor once per rate asked on each budget, reported apart
+    none = {"causes": {}, "longest_run": 0, "p_miss_after_miss": None}
+    run["tails"] = {1: 1.0, 3: 3.0}
+    run["governed"] = [{"budget_ms": 3.0, "asked": None, "trace": gov, "misses": none},
+                       {"budget_ms": 3.0, "asked": 0.002, "trace": fast, "misses": none}]
+    text = D.report_real([run], [0.5], 0, (None, 0.002))
+    assert "miss_rate default: <= 1% misses in each run: worst 0.50%" in text
+    assert "miss_rate 0.002: <= 1% misses in each run: worst 0.00%" in text and "-4.00 points" in text
     from bench.scenarios import default_levels
     rows = D.simulated(default_levels([1e7, 2e7, 3e7, 4e7]), n=150, at=(0.5,))
     assert {r["board"] for r in rows} == {"sim-odroid-xu3", "sim-jetson-nano"}

@@ -88,6 +88,31 @@ def test_an_accuracy_floor_through_the_daemon(served):
         c.clear_budget()
 
 
+def test_a_miss_rate_through_the_daemon(served):
+    """``miss_rate``: saved with the budget and in status; the margins follow it (a smaller
+    share, a wider margin where the tail is known); without latency_ms, or out of range, refused and
+    nothing changes."""
+    d, _ = served
+    img = np.zeros((1, 32, 32, 3), np.uint8)
+    with d.client() as c:
+        c.set_budget(latency_ms=50.0)
+        for _ in range(40):
+            t = c.infer(img).config["target"]
+        wide = c.status()["margins"]
+        r = c.set_budget(latency_ms=50.0, miss_rate=0.002)
+        assert r["budget"]["miss_rate"] == 0.002 and r["replaced"]["miss_rate"] is None
+        s = c.status()
+        assert s["budget"]["miss_rate"] == 0.002
+        assert all(s["margins"][u] >= m for u, m in wide.items()) and s["margins"][t] > wide[t]
+        assert json.load(open(os.path.join(d.state, "budget.json")))["miss_rate"] == 0.002
+        for bad, why in (({"energy_mj": 5.0, "miss_rate": 0.01}, "give latency_ms too"),
+                         ({"latency_ms": 5.0, "miss_rate": 0.9}, "miss_rate must be in")):
+            with pytest.raises(DaemonError, match="bad_budget.*" + why):
+                c.command("set_budget", **bad)
+        assert c.status()["budget"] == s["budget"]
+        c.clear_budget()
+
+
 def test_status_fields(served):
     d, _ = served
     with d.client() as c:

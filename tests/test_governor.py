@@ -577,3 +577,39 @@ def test_a_lane_whose_first_run_after_a_move_missed_waits_longer_before_it_is_re
     assert g.tm[t].corr_lat < 3.0                       # drifting back now
     g.observe(little, 1e-3, limit_ms=5.0, learn=False)      # a move there that met the limit
     assert g.tm[t].stale_s == g.p.stale_s
+
+
+def test_a_budget_that_asks_for_fewer_misses_gets_a_wider_margin_and_keeps_it():
+    """``miss_rate``: the margin is the tail quantile for the rate asked. On runs whose
+    observed / predicted ratios have a known tail, asking 0.2% instead of the default 1%
+    widens the margin at once (from the tail already seen) and the decision stays below the
+    limit by it; the misses over a long run are near each rate asked. Without latency_ms it
+    is refused; out of range too."""
+    rng = np.random.default_rng(1)
+    rates = {}
+    for asked in (None, 0.002):
+        g, clock = gov()
+        g.set_budget(Budget(latency_ms=2.5))
+        missed = served = 0
+        for i in range(3000):
+            if i == 300 and asked is not None:        # the tail is known by then
+                before = g.status()["margins"]["big"]
+                g.set_budget(Budget(latency_ms=2.5, miss_rate=asked))
+                assert g.status()["margins"]["big"] > before
+                assert g.status()["budget"]["miss_rate"] == asked
+            d = g.decide()
+            assert d.feasible and modelled(g, d.config) * g.status()["margins"][d.config.target] <= 2.5e-3 * 1.005
+            lat = pred(g, d.config)[0] * (1 + 0.05 * rng.exponential())
+            clock.t += 0.01
+            g.observe(d.config, lat, limit_ms=2.5)
+            if i >= 600:
+                served += 1
+                missed += lat > 2.5e-3
+        rates[asked] = (missed / served, g.status()["margins"]["big"])
+    assert rates[0.002][1] > rates[None][1]
+    assert rates[0.002][0] < rates[None][0] <= 0.02
+    assert rates[0.002][0] <= 0.006
+    with pytest.raises(ValueError, match="give latency_ms too"):
+        Budget(energy_mj=5, miss_rate=0.01).validate()
+    with pytest.raises(ValueError, match="miss_rate must be in"):
+        Budget(latency_ms=2, miss_rate=0.9).validate()
