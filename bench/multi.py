@@ -200,6 +200,7 @@ def decision_cost(blocks: int = 6, n: int = 2000) -> str:
     import time as _t
     from governor import Board, Budget, levels_from_manifest
     from models import manifest as mf, zoo
+    from platforms.model import clock_table
     from platforms.sim import SimBoard
     from .scenarios import board_space, measure_profile, policy_from_profile
     levels = levels_from_manifest(mf.read(zoo.resolve(SETS[0])))
@@ -213,7 +214,7 @@ def decision_cost(blocks: int = 6, n: int = 2000) -> str:
                                     settle_s={t: x.settle_s for t, x in b.targets.items()})
             g.set_budget(Budget(latency_ms=lat))
             return g
-        alone, two, board = gov(), (gov(), gov()), Board(["a", "b"])
+        alone, two, board = gov(), (gov(), gov()), Board(["a", "b"], clocks=clock_table(b.targets))   # as the daemon
         res = {"alone": [], "board": []}
         for _ in range(blocks):
             t0 = _t.perf_counter()

@@ -57,22 +57,33 @@ class Board:
         self._ticks: Dict[str, int] = {}                         # model → decisions since its claim was worked out
         self._claimed: Dict[str, Tuple] = {}                     # model → (config, limit) its claim is for
         self._checked: Dict[str, Tuple] = {}                     # model → (floors, above, the floors it took)
+        self._floors_of: Dict[frozenset, Dict[str, int]] = {}    # the (target, kHz) claims held → floors
 
     def _floors(self, name: str, now: float, below_too: bool) -> Dict[str, int]:
         """target → the lowest kHz the other models' claims leave ``name`` there (those of
-        lower priority too where ``below_too``)."""
-        held: Dict[str, int] = {}          # clock (or a target without a table) → kHz
+        lower priority too where ``below_too``). Read-only: the same dict while the claims
+        that hold stay the same (worked out once per set of them)."""
         mine = self.rank.get(name, len(self.rank))
-        for other, (target, _, khz, at) in self.claims.items():
-            if other == name or not khz or now - at > self.idle_s or (not below_too and self.rank.get(other, 0) > mine):
-                continue
+        holding = frozenset((target, khz) for other, (target, _, khz, at) in self.claims.items()
+                            if other != name and khz and now - at <= self.idle_s
+                            and (below_too or self.rank.get(other, 0) <= mine))
+        floors = self._floors_of.get(holding)
+        if floors is None:
+            if len(self._floors_of) > 256:          # claims move with the budgets: keep the recent ones
+                self._floors_of.clear()
+            floors = self._floors_of[holding] = self._work_out(holding)
+        return floors
+
+    def _work_out(self, holding) -> Dict[str, int]:
+        held: Dict[str, int] = {}          # clock (or a target without a table) → kHz
+        for target, khz in holding:
             for c, k in self._clocks_at(target, khz).items():
                 held[c] = max(held.get(c, 0), k)
         floors = {t: k for t, k in held.items() if t not in self._named}   # targets without a table
         for t, table in self.clocks.items():
             if self._on[t] & held.keys():
-                ok = [f for f in self._steps[t] if all(k >= held.get(c, 0) for c, k in table[f].items())]
-                floors[t] = ok[0] if ok else self._steps[t][-1]
+                floors[t] = next((f for f in self._steps[t] if all(k >= held.get(c, 0) for c, k in table[f].items())),
+                                 self._steps[t][-1])
         return floors
 
     def _clocks_at(self, target: str, khz: int) -> Dict[str, int]:
