@@ -309,6 +309,12 @@ def test_cli_verbs(served, tmp_path):
     assert r.returncode == 0 and "released the pin k=2" in r.stdout
     r = run("budget", "--latency-ms", "nan", "--control-endpoint", d.control_ep)
     assert r.returncode == 2 and "--latency-ms must be a positive number" in r.stderr
+    r = run("budget", "--miss-rate", "0.005", "--control-endpoint", d.control_ep)
+    assert r.returncode == 2 and "give --latency-ms too" in r.stderr
+    r = run("budget", "--latency-ms", "50", "--miss-rate", "0.9", "--control-endpoint", d.control_ep)
+    assert r.returncode == 1 and "miss_rate must be in [0.001, 0.5]" in r.stderr
+    r = run("budget", "--latency-ms", "50", "--miss-rate", "0.005", "--control-endpoint", d.control_ep)
+    assert r.returncode == 0 and "latency_ms 50.0, miss_rate 0.005" in r.stdout
     r = run("budget", "--clear", "--control-endpoint", d.control_ep)
     assert "none" in r.stdout and "replaced: latency_ms 50.0" in r.stdout
     r = run("infer", str(tmp_path / "missing.png"), str(tmp_path / "a.png"), *ep)   # one bad file: the rest go on
