@@ -729,24 +729,27 @@ def build_parser() -> argparse.ArgumentParser:
     inf.add_argument("--json", action="store_true")
     inf.set_defaults(func=cmd_infer)
     bu = client_parser("budget", "show, set or clear the latency/energy budget", model=True)
-    bu.add_argument("--latency-ms", type=float, default=None)
-    bu.add_argument("--energy-mj", type=float, default=None)
-    bu.add_argument("--power-w", type=float, default=None)
+    bu.add_argument("--latency-ms", type=float, default=None, metavar="MS",
+                    help="the most one inference may take (the run in the daemon, not the queue or the network)")
+    bu.add_argument("--energy-mj", type=float, default=None, metavar="MJ",
+                    help="the most energy per image, where the board measures energy")
+    bu.add_argument("--power-w", type=float, default=None, metavar="W", help="an average power cap")
     bu.add_argument("--accuracy-min", type=float, default=None, metavar="PERCENT",
                     help="an accuracy floor (the level's top-1 %%): the governor never chooses a level below "
                          "it; where the latency or energy cannot be met at or above it, they give way")
     bu.add_argument("--miss-rate", type=float, default=None, metavar="FRACTION",
                     help="with --latency-ms: the share of runs that may exceed it (default 0.01); the governor "
                          "keeps a margin over each target's measured tail for it, so a smaller share costs accuracy")
-    bu.add_argument("--clear", action="store_true")
+    bu.add_argument("--clear", action="store_true", help="no budget: the best accuracy at the lowest energy")
     bu.set_defaults(func=cmd_budget)
     st = client_parser("status", COMMANDS["status"].doc)
     st.add_argument("--json", action="store_true")
     st.set_defaults(func=cmd_status)
     pn = client_parser("pin", COMMANDS["pin"].doc, model=True)
-    pn.add_argument("--groups", type=int, default=None)
-    pn.add_argument("--target", default=None)
-    pn.add_argument("--freq-mhz", type=float, default=None)
+    pn.add_argument("--groups", type=int, default=None, metavar="K", help="run k groups (1..G)")
+    pn.add_argument("--target", default=None, help="run on this target (`dnnscale status` lists them)")
+    pn.add_argument("--freq-mhz", type=float, default=None, metavar="MHZ",
+                    help="at this frequency (one of the target's steps)")
     pn.set_defaults(func=cmd_pin)
     client_parser("release", COMMANDS["release"].doc, model=True).set_defaults(func=cmd_release)
     tp = client_parser("top", "a live view of the daemon: configuration, latency against the budget, miss rate, "
