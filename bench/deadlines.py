@@ -152,7 +152,8 @@ def summarise(run: Dict) -> List[Dict]:
     return rows
 
 
-def report_real(runs: List[Dict], at: Sequence[float], nice: int, miss_rates: Sequence[Optional[float]] = (None,)) -> str:
+def report_real(runs: List[Dict], at: Sequence[float], nice: int,
+                miss_rates: Sequence[Optional[float]] = (None,)) -> str:
     lines = ["**(a) This machine, measured**, the daemon at niceness %d, the competitors at 0 (%s); quiet p99 "
              "of k=1 / k=G per run: %s" % (nice, machine(), "; ".join("%.3f / %.3f ms" % (r["tails"][1], r["tails"][max(r["tails"])]) for r in runs)), ""]
     rows = []
@@ -170,7 +171,8 @@ def report_real(runs: List[Dict], at: Sequence[float], nice: int, miss_rates: Se
                              "-" if best is None else "%+.2f" % (r["acc"] - best[0]),
                              ", ".join("%s %d" % kv for kv in m["causes"].items() if kv[1]) or "-",
                              m["longest_run"], "-" if m["p_miss_after_miss"] is None else "%.2f" % m["p_miss_after_miss"]])
-    lines.append(table(["budget: of the way k=1 → k=G", "run", "miss_rate asked", "governor misses %", "governor accuracy %",
+    lines.append(table(["budget: of the way k=1 → k=G", "run", "miss_rate asked", "governor misses %",
+                        "governor accuracy %",
                         "best static <= 1% misses", "accuracy vs it", "miss causes", "longest run",
                         "P(miss | miss)"], rows))
     lines.append("")

@@ -17,8 +17,9 @@ highest accuracy, and the lowest energy among equals.
 * What ran: ``observe(ran_khz=)`` takes the kernel's frequency read-back; a target held
   below what was asked (a cap) has its higher frequencies left out for ``stale_s``.
 * Safety: a configuration meets a latency limit when prediction x margin <= limit, where a
-  target's margin is the (1 - the budget's ``miss_rate``, else ``miss_target``) quantile of its last ``resid_window``
-  observed / predicted ratios (at least 1; ``1 + safety`` until ``resid_min`` are in):
+  target's margin is the (1 - the budget's ``miss_rate``, else ``miss_target``) quantile of
+  its last ``resid_window`` observed / predicted ratios (at least 1; ``1 + safety`` until
+  ``resid_min`` are in):
   the margin covers the tail that was measured, for the miss rate asked, instead of fixed
   percentages stacked on each other. ``quantile_margin=False``: the fixed ``1 + safety``.
   The current configuration is left as soon as it is at risk (step down at once).
