@@ -29,7 +29,7 @@ import argparse
 import sys
 import threading
 import time
-from typing import Dict, List, Sequence
+from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 
@@ -58,7 +58,8 @@ def _both(clients: Dict, xs: Dict, n: int, gaps: Dict) -> Dict[str, List]:
     return out
 
 
-def real(n: int, blocks: int, at: float, gaps_ms: Sequence[float], nice: int = 0) -> Dict:
+def real(n: int, blocks: int, at: float, gaps_ms: Sequence[float], nice: int = 0,
+         miss_rate: Optional[float] = None) -> Dict:
     from daemon.client import Client, DaemonError
     with serving(list(SETS), profile_runs=10, nice=nice) as c0:
         st = c0.status()
@@ -101,7 +102,7 @@ def real(n: int, blocks: int, at: float, gaps_ms: Sequence[float], nice: int = 0
                 if p == "governed":
                     for nm in SETS:
                         c0.release(model=nm)
-                        c0.set_budget(latency_ms=budgets[nm], model=nm)
+                        c0.set_budget(latency_ms=budgets[nm], model=nm, miss_rate=miss_rate)
                     moved = c0.status()["mapping"]["moves"]
                 else:
                     pin_all(*p)
@@ -121,7 +122,7 @@ def real(n: int, blocks: int, at: float, gaps_ms: Sequence[float], nice: int = 0
             c0.clear_budget(model=nm)
         for cl in clients.values():
             cl.close()
-    return {"acc": acc, "tails": tails, "budgets": budgets, "res": res, "nice": nice,
+    return {"acc": acc, "tails": tails, "budgets": budgets, "res": res, "nice": nice, "miss_rate": miss_rate,
             "causes": causes, "moves": moves}
 
 
@@ -151,8 +152,10 @@ def report_real(r: Dict) -> str:
                          " ".join("%s %d%%" % (t, round(100 * c / len(gov))) for t, c in sorted(where.items())),
                          "k=%d %s (%.2f%%, %.2f)" % (best[2][0], best[2][1], 100 * best[3], best[0]) if best else "none",
                          "%+.2f" % (mean_acc - best[0]) if best else "-"])
-    return ("Two sets in one daemon at niceness %d, two clients at once, batch 1 (%s)\n"
-            "tails with both running (p99 ms, the lowest over the targets): %s\n" % (r["nice"], machine(), ", ".join(
+    q = r.get("miss_rate")
+    return ("Two sets in one daemon at niceness %d, two clients at once, batch 1, miss_rate %s (%s)\n"
+            "tails with both running (p99 ms, the lowest over the targets): %s\n" % (
+                r["nice"], "default" if q is None else "%g" % q, machine(), ", ".join(
                 "%s k=1 %.3f, k=G %.3f" % (nm, t[1], t[max(t)]) for nm, t in r["tails"].items()))
             + table(["set", "block", "budget ms", "governed p50 / p99 ms", "misses", "accuracy", "targets",
                      "best static <= 1% misses", "vs best"], rows)
@@ -325,6 +328,8 @@ def main(argv=None) -> int:
                    help="SIMULATED budgets: multiples of each set's fastest full-model latency")
     p.add_argument("--nice", type=int, default=None,
                    help="the daemon's niceness (default: the systemd unit's Nice=, as deployed; 0: the clients' own)")
+    p.add_argument("--miss-rate", type=float, default=None, metavar="Q",
+                   help="each set's budget asks this miss_rate (default: none, the governor's 0.01)")
     p.add_argument("--sim", action="store_true", help="the simulated boards too")
     p.add_argument("--sim-only", action="store_true")
     p.add_argument("--memory", action="store_true", help="only: what a second set adds to the resident size")
@@ -347,7 +352,8 @@ def main(argv=None) -> int:
         print(report_sim(rows))
     if not a.sim_only:
         from .governor import unit_nice
-        print(report_real(real(a.requests, a.blocks, a.at, a.gap_ms, unit_nice() if a.nice is None else a.nice)))
+        print(report_real(real(a.requests, a.blocks, a.at, a.gap_ms, unit_nice() if a.nice is None else a.nice,
+                               a.miss_rate)))
     return 0
 
 
