@@ -18,8 +18,9 @@ highest accuracy, and the lowest energy among equals.
   below what was asked (a cap) has its higher frequencies left out for ``stale_s``.
 * Safety: a configuration meets a latency limit when prediction x margin <= limit, where a
   target's margin is the (1 - the budget's ``miss_rate``, else ``miss_target``) quantile of
-  its last ``resid_window`` observed / predicted ratios (at least 1; ``1 + safety`` until
-  ``resid_min`` are in):
+  its last ``resid_window`` observed / predicted ratios (at least 1; until ``resid_min`` are
+  in, the median of the other targets' fitted tails, at least ``1 + safety``: a lane seldom
+  used is taken to be as noisy as the lanes measured, not quieter):
   the margin covers the tail that was measured, for the miss rate asked, instead of fixed
   percentages stacked on each other. ``quantile_margin=False``: the fixed ``1 + safety``.
   The current configuration is left as soon as it is at risk (step down at once).
@@ -200,7 +201,8 @@ class TargetModel:
         self.spread = 0.0              # EWMA of (ratio - 1)^2, for the winsorising
         self.recent: Deque[float] = deque(maxlen=3)   # the last observed / modelled ratios
         self.miss_rate = p.miss_target  # the miss rate asked (the budget's, else Params')
-        self.tail = 1 + p.safety       # the margin for the miss rate asked, from the observed tail
+        self.prior = 1 + p.safety      # the tail assumed until the window holds resid_min ratios
+        self.tail = self.prior         # the margin for the miss rate asked, from the observed tail
         self.guard = 1.0               # raised by a miss, fading (misses come in bursts)
         self.margin = self.tail        # the larger of the two
         self.seen = -math.inf
@@ -221,21 +223,22 @@ class TargetModel:
 
     def learnt(self) -> bool:
         return (abs(self.corr_lat - 1) > 1e-4 or abs(self.corr_en - 1) > 1e-4 or self.sums[0] > 1e-3
-                or abs(self.margin - 1 - self.p.safety) > 1e-3)
+                or abs(self.margin - self.prior) > 1e-3)
 
     def decay(self) -> None:
         """One step back towards the profile (unobserved for ``stale_s``): the corrections
         and the shape, so a target that a load had slowed is tried again; its tail margin
-        goes back to ``1 + safety`` (when it is used again, its window starts afresh). A
-        tail kept for a minute instead kept the governor on the lanes it had not missed on,
-        2 points below the best static choice on a quiet machine (``bench.static``)."""
+        goes back to the prior (the median of the other targets' fitted tails, at least
+        ``1 + safety``; when it is used again, its window starts afresh). A tail kept for a
+        minute instead kept the governor on the lanes it had not missed on, 2 points below
+        the best static choice on a quiet machine (``bench.static``)."""
         d = math.exp(-self.p.alpha)
         self.corr_lat = 1 + (self.corr_lat - 1) * d
         self.corr_en = 1 + (self.corr_en - 1) * d
         self.sums = [v * d for v in self.sums]
         self.fit_shape()
         self.guard = 1.0
-        self.tail = self.margin = 1 + self.p.safety
+        self.tail = self.margin = self.prior
         if self.resid:
             self.resid.clear()
             self.spread = 0.0
@@ -291,6 +294,15 @@ class TargetModel:
         if p.quantile_margin and len(self.resid) >= p.resid_min:
             self.tail = max(1.0, tail_quantile(self.resid, self.miss_rate) if p.tail_fit
                             else quantile(self.resid, 1 - self.miss_rate))
+            self.margin = max(self.tail, self.guard)
+
+    def assume(self, prior: float) -> None:
+        """The tail to assume while the window is too short to fit one."""
+        if prior == self.prior:
+            return
+        self.prior = prior
+        if len(self.resid) < self.p.resid_min:
+            self.tail = prior
             self.margin = max(self.tail, self.guard)
 
     def ask(self, miss_rate: float) -> None:
@@ -657,9 +669,13 @@ class Governor:
     # ------------------------------------------------------------------ decide
     def _decay_stale(self) -> None:
         now = self.clock()
+        decayed = False
         for m in self.tm:
             if now - m.seen > m.stale_s and m.learnt():
                 m.decay()
+                decayed = True
+        if decayed:
+            self._share_tails()
 
     def _cap(self, t: int, khz: int) -> None:
         """The kernel ran target ``t`` below what was asked (a thermal or power cap): leave
@@ -924,10 +940,23 @@ class Governor:
                     self._cap(t, ran_khz)
                 i = self.index.get(Config(config.level, config.target, ran_khz), i)   # the model learns what ran
             self.tm[t].observe(self._lat_l[i], own, energy_j, self._base_en[i], now, own_missed)
+            if self.tm[t].n_obs % 10 == 0:          # its tail was refitted
+                self._share_tails()
         elif own_missed:             # not its speed, but a burst may have begun: the guard still holds
             self.tm[t].raise_guard(own / self._lat(i))
         self.stats.count(latency_s, energy_j, missed, cause)
         return cause
+
+    def _share_tails(self) -> None:
+        """A target whose window is too short to fit a tail assumes the median of the other
+        targets' fitted ones (at least ``1 + safety``): a lane seldom used is as noisy as the
+        lanes measured, not quieter."""
+        if not self.p.quantile_margin:
+            return
+        fitted = [(m, m.tail) for m in self.tm if len(m.resid) >= self.p.resid_min]
+        for m in self.tm:
+            others = [tail for n, tail in fitted if n is not m]
+            m.assume(max(1 + self.p.safety, float(np.median(others))) if others else 1 + self.p.safety)
 
     def _cause(self, config: Config, t: int, ran_khz: Optional[int], switched: bool, idle_s: float) -> str:
         """Why a run missed, the first that applies: it was decided as the closest to a budget

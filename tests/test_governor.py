@@ -613,3 +613,31 @@ def test_a_budget_that_asks_for_fewer_misses_gets_a_wider_margin_and_keeps_it():
         Budget(energy_mj=5, miss_rate=0.01).validate()
     with pytest.raises(ValueError, match="miss_rate must be in"):
         Budget(latency_ms=2, miss_rate=0.9).validate()
+
+
+def test_a_target_seldom_used_is_taken_to_be_as_noisy_as_the_targets_measured():
+    """Until its window holds resid_min ratios, a target's margin is the median of the fitted
+    tails of the others (at least 1 + safety), not an optimistic 1 + safety that made a lane
+    seldom used look quieter than the measured ones (and drew moves that missed); once it has
+    its own window, its own tail; after it decays (unobserved for stale_s), the prior again."""
+    rng = np.random.default_rng(2)
+    g, clock = gov()
+    g.set_budget(Budget(latency_ms=50.0))
+    for target, noise in (("big", 0.08), ("little", 0.002)):
+        g.pin(target=target)
+        for _ in range(200):
+            c = g.decide().config
+            clock.t += 0.001
+            g.observe(c, pred(g, c)[0] * (1 + noise * rng.exponential()))
+        m = g.status()["margins"]
+        if target == "big":
+            assert m["big"] > 1.15 and m["little"] == m["big"]       # the prior: big's tail
+        else:
+            assert m["little"] < 1.05 < m["big"]                        # its own, quieter tail
+    clock.t += 10.0                                                     # both stale: back to the prior
+    g.release()
+    g.decide()
+    m = g.status()["margins"]
+    assert m["big"] == m["little"] == pytest.approx(1.1)             # no fitted tail left: 1 + safety
+    g2, _ = gov(quantile_margin=False)
+    assert g2.status()["margins"] == {"big": 1.1, "little": 1.1}
