@@ -595,6 +595,7 @@ class Governor:
         self.budget = self.check_budget(budget)
         for m in self.tm:
             m.ask(self.miss_rate)
+        self._share_tails()                   # the fitted tails are for the new rate now
         self._fresh()
         self.stats.restart()
 
