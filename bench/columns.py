@@ -52,7 +52,8 @@ print(json.dumps({"pss_mib": psutil.Process().memory_full_info().pss / 2**20}))
 
 def memory(model: str) -> Dict:
     """PSS of a fresh process: the k=G sub-network alone (its own embedded .onnx, one session)
-    against the whole set with every k and the split's cuts of k = 2..G loaded and run."""
+    against the whole set with every k and the split's cuts of k = 2..G loaded and run,
+    packed (as served) and unpacked (``DNNSCALE_PACK=0``)."""
     import tempfile
     from models import zoo
     from .modelset import standalone_models
@@ -61,7 +62,8 @@ def memory(model: str) -> Dict:
         alone = standalone_models(d, tmp)[-1]
         a = in_fresh_process(_ALONE % {"path": alone})["pss_mib"]
     s = in_fresh_process(_SET_WITH_SPLIT % {"model": d})["pss_mib"]
-    return {"alone_mib": a, "set_mib": s}
+    u = in_fresh_process(_SET_WITH_SPLIT % {"model": d}, env={"DNNSCALE_PACK": "0"})["pss_mib"]
+    return {"alone_mib": a, "set_mib": s, "unpacked_mib": u}
 
 
 def run(model: str, k: int = None, blocks: int = 10, runs: int = 100) -> Dict:
@@ -194,16 +196,19 @@ def main(argv=None) -> None:
     ap.add_argument("--blocks", type=int, default=10)
     ap.add_argument("--runs", type=int, default=100)
     ap.add_argument("--direct-only", action="store_true", help="skip the rows through the daemon")
+    ap.add_argument("--memory-only", action="store_true", help="only the memory line")
     a = ap.parse_args(argv)
-    print(report(run(a.model, a.k, a.blocks, a.runs)))
-    if not a.direct_only:
+    if not a.memory_only:
+        print(report(run(a.model, a.k, a.blocks, a.runs)))
+    if not (a.direct_only or a.memory_only):
         from models import ModelSet, zoo
         G = ModelSet.load(zoo.resolve(a.model), threads=1).groups
         print(report_daemon(through_daemon(a.model, [a.k] if a.k else list(range(2, G + 1)), a.blocks, a.runs)))
     m = memory(a.model)   # the whole set and every two-way split of k=G loaded
     print("PSS: the k=G sub-network alone %.1f MiB; the set with every k and the split's cuts of k = 2..G "
-          "loaded and run %.1f MiB: %.2fx (target <= 1.10x)" % (m["alone_mib"], m["set_mib"],
-                                                               m["set_mib"] / m["alone_mib"]))
+          "loaded and run %.1f MiB: %.2fx (target <= 1.10x); unpacked %.1f MiB: %.2fx"
+          % (m["alone_mib"], m["set_mib"], m["set_mib"] / m["alone_mib"], m["unpacked_mib"],
+             m["unpacked_mib"] / m["alone_mib"]))
 
 
 if __name__ == "__main__":

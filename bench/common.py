@@ -88,11 +88,11 @@ def round_trip_args(p) -> None:
 
 
 @contextlib.contextmanager
-def running_daemon(model, profile_runs: int = 2, nice: Optional[int] = None):
+def running_daemon(model, profile_runs: int = 2, nice: Optional[int] = None, env: Optional[Dict[str, str]] = None):
     """A real ``dnnscale serve`` of ``model`` (a folder or a shipped set's name, or a list of
     them: several sets in one daemon) as deployed: each target's own thread count, a quick
     start-up profile; ``nice``: the daemon's niceness (the systemd unit's ``Nice=``; lowering
-    it needs root). Yields the running tests.daemon_harness.Daemon."""
+    it needs root); ``env``: added to its environment. Yields the running tests.daemon_harness.Daemon."""
     import tempfile
     from models import zoo
     from tests.daemon_harness import Daemon
@@ -101,7 +101,7 @@ def running_daemon(model, profile_runs: int = 2, nice: Optional[int] = None):
         with open(cfg, "w") as f:
             f.write("profile_runs: %d\n" % profile_runs)
         models = [zoo.resolve(m) for m in ([model] if isinstance(model, str) else model)]
-        d = Daemon(os.path.join(tmp, "run"), models, config=cfg, threads=None,
+        d = Daemon(os.path.join(tmp, "run"), models, config=cfg, threads=None, env=env,
                    preexec=None if nice is None else lambda: os.setpriority(os.PRIO_PROCESS, 0, nice))
         try:
             d.wait_ready()

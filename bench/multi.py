@@ -15,8 +15,9 @@ fastest full-model latency); the joint decision (one governor.Board) against two
 independent governors (each decides as if alone; the executor writes whatever each asks,
 paying the clock's settle time at each change), as the daemon's executor applies them.
 
-Memory (``--memory``): the daemon's resident size serving one set and serving both, beside
-the added set's weight file.
+Memory (``--memory``): the daemon's proportional set size serving one set and serving both,
+beside the added set's weight file; the sets packed (as served) and unpacked
+(``DNNSCALE_PACK=0``), alternating.
 
 Decision cost (``--decide``): µs per decision, one governor alone against two sets through
 one Board, alternating blocks.
@@ -164,10 +165,12 @@ def report_real(r: Dict) -> str:
 
 
 # ---------------------------------------------------------------------------- memory
-def _rss_serving(names: Sequence[str], requests: int = 50) -> int:
-    """The resident size (bytes) of a real ``dnnscale serve`` of ``names`` after ``requests``
-    batch-1 requests to each set."""
-    with running_daemon(list(names), profile_runs=1) as d:
+def _pss_serving(names: Sequence[str], packed: bool, requests: int = 50) -> int:
+    """The proportional set size (bytes) of a real ``dnnscale serve`` of ``names`` after
+    ``requests`` batch-1 requests to each set, the sets packed or not (``DNNSCALE_PACK=0``).
+    Not VmRSS: that counts a page of a file once per mapping, and every session of a packed
+    set maps the set's weights again."""
+    with running_daemon(list(names), profile_runs=1, env={"DNNSCALE_PACK": "1" if packed else "0"}) as d:
         with d.client(timeout_s=30) as c:
             st = c.status()
             for nm in names:
@@ -175,25 +178,28 @@ def _rss_serving(names: Sequence[str], requests: int = 50) -> int:
                 x = np.zeros((1, shape[1], shape[2], shape[0]), np.uint8)
                 for _ in range(requests):
                     c.infer(x, model=nm)
-        with open("/proc/%d/status" % d.proc.pid) as f:
-            return next(int(l.split()[1]) * 1024 for l in f if l.startswith("VmRSS:"))
+        with open("/proc/%d/smaps_rollup" % d.proc.pid) as f:
+            return next(int(l.split()[1]) * 1024 for l in f if l.startswith("Pss:"))
 
 
 def memory(reps: int = 2) -> str:
-    """What a second set costs the daemon's resident size, beside its weight file."""
+    """What a second set costs the daemon, beside its weight file: the sets packed (as
+    served) and unpacked, alternating."""
     import os
     from models import zoo
     rows = []
     for rep in range(reps):
-        for first, second in (SETS, SETS[::-1]):
-            one = _rss_serving([first])
-            two = _rss_serving([first, second])
-            w = os.path.getsize(os.path.join(zoo.resolve(second), "weights.bin"))
-            rows.append([rep + 1, first, second, "%.1f" % (one / 2**20), "%.1f" % (two / 2**20),
-                         "%.1f" % ((two - one) / 2**20), "%.1f" % (w / 2**20), "%.2f" % ((two - one) / w)])
-    return ("Resident size of dnnscale serve after 50 requests per set (MiB; %s)\n" % machine()
-            + table(["rep", "first set", "added set", "one set", "both", "added", "its weights.bin", "added / weights"],
-                    rows) + "\n")
+        for packed in (True, False):
+            for first, second in (SETS, SETS[::-1]):
+                one = _pss_serving([first], packed)
+                two = _pss_serving([first, second], packed)
+                w = os.path.getsize(os.path.join(zoo.resolve(second), "weights.bin"))
+                rows.append([rep + 1, "packed" if packed else "unpacked", first, second, "%.1f" % (one / 2**20),
+                             "%.1f" % (two / 2**20), "%.1f" % ((two - one) / 2**20), "%.1f" % (w / 2**20),
+                             "%.2f" % ((two - one) / w)])
+    return ("Proportional set size (PSS) of dnnscale serve after 50 requests per set (MiB; %s)\n" % machine()
+            + table(["rep", "sets", "first set", "added set", "one set", "both", "added", "its weights.bin",
+                     "added / weights"], rows) + "\n")
 
 
 # ---------------------------------------------------------------------------- decision cost
@@ -332,7 +338,7 @@ def main(argv=None) -> int:
                    help="each set's budget asks this miss_rate (default: none, the governor's 0.01)")
     p.add_argument("--sim", action="store_true", help="the simulated boards too")
     p.add_argument("--sim-only", action="store_true")
-    p.add_argument("--memory", action="store_true", help="only: what a second set adds to the resident size")
+    p.add_argument("--memory", action="store_true", help="only: what a second set adds to the daemon's memory")
     p.add_argument("--decide", action="store_true", help="only: what a decision costs with two sets on one Board")
     a = p.parse_args(argv)
     if a.memory:

@@ -12,7 +12,6 @@ control messages. No socket is shared between threads.
 from __future__ import annotations
 
 import collections
-import ctypes
 import grp
 import logging
 import os
@@ -24,6 +23,8 @@ import time
 from typing import Dict, List, Optional
 
 import zmq
+
+from models.heap import give_back_memory
 
 from .config import Config, ConfigError, check_socket_dir
 from .notify import Notifier
@@ -38,15 +39,6 @@ MAX_FRAMES = 4          # identity, REQ's empty delimiter, header, tensor
 RECEIVE_CHUNK = 64      # messages taken in per loop iteration (bounded: see _receive)
 CONTROL_MAX_BYTES = 64 * 1024
 CLOSE_LINGER_MS = 1000  # at stop: how long queued replies may take to leave
-
-
-def give_back_memory() -> None:
-    """Return the heap's free pages to the kernel (glibc's malloc_trim): after a refused
-    message of hundreds of megabytes, the daemon's resident size would otherwise stay there."""
-    try:
-        ctypes.CDLL(None).malloc_trim(0)
-    except (OSError, AttributeError):    # not glibc
-        pass
 
 
 def _split(frames: List[bytes]):
@@ -79,7 +71,9 @@ def _clear_stale_socket(path: str) -> None:
 
 
 class MemoryGuard:
-    """The daemon's resident size held within ``bound`` bytes of its floor (the lowest size
+    """The daemon's anonymous resident size (the heap, where libzmq keeps frames; not the
+    mapped files, which each session of a packed set maps again) held within ``bound`` bytes
+    of its floor (the lowest size
     over the last ``window_s``, so that the daemon's own slow growth moves the floor up).
     libzmq holds every frame of a message until its last one arrives, and nothing in its API
     bounds the frames of one message (``ZMQ_MAXMSGSIZE`` bounds a frame), so a peer that sends
@@ -96,7 +90,8 @@ class MemoryGuard:
 
     def rss(self) -> int:
         with open("/proc/self/statm", "rb") as f:
-            return int(f.read().split()[1]) * self.page
+            fields = f.read().split()
+        return (int(fields[1]) - int(fields[2])) * self.page     # resident - file-backed/shared
 
     def check(self) -> bool:
         now, r = time.monotonic(), self.rss()

@@ -2,9 +2,10 @@
 
 Every level's session is created at load, so switching level costs no session creation.
 Weights: each level's ONNX file points into the one shared ``weights.bin`` (external data),
-so the set holds one copy of the weights on disk and in the page cache. (On x86,
-onnxruntime's NCHWc layout pass still keeps a re-laid-out copy of the conv weights per
-session; docs/benchmarks.md has the measured memory.)
+so the set holds one copy of the weights on disk. The CPU sessions load the set *packed*
+(models/packed.py): every graph optimised once for this CPU, every tensor once in one file
+that all of them map, so a set in memory costs about its weight file, whatever the number of
+sessions (docs/model-set.md, "Memory").
 
 Threads: a *lane* is a CPU target the platform pins the process to ("cpu", a cluster,
 "cpu:1"). Each lane runs sessions with exactly as many intra-op threads as it has CPUs (one
@@ -14,7 +15,8 @@ older builds get spinning off): an idle session's workers sleep, so a switch of 
 lane finds the cores free, and nothing spins between requests while ZeroMQ's threads need
 the CPU (docs/model-set.md, "Thread pools"; ``python -m bench.pools`` measures the modes).
 ``DNNSCALE_ORT_SPIN=0|1|run`` and ``DNNSCALE_ORT_POOL=global`` (onnxruntime >= 1.23, one
-lane size only) select the other modes for that benchmark.
+lane size only) select the other modes for that benchmark; ``DNNSCALE_PACK=0`` loads sets
+unpacked, as before packing (``python -m bench.multi --memory`` measures both).
 """
 from __future__ import annotations
 
@@ -29,6 +31,7 @@ import onnxruntime as ort
 from . import manifest as mf
 from .columns import ColumnLane, features_of, run_lanes
 from .manifest import ModelSetError
+from .packed import Pack, session_files
 from .priority import at_low_priority
 
 GPU_PROVIDERS = ("TensorrtExecutionProvider", "CUDAExecutionProvider")
@@ -80,9 +83,10 @@ def pool_mode() -> str:
         else "per-session"
 
 
-def session_options(threads: Optional[int] = None) -> ort.SessionOptions:
+def session_options(threads: Optional[int] = None, optimised: bool = False) -> ort.SessionOptions:
     """The options of every onnxruntime session ModelSet creates: ``threads`` intra-op
-    threads (default: all CPUs this process may use) in a pool of the session's own."""
+    threads (default: all CPUs this process may use) in a pool of the session's own;
+    ``optimised``: the graph is a pack's, already optimised (no pass again)."""
     n = threads or len(os.sched_getaffinity(0))
     so = ort.SessionOptions()
     if pool_mode() == "global":
@@ -102,7 +106,8 @@ def session_options(threads: Optional[int] = None) -> ort.SessionOptions:
     # message. Without it the latency is the same at batch 1 and 64 (measured on this VM:
     # k4 p50 1.35-1.39 ms either way on one thread, batch 64 86-94 ms).
     so.enable_cpu_mem_arena = False
-    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL if optimised \
+        else ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     so.log_severity_level = 3
     return so
 
@@ -136,8 +141,11 @@ class ModelSet:
     """A loaded model set; ``run(k, x, target)`` serves every level from memory."""
 
     def __init__(self, model_dir: str, manifest: Dict, cpu: Dict[int, List[ort.InferenceSession]],
-                 gpu: Optional[List[ort.InferenceSession]], threads: int, lanes: Dict[str, int]):
+                 gpu: Optional[List[ort.InferenceSession]], threads: int, lanes: Dict[str, int],
+                 pack: Optional[Pack] = None, packing: str = ""):
         self.dir = model_dir
+        self._pack = pack
+        self.packing = packing            # how the CPU sessions hold the weights (status)
         self.manifest = manifest
         self._cpu = cpu                   # intra-op threads → one session per level
         self._gpu = gpu
@@ -162,14 +170,16 @@ class ModelSet:
     @classmethod
     def load(cls, model_dir: str, threads: Optional[int] = None, gpu: bool = False,
              verify: bool = True, lanes: Optional[Dict[str, int]] = None,
-             low_priority: bool = False) -> "ModelSet":
+             low_priority: bool = False, pack: Optional[bool] = None) -> "ModelSet":
         """Load and verify a model set. ``threads``: onnxruntime intra-op threads (default:
         all CPUs this process may use). ``lanes``: CPU targets that run with another thread
         count (``{"cpu:1": 1}``); one session per level is created for each distinct count.
         ``gpu``: also create sessions on the GPU execution provider if the installed
-        onnxruntime has one. ``low_priority``: hash the files and warm the sessions up at
-        nice 19 (a reload beside a set that serves; the sessions are built at the caller's
-        priority, which their pools' threads inherit)."""
+        onnxruntime has one. ``low_priority``: hash the files, pack them and warm the
+        sessions up at nice 19 (a reload beside a set that serves; the sessions are built at
+        the caller's priority, which their pools' threads inherit). ``pack``: the CPU sessions
+        share one optimised copy of the weights (models/packed.py; default: yes, but where
+        ``DNNSCALE_PACK=0``); where packing fails the set loads unpacked and ``packing`` says why."""
         before = files_on_disk(model_dir)
         m = mf.read(model_dir, verify=verify, low_priority=low_priority)
         threads = threads or len(os.sched_getaffinity(0))
@@ -181,21 +191,20 @@ class ModelSet:
         if pool_mode() == "global" and len(sizes) > 1:
             raise ModelSetError("DNNSCALE_ORT_POOL=global has one pool size; these lanes need %s" % sizes)
         prov = gpu_provider() if gpu else None
-
-        def sessions(n: int, providers: List[str]) -> List[ort.InferenceSession]:
-            out = []
-            for lv in m["levels"]:
-                path = os.path.join(model_dir, lv["file"])
-                try:
-                    out.append(ort.InferenceSession(path, session_options(n), providers=providers))
-                except Exception as e:  # onnxruntime raises its own exception types
-                    raise ModelSetError("cannot load %s: %s" % (path, str(e).splitlines()[0])) from None
-            return out
-
-        cpu = {n: sessions(n, ["CPUExecutionProvider"]) for n in sizes}
-        gpu_sessions = sessions(threads, [prov, "CPUExecutionProvider"]) if prov else None
+        packed, packing = None, "off"
+        if pack if pack is not None else os.environ.get("DNNSCALE_PACK") != "0":
+            try:
+                make = lambda: Pack(model_dir, session_files(m))   # noqa: E731
+                packed = at_low_priority(make) if low_priority else make()
+                packing = "one optimised copy of the weights, %d bytes, for every CPU session" % packed.size
+            except Exception as e:   # onnxruntime's and the file system's own types
+                packing = "off: %s" % (str(e).splitlines() or [type(e).__name__])[0]
+        ms = cls(model_dir, m, {}, None, threads, lanes, packed, packing)
+        ms._cpu = {n: [ms._session(lv["file"], n) for lv in m["levels"]] for n in sizes}
+        if prov:
+            ms._gpu = [ms._session(lv["file"], threads, [prov, "CPUExecutionProvider"]) for lv in m["levels"]]
         want_in, n_classes = [m["input"]["shape"]], len(m["input"]["classes"])
-        for sess in cpu[threads]:
+        for sess in ms._cpu[threads]:
             ishape, oshape = sess.get_inputs()[0].shape, sess.get_outputs()[0].shape
             if [list(ishape[1:])] != want_in and all(isinstance(d, int) for d in ishape[1:]):
                 raise ModelSetError("%s: the ONNX input is %s, the manifest says [N, %s]"
@@ -203,7 +212,6 @@ class ModelSet:
             if len(oshape) == 2 and isinstance(oshape[1], int) and oshape[1] != n_classes:
                 raise ModelSetError("%s: the ONNX models give %d logits, the manifest names %d classes"
                                     % (model_dir, oshape[1], n_classes))
-        ms = cls(model_dir, m, cpu, gpu_sessions, threads, lanes)
         at_low_priority(ms.warmup) if low_priority else ms.warmup()
         # What was verified, as the files were: a file changed while this ran is not this set.
         ms.on_disk = before if verify and before == files_on_disk(model_dir) else None
@@ -256,10 +264,14 @@ class ModelSet:
                                                  lambda f, n: self._session(f, n, providers))
         return lane
 
-    def _session(self, file: str, threads: int, providers: List[str]):
+    def _session(self, file: str, threads: int, providers: List[str] = ("CPUExecutionProvider",)):
+        """The one place a session is made: a CPU session from the pack where there is one,
+        a GPU session (CPU fallback) from the set's own file."""
         path = os.path.join(self.dir, file)
+        packed = self._pack is not None and list(providers) == ["CPUExecutionProvider"]
         try:
-            return ort.InferenceSession(path, session_options(threads), providers=providers)
+            src = self._pack.path(file) if packed else path
+            return ort.InferenceSession(src, session_options(threads, optimised=packed), providers=list(providers))
         except Exception as e:  # onnxruntime raises its own exception types
             raise ModelSetError("cannot load %s: %s" % (path, str(e).splitlines()[0])) from None
 
@@ -371,7 +383,7 @@ class ModelSet:
         """The session of level k's head (features of columns 1..k → logits; one thread)."""
         s = self._heads.get(k)
         if s is None:
-            s = self._heads[k] = self._session(self.manifest["columns"]["heads"][str(k)], 1, ["CPUExecutionProvider"])
+            s = self._heads[k] = self._session(self.manifest["columns"]["heads"][str(k)], 1)
         return s
 
     def close(self, pause_s: float = 0.0) -> None:
@@ -390,6 +402,8 @@ class ModelSet:
                 time.sleep(pause_s)
         self._heads.clear()
         self._anytime.clear()
+        if self._pack is not None:
+            self._pack.close()
 
     def warmup(self, runs: int = 3) -> None:
         x = np.zeros((1,) + self.input_shape, np.float32)

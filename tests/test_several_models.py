@@ -79,6 +79,26 @@ def test_budgets_and_pins_are_per_set_and_status_names_both(both):
             c.clear_budget(model=FASHION)
 
 
+def test_each_set_is_held_once_in_the_daemon(both):
+    """Issue 36's memory: each set's CPU sessions (every level, lane size, split lane and
+    anytime step) map one packed file the size of the set's weights, and status says so."""
+    from models.packed import WEIGHTS
+    with both.client() as c:
+        for name, shape in ((CIFAR, (32, 32, 3)), (FASHION, (28, 28, 1))):
+            c.infer(_images(shape), model=name, stop_at=0.5)          # the anytime steps too
+        st = c.status()
+    with open("/proc/%d/maps" % both.proc.pid) as f:
+        mapped = {line.split()[-1] for line in f if line.rstrip().endswith("/" + WEIGHTS)}
+    packs = {p for p in mapped if os.path.basename(os.path.dirname(p)).startswith("dnnscale-pack-")}
+    assert mapped == packs and len(packs) == 2          # no set's own weights.bin mapped: every session packed
+    for name in (CIFAR, FASHION):
+        pack = next(p for p in packs if "-%s-" % name in p)
+        own = os.path.getsize(os.path.join(zoo.resolve(name), "weights.bin"))
+        assert own <= os.path.getsize(pack) <= own * 1.01
+        assert st["models"][name]["model"]["packing"] == \
+            "one optimised copy of the weights, %d bytes, for every CPU session" % os.path.getsize(pack)
+
+
 def test_the_models_list_in_the_config(tmp_path):
     f = tmp_path / "c.yaml"
     f.write_text("models: [%s, {model: %s, name: fashion, priority: 1}]\n" % (CIFAR, FASHION))
@@ -129,6 +149,7 @@ def test_a_reload_of_one_set_leaves_the_other_serving(tmp_path):
     try:
         cifar = svc.sets[CIFAR].rt.models
         fashion = svc.sets[FASHION].rt.models
+        old_pack = fashion._pack.dir
         os.utime(os.path.join(copy, "weights.bin"))          # a rewritten file: that set loads again
         answered, stop = [], threading.Event()
 
@@ -150,6 +171,8 @@ def test_a_reload_of_one_set_leaves_the_other_serving(tmp_path):
         assert r["models_reloaded"] == [FASHION] and r["needs_restart"] == []
         assert svc.sets[CIFAR].rt.models is cifar and svc.sets[FASHION].rt.models is not fashion
         assert during > 0 and set(answered) == {CIFAR}            # the other set answered all along
+        assert not os.path.exists(old_pack) and os.path.exists(svc.sets[FASHION].rt.models._pack.dir)
+        assert os.path.exists(cifar._pack.dir)
     finally:
         svc.stop()
 
