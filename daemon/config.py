@@ -175,7 +175,7 @@ KEY_DOCS = {
     "log_level": "debug, info, warning or error (default info)",
     "metrics_port": "serve Prometheus metrics on this TCP port (default: off; needs the metrics extra)",
     "metrics_address": "address of the metrics endpoint (default 127.0.0.1: loopback only)",
-    "memory_bound_mb": "how far the daemon's resident size may grow over its floor (a message libzmq holds "
+    "memory_bound_mb": "how far the daemon's anonymous resident size (its heap) may grow over its floor (a message libzmq holds "
                        "unfinished) before every inference connection is dropped; default 256, 0 turns it off",
     "stop_at": "the stop_at of requests that name none: add groups one at a time and stop each image once its "
                "top-1 probability reaches it, a number in (0, 1] (default: off, every image gets the chosen k); "
