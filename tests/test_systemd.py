@@ -112,12 +112,20 @@ def _active_with_new_pid(m, old: int):
     return restarted
 
 
+def _packs(m: nspawn.Machine) -> list:
+    """The pids named by the packed model sets in the runtime directory (models/packed.py)."""
+    names = m.sh("ls /run/dnnscale").stdout.split()
+    return sorted(int(n.split("-")[2]) for n in names if n.startswith("dnnscale-pack-"))
+
+
 def _service_round(m: nspawn.Machine, before: dict, mode: str) -> None:
     """What both modes must do: status and inference from the group, the refusal outside it,
     reloads, the pin written to the board, a clean stop leaving the tree as it was."""
     st = _status(m)
     assert st["platform"] == "odroid-xu3" and st["dvfs"]["enabled"], (mode, st["dvfs"])
     assert st["energy"]["available"], (mode, st["energy"])
+    assert st["model"]["packing"].startswith("one optimised copy"), st["model"]["packing"]   # in the sandbox
+    assert _packs(m) == [_main_pid(m)]
     r = m.sh("dnnscale infer /src/examples/cat.png", user="alice")
     assert "cat.png: cat" in r.stdout and "ms per image" in r.stdout, r.stdout
     for cmd in ("dnnscale status", "dnnscale infer /src/examples/cat.png"):
@@ -185,8 +193,9 @@ def test_the_guide_under_a_real_systemd(machine):
     freq = st["targets"]["a15"]["freqs_khz"][1]
     m.sh("dnnscale pin --target a15 --freq-mhz %g" % (freq / 1000), user="alice")
     m.sh("kill -9 %d" % pid2)
-    m.wait_for(_active_with_new_pid(m, pid2), 120, 1.0)
+    pid3 = m.wait_for(_active_with_new_pid(m, pid2), 120, 1.0)
     assert _status(m)["pinned"] == {}
+    assert _packs(m) == [pid3]            # the killed run's pack swept by the new one
     m.sh("dnnscale release", user="alice")
     _clean_stop(m, before)
 
