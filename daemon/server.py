@@ -73,8 +73,8 @@ def _clear_stale_socket(path: str) -> None:
 class MemoryGuard:
     """The daemon's anonymous resident size (the heap, where libzmq keeps frames; not the
     mapped files, which each session of a packed set maps again) held within ``bound`` bytes
-    of its floor (the lowest size
-    over the last ``window_s``, so that the daemon's own slow growth moves the floor up).
+    of its floor (the lowest size over the last ``window_s``, so that the daemon's own slow
+    growth moves the floor up).
     libzmq holds every frame of a message until its last one arrives, and nothing in its API
     bounds the frames of one message (``ZMQ_MAXMSGSIZE`` bounds a frame), so a peer that sends
     frames and never ends the message grows the daemon without limit; past the bound every
@@ -88,13 +88,13 @@ class MemoryGuard:
         self.trips = 0
         self.page = os.sysconf("SC_PAGE_SIZE")
 
-    def rss(self) -> int:
+    def anonymous(self) -> int:
         with open("/proc/self/statm", "rb") as f:
             fields = f.read().split()
         return (int(fields[1]) - int(fields[2])) * self.page     # resident - file-backed/shared
 
     def check(self) -> bool:
-        now, r = time.monotonic(), self.rss()
+        now, r = time.monotonic(), self.anonymous()
         while self.samples and now - self.samples[0][0] > self.window_s:
             self.samples.popleft()
         self.samples.append((now, r))
@@ -103,7 +103,7 @@ class MemoryGuard:
             return False
         self.trips += 1
         self.samples.clear()
-        log.warning("resident size %d MB, %d MB over its floor (bound %d MB): an unfinished message is being "
+        log.warning("anonymous resident size %d MB, %d MB over its floor (bound %d MB): an unfinished message is being "
                     "held; dropping every inference connection", r >> 20, (r - floor) >> 20, self.bound >> 20)
         return True
 
