@@ -178,6 +178,8 @@ def _optimise(src: str, out: str, data_file: str) -> Tuple[bytes, bytes]:
     so.add_session_config_entry("session.optimized_model_external_initializers_min_size_in_bytes", "0")
     ort.InferenceSession(src, so, providers=["CPUExecutionProvider"])
     data = os.path.join(os.path.dirname(out), data_file)
+    if not os.path.exists(data):
+        raise PackError("onnxruntime %s did not save the optimised initializers apart" % ort.__version__)
     with open(out, "rb") as f, open(data, "rb") as g:
         model, tensors = f.read(), g.read()
     os.unlink(out)
