@@ -203,9 +203,9 @@ def _initializers(model: bytes, data_file: str, tensors: bytes, place: Callable[
             return buf                                   # inline: left as it is
         if ext.get("location") != data_file:
             raise PackError("an initializer's data is in %r, not in the optimised model's file" % ext.get("location"))
-        start, n = int(ext.get("offset", 0)), int(ext["length"])
-        if start + n > len(tensors):
-            raise PackError("an initializer reaches past the optimised model's file")
+        start, n = int(ext.get("offset", 0)), int(ext.get("length", -1))
+        if n < 0 or start + n > len(tensors):
+            raise PackError("an initializer's data is not within the optimised model's file")
         at = place(tensors[start:start + n])
         if at is None:
             return buf
