@@ -212,3 +212,14 @@ def test_anytime_sweep_through_the_daemon():
     assert rows["pinned k=G"]["macs"] == 100.0 and rows["pinned k=G"]["ratio"] == 1.0
     assert rows["stop_at 0.50"]["macs"] < rows["stop_at 0.99"]["macs"] < 100.0
     assert all(x["ms"] > 0 and x["ratio"] == x["ms"] / rows["pinned k=G"]["ms"] for x in r["rows"])
+
+
+def test_packing_bench_holds_each_set_smaller_packed():
+    """`python -m bench.packing`, short: in fresh processes, a set held as the daemon holds it
+    costs less PSS packed than unpacked (CIFAR: the re-laid-out copy per session is most of
+    it), and the latency rows compare the two kinds at every level."""
+    from bench.packing import latency, memory
+    m = memory("cifar10-g4", reps=1)
+    assert m["packed"]["pss"][0] * 2 < m["unpacked"]["pss"][0]
+    r = latency("fashion-mnist-g4", threads=1, blocks=2, runs=5)
+    assert set(r) == {"packed", "unpacked"} and all(len(r[k]["1"]) == 2 for k in r)
