@@ -240,6 +240,12 @@ def write_pack(model_dir: str, files: List[str], out: str) -> int:
     return len(blob.data)
 
 
+def _remove(folder: str, owner: int) -> None:
+    """Remove a pack, from the process that made it only (a forked child exiting must not)."""
+    if os.getpid() == owner:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
 class Pack:
     """The packed graphs of one set, made at construction; ``path(file)`` for a session."""
 
@@ -265,7 +271,7 @@ class Pack:
         if self._finalizer is not None:
             self._finalizer()
         self.dir = d
-        self._finalizer = weakref.finalize(self, shutil.rmtree, d, True)
+        self._finalizer = weakref.finalize(self, _remove, d, os.getpid())
 
     def path(self, file: str) -> str:
         """The optimised graph of ``file`` (packed again if the folder was removed)."""

@@ -121,3 +121,16 @@ def test_packing_needs_no_onnx_package():
     from tests.daemon_harness import ROOT
     r = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert r.returncode == 0 and r.stdout.startswith("one optimised copy"), r.stdout + r.stderr
+
+
+def test_a_forked_child_leaves_its_parents_pack(tmp_path, monkeypatch):
+    monkeypatch.setenv("RUNTIME_DIRECTORY", str(tmp_path))
+    ms = ModelSet.load(zoo.resolve("fashion-mnist-g4"), threads=1)
+    pid = os.fork()
+    if pid == 0:                      # the child exits the way a script does: finalizers run
+        ms._pack._finalizer()
+        os._exit(0)
+    os.waitpid(pid, 0)
+    assert os.path.exists(os.path.join(ms._pack.dir, WEIGHTS))
+    ms.close()
+    assert not os.path.exists(ms._pack.dir)
