@@ -84,6 +84,7 @@ def run_tree(py, env, tree: str, work: str, host: ModelSet, x: np.ndarray) -> di
             row["dvfs"] = s["dvfs"]["enabled"]
             row["model"] = s["model"]["name"]
             row["pool"] = s["model"].get("onnxruntime_pool")
+            row["packing"] = s["model"].get("packing")
     finally:
         proc.send_signal(signal.SIGTERM)
         try:
