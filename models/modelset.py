@@ -203,6 +203,9 @@ class ModelSet:
         ms._cpu = {n: [ms._session(lv["file"], n) for lv in m["levels"]] for n in sizes}
         if prov:
             ms._gpu = [ms._session(lv["file"], threads, [prov, "CPUExecutionProvider"]) for lv in m["levels"]]
+        if packed is not None and packed.mapped() is False:
+            ms.packing = ("optimised once, but onnxruntime %s reads the weights into each session "
+                          "(it maps no external data)" % ort.__version__)
         want_in, n_classes = [m["input"]["shape"]], len(m["input"]["classes"])
         for sess in ms._cpu[threads]:
             ishape, oshape = sess.get_inputs()[0].shape, sess.get_outputs()[0].shape

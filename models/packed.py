@@ -165,73 +165,91 @@ class _Blob:
         return at
 
 
-def _optimise(src: str, out: str, data_file: str) -> Tuple[bytes, bytes]:
-    """``src`` at onnxruntime's full optimisation for this CPU: the model, and the file of
-    all its initializers (``data_file``, beside ``out``)."""
+def _optimise(src: str, out: str) -> bytes:
+    """``src`` at onnxruntime's full optimisation for this CPU, as onnxruntime saves it: the
+    initializers it made inline, the ones it kept still pointing at the set's own file."""
     so = ort.SessionOptions()
     so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     so.intra_op_num_threads = so.inter_op_num_threads = 1    # no pool: no thread is created
     so.enable_cpu_mem_arena = False
     so.log_severity_level = 3
     so.optimized_model_filepath = out
-    so.add_session_config_entry("session.optimized_model_external_initializers_file_name", data_file)
-    so.add_session_config_entry("session.optimized_model_external_initializers_min_size_in_bytes", "0")
     ort.InferenceSession(src, so, providers=["CPUExecutionProvider"])
-    data = os.path.join(os.path.dirname(out), data_file)
-    if not os.path.exists(data):
-        raise PackError("onnxruntime %s did not save the optimised initializers apart" % ort.__version__)
-    with open(out, "rb") as f, open(data, "rb") as g:
-        model, tensors = f.read(), g.read()
+    with open(out, "rb") as f:
+        model = f.read()
     os.unlink(out)
-    os.unlink(data)
-    return model, tensors
+    return model
 
 
-def _initializers(model: bytes, data_file: str, tensors: bytes, place: Callable[[bytes], Optional[int]]) -> bytes:
-    """``model`` with each initializer's data (in ``tensors``, the optimised model's file)
-    handed to ``place``: where it returns an offset, the initializer points there in
-    ``WEIGHTS``; where None, it is left as it was."""
+class _Files:
+    """The set's own data files, read once, for the initializers that still point there."""
+
+    def __init__(self, model_dir: str):
+        self.dir, self._data = model_dir, {}
+
+    def read(self, location: str, offset: int, length: int) -> bytes:
+        if not location or os.path.basename(location) != location or location in (".", ".."):
+            raise PackError("an initializer's data is in %r, not a file of the set" % location)
+        data = self._data.get(location)
+        if data is None:
+            with open(os.path.join(self.dir, location), "rb") as f:
+                data = self._data[location] = f.read()
+        if offset < 0 or length < 0 or offset + length > len(data):
+            raise PackError("an initializer's data is not within %s" % location)
+        return data[offset:offset + length]
+
+
+SUBGRAPH_OPS = (b"If", b"Loop", b"Scan")
+
+
+def _initializers(model: bytes, files: _Files, place: Callable[[bytes], Optional[int]]) -> bytes:
+    """``model`` with each initializer's bytes (inline, or in a file of the set) handed to
+    ``place``: where it returns an offset, the initializer points there in ``WEIGHTS``;
+    where None (and for data in typed fields, left inline), it is left as it was."""
     def tensor(buf: bytes) -> bytes:
-        fields, ext = [], {}
+        fields, ext, raw = [], {}, None
         for f in _fields(buf):
-            if f[0] == 13:
+            if f[0] == 13:                                # external_data {key, value}
                 kv = {n: v.decode() for n, _, v in _fields(f[2])}
                 ext[kv.get(1, "")] = kv.get(2, "")
-            else:
+            elif f[0] == 9:                               # raw_data
+                raw = f[2]
+            elif f[0] != 14:                              # data_location: set below
                 fields.append(f)
-        if not ext:
-            return buf                                   # inline: left as it is
-        if ext.get("location") != data_file:
-            raise PackError("an initializer's data is in %r, not in the optimised model's file" % ext.get("location"))
-        start, n = int(ext.get("offset", 0)), int(ext.get("length", -1))
-        if n < 0 or start + n > len(tensors):
-            raise PackError("an initializer's data is not within the optimised model's file")
-        at = place(tensors[start:start + n])
+        if ext:
+            data = files.read(ext.get("location", ""), int(ext.get("offset", 0)), int(ext.get("length", -1)))
+        elif raw is not None:
+            data = raw
+        else:
+            return buf
+        at = place(data)
         if at is None:
             return buf
-        return _encode(fields + [_entry("location", WEIGHTS), _entry("offset", str(at)), _entry("length", str(n))])
+        return _encode(fields + [(14, 0, 1), _entry("location", WEIGHTS), _entry("offset", str(at)),
+                                 _entry("length", str(len(data)))])
 
     def graph(buf: bytes) -> bytes:
-        return _encode([(n, w, tensor(v)) if n == 5 else (n, w, v) for n, w, v in _fields(buf)])
+        out = []
+        for n, w, v in _fields(buf):
+            if n == 1 and any(op == 4 and val in SUBGRAPH_OPS for op, _, val in _fields(v)):
+                raise PackError("the graph has subgraphs (If, Loop, Scan), whose data packing does not follow")
+            out.append((n, w, tensor(v)) if n == 5 else (n, w, v))
+        return _encode(out)
 
     return _encode([(n, w, graph(v)) if n == 7 else (n, w, v) for n, w, v in _fields(model)])
 
 
 def write_pack(model_dir: str, files: List[str], out: str) -> int:
     """Optimise ``files`` of ``model_dir`` into ``out`` with one shared weights file; its size."""
-    blob, models = _Blob(), {}
-    data = {f: "opt-%s.data" % f for f in files}
-    optimised = {f: _optimise(os.path.join(model_dir, f), os.path.join(out, "opt-" + f), data[f]) for f in files}
+    blob, own = _Blob(), _Files(model_dir)
+    optimised = {f: _optimise(os.path.join(model_dir, f), os.path.join(out, "opt-" + f)) for f in files}
     # Every tensor placed first, largest first: a level's is then found inside k=G's.
     every: List[bytes] = []
-    for f, (model, tensors) in optimised.items():
-        _initializers(model, data[f], tensors, lambda t: every.append(t))
+    for model in optimised.values():
+        _initializers(model, own, lambda t: every.append(t))
     for t in sorted(every, key=len, reverse=True):
         blob.place(t)
-    for f, (model, tensors) in optimised.items():
-        models[f] = _initializers(model, data[f], tensors, blob.place)
-        if data[f].encode() in models[f]:     # a tensor elsewhere (a subgraph's) still points there
-            raise PackError("%s: the optimised model keeps data outside its initializers" % f)
+    models = {f: _initializers(model, own, blob.place) for f, model in optimised.items()}
     with open(os.path.join(out, WEIGHTS), "wb") as w:
         w.write(blob.data)
     for name, model in models.items():
@@ -279,6 +297,16 @@ class Pack:
             if not os.path.exists(os.path.join(self.dir, WEIGHTS)):
                 self._make()
             return os.path.join(self.dir, file)
+
+    def mapped(self) -> Optional[bool]:
+        """Whether this process maps the pack's weights (onnxruntime 1.15 and 1.32 map external
+        data; 1.11 reads it into each session); None where /proc cannot tell."""
+        path = os.path.join(self.dir, WEIGHTS)
+        try:
+            with open("/proc/self/maps") as f:
+                return any(line.rstrip().endswith(path) for line in f)
+        except OSError:
+            return None
 
     def close(self) -> None:
         """Remove the folder: the sessions made keep their mapping; no more can be made."""

@@ -17,6 +17,11 @@ from models.packed import PREFIX, WEIGHTS, Pack, session_files
 CIFAR = "cifar10-g4"
 
 
+def ort_version() -> tuple:
+    import onnxruntime
+    return tuple(int(p) for p in onnxruntime.__version__.split(".")[:2])
+
+
 def _mapped(path: str) -> bool:
     with open("/proc/self/maps") as f:
         return any(line.rstrip().endswith(path) for line in f)
@@ -34,7 +39,7 @@ def sets():
 
 def test_a_packed_set_answers_as_its_own_files(sets):
     packed, plain = sets
-    assert packed.packing.startswith("one optimised copy") and plain.packing == "off"
+    assert packed._pack is not None and plain.packing == "off"
     x = np.random.default_rng(0).random((5,) + packed.input_shape, dtype=np.float32)
     for k in range(1, packed.groups + 1):
         for target in (None, "cpu:1"):
@@ -55,7 +60,11 @@ def test_every_session_maps_one_file_the_size_of_the_weights(sets):
     own = os.path.getsize(os.path.join(zoo.resolve(CIFAR), "weights.bin"))
     size = os.path.getsize(os.path.join(packed._pack.dir, WEIGHTS))
     assert size == packed._pack.size and own <= size <= own * 1.01      # each tensor once, k=G's holding k<G's
-    assert _mapped(os.path.join(packed._pack.dir, WEIGHTS))           # mapped, not read into copies
+    if ort_version() >= (1, 15):                # 1.15.1 and 1.32 map external data; 1.11.0 reads it
+        assert _mapped(os.path.join(packed._pack.dir, WEIGHTS))       # mapped, not read into copies
+        assert packed.packing.startswith("one optimised copy")
+    else:
+        assert not _mapped(os.path.join(packed._pack.dir, WEIGHTS)) and "reads the weights" in packed.packing
 
 
 def test_a_pack_removed_underneath_is_made_again_and_closing_removes_it(tmp_path, monkeypatch):
@@ -120,7 +129,7 @@ def test_packing_needs_no_onnx_package():
             "print(ms.packing)")
     from tests.daemon_harness import ROOT
     r = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
-    assert r.returncode == 0 and r.stdout.startswith("one optimised copy"), r.stdout + r.stderr
+    assert r.returncode == 0 and r.stdout.startswith(("one optimised copy", "optimised once")), r.stdout + r.stderr
 
 
 def test_a_forked_child_leaves_its_parents_pack(tmp_path, monkeypatch):
