@@ -9,7 +9,8 @@ each tensor once: the re-laid-out weights of k keep the prefix property of the g
 layout (a level's conv filter is the first rows of k=G's; a column range's, a slice), so
 the file comes out the size of the set's own. The sessions load the optimised graphs
 with optimisation off; onnxruntime maps their external data from the file, so all of them
-share its pages (the page cache, or /run's tmpfs under systemd). No onnx package is needed:
+share its pages (the page cache, or /run's tmpfs under systemd; onnxruntime 1.11 reads it
+into each session instead, which :meth:`Pack.mapped` tells). No onnx package is needed:
 the graphs are edited in protobuf's wire format.
 
 The pack lives in a private folder (``$RUNTIME_DIRECTORY`` under systemd, else the temp
