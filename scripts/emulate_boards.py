@@ -11,6 +11,7 @@ import argparse
 import json
 import os
 import shlex
+import shutil
 import signal
 import subprocess
 import sys
@@ -37,7 +38,8 @@ def images(n: int = 8) -> np.ndarray:
 
 
 def run_tree(py, env, tree: str, work: str, host: ModelSet, x: np.ndarray) -> dict:
-    os.makedirs(work, exist_ok=True)
+    shutil.rmtree(work, ignore_errors=True)        # a run before this one left its tree and state
+    os.makedirs(work)
     root = trees.build(tree, os.path.join(work, "sysfs"))
     before = snapshot(root)
     row = {"tree": tree}
