@@ -1,9 +1,9 @@
 """A model set's graphs optimised once for this CPU, their weights in one file every session maps.
 
 onnxruntime's full optimisation re-lays the conv weights out for this CPU (NCHWc on x86)
-inside each session, so every session kept a private copy of its weights: a set with a
-session per level, lane size, column range, step and head held 6-13 times its weight file
-(docs/model-set.md, "Memory"). Packing runs that optimisation once per graph, saves the
+inside each session, so left to itself every session keeps a private copy of its weights:
+a set with a session per level, lane size, column range, step and head holds up to 19 times
+its weight file (docs/model-set.md, "Memory"). Packing runs that optimisation once per graph, saves the
 optimised graph, and writes every initializer of every graph into one ``weights.bin``,
 each tensor once: the re-laid-out weights of k keep the prefix property of the group
 layout (a level's conv filter is the first rows of k=G's; a column range's, a slice), so
