@@ -189,7 +189,7 @@ class TargetModel:
     level ``corr_lat`` times the shape ``c0 + c1 x profile``), the energy correction, and the
     margin from the observed tail. The module docstring gives the rules."""
 
-    def __init__(self, p: "Params", ref_s: float):
+    def __init__(self, p: "Params", ref_s: float, miss_rate: float):
         self.p = p
         self.ref = ref_s               # the shape fit's unit (x = profile / ref ~ 1)
         self.corr_lat = 1.0            # the fast level: EWMA of observed / modelled
@@ -200,7 +200,7 @@ class TargetModel:
         self.n_obs = 0
         self.spread = 0.0              # EWMA of (ratio - 1)^2, for the winsorising
         self.recent: Deque[float] = deque(maxlen=3)   # the last observed / modelled ratios
-        self.miss_rate = p.miss_target  # the miss rate asked (the budget's, else Params')
+        self.miss_rate = miss_rate     # the miss rate asked (the budget's, else Params')
         self.prior = 1 + p.safety      # the tail assumed until the window holds resid_min ratios
         self.tail = self.prior         # the margin for the miss rate asked, from the observed tail
         self.guard = 1.0               # raised by a miss, fading (misses come in bursts)
@@ -459,10 +459,8 @@ class Governor:
         self._base_ekey = np.where(np.isnan(self._base_en), np.inf, self._base_en)
         self._lat_l, self._ekey_l = self._base_lat.tolist(), self._base_ekey.tolist()
         # the unit of the shape fit per target (x = profile / ref ~ 1): its median profile latency
-        self.tm = [TargetModel(self.p, float(np.median(self._base_lat[self._tgt == t])))
+        self.tm = [TargetModel(self.p, float(np.median(self._base_lat[self._tgt == t])), self.miss_rate)
                    for t in range(len(self.targets))]
-        for m in self.tm:
-            m.ask(self.miss_rate)
         self._build_lanes()
 
     def carry_over(self, old: "Governor") -> None:
