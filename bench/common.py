@@ -5,6 +5,7 @@ import contextlib
 import json
 import os
 import platform
+import statistics
 import subprocess
 import sys
 from typing import Dict, List, Optional, Sequence
@@ -41,6 +42,12 @@ def machine() -> str:
     import onnxruntime
     return "%s%s, %d CPUs, Python %s, onnxruntime %s (measured on this machine)" % (
         cpu, " (%s)" % vec if vec else "", os.cpu_count(), platform.python_version(), onnxruntime.__version__)
+
+
+def spread(xs: Sequence[float], fmt: str = "%.3g") -> str:
+    """The median of ``xs`` and their range: ``median (min-max)``."""
+    xs = [float(x) for x in xs]
+    return (fmt + " (" + fmt + "-" + fmt + ")") % (statistics.median(xs), min(xs), max(xs))
 
 
 def table(headers: Sequence[str], rows: List[Sequence]) -> str:

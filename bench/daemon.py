@@ -28,7 +28,7 @@ from typing import Dict, List, Optional
 import numpy as np
 
 from . import daemon_trace
-from .common import Awake, machine, round_trip_args, table
+from .common import Awake, machine, round_trip_args, spread, table
 
 
 def _client_proc(infer_ep, control_ep, n, ready, go, done):
@@ -225,10 +225,6 @@ def _unbatched(tmp: str, model_dir: str, th: int, target: str, levels: int, requ
         d.stop()
 
 
-def _spread(xs) -> str:
-    return "%.3g (%.3g-%.3g)" % (float(np.median(xs)), min(xs), max(xs))
-
-
 def run(model_dir: str, requests: int = 1000, threads=None, clients=(1, 4, 8, 16), rounds: int = 10,
         baseline: Optional[str] = None) -> Dict:
     """Per onnxruntime thread count (default: 1 and all CPUs): every row of ROWS in
@@ -302,7 +298,7 @@ def report(r: Dict) -> str:
     cols = ["%d onnxruntime thread%s" % (row["threads"], "s" * (row["threads"] > 1)) for row in r["rows"]]
     names = ROWS + [br for br in BASELINE_ROWS if br[0] in r["rows"][0]["p50_us"]]
     rows_p50 = table(["p50 µs, median of the rounds' p50s (min-max over rounds)"] + cols + ["what"],
-                     [[name.replace("k=G", "k=%d" % r["levels"])] + [_spread(row["p50_us"][name]) for row in r["rows"]]
+                     [[name.replace("k=G", "k=%d" % r["levels"])] + [spread(row["p50_us"][name]) for row in r["rows"]]
                       + [what] for name, what in names])
     sums = [summary(row) for row in r["rows"]]
     labels = [("echo", "the transport floor: bare pyzmq echo, µs"),
@@ -316,7 +312,7 @@ def report(r: Dict) -> str:
               ("daemon range", "k=%d / k=1, through the daemon (Client)" % r["levels"]),
               ("range ratio", "daemon range / direct range (target >= 0.95)"),
               ("echo ceiling", "the same for a daemon that cost only the echo")]
-    over = table(["per round (median, min-max)"] + cols, [[lab] + [_spread(list(s[k])) for s in sums]
+    over = table(["per round (median, min-max)"] + cols, [[lab] + [spread(list(s[k])) for s in sums]
                                                            for k, lab in labels])
     thr = table(["onnxruntime threads", "clients", "requests", "inferences/s", "direct back-to-back /s",
                  "ratio (target >= 0.9 at 8)"],

@@ -33,8 +33,8 @@ from typing import Dict, List
 
 import numpy as np
 
-from .common import ROOT, Awake, machine, round_trip_args, table
-from .daemon import _echo_server, _fresh_process, _spread, reply_frames, widest_target, zmq_socket
+from .common import ROOT, Awake, machine, round_trip_args, spread, table
+from .daemon import _echo_server, _fresh_process, reply_frames, widest_target, zmq_socket
 
 SOURCE = os.path.join(ROOT, "bench", "hotpath.c")
 BUILD = os.path.join(ROOT, "bench", "build")
@@ -223,7 +223,7 @@ def report(r: Dict) -> str:
     cols = ["%d onnxruntime thread%s" % (row["threads"], "s" * (row["threads"] > 1)) for row in r["rows"]]
     G = r["levels"]
     p50 = table(["p50 µs, median of the rounds' p50s (min-max)"] + cols + ["what"],
-                [[name.replace("k=G", "k=%d" % G)] + [_spread(row["p50_us"][name]) for row in r["rows"]] + [what]
+                [[name.replace("k=G", "k=%d" % G)] + [spread(row["p50_us"][name]) for row in r["rows"]] + [what]
                  for name, what in ROWS + C_ROWS])
     labels = [("pyzmq echo", "transport floor from Python: pyzmq echo, µs"),
               ("C echo", "the same client against the C echo, µs"),
@@ -238,7 +238,7 @@ def report(r: Dict) -> str:
               ("C-C path range", "range through the C path / direct (C client)")]
     sums = [summary(row) for row in r["rows"]]
     over = table(["per round (median, min-max)"] + cols,
-                 [[lab] + [_spread(list(s[k])) for s in sums] for k, lab in labels])
+                 [[lab] + [spread(list(s[k])) for s in sums] for k, lab in labels])
     rr = r["rows"][0]
     return ("Machine: %s; target %s, batch 1, ipc, float32, %s; one Python DEALER times the first rows "
             "for %d requests each, in that order, %d rounds in a row; then the C client times the "

@@ -33,6 +33,7 @@ import time
 from typing import Dict, List, Optional, Sequence
 
 import numpy as np
+import psutil
 
 from .common import machine, running_daemon, serving, table
 
@@ -178,8 +179,7 @@ def _pss_serving(names: Sequence[str], packed: bool, requests: int = 50) -> int:
                 x = np.zeros((1, shape[1], shape[2], shape[0]), np.uint8)
                 for _ in range(requests):
                     c.infer(x, model=nm)
-        with open("/proc/%d/smaps_rollup" % d.proc.pid) as f:
-            return next(int(l.split()[1]) * 1024 for l in f if l.startswith("Pss:"))
+        return psutil.Process(d.proc.pid).memory_full_info().pss
 
 
 def memory(reps: int = 2) -> str:

@@ -17,7 +17,7 @@ import os
 import statistics
 from typing import Dict, List
 
-from .common import in_fresh_process, machine, table
+from .common import in_fresh_process, machine, spread, table
 
 SETS = ("cifar10-g4", "fashion-mnist-g4")
 
@@ -69,10 +69,6 @@ print(json.dumps(out))
 '''
 
 
-def _spread(xs: List[float], fmt: str = "%.2f") -> str:
-    return (fmt + " (" + fmt + "-" + fmt + ")") % (statistics.median(xs), min(xs), max(xs))
-
-
 def memory(name: str, reps: int) -> Dict[str, Dict[str, List[float]]]:
     out = {kind: {"pss": [], "load_s": []} for kind in ("packed", "unpacked")}
     for rep in range(reps):
@@ -102,15 +98,15 @@ def main(argv=None) -> int:
         w = os.path.getsize(os.path.join(zoo.resolve(name), "weights.bin")) / 2**20
         m = memory(name, a.reps)
         for kind in ("packed", "unpacked"):
-            mem_rows.append([name, kind, _spread(m[kind]["pss"], "%.1f"), "%.1f" % w,
-                             "%.1f" % (statistics.median(m[kind]["pss"]) / w), _spread(m[kind]["load_s"])])
+            mem_rows.append([name, kind, spread(m[kind]["pss"], "%.1f"), "%.1f" % w,
+                             "%.1f" % (statistics.median(m[kind]["pss"]) / w), spread(m[kind]["load_s"], "%.2f")])
         for threads in sorted({1, len(os.sched_getaffinity(0))}):
             r = latency(name, threads, a.blocks, a.runs)
             for k in sorted(r["packed"], key=int):
                 pk, un = r["packed"][k], r["unpacked"][k]
                 ratios = [x / y for x, y in zip(pk, un)]
                 lat_rows.append([name, threads, k, "%.0f" % statistics.median(pk), "%.0f" % statistics.median(un),
-                                 _spread(ratios, "%.3f")])
+                                 spread(ratios, "%.3f")])
     print("Packed against unpacked sets (%s)\n" % machine())
     print("Memory: PSS above the imported modules of a process holding the set as the daemon does "
           "(every level at both lane sizes, the split's cuts, the anytime steps), median (range) of %d "

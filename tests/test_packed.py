@@ -22,11 +22,6 @@ def ort_version() -> tuple:
     return tuple(int(p) for p in onnxruntime.__version__.split(".")[:2])
 
 
-def _mapped(path: str) -> bool:
-    with open("/proc/self/maps") as f:
-        return any(line.rstrip().endswith(path) for line in f)
-
-
 @pytest.fixture(scope="module")
 def sets():
     d = zoo.resolve(CIFAR)
@@ -61,10 +56,10 @@ def test_every_session_maps_one_file_the_size_of_the_weights(sets):
     size = os.path.getsize(os.path.join(packed._pack.dir, WEIGHTS))
     assert size == packed._pack.size and own <= size <= own * 1.01      # each tensor once, k=G's holding k<G's
     if ort_version() >= (1, 15):                # 1.15.1 and 1.32 map external data; 1.11.0 reads it
-        assert _mapped(os.path.join(packed._pack.dir, WEIGHTS))       # mapped, not read into copies
+        assert packed._pack.mapped()                                  # mapped, not read into copies
         assert packed.packing.startswith("one optimised copy")
     else:
-        assert not _mapped(os.path.join(packed._pack.dir, WEIGHTS)) and "reads the weights" in packed.packing
+        assert packed._pack.mapped() is False and "reads the weights" in packed.packing
 
 
 def test_a_pack_removed_underneath_is_made_again_and_closing_removes_it(tmp_path, monkeypatch):
