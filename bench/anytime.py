@@ -13,6 +13,15 @@ moments of the machine; mean latency per image from the replies'
 
     python -m bench.anytime [--images N] [--stop-at T] [--sets NAME ...] [--plot PNG]
     python -m bench.anytime --sweep N      (every tau through the daemon, N images per set)
+    python -m bench.anytime --direct N [--gap-us 0 300]
+
+``--direct``: no daemon; this process runs ``ModelSet.run_anytime`` and ``ModelSet.run(G)``
+(and ``run(k)`` for the floor) on N test images one at a time, in alternating blocks, on the
+set's sessions at all CPUs, with an idle sleep of each ``--gap-us`` before every image (0:
+back to back; a daemon's requests arrive after its round trip, a few hundred µs here). It
+separates what stepping costs from what a request loop adds, and shows how the idle time
+between requests weighs on short runs more than on long ones (docs/model-set.md, "Anytime
+answers").
 """
 from __future__ import annotations
 
@@ -110,6 +119,62 @@ def through_daemon(name: str, images: int, stop_at: float, block: int = 100,
         out["status"] = c.status()["anytime"]
     out["macs"] = [ms.level(k)["macs"] for k in range(1, ms.groups + 1)]
     return out
+
+
+def direct(name: str, images: int, stop_at: float, gaps_us=(0.0, 300.0), block: int = 100) -> Optional[Dict]:
+    """In this process, no daemon: per idle gap before each image, ``images`` test images one
+    at a time in blocks of ``block`` that alternate run(G), run_anytime(stop_at) and run(k)
+    for k < G; the time of each call (perf_counter), the level each image stopped at."""
+    from models import ModelSet, zoo
+    ms = ModelSet.load(zoo.resolve(name))
+    data = test_set(name, ms)
+    if data is None:
+        return None
+    x = ms.preprocess(data[0][:images])
+    G = ms.groups
+    ms.warmup()
+    ms.warm_anytime()
+    out = {"set": name, "images": len(x), "stop_at": stop_at, "block": block, "gaps": []}
+    for gap in gaps_us:
+        t = {m: [] for m in ["G", "anytime"] + list(range(1, G))}
+        stops = []
+        for start in range(0, len(x), block):
+            for m in t:
+                for i in range(start, min(start + block, len(x))):
+                    xi = x[i:i + 1]
+                    if gap:
+                        time.sleep(gap * 1e-6)
+                    t0 = time.perf_counter()
+                    if m == "anytime":
+                        stops.append(int(ms.run_anytime(xi, stop_at)[1][0]))
+                    else:
+                        ms.run(G if m == "G" else m, xi)
+                    t[m].append(time.perf_counter() - t0)
+        a, s = np.array(t["anytime"]) * 1e3, np.array(t["G"]) * 1e3
+        stops = np.array(stops)
+        level_ms = {k: float(np.mean(t[k])) * 1e3 for k in range(1, G)}
+        level_ms[G] = float(s.mean())
+        out["gaps"].append({"gap_us": gap, "G_ms": float(s.mean()), "anytime_ms": float(a.mean()),
+                            "by_stop": {k: (float(a[stops == k].mean()), int((stops == k).sum()))
+                                        for k in sorted(set(stops.tolist()))},
+                            "floor_ms": float(np.mean([level_ms[k] for k in stops])), "level_ms": level_ms})
+    return out
+
+
+def report_direct(rows: List[Dict]) -> str:
+    lines = ["Anytime answers in one process, no daemon (%s)" % machine(), ""]
+    for r in rows:
+        t = []
+        for g in r["gaps"]:
+            t.append(["%g" % g["gap_us"], "%.3f" % g["G_ms"], "%.3f" % g["anytime_ms"],
+                      "%.2fx" % (g["anytime_ms"] / g["G_ms"]), "%.2fx" % (g["floor_ms"] / g["G_ms"]),
+                      ", ".join("k=%d %.3f (%d)" % (k, v[0], v[1]) for k, v in g["by_stop"].items()),
+                      ", ".join("k=%d %.3f" % kv for kv in sorted(g["level_ms"].items()))])
+        lines += ["**%s**, %d test images per gap, blocks of %d alternating (run(G), run_anytime stop_at %g, "
+                  "run(k) for k < G), all CPUs:" % (r["set"], r["images"], r["block"], r["stop_at"]), "",
+                  table(["idle before each image, µs", "run(G) ms", "stop_at ms", "stop_at / run(G)",
+                         "floor / run(G)", "stop_at by stop level ms (images)", "run(k) ms"], t), ""]
+    return "\n".join(lines) + "\n"
 
 
 def sweep(name: str, images: int, taus=TAUS, block: int = 50, target: Optional[str] = None) -> Optional[Dict]:
@@ -240,7 +305,15 @@ def main(argv=None) -> None:
     ap.add_argument("--plot", default=None, help="write the accuracy / MACs curve here (needs matplotlib)")
     ap.add_argument("--sweep", type=int, default=0, metavar="N",
                     help="only: every tau through the daemon on N test images per set (alternating blocks)")
+    ap.add_argument("--direct", type=int, default=0, metavar="N",
+                    help="only: N test images per set in this process, no daemon (ModelSet.run_anytime against "
+                         "run(G)), after each --gap-us of idle time")
+    ap.add_argument("--gap-us", type=float, nargs="+", default=[0.0, 300.0],
+                    help="with --direct: idle µs before each image, one pass per value (default 0 300)")
     a = ap.parse_args(argv)
+    if a.direct:
+        print(report_direct([r for r in (direct(n, a.direct, a.stop_at, a.gap_us) for n in a.sets) if r]))
+        return
     if a.sweep:
         print(report_sweep([r for r in (sweep(n, a.sweep, target=a.target) for n in a.sets) if r]))
         return

@@ -214,6 +214,20 @@ def test_anytime_sweep_through_the_daemon():
     assert all(x["ms"] > 0 and x["ratio"] == x["ms"] / rows["pinned k=G"]["ms"] for x in r["rows"])
 
 
+def test_anytime_direct_separates_stepping_from_the_request_loop():
+    """`python -m bench.anytime --direct N`: in one process, per idle gap, run(G), the anytime
+    run and run(k) on the same test images; every image's stop level is one of 1..G, the
+    stop-level rows account for every image, and the floor lies between run(1) and run(G)."""
+    from bench.anytime import direct, report_direct
+    r = direct("fashion-mnist-g4", 30, 0.95, gaps_us=(0.0, 200.0), block=10)
+    assert [g["gap_us"] for g in r["gaps"]] == [0.0, 200.0]
+    for g in r["gaps"]:
+        assert sum(n for _, n in g["by_stop"].values()) == 30
+        assert set(g["by_stop"]) <= {1, 2, 3, 4} and set(g["level_ms"]) == {1, 2, 3, 4}
+        assert g["level_ms"][1] <= g["floor_ms"] <= g["G_ms"] and g["anytime_ms"] > 0
+    assert "stop_at / run(G)" in report_direct([r])
+
+
 def test_packing_bench_holds_each_set_smaller_packed():
     """`python -m bench.packing`, short: in fresh processes, a set held as the daemon holds it
     costs less PSS packed than unpacked (CIFAR: the re-laid-out copy per session is most of
