@@ -19,6 +19,8 @@ from governor import Config, Level, Profile, Sample, plan_measurements
 from . import state
 
 PROFILE_FILE = "profile.json"
+WARM_RUNS = 3        # untimed runs of each configuration first: the first after a move are slow (docs/governor.md)
+SPREAD = 1.25        # timed runs further apart than this (max / min) are joined by twice as many more
 
 log = logging.getLogger("dnnscale.profiler")
 
@@ -41,7 +43,9 @@ def measure(executor, models, space: List[Config], levels: List[Level], runs: in
             progress: Optional[Callable[[int, int], None]] = None,
             stop: Optional[threading.Event] = None, sleep=time.sleep,
             columns: Optional[Callable[[Optional[Profile]], object]] = None) -> Profile:
-    """Time each planned configuration ``runs`` times (median) on batch-1 input. Where a
+    """Time each planned configuration ``runs`` times (median) on batch-1 input, after
+    ``WARM_RUNS`` untimed, and ``2 x runs`` more where the timed ones spread by more than
+    ``SPREAD`` (a burst of the host's noise). Where a
     power sensor meters energy, each frequency is given the platform's ``settle_s`` to show
     in the sensor, and the power at that frequency is taken from the largest level run for
     at least that long, so that every figure is the frequency's own (the profile keeps one
@@ -78,7 +82,8 @@ def measure(executor, models, space: List[Config], levels: List[Level], runs: in
             if platform.energy_available and (prev is None or (prev.target, prev.freq_khz) != (c.target, c.freq_khz)):
                 sleep(settle)
             prev = c
-            run(c.level, x, c.target)  # warm this configuration
+            for _ in range(WARM_RUNS):     # warm this configuration (its threads were just moved)
+                run(c.level, x, c.target)
             power = platform.energy_available and c.level == top
             lats = []
             j0, t_start = (platform.joules() if power else None), time.monotonic()
@@ -89,6 +94,11 @@ def measure(executor, models, space: List[Config], levels: List[Level], runs: in
                 lats.append(time.perf_counter() - t0)
             j1 = platform.joules() if power else None
             en = platform.energy_between(j0, j1) / 1e3 / len(lats) if j0 is not None and j1 is not None else None
+            if max(lats) > SPREAD * min(lats):   # noise during the runs: the median of more
+                for _ in range(2 * runs):
+                    t0 = time.perf_counter()
+                    run(c.level, x, c.target)
+                    lats.append(time.perf_counter() - t0)
             samples.append(Sample(c, statistics.median(lats), en))
         if progress:
             progress(n + 1, len(plan))

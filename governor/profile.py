@@ -45,6 +45,21 @@ class TargetFit:
         return float(np.interp(f, xs, ys))
 
 
+def line(x: np.ndarray, y: np.ndarray) -> Tuple[float, float]:
+    """Slope and intercept through the points: the median of the slopes between every two of
+    them and the median intercept at that slope (Theil-Sen; least squares through two). One
+    sample timed during a burst of noise (a median of 5 runs at 1.8x the steady time was seen
+    here) moves a least-squares line, and with it every level's prediction, while this one
+    passes through the others (tests/test_governor.py)."""
+    if len(x) <= 2:
+        a, b = np.linalg.lstsq(np.stack([x, np.ones_like(x)], 1), y, rcond=None)[0]
+        return float(a), float(b)
+    i, j = np.triu_indices(len(x), 1)
+    keep = ~np.isclose(x[i], x[j], rtol=1e-12, atol=0)
+    a = float(np.median((y[j] - y[i])[keep] / (x[j] - x[i])[keep]))
+    return a, float(np.median(y - a * x))
+
+
 class Profile:
     def __init__(self, fits: Dict[str, TargetFit], source: str = "fitted", created: Optional[str] = None):
         self.fits = fits
@@ -62,7 +77,7 @@ class Profile:
             x = np.array([macs[s.config.level] / (s.config.freq_khz or 1) for s in ss])
             y = np.array([s.latency_s for s in ss])
             if len(set(np.round(x, 12))) >= 2:
-                a, b = np.linalg.lstsq(np.stack([x, np.ones_like(x)], 1), y, rcond=None)[0]
+                a, b = line(x, y)
                 if a <= 0:                       # noise swamped the slope: fall back to a ratio
                     a, b = float(np.median(y / x)), 0.0
                 b = max(float(b), 0.0)

@@ -268,6 +268,21 @@ def test_profile_fit_recovers_the_model():
     assert Profile.from_dict(p.to_dict()).fits["big"].a == p.fits["big"].a
 
 
+def test_one_sample_timed_in_a_burst_of_noise_does_not_move_the_others_predictions():
+    """A start-up profile times each level 5 times; a median taken during a burst of the
+    host's noise (1.8x was seen) must not shift the line every level is predicted from."""
+    true = TargetFit(2e-9 * 1e3, 3e-4, {})
+    space = [Config(k, "big", 1000000) for k in range(1, 5)]
+    samples = [Sample(c, true.latency(LEVELS[c.level - 1].macs, c.freq_khz) * (1.8 if c.level == 3 else 1.0))
+               for c in space]
+    p = Profile.fit(samples, LEVELS)
+    for c in space:
+        if c.level != 3:
+            assert p.predict(c, LEVELS[c.level - 1].macs)[0] == pytest.approx(true.latency(LEVELS[c.level - 1].macs, c.freq_khz), rel=0.02)
+    two = Profile.fit(samples[:2], LEVELS)          # two points: the line through them
+    assert two.fits["big"].a == pytest.approx(true.a) and two.fits["big"].b == pytest.approx(true.b)
+
+
 def test_profile_from_bad_dict():
     with pytest.raises(ValueError, match="malformed profile"):
         Profile.from_dict({"targets": {"cpu": {"a": "x"}}})
