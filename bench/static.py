@@ -9,7 +9,10 @@ the slowest configuration's p50:
   the run inside the daemon, which is what a budget bounds); the **best static** choice at a
   budget is the most accurate configuration whose measured miss rate there is <= 1%;
 * then the governor serves the same number of requests under that budget (after a warm-up)
-  and its mean accuracy and miss rate are recorded.
+  and its mean accuracy and miss rate are recorded;
+* then every configuration is timed again: the best static *in both samples* is the most
+  accurate one that kept within 1% in each (a configuration whose tail sits at the budget
+  passes one sample of a few hundred runs by luck as often as not).
 
 Once on a quiet machine and once with a real competing process (one busy loop per CPU at
 niceness 0) for the whole run, statics and governor alike. Also: the configuration served
@@ -66,23 +69,38 @@ def _statics(c, x, configs, n: int) -> Dict:
     return lat
 
 
+def _best(configs, acc, samples, b: float):
+    """The most accurate configuration whose misses at ``b`` were <= MAX_MISS in every one of
+    ``samples`` (each a {configuration: latencies}), and its worst miss rate; (None, None)."""
+    ok = [cfg for cfg in configs if all(np.mean(s[cfg] > b) <= MAX_MISS for s in samples)]
+    if not ok:
+        return None, None
+    best = max(ok, key=lambda cfg: (acc[cfg[0]], -np.median(samples[0][cfg])))
+    return best, max(float(np.mean(s[best] > b)) for s in samples)
+
+
 def _phase(c, x, configs, levels, acc, budgets_ms, n: int) -> Dict:
-    """Statics, then the governor at each budget, through one daemon."""
+    """Statics, the governor at each budget, the statics again, through one daemon. The best
+    static is chosen in hindsight from its own n runs, so a configuration whose tail sits at
+    the budget qualifies or not by the luck of that sample; the second sample shows which
+    ones kept within MAX_MISS in both."""
     lat = _statics(c, x, configs, n)
     rows = []
     for b in budgets_ms:
-        ok = [cfg for cfg in configs if np.mean(lat[cfg] > b) <= MAX_MISS]
-        best = max(ok, key=lambda cfg: (acc[cfg[0]], -np.median(lat[cfg]))) if ok else None
+        best, miss = _best(configs, acc, [lat], b)
         c.set_budget(latency_ms=float(b))
         for _ in range(50):
             c.infer(x)
         got = [c.infer(x) for _ in range(n)]
         rows.append({"budget_ms": float(b), "static": best,
-                     "static_acc": acc[best[0]] if best else None,
-                     "static_miss": float(np.mean(lat[best] > b)) if best else None,
+                     "static_acc": acc[best[0]] if best else None, "static_miss": miss,
                      "gov_acc": float(np.mean([acc[r.config["groups"]] for r in got])),
                      "gov_miss": float(np.mean([r.latency_ms > b for r in got])),
                      "gov_configs": sorted({(r.config["groups"], r.config["target"]) for r in got})})
+    again = _statics(c, x, configs, n)
+    for row in rows:
+        best, miss = _best(configs, acc, [lat, again], row["budget_ms"])
+        row.update({"static2": best, "static2_acc": acc[best[0]] if best else None, "static2_miss": miss})
     c.set_budget(latency_ms=float(budgets_ms[0]))
     for _ in range(20):
         c.infer(x)
@@ -141,11 +159,19 @@ def report(r: Dict) -> str:
                          row["static_acc"] if st else "-", 100 * row["static_miss"] if st else "-",
                          row["gov_acc"], 100 * row["gov_miss"],
                          (row["gov_acc"] - row["static_acc"]) if st else "-",
+                         "k=%d @ %s" % row["static2"] if row["static2"] else "none",
+                         (row["gov_acc"] - row["static2_acc"]) if row["static2"] else "-",
                          ", ".join("%d@%s" % cfg for cfg in row["gov_configs"])])
-        parts.append("**%s** (after `budget --clear` the next request ran at k=%d of %d)\n\n" % (
-            name, ph["after_clear"], ph["levels"]) + table(
+        one = [row["gov_acc"] - row["static_acc"] for row in ph["rows"] if row["static"]]
+        both = [row["gov_acc"] - row["static2_acc"] for row in ph["rows"] if row["static2"]]
+        parts.append("**%s** (after `budget --clear` the next request ran at k=%d of %d; the governor within "
+                     "0.3 points of the best static at %d of %d budgets some static met, of the best static in "
+                     "both samples at %d of %d)\n\n" % (
+            name, ph["after_clear"], ph["levels"], sum(g >= -0.3 for g in one), len(one),
+            sum(g >= -0.3 for g in both), len(both)) + table(
             ["budget ms", "best static", "its accuracy %", "its miss %", "governor accuracy %",
-             "governor miss %", "accuracy vs static (target >= -0.3)", "governor served"], rows))
+             "governor miss %", "accuracy vs static (target >= -0.3)",
+             "best static in both samples", "accuracy vs it", "governor served"], rows))
     lanes = sorted(r["phases"]["quiet"]["p90_p50"])
     parts.append("Each configuration's p90/p50, back to back (target <= 1.3 on a quiet machine): through the "
                  "daemon (the latency its replies report) and directly (`ModelSet.run` pinned to the lane):\n\n"

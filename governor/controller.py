@@ -7,9 +7,11 @@ highest accuracy, and the lowest energy among equals.
   ``shape_forget``), anchored to the profile (c0 = 0, c1 = 1) with the weight of
   ``shape_prior`` observations, so a constant per-inference cost that the profile did not
   see is not read as a ratio that differs per level; ``level`` is a fast EWMA (``alpha``)
-  of the median of the last 3 observed / modelled ratios, which absorbs a load step within a
-  few inferences and ignores a lone spike. A target that has not been observed for
-  ``stale_s`` drifts back towards its profile, margin included (so it is probed again);
+  of the median of the last 3 observed / modelled ratios (the level so far standing for
+  those not yet in), which absorbs a load step within a few inferences and ignores a lone
+  spike, a target's first run included. A target that has not been observed for
+  ``stale_s`` or for ``stale_runs`` decisions drifts back towards its profile, margin
+  included (so it is probed again);
   where the first run after moving to a target missed (a budget something was predicted to
   meet: not while the budget is infeasible), that target waits twice as long
   before it drifts back (up to ``stale_max_s``), and ``stale_s`` again after a move there
@@ -169,6 +171,7 @@ class Params:
     probation: int = 20            # inferences after a move up in which a miss doubles up_patience
     alpha: float = 0.3
     stale_s: float = 2.0           # unobserved for this long → the correction decays to 1
+    stale_runs: int = 200          # ... or for this many decisions (a fast request stream)
     stale_max_s: float = 64.0      # the longest a target waits after moves there kept missing
     freq_interval_s: float = 0.05
     window: int = 2000             # observations kept for the status percentiles
@@ -206,6 +209,7 @@ class TargetModel:
         self.guard = 1.0               # raised by a miss, fading (misses come in bursts)
         self.margin = self.tail        # the larger of the two
         self.seen = -math.inf
+        self.seen_n = 0                # the governor's decision count when it last learnt from a run here
         self.stale_s = p.stale_s       # unobserved this long → decay (doubled after a move here missed)
 
     def shape(self, base_s: float) -> float:
@@ -269,7 +273,9 @@ class TargetModel:
         # (which repeats) moves it from the second inference on, a lone spike (a control
         # command's work on the same CPU, a page fault) not at all
         self.recent.append(min(max(latency_s / shape, 0.05), 50.0))
-        level = sorted(self.recent)[len(self.recent) // 2]
+        # until 3 are in, the level held so far stands for the missing ones: a target's first
+        # run (the first of a fresh daemon there) is a lone run, not a step
+        level = sorted(list(self.recent) + [self.corr_lat] * (3 - len(self.recent)))[1]
         if len(self.recent) == 3 and not 2 - clip <= level / self.corr_lat <= clip:
             for j in range(1, min(3, len(self.resid)) + 1):
                 self.resid[-j] = min(max(self.resid[-j], 2 - clip), clip)
@@ -667,10 +673,16 @@ class Governor:
 
     # ------------------------------------------------------------------ decide
     def _decay_stale(self) -> None:
-        now = self.clock()
+        """A target unobserved for its ``stale_s`` or for ``stale_runs`` decisions (both
+        doubled alike after a move there missed) steps back towards its profile. Time alone
+        let a lane that looked slow in a few runs stay out of every budget for thousands of
+        requests at a fast request rate; decisions alone would let it stay out for minutes
+        at a slow one."""
+        now, n = self.clock(), self.stats.decisions
         decayed = False
         for m in self.tm:
-            if now - m.seen > m.stale_s and m.learnt():
+            runs = self.p.stale_runs * m.stale_s / self.p.stale_s
+            if (now - m.seen > m.stale_s or n - m.seen_n > runs) and m.learnt():
                 m.decay()
                 decayed = True
         if decayed:
@@ -939,6 +951,7 @@ class Governor:
                     self._cap(t, ran_khz)
                 i = self.index.get(Config(config.level, config.target, ran_khz), i)   # the model learns what ran
             self.tm[t].observe(self._lat_l[i], own, energy_j, self._base_en[i], now, own_missed)
+            self.tm[t].seen_n = self.stats.decisions
             if self.tm[t].n_obs % 10 == 0:          # its tail was refitted
                 self._share_tails()
         elif own_missed:             # not its speed, but a burst may have begun: the guard still holds

@@ -22,7 +22,8 @@ def test_bench_quick_produces_every_table(random_set, tiny_portfolio, tmp_path):
                    "the same for a daemon that cost only the echo", "ratio (target >= 0.9 at 8)",
                    "daemon: receive + decode", "total minus this request's run", "miss rate %", "SIMULATED",
                    "measured on this machine", "Xun et al. 2019 (published)", "--quick", "Decision cost",
-                   "Steady budgets, no load, no cap", "accuracy vs static (target >= -0.3)", "p90/p50 direct, quiet"):
+                   "Steady budgets, no load, no cap", "accuracy vs static (target >= -0.3)", "p90/p50 direct, quiet",
+                   "best static in both samples"):
         assert needle in doc, needle
     hot = doc.split("## " + TITLES["hotpath"])[1].split("\n## ")[0]
     assert "C path overhead / pyzmq echo" in hot or "Not measured: bench/hotpath.c could not be built" in hot
@@ -147,6 +148,21 @@ def test_compiled_hot_path_prototype_answers_like_the_daemon(random_set, tmp_pat
     finally:
         ctx.destroy(linger=0)
         server.kill()
+
+
+def test_static_best_in_both_samples_leaves_out_a_configuration_that_met_the_budget_once():
+    """bench.static: the best static of one sample is the most accurate configuration with <= 1%
+    misses in it; in both samples, only one that kept within 1% in each, with its worse rate."""
+    import numpy as np
+    from bench.static import _best
+    acc = {1: 85.0, 2: 87.0}
+    first = {(1, "cpu"): np.full(300, 0.3), (2, "cpu"): np.r_[np.full(297, 0.5), np.full(3, 0.9)]}
+    second = {(1, "cpu"): np.r_[np.full(298, 0.3), np.full(2, 0.9)], (2, "cpu"): np.r_[np.full(290, 0.5), np.full(10, 0.9)]}
+    configs = list(first)
+    assert _best(configs, acc, [first], 0.6) == ((2, "cpu"), 0.01)
+    best, miss = _best(configs, acc, [first, second], 0.6)
+    assert best == (1, "cpu") and miss == 2 / 300
+    assert _best(configs, acc, [first], 0.2) == (None, None)
 
 
 def test_deadlines_best_static_in_hindsight_and_the_simulated_gap():

@@ -283,6 +283,18 @@ def test_one_sample_timed_in_a_burst_of_noise_does_not_move_the_others_predictio
     assert two.fits["big"].a == pytest.approx(true.a) and two.fits["big"].b == pytest.approx(true.b)
 
 
+def test_a_targets_first_run_is_a_lone_run_and_two_are_a_step():
+    """The fast level follows the median of a target's last 3 runs: before 3 are in, the
+    level held so far stands for the missing ones, so a fresh target's first slow run (the
+    first of a fresh daemon there) does not move it, and two in a row do."""
+    from governor.controller import TargetModel
+    m = TargetModel(Params(), 1e-3, 0.01)
+    m.observe(1e-3, 2e-3, None, float("nan"), 0.0)
+    assert m.corr_lat == 1.0
+    m.observe(1e-3, 2e-3, None, float("nan"), 0.0)
+    assert m.corr_lat > 1.05
+
+
 def test_profile_from_bad_dict():
     with pytest.raises(ValueError, match="malformed profile"):
         Profile.from_dict({"targets": {"cpu": {"a": "x"}}})
@@ -592,6 +604,25 @@ def test_a_lane_whose_first_run_after_a_move_missed_waits_longer_before_it_is_re
     assert g.tm[t].corr_lat < 3.0                       # drifting back now
     g.observe(little, 1e-3, limit_ms=5.0, learn=False)      # a move there that met the limit
     assert g.tm[t].stale_s == g.p.stale_s
+
+
+def test_a_lane_unobserved_for_stale_runs_decisions_drifts_back_though_no_time_passed():
+    """At a fast request rate ``stale_s`` is thousands of requests: a target unobserved for
+    ``stale_runs`` decisions (doubled with ``stale_s`` after a move there missed) drifts
+    back towards its profile too, so a lane that looked slow in a few runs is tried again."""
+    g, clock = gov()
+    little = Config(1, "little", 1000000)
+    t = g.targets.index("little")
+    for wait in (g.p.stale_runs, 2 * g.p.stale_runs):
+        g.observe(little, 1e-3, limit_ms=5.0)
+        g.tm[t].stale_s = g.p.stale_s * wait / g.p.stale_runs     # as after a move there missed
+        g.tm[t].corr_lat = 3.0
+        for _ in range(wait):
+            g.decide()
+        assert g.tm[t].corr_lat == 3.0 and clock.t == 0.0
+        g.decide()
+        g.decide()
+        assert g.tm[t].corr_lat < 3.0
 
 
 def test_a_budget_that_asks_for_fewer_misses_gets_a_wider_margin_and_keeps_it():
