@@ -20,7 +20,7 @@ from . import state
 
 PROFILE_FILE = "profile.json"
 WARM_RUNS = 3        # untimed runs of each configuration first: the first after a move are slow (docs/governor.md)
-SPREAD = 1.25        # timed runs further apart than this (max / min) are joined by twice as many more
+SPREAD = 1.25        # timed runs further apart than this (max / min) are joined by as many more
 
 log = logging.getLogger("dnnscale.profiler")
 
@@ -44,7 +44,7 @@ def measure(executor, models, space: List[Config], levels: List[Level], runs: in
             stop: Optional[threading.Event] = None, sleep=time.sleep,
             columns: Optional[Callable[[Optional[Profile]], object]] = None) -> Profile:
     """Time each planned configuration ``runs`` times (median) on batch-1 input, after
-    ``WARM_RUNS`` untimed, and ``2 x runs`` more where the timed ones spread by more than
+    ``WARM_RUNS`` untimed, and ``runs`` more where the timed ones spread by more than
     ``SPREAD`` (a burst of the host's noise). Where a
     power sensor meters energy, each frequency is given the platform's ``settle_s`` to show
     in the sensor, and the power at that frequency is taken from the largest level run for
@@ -95,7 +95,7 @@ def measure(executor, models, space: List[Config], levels: List[Level], runs: in
             j1 = platform.joules() if power else None
             en = platform.energy_between(j0, j1) / 1e3 / len(lats) if j0 is not None and j1 is not None else None
             if max(lats) > SPREAD * min(lats):   # noise during the runs: the median of more
-                for _ in range(2 * runs):
+                for _ in range(runs):
                     t0 = time.perf_counter()
                     run(c.level, x, c.target)
                     lats.append(time.perf_counter() - t0)

@@ -283,6 +283,34 @@ def test_one_sample_timed_in_a_burst_of_noise_does_not_move_the_others_predictio
     assert two.fits["big"].a == pytest.approx(true.a) and two.fits["big"].b == pytest.approx(true.b)
 
 
+def test_the_profiler_warms_each_configuration_and_times_more_where_the_runs_spread():
+    """daemon/profiler.py: WARM_RUNS untimed runs, then ``runs`` timed; where those spread by
+    more than SPREAD (one run in a burst of noise), as many more, and the median of all."""
+    import time
+    from collections import Counter
+    from types import SimpleNamespace
+    from daemon import profiler
+
+    class Models:
+        input_shape = (1,)
+
+        def __init__(self):
+            self.calls = Counter()
+
+        def run(self, k, x, target):
+            self.calls[k] += 1
+            time.sleep(0.03 if (k == 2 and self.calls[k] == profiler.WARM_RUNS + 2) else 0.01)
+
+    platform = SimpleNamespace(targets={"cpu": SimpleNamespace(is_split=False)}, settle_s=0.0,
+                               energy_available=False, board_model=lambda *a, **k: None)
+    executor = SimpleNamespace(platform=platform, apply=lambda c, cols: None)
+    levels = [Level(1, 80.0, 10_000_000), Level(2, 84.0, 20_000_000)]
+    m = Models()
+    prof = profiler.measure(executor, m, [Config(1, "cpu", None), Config(2, "cpu", None)], levels, runs=5)
+    assert m.calls == {1: profiler.WARM_RUNS + 5, 2: profiler.WARM_RUNS + 10}
+    assert prof.predict(Config(2, "cpu", None), levels[1].macs)[0] < 0.02     # the slow run is not the median
+
+
 def test_a_targets_first_run_is_a_lone_run_and_two_are_a_step():
     """The fast level follows the median of a target's last 3 runs: before 3 are in, the
     level held so far stands for the missing ones, so a fresh target's first slow run (the
