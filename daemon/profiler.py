@@ -19,7 +19,7 @@ from governor import Config, Level, Profile, Sample, plan_measurements
 from . import state
 
 PROFILE_FILE = "profile.json"
-WARM_RUNS = 3        # untimed runs of each configuration first: the first after a move are slow (docs/governor.md)
+WARM_RUNS = 3        # untimed runs after a move to another target or frequency: the first are slow (docs/governor.md)
 SPREAD = 1.25        # timed runs further apart than this (max / min) are joined by as many more
 
 log = logging.getLogger("dnnscale.profiler")
@@ -43,8 +43,9 @@ def measure(executor, models, space: List[Config], levels: List[Level], runs: in
             progress: Optional[Callable[[int, int], None]] = None,
             stop: Optional[threading.Event] = None, sleep=time.sleep,
             columns: Optional[Callable[[Optional[Profile]], object]] = None) -> Profile:
-    """Time each planned configuration ``runs`` times (median) on batch-1 input, after
-    ``WARM_RUNS`` untimed, and ``runs`` more where the timed ones spread by more than
+    """Time each planned configuration ``runs`` times (median) on batch-1 input, after one
+    untimed run (``WARM_RUNS`` where the target or frequency just changed), and ``runs``
+    more where the timed ones spread by more than
     ``SPREAD`` (a burst of the host's noise). Where a
     power sensor meters energy, each frequency is given the platform's ``settle_s`` to show
     in the sensor, and the power at that frequency is taken from the largest level run for
@@ -79,10 +80,11 @@ def measure(executor, models, space: List[Config], levels: List[Level], runs: in
             modelled = True
         else:
             settle = platform.settle_s
-            if platform.energy_available and (prev is None or (prev.target, prev.freq_khz) != (c.target, c.freq_khz)):
+            moved = prev is None or (prev.target, prev.freq_khz) != (c.target, c.freq_khz)
+            if platform.energy_available and moved:
                 sleep(settle)
             prev = c
-            for _ in range(WARM_RUNS):     # warm this configuration (its threads were just moved)
+            for _ in range(WARM_RUNS if moved else 1):     # warm this configuration
                 run(c.level, x, c.target)
             power = platform.energy_available and c.level == top
             lats = []
