@@ -20,7 +20,7 @@ from . import state
 
 PROFILE_FILE = "profile.json"
 WARM_RUNS = 3        # untimed runs after a move to another target or frequency: the first are slow (docs/governor.md)
-SPREAD = 1.25        # timed runs further apart than this (max / min) are joined by as many more
+SPREAD = 2.0         # timed runs further apart than this (max / min): a burst of noise; as many more
 
 log = logging.getLogger("dnnscale.profiler")
 
