@@ -19,7 +19,7 @@ from governor import Config, Level, Profile, Sample, plan_measurements
 from . import state
 
 PROFILE_FILE = "profile.json"
-WARM_RUNS = 3        # untimed runs after a move to another target or frequency: the first are slow (docs/governor.md)
+WARM_RUNS = 3        # untimed runs after a move to another target: the first are slow (docs/governor.md)
 SPREAD = 2.0         # timed runs further apart than this (max / min): a burst of noise; as many more
 
 log = logging.getLogger("dnnscale.profiler")
@@ -44,7 +44,7 @@ def measure(executor, models, space: List[Config], levels: List[Level], runs: in
             stop: Optional[threading.Event] = None, sleep=time.sleep,
             columns: Optional[Callable[[Optional[Profile]], object]] = None) -> Profile:
     """Time each planned configuration ``runs`` times (median) on batch-1 input, after one
-    untimed run (``WARM_RUNS`` where the target or frequency just changed), and ``runs``
+    untimed run (``WARM_RUNS`` where the target just changed), and ``runs``
     more where the timed ones spread by more than
     ``SPREAD`` (a burst of the host's noise). Where a
     power sensor meters energy, each frequency is given the platform's ``settle_s`` to show
@@ -80,9 +80,9 @@ def measure(executor, models, space: List[Config], levels: List[Level], runs: in
             modelled = True
         else:
             settle = platform.settle_s
-            moved = prev is None or (prev.target, prev.freq_khz) != (c.target, c.freq_khz)
-            if platform.energy_available and moved:
+            if platform.energy_available and (prev is None or (prev.target, prev.freq_khz) != (c.target, c.freq_khz)):
                 sleep(settle)
+            moved = prev is None or prev.target != c.target    # its threads were just pinned elsewhere
             prev = c
             for _ in range(WARM_RUNS if moved else 1):     # warm this configuration
                 run(c.level, x, c.target)

@@ -284,7 +284,7 @@ def test_one_sample_timed_in_a_burst_of_noise_does_not_move_the_others_predictio
 
 
 def test_the_profiler_warms_each_configuration_and_times_more_where_the_runs_spread():
-    """daemon/profiler.py: WARM_RUNS untimed runs where the target or frequency just changed
+    """daemon/profiler.py: WARM_RUNS untimed runs where the target just changed
     (else one), then ``runs`` timed; where those spread by more than SPREAD (one run in a
     burst of noise), as many more, and the median of all."""
     import time
