@@ -20,7 +20,7 @@ from . import state
 
 PROFILE_FILE = "profile.json"
 WARM_RUNS = 3        # untimed runs after a move to another target: the first are slow (docs/governor.md)
-SPREAD = 2.0         # timed runs further apart than this (max / min): a burst of noise; as many more
+SPREAD = 1.5         # timed runs further apart than this (max / min): a burst of noise (a median of 5 at 1.8x was seen); as many more
 
 log = logging.getLogger("dnnscale.profiler")
 
