@@ -19,8 +19,8 @@ from governor import Config, Level, Profile, Sample, plan_measurements
 from . import state
 
 PROFILE_FILE = "profile.json"
-WARM_RUNS = 3        # untimed runs after a move to another target: the first are slow (docs/governor.md)
-SPREAD = 1.5         # timed runs further apart than this (max / min): a burst of noise (a median of 5 at 1.8x was seen); as many more
+WARM_RUNS = 3        # untimed runs of each configuration first: the first after a move are slow (docs/governor.md)
+SPREAD = 1.25        # timed runs further apart than this (max / min) are joined by twice as many more
 
 log = logging.getLogger("dnnscale.profiler")
 
@@ -43,9 +43,8 @@ def measure(executor, models, space: List[Config], levels: List[Level], runs: in
             progress: Optional[Callable[[int, int], None]] = None,
             stop: Optional[threading.Event] = None, sleep=time.sleep,
             columns: Optional[Callable[[Optional[Profile]], object]] = None) -> Profile:
-    """Time each planned configuration ``runs`` times (median) on batch-1 input, after one
-    untimed run (``WARM_RUNS`` where the target just changed), and ``runs``
-    more where the timed ones spread by more than
+    """Time each planned configuration ``runs`` times (median) on batch-1 input, after
+    ``WARM_RUNS`` untimed, and ``2 x runs`` more where the timed ones spread by more than
     ``SPREAD`` (a burst of the host's noise). Where a
     power sensor meters energy, each frequency is given the platform's ``settle_s`` to show
     in the sensor, and the power at that frequency is taken from the largest level run for
@@ -82,9 +81,8 @@ def measure(executor, models, space: List[Config], levels: List[Level], runs: in
             settle = platform.settle_s
             if platform.energy_available and (prev is None or (prev.target, prev.freq_khz) != (c.target, c.freq_khz)):
                 sleep(settle)
-            moved = prev is None or prev.target != c.target    # its threads were just pinned elsewhere
             prev = c
-            for _ in range(WARM_RUNS if moved else 1):     # warm this configuration
+            for _ in range(WARM_RUNS):     # warm this configuration (its threads were just moved)
                 run(c.level, x, c.target)
             power = platform.energy_available and c.level == top
             lats = []
@@ -97,7 +95,7 @@ def measure(executor, models, space: List[Config], levels: List[Level], runs: in
             j1 = platform.joules() if power else None
             en = platform.energy_between(j0, j1) / 1e3 / len(lats) if j0 is not None and j1 is not None else None
             if max(lats) > SPREAD * min(lats):   # noise during the runs: the median of more
-                for _ in range(runs):
+                for _ in range(2 * runs):
                     t0 = time.perf_counter()
                     run(c.level, x, c.target)
                     lats.append(time.perf_counter() - t0)

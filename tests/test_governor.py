@@ -284,9 +284,8 @@ def test_one_sample_timed_in_a_burst_of_noise_does_not_move_the_others_predictio
 
 
 def test_the_profiler_warms_each_configuration_and_times_more_where_the_runs_spread():
-    """daemon/profiler.py: WARM_RUNS untimed runs where the target just changed
-    (else one), then ``runs`` timed; where those spread by more than SPREAD (one run in a
-    burst of noise), as many more, and the median of all."""
+    """daemon/profiler.py: WARM_RUNS untimed runs, then ``runs`` timed; where those spread by
+    more than SPREAD (one run in a burst of noise), twice as many more, and the median of all."""
     import time
     from collections import Counter
     from types import SimpleNamespace
@@ -300,7 +299,7 @@ def test_the_profiler_warms_each_configuration_and_times_more_where_the_runs_spr
 
         def run(self, k, x, target):
             self.calls[k] += 1
-            time.sleep(0.03 if (k == 2 and self.calls[k] == 1 + 2) else 0.01)     # the 2nd timed run of k=2
+            time.sleep(0.03 if (k == 2 and self.calls[k] == profiler.WARM_RUNS + 2) else 0.01)
 
     platform = SimpleNamespace(targets={"cpu": SimpleNamespace(is_split=False)}, settle_s=0.0,
                                energy_available=False, board_model=lambda *a, **k: None)
@@ -308,7 +307,7 @@ def test_the_profiler_warms_each_configuration_and_times_more_where_the_runs_spr
     levels = [Level(1, 80.0, 10_000_000), Level(2, 84.0, 20_000_000)]
     m = Models()
     prof = profiler.measure(executor, m, [Config(1, "cpu", None), Config(2, "cpu", None)], levels, runs=5)
-    assert m.calls == {1: profiler.WARM_RUNS + 5, 2: 1 + 10}      # k=2 on the same target: one untimed run
+    assert m.calls == {1: profiler.WARM_RUNS + 5, 2: profiler.WARM_RUNS + 15}
     assert prof.predict(Config(2, "cpu", None), levels[1].macs)[0] < 0.02     # the slow run is not the median
 
 
