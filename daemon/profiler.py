@@ -82,23 +82,24 @@ def measure(executor, models, space: List[Config], levels: List[Level], runs: in
             if platform.energy_available and (prev is None or (prev.target, prev.freq_khz) != (c.target, c.freq_khz)):
                 sleep(settle)
             prev = c
-            for _ in range(WARM_RUNS):     # warm this configuration (its threads were just moved)
+            for _ in range(WARM_RUNS):     # warm this configuration
                 run(c.level, x, c.target)
             power = platform.energy_available and c.level == top
-            lats = []
-            j0, t_start = (platform.joules() if power else None), time.monotonic()
-            window = settle if power else 0.0
-            while len(lats) < runs or time.monotonic() - t_start < window:
+            lats: List[float] = []
+
+            def timed() -> None:
                 t0 = time.perf_counter()
                 run(c.level, x, c.target)
                 lats.append(time.perf_counter() - t0)
+            j0, t_start = (platform.joules() if power else None), time.monotonic()
+            window = settle if power else 0.0
+            while len(lats) < runs or time.monotonic() - t_start < window:
+                timed()
             j1 = platform.joules() if power else None
             en = platform.energy_between(j0, j1) / 1e3 / len(lats) if j0 is not None and j1 is not None else None
             if max(lats) > SPREAD * min(lats):   # noise during the runs: the median of more
                 for _ in range(2 * runs):
-                    t0 = time.perf_counter()
-                    run(c.level, x, c.target)
-                    lats.append(time.perf_counter() - t0)
+                    timed()
             samples.append(Sample(c, statistics.median(lats), en))
         if progress:
             progress(n + 1, len(plan))

@@ -248,7 +248,7 @@ class TargetModel:
             self.spread = 0.0
 
     def observe(self, base_s: float, latency_s: float, energy_j: Optional[float], base_e: float,
-                now: float, missed: bool = False) -> None:
+                now: float, missed: bool = False, decision: int = 0) -> None:
         p, a = self.p, self.p.alpha
         shape = self.shape(base_s)
         ratio = latency_s / (shape * self.corr_lat)          # against what was predicted for it
@@ -292,7 +292,7 @@ class TargetModel:
         # (:meth:`fade`).
         if missed:
             self.raise_guard(latency_s / (self.shape(base_s) * self.corr_lat))
-        self.seen = now
+        self.seen, self.seen_n = now, decision
 
     def fit_tail(self) -> None:
         """The margin for ``miss_rate`` from the window's tail (once ``resid_min`` are in)."""
@@ -950,8 +950,8 @@ class Governor:
                 if ran_khz < config.freq_khz:
                     self._cap(t, ran_khz)
                 i = self.index.get(Config(config.level, config.target, ran_khz), i)   # the model learns what ran
-            self.tm[t].observe(self._lat_l[i], own, energy_j, self._base_en[i], now, own_missed)
-            self.tm[t].seen_n = self.stats.decisions
+            self.tm[t].observe(self._lat_l[i], own, energy_j, self._base_en[i], now, own_missed,
+                               self.stats.decisions)
             if self.tm[t].n_obs % 10 == 0:          # its tail was refitted
                 self._share_tails()
         elif own_missed:             # not its speed, but a burst may have begun: the guard still holds

@@ -12,14 +12,10 @@ import numpy as np
 import pytest
 
 from models import ModelSet, zoo
+from models.modelset import _version
 from models.packed import PREFIX, WEIGHTS, Pack, session_files
 
 CIFAR = "cifar10-g4"
-
-
-def ort_version() -> tuple:
-    import onnxruntime
-    return tuple(int(p) for p in onnxruntime.__version__.split(".")[:2])
 
 
 @pytest.fixture(scope="module")
@@ -55,7 +51,7 @@ def test_every_session_maps_one_file_the_size_of_the_weights(sets):
     own = os.path.getsize(os.path.join(zoo.resolve(CIFAR), "weights.bin"))
     size = os.path.getsize(os.path.join(packed._pack.dir, WEIGHTS))
     assert size == packed._pack.size and own <= size <= own * 1.01      # each tensor once, k=G's holding k<G's
-    if ort_version() >= (1, 15):                # 1.15.1 and 1.32 map external data; 1.11.0 reads it
+    if _version() >= (1, 15):                # 1.15.1 and 1.32 map external data; 1.11.0 reads it
         assert packed._pack.mapped()                                  # mapped, not read into copies
         assert packed.packing.startswith("one optimised copy")
     else:
