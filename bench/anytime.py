@@ -14,6 +14,7 @@ moments of the machine; mean latency per image from the replies'
     python -m bench.anytime [--images N] [--stop-at T] [--sets NAME ...] [--plot PNG]
     python -m bench.anytime --sweep N      (every tau through the daemon, N images per set)
     python -m bench.anytime --direct N [--gap-us 0 300]
+    python -m bench.anytime --wake [--gap-us 0 300 1000]
 
 ``--direct``: no daemon; this process runs ``ModelSet.run_anytime`` and ``ModelSet.run(G)``
 (and ``run(k)`` for the floor) on N test images one at a time, in alternating blocks, on the
@@ -22,6 +23,12 @@ back to back; a daemon's requests arrive after its round trip, a few hundred µs
 separates what stepping costs from what a request loop adds, and shows how the idle time
 between requests weighs on short runs more than on long ones (docs/model-set.md, "Anytime
 answers").
+
+``--wake``: what one session run pays after idle time, apart from its work: one step session
+run three times in a row, against three sessions of that same step graph (each with its own
+onnxruntime pool, as the steps of an anytime run have) run once each, and run(G) once, after
+each idle gap; alternating blocks, the median of each block, then the median and range over
+blocks.
 """
 from __future__ import annotations
 
@@ -159,6 +166,56 @@ def direct(name: str, images: int, stop_at: float, gaps_us=(0.0, 300.0), block: 
                                         for k in sorted(set(stops.tolist()))},
                             "floor_ms": float(np.mean([level_ms[k] for k in stops])), "level_ms": level_ms})
     return out
+
+
+def wake(name: str, gaps_us=(0.0, 300.0, 1000.0), blocks: int = 6, block: int = 60) -> Dict:
+    """Per idle gap: the time of one step session run three times in a row, of three sessions
+    of that step graph run once each, and of run(G), each after the gap; ms, the median per
+    block of ``block`` calls, blocks alternating."""
+    import onnxruntime as ort
+    from models import ModelSet, zoo
+    from models.modelset import session_options
+    ms = ModelSet.load(zoo.resolve(name))
+    G, threads = ms.groups, ms.threads
+    path = os.path.join(ms.dir, ms.manifest["columns"]["steps"]["2"])
+    before = len(os.listdir("/proc/self/task"))
+    sessions = [ort.InferenceSession(path, session_options(threads), providers=["CPUExecutionProvider"])
+                for _ in range(3)]
+    pool_threads = len(os.listdir("/proc/self/task")) - before      # 3 x (threads - 1): a pool each
+    x = np.zeros((1,) + ms.input_shape, np.float32)
+    feed = {"input": x, "previous": ms._steps(threads, False)[0].run(None, {"input": x})[0]}
+    ms.warmup()
+    calls = {"one session, 3 runs": lambda: [sessions[0].run(None, feed) for _ in range(3)],
+             "3 sessions, 1 run each": lambda: [s.run(None, feed) for s in sessions],
+             "run(G)": lambda: ms.run(G, x)}
+    for f in calls.values():
+        for _ in range(20):
+            f()
+    out = {"set": name, "threads": threads, "pool_threads": pool_threads, "block": block, "gaps": []}
+    for gap in gaps_us:
+        med = {m: [] for m in calls}
+        for _ in range(blocks):
+            for m, f in calls.items():
+                t = []
+                for _ in range(block):
+                    if gap:
+                        time.sleep(gap * 1e-6)
+                    t0 = time.perf_counter()
+                    f()
+                    t.append(time.perf_counter() - t0)
+                med[m].append(float(np.median(t)) * 1e3)
+        out["gaps"].append({"gap_us": gap, "ms": med})
+    return out
+
+
+def report_wake(r: Dict) -> str:
+    names = list(r["gaps"][0]["ms"])
+    rows = [["%g" % g["gap_us"]] + ["%.3f (%.3f-%.3f)" % (np.median(g["ms"][m]), min(g["ms"][m]), max(g["ms"][m]))
+                                    for m in names] for g in r["gaps"]]
+    return ("What a session run pays after idle time (%s): **%s**, step 2's graph at %d threads, %d blocks of "
+            "%d calls per gap, alternating; ms, median (range) of the blocks' medians:\n\n%s\n"
+            % (machine(), r["set"], r["threads"], len(r["gaps"][0]["ms"][names[0]]), r["block"],
+               table(["idle before each call, µs"] + names, rows)))
 
 
 def report_direct(rows: List[Dict]) -> str:
@@ -308,11 +365,18 @@ def main(argv=None) -> None:
     ap.add_argument("--direct", type=int, default=0, metavar="N",
                     help="only: N test images per set in this process, no daemon (ModelSet.run_anytime against "
                          "run(G)), after each --gap-us of idle time")
-    ap.add_argument("--gap-us", type=float, nargs="+", default=[0.0, 300.0],
-                    help="with --direct: idle µs before each image, one pass per value (default 0 300)")
+    ap.add_argument("--gap-us", type=float, nargs="+", default=None,
+                    help="with --direct or --wake: idle µs before each image or call, one pass per value "
+                         "(default 0 300; --wake: 0 300 1000)")
+    ap.add_argument("--wake", action="store_true",
+                    help="only: one step session run 3 times against 3 sessions run once each, after "
+                         "each --gap-us of idle time (the first set of --sets)")
     a = ap.parse_args(argv)
+    if a.wake:
+        print(report_wake(wake(a.sets[0], a.gap_us or (0.0, 300.0, 1000.0))))
+        return
     if a.direct:
-        print(report_direct([r for r in (direct(n, a.direct, a.stop_at, a.gap_us) for n in a.sets) if r]))
+        print(report_direct([r for r in (direct(n, a.direct, a.stop_at, a.gap_us or (0.0, 300.0)) for n in a.sets) if r]))
         return
     if a.sweep:
         print(report_sweep([r for r in (sweep(n, a.sweep, target=a.target) for n in a.sets) if r]))
