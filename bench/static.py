@@ -12,7 +12,10 @@ the slowest configuration's p50:
   and its mean accuracy and miss rate are recorded;
 * then every configuration is timed again: the best static *in both samples* is the most
   accurate one that kept within 1% in each (a configuration whose tail sits at the budget
-  passes one sample of a few hundred runs by luck as often as not).
+  passes one sample of a few hundred runs by luck as often as not);
+* the governor's runs over their configuration's p50 back to back, by what ran before them:
+  the same configuration, another level on the same target (another session, idle until
+  then), another target.
 
 Once on a quiet machine and once with a real competing process (one busy loop per CPU at
 niceness 0) for the whole run, statics and governor alike. Also: the configuration served
@@ -86,18 +89,26 @@ def _phase(c, x, configs, levels, acc, budgets_ms, n: int) -> Dict:
     ones kept within MAX_MISS in both."""
     lat = _statics(c, x, configs, n)
     rows = []
+    runs = []             # the governor's runs after the first of each budget: (by the run before, config, ms)
     for b in budgets_ms:
         best, miss = _best(configs, acc, [lat], b)
         c.set_budget(latency_ms=float(b))
         for _ in range(50):
             c.infer(x)
         got = [c.infer(x) for _ in range(n)]
+        for prev, r in zip(got, got[1:]):
+            cfg, before = (r.config["groups"], r.config["target"]), (prev.config["groups"], prev.config["target"])
+            if cfg in lat:
+                kind = "same" if cfg == before else "level" if cfg[1] == before[1] else "target"
+                runs.append((kind, cfg, r.latency_ms))
         rows.append({"budget_ms": float(b), "static": best,
                      "static_acc": acc[best[0]] if best else None, "static_miss": miss,
                      "gov_acc": float(np.mean([acc[r.config["groups"]] for r in got])),
                      "gov_miss": float(np.mean([r.latency_ms > b for r in got])),
                      "gov_configs": sorted({(r.config["groups"], r.config["target"]) for r in got})})
     again = _statics(c, x, configs, n)
+    p50 = {cfg: float(np.median(np.concatenate([lat[cfg], again[cfg]]))) for cfg in configs}
+    after = {kind: [ms / p50[cfg] for k, cfg, ms in runs if k == kind] for kind in ("same", "level", "target")}
     for row in rows:
         best, miss = _best(configs, acc, [lat, again], row["budget_ms"])
         row.update({"static2": best, "static2_acc": acc[best[0]] if best else None, "static2_miss": miss})
@@ -107,7 +118,7 @@ def _phase(c, x, configs, levels, acc, budgets_ms, n: int) -> Dict:
     c.clear_budget()
     after_clear = c.infer(x).config["groups"]
     ratios = {cfg: float(np.percentile(v, 90) / np.median(v)) for cfg, v in lat.items()}
-    return {"rows": rows, "after_clear": after_clear, "levels": levels,
+    return {"rows": rows, "after_clear": after_clear, "levels": levels, "after": after,
             "p50_ms": {"%d@%s" % cfg: float(np.median(v)) for cfg, v in lat.items()},
             "p90_p50": {"%d@%s" % cfg: r for cfg, r in ratios.items()}}
 
@@ -148,6 +159,12 @@ def run(model_dir: str, requests: int = 300, load: bool = True) -> Dict:
     return out
 
 
+def _spread(ratios) -> str:
+    if not ratios:
+        return "(none)"
+    return "median %.2f, p90 %.2f (%d runs)" % (np.median(ratios), np.percentile(ratios, 90), len(ratios))
+
+
 def report(r: Dict) -> str:
     parts = ["Machine: %s; the real daemon on the generic platform, lanes (onnxruntime threads) %s." % (
         r["machine"], ", ".join("%s (%d)" % kv for kv in r["lanes"].items()))]
@@ -171,7 +188,12 @@ def report(r: Dict) -> str:
             sum(g >= -0.3 for g in both), len(both)) + table(
             ["budget ms", "best static", "its accuracy %", "its miss %", "governor accuracy %",
              "governor miss %", "accuracy vs static (target >= -0.3)",
-             "best static in both samples", "accuracy vs it", "governor served"], rows))
+             "best static in both samples", "accuracy vs it", "governor served"], rows)
+            + "\n\nThe governor's runs over their configuration's p50 back to back (both samples), by the run "
+            "before: "
+            + "; ".join("%s %s" % (what, _spread(ph["after"][kind])) for kind, what in (
+                ("same", "the same configuration"), ("level", "another level on the same target"),
+                ("target", "another target"))))
     lanes = sorted(r["phases"]["quiet"]["p90_p50"])
     parts.append("Each configuration's p90/p50, back to back (target <= 1.3 on a quiet machine): through the "
                  "daemon (the latency its replies report) and directly (`ModelSet.run` pinned to the lane):\n\n"
