@@ -176,6 +176,8 @@ def wake(name: str, gaps_us=(0.0, 300.0, 1000.0), blocks: int = 6, block: int = 
     from models import ModelSet, zoo
     from models.modelset import session_options
     ms = ModelSet.load(zoo.resolve(name))
+    if ms.no_anytime:
+        raise SystemExit("%s: %s" % (name, ms.no_anytime))
     G, threads = ms.groups, ms.threads
     path = os.path.join(ms.dir, ms.manifest["columns"]["steps"]["2"])
     before = len(os.listdir("/proc/self/task"))
