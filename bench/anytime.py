@@ -39,7 +39,7 @@ from typing import Dict, List, Optional
 
 import numpy as np
 
-from .common import ROOT, machine, serving, table
+from .common import ROOT, machine, serving, spread, table
 
 TAUS = (0.5, 0.7, 0.8, 0.9, 0.95, 0.98, 0.99)
 DATA = {"cifar10-g4": os.path.join(ROOT, "..", "shared", "data", "cifar10", "cifar-10-batches-py"),
@@ -212,8 +212,7 @@ def wake(name: str, gaps_us=(0.0, 300.0, 1000.0), blocks: int = 6, block: int = 
 
 def report_wake(r: Dict) -> str:
     names = list(r["gaps"][0]["ms"])
-    rows = [["%g" % g["gap_us"]] + ["%.3f (%.3f-%.3f)" % (np.median(g["ms"][m]), min(g["ms"][m]), max(g["ms"][m]))
-                                    for m in names] for g in r["gaps"]]
+    rows = [["%g" % g["gap_us"]] + [spread(g["ms"][m], "%.3f") for m in names] for g in r["gaps"]]
     return ("What a session run pays after idle time (%s): **%s**, step 2's graph at %d threads, %d blocks of "
             "%d calls per gap, alternating; ms, median (range) of the blocks' medians:\n\n%s\n"
             % (machine(), r["set"], r["threads"], len(r["gaps"][0]["ms"][names[0]]), r["block"],

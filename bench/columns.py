@@ -26,7 +26,7 @@ from typing import Dict, List
 
 import numpy as np
 
-from .common import in_fresh_process, machine, serving, table
+from .common import in_fresh_process, machine, serving, spread, table
 
 _SET_WITH_SPLIT = r'''
 import json, numpy as np, psutil
@@ -142,14 +142,11 @@ def through_daemon(model: str, ks: List[int], blocks: int = 10, runs: int = 100)
 
 def report(r: Dict) -> str:
     names = list(r["rows"])
-    med = {n: (float(np.median([b[0] for b in r["rows"][n]])), float(np.median([b[1] for b in r["rows"][n]])))
-           for n in names}
     body = []
     for n in names:
         p50s = [b[0] for b in r["rows"][n]]
         p99s = [b[1] for b in r["rows"][n]]
-        body.append([n, "%.3f (%.3f-%.3f)" % (med[n][0], min(p50s), max(p50s)),
-                     "%.3f (%.3f-%.3f)" % (med[n][1], min(p99s), max(p99s))])
+        body.append([n, spread(p50s, "%.3f"), spread(p99s, "%.3f")])
     one, wide, split = names
     ratios = []
     for i in range(r["blocks"]):         # per block, so that each ratio compares the same moments
@@ -158,12 +155,9 @@ def report(r: Dict) -> str:
     rs = np.array(ratios)
     lines = ["Columns in parallel, %s k=%d, batch 1, direct ModelSet runs (%s)" % (r["model"], r["k"], machine()), "",
              table(["row", "p50 ms (range over %d blocks)" % r["blocks"], "p99 ms (range)"], body), "",
-             "split p50 / one-CPU lane p50: median %.2fx (%.2f-%.2f), target <= 0.7x" % (
-                 np.median(rs[:, 0]), rs[:, 0].min(), rs[:, 0].max()),
-             "split p50 / all-CPU lane p50: median %.2fx (%.2f-%.2f), target <= 1.1x" % (
-                 np.median(rs[:, 1]), rs[:, 1].min(), rs[:, 1].max()),
-             "split p99 / all-CPU lane p99: median %.2fx (%.2f-%.2f), target <= 1.2x" % (
-                 np.median(rs[:, 2]), rs[:, 2].min(), rs[:, 2].max())]
+             "split p50 / one-CPU lane p50: median %s, target <= 0.7x" % spread(rs[:, 0], "%.2fx"),
+             "split p50 / all-CPU lane p50: median %s, target <= 1.1x" % spread(rs[:, 1], "%.2fx"),
+             "split p99 / all-CPU lane p99: median %s, target <= 1.2x" % spread(rs[:, 2], "%.2fx")]
     return "\n".join(lines) + "\n"
 
 
@@ -176,11 +170,10 @@ def report_daemon(r: Dict) -> str:
         rs = np.array([(s[0] / o[0], s[0] / w[0], s[1] / w[1]) for o, w, s in zip(rows[one], rows[wide], rows[split])])
         for n in (one, wide, split):
             p50s, p99s = [b[0] for b in rows[n]], [b[1] for b in rows[n]]
-            body.append([k, n, "%.3f (%.3f-%.3f)" % (np.median(p50s), min(p50s), max(p50s)),
-                         "%.3f (%.3f-%.3f)" % (np.median(p99s), min(p99s), max(p99s)),
-                         "" if n != split else "%.2fx (%.2f-%.2f)" % (np.median(rs[:, 0]), rs[:, 0].min(), rs[:, 0].max()),
-                         "" if n != split else "%.2fx (%.2f-%.2f)" % (np.median(rs[:, 1]), rs[:, 1].min(), rs[:, 1].max()),
-                         "" if n != split else "%.2fx (%.2f-%.2f)" % (np.median(rs[:, 2]), rs[:, 2].min(), rs[:, 2].max()),
+            body.append([k, n, spread(p50s, "%.3f"), spread(p99s, "%.3f"),
+                         "" if n != split else spread(rs[:, 0], "%.2fx"),
+                         "" if n != split else spread(rs[:, 1], "%.2fx"),
+                         "" if n != split else spread(rs[:, 2], "%.2fx"),
                          "" if n != split else ("yes" if r["labels"][k] else "NO")])
     lines.append(table(["k", "row", "p50 ms (range over blocks)", "p99 ms (range)", "split p50 / one-CPU p50",
                         "split p50 / all-CPU p50", "split p99 / all-CPU p99", "same labels (256 images)"], body))

@@ -35,7 +35,7 @@ from typing import Dict, List, Optional, Sequence
 import numpy as np
 import psutil
 
-from .common import machine, running_daemon, serving, table
+from .common import machine, running_daemon, serving, spread, table
 
 SETS = ("cifar10-g4", "fashion-mnist-g4")
 SETTLE = 20        # replies at the start of each phase left out of the miss rate
@@ -235,7 +235,7 @@ def decision_cost(blocks: int = 6, n: int = 2000) -> str:
                 board.decide("a", two[0])
                 board.decide("b", two[1])
             res["board"].append((_t.perf_counter() - t0) / n * 1e6)
-        rows.append(["%.1f" % lat] + ["%.1f (%.1f-%.1f)" % (np.median(v), min(v), max(v)) for v in res.values()]
+        rows.append(["%.1f" % lat] + [spread(v, "%.1f") for v in res.values()]
                     + ["%.1fx" % (np.median(res["board"]) / np.median(res["alone"]))])
     return ("µs per decision, SIMULATED XU3 space, %d blocks of %d (%s)\n" % (blocks, n, machine())
             + table(["latency budget ms", "one governor alone", "two sets through one Board", "ratio"], rows) + "\n")

@@ -12,10 +12,9 @@ level (median over ``runs`` switches into each level).
 from __future__ import annotations
 
 import argparse
-import statistics
 from typing import Dict, List
 
-from .common import in_fresh_process, machine, table
+from .common import in_fresh_process, machine, spread, table
 
 _CODE = r'''
 import json, time, numpy as np
@@ -59,7 +58,7 @@ def run(model_dir: str, threads: int = 2, reps: int = 3, runs: int = 200) -> Dic
 
 
 def _cell(vals: List[float]) -> str:
-    return "%.0f (%.0f-%.0f)" % (statistics.median(vals), min(vals), max(vals))
+    return spread(vals, "%.0f")
 
 
 def report(r: Dict) -> str:
