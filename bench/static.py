@@ -14,8 +14,8 @@ the slowest configuration's p50:
   accurate one that kept within 1% in each (a configuration whose tail sits at the budget
   passes one sample of a few hundred runs by luck as often as not);
 * the governor's runs over their configuration's p50 back to back, by what ran before them:
-  the same configuration, another level on the same target (another session, idle until
-  then), another target.
+  the same configuration, a lower or a higher level on the same target (another session,
+  idle until then), another target.
 
 Once on a quiet machine and once with a real competing process (one busy loop per CPU at
 niceness 0) for the whole run, statics and governor alike. Also: the configuration served
@@ -99,7 +99,8 @@ def _phase(c, x, configs, levels, acc, budgets_ms, n: int) -> Dict:
         for prev, r in zip(got, got[1:]):
             cfg, before = (r.config["groups"], r.config["target"]), (prev.config["groups"], prev.config["target"])
             if cfg in lat:
-                kind = "same" if cfg == before else "level" if cfg[1] == before[1] else "target"
+                kind = "same" if cfg == before else "target" if cfg[1] != before[1] \
+                    else "level up" if cfg[0] > before[0] else "level down"
                 runs.append((kind, cfg, r.latency_ms))
         rows.append({"budget_ms": float(b), "static": best,
                      "static_acc": acc[best[0]] if best else None, "static_miss": miss,
@@ -108,7 +109,8 @@ def _phase(c, x, configs, levels, acc, budgets_ms, n: int) -> Dict:
                      "gov_configs": sorted({(r.config["groups"], r.config["target"]) for r in got})})
     again = _statics(c, x, configs, n)
     p50 = {cfg: float(np.median(np.concatenate([lat[cfg], again[cfg]]))) for cfg in configs}
-    after = {kind: [ms / p50[cfg] for k, cfg, ms in runs if k == kind] for kind in ("same", "level", "target")}
+    after = {kind: [ms / p50[cfg] for k, cfg, ms in runs if k == kind]
+             for kind in ("same", "level up", "level down", "target")}
     for row in rows:
         best, miss = _best(configs, acc, [lat, again], row["budget_ms"])
         row.update({"static2": best, "static2_acc": acc[best[0]] if best else None, "static2_miss": miss})
@@ -192,8 +194,8 @@ def report(r: Dict) -> str:
             + "\n\nThe governor's runs over their configuration's p50 back to back (both samples), by the run "
             "before: "
             + "; ".join("%s %s" % (what, _spread(ph["after"][kind])) for kind, what in (
-                ("same", "the same configuration"), ("level", "another level on the same target"),
-                ("target", "another target"))))
+                ("same", "the same configuration"), ("level up", "a lower level on the same target"),
+                ("level down", "a higher level on the same target"), ("target", "another target"))))
     lanes = sorted(r["phases"]["quiet"]["p90_p50"])
     parts.append("Each configuration's p90/p50, back to back (target <= 1.3 on a quiet machine): through the "
                  "daemon (the latency its replies report) and directly (`ModelSet.run` pinned to the lane):\n\n"

@@ -23,7 +23,7 @@ def test_bench_quick_produces_every_table(random_set, tiny_portfolio, tmp_path):
                    "daemon: receive + decode", "total minus this request's run", "miss rate %", "SIMULATED",
                    "measured on this machine", "Xun et al. 2019 (published)", "--quick", "Decision cost",
                    "Steady budgets, no load, no cap", "accuracy vs static (target >= -0.3)", "p90/p50 direct, quiet",
-                   "best static in both samples", "another level on the same target"):
+                   "best static in both samples", "a lower level on the same target"):
         assert needle in doc, needle
     hot = doc.split("## " + TITLES["hotpath"])[1].split("\n## ")[0]
     assert "C path overhead / pyzmq echo" in hot or "Not measured: bench/hotpath.c could not be built" in hot
