@@ -42,6 +42,8 @@ import numpy as np
 from .common import ROOT, machine, serving, spread, table
 
 TAUS = (0.5, 0.7, 0.8, 0.9, 0.95, 0.98, 0.99)
+DIRECT_GAPS_US = (0.0, 300.0)           # --direct's idle gaps by default
+WAKE_GAPS_US = (0.0, 300.0, 1000.0)     # --wake's
 DATA = {"cifar10-g4": os.path.join(ROOT, "..", "shared", "data", "cifar10", "cifar-10-batches-py"),
         "fashion-mnist-g4": "/usr/share/datasets/fashion-mnist"}
 
@@ -128,7 +130,7 @@ def through_daemon(name: str, images: int, stop_at: float, block: int = 100,
     return out
 
 
-def direct(name: str, images: int, stop_at: float, gaps_us=(0.0, 300.0), block: int = 100) -> Optional[Dict]:
+def direct(name: str, images: int, stop_at: float, gaps_us=DIRECT_GAPS_US, block: int = 100) -> Optional[Dict]:
     """In this process, no daemon: per idle gap before each image, ``images`` test images one
     at a time in blocks of ``block`` that alternate run(G), run_anytime(stop_at) and run(k)
     for k < G; the time of each call (perf_counter), the level each image stopped at."""
@@ -168,7 +170,7 @@ def direct(name: str, images: int, stop_at: float, gaps_us=(0.0, 300.0), block: 
     return out
 
 
-def wake(name: str, gaps_us=(0.0, 300.0, 1000.0), blocks: int = 6, block: int = 60) -> Dict:
+def wake(name: str, gaps_us=WAKE_GAPS_US, blocks: int = 6, block: int = 60) -> Dict:
     """Per idle gap: the time of one step session run three times in a row, of three sessions
     of that step graph run once each, and of run(G), each after the gap; ms, the median per
     block of ``block`` calls, blocks alternating."""
@@ -374,10 +376,10 @@ def main(argv=None) -> None:
                          "each --gap-us of idle time (the first set of --sets)")
     a = ap.parse_args(argv)
     if a.wake:
-        print(report_wake(wake(a.sets[0], a.gap_us or (0.0, 300.0, 1000.0))))
+        print(report_wake(wake(a.sets[0], a.gap_us or WAKE_GAPS_US)))
         return
     if a.direct:
-        print(report_direct([r for r in (direct(n, a.direct, a.stop_at, a.gap_us or (0.0, 300.0)) for n in a.sets) if r]))
+        print(report_direct([r for r in (direct(n, a.direct, a.stop_at, a.gap_us or DIRECT_GAPS_US) for n in a.sets) if r]))
         return
     if a.sweep:
         print(report_sweep([r for r in (sweep(n, a.sweep, target=a.target) for n in a.sets) if r]))

@@ -112,8 +112,8 @@ def _phase(c, x, configs, levels, acc, budgets_ms, n: int) -> Dict:
     after = {kind: [ms / p50[cfg] for k, cfg, ms in runs if k == kind]
              for kind in ("same", "level up", "level down", "target")}
     for row in rows:
-        best, miss = _best(configs, acc, [lat, again], row["budget_ms"])
-        row.update({"static2": best, "static2_acc": acc[best[0]] if best else None, "static2_miss": miss})
+        best, _ = _best(configs, acc, [lat, again], row["budget_ms"])
+        row.update({"static2": best, "static2_acc": acc[best[0]] if best else None})
     c.set_budget(latency_ms=float(budgets_ms[0]))
     for _ in range(20):
         c.infer(x)
@@ -161,7 +161,7 @@ def run(model_dir: str, requests: int = 300, load: bool = True) -> Dict:
     return out
 
 
-def _spread(ratios) -> str:
+def _median_p90(ratios) -> str:
     if not ratios:
         return "(none)"
     return "median %.2f, p90 %.2f (%d runs)" % (np.median(ratios), np.percentile(ratios, 90), len(ratios))
@@ -193,7 +193,7 @@ def report(r: Dict) -> str:
              "best static in both samples", "accuracy vs it", "governor served"], rows)
             + "\n\nThe governor's runs over their configuration's p50 back to back (both samples), by the run "
             "before: "
-            + "; ".join("%s %s" % (what, _spread(ph["after"][kind])) for kind, what in (
+            + "; ".join("%s %s" % (what, _median_p90(ph["after"][kind])) for kind, what in (
                 ("same", "the same configuration"), ("level up", "a lower level on the same target"),
                 ("level down", "a higher level on the same target"), ("target", "another target"))))
     lanes = sorted(r["phases"]["quiet"]["p90_p50"])
