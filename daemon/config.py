@@ -120,7 +120,7 @@ class Config:
     log_level: str = "info"
     metrics_port: Optional[int] = None     # Prometheus exporter (off unless set)
     metrics_address: str = "127.0.0.1"
-    memory_bound_mb: int = 256             # growth over the floor that drops the inference connections
+    memory_bound_mb: int = 256             # growth over the floor that drops every connection
     stop_at: Optional[float] = None        # anytime answers for requests that name no stop_at
     source: List[str] = field(default_factory=list)   # where the values came from
 
@@ -176,7 +176,7 @@ KEY_DOCS = {
     "metrics_port": "serve Prometheus metrics on this TCP port (default: off; needs the metrics extra)",
     "metrics_address": "address of the metrics endpoint (default 127.0.0.1: loopback only)",
     "memory_bound_mb": "how far the daemon's anonymous resident size (its heap) may grow over its floor (a message libzmq holds "
-                       "unfinished) before every inference connection is dropped; default 256, 0 turns it off",
+                       "unfinished) before every connection is dropped; default 256, 0 turns it off",
     "stop_at": "the stop_at of requests that name none: add groups one at a time and stop each image once its "
                "top-1 probability reaches it, a number in (0, 1] (default: off, every image gets the chosen k); "
                "set, the anytime step sessions are built at start rather than by the first such request",

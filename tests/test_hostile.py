@@ -250,7 +250,7 @@ def test_multipart_bomb_is_refused_without_a_copy(daemon):
 def test_a_message_never_finished_is_bounded(daemon, tmp_path):
     """A raw ZMTP peer sends 800 KiB frames of one message and never its last: libzmq holds
     them all (an earlier daemon: 872 MB, kept after). Past memory_bound_mb over its floor the
-    daemon drops every inference connection, which frees them, and gives the memory back;
+    daemon shuts down every connection, which frees them, and gives the memory back;
     another client (a DEALER, which reconnects) is served after."""
     import socket as so
     from tests.fixtures import zmtp
@@ -280,7 +280,7 @@ def test_a_message_never_finished_is_bounded(daemon, tmp_path):
         time.sleep(0.05)
     s.close()
     assert sent < 1200, "the connection was never dropped"
-    assert peak - before < (128 + 256) * 2 ** 20, (before >> 20, peak >> 20)
+    assert peak - before < (128 + 128) * 2 ** 20, (before >> 20, peak >> 20)
     assert proc.memory_info().rss - before < 64 * 2 ** 20, (before >> 20, proc.memory_info().rss >> 20)
     with d.client(timeout_s=10) as c:
         assert len(c.infer(IMG).labels) == 1
