@@ -132,7 +132,7 @@ def run(model_dir: str, seconds: float = 10.0) -> dict:
         # 2b. a message never finished: a raw ZMTP peer sends 800 KiB frames until dropped
         from tests.fixtures import zmtp
         rss0, peak, sent = proc.memory_info().rss, proc.memory_info().rss, 0
-        raw = zmtp.dealer(d.infer_ep[len("ipc://"):])
+        raw = zmtp.dealer(d.infer_ep)
         raw.settimeout(5)
         frame = zmtp.frame(bytes(800 * 1024), more=True)
         try:

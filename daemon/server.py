@@ -139,6 +139,7 @@ class FdGuard:
         self.trips = 0
         self.monitors: List[zmq.Socket] = []
         self.accepted: List[set] = []    # per monitor: the descriptors of its socket's connections
+        self.local: List[object] = []    # per monitor: its endpoint's address (a path, a tcp port)
         self.memory: Optional[MemoryGuard] = None
         self.trims: List[float] = []     # when to give memory back after dropping connections
         self._stop = threading.Event()
@@ -149,10 +150,13 @@ class FdGuard:
         return any(self.closed.values())
 
     def watch(self, sock: zmq.Socket) -> None:
-        """Follow ``sock``'s connections (call from the thread that owns it, before start)."""
+        """Follow ``sock``'s connections (call from the thread that owns it, after its bind
+        and before start)."""
         self.monitors.append(sock.get_monitor_socket(zmq.EVENT_ACCEPTED | zmq.EVENT_DISCONNECTED
                                                      | zmq.EVENT_CLOSED))
         self.accepted.append(set())
+        ep = sock.getsockopt_string(zmq.LAST_ENDPOINT)
+        self.local.append(ep[len("ipc://"):] if ep.startswith("ipc://") else int(ep.rsplit(":", 1)[1]))
 
     def count(self) -> int:
         try:
@@ -205,9 +209,9 @@ class FdGuard:
         kernel's half of the connection, safe beside the libzmq thread that owns the socket),
         which libzmq reads as the peer gone; it ends the connection and frees the frames it
         held. The owning threads would take up to their 100 ms receive timeout to unbind."""
-        for fds in self.accepted:
+        for fds, local in zip(self.accepted, self.local):
             for fd in list(fds):
-                _shutdown(fd)
+                _shutdown(fd, local)
         now = time.monotonic()           # libzmq frees the held frames as the connections end
         self.trims = [now + 0.3, now + 1.5]
 
@@ -222,19 +226,25 @@ class FdGuard:
             self._thread = None
         for m in self.monitors:
             m.close(linger=0)
-        self.monitors, self.accepted = [], []
+        self.monitors, self.accepted, self.local = [], [], []
 
 
-def _shutdown(fd: int) -> None:
+def _shutdown(fd: int, local) -> None:
+    """End the connection on ``fd`` if it still is one accepted on the endpoint at ``local``
+    (its path or tcp port): a descriptor closed since its monitor event may have been reused
+    by anything (the notify socket, a listener, a model file)."""
     try:
         if not stat.S_ISSOCK(os.fstat(fd).st_mode):
-            return                       # closed and reused since its event: not ours to end
+            return
         s = socket.socket(fileno=os.dup(fd))
     except OSError:
         return
     try:
-        s.shutdown(socket.SHUT_RDWR)
-    except OSError:
+        name = s.getsockname()
+        if s.type == socket.SOCK_STREAM and (name == local if isinstance(local, str) else name[1] == local):
+            s.getpeername()              # a listener has none: OSError, left alone
+            s.shutdown(socket.SHUT_RDWR)
+    except (OSError, IndexError, TypeError):
         pass
     finally:
         s.close()                        # the duplicate only; libzmq closes its own

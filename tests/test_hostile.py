@@ -247,21 +247,29 @@ def test_multipart_bomb_is_refused_without_a_copy(daemon):
     s.close()
 
 
-def test_a_message_never_finished_is_bounded(daemon, tmp_path):
+@pytest.mark.parametrize("transport", ["ipc", "tcp"])
+def test_a_message_never_finished_is_bounded(daemon, tmp_path, transport):
     """A raw ZMTP peer sends 800 KiB frames of one message and never its last: libzmq holds
     them all (an earlier daemon: 872 MB, kept after). Past memory_bound_mb over its floor the
-    daemon shuts down every connection, which frees them, and gives the memory back;
-    another client (a DEALER, which reconnects) is served after."""
+    daemon shuts down every connection (the descriptors accepted on its endpoint: a path, a
+    tcp port), which frees them, and gives the memory back; another client (a DEALER, which
+    reconnects) is served after."""
     import socket as so
     from tests.fixtures import zmtp
     cfg = tmp_path / "bound.yaml"
     cfg.write_text("memory_bound_mb: 128\n")
-    d = daemon(config=str(cfg))
+    ep = None
+    if transport == "tcp":
+        probe = so.socket()
+        probe.bind(("127.0.0.1", 0))
+        ep = "tcp://127.0.0.1:%d" % probe.getsockname()[1]
+        probe.close()
+    d = daemon(config=str(cfg), infer_ep=ep)
     proc = psutil.Process(d.proc.pid)
     with d.client() as c:
         assert len(c.infer(IMG).labels) == 1
     before = peak = proc.memory_info().rss
-    s = zmtp.dealer(d.infer_ep[len("ipc://"):])
+    s = zmtp.dealer(d.infer_ep)
     s.settimeout(5)
     f = zmtp.frame(bytes(800 * 1024), more=True)
     sent = 0
