@@ -288,7 +288,7 @@ def test_a_message_never_finished_is_bounded(daemon, tmp_path, transport):
         time.sleep(0.05)
     s.close()
     assert sent < 1200, "the connection was never dropped"
-    assert peak - before < (128 + 128) * 2 ** 20, (before >> 20, peak >> 20)
+    assert peak - before < (128 + 256) * 2 ** 20, (before >> 20, peak >> 20)   # one 100 ms sample at 2.5 GB/s
     assert proc.memory_info().rss - before < 64 * 2 ** 20, (before >> 20, proc.memory_info().rss >> 20)
     with d.client(timeout_s=10) as c:
         assert len(c.infer(IMG).labels) == 1
