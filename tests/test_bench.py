@@ -23,7 +23,8 @@ def test_bench_quick_produces_every_table(random_set, tiny_portfolio, tmp_path):
                    "daemon: receive + decode", "total minus this request's run", "miss rate %", "SIMULATED",
                    "measured on this machine", "Xun et al. 2019 (published)", "--quick", "Decision cost",
                    "Steady budgets, no load, no cap", "accuracy vs static (target >= -0.3)", "p90/p50 direct, quiet",
-                   "best static in both samples", "a lower level on the same target"):
+                   "best static in both samples", "a lower level on the same target",
+                   "the benchmark's own repeatability"):
         assert needle in doc, needle
     hot = doc.split("## " + TITLES["hotpath"])[1].split("\n## ")[0]
     assert "C path overhead / pyzmq echo" in hot or "Not measured: bench/hotpath.c could not be built" in hot
@@ -163,6 +164,19 @@ def test_static_best_in_both_samples_leaves_out_a_configuration_that_met_the_bud
     best, miss = _best(configs, acc, [first, second], 0.6)
     assert best == (1, "cpu") and miss == 2 / 300
     assert _best(configs, acc, [first], 0.2) == (None, None)
+
+
+def test_static_repeatability_counts_the_second_samples_picks_against_the_first():
+    """bench.static: how far the second static sample's own best lies from the first's, one
+    side each, at the budgets where both found one."""
+    from bench.static import _repeatability
+    rows = [{"static_acc": 87.2, "again_acc": 85.1},      # the second sample kept out k=2: below
+            {"static_acc": 85.1, "again_acc": 87.2},      # above
+            {"static_acc": 87.9, "again_acc": 87.7},      # within 0.3
+            {"static_acc": None, "again_acc": 85.1},      # the first found none: not counted
+            {"static_acc": 88.3, "again_acc": None}]
+    line = _repeatability(rows)
+    assert "more than 0.3 points below the first's at 1 of 3 budgets, above it at 1" in line
 
 
 def test_deadlines_best_static_in_hindsight_and_the_simulated_gap():
