@@ -20,7 +20,7 @@ import socket
 import stat
 import threading
 import time
-from typing import Dict, List, Optional
+from typing import Dict, List, NamedTuple, Optional, Set, Union
 
 import zmq
 from zmq.utils.monitor import parse_monitor_message
@@ -113,6 +113,14 @@ class MemoryGuard:
         return True
 
 
+class _Watched(NamedTuple):
+    """A socket FdGuard follows: its monitor, its endpoint's address (an ipc path, a tcp port)
+    and the descriptors of the connections accepted there that have not closed."""
+    monitor: zmq.Socket
+    local: Union[str, int]
+    accepted: Set[int]
+
+
 class FdGuard:
     """Keeps the process clear of its descriptor limit. libzmq aborts the whole process when
     accept() on an ipc listener fails with EMFILE (src/ipc_listener.cpp asserts on it), and
@@ -137,9 +145,7 @@ class FdGuard:
         self.unbind = set()              # tcp endpoint kinds to unbind (by the owning thread)
         self.peak = 0
         self.trips = 0
-        self.monitors: List[zmq.Socket] = []
-        self.accepted: List[set] = []    # per monitor: the descriptors of its socket's connections
-        self.local: List[object] = []    # per monitor: its endpoint's address (a path, a tcp port)
+        self.watched: List[_Watched] = []
         self.memory: Optional[MemoryGuard] = None
         self.trims: List[float] = []     # when to give memory back after dropping connections
         self._stop = threading.Event()
@@ -152,11 +158,10 @@ class FdGuard:
     def watch(self, sock: zmq.Socket) -> None:
         """Follow ``sock``'s connections (call from the thread that owns it, after its bind
         and before start)."""
-        self.monitors.append(sock.get_monitor_socket(zmq.EVENT_ACCEPTED | zmq.EVENT_DISCONNECTED
-                                                     | zmq.EVENT_CLOSED))
-        self.accepted.append(set())
         ep = sock.getsockopt_string(zmq.LAST_ENDPOINT)
-        self.local.append(ep[len("ipc://"):] if ep.startswith("ipc://") else int(ep.rsplit(":", 1)[1]))
+        self.watched.append(_Watched(
+            sock.get_monitor_socket(zmq.EVENT_ACCEPTED | zmq.EVENT_DISCONNECTED | zmq.EVENT_CLOSED),
+            ep[len("ipc://"):] if ep.startswith("ipc://") else int(ep.rsplit(":", 1)[1]), set()))
 
     def count(self) -> int:
         try:
@@ -189,11 +194,11 @@ class FdGuard:
 
     def _run(self) -> None:
         poller = zmq.Poller()
-        for m in self.monitors:
-            poller.register(m, zmq.POLLIN)
+        for w in self.watched:
+            poller.register(w.monitor, zmq.POLLIN)
         while not self._stop.is_set():
             ready = dict(poller.poll(10 if self.memory is not None and self.memory.rising else 100))
-            for m, fds in zip(self.monitors, self.accepted):
+            for m, _, fds in self.watched:
                 while m in ready and m.poll(0):
                     event = parse_monitor_message(m.recv_multipart())
                     if event["event"] == zmq.EVENT_ACCEPTED:
@@ -209,7 +214,7 @@ class FdGuard:
         kernel's half of the connection, safe beside the libzmq thread that owns the socket),
         which libzmq reads as the peer gone; it ends the connection and frees the frames it
         held. The owning threads would take up to their 100 ms receive timeout to unbind."""
-        for fds, local in zip(self.accepted, self.local):
+        for _, local, fds in self.watched:
             for fd in list(fds):
                 _shutdown(fd, local)
         now = time.monotonic()           # libzmq frees the held frames as the connections end
@@ -224,12 +229,12 @@ class FdGuard:
         if self._thread:
             self._thread.join(timeout=3)
             self._thread = None
-        for m in self.monitors:
-            m.close(linger=0)
-        self.monitors, self.accepted, self.local = [], [], []
+        for w in self.watched:
+            w.monitor.close(linger=0)
+        self.watched = []
 
 
-def _shutdown(fd: int, local) -> None:
+def _shutdown(fd: int, local: Union[str, int]) -> None:
     """End the connection on ``fd`` if it still is one accepted on the endpoint at ``local``
     (its path or tcp port): a descriptor closed since its monitor event may have been reused
     by anything (the notify socket, a listener, a model file)."""
