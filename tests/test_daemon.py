@@ -18,6 +18,7 @@ from models import ModelSet
 from tests.daemon_harness import ROOT, Daemon, dnnscale_cmd
 from tests.fixtures import trees
 from tests.fixtures.kernel import snapshot
+from tests.fixtures.ports import free_port
 
 POL0 = "sys/devices/system/cpu/cpufreq/policy0"
 
@@ -349,10 +350,7 @@ def test_no_daemon_fails_fast(tmp_path):
     s = so.socket(so.AF_UNIX, so.SOCK_STREAM)
     s.bind(str(stale))
     s.close()                                      # the file stays, nobody listens
-    port = so.socket()
-    port.bind(("127.0.0.1", 0))
-    free = port.getsockname()[1]
-    port.close()
+    free = free_port()
     for verb, ep in (("status", "ipc://%s/none.sock" % tmp_path), ("status", "ipc://%s" % stale),
                      ("infer", "tcp://127.0.0.1:%d" % free)):
         flag = "--endpoint" if verb == "infer" else "--control-endpoint"

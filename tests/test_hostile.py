@@ -22,6 +22,7 @@ from daemon.client import Client, ClientError, DaemonError
 from tests.daemon_harness import ROOT, Daemon, dnnscale_cmd, kernel_cmd
 from tests.fixtures import trees
 from tests.fixtures.kernel import snapshot
+from tests.fixtures.ports import free_port
 
 IMG = np.zeros((1, 32, 32, 3), np.uint8)
 
@@ -115,10 +116,7 @@ def test_tcp_flood_leaves_the_operator_a_reserve_and_comes_back(daemon):
     is answered during the flood; DVFS and energy stay on, and the endpoint accepts again."""
     import socket as so
     limit = 1024
-    s0 = so.socket()
-    s0.bind(("127.0.0.1", 0))
-    port = s0.getsockname()[1]
-    s0.close()
+    port = free_port()
     d = daemon(preexec=lambda: resource.setrlimit(resource.RLIMIT_NOFILE, (limit, limit)),
                infer_ep="tcp://127.0.0.1:%d" % port)
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
@@ -258,12 +256,7 @@ def test_a_message_never_finished_is_bounded(daemon, tmp_path, transport):
     from tests.fixtures import zmtp
     cfg = tmp_path / "bound.yaml"
     cfg.write_text("memory_bound_mb: 128\n")
-    ep = None
-    if transport == "tcp":
-        probe = so.socket()
-        probe.bind(("127.0.0.1", 0))
-        ep = "tcp://127.0.0.1:%d" % probe.getsockname()[1]
-        probe.close()
+    ep = "tcp://127.0.0.1:%d" % free_port() if transport == "tcp" else None
     d = daemon(config=str(cfg), infer_ep=ep)
     proc = psutil.Process(d.proc.pid)
     with d.client() as c:

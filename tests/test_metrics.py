@@ -15,16 +15,9 @@ import pytest
 
 from tests.daemon_harness import Daemon
 from tests.fixtures import trees
+from tests.fixtures.ports import free_port
 
 pytest.importorskip("prometheus_client")
-
-
-def free_port() -> int:
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
 
 
 @pytest.fixture(scope="module")

@@ -25,6 +25,7 @@ from daemon.protocol import InputSpec, ProtocolError, decode_infer
 from tests.daemon_harness import ROOT, Daemon, dnnscale_cmd
 from tests.fixtures import trees
 from tests.fixtures.kernel import snapshot
+from tests.fixtures.ports import free_port
 
 SCALE = float(os.environ.get("DNNSCALE_FUZZ_SCALE", "0.3"))   # 1 or more: a longer fuzz (README, "Test it")
 SPEC = InputSpec((3, 32, 32), 4, 64)
@@ -621,7 +622,6 @@ def test_control_group(random_set, tmp_path):
 def test_tcp_control_and_inference_with_curve(random_set, tmp_path):
     """CURVE keys admit the clients whose public keys are in the folder, on both tcp
     endpoints; a client without them is never answered."""
-    import socket as _s
     import zmq.auth
     from daemon.client import Client, DaemonUnavailable
     keys, auth = tmp_path / "keys", tmp_path / "authorized"
@@ -630,11 +630,7 @@ def test_tcp_control_and_inference_with_curve(random_set, tmp_path):
     server_pub, server_sec = zmq.auth.create_certificates(str(keys), "server")
     client_pub, client_sec = zmq.auth.create_certificates(str(keys), "client")
     shutil.copy(client_pub, str(auth))
-    ports = []
-    for _ in range(2):
-        with _s.socket() as sk:
-            sk.bind(("127.0.0.1", 0))
-            ports.append(sk.getsockname()[1])
+    ports = [free_port(), free_port()]
     cfg = tmp_path / "c.yaml"
     cfg.write_text("curve_secret_key: %s\ncurve_authorized_keys: %s\n" % (server_sec, auth))
     d = Daemon(str(tmp_path / "run"), random_set, config=str(cfg),
