@@ -97,16 +97,20 @@ def test_a_miss_rate_through_the_daemon(served):
     img = np.zeros((1, 32, 32, 3), np.uint8)
     with d.client() as c:
         c.set_budget(latency_ms=50.0)
-        t = c.infer(img).config["target"]
-        c.pin(target=t)             # every run on one target, so that its window holds a tail to fit
-        for _ in range(40):         # (unpinned, a noisy host moved the runs between targets: none had 30)
+        # Every run on one target, and 100 of them: unpinned, a noisy host moved 40 runs between
+        # targets and none had the 30 a tail is fitted from; with 40, the window's tail is read
+        # as a plain quantile of its two largest ratios, which can tie (a level move winsorises
+        # the last ones to one value; seen once: 0.2% and 1% read alike). 100 get a Pareto fit.
+        t = next(name for name, v in c.status()["targets"].items() if v["kind"] == "cpu")
+        c.pin(target=t)
+        for _ in range(100):
             assert c.infer(img).config["target"] == t
         wide = c.status()["margins"]
         r = c.set_budget(latency_ms=50.0, miss_rate=0.002)
         assert r["budget"]["miss_rate"] == 0.002 and r["replaced"]["miss_rate"] is None
         s = c.status()
         assert s["budget"]["miss_rate"] == 0.002
-        assert all(s["margins"][u] >= m for u, m in wide.items()) and s["margins"][t] > wide[t]
+        assert all(s["margins"][u] >= m for u, m in wide.items()) and s["margins"][t] > wide[t], (t, wide, s["margins"])
         assert json.load(open(os.path.join(d.state, "budget.json")))["miss_rate"] == 0.002
         for bad, why in (({"energy_mj": 5.0, "miss_rate": 0.01}, "give latency_ms too"),
                          ({"latency_ms": 5.0, "miss_rate": 0.9}, "miss_rate must be in")):
