@@ -1,8 +1,8 @@
 """The real ``dnnscale serve`` under hostile load: ``python -m bench.hostile [--model DIR]``.
 
-One daemon (generic fake tree, 1 onnxruntime thread, its descriptor limit set to 1024 as
-systemd's default soft limit, WATCHDOG_USEC=1 s) and, one after the other: a flood of raw
-connections, a multipart bomb (a header and 1,000 frames of 800 KiB, from a libzmq DEALER),
+Floods of raw connections, each against a fresh daemon at a 1024 (systemd's default soft
+limit) or a 4096 descriptor limit; then one daemon (generic fake tree, 1 onnxruntime thread,
+1024 descriptors, WATCHDOG_USEC=1 s) and, one after the other: a multipart bomb (a header and 1,000 frames of 800 KiB, from a libzmq DEALER),
 a message never finished (a raw ZMTP peer), and 10 s floods of
 junk and of valid requests from another process while a well-behaved client sends a request
 every 20 ms (at least 200). On a 2-core machine the flooding process takes a core, so the
@@ -64,6 +64,57 @@ def _flood(ep: str, kind: str, stop, nice: int = 0) -> None:
     s.close()
 
 
+def _flood_once(model_dir: str, limit: int) -> dict:
+    """One fresh daemon at ``limit`` descriptors, and one client opening 1.075 x ``limit`` raw
+    connections to its ipc inference socket as fast as it can (``test_connection_flood_at_the_fd_limit``)."""
+    from daemon.client import ClientError
+    from daemon.server import FdGuard
+    from tests.daemon_harness import Daemon
+    from tests.fixtures import trees
+    work = tempfile.mkdtemp(prefix="dnnscale-flood-")
+    d = Daemon(os.path.join(work, "run"), model_dir, sysfs_root=trees.build("generic", os.path.join(work, "sysfs")),
+               preexec=lambda: resource.setrlimit(resource.RLIMIT_NOFILE, (limit, limit)))
+    d.wait_ready(600)
+    path, conns, refused = d.infer_ep[len("ipc://"):], [], 0
+    try:
+        for _ in range(int(limit * 1.075)):
+            s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            try:
+                s.connect(path)
+                conns.append(s)
+            except OSError:
+                s.close()
+                refused += 1
+        time.sleep(1)
+        alive = d.proc.poll() is None
+        for s in conns:
+            s.close()
+        st, t0 = None, time.time()
+        while alive and st is None and time.time() - t0 < 30:     # the listeners come back once it drained
+            try:
+                st = d.client(timeout_s=1).status()["connections"]
+            except ClientError:
+                time.sleep(0.1)
+        mark = FdGuard(limit=limit).marks["infer"][0]
+        return {"alive": alive, "refused": refused, "peak": st["fds_peak"] if st else limit, "mark": mark,
+                "relisten_s": time.time() - t0}
+    finally:
+        for s in conns:
+            s.close()
+        d.stop()
+
+
+def floods(model_dir: str, limits=(1024, 4096), runs: int = 5) -> dict:
+    """Per limit, ``runs`` floods, each against a fresh daemon, alternating the limits."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, max(soft, 2 * max(limits) + 200)), hard))
+    out = {limit: [] for limit in limits}
+    for _ in range(runs):
+        for limit in limits:
+            out[limit].append(_flood_once(model_dir, limit))
+    return out
+
+
 def run(model_dir: str, seconds: float = 10.0) -> dict:
     from tests.daemon_harness import Daemon
     from tests.fixtures import trees
@@ -80,30 +131,6 @@ def run(model_dir: str, seconds: float = 10.0) -> dict:
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, 4096), hard))
     try:
-        # 1. raw connections
-        path = d.infer_ep[len("ipc://"):]
-        conns, refused = [], 0
-        for _ in range(1100):
-            s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-            try:
-                s.connect(path)
-                conns.append(s)
-            except OSError:
-                s.close()
-                refused += 1
-        time.sleep(1)
-        out["flood_alive"] = d.proc.poll() is None
-        for s in conns:
-            s.close()
-        from daemon.client import ClientError
-        st, t0 = None, time.time()
-        while st is None and time.time() - t0 < 30:     # the listeners come back once it drained
-            try:
-                st = d.client(timeout_s=1).status()["connections"]
-            except ClientError:
-                time.sleep(0.1)
-        out["relisten_s"] = time.time() - t0
-        out["fd_peak"], out["fd_limit"], out["flood_refused"] = st["fds_peak"], st["fd_limit"], refused
         # 2. multipart bomb
         ctx = zmq.Context.instance()
         rss0 = proc.memory_info().rss
@@ -189,10 +216,15 @@ def run(model_dir: str, seconds: float = 10.0) -> dict:
 
 
 def report(r: dict) -> str:
-    rows = [
-        ["raw connections opened by one client", "1100, at a 1024 descriptor limit",
-         "daemon up: %s; %d refused; descriptors at most %d of %d; accepting again %.1f s after they closed"
-         % (r["flood_alive"], r["flood_refused"], r["fd_peak"], r["fd_limit"], r["relisten_s"])],
+    rows = []
+    for limit, fl in sorted(r["floods"].items()):
+        over = sorted(f["peak"] - f["mark"] for f in fl)
+        rows.append(["raw connections opened by one client, %d fresh daemons" % len(fl),
+                     "%d at a %d descriptor limit (mark %d)" % (int(limit * 1.075), limit, fl[0]["mark"]),
+                     "daemon up in %d of %d; peak over the mark: %s (median %d); room past the mark %d"
+                     % (sum(f["alive"] for f in fl), len(fl), ", ".join(map(str, over)), over[len(over) // 2],
+                        limit - fl[0]["mark"])])
+    rows += [
         ["multipart bomb: header + 1000 x 800 KiB", "reply %s" % r["bomb_reply"],
          "RSS %.0f MB before, %.0f MB at peak, %.0f MB 3 s after" % (r["rss_before_mb"], r["rss_peak_mb"],
                                                                    r["rss_after_mb"])],
@@ -221,9 +253,13 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", default=None, help="model-set folder (default: the shipped CIFAR-10 set)")
     ap.add_argument("--seconds", type=float, default=10.0, help="length of each one-client flood")
+    ap.add_argument("--flood-runs", type=int, default=5, help="connection floods per descriptor limit")
     a = ap.parse_args()
     from models import zoo
-    print(report(run(a.model or zoo.default_path(), a.seconds)))
+    model = a.model or zoo.default_path()
+    r = run(model, a.seconds)
+    r["floods"] = floods(model, runs=a.flood_runs)
+    print(report(r))
 
 
 if __name__ == "__main__":

@@ -12,6 +12,7 @@ control messages. No socket is shared between threads.
 from __future__ import annotations
 
 import collections
+import fcntl
 import grp
 import logging
 import os
@@ -121,21 +122,27 @@ class _Watched(NamedTuple):
     accepted: Set[int]
 
 
+SMALL_FD_LIMIT = 4096   # below it a flood can outrun the guard (measured: docs/reliability.md)
+GUARD_NICE_BOOST = 10   # nice levels the guard thread takes over the daemon's other threads
+
+
 class FdGuard:
     """Keeps the process clear of its descriptor limit. libzmq aborts the whole process when
     accept() on an ipc listener fails with EMFILE (src/ipc_listener.cpp asserts on it), and
     retries a tcp accept that fails with EMFILE in a busy loop, so a local client opening
     connections until the limit would take the daemon down or spin a core. A thread follows
-    the sockets' monitor events (each accepted and each closed connection) and recounts the
-    open descriptors at each. Past ``high`` of the soft limit the inference endpoint stops
+    the sockets' monitor events (each accepted and each closed connection), looks at the
+    descriptor table at each accepted one (``passed``) and counts the open descriptors where
+    a mark is passed and at each wake-up. Past ``high`` of the soft limit the inference endpoint stops
     accepting (its ipc socket file is unlinked; a tcp endpoint is unbound by the thread that
     owns it); the control endpoint only past ``control_high``, so that the descriptors in
     between stay a reserve for the operator during a flood. Established connections are
     served on; below ``low`` (``control_low``) each endpoint accepts again. Idle, it wakes
     ten times a second."""
 
-    def __init__(self, high: float = 0.6, low: float = 0.4, control_high: float = 0.85, control_low: float = 0.6):
-        soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    def __init__(self, high: float = 0.6, low: float = 0.4, control_high: float = 0.85, control_low: float = 0.6,
+                 limit: Optional[int] = None):
+        soft = limit or resource.getrlimit(resource.RLIMIT_NOFILE)[0]
         self.limit = soft
         self.marks = {"infer": (int(soft * high), int(soft * low)),
                       "control": (int(soft * control_high), int(soft * control_low))}
@@ -150,6 +157,7 @@ class FdGuard:
         self.trims: List[float] = []     # when to give memory back after dropping connections
         self._stop = threading.Event()
         self._thread: Optional[threading.Thread] = None
+        self._probe = -1                 # /dev/null, duplicated by passed() (from start to stop)
 
     @property
     def hidden(self) -> bool:
@@ -169,13 +177,33 @@ class FdGuard:
         except OSError:              # EMFILE itself: as full as it gets
             return self.limit
 
-    def check(self) -> None:
+    def passed(self) -> bool:
+        """Whether the descriptor numbered as the next mark is open: a microsecond (a
+        duplicate at or above it, closed again), where counting /proc/self/fd takes a fraction
+        of a millisecond at a few hundred. Descriptors are allocated lowest first, so a flood
+        takes that number as its count passes the mark; a hole below it (a connection closed)
+        is filled first and delays the answer by one descriptor each."""
+        mark = min((high for kind, (high, _) in self.marks.items() if not self.closed[kind]), default=self.limit)
+        if mark >= self.limit:
+            return False
+        try:
+            fd = fcntl.fcntl(self._probe, fcntl.F_DUPFD_CLOEXEC, mark)
+        except OSError:                  # none free at or above it
+            return True
+        os.close(fd)
+        return fd > mark
+
+    def check(self) -> bool:
+        """Count the open descriptors and close or open the endpoints by the marks; True
+        where an endpoint was closed."""
         n = self.count()
         self.peak = max(self.peak, n)
+        closed = False
         for kind, (high, low) in self.marks.items():
             if n >= high and not self.closed[kind]:
                 self.closed[kind] = True
                 self.trips += kind == "infer"
+                closed = True
                 path = self.paths.get(kind)
                 if path:
                     try:
@@ -191,20 +219,31 @@ class FdGuard:
                 self.unbind.discard(kind)
                 self.rebind.add(kind)
                 log.info("%d file descriptors in use: the %s endpoint accepts connections again", n, kind)
+        return closed
 
     def _run(self) -> None:
         poller = zmq.Poller()
         for w in self.watched:
             poller.register(w.monitor, zmq.POLLIN)
+        try:   # ahead of libzmq's accepting thread during a flood, where allowed (root, RLIMIT_NICE)
+            tid = threading.get_native_id()
+            os.setpriority(os.PRIO_PROCESS, tid, os.getpriority(os.PRIO_PROCESS, tid) - GUARD_NICE_BOOST)
+        except OSError:
+            pass
         while not self._stop.is_set():
             ready = dict(poller.poll(10 if self.memory is not None and self.memory.rising else 100))
+            probe = True
             for m, _, fds in self.watched:
                 while m in ready and m.poll(0):
                     event = parse_monitor_message(m.recv_multipart())
-                    if event["event"] == zmq.EVENT_ACCEPTED:
-                        fds.add(event["value"])     # the connection's descriptor
-                    else:
+                    if event["event"] != zmq.EVENT_ACCEPTED:
                         fds.discard(event["value"])
+                        continue
+                    fds.add(event["value"])         # the connection's descriptor
+                    # A flood is accepted faster than its events are read here: look at the
+                    # descriptor table itself at each one, and count where a mark is passed.
+                    if probe and self.passed():
+                        probe = self.check()
             self.check()
             if self.memory is not None and self.memory.check():
                 self.drop()
@@ -221,6 +260,11 @@ class FdGuard:
         self.trims = [now + 0.3, now + 1.5]
 
     def start(self) -> None:
+        if self.limit < SMALL_FD_LIMIT:
+            log.warning("descriptor limit %d: a local client that opens connections as fast as it can may pass "
+                        "the guard's marks by a few hundred before the guard acts (docs/reliability.md); %d or "
+                        "more leaves it room (the unit sets LimitNOFILE=65536)", self.limit, SMALL_FD_LIMIT)
+        self._probe = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
         self._thread = threading.Thread(target=self._run, name="dnnscale-fdguard", daemon=True)
         self._thread.start()
 
@@ -232,6 +276,9 @@ class FdGuard:
         for w in self.watched:
             w.monitor.close(linger=0)
         self.watched = []
+        if self._probe >= 0:
+            os.close(self._probe)
+            self._probe = -1
 
 
 def _shutdown(fd: int, local: Union[str, int]) -> None:
