@@ -6,6 +6,9 @@ import pytest
 
 from tests.daemon_harness import ROOT
 
+needs_fashion = pytest.mark.skipif(not os.path.isdir("/usr/share/datasets/fashion-mnist"),
+                                   reason="needs Debian's dataset-fashion-mnist")
+
 
 def test_bench_quick_produces_every_table(random_set, tiny_portfolio, tmp_path):
     out = str(tmp_path / "benchmarks.md")
@@ -230,7 +233,7 @@ def test_the_boards_joint_decision_holds_the_nano_gpu_clock_where_independent_go
     assert all(r["miss"] <= 0.02 for r in xu3)
 
 
-@pytest.mark.skipif(not os.path.isdir("/usr/share/datasets/fashion-mnist"), reason="needs Debian's dataset-fashion-mnist")
+@needs_fashion
 def test_anytime_sweep_through_the_daemon():
     """`python -m bench.anytime --sweep N`: every tau and pinned k=G through a real daemon on the
     same test images; a lower tau stops earlier (fewer MACs); every row has its latency
@@ -244,6 +247,7 @@ def test_anytime_sweep_through_the_daemon():
     assert all(x["ms"] > 0 and x["ratio"] == x["ms"] / rows["pinned k=G"]["ms"] for x in r["rows"])
 
 
+@needs_fashion
 def test_anytime_direct_separates_stepping_from_the_request_loop():
     """`python -m bench.anytime --direct N`: in one process, per idle gap, run(G), the anytime
     run and run(k) on the same test images; every image's stop level is one of 1..G, the

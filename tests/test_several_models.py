@@ -94,7 +94,9 @@ def test_each_set_is_held_once_in_the_daemon(both):
     for name in (CIFAR, FASHION):
         pack = next(p for p in packs if "-%s-" % name in p)
         own = os.path.getsize(os.path.join(zoo.resolve(name), "weights.bin"))
-        assert own <= os.path.getsize(pack) <= own * 1.01
+        # one copy, not one per session (unpacked, cifar10-g4 holds 19 times its file): the
+        # optimised layout can add a little (fashion-mnist-g4: 0.5% on AVX2, 1.45% on AVX-512)
+        assert own <= os.path.getsize(pack) <= own * 1.05
         assert st["models"][name]["model"]["packing"] == \
             "one optimised copy of the weights, %d bytes, for every CPU session" % os.path.getsize(pack)
 
