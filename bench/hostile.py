@@ -78,7 +78,7 @@ def _flood_once(model_dir: str, limit: int) -> dict:
     path, conns, refused = d.infer_ep[len("ipc://"):], [], 0
     try:
         for _ in range(int(limit * 1.075)):
-            s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)   # this process may hold 2 x limit + 200
             try:
                 s.connect(path)
                 conns.append(s)
@@ -107,7 +107,11 @@ def _flood_once(model_dir: str, limit: int) -> dict:
 def floods(model_dir: str, limits=(1024, 4096), runs: int = 5) -> dict:
     """Per limit, ``runs`` floods, each against a fresh daemon, alternating the limits."""
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, max(soft, 2 * max(limits) + 200)), hard))
+    need = 2 * max(limits) + 200
+    if hard < need:
+        raise SystemExit("bench.hostile: the floods need %d descriptors in this process; the hard limit is %d "
+                         "(ulimit -Hn)" % (need, hard))
+    resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, need), hard))
     out = {limit: [] for limit in limits}
     for _ in range(runs):
         for limit in limits:
