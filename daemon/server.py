@@ -157,7 +157,7 @@ class FdGuard:
         self.trims: List[float] = []     # when to give memory back after dropping connections
         self._stop = threading.Event()
         self._thread: Optional[threading.Thread] = None
-        self._probe = -1                 # /dev/null, duplicated by passed() (from start to stop)
+        self._probe = -1                 # /dev/null, duplicated by passed() (opened there, closed by stop)
 
     @property
     def hidden(self) -> bool:
@@ -187,6 +187,8 @@ class FdGuard:
         if mark >= self.limit:
             return False
         try:
+            if self._probe < 0:
+                self._probe = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
             fd = fcntl.fcntl(self._probe, fcntl.F_DUPFD_CLOEXEC, mark)
         except OSError:                  # none free at or above it
             return True
@@ -264,7 +266,6 @@ class FdGuard:
             log.warning("descriptor limit %d: a local client that opens connections as fast as it can may pass "
                         "the guard's marks by a few hundred before the guard acts (docs/reliability.md); %d or "
                         "more leaves it room (the unit sets LimitNOFILE=65536)", self.limit, SMALL_FD_LIMIT)
-        self._probe = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
         self._thread = threading.Thread(target=self._run, name="dnnscale-fdguard", daemon=True)
         self._thread.start()
 
