@@ -138,7 +138,9 @@ class FdGuard:
     owns it); the control endpoint only past ``control_high``, so that the descriptors in
     between stay a reserve for the operator during a flood. Established connections are
     served on; below ``low`` (``control_low``) each endpoint accepts again. Idle, it wakes
-    ten times a second."""
+    ten times a second. The thread runs ``GUARD_NICE_BOOST`` nice levels above the daemon's
+    others where the process may raise a priority; it still acts after libzmq has accepted,
+    so a fast enough flood passes a mark by some (docs/reliability.md)."""
 
     def __init__(self, high: float = 0.6, low: float = 0.4, control_high: float = 0.85, control_low: float = 0.6,
                  limit: Optional[int] = None):
