@@ -4,9 +4,10 @@ Floods of raw connections, each against a fresh daemon at a 1024 (systemd's defa
 limit) or a 4096 descriptor limit; then one daemon (generic fake tree, 1 onnxruntime thread,
 1024 descriptors, WATCHDOG_USEC=1 s) and, one after the other: a multipart bomb (a header
 and 1,000 frames of 800 KiB, from a libzmq DEALER), a message never finished (a raw ZMTP
-peer), and 10 s floods of junk and of valid requests from another process while a well-behaved client sends a request
-every 20 ms (at least 200). On a 2-core machine the flooding process takes a core, so the
-valid flood is also a CPU contest; it is run a second time with the flooder niced +10.
+peer), and 10 s floods of junk and of valid requests from another process while a
+well-behaved client sends a request every 20 ms (at least 200). On a 2-core machine the
+flooding process takes a core, so the valid flood is also a CPU contest; it is run a second
+time with the flooder niced +10.
 Prints one table (docs/reliability.md quotes it).
 """
 from __future__ import annotations
