@@ -16,7 +16,6 @@ import argparse
 import json
 import os
 import resource
-import socket
 import tempfile
 import threading
 import time
@@ -72,24 +71,15 @@ def _flood_once(model_dir: str, limit: int) -> dict:
     from daemon.server import FdGuard
     from tests.daemon_harness import Daemon
     from tests.fixtures import trees
+    from tests.fixtures.flood import raw_connections
     work = tempfile.mkdtemp(prefix="dnnscale-flood-")
     d = Daemon(os.path.join(work, "run"), model_dir, sysfs_root=trees.build("generic", os.path.join(work, "sysfs")),
                preexec=lambda: resource.setrlimit(resource.RLIMIT_NOFILE, (limit, limit)))
     d.wait_ready(600)
-    path, conns, refused = d.infer_ep[len("ipc://"):], [], 0
     try:
-        for _ in range(int(limit * 1.075)):
-            s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-            try:
-                s.connect(path)
-                conns.append(s)
-            except OSError:
-                s.close()
-                refused += 1
-        time.sleep(1)
-        alive = d.proc.poll() is None
-        for s in conns:
-            s.close()
+        with raw_connections(d.infer_ep[len("ipc://"):], int(limit * 1.075)) as (_, refused):
+            time.sleep(1)
+            alive = d.proc.poll() is None
         st, t0 = None, time.time()
         while alive and st is None and time.time() - t0 < 30:     # the listeners come back once it drained
             try:
@@ -100,8 +90,6 @@ def _flood_once(model_dir: str, limit: int) -> dict:
         return {"alive": alive, "refused": refused, "peak": st["fds_peak"] if st else limit, "mark": mark,
                 "relisten_s": time.time() - t0}
     finally:
-        for s in conns:
-            s.close()
         d.stop()
 
 
@@ -133,8 +121,6 @@ def run(model_dir: str, seconds: float = 10.0) -> dict:
     watcher.start()
     out = {"machine": machine()}
     proc = psutil.Process(d.proc.pid)
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, 4096), hard))
     try:
         # 2. multipart bomb
         ctx = zmq.Context.instance()
@@ -262,8 +248,9 @@ def main() -> None:
     a = ap.parse_args()
     from models import zoo
     model = a.model or zoo.default_path()
+    fl = floods(model, runs=a.flood_runs)         # first: it says at once if this process cannot hold them
     r = run(model, a.seconds)
-    r["floods"] = floods(model, runs=a.flood_runs)
+    r["floods"] = fl
     print(report(r))
 
 

@@ -133,9 +133,9 @@ class FdGuard:
     connections until the limit would take the daemon down or spin a core. A thread follows
     the sockets' monitor events (each accepted and each closed connection), looks at the
     descriptor table at each accepted one (``passed``) and counts the open descriptors where
-    a mark is passed and at each wake-up. Past ``high`` of the soft limit the inference endpoint stops
-    accepting (its ipc socket file is unlinked; a tcp endpoint is unbound by the thread that
-    owns it); the control endpoint only past ``control_high``, so that the descriptors in
+    a mark is passed and at each wake-up. Past ``high`` of the soft limit the inference
+    endpoint stops accepting (its ipc socket file is unlinked; a tcp endpoint is unbound by
+    the thread that owns it); the control endpoint only past ``control_high``, so that the descriptors in
     between stay a reserve for the operator during a flood. Established connections are
     served on; below ``low`` (``control_low``) each endpoint accepts again. Idle, it wakes
     ten times a second. The thread runs ``GUARD_NICE_BOOST`` nice levels above the daemon's
@@ -245,7 +245,9 @@ class FdGuard:
                         continue
                     fds.add(event["value"])         # the connection's descriptor
                     # A flood is accepted faster than its events are read here: look at the
-                    # descriptor table itself at each one, and count where a mark is passed.
+                    # descriptor table itself at each one, and count where a mark is passed;
+                    # a look the count does not confirm (holes below the mark) is not
+                    # repeated until the next wake-up.
                     if probe and self.passed():
                         probe = self.check()
             self.check()

@@ -21,6 +21,7 @@ import zmq
 from daemon.client import Client, ClientError, DaemonError
 from tests.daemon_harness import ROOT, Daemon, dnnscale_cmd, kernel_cmd
 from tests.fixtures import trees
+from tests.fixtures.flood import raw_connections
 from tests.fixtures.kernel import snapshot
 from tests.fixtures.ports import free_port
 
@@ -78,26 +79,12 @@ def test_connection_flood_at_the_fd_limit(daemon):
     resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, n + 200), hard))
     good = d.client()
     assert len(good.infer(IMG).labels) == 1
-    import socket as so
-    path = d.infer_ep[len("ipc://"):]
-    flood, refused = [], 0
-    try:
-        for _ in range(n):             # raw connections: any local user can open them
-            s = so.socket(so.AF_UNIX, so.SOCK_STREAM)
-            try:
-                s.connect(path)
-                flood.append(s)
-            except OSError:             # the guard unlinked the socket file, or the backlog is full
-                s.close()
-                refused += 1
+    with raw_connections(d.infer_ep[len("ipc://"):], n) as (_, refused):
         time.sleep(2)
         assert d.proc.poll() is None, d.output()
         assert refused > 0
         assert len(good.infer(IMG).labels) == 1              # an established client is served on
         assert len(os.listdir("/proc/%d/fd" % d.proc.pid)) < limit
-    finally:
-        for s in flood:
-            s.close()
     deadline = time.time() + 10
     status = None
     while time.time() < deadline and status is None:

@@ -519,7 +519,7 @@ def test_runs_in_flight_still_resumable(folder, command):
     data = args[args.index("--data") + 1]
     if not os.path.exists(os.path.join(ROOT, data)):      # ../shared, or a Debian dataset package
         pytest.skip("the run's data folder %s is not here" % data)
-    cfg = train_setup(build_parser().parse_args(shlex.split(command)))[0]
+    cfg = train_setup(build_parser().parse_args(args))[0]
     assert config_differences(json.load(open(run))["config"], cfg) == []
 
 
