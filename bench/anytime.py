@@ -18,7 +18,7 @@ moments of the machine; mean latency per image from the replies'
 
 ``--direct``: no daemon; this process runs ``ModelSet.run_anytime`` and ``ModelSet.run(G)``
 (and ``run(k)`` for the floor) on N test images one at a time, in alternating blocks, on the
-set's sessions at all CPUs, with an idle sleep of each ``--gap-us`` before every image (0:
+set's sessions at all CPUs (each pool's workers pinned a CPU apart, as the daemon runs them), with an idle sleep of each ``--gap-us`` before every image (0:
 back to back; a daemon's requests arrive after its round trip, a few hundred µs here). It
 separates what stepping costs from what a request loop adds, and shows how the idle time
 between requests weighs on short runs more than on long ones (docs/model-set.md, "Anytime
@@ -26,8 +26,8 @@ answers").
 
 ``--wake``: what one session run pays after idle time, apart from its work: one step session
 run three times in a row, against three sessions of that same step graph (each with its own
-onnxruntime pool, as the steps of an anytime run have) run once each, and run(G) once, after
-each idle gap; alternating blocks, the median of each block, then the median and range over
+onnxruntime pool, as the steps of an anytime run have) run once each, with their workers free
+on every CPU and pinned a CPU apart (models/pools.py), and run(G) once, after each idle gap; alternating blocks, the median of each block, then the median and range over
 blocks.
 """
 from __future__ import annotations
@@ -141,6 +141,7 @@ def direct(name: str, images: int, stop_at: float, gaps_us=DIRECT_GAPS_US, block
         return None
     x = ms.preprocess(data[0][:images])
     G = ms.groups
+    ms.pools.spread(ms.threads, sorted(os.sched_getaffinity(0)))    # as the daemon runs them
     ms.warmup()
     ms.warm_anytime()
     out = {"set": name, "images": len(x), "stop_at": stop_at, "block": block, "gaps": []}
@@ -172,25 +173,33 @@ def direct(name: str, images: int, stop_at: float, gaps_us=DIRECT_GAPS_US, block
 
 def wake(name: str, gaps_us=WAKE_GAPS_US, blocks: int = 6, block: int = 60) -> Dict:
     """Per idle gap: the time of one step session run three times in a row, of three sessions
-    of that step graph run once each, and of run(G), each after the gap; ms, the median per
-    block of ``block`` calls, blocks alternating."""
+    of that step graph run once each with their pools' workers free on every CPU, of three
+    more with each worker pinned to a CPU of its own (models/pools.py, as the daemon runs
+    them), and of run(G), each after the gap; ms, the median per block of ``block`` calls,
+    blocks alternating."""
     import onnxruntime as ort
     from models import ModelSet, zoo
     from models.modelset import session_options
+    from models.pools import Pools
     ms = ModelSet.load(zoo.resolve(name))
     if ms.no_anytime:
         raise SystemExit("%s: %s" % (name, ms.no_anytime))
     G, threads = ms.groups, ms.threads
     path = os.path.join(ms.dir, ms.manifest["columns"]["steps"]["2"])
+    make = lambda: ort.InferenceSession(path, session_options(threads),  # noqa: E731
+                                        providers=["CPUExecutionProvider"])
     before = len(os.listdir("/proc/self/task"))
-    sessions = [ort.InferenceSession(path, session_options(threads), providers=["CPUExecutionProvider"])
-                for _ in range(3)]
+    free = [make() for _ in range(3)]
     pool_threads = len(os.listdir("/proc/self/task")) - before      # 3 x (threads - 1): a pool each
+    pools = Pools()
+    pinned = [pools.made(threads, make) for _ in range(3)]
+    pools.spread(threads, sorted(os.sched_getaffinity(0)))
     x = np.zeros((1,) + ms.input_shape, np.float32)
     feed = {"input": x, "previous": ms._steps(threads, False)[0].run(None, {"input": x})[0]}
     ms.warmup()
-    calls = {"one session, 3 runs": lambda: [sessions[0].run(None, feed) for _ in range(3)],
-             "3 sessions, 1 run each": lambda: [s.run(None, feed) for s in sessions],
+    calls = {"one session, 3 runs": lambda: [free[0].run(None, feed) for _ in range(3)],
+             "3 sessions, 1 run each": lambda: [s.run(None, feed) for s in free],
+             "3 sessions, workers pinned": lambda: [s.run(None, feed) for s in pinned],
              "run(G)": lambda: ms.run(G, x)}
     for f in calls.values():
         for _ in range(20):

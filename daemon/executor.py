@@ -54,6 +54,8 @@ class Executor:
         self.freq_set: Dict[str, int] = {}         # target → kHz last written (what the board runs at)
         self.freq_read: Dict[str, Optional[int]] = {}   # target → kHz the kernel reported after our write
         self.mapping_error = ""
+        self.pinned_cpus: list = []                # the CPUs of the last pin ([]: unpinned)
+        self.spread_for: Optional[Tuple[object, str]] = None   # (pools, target) last spread
         self.moved: Dict[str, int] = {}     # set → runs left that still pay for its last move to another target
         self.last_target: Dict[str, str] = {}   # set → the target of its last run
         self.pin_moves = 0                  # times the threads were pinned to another target
@@ -73,17 +75,18 @@ class Executor:
                 del self.freq_set[t]
         self.freq_set[target] = khz
 
-    def apply(self, c: Config, columns=None) -> bool:
+    def apply(self, c: Config, columns=None, models=None) -> bool:
         """Pin and set the frequency, touching only what differs from the last config; False
         where the frequency could not be set: the platform rolled the change back and the
         target's DVFS is off (the caller rebuilds its runtime without its frequencies).
         ``columns``: the runtime's splits (a split target pins each lane's threads to its
-        own CPUs, the calling thread to the first lane's)."""
+        own CPUs, the calling thread to the first lane's). ``models``: the model set about to
+        run, whose onnxruntime pools get a CPU per worker (models/pools.py)."""
         prev = self.applied
         if prev is None or prev.target != c.target:
             self.pin_moves += 1
             try:
-                self.platform.pin(c.target)
+                self.pinned_cpus = self.platform.pin(c.target)
                 if columns is not None and c.target in columns.lanes:
                     columns.repin(c.target)
                 self.mapping_error = ""
@@ -91,6 +94,13 @@ class Executor:
                 if self.mapping_error != str(e):
                     log.error("thread mapping failed, running unpinned: %s", e)
                 self.mapping_error = str(e)
+                self.pinned_cpus = []
+            self.spread_for = None
+        if models is not None and (self.spread_for is None or self.spread_for[0] is not models.pools
+                                   or self.spread_for[1] != c.target):
+            # after any pin (which moves every thread) and whenever another set runs
+            models.pools.spread(models.threads_of(c.target), self.pinned_cpus)
+            self.spread_for = (models.pools, c.target)
         if c.freq_khz is not None and self.platform.dvfs_on(c.target) and self.freq_set.get(c.target) != c.freq_khz:
             try:
                 self.freq_read[c.target] = self.platform.set_frequency(c.target, c.freq_khz)
@@ -154,7 +164,7 @@ class Executor:
         with self.lock:
             d = self.board.decide(rt.name, rt.governor, deadline_ms=deadline_ms, level=groups,
                                   running_khz=self.freq_set, stepped=stepped)
-            ok = self.apply(d.config, rt.columns)
+            ok = self.apply(d.config, rt.columns, rt.models)
             if self.last_target.get(rt.name) != d.config.target:
                 self.last_target[rt.name] = d.config.target
                 self.moved[rt.name] = SETTLE_RUNS     # the next runs pay for the move (see learn)

@@ -72,7 +72,7 @@ def measure(executor, models, space: List[Config], levels: List[Level], runs: in
             if cols is None:             # cut from what the other targets just measured
                 cols = columns(Profile.fit(samples, levels) if samples else None)
             run, work = cols.run, cols.part_macs(c.level, c.target)
-        executor.apply(c, cols)
+        executor.apply(c, cols, models)
         cost = platform.board_model(work, c.target, noise=False)
         if cost is not None:
             samples.append(Sample(c, *cost))

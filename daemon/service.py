@@ -491,7 +491,7 @@ class Service:
         st["model"] = {"name": ms.name, "kind": ms.kind, "levels": ms.groups,
                        "shares_weights": bool(ms.manifest.get("shares_weights", False)),
                        "accuracy": [l.accuracy for l in rt.levels], "onnxruntime_pool": ms.pool,
-                       "packing": ms.packing,
+                       "packing": ms.packing, "onnxruntime_workers": ms.pools.describe(),
                        "input_shape": list(ms.input_shape), "classes": list(ms.classes)}
         st["served"] = s.served
         st["images"] = s.counters.images

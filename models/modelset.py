@@ -32,6 +32,7 @@ from . import manifest as mf
 from .columns import ColumnLane, features_of, run_lanes
 from .manifest import ModelSetError
 from .packed import Pack, session_files
+from .pools import Pools
 from .priority import at_low_priority
 
 GPU_PROVIDERS = ("TensorrtExecutionProvider", "CUDAExecutionProvider")
@@ -165,6 +166,7 @@ class ModelSet:
         self._lanes: Dict[Tuple, ColumnLane] = {}   # a split's lanes, made on first use
         self._heads: Dict[int, ort.InferenceSession] = {}
         self._anytime: Dict[Tuple[int, bool], List] = {}   # (threads, gpu) → anytime steps
+        self.pools = Pools()              # the CPU sessions' worker threads (not a pinned lane's)
 
     # ------------------------------------------------------------------ loading
     @classmethod
@@ -264,17 +266,22 @@ class ModelSet:
                 raise ModelSetError("lane %s: onnxruntime has no GPU execution provider here" % name)
             providers = [gpu_provider(), "CPUExecutionProvider"] if gpu else ["CPUExecutionProvider"]
             lane = self._lanes[key] = ColumnLane(name, list(cpus), threads,
-                                                 lambda f, n: self._session(f, n, providers))
+                                                 lambda f, n: self._session(f, n, providers, spread=not cpus))
         return lane
 
-    def _session(self, file: str, threads: int, providers: List[str] = ("CPUExecutionProvider",)):
+    def _session(self, file: str, threads: int, providers: List[str] = ("CPUExecutionProvider",),
+                 spread: bool = True):
         """The one place a session is made: a CPU session from the pack where there is one,
-        a GPU session (CPU fallback) from the set's own file."""
+        a GPU session (CPU fallback) from the set's own file. A CPU session's pool joins
+        ``pools`` where ``spread`` (a pinned lane places its own threads)."""
         path = os.path.join(self.dir, file)
-        packed = self._pack is not None and list(providers) == ["CPUExecutionProvider"]
+        cpu = list(providers) == ["CPUExecutionProvider"]
+        packed = self._pack is not None and cpu
         try:
             src = self._pack.path(file) if packed else path
-            return ort.InferenceSession(src, session_options(threads, optimised=packed), providers=list(providers))
+            make = lambda: ort.InferenceSession(src, session_options(threads, optimised=packed),  # noqa: E731
+                                                providers=list(providers))
+            return self.pools.made(threads, make) if cpu and spread and pool_mode() != "global" else make()
         except Exception as e:  # onnxruntime raises its own exception types
             raise ModelSetError("cannot load %s: %s" % (path, str(e).splitlines()[0])) from None
 
@@ -405,6 +412,7 @@ class ModelSet:
                 time.sleep(pause_s)
         self._heads.clear()
         self._anytime.clear()
+        self.pools.clear()
         if self._pack is not None:
             self._pack.close()
 

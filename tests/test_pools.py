@@ -1,0 +1,106 @@
+"""onnxruntime's intra-op workers a CPU apart (models/pools.py): in a set, and in the real daemon."""
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pytest
+
+from models import ModelSet, zoo
+from models.pools import Pools, thread_ids
+from tests.daemon_harness import Daemon
+
+CPUS = sorted(os.sched_getaffinity(0))
+two_cpus = pytest.mark.skipif(len(CPUS) < 2, reason="needs two CPUs to spread a pool over")
+
+
+def _affinity(tid: int, pid: int = 0) -> set:
+    if not pid:
+        return set(os.sched_getaffinity(tid))
+    with open("/proc/%d/task/%d/status" % (pid, tid)) as f:
+        line = next(l for l in f if l.startswith("Cpus_allowed_list:"))
+    out = set()
+    for part in line.split(":")[1].strip().split(","):
+        a, _, b = part.partition("-")
+        out |= set(range(int(a), int(b or a) + 1))
+    return out
+
+
+@two_cpus
+def test_each_worker_of_a_sets_pools_gets_a_cpu_of_its_own():
+    ms = ModelSet.load(zoo.resolve("fashion-mnist-g4"), threads=2, lanes={"one": 1})
+    try:
+        cpus = CPUS[:2]
+        pools = ms.pools._workers
+        assert len(pools[2]) == ms.groups and all(len(p) == 1 for p in pools[2])   # a level session each
+        assert 1 not in pools                     # a one-thread session has no pool
+        assert ms.pools.spread(2, cpus) == ms.groups
+        assert all(_affinity(p[0]) == {cpus[1]} for p in pools[2])
+        assert os.sched_getaffinity(0) == set(CPUS), "the caller stays free"
+        # the anytime steps, made after the spread, are spread as they are made
+        ms._steps(2, False)
+        assert len(pools[2]) == 2 * ms.groups
+        assert all(_affinity(p[0]) == {cpus[1]} for p in pools[2])
+        assert ms.pools.describe() == {"2": {"pools": 2 * ms.groups, "cpus": cpus}}
+        # answers are the same wherever the workers run
+        x = np.random.RandomState(0).rand(3, *ms.input_shape).astype(np.float32)
+        logits, _ = ms.run_anytime(x, None)
+        assert np.allclose(logits, ms.run(ms.groups, x), atol=1e-5)
+    finally:
+        ms.close()
+    assert ms.pools.describe() == {}
+
+
+def test_a_pool_is_recorded_only_where_as_many_threads_appeared_as_it_has_workers():
+    """A session's workers are the threads that appeared while it was made; where their
+    number is not the pool's, another thread started meanwhile, and nothing is recorded."""
+    import threading
+    pools, stop = Pools(), threading.Event()
+    stray = []
+
+    def make():
+        t = threading.Thread(target=stop.wait)
+        t.start()
+        stray.append(t)
+        return "session"
+    try:
+        assert pools.made(3, make) == "session"      # one thread appeared, three-thread pools have two
+        assert pools.describe() == {}
+        assert pools.made(2, make) == "session"      # one appeared: taken for the worker
+        assert pools.describe() == {"2": {"pools": 1, "cpus": []}}
+        assert pools.made(1, make) == "session" and pools.describe()["2"]["pools"] == 1
+        assert pools.spread(2, []) == 0              # unpinned: nothing moves
+    finally:
+        stop.set()
+        for t in stray:
+            t.join()
+    assert pools.spread(2, CPUS) == 0                # its thread is gone: nothing to pin
+    assert set(thread_ids()) >= {threading.get_native_id()}
+
+
+@two_cpus
+def test_the_daemon_spreads_the_pools_of_the_target_it_runs(tmp_path):
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("profile_runs: 1\n")
+    d = Daemon(str(tmp_path / "run"), zoo.resolve("fashion-mnist-g4"), config=str(cfg), threads=None)
+    try:
+        d.wait_ready()
+        with d.client() as c:
+            s = c.status()
+            whole = max(s["targets"], key=lambda n: len(s["targets"][n]["cpus"])
+                        if s["targets"][n]["kind"] != "split" else -1)
+            cpus = s["targets"][whole]["cpus"]
+            n = s["targets"][whole]["onnxruntime_threads"]
+            c.pin(groups=s["model"]["levels"], target=whole)
+            img = np.zeros((1, 28, 28, 1), np.uint8)
+            c.infer(img)
+            c.infer(img, stop_at=0.95)             # builds the steps: spread as they are made
+            w = c.status()["model"]["onnxruntime_workers"][str(n)]
+            assert w["cpus"] == sorted(cpus) and w["pools"] >= 2 * s["model"]["levels"]
+            # the process's threads: as many pinned to a CPU past the first of the target
+            # as the pools have workers there
+            one = [t for t in os.listdir("/proc/%d/task" % d.proc.pid)
+                   if len(_affinity(int(t), d.proc.pid)) == 1 and _affinity(int(t), d.proc.pid) <= set(cpus[1:])]
+            assert len(one) >= w["pools"] * (n - 1)
+    finally:
+        d.stop()
