@@ -33,7 +33,9 @@ blocks.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
+import struct
 import time
 from typing import Dict, List, Optional
 
@@ -221,6 +223,25 @@ def wake(name: str, gaps_us=WAKE_GAPS_US, blocks: int = 6, block: int = 60) -> D
     return out
 
 
+@contextlib.contextmanager
+def poll_idle(on: bool = True):
+    """Hold a CPU latency request of 0 µs while inside (the kernel's PM QoS: cpuidle then picks
+    the polling state, and an idle CPU wakes without leaving an idle state); nothing where not
+    ``on``. SystemExit where /dev/cpu_dma_latency cannot be opened (it is root's, 0600)."""
+    if not on:
+        yield
+        return
+    try:
+        fd = os.open("/dev/cpu_dma_latency", os.O_WRONLY)
+    except OSError as e:
+        raise SystemExit("--poll-idle: /dev/cpu_dma_latency: %s" % e.strerror) from None
+    try:
+        os.write(fd, struct.pack("i", 0))
+        yield
+    finally:
+        os.close(fd)                  # the request ends with the descriptor
+
+
 def report_wake(r: Dict) -> str:
     names = list(r["gaps"][0]["ms"])
     rows = [["%g" % g["gap_us"]] + [spread(g["ms"][m], "%.3f") for m in names] for g in r["gaps"]]
@@ -381,11 +402,17 @@ def main(argv=None) -> None:
                     help="with --direct or --wake: idle µs before each image or call, one pass per value "
                          "(default 0 300; --wake: 0 300 1000)")
     ap.add_argument("--wake", action="store_true",
-                    help="only: one step session run 3 times against 3 sessions run once each, after "
-                         "each --gap-us of idle time (the first set of --sets)")
+                    help="only: one step session run 3 times against 3 sessions run once each (their "
+                         "workers free, then pinned a CPU apart), after each --gap-us of idle time (the "
+                         "first set of --sets)")
+    ap.add_argument("--poll-idle", action="store_true",
+                    help="with --wake: hold /dev/cpu_dma_latency at 0 meanwhile (root), so that an idle CPU "
+                         "polls instead of entering an idle state: whether a slow wake is the idle state's")
     a = ap.parse_args(argv)
     if a.wake:
-        print(report_wake(wake(a.sets[0], a.gap_us or WAKE_GAPS_US)))
+        with poll_idle(a.poll_idle):
+            r = wake(a.sets[0], a.gap_us or WAKE_GAPS_US)
+        print(report_wake(r) + ("\nIdle CPUs polled (/dev/cpu_dma_latency held at 0).\n" if a.poll_idle else ""))
         return
     if a.direct:
         print(report_direct([r for r in (direct(n, a.direct, a.stop_at, a.gap_us or DIRECT_GAPS_US) for n in a.sets) if r]))

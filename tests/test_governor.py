@@ -303,7 +303,7 @@ def test_the_profiler_warms_each_configuration_and_times_more_where_the_runs_spr
 
     platform = SimpleNamespace(targets={"cpu": SimpleNamespace(is_split=False)}, settle_s=0.0,
                                energy_available=False, board_model=lambda *a, **k: None)
-    executor = SimpleNamespace(platform=platform, apply=lambda c, cols: None)
+    executor = SimpleNamespace(platform=platform, apply=lambda c, cols, models: None)
     levels = [Level(1, 80.0, 10_000_000), Level(2, 84.0, 20_000_000)]
     m = Models()
     prof = profiler.measure(executor, m, [Config(1, "cpu", None), Config(2, "cpu", None)], levels, runs=5)
