@@ -177,7 +177,7 @@ def wake(name: str, gaps_us=WAKE_GAPS_US, blocks: int = 6, block: int = 60) -> D
     """Per idle gap: the time of one step session run three times in a row, of three sessions
     of that step graph run once each with their pools' workers free on every CPU, of three
     more with each worker pinned to a CPU of its own (models/pools.py, as the daemon runs
-    them), and of run(G), each after the gap; ms, the median per block of ``block`` calls,
+    them), and of run(G) with its workers free and pinned, each after the gap; ms, the median per block of ``block`` calls,
     blocks alternating."""
     import onnxruntime as ort
     from models import ModelSet, zoo
@@ -196,13 +196,16 @@ def wake(name: str, gaps_us=WAKE_GAPS_US, blocks: int = 6, block: int = 60) -> D
     pools = Pools()
     pinned = [pools.made(threads, make) for _ in range(3)]
     pools.spread(threads, sorted(os.sched_getaffinity(0)))
+    spread_ms = ModelSet.load(zoo.resolve(name))
+    spread_ms.pools.spread(threads, sorted(os.sched_getaffinity(0)))
     x = np.zeros((1,) + ms.input_shape, np.float32)
     feed = {"input": x, "previous": ms._steps(threads, False)[0].run(None, {"input": x})[0]}
     ms.warmup()
     calls = {"one session, 3 runs": lambda: [free[0].run(None, feed) for _ in range(3)],
              "3 sessions, 1 run each": lambda: [s.run(None, feed) for s in free],
              "3 sessions, workers pinned": lambda: [s.run(None, feed) for s in pinned],
-             "run(G)": lambda: ms.run(G, x)}
+             "run(G)": lambda: ms.run(G, x),
+             "run(G), workers pinned": lambda: spread_ms.run(G, x)}
     for f in calls.values():
         for _ in range(20):
             f()

@@ -268,14 +268,14 @@ def test_anytime_direct_separates_stepping_from_the_request_loop():
 def test_anytime_wake_compares_one_pool_with_three():
     """`python -m bench.anytime --wake`: per idle gap, one step session run three times, three
     sessions of the same graph (a pool each) run once each, three more with their workers
-    pinned a CPU apart, and run(G); a median per block."""
+    pinned a CPU apart, and run(G) both ways; a median per block."""
     from bench.anytime import report_wake, wake
     r = wake("fashion-mnist-g4", gaps_us=(0.0, 200.0), blocks=2, block=5)
     assert r["pool_threads"] == 3 * (r["threads"] - 1)
     assert [g["gap_us"] for g in r["gaps"]] == [0.0, 200.0]
     for g in r["gaps"]:
         assert list(g["ms"]) == ["one session, 3 runs", "3 sessions, 1 run each", "3 sessions, workers pinned",
-                                 "run(G)"]
+                                 "run(G)", "run(G), workers pinned"]
         assert all(len(v) == 2 and min(v) > 0 for v in g["ms"].values())
     assert "3 sessions, 1 run each" in report_wake(r)
 
