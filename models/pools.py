@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import os
 import threading
-from typing import Callable, Dict, List, Set
+from typing import Callable, Dict, List, Optional, Set
 
 
 def thread_ids() -> Set[int]:
@@ -25,9 +25,12 @@ def thread_ids() -> Set[int]:
 
 class Pools:
     """The worker threads of the CPU sessions a set makes, by intra-op thread count, and
-    the CPUs each count's pools were last spread over."""
+    the CPUs each count's pools were last spread over. ``pin`` False (default: where
+    ``DNNSCALE_ORT_WORKERS=free``, for the benchmarks that compare): the workers are
+    recorded but never pinned."""
 
-    def __init__(self) -> None:
+    def __init__(self, pin: Optional[bool] = None) -> None:
+        self.pin = os.environ.get("DNNSCALE_ORT_WORKERS") != "free" if pin is None else pin
         self._workers: Dict[int, List[List[int]]] = {}     # threads → each pool's worker ids
         self._cpus: Dict[int, List[int]] = {}              # threads → the CPUs spread over
         self._lock = threading.Lock()
@@ -56,7 +59,7 @@ class Pools:
         The calling thread stays free on all of ``cpus`` (the scheduler keeps it off the
         workers' CPUs when it can, and moves it under contention). ``cpus`` empty: nothing
         (the process runs unpinned)."""
-        cpus = sorted(cpus)
+        cpus = sorted(cpus) if self.pin else []
         with self._lock:
             self._cpus[threads] = cpus
             pools = list(self._workers.get(threads, ()))

@@ -104,3 +104,17 @@ def test_the_daemon_spreads_the_pools_of_the_target_it_runs(tmp_path):
             assert len(one) >= w["pools"] * (n - 1)
     finally:
         d.stop()
+
+
+
+@two_cpus
+def test_free_workers_are_recorded_and_left_where_they_are(monkeypatch):
+    """DNNSCALE_ORT_WORKERS=free (what the benchmarks compare against): nothing is pinned."""
+    monkeypatch.setenv("DNNSCALE_ORT_WORKERS", "free")
+    ms = ModelSet.load(zoo.resolve("fashion-mnist-g4"), threads=2)
+    try:
+        assert ms.pools.spread(2, CPUS[:2]) == 0
+        assert ms.pools.describe() == {"2": {"pools": ms.groups, "cpus": []}}
+        assert all(_affinity(p[0]) == set(CPUS) for p in ms.pools._workers[2])
+    finally:
+        ms.close()
