@@ -88,14 +88,14 @@ def offline(name: str) -> Optional[Dict]:
 
 
 def through_daemon(name: str, images: int, stop_at: float, block: int = 100,
-                   target: Optional[str] = None) -> Optional[Dict]:
+                   target: Optional[str] = None, pace_ms: float = 0.0) -> Optional[Dict]:
     from models import ModelSet, zoo
     ms = ModelSet.load(zoo.resolve(name))
     data = test_set(name, ms)
     if data is None:
         return None
     x_u8, y = data[0][:images], data[1][:images]
-    out = {"set": name, "images": len(y), "stop_at": stop_at, "static": [], "anytime": []}
+    out = {"set": name, "images": len(y), "stop_at": stop_at, "static": [], "anytime": [], "pace_ms": pace_ms}
     with serving(name) as c:
         st = c.status()
         G = st["model"]["levels"]
@@ -114,6 +114,8 @@ def through_daemon(name: str, images: int, stop_at: float, block: int = 100,
             for mode in ["static", "anytime"] + list(levels):
                 c.pin(groups=mode if mode in levels else G, target=target)
                 for i in range(start, min(start + block, len(y))):
+                    if pace_ms:
+                        time.sleep(pace_ms / 1e3)
                     t0 = time.perf_counter()
                     r = c.infer(x_u8[i:i + 1], stop_at=stop_at if mode == "anytime" else None)
                     rt = time.perf_counter() - t0
@@ -333,8 +335,9 @@ def report(off: List[Dict], live: List[Dict]) -> str:
         work = 100 * macs[a[:, 3].astype(int) - 1].mean() / macs[-1]
         oracle = float(np.mean([r["level_ms"][int(k)] for k in a[:, 3]]))
         lines += ["**%s** through the daemon at batch 1, %d test images, blocks of 100 alternating "
-                  "(pin --groups %d --target %s; stop_at %g):" % (r["set"], r["images"], len(macs), r["target"],
-                                                                    r["stop_at"]), "",
+                  "(pin --groups %d --target %s; stop_at %g)%s:"
+                  % (r["set"], r["images"], len(macs), r["target"], r["stop_at"],
+                     ", %g ms idle before each request" % r["pace_ms"] if r.get("pace_ms") else ""), "",
                   table(["requests", "top-1 %", "mean MACs, % of k=G", "mean latency_ms per image",
                          "mean round trip ms"],
                         [["pinned k=G", "%.2f" % (100 * s[:, 0].mean()), "100", "%.3f" % s[:, 1].mean(),
@@ -395,6 +398,9 @@ def main(argv=None) -> None:
     ap.add_argument("--offline-only", action="store_true")
     ap.add_argument("--target", default=None, help="the target every request is pinned to (default: the CPU "
                     "target with the most CPUs)")
+    ap.add_argument("--pace-ms", type=float, default=0.0,
+                    help="through the daemon: idle ms before each request, as a camera's frame interval "
+                         "leaves (default 0: back to back)")
     ap.add_argument("--plot", default=None, help="write the accuracy / MACs curve here (needs matplotlib)")
     ap.add_argument("--sweep", type=int, default=0, metavar="N",
                     help="only: every tau through the daemon on N test images per set (alternating blocks)")
@@ -426,7 +432,8 @@ def main(argv=None) -> None:
     off = [r for r in (offline(n) for n in a.sets) if r]
     if a.plot and off:
         print("plot: %s" % (plot(off, a.plot) or "not written: matplotlib is not installed (the plot extra)"))
-    live = [] if a.offline_only else [r for r in (through_daemon(n, a.images, a.stop_at, target=a.target) for n in a.sets) if r]
+    live = [] if a.offline_only else [r for r in (through_daemon(n, a.images, a.stop_at, target=a.target,
+                                                                 pace_ms=a.pace_ms) for n in a.sets) if r]
     print(report(off, live))
 
 
