@@ -104,7 +104,7 @@ def through_daemon(name: str, images: int, stop_at: float, block: int = 100,
         target = target or max((n for n, t in st["targets"].items() if t["kind"] == "cpu"),
                                key=lambda n: len(st["targets"][n]["cpus"]))
         out["target"] = target
-        for i in range(20):
+        for i in range(min(20, len(y))):
             for k in range(1, G + 1):
                 c.pin(groups=k, target=target)
                 c.infer(x_u8[i:i + 1])
