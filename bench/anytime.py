@@ -18,7 +18,7 @@ moments of the machine; mean latency per image from the replies'
 
 ``--direct``: no daemon; this process runs ``ModelSet.run_anytime`` and ``ModelSet.run(G)``
 (and ``run(k)`` for the floor) on N test images one at a time, in alternating blocks, on the
-set's sessions at all CPUs (each pool's workers pinned a CPU apart, as the daemon runs them), with an idle sleep of each ``--gap-us`` before every image (0:
+set's sessions at all CPUs (this thread and each pool's workers a CPU apart, as the daemon runs them), with an idle sleep of each ``--gap-us`` before every image (0:
 back to back; a daemon's requests arrive after its round trip, a few hundred µs here). It
 separates what stepping costs from what a request loop adds, and shows how the idle time
 between requests weighs on short runs more than on long ones (docs/model-set.md, "Anytime
@@ -27,7 +27,8 @@ answers").
 ``--wake``: what one session run pays after idle time, apart from its work: one step session
 run three times in a row, against three sessions of that same step graph (each with its own
 onnxruntime pool, as the steps of an anytime run have) run once each, with their workers free
-on every CPU and pinned a CPU apart (models/pools.py), and run(G) once, after each idle gap; alternating blocks, the median of each block, then the median and range over
+on every CPU and spread as the daemon spreads them (models/pools.py), and run(G) both ways,
+after each idle gap; alternating blocks, the median of each block, then the median and range over
 blocks.
 """
 from __future__ import annotations
@@ -144,8 +145,16 @@ def direct(name: str, images: int, stop_at: float, gaps_us=DIRECT_GAPS_US, block
     if data is None:
         return None
     x = ms.preprocess(data[0][:images])
+    cpus = sorted(os.sched_getaffinity(0))
+    try:
+        ms.pools.spread(ms.threads, cpus)    # as the daemon runs them (this thread on the first CPU)
+        return _direct(ms, x, name, stop_at, gaps_us, block)
+    finally:
+        os.sched_setaffinity(0, cpus)
+
+
+def _direct(ms, x, name: str, stop_at: float, gaps_us, block: int) -> Dict:
     G = ms.groups
-    ms.pools.spread(ms.threads, sorted(os.sched_getaffinity(0)))    # as the daemon runs them
     ms.warmup()
     ms.warm_anytime()
     out = {"set": name, "images": len(x), "stop_at": stop_at, "block": block, "gaps": []}
@@ -177,9 +186,9 @@ def direct(name: str, images: int, stop_at: float, gaps_us=DIRECT_GAPS_US, block
 
 def wake(name: str, gaps_us=WAKE_GAPS_US, blocks: int = 6, block: int = 60) -> Dict:
     """Per idle gap: the time of one step session run three times in a row, of three sessions
-    of that step graph run once each with their pools' workers free on every CPU, of three
-    more with each worker pinned to a CPU of its own (models/pools.py, as the daemon runs
-    them), and of run(G) with its workers free and pinned, each after the gap; ms, the median per block of ``block`` calls,
+    of that step graph run once each with this thread and their pools' workers free on every
+    CPU, of three more spread as the daemon spreads them (this thread on the first CPU, each
+    worker on a CPU of its own: models/pools.py), and of run(G) both ways, each after the gap; ms, the median per block of ``block`` calls,
     blocks alternating."""
     import onnxruntime as ort
     from models import ModelSet, zoo
@@ -195,36 +204,44 @@ def wake(name: str, gaps_us=WAKE_GAPS_US, blocks: int = 6, block: int = 60) -> D
     before = len(os.listdir("/proc/self/task"))
     free = [make() for _ in range(3)]
     pool_threads = len(os.listdir("/proc/self/task")) - before      # 3 x (threads - 1): a pool each
-    pools = Pools()
+    cpus = sorted(os.sched_getaffinity(0))
+    pools = Pools("workers")                 # the calling thread is placed below, per block
     pinned = [pools.made(threads, make) for _ in range(3)]
-    pools.spread(threads, sorted(os.sched_getaffinity(0)))
+    pools.spread(threads, cpus)
     spread_ms = ModelSet.load(zoo.resolve(name))
-    spread_ms.pools.spread(threads, sorted(os.sched_getaffinity(0)))
+    spread_ms.pools.spread(threads, cpus)
+    os.sched_setaffinity(0, cpus)
     x = np.zeros((1,) + ms.input_shape, np.float32)
     feed = {"input": x, "previous": ms._steps(threads, False)[0].run(None, {"input": x})[0]}
     ms.warmup()
-    calls = {"one session, 3 runs": lambda: [free[0].run(None, feed) for _ in range(3)],
-             "3 sessions, 1 run each": lambda: [s.run(None, feed) for s in free],
-             "3 sessions, workers pinned": lambda: [s.run(None, feed) for s in pinned],
-             "run(G)": lambda: ms.run(G, x),
-             "run(G), workers pinned": lambda: spread_ms.run(G, x)}
-    for f in calls.values():
-        for _ in range(20):
-            f()
+    first = cpus[:1] if threads > 1 else cpus     # the calling thread where the daemon puts it
+    calls = {"one session, 3 runs": (lambda: [free[0].run(None, feed) for _ in range(3)], cpus),
+             "3 sessions, all free": (lambda: [s.run(None, feed) for s in free], cpus),
+             "3 sessions, spread": (lambda: [s.run(None, feed) for s in pinned], first),
+             "run(G), all free": (lambda: ms.run(G, x), cpus),
+             "run(G), spread": (lambda: spread_ms.run(G, x), first)}
     out = {"set": name, "threads": threads, "pool_threads": pool_threads, "block": block, "gaps": []}
-    for gap in gaps_us:
-        med = {m: [] for m in calls}
-        for _ in range(blocks):
-            for m, f in calls.items():
-                t = []
-                for _ in range(block):
-                    if gap:
-                        time.sleep(gap * 1e-6)
-                    t0 = time.perf_counter()
-                    f()
-                    t.append(time.perf_counter() - t0)
-                med[m].append(float(np.median(t)) * 1e3)
-        out["gaps"].append({"gap_us": gap, "ms": med})
+    try:
+        for f, where in calls.values():
+            os.sched_setaffinity(0, where)
+            for _ in range(20):
+                f()
+        for gap in gaps_us:
+            med = {m: [] for m in calls}
+            for _ in range(blocks):
+                for m, (f, where) in calls.items():
+                    os.sched_setaffinity(0, where)
+                    t = []
+                    for _ in range(block):
+                        if gap:
+                            time.sleep(gap * 1e-6)
+                        t0 = time.perf_counter()
+                        f()
+                        t.append(time.perf_counter() - t0)
+                    med[m].append(float(np.median(t)) * 1e3)
+            out["gaps"].append({"gap_us": gap, "ms": med})
+    finally:
+        os.sched_setaffinity(0, cpus)
     return out
 
 

@@ -1,12 +1,15 @@
-"""Where onnxruntime's intra-op worker threads run.
+"""Where onnxruntime's threads run: the calling thread on the target's first CPU, and each
+worker of a session's pool on a CPU of its own.
 
 A CPU session of n intra-op threads runs on the calling thread and a pool of n - 1 worker
-threads of its own. Pinning the process to a target's CPUs leaves every worker free to run on
-any of them, and the kernel often wakes a worker that has slept a while on the CPU the caller
-is busy on, where it waits until the run is over: a set has a pool per session (level, lane
-size, anytime step), so an anytime run of four steps wakes four pools one after another. Each
-worker of a pool gets a CPU of its own, the caller's first CPU left to the caller
-(docs/model-set.md, "Anytime answers", has the measurements; ``python -m bench.anytime --wake``).
+threads of its own. Pinning the process to a target's CPUs leaves all of them free to run on
+any of those CPUs. On the VM measured here, with a few ms idle between requests, a quarter of
+the daemon's two-thread runs then took 3-5 ms instead of 0.3 while the calling thread's own
+CPU time stayed 0.3 ms: it waited off its CPU, as it does where a worker that spins inside a
+run (onnxruntime's workers do) shares that CPU until the next scheduler tick. onnxruntime
+itself pins its workers one per core where it sizes a pool (and not where it is told a thread
+count, as the lanes are). docs/model-set.md, "Thread pools", has the measurements
+(``python -m bench.placement``, ``python -m bench.anytime --wake``).
 """
 from __future__ import annotations
 
@@ -23,14 +26,21 @@ def thread_ids() -> Set[int]:
         return set()
 
 
+MODES = ("spread", "workers", "free")
+
+
 class Pools:
     """The worker threads of the CPU sessions a set makes, by intra-op thread count, and
-    the CPUs each count's pools were last spread over. ``pin`` False (default: where
-    ``DNNSCALE_ORT_WORKERS=free``, for the benchmarks that compare): the workers are
-    recorded but never pinned."""
+    the CPUs each count's pools were last spread over. ``mode`` (default:
+    ``DNNSCALE_ORT_WORKERS``, else ``spread``): ``spread`` pins the workers and the calling
+    thread, ``workers`` the workers only and ``free`` nothing (the last two for the
+    benchmarks that compare)."""
 
-    def __init__(self, pin: Optional[bool] = None) -> None:
-        self.pin = os.environ.get("DNNSCALE_ORT_WORKERS") != "free" if pin is None else pin
+    def __init__(self, mode: Optional[str] = None) -> None:
+        mode = mode or os.environ.get("DNNSCALE_ORT_WORKERS") or "spread"
+        if mode not in MODES:
+            raise ValueError("DNNSCALE_ORT_WORKERS must be one of %s, got %r" % (", ".join(MODES), mode))
+        self.mode = mode
         self._workers: Dict[int, List[List[int]]] = {}     # threads → each pool's worker ids
         self._cpus: Dict[int, List[int]] = {}              # threads → the CPUs spread over
         self._lock = threading.Lock()
@@ -54,15 +64,19 @@ class Pools:
         return session
 
     def spread(self, threads: int, cpus: List[int]) -> int:
-        """Pin worker j (1..threads-1) of every pool of ``threads`` intra-op threads to
-        ``cpus[j % len(cpus)]``, the pools made later likewise; the number of workers pinned.
-        The calling thread stays free on all of ``cpus`` (the scheduler keeps it off the
-        workers' CPUs when it can, and moves it under contention). ``cpus`` empty: nothing
-        (the process runs unpinned)."""
-        cpus = sorted(cpus) if self.pin else []
+        """Pin the calling thread (the one that runs the sessions) to ``cpus[0]`` and worker
+        j (1..threads-1) of every pool of ``threads`` intra-op threads to ``cpus[j %
+        len(cpus)]``, the pools made later likewise; the number of workers pinned. Nothing
+        where ``cpus`` is empty (the process runs unpinned) or the pools have no workers."""
+        cpus = sorted(cpus) if self.mode != "free" else []
         with self._lock:
             self._cpus[threads] = cpus
             pools = list(self._workers.get(threads, ()))
+        if threads > 1 and len(cpus) > 1 and self.mode == "spread":
+            try:
+                os.sched_setaffinity(0, [cpus[0]])
+            except OSError:
+                pass
         return sum(_spread(p, cpus) for p in pools) if cpus else 0
 
     def describe(self) -> Dict[str, Dict]:

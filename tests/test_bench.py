@@ -270,7 +270,9 @@ def test_anytime_direct_separates_stepping_from_the_request_loop():
     run and run(k) on the same test images; every image's stop level is one of 1..G, the
     stop-level rows account for every image, and the floor is the stop levels' run(k) times."""
     from bench.anytime import direct, report_direct
+    before = os.sched_getaffinity(0)
     r = direct("fashion-mnist-g4", 30, 0.95, gaps_us=(0.0, 200.0), block=10)
+    assert os.sched_getaffinity(0) == before
     assert [g["gap_us"] for g in r["gaps"]] == [0.0, 200.0]
     for g in r["gaps"]:
         assert sum(n for _, n in g["by_stop"].values()) == 30
@@ -286,14 +288,16 @@ def test_anytime_wake_compares_one_pool_with_three():
     sessions of the same graph (a pool each) run once each, three more with their workers
     pinned a CPU apart, and run(G) both ways; a median per block."""
     from bench.anytime import report_wake, wake
+    before = os.sched_getaffinity(0)
     r = wake("fashion-mnist-g4", gaps_us=(0.0, 200.0), blocks=2, block=5)
     assert r["pool_threads"] == 3 * (r["threads"] - 1)
     assert [g["gap_us"] for g in r["gaps"]] == [0.0, 200.0]
     for g in r["gaps"]:
-        assert list(g["ms"]) == ["one session, 3 runs", "3 sessions, 1 run each", "3 sessions, workers pinned",
-                                 "run(G)", "run(G), workers pinned"]
+        assert list(g["ms"]) == ["one session, 3 runs", "3 sessions, all free", "3 sessions, spread",
+                                 "run(G), all free", "run(G), spread"]
         assert all(len(v) == 2 and min(v) > 0 for v in g["ms"].values())
-    assert "3 sessions, 1 run each" in report_wake(r)
+    assert "3 sessions, all free" in report_wake(r)
+    assert os.sched_getaffinity(0) == before, "the bench leaves this thread's CPUs as it found them"
 
 
 def test_packing_bench_holds_each_set_smaller_packed():
@@ -305,3 +309,15 @@ def test_packing_bench_holds_each_set_smaller_packed():
     assert m["packed"]["pss"][0] * 2 < m["unpacked"]["pss"][0]
     r = latency("fashion-mnist-g4", threads=1, blocks=2, runs=5)
     assert set(r) == {"packed", "unpacked"} and all(len(r[k]["1"]) == 2 for k in r)
+
+
+def test_placement_bench_compares_the_three_modes_through_the_daemon():
+    """`python -m bench.placement`, short: a fresh daemon per mode, k=1 and k=G with and
+    without idle time between requests; a row per level, pace and mode."""
+    from bench.placement import MODES, report, run
+    r = run("fashion-mnist-g4", reps=1, requests=10, paces_ms=(0.0, 1.0))
+    first = r["modes"]["spread"][0]
+    assert set(first["ms"]) == {(1, 0.0), (1, 1.0), (4, 0.0), (4, 1.0)}
+    assert all(len(v) == 10 and min(v) > 0 for m in MODES for x in r["modes"][m] for v in x["ms"].values())
+    text = report(r)
+    assert text.count("| k=1 ") == 2 * len(MODES) and "over 1 ms" in text
