@@ -166,7 +166,10 @@ class ModelSet:
         self._lanes: Dict[Tuple, ColumnLane] = {}   # a split's lanes, made on first use
         self._heads: Dict[int, ort.InferenceSession] = {}
         self._anytime: Dict[Tuple[int, bool], List] = {}   # (threads, gpu) → anytime steps
-        self.pools = Pools()              # the CPU sessions' worker threads (not a pinned lane's)
+        try:
+            self.pools = Pools()          # the CPU sessions' worker threads (not a pinned lane's)
+        except ValueError as e:           # DNNSCALE_ORT_WORKERS
+            raise ModelSetError(str(e)) from None
 
     # ------------------------------------------------------------------ loading
     @classmethod

@@ -115,3 +115,13 @@ def tiny_portfolio(tiny_data, tmp_path_factory):
     result = PortfolioTrainer(tiny_data, os.path.join(out, "ck"), cfg, log=lambda s: None).run()
     m = export.export_portfolio(result, out, cfg, name="tiny-portfolio", command="test")
     return out, result, m
+
+
+@pytest.fixture(autouse=True)
+def _cpus_as_found():
+    """A test that runs the executor in this process pins this thread (the inference thread's
+    place, models/pools.py); the next test, and any daemon it starts, inherit it. Put back."""
+    cpus = os.sched_getaffinity(0)
+    yield
+    if os.sched_getaffinity(0) != cpus:
+        os.sched_setaffinity(0, cpus)
