@@ -136,3 +136,30 @@ def test_free_workers_are_recorded_and_left_where_they_are(monkeypatch):
         ms.close()
     with pytest.raises(ValueError, match="DNNSCALE_ORT_WORKERS must be one of spread, workers, free"):
         Pools("pinned")
+
+
+@two_cpus
+def test_the_executor_spreads_each_set_it_runs_on_the_same_target(random_set, tmp_path):
+    """Two sets on one target: the pin happens once, and the second set's pools are spread
+    when it first runs there (a reload that swaps the set is the same case)."""
+    from governor import Config
+    from tests.test_runtime import _service
+    svc = _service(random_set, tmp_path, extra={"threads": 2})
+    try:
+        ex = svc.executor
+        cpus = ex.platform.pin("cpu")
+        a, b = (ModelSet.load(random_set, threads=2) for _ in range(2))
+        try:
+            c = Config(a.groups, "cpu", None)
+            ex.apply(c, None, a)
+            moves = ex.pin_moves
+            assert a.pools.describe()["2"]["cpus"] == sorted(cpus) and "2" not in b.pools._cpus
+            ex.apply(c, None, b)
+            assert ex.pin_moves == moves, "the same target: no pin again"
+            assert b.pools.describe()["2"]["cpus"] == sorted(cpus)
+            assert all(_affinity(p[0]) == {sorted(cpus)[1]} for p in b.pools._workers[2])
+        finally:
+            a.close()
+            b.close()
+    finally:
+        svc.stop()
