@@ -13,6 +13,7 @@ import dataclasses
 import logging
 import threading
 import time
+import weakref
 from typing import Dict, NamedTuple, Optional, Tuple
 
 import numpy as np
@@ -55,7 +56,7 @@ class Executor:
         self.freq_read: Dict[str, Optional[int]] = {}   # target → kHz the kernel reported after our write
         self.mapping_error = ""
         self.pinned_cpus: list = []                # the CPUs of the last pin ([]: unpinned)
-        self.spread_for: Optional[Tuple[object, str]] = None   # (pools, target) last spread
+        self.spread_at: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()  # pools → pin spread in
         self.moved: Dict[str, int] = {}     # set → runs left that still pay for its last move to another target
         self.last_target: Dict[str, str] = {}   # set → the target of its last run
         self.pin_moves = 0                  # times the threads were pinned to another target
@@ -95,12 +96,10 @@ class Executor:
                     log.error("thread mapping failed, running unpinned: %s", e)
                 self.mapping_error = str(e)
                 self.pinned_cpus = []
-            self.spread_for = None
-        if models is not None and (self.spread_for is None or self.spread_for[0] is not models.pools
-                                   or self.spread_for[1] != c.target):
-            # after any pin (which moves every thread) and whenever another set runs
+        if models is not None and self.spread_at.get(models.pools) != self.pin_moves:
+            # once per pin (which moves every thread) for each set that runs there
             models.pools.spread(models.threads_of(c.target), self.pinned_cpus)
-            self.spread_for = (models.pools, c.target)
+            self.spread_at[models.pools] = self.pin_moves
         if c.freq_khz is not None and self.platform.dvfs_on(c.target) and self.freq_set.get(c.target) != c.freq_khz:
             try:
                 self.freq_read[c.target] = self.platform.set_frequency(c.target, c.freq_khz)

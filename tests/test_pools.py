@@ -140,8 +140,8 @@ def test_free_workers_are_recorded_and_left_where_they_are(monkeypatch):
 
 @two_cpus
 def test_the_executor_spreads_each_set_it_runs_on_the_same_target(random_set, tmp_path):
-    """Two sets on one target: the pin happens once, and the second set's pools are spread
-    when it first runs there (a reload that swaps the set is the same case)."""
+    """Two sets on one target: the pin happens once, and each set's pools are spread when it
+    first runs there (a reload that swaps the set is the same case), not at every request."""
     from governor import Config
     from tests.test_runtime import _service
     svc = _service(random_set, tmp_path, extra={"threads": 2})
@@ -158,6 +158,16 @@ def test_the_executor_spreads_each_set_it_runs_on_the_same_target(random_set, tm
             assert ex.pin_moves == moves, "the same target: no pin again"
             assert b.pools.describe()["2"]["cpus"] == sorted(cpus)
             assert all(_affinity(p[0]) == {sorted(cpus)[1]} for p in b.pools._workers[2])
+            # back to the first set: spread once per pin, not per request (a worker moved by
+            # hand here stays where it is) ...
+            tid = a.pools._workers[2][0][0]
+            os.sched_setaffinity(tid, CPUS)
+            ex.apply(c, None, a)
+            assert _affinity(tid) == set(CPUS)
+            # ... and again after the next pin, which moves every thread
+            ex.apply(Config(1, "cpu:1", None), None, a)
+            ex.apply(c, None, a)
+            assert ex.pin_moves == moves + 2 and _affinity(tid) == {sorted(cpus)[1]}
         finally:
             a.close()
             b.close()
