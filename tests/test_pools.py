@@ -105,9 +105,10 @@ def test_the_daemon_spreads_the_pools_of_the_target_it_runs(tmp_path):
             # as the pools have workers there
             aff = {int(t): _affinity(int(t), d.proc.pid) for t in os.listdir("/proc/%d/task" % d.proc.pid)}
             assert sum(1 for a in aff.values() if len(a) == 1 and a <= set(cpus[1:])) >= w["pools"] * (n - 1)
-            # the inference thread runs the sessions: it alone is held on the first CPU with
-            # the split lane that owns that CPU (the split's lanes were made by the profile)
-            assert 1 <= sum(1 for a in aff.values() if a == {min(cpus)}) <= 2
+            # the inference thread is held on the first CPU (as are the threads of any split
+            # lane of that CPU alone; test_each_worker_of_a_sets_pools_gets_a_cpu_of_its_own
+            # checks the calling thread itself)
+            assert sum(1 for a in aff.values() if a == {min(cpus)}) >= 1
     finally:
         d.stop()
 
