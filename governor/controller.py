@@ -1012,6 +1012,9 @@ class Governor:
             "latency_model": {t: m.status() for t, m in zip(self.targets, self.tm)},
             "margins": {t: round(float(m.margin), 3) for t, m in zip(self.targets, self.tm)},
             "move_cost": round(self.move_ratio, 3),
+            "up_patience": self._patience,
+            "stale_after": {t: {"s": m.stale_s, "decisions": int(self.p.stale_runs * m.stale_s / self.p.stale_s)}
+                            for t, m in zip(self.targets, self.tm)},
             "profile": self.profile.source,
         }
         s.update(self.stats.status())

@@ -452,6 +452,7 @@ def test_a_move_up_that_misses_at_once_waits_twice_as_long_next_time():
     starts = [t for j, t in enumerate(tries) if j == 0 or t != tries[j - 1] + 1]   # each try of level 4
     assert 3 <= len(starts) <= 7 and g._patience >= 8 * g.p.up_patience
     assert min(np.diff(starts)[2:]) >= 8 * g.p.up_patience   # the tries thin out: not every up_patience decisions
+    assert g.status()["up_patience"] == g._patience          # status shows what the next move up waits for
 
 
 def test_runs_not_learnt_from_count_but_do_not_move_the_model():
@@ -621,6 +622,7 @@ def test_a_lane_whose_first_run_after_a_move_missed_waits_longer_before_it_is_re
     for want in (4.0, 8.0, 16.0):
         g.observe(little, 9e-3, limit_ms=5.0, learn=False)     # moved to little: the first run missed
         assert g.tm[t].stale_s == want
+        assert g.status()["stale_after"]["little"] == {"s": want, "decisions": int(g.p.stale_runs * want / g.p.stale_s)}
         g.observe(little, 9e-3, limit_ms=5.0)                   # and the runs after it, learnt
         g.observe(big, 1e-3, limit_ms=5.0)
     g.tm[t].corr_lat = 3.0
