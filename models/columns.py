@@ -16,12 +16,7 @@ from typing import Callable, Dict, List, Optional, Set
 
 import numpy as np
 
-
-def _tids() -> Set[int]:
-    try:
-        return {int(t) for t in os.listdir("/proc/self/task")}
-    except OSError:
-        return set()
+from .pools import thread_ids
 
 
 class _Worker(threading.Thread):
@@ -110,9 +105,9 @@ class ColumnLane:
         with self._lock:
             if file in self._sessions:
                 return self._sessions[file]
-            before = _tids()
+            before = thread_ids()
             s = self._make(file, self.threads)
-            self._tids |= _tids() - before
+            self._tids |= thread_ids() - before
             self._sessions[file] = s
             return s
 
