@@ -681,12 +681,15 @@ class Governor:
         now, n = self.clock(), self.stats.decisions
         decayed = False
         for m in self.tm:
-            runs = self.p.stale_runs * m.stale_s / self.p.stale_s
-            if (now - m.seen > m.stale_s or n - m.seen_n > runs) and m.learnt():
+            if (now - m.seen > m.stale_s or n - m.seen_n > self._stale_runs(m)) and m.learnt():
                 m.decay()
                 decayed = True
         if decayed:
             self._share_tails()
+
+    def _stale_runs(self, m: TargetModel) -> float:
+        """The decisions target model ``m`` may go unobserved: ``stale_runs``, doubled with its ``stale_s``."""
+        return self.p.stale_runs * m.stale_s / self.p.stale_s
 
     def _cap(self, t: int, khz: int) -> None:
         """The kernel ran target ``t`` below what was asked (a thermal or power cap): leave
@@ -1013,7 +1016,7 @@ class Governor:
             "margins": {t: round(float(m.margin), 3) for t, m in zip(self.targets, self.tm)},
             "move_cost": round(self.move_ratio, 3),
             "up_patience": self._patience,
-            "stale_after": {t: {"s": m.stale_s, "decisions": int(self.p.stale_runs * m.stale_s / self.p.stale_s)}
+            "stale_after": {t: {"s": m.stale_s, "decisions": int(self._stale_runs(m))}
                             for t, m in zip(self.targets, self.tm)},
             "profile": self.profile.source,
         }
