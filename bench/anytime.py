@@ -42,7 +42,7 @@ from typing import Dict, List, Optional
 
 import numpy as np
 
-from .common import ROOT, machine, serving, spread, table
+from .common import ROOT, machine, serving, spread, table, whole_cpu
 
 TAUS = (0.5, 0.7, 0.8, 0.9, 0.95, 0.98, 0.99)
 DIRECT_GAPS_US = (0.0, 300.0)           # --direct's idle gaps by default
@@ -102,8 +102,7 @@ def through_daemon(name: str, images: int, stop_at: float, block: int = 100,
         G = st["model"]["levels"]
         # the whole CPU (pinned to a split, an anytime request runs its steps at its first
         # lane's thread count, which would compare one CPU with two)
-        target = target or max((n for n, t in st["targets"].items() if t["kind"] == "cpu"),
-                               key=lambda n: len(st["targets"][n]["cpus"]))
+        target = target or whole_cpu(st)
         out["target"] = target
         for i in range(min(20, len(y))):
             for k in range(1, G + 1):
@@ -306,8 +305,7 @@ def sweep(name: str, images: int, taus=TAUS, block: int = 50, target: Optional[s
     with serving(name) as c:
         st = c.status()
         G = st["model"]["levels"]
-        target = target or max((n for n, t in st["targets"].items() if t["kind"] == "cpu"),
-                               key=lambda n: len(st["targets"][n]["cpus"]))
+        target = target or whole_cpu(st)
         c.pin(groups=G, target=target)
         for tau in taus:                     # build and warm every session first
             for i in range(10):

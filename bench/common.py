@@ -84,6 +84,12 @@ class Awake:
             p.wait()
 
 
+def whole_cpu(status: Dict) -> str:
+    """The CPU target (not a split) with the most CPUs, from a daemon's ``status``."""
+    targets = status["targets"]
+    return max((n for n, t in targets.items() if t["kind"] == "cpu"), key=lambda n: len(targets[n]["cpus"]))
+
+
 def round_trip_args(p) -> None:
     """The options of the benchmarks that time round trips in interleaved rounds."""
     p.add_argument("--model", default=None)

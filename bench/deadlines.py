@@ -33,7 +33,7 @@ from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 
-from .common import machine, serving, table
+from .common import machine, serving, table, whole_cpu
 
 SETTLE = 20          # requests after a budget or pin change that are not counted
 SEPARATE = 0.9       # a run's quiet p99 of k=1 at this share of k=G's or more: its budgets cannot tell the levels apart
@@ -94,8 +94,7 @@ def one_run(model: str, n: int, burst: int, gap_s: float, at: Sequence[float], n
             acc = st["model"]["accuracy"]
             G = len(acc)
             targets = list(st["targets"])
-            whole = max((t for t in targets if st["targets"][t]["kind"] == "cpu"),
-                        key=lambda t: len(st["targets"][t]["cpus"]))
+            whole = whole_cpu(st)
             x = np.zeros((1, 32, 32, 3), np.uint8)
             tails = {}
             for k in (1, G):

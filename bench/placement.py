@@ -19,9 +19,9 @@ from typing import Dict, List
 
 import numpy as np
 
-from .common import machine, running_daemon, spread, table
+from models.pools import MODES
 
-MODES = ("spread", "workers", "free")
+from .common import machine, running_daemon, spread, table, whole_cpu
 
 
 def measure(model: str, mode: str, requests: int, paces_ms: List[float]) -> Dict:
@@ -30,8 +30,7 @@ def measure(model: str, mode: str, requests: int, paces_ms: List[float]) -> Dict
             d.client(timeout_s=30) as c:
         st = c.status()
         G = st["model"]["levels"]
-        target = max((n for n, t in st["targets"].items() if t["kind"] == "cpu"),
-                     key=lambda n: len(st["targets"][n]["cpus"]))
+        target = whole_cpu(st)
         ch, h, w = st["model"]["input_shape"]
         img = np.random.RandomState(0).randint(0, 256, (1, h, w, ch), np.uint8)
         out = {"target": target, "threads": st["targets"][target]["onnxruntime_threads"], "ms": {}}
