@@ -209,6 +209,7 @@ def _start_service(service, show_progress: bool):
     """``service.start()`` with a progress bar over the profile; one line on failure. The
     caller's ``finally`` calls ``service.stop()``, which undoes whatever start got to."""
     from models import ModelSetError
+    from platforms import PlatformError
     from .config import ConfigError
     from .profiler import Interrupted
     bar = None
@@ -223,7 +224,7 @@ def _start_service(service, show_progress: bool):
     service.progress = progress
     try:
         service.start()
-    except (ModelSetError, ConfigError) as e:
+    except (ModelSetError, ConfigError, PlatformError) as e:
         raise CliError(str(e))
     except Interrupted as e:
         raise CliError("%s; the board's settings are restored" % e, code=130)

@@ -26,6 +26,7 @@ from .runtime import Runtime
 
 log = logging.getLogger("dnnscale.executor")
 SETTLE_RUNS = 3     # runs after a move to another target that the governor does not learn from
+LOADED_AT, QUIET_AT = 0.5, 0.25     # CPUs' worth that others use on a target: loaded at or above, quiet below
 
 
 class Ran(NamedTuple):
@@ -60,6 +61,8 @@ class Executor:
         self.moved: Dict[str, int] = {}     # set → runs left that still pay for its last move to another target
         self.last_target: Dict[str, str] = {}   # set → the target of its last run
         self.pin_moves = 0                  # times the threads were pinned to another target
+        self.cpu_load = platform.cpu_load()      # others' use of the targets' CPUs (None: unknown)
+        self.loaded: Dict[str, bool] = {}        # target → the load signal's state (between thresholds: kept)
 
     def forget(self) -> None:
         """The board was put back to its own settings (after profiling): apply everything anew."""
@@ -161,6 +164,8 @@ class Executor:
         sets need), applied; whether it applied (the frequency was set), whether this run
         still pays for the set's move to another target, and the configuration to report."""
         with self.lock:
+            if self.cpu_load is not None:
+                rt.governor.set_load(self.load_state(rt.governor.targets), self.cpu_load.window_s)
             d = self.board.decide(rt.name, rt.governor, deadline_ms=deadline_ms, level=groups,
                                   running_khz=self.freq_set, stepped=stepped)
             ok = self.apply(d.config, rt.columns, rt.models)
@@ -170,6 +175,24 @@ class Executor:
             left = self.moved.get(rt.name, 0)
             self.moved[rt.name] = max(0, left - 1)
             return d, ok, left > 0, self.reported(d.config, rt) if ok else dict(d.config.to_dict(), freq_khz=None)
+
+    def others_load(self, target: str) -> Optional[float]:
+        """CPUs' worth of time other processes used on ``target``'s CPUs lately (None: unknown)."""
+        t = self.platform.targets.get(target)
+        return None if self.cpu_load is None or t is None or not t.cpus else self.cpu_load.others(t.online)
+
+    def load_state(self, targets) -> Dict[str, Optional[bool]]:
+        """Per target: loaded by other processes (at or above LOADED_AT CPUs), quiet (below
+        QUIET_AT), else as it was; None where unknown."""
+        out: Dict[str, Optional[bool]] = {}
+        for name in targets:
+            v = self.others_load(name)
+            if v is None:
+                out[name] = self.loaded.get(name)
+                continue
+            was = self.loaded.get(name, False)
+            self.loaded[name] = out[name] = v >= LOADED_AT or (was and v >= QUIET_AT)
+        return out
 
     def _joules_since(self, j0: Optional[float]) -> Optional[float]:
         """J since the counter read ``j0`` (None where nothing meters energy)."""

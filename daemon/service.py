@@ -526,6 +526,7 @@ class Service:
             "gpu": self.rt.gpu_reason or ("available" if "gpu" in self.targets else "none"),
             "dvfs": {"enabled": bool(p.dvfs_enabled), "reason": p.dvfs_reason,
                      "off": {t: o.reason for t, o in p.target_off.items()}},
+            "cpu_load": self._cpu_load_status(),
             "mapping": {"ok": not self.executor.mapping_error, "reason": self.executor.mapping_error,
                         "moves": self.executor.pin_moves},
             "energy": {"available": self.energy_measured, "reason": "" if self.energy_measured else self.energy_reason,
@@ -545,6 +546,19 @@ class Service:
                 st["priority"] = self.sets[name].rank + 1
             s["models"] = per
         return s
+
+    def _cpu_load_status(self) -> Dict:
+        """Other processes' use of each CPU target (platforms/cpuload.py): CPUs' worth lately
+        and whether the governor counts the target loaded."""
+        ex = self.executor
+        if ex.cpu_load is None:
+            return {"available": False, "reason": "simulated board: its load is the simulation's"
+                    if self.platform.simulated else "DNNSCALE_LOAD_SIGNAL=off"}
+        with self.lock:
+            return {"available": True, "window_ms": round(ex.cpu_load.window_s * 1e3, 1),
+                    "others_cpus": {n: None if (v := ex.others_load(n)) is None else round(v, 3)
+                                    for n in self.targets},
+                    "loaded": {n: ex.loaded.get(n) for n in self.targets}}
 
     fd_guard = None   # the server's FdGuard, set when it binds
 

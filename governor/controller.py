@@ -55,6 +55,7 @@ Pure logic; the clock is injected. No I/O.
 from __future__ import annotations
 
 import bisect
+import copy
 import math
 import time
 from collections import deque
@@ -71,6 +72,9 @@ LIMITS = {"latency_ms": 600_000.0, "energy_mj": 1e9, "power_w": 1e4, "accuracy_m
 FLOORS = {"latency_ms": 1e-3, "energy_mj": 1e-6, "power_w": 1e-6, "accuracy_min": 0.0,
           "miss_rate": 0.001}     # below: a typo (or, for miss_rate, a tail 300 runs cannot show)
 CAUSES = ("infeasible", "frequency_cap", "switch", "wake_up", "contention", "prediction")   # of a miss
+# what a target model learns, kept apart for its CPUs quiet and loaded by other processes
+REGIME = ("corr_lat", "corr_en", "c0", "c1", "sums", "resid", "resid_at", "spread", "recent", "tail", "guard",
+          "margin")
 
 
 def quantile(values, q: float) -> float:
@@ -200,6 +204,7 @@ class TargetModel:
         self.c0, self.c1 = 0.0, 1.0    # the shape (c0 in seconds)
         self.sums = [0.0] * 5          # forgotten sums: w, wx, wxx, wy, wxy
         self.resid: Deque[float] = deque(maxlen=p.resid_window)
+        self.resid_at: Deque[float] = deque(maxlen=p.resid_window)   # when each ratio was observed
         self.n_obs = 0
         self.spread = 0.0              # EWMA of (ratio - 1)^2, for the winsorising
         self.recent: Deque[float] = deque(maxlen=3)   # the last observed / modelled ratios
@@ -211,6 +216,8 @@ class TargetModel:
         self.seen = -math.inf
         self.seen_n = 0                # the governor's decision count when it last learnt from a run here
         self.stale_s = p.stale_s       # unobserved this long → decay (doubled after a move here missed)
+        self.loaded = False            # other processes use this target's CPUs (set_loaded)
+        self._other: Optional[Dict] = None   # what was learnt in the other state (REGIME)
 
     def shape(self, base_s: float) -> float:
         return max(self.c0 + self.c1 * base_s, 0.05 * base_s)
@@ -245,6 +252,7 @@ class TargetModel:
         self.tail = self.margin = self.prior
         if self.resid:
             self.resid.clear()
+            self.resid_at.clear()
             self.spread = 0.0
 
     def observe(self, base_s: float, latency_s: float, energy_j: Optional[float], base_e: float,
@@ -265,6 +273,7 @@ class TargetModel:
             ratio = min(max(ratio, 2 - clip), clip)
         self.spread = 0.95 * self.spread + 0.05 * (min(max(ratio, 2 - clip), clip) - 1) ** 2
         self.resid.append(ratio)
+        self.resid_at.append(now)
         self.n_obs += 1
         # the quantile every 10th observation once resid_min are in
         if self.n_obs % 10 == 0:
@@ -293,6 +302,37 @@ class TargetModel:
         if missed:
             self.raise_guard(latency_s / (self.shape(base_s) * self.corr_lat))
         self.seen, self.seen_n = now, decision
+
+    def set_loaded(self, loaded: bool, now: float, lag_s: float) -> None:
+        """Other processes' load came onto this target's CPUs or went from them
+        (platforms/cpuload.py): what was learnt in that state before comes back (REGIME; the
+        first time a load comes: the corrections and shape known now, the tail windows empty,
+        so the margin is the prior until ``resid_min`` ratios are in), and what was learnt
+        here is kept for when this state returns. The ratios of the last ``lag_s`` (the load
+        signal's window: it tells of a change that long after it began) move with it."""
+        if loaded == self.loaded:
+            return
+        mine = {f: getattr(self, f) for f in REGIME}
+        other = self._other
+        if other is None:
+            other = copy.deepcopy(mine)
+            other["resid"].clear()
+            other["resid_at"].clear()
+            other.update(spread=0.0, tail=self.prior, guard=1.0, margin=self.prior)
+        moved = []
+        while mine["resid_at"] and mine["resid_at"][-1] > now - lag_s:
+            moved.append((mine["resid_at"].pop(), mine["resid"].pop()))
+        for at, r in reversed(moved):
+            other["resid_at"].append(at)
+            other["resid"].append(r)
+        self._other = mine
+        for f in REGIME:
+            setattr(self, f, other[f])
+        self.loaded = loaded
+        self.fit_tail()
+        if len(self.resid) < self.p.resid_min:
+            self.tail = self.prior
+            self.margin = max(self.tail, self.guard)
 
     def fit_tail(self) -> None:
         """The margin for ``miss_rate`` from the window's tail (once ``resid_min`` are in)."""
@@ -687,6 +727,20 @@ class Governor:
         if decayed:
             self._share_tails()
 
+    def set_load(self, loaded: Dict[str, Optional[bool]], lag_s: float) -> None:
+        """Which targets other processes load now (target → True / False; None or absent:
+        unknown, as it was): each target model takes up what it learnt in that state
+        (:meth:`TargetModel.set_loaded`); ``lag_s``: how long after a change the signal tells of it."""
+        changed = False
+        now = self.clock()
+        for name, m in zip(self.targets, self.tm):
+            flag = loaded.get(name)
+            if flag is not None and flag != m.loaded:
+                m.set_loaded(flag, now, lag_s)
+                changed = True
+        if changed:
+            self._share_tails()
+
     def _stale_runs(self, m: TargetModel) -> float:
         """The decisions target model ``m`` may go unobserved: ``stale_runs``, doubled with its ``stale_s``."""
         return self.p.stale_runs * m.stale_s / self.p.stale_s
@@ -970,7 +1024,7 @@ class Governor:
             return
         fitted = [(m, m.tail) for m in self.tm if len(m.resid) >= self.p.resid_min]
         for m in self.tm:
-            others = [tail for n, tail in fitted if n is not m]
+            others = [tail for n, tail in fitted if n is not m and n.loaded == m.loaded]
             m.assume(max(1 + self.p.safety, float(np.median(others))) if others else 1 + self.p.safety)
 
     def _cause(self, config: Config, t: int, ran_khz: Optional[int], switched: bool, idle_s: float) -> str:
@@ -1014,6 +1068,7 @@ class Governor:
             "corrections": {t: round(float(m.corr_lat), 3) for t, m in zip(self.targets, self.tm)},
             "latency_model": {t: m.status() for t, m in zip(self.targets, self.tm)},
             "margins": {t: round(float(m.margin), 3) for t, m in zip(self.targets, self.tm)},
+            "loaded": {t: m.loaded for t, m in zip(self.targets, self.tm)},
             "move_cost": round(self.move_ratio, 3),
             "up_patience": self._patience,
             "stale_after": {t: {"s": m.stale_s, "decisions": int(self._stale_runs(m))}

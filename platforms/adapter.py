@@ -17,7 +17,7 @@ import os
 import time
 from typing import Dict, List, Optional, Tuple
 
-from . import discover
+from . import cpuload, discover
 from .energy import EnergyMeter, read_watts
 from .files import read_json, write_json
 from .owner import BOARD_DIR, Ownership
@@ -498,6 +498,14 @@ class SysfsPlatform(Platform):
         journal.append((p, self.originals.change(p, value)))
 
     # ------------------------------------------------------------------ mapping
+    def cpu_load(self) -> Optional[cpuload.OthersLoad]:
+        """From this machine's /proc/stat, like :meth:`pin` (the process's own CPUs, not the
+        sysfs root's); ``DNNSCALE_LOAD_SIGNAL=off``: none (PlatformError for another value)."""
+        try:
+            return cpuload.from_env()
+        except ValueError as e:
+            raise PlatformError(str(e)) from None
+
     def pin(self, target: str) -> List[int]:
         """Pin every thread of this process to ``target``'s online CPUs. CPUs that this
         machine lacks (a fake tree) are dropped with one warning; none left → no pinning.

@@ -335,6 +335,12 @@ class Platform:
         return self._frequency(t)
 
     # -- control and readings: each board's own ------------------------------------------
+    def cpu_load(self):
+        """A :class:`platforms.cpuload.OthersLoad` that tells how much of some CPUs other
+        processes use, or None where nothing does (the simulated boards: their load is known
+        to the simulation alone)."""
+        return None
+
     def pin(self, target: str) -> List[int]:
         raise NotImplementedError
 
