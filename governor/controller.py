@@ -784,9 +784,11 @@ class Governor:
         return e is None or not self._ekey(i) > e / 1e3 or math.isinf(self._ekey(i))
 
     def _best_at(self, lanes: Dict[int, List[_Lane]], lv: int, lat_limit_s: Optional[float],
-                 extra: Optional[int] = None) -> Optional[int]:
+                 extra: Optional[int] = None, moving: bool = True) -> Optional[int]:
         """Lowest-energy configuration of level ``lv`` among ``lanes`` meeting the budget
-        (``extra``: one more candidate to consider, the current configuration)."""
+        (``extra``: one more candidate to consider, the current configuration). ``moving``:
+        another target's runs must fit with the first run's move cost too (False: as they
+        run once there)."""
         e_lim = self.budget.energy_mj
         best, best_key = None, None
         for lane in lanes.get(lv, ()):
@@ -794,7 +796,7 @@ class Governor:
                 j = len(lane.lat) - 1
             else:
                 m = self.tm[lane.target]
-                margin = m.margin * self._move_cost(lane.target)
+                margin = m.margin * (self._move_cost(lane.target) if moving else 1.0)
                 shape_max = lat_limit_s / (margin * m.corr_lat)     # c0 + c1 x profile <= this
                 j = bisect.bisect_right(lane.lat, (shape_max - m.c0) / m.c1) - 1
                 while j >= 0 and self._lat(lane.idx[j]) * margin > lat_limit_s:   # the 5% floor
@@ -842,9 +844,15 @@ class Governor:
             cur_safe = cur is not None and allowed[cur] and self._meets(cur, limit_s) and not self._fresh_decision
             if cur_safe:
                 # Current is safe: a move up in accuracy needs the better configuration to
-                # fit for up_patience decisions in a row (no hopping on noise).
+                # fit for up_patience decisions in a row (no hopping on noise). It is judged
+                # as it will run once there: its first run's move cost is paid once, and a
+                # miss there doubles the patience (probation); counted in the fit, it kept
+                # the governor on a worse target for good after one step down (the cost is
+                # 1.3-1.8x on this VM, more than the margin's own tail).
+                up_from = self._acc_l[cur]
                 for lv in order:
-                    cand = self._best_at(lanes, lv, limit_s, extra=cur)
+                    cand = self._best_at(lanes, lv, limit_s, extra=cur,
+                                         moving=self.levels[lv].accuracy <= up_from)
                     if cand is not None:
                         break
                 if cand is not None and self._acc_l[cand] > self._acc_l[cur]:

@@ -321,3 +321,14 @@ def test_placement_bench_compares_the_three_modes_through_the_daemon():
     assert all(len(v) == 10 and min(v) > 0 for m in MODES for x in r["modes"][m] for v in x["ms"].values())
     text = report(r)
     assert text.count("| k=1 ") == 2 * len(MODES) and "over 1 ms" in text
+
+
+def test_tails_bench_times_every_level_on_every_cpu_target_in_blocks():
+    """`python -m bench.tails`, short: every (level, CPU target) pinned in turn, per block; a
+    row per configuration with p50, p99, their ratio and difference."""
+    from bench.tails import report, run
+    r = run("fashion-mnist-g4", blocks=2, requests=5, gap_ms=0.0)
+    assert r["ms"] and all(len(b) == 2 and all(len(x) == 5 and min(x) > 0 for x in b) for b in r["ms"].values())
+    assert {k for k, _ in r["ms"]} == {1, 2, 3, 4}
+    text = report(r)
+    assert text.count("| k=1 on ") == len({t for _, t in r["ms"]}) and "p99 - p50" in text
