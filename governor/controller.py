@@ -16,6 +16,10 @@ highest accuracy, and the lowest energy among equals.
   meet: not while the budget is infeasible), that target waits twice as long
   before it drifts back (up to ``stale_max_s``), and ``stale_s`` again after a move there
   that met its limit: a lane that another load keeps slow is not retried every ``stale_s``.
+* A load's coming and going (``set_load``, from the platform's load signal where it has one:
+  other processes' time on a target's CPUs): each target model keeps what it learns apart
+  for its CPUs quiet and loaded (``REGIME``) and takes up what it learnt in a state when the
+  state returns, so a load's tail leaves the margin when the load leaves.
 * What ran: ``observe(ran_khz=)`` takes the kernel's frequency read-back; a target held
   below what was asked (a cap) has its higher frequencies left out for ``stale_s``.
 * Safety: a configuration meets a latency limit when prediction x margin <= limit, where a
@@ -26,6 +30,10 @@ highest accuracy, and the lowest energy among equals.
   the margin covers the tail that was measured, for the miss rate asked, instead of fixed
   percentages stacked on each other. ``quantile_margin=False``: the fixed ``1 + safety``.
   The current configuration is left as soon as it is at risk (step down at once).
+* Moves: a configuration on another target must fit with the first run's learnt move cost
+  (``move_ratio``) on top of its margin, except a move up in accuracy, where the first run's
+  expected cost and the margin must each fit on their own (the cost is paid once; the
+  patience and probation below ration such moves).
 * Hysteresis: a move up in accuracy needs the better configuration to meet the budget for
   ``up_patience`` consecutive decisions (a count, not extra slack; doubled after a move up
   that missed within ``probation`` inferences), except right after the budget is set or
@@ -787,8 +795,8 @@ class Governor:
                  extra: Optional[int] = None, moving: bool = True) -> Optional[int]:
         """Lowest-energy configuration of level ``lv`` among ``lanes`` meeting the budget
         (``extra``: one more candidate to consider, the current configuration). ``moving``:
-        another target's runs must fit with the first run's move cost too (False: as they
-        run once there)."""
+        another target's runs must fit with the first run's move cost on top of the margin
+        (False: the first run's expected cost and the margin each on their own)."""
         e_lim = self.budget.energy_mj
         best, best_key = None, None
         for lane in lanes.get(lv, ()):
@@ -796,7 +804,8 @@ class Governor:
                 j = len(lane.lat) - 1
             else:
                 m = self.tm[lane.target]
-                margin = m.margin * (self._move_cost(lane.target) if moving else 1.0)
+                move = self._move_cost(lane.target)
+                margin = m.margin * move if moving else max(m.margin, move)
                 shape_max = lat_limit_s / (margin * m.corr_lat)     # c0 + c1 x profile <= this
                 j = bisect.bisect_right(lane.lat, (shape_max - m.c0) / m.c1) - 1
                 while j >= 0 and self._lat(lane.idx[j]) * margin > lat_limit_s:   # the 5% floor
@@ -844,11 +853,12 @@ class Governor:
             cur_safe = cur is not None and allowed[cur] and self._meets(cur, limit_s) and not self._fresh_decision
             if cur_safe:
                 # Current is safe: a move up in accuracy needs the better configuration to
-                # fit for up_patience decisions in a row (no hopping on noise). It is judged
-                # as it will run once there: its first run's move cost is paid once, and a
-                # miss there doubles the patience (probation); counted in the fit, it kept
-                # the governor on a worse target for good after one step down (the cost is
-                # 1.3-1.8x on this VM, more than the margin's own tail).
+                # fit for up_patience decisions in a row (no hopping on noise). On another
+                # target its first run's expected move cost must fit, and its runs there
+                # with their margin, not the two stacked: the move is paid once, and a miss
+                # there doubles the patience (probation). Stacked, they kept the governor on
+                # a worse target for good after one step down (the cost is 1.3-1.8x on this
+                # VM, the margin 1.2-1.5x).
                 up_from = self._acc_l[cur]
                 for lv in order:
                     cand = self._best_at(lanes, lv, limit_s, extra=cur,
