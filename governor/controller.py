@@ -30,10 +30,6 @@ highest accuracy, and the lowest energy among equals.
   the margin covers the tail that was measured, for the miss rate asked, instead of fixed
   percentages stacked on each other. ``quantile_margin=False``: the fixed ``1 + safety``.
   The current configuration is left as soon as it is at risk (step down at once).
-* Moves: a configuration on another target must fit with the first run's learnt move cost
-  (``move_ratio``) on top of its margin, except a move up in accuracy, where the first run's
-  expected cost and the margin must each fit on their own (the cost is paid once; the
-  patience and probation below ration such moves).
 * Hysteresis: a move up in accuracy needs the better configuration to meet the budget for
   ``up_patience`` consecutive decisions (a count, not extra slack; doubled after a move up
   that missed within ``probation`` inferences), except right after the budget is set or
@@ -181,6 +177,7 @@ class Params:
     shape_prior: float = 2.0       # observations' worth of weight on the profile's own shape
     up_patience: int = 5
     probation: int = 20            # inferences after a move up in which a miss doubles up_patience
+    proven_runs: int = 50          # runs of a configuration under a budget that can prove it meets it (0: off)
     alpha: float = 0.3
     stale_s: float = 2.0           # unobserved for this long → the correction decays to 1
     stale_runs: int = 200          # ... or for this many decisions (a fast request stream)
@@ -499,6 +496,7 @@ class Governor:
         self.last: Optional[Decision] = None
         self.stats = Stats(self.p.window)
         self._fresh_decision = False
+        self._record: Dict[int, List[int]] = {}  # configuration → [runs, misses, decision of its last miss]
 
     # ------------------------------------------------------------------ inputs
     def set_profile(self, profile: Profile) -> None:
@@ -650,6 +648,7 @@ class Governor:
         self._share_tails()                   # the fitted tails are for the new rate now
         self._fresh()
         self.stats.restart()
+        self._record.clear()
 
     @property
     def miss_rate(self) -> float:
@@ -746,6 +745,8 @@ class Governor:
             if flag is not None and flag != m.loaded:
                 m.set_loaded(flag, now, lag_s)
                 changed = True
+                t = self.targets.index(name)     # what its configurations proved was in the other state
+                self._record = {i: r for i, r in self._record.items() if self._tgt_l[i] != t}
         if changed:
             self._share_tails()
 
@@ -792,11 +793,9 @@ class Governor:
         return e is None or not self._ekey(i) > e / 1e3 or math.isinf(self._ekey(i))
 
     def _best_at(self, lanes: Dict[int, List[_Lane]], lv: int, lat_limit_s: Optional[float],
-                 extra: Optional[int] = None, moving: bool = True) -> Optional[int]:
+                 extra: Optional[int] = None) -> Optional[int]:
         """Lowest-energy configuration of level ``lv`` among ``lanes`` meeting the budget
-        (``extra``: one more candidate to consider, the current configuration). ``moving``:
-        another target's runs must fit with the first run's move cost on top of the margin
-        (False: the first run's expected cost and the margin each on their own)."""
+        (``extra``: one more candidate to consider, the current configuration)."""
         e_lim = self.budget.energy_mj
         best, best_key = None, None
         for lane in lanes.get(lv, ()):
@@ -804,8 +803,7 @@ class Governor:
                 j = len(lane.lat) - 1
             else:
                 m = self.tm[lane.target]
-                move = self._move_cost(lane.target)
-                margin = m.margin * move if moving else max(m.margin, move)
+                margin = m.margin * self._move_cost(lane.target)
                 shape_max = lat_limit_s / (margin * m.corr_lat)     # c0 + c1 x profile <= this
                 j = bisect.bisect_right(lane.lat, (shape_max - m.c0) / m.c1) - 1
                 while j >= 0 and self._lat(lane.idx[j]) * margin > lat_limit_s:   # the 5% floor
@@ -850,19 +848,13 @@ class Governor:
             cand, feasible = self._slow(order, limit_s, allowed)
         else:
             cand = None
-            cur_safe = cur is not None and allowed[cur] and self._meets(cur, limit_s) and not self._fresh_decision
+            cur_safe = cur is not None and allowed[cur] and not self._fresh_decision and \
+                (self._meets(cur, limit_s) or self._proven(cur, limit_s))
             if cur_safe:
                 # Current is safe: a move up in accuracy needs the better configuration to
-                # fit for up_patience decisions in a row (no hopping on noise). On another
-                # target its first run's expected move cost must fit, and its runs there
-                # with their margin, not the two stacked: the move is paid once, and a miss
-                # there doubles the patience (probation). Stacked, they kept the governor on
-                # a worse target for good after one step down (the cost is 1.3-1.8x on this
-                # VM, the margin 1.2-1.5x).
-                up_from = self._acc_l[cur]
+                # fit for up_patience decisions in a row (no hopping on noise).
                 for lv in order:
-                    cand = self._best_at(lanes, lv, limit_s, extra=cur,
-                                         moving=self.levels[lv].accuracy <= up_from)
+                    cand = self._best_at(lanes, lv, limit_s, extra=cur)
                     if cand is not None:
                         break
                 if cand is not None and self._acc_l[cand] > self._acc_l[cur]:
@@ -908,6 +900,21 @@ class Governor:
         if self._freq_l[cand]:
             self._khz_now[self._tgt_l[cand]] = self._freq_l[cand]
         return self.last
+
+    def _proven(self, i: int, limit_s: Optional[float]) -> bool:
+        """Whether configuration ``i`` has shown that it meets this budget where its
+        prediction and margin say it may not: ``proven_runs`` runs or more since the budget was
+        set (and since its target's load last changed), misses within the budget's miss rate,
+        none in the last ``probation`` decisions, and its predicted latency (the level, which
+        follows a load) within the limit. So the current configuration is kept where the
+        margin, a tail carried from other runs, puts it just outside the budget and its own
+        runs keep inside; a static choice in hindsight is judged by exactly that."""
+        r = self._record.get(i)
+        if r is None or not self.p.proven_runs or limit_s is None or self.budget.energy_mj is not None:
+            return False
+        runs, misses, last = r
+        return (runs >= self.p.proven_runs and misses <= self.miss_rate * runs
+                and self.stats.decisions - last > self.p.probation and self._lat(i) <= limit_s)
 
     def _move_cost(self, t: int) -> float:
         """How much slower than predicted the first run after a move to target ``t`` is
@@ -1032,6 +1039,12 @@ class Governor:
         elif own_missed:             # not its speed, but a burst may have begun: the guard still holds
             self.tm[t].raise_guard(own / self._lat(i))
         self.stats.count(latency_s, energy_j, missed, cause)
+        if limit_ms is not None:
+            r = self._record.setdefault(i, [0, 0, -(10 ** 9)])
+            r[0] += 1
+            if missed:
+                r[1] += 1
+                r[2] = self.stats.decisions
         return cause
 
     def _share_tails(self) -> None:
