@@ -222,6 +222,7 @@ class TargetModel:
         self.seen_n = 0                # the governor's decision count when it last learnt from a run here
         self.stale_s = p.stale_s       # unobserved this long → decay (doubled after a move here missed)
         self.loaded = False            # other processes use this target's CPUs (set_loaded)
+        self.steps = 0                 # level steps seen (a load coming or going, by the runs)
         self._other: Optional[Dict] = None   # what was learnt in the other state (REGIME)
 
     def shape(self, base_s: float) -> float:
@@ -291,6 +292,7 @@ class TargetModel:
         # run (the first of a fresh daemon there) is a lone run, not a step
         level = sorted(list(self.recent) + [self.corr_lat] * (3 - len(self.recent)))[1]
         if len(self.recent) == 3 and not 2 - clip <= level / self.corr_lat <= clip:
+            self.steps += 1
             for j in range(1, min(3, len(self.resid)) + 1):
                 self.resid[-j] = min(max(self.resid[-j], 2 - clip), clip)
         self.corr_lat = (1 - a) * self.corr_lat + a * level
@@ -745,8 +747,7 @@ class Governor:
             if flag is not None and flag != m.loaded:
                 m.set_loaded(flag, now, lag_s)
                 changed = True
-                t = self.targets.index(name)     # what its configurations proved was in the other state
-                self._record = {i: r for i, r in self._record.items() if self._tgt_l[i] != t}
+                self._forget_records(self.targets.index(name))   # proven in the other state
         if changed:
             self._share_tails()
 
@@ -901,10 +902,14 @@ class Governor:
             self._khz_now[self._tgt_l[cand]] = self._freq_l[cand]
         return self.last
 
+    def _forget_records(self, t: int) -> None:
+        self._record = {i: r for i, r in self._record.items() if self._tgt_l[i] != t}
+
     def _proven(self, i: int, limit_s: Optional[float]) -> bool:
         """Whether configuration ``i`` has shown that it meets this budget where its
         prediction and margin say it may not: ``proven_runs`` runs or more since the budget was
-        set (and since its target's load last changed), misses within the budget's miss rate,
+        set (and since its target's load last changed, by the load signal or by a step of its
+        level: a burst's first runs are not kept on a record made before), misses within the budget's miss rate,
         none in the last ``probation`` decisions, and its predicted latency (the level, which
         follows a load) within the limit. So the current configuration is kept where the
         margin, a tail carried from other runs, puts it just outside the budget and its own
@@ -1032,8 +1037,11 @@ class Governor:
                 if ran_khz < config.freq_khz:
                     self._cap(t, ran_khz)
                 i = self.index.get(Config(config.level, config.target, ran_khz), i)   # the model learns what ran
+            steps = self.tm[t].steps
             self.tm[t].observe(self._lat_l[i], own, energy_j, self._base_en[i], now, own_missed,
                                self.stats.decisions)
+            if self.tm[t].steps != steps:         # its level moved: what was proven there is past
+                self._forget_records(t)
             if self.tm[t].n_obs % 10 == 0:          # its tail was refitted
                 self._share_tails()
         elif own_missed:             # not its speed, but a burst may have begun: the guard still holds

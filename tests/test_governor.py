@@ -746,6 +746,14 @@ def test_a_configuration_that_its_own_runs_keep_inside_the_budget_is_kept_there(
     g.set_load({"big": True}, lag_s=0.0)                      # what it proved was in the other state
     assert not g._proven(g.index[c4], 2.3e-3)
     g.set_load({"big": False}, lag_s=0.0)
+    for _ in range(60):                                       # proven again on a fresh record
+        g.observe(c4, 2.0e-3)
+    assert g._proven(g.index[c4], 2.3e-3)
+    for _ in range(3):                                        # a step of its level, no miss yet
+        g.observe(c4, 2.28e-3)
+    assert not g._proven(g.index[c4], 2.3e-3)
+    for _ in range(60):
+        g.observe(c4, 2.0e-3)
     g.observe(c4, 2.5e-3)                                     # a miss: the proof ends
     g.tm[t].tail = g.tm[t].margin = 1.2
     g.tm[t].guard = 1.0
