@@ -177,7 +177,6 @@ class Params:
     shape_prior: float = 2.0       # observations' worth of weight on the profile's own shape
     up_patience: int = 5
     probation: int = 20            # inferences after a move up in which a miss doubles up_patience
-    proven_runs: int = 50          # runs of a configuration under a budget that can prove it meets it (0: off)
     alpha: float = 0.3
     stale_s: float = 2.0           # unobserved for this long → the correction decays to 1
     stale_runs: int = 200          # ... or for this many decisions (a fast request stream)
@@ -222,7 +221,6 @@ class TargetModel:
         self.seen_n = 0                # the governor's decision count when it last learnt from a run here
         self.stale_s = p.stale_s       # unobserved this long → decay (doubled after a move here missed)
         self.loaded = False            # other processes use this target's CPUs (set_loaded)
-        self.steps = 0                 # level steps seen (a load coming or going, by the runs)
         self._other: Optional[Dict] = None   # what was learnt in the other state (REGIME)
 
     def shape(self, base_s: float) -> float:
@@ -292,7 +290,6 @@ class TargetModel:
         # run (the first of a fresh daemon there) is a lone run, not a step
         level = sorted(list(self.recent) + [self.corr_lat] * (3 - len(self.recent)))[1]
         if len(self.recent) == 3 and not 2 - clip <= level / self.corr_lat <= clip:
-            self.steps += 1
             for j in range(1, min(3, len(self.resid)) + 1):
                 self.resid[-j] = min(max(self.resid[-j], 2 - clip), clip)
         self.corr_lat = (1 - a) * self.corr_lat + a * level
@@ -498,7 +495,6 @@ class Governor:
         self.last: Optional[Decision] = None
         self.stats = Stats(self.p.window)
         self._fresh_decision = False
-        self._record: Dict[int, List[int]] = {}  # configuration → [runs, misses, decision of its last miss]
 
     # ------------------------------------------------------------------ inputs
     def set_profile(self, profile: Profile) -> None:
@@ -650,7 +646,6 @@ class Governor:
         self._share_tails()                   # the fitted tails are for the new rate now
         self._fresh()
         self.stats.restart()
-        self._record.clear()
 
     @property
     def miss_rate(self) -> float:
@@ -747,7 +742,6 @@ class Governor:
             if flag is not None and flag != m.loaded:
                 m.set_loaded(flag, now, lag_s)
                 changed = True
-                self._forget_records(self.targets.index(name))   # proven in the other state
         if changed:
             self._share_tails()
 
@@ -849,8 +843,7 @@ class Governor:
             cand, feasible = self._slow(order, limit_s, allowed)
         else:
             cand = None
-            cur_safe = cur is not None and allowed[cur] and not self._fresh_decision and \
-                (self._meets(cur, limit_s) or self._proven(cur, limit_s))
+            cur_safe = cur is not None and allowed[cur] and self._meets(cur, limit_s) and not self._fresh_decision
             if cur_safe:
                 # Current is safe: a move up in accuracy needs the better configuration to
                 # fit for up_patience decisions in a row (no hopping on noise).
@@ -901,25 +894,6 @@ class Governor:
         if self._freq_l[cand]:
             self._khz_now[self._tgt_l[cand]] = self._freq_l[cand]
         return self.last
-
-    def _forget_records(self, t: int) -> None:
-        self._record = {i: r for i, r in self._record.items() if self._tgt_l[i] != t}
-
-    def _proven(self, i: int, limit_s: Optional[float]) -> bool:
-        """Whether configuration ``i`` has shown that it meets this budget where its
-        prediction and margin say it may not: ``proven_runs`` runs or more since the budget was
-        set (and since its target's load last changed, by the load signal or by a step of its
-        level: a burst's first runs are not kept on a record made before), misses within the budget's miss rate,
-        none in the last ``probation`` decisions, and its predicted latency (the level, which
-        follows a load) within the limit. So the current configuration is kept where the
-        margin, a tail carried from other runs, puts it just outside the budget and its own
-        runs keep inside; a static choice in hindsight is judged by exactly that."""
-        r = self._record.get(i)
-        if r is None or not self.p.proven_runs or limit_s is None or self.budget.energy_mj is not None:
-            return False
-        runs, misses, last = r
-        return (runs >= self.p.proven_runs and misses <= self.miss_rate * runs
-                and self.stats.decisions - last > self.p.probation and self._lat(i) <= limit_s)
 
     def _move_cost(self, t: int) -> float:
         """How much slower than predicted the first run after a move to target ``t`` is
@@ -1037,22 +1011,13 @@ class Governor:
                 if ran_khz < config.freq_khz:
                     self._cap(t, ran_khz)
                 i = self.index.get(Config(config.level, config.target, ran_khz), i)   # the model learns what ran
-            steps = self.tm[t].steps
             self.tm[t].observe(self._lat_l[i], own, energy_j, self._base_en[i], now, own_missed,
                                self.stats.decisions)
-            if self.tm[t].steps != steps:         # its level moved: what was proven there is past
-                self._forget_records(t)
             if self.tm[t].n_obs % 10 == 0:          # its tail was refitted
                 self._share_tails()
         elif own_missed:             # not its speed, but a burst may have begun: the guard still holds
             self.tm[t].raise_guard(own / self._lat(i))
         self.stats.count(latency_s, energy_j, missed, cause)
-        if limit_ms is not None:
-            r = self._record.setdefault(i, [0, 0, -(10 ** 9)])
-            r[0] += 1
-            if missed:
-                r[1] += 1
-                r[2] = self.stats.decisions
         return cause
 
     def _share_tails(self) -> None:
