@@ -6,9 +6,11 @@ From ``/proc/stat``: each CPU's busy time (user, nice, system, irq, softirq, ste
 the kernel counts in ticks of ``USER_HZ`` (10 ms where it is 100), less this process's own
 CPU time (``time.process_time``, all its threads, wherever they ran: the share of others is
 under- rather than over-counted). Over the last ``window_s`` (at least three ticks, so that
-one tick more or less does not cross the threshold): on this machine a busy process on a
-CPU counts 0.7-1.0 CPUs there, the daemon serving a request every 3 ms under 0.2
-(tests/test_cpuload.py has the arithmetic; docs/governor.md, "A load's coming and going").
+one tick more or less does not cross the executor's thresholds): on this machine a busy
+process held on a CPU counts at least 0.7 of it (tests/test_cpuload.py, which also has the
+arithmetic); through ``bench.deadlines``' bursts (one busy process per CPU) the two-CPU
+target read 1.4-2.5 CPUs, and 0-0.4 between them, a client's own work included (a probe
+reading ``status``; docs/platforms.md, "Other processes' load").
 """
 from __future__ import annotations
 
