@@ -221,8 +221,6 @@ class TargetModel:
         self.seen_n = 0                # the governor's decision count when it last learnt from a run here
         self.stale_s = p.stale_s       # unobserved this long → decay (doubled after a move here missed)
         self.loaded = False            # other processes use this target's CPUs (set_loaded)
-        self.move = 1.0                # EWMA of the first run after a move here / its prediction
-        self.moves = 0                 # moves here learnt from
         self._other: Optional[Dict] = None   # what was learnt in the other state (REGIME)
 
     def shape(self, base_s: float) -> float:
@@ -491,6 +489,7 @@ class Governor:
         self._freq_changed_at = -math.inf
         self._switched: Optional[int] = None     # decided on another target or frequency: its first run
         self._switch_loss = 0.0                  # what the last decision's settling was predicted to cost
+        self.move_ratio = 1.0          # EWMA of the first run after a target move / its prediction
         self._last_target: Optional[int] = None
         self._observed_at = -math.inf
         self.last: Optional[Decision] = None
@@ -898,19 +897,9 @@ class Governor:
 
     def _move_cost(self, t: int) -> float:
         """How much slower than predicted the first run after a move to target ``t`` is
-        expected to be (threads migrating, the lane's pools and caches cold); 1 for the target
-        served now."""
-        return 1.0 if self.current is None or self._tgt_l[self.current] == t else self._move_to(t)
-
-    def _move_to(self, t: int) -> float:
-        """The move cost of target ``t``, learnt from the moves there (a split's lanes wake two
-        pools, a one-CPU lane one: one figure for all kept every lane at the costliest's), or,
-        before the first, the median of the other targets' (1 before any)."""
-        m = self.tm[t]
-        if m.moves:
-            return m.move
-        learnt = [o.move for o in self.tm if o.moves]
-        return float(np.median(learnt)) if learnt else 1.0
+        expected to be (threads migrating, the lane's pools and caches cold: learnt from the
+        moves so far); 1 for the target served now."""
+        return 1.0 if self.current is None or self._tgt_l[self.current] == t else self.move_ratio
 
     def _cheaper(self, a: int, b: int) -> bool:
         """Whether configuration ``a`` is predicted to cost less energy than ``b``: by the
@@ -1008,10 +997,9 @@ class Governor:
         # learnt without what the change's settling was predicted to cost it
         own = max(latency_s - self._switch_loss, 0.05 * latency_s) if i == switched else latency_s
         if self._last_target is not None and t != self._last_target:      # the first run after a move
-            a, m = self.p.alpha, self.tm[t]
-            m.move = (1 - a) * m.move + a * min(max(own / self._lat(i), 1.0), 3.0)
-            m.moves += 1
-            # a move the prediction allowed that missed: retried later
+            a = self.p.alpha
+            self.move_ratio = (1 - a) * self.move_ratio + a * min(max(own / self._lat(i), 1.0), 3.0)
+            m = self.tm[t]                  # a move the prediction allowed that missed: retried later
             if cause == "switch":
                 m.stale_s = min(2 * m.stale_s, self.p.stale_max_s)
             elif not missed:
@@ -1085,7 +1073,7 @@ class Governor:
             "latency_model": {t: m.status() for t, m in zip(self.targets, self.tm)},
             "margins": {t: round(float(m.margin), 3) for t, m in zip(self.targets, self.tm)},
             "loaded": {t: m.loaded for t, m in zip(self.targets, self.tm)},
-            "move_cost": {t: round(self._move_to(i), 3) for i, t in enumerate(self.targets)},
+            "move_cost": round(self.move_ratio, 3),
             "up_patience": self._patience,
             "stale_after": {t: {"s": m.stale_s, "decisions": int(self._stale_runs(m))}
                             for t, m in zip(self.targets, self.tm)},

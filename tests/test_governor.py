@@ -717,30 +717,3 @@ def test_a_target_seldom_used_is_taken_to_be_as_noisy_as_the_targets_measured():
     assert m["big"] == m["little"] == pytest.approx(1.1)             # no fitted tail left: 1 + safety
     g2, _ = gov(quantile_margin=False)
     assert g2.status()["margins"] == {"big": 1.1, "little": 1.1}
-
-
-def test_each_target_has_the_move_cost_its_own_moves_showed():
-    """The first run after a move is slower by what that target's moves showed (a split wakes
-    two pools, a one-CPU lane one): moves to a cost 1x, moves to b 2x, and a target not yet
-    moved to is taken to cost the median of the others'. With one figure for all, the cheap
-    target paid the costly one's price and a configuration there that fitted was kept out."""
-    levels = LEVELS[:2]
-    prof = Profile({n: TargetFit(1e-3 / 1e7, 0.0, {0: 1.0}) for n in ("a", "b", "c")})
-    clock = Clock()
-    g = Governor(build_space(levels, {"a": [], "b": [], "c": []}), levels, prof, clock=clock)
-    g.set_budget(Budget(latency_ms=2.5))
-    assert g.status()["move_cost"] == {"a": 1.0, "b": 1.0, "c": 1.0}        # nothing learnt yet
-    for _ in range(12):
-        for t, slow in (("a", 1.0), ("b", 2.0)):
-            c = Config(1, t, None)
-            g.observe(c, pred(g, c)[0] * slow, learn=False)   # the first run there after a run elsewhere
-                                                               # (not learnt as its speed: the executor's rule)
-            g.observe(c, pred(g, c)[0])            # and a steady one
-    cost = g.status()["move_cost"]
-    assert cost["a"] == pytest.approx(1.0, abs=0.01) and cost["b"] == pytest.approx(2.0, abs=0.05)
-    assert cost["c"] == pytest.approx((cost["a"] + cost["b"]) / 2)
-    # served on c at level 1: level 2 on a (2 ms x 1.1 x 1.0) fits; on b (x 2) it would not
-    g.pin(level=1, target="c")
-    g.decide()
-    g.release()
-    assert g.decide().config == Config(2, "a", None)
