@@ -556,6 +556,7 @@ class Service:
                     if self.platform.simulated else "DNNSCALE_LOAD_SIGNAL=off"}
         with self.lock:
             return {"available": True, "window_ms": round(ex.cpu_load.window_s * 1e3, 1),
+                    "error": ex.cpu_load.error,       # why /proc/stat cannot be read now ("": it can)
                     "others_cpus": {n: None if (v := ex.others_load(n)) is None else round(v, 3)
                                     for n in self.targets},
                     "loaded": {n: ex.loaded.get(n) for n in self.targets}}

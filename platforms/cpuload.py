@@ -60,10 +60,12 @@ class OthersLoad:
     def _read(self) -> Optional[Dict[int, int]]:
         try:
             with open(self.path, "rb") as f:
-                return parse_stat(f.read().decode("ascii", "replace"))
+                busy = parse_stat(f.read().decode("ascii", "replace"))
         except (OSError, ValueError) as e:
-            self.error = str(e)
+            self.error = str(e)         # the samples so far stand; the status says why
             return None
+        self.error = ""
+        return busy
 
     def sample(self) -> None:
         now = self.clock()

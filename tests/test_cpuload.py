@@ -62,6 +62,10 @@ def test_others_share_is_busy_ticks_less_own_time_over_the_window(tmp_path):
     stat.unlink()                                      # unreadable: the last samples stand, the error is kept
     now[0] = 0.2
     assert load.others([0]) == pytest.approx(0.0) and "stat" in load.error
+    _write(stat, 104, 100)                             # readable again: the error goes
+    now[0] = 0.3
+    load.others([0])
+    assert load.error == ""
 
 
 def test_the_signal_is_switched_by_the_environment(monkeypatch):
@@ -181,7 +185,7 @@ def test_the_real_daemon_tells_when_a_load_comes_onto_its_cpus_and_goes(tmp_path
         d.wait_ready()
         with d.client() as c:
             s = c.status()
-            assert s["cpu_load"]["available"] and s["cpu_load"]["window_ms"] == 30.0
+            assert s["cpu_load"]["available"] and s["cpu_load"]["window_ms"] == 30.0 and s["cpu_load"]["error"] == ""
             one = next(n for n, t in s["targets"].items() if t["kind"] == "cpu" and len(t["cpus"]) == 1)
             img = np.zeros((1, 28, 28, 1), np.uint8)
 
