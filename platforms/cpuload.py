@@ -40,7 +40,7 @@ def parse_stat(text: str) -> Dict[int, int]:
 
 
 class OthersLoad:
-    """Samples ``path`` at most every ``min_gap_s`` (a read costs a few microseconds) and
+    """Samples ``path`` at most every ``min_gap_s`` and
     answers, for a set of CPUs, the CPUs' worth of time that other processes used on them
     over about the last ``window_s``. ``own``: this process's CPU seconds; ``clock``:
     monotonic seconds; ``hz``: the ticks per second of ``/proc/stat``."""
