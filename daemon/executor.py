@@ -19,14 +19,13 @@ from typing import Dict, NamedTuple, Optional, Tuple
 import numpy as np
 
 from governor import Board, Config, Decision
-from platforms import Platform, PlatformError
+from platforms import Platform, PlatformError, cpuload
 from platforms.model import part_frequencies
 
 from .runtime import Runtime
 
 log = logging.getLogger("dnnscale.executor")
 SETTLE_RUNS = 3     # runs after a move to another target that the governor does not learn from
-LOADED_AT, QUIET_AT = 0.5, 0.25     # CPUs' worth that others use on a target: loaded at or above, quiet below
 
 
 class Ran(NamedTuple):
@@ -182,16 +181,13 @@ class Executor:
         return None if self.cpu_load is None or t is None or not t.cpus else self.cpu_load.others(t.online)
 
     def load_state(self, targets) -> Dict[str, Optional[bool]]:
-        """Per target: loaded by other processes (at or above LOADED_AT CPUs), quiet (below
-        QUIET_AT), else as it was; None where unknown."""
+        """Per target: loaded by other processes or quiet (platforms.cpuload.loaded); None
+        where unknown."""
         out: Dict[str, Optional[bool]] = {}
         for name in targets:
-            v = self.others_load(name)
-            if v is None:
-                out[name] = self.loaded.get(name)
-                continue
-            was = self.loaded.get(name, False)
-            self.loaded[name] = out[name] = v >= LOADED_AT or (was and v >= QUIET_AT)
+            out[name] = cpuload.loaded(self.others_load(name), self.loaded.get(name))
+            if out[name] is not None:
+                self.loaded[name] = out[name]
         return out
 
     def _joules_since(self, j0: Optional[float]) -> Optional[float]:

@@ -20,6 +20,16 @@ import time
 from typing import Callable, Deque, Dict, Optional, Sequence, Tuple
 
 BUSY_FIELDS = (0, 1, 2, 5, 6, 7)     # user nice system [idle iowait] irq softirq steal
+LOADED_AT, QUIET_AT = 0.5, 0.25     # CPUs' worth that others use on a target: loaded at or above, quiet below
+
+
+def loaded(others: Optional[float], was: Optional[bool]) -> Optional[bool]:
+    """A target's state from the CPUs' worth ``others`` use there: loaded at or above
+    ``LOADED_AT``, quiet below ``QUIET_AT``, else as it was (so one tick more or less does not
+    flip it); as it was where ``others`` is unknown (None)."""
+    if others is None:
+        return was
+    return others >= LOADED_AT or (bool(was) and others >= QUIET_AT)
 
 
 def parse_stat(text: str) -> Dict[int, int]:
@@ -98,10 +108,10 @@ class OthersLoad:
 MODES = ("on", "off")
 
 
-def from_env() -> Optional[OthersLoad]:
-    """The load signal, unless ``DNNSCALE_LOAD_SIGNAL=off`` (for benchmarks that compare the
-    governor with and without it); any other value is an error naming the variable."""
+def from_env(make: Callable = OthersLoad):
+    """The load signal (``make()``), unless ``DNNSCALE_LOAD_SIGNAL=off`` (for benchmarks that
+    compare the governor with and without it); any other value is an error naming the variable."""
     mode = os.environ.get("DNNSCALE_LOAD_SIGNAL", "on")
     if mode not in MODES:
         raise ValueError("DNNSCALE_LOAD_SIGNAL=%r: expected one of %s" % (mode, ", ".join(MODES)))
-    return OthersLoad() if mode == "on" else None
+    return make() if mode == "on" else None

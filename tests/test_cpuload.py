@@ -11,9 +11,8 @@ from typing import Dict
 import numpy as np
 import pytest
 
-from daemon.executor import QUIET_AT
 from governor import Budget, Config
-from platforms.cpuload import OthersLoad, from_env, parse_stat
+from platforms.cpuload import QUIET_AT, OthersLoad, from_env, parse_stat
 from tests.test_governor import gov, modelled, pred
 
 STAT = """cpu  {tot} 0 0 900 0 0 0 0 0 0
@@ -142,7 +141,13 @@ def test_what_was_learnt_under_a_load_comes_back_with_it_and_leaves_with_it():
     assert quiet_margin < 1.1
     g.set_load({"big": True}, lag_s=0.03)
     assert g.status()["loaded"] == {"big": True, "little": False}
-    assert m.margin == pytest.approx(m.prior) and len(m.resid) == 7     # the runs of the last 30 ms came along
+    # the first time: all that is known (the quiet window, to be replaced by the loaded runs)
+    assert len(m.resid) == 300 and m.margin == pytest.approx(quiet_margin, rel=0.05)
+    g.observe(d.config, pred(g, d.config)[0] * 3.0)          # a miss: its guard holds across a change
+    assert m.guard > 1.5
+    g.set_load({"big": False}, lag_s=0.0)
+    assert m.guard > 1.5 and len(m.resid) == 300 - 7        # the runs of the last 30 ms went with the load
+    g.set_load({"big": True}, lag_s=0.0)
     for i in range(300):                                 # loaded: 1.6x, with spikes of 2.5x
         g.observe(d.config, pred(g, d.config)[0] * (2.5 if i % 20 == 0 else 1.6))
         clock.t += 0.004
