@@ -126,6 +126,19 @@ def _collector(service):
             for z, v in service.platform.temperatures().items():
                 temp.add_metric([z], v)
             yield temp
+            load = service._cpu_load_status()     # other processes on the targets' CPUs (platforms/cpuload.py)
+            others = GaugeMetricFamily("dnnscale_cpu_load_others", "CPUs' worth of time other processes "
+                                       "used on a target's CPUs over the load signal's window", labels=["target"])
+            loaded = GaugeMetricFamily("dnnscale_cpu_load_loaded", "1 where the governor counts a target "
+                                       "loaded by other processes", labels=["target"])
+            for t, v in load.get("others_cpus", {}).items():
+                if v is not None:
+                    others.add_metric([t], v)
+            for t, v in load.get("loaded", {}).items():
+                if v is not None:
+                    loaded.add_metric([t], int(v))
+            yield others
+            yield loaded
 
     return ServiceCollector()
 

@@ -54,6 +54,9 @@ def test_metrics_endpoint(metered):
         c.clear_budget()
         with pytest.raises(Exception):
             c.infer(np.zeros((2, 32, 32, 3), np.uint8), groups=9)
+        for _ in range(5):          # decisions after the load signal's window has filled: its state is known
+            time.sleep(0.01)
+            c.infer(np.zeros((1, 32, 32, 3), np.uint8))
     m = scrape(port)
     assert m[("dnnscale_requests_total", M)] >= 5 and m[("dnnscale_images_total", M)] >= 10
     assert m[("dnnscale_deadline_misses_total", M)] >= 5
@@ -66,6 +69,11 @@ def test_metrics_endpoint(metered):
     assert m[("dnnscale_latency_seconds_bucket", (("le", "+Inf"),) + M)] == m[("dnnscale_latency_seconds_count", M)]
     assert any(k[0] == "dnnscale_frequency_khz" for k in m) and any(k[0] == "dnnscale_temperature_celsius" for k in m)
     assert any(k[0] == "dnnscale_config_groups" for k in m)
+    # the load signal (this machine's /proc/stat): per CPU target, others' CPUs and the state
+    others = {dict(k[1])["target"]: v for k, v in m.items() if k[0] == "dnnscale_cpu_load_others"}
+    loaded = {dict(k[1])["target"]: v for k, v in m.items() if k[0] == "dnnscale_cpu_load_loaded"}
+    assert others and all(v >= 0 for v in others.values()) and set(loaded) <= set(others)
+    assert loaded and set(loaded.values()) <= {0, 1}
 
 
 def test_metrics_bind_loopback_by_default(metered):
