@@ -108,10 +108,10 @@ class OthersLoad:
 MODES = ("on", "off")
 
 
-def from_env(make: Callable = OthersLoad):
-    """The load signal (``make()``), unless ``DNNSCALE_LOAD_SIGNAL=off`` (for benchmarks that
-    compare the governor with and without it); any other value is an error naming the variable."""
+def from_env() -> Optional[OthersLoad]:
+    """The load signal, unless ``DNNSCALE_LOAD_SIGNAL=off`` (for benchmarks that compare the
+    governor with and without it); any other value is an error naming the variable."""
     mode = os.environ.get("DNNSCALE_LOAD_SIGNAL", "on")
     if mode not in MODES:
         raise ValueError("DNNSCALE_LOAD_SIGNAL=%r: expected one of %s" % (mode, ", ".join(MODES)))
-    return make() if mode == "on" else None
+    return OthersLoad() if mode == "on" else None
