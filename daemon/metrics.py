@@ -126,7 +126,7 @@ def _collector(service):
             for z, v in service.platform.temperatures().items():
                 temp.add_metric([z], v)
             yield temp
-            load = service._cpu_load_status()     # other processes on the targets' CPUs (platforms/cpuload.py)
+            load = service.cpu_load_status()     # other processes on the targets' CPUs (platforms/cpuload.py)
             others = GaugeMetricFamily("dnnscale_cpu_load_others", "CPUs' worth of time other processes "
                                        "used on a target's CPUs over the load signal's window", labels=["target"])
             loaded = GaugeMetricFamily("dnnscale_cpu_load_loaded", "1 where the governor counts a target "

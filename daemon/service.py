@@ -526,7 +526,7 @@ class Service:
             "gpu": self.rt.gpu_reason or ("available" if "gpu" in self.targets else "none"),
             "dvfs": {"enabled": bool(p.dvfs_enabled), "reason": p.dvfs_reason,
                      "off": {t: o.reason for t, o in p.target_off.items()}},
-            "cpu_load": self._cpu_load_status(),
+            "cpu_load": self.cpu_load_status(),
             "mapping": {"ok": not self.executor.mapping_error, "reason": self.executor.mapping_error,
                         "moves": self.executor.pin_moves},
             "energy": {"available": self.energy_measured, "reason": "" if self.energy_measured else self.energy_reason,
@@ -547,7 +547,7 @@ class Service:
             s["models"] = per
         return s
 
-    def _cpu_load_status(self) -> Dict:
+    def cpu_load_status(self) -> Dict:
         """Other processes' use of each CPU target (platforms/cpuload.py): CPUs' worth lately
         and whether the governor counts the target loaded."""
         ex = self.executor
