@@ -15,6 +15,7 @@ moments of the machine; mean latency per image from the replies'
     python -m bench.anytime --sweep N      (every tau through the daemon, N images per set)
     python -m bench.anytime --direct N [--gap-us 0 300]
     python -m bench.anytime --wake [--gap-us 0 300 1000]
+    python -m bench.anytime --steps-floor N [--repeat 3]
 
 ``--direct``: no daemon; this process runs ``ModelSet.run_anytime`` and ``ModelSet.run(G)``
 (and ``run(k)`` for the floor) on N test images one at a time, in alternating blocks, on the
@@ -23,6 +24,11 @@ back to back; a daemon's requests arrive after its round trip, a few hundred µs
 separates what stepping costs from what a request loop adds, and shows how the idle time
 between requests weighs on short runs more than on long ones (docs/model-set.md, "Anytime
 answers").
+
+``--steps-floor``: what the steps cost by themselves, each run twice in a row (the second with
+its pool awake and its weights just read), summed per image over the steps it needs, against
+run(G) and run_anytime in the same blocks: the floor of any runtime that runs these step
+graphs, however it keeps their pools.
 
 ``--wake``: what one session run pays after idle time, apart from its work: one step session
 run three times in a row, against three sessions of that same step graph (each with its own
@@ -45,6 +51,7 @@ import numpy as np
 from .common import ROOT, machine, serving, spread, table, whole_cpu
 
 TAUS = (0.5, 0.7, 0.8, 0.9, 0.95, 0.98, 0.99)
+SPECULATE_TAU = 0.95                    # the offline table's rows with columns run in pairs
 DIRECT_GAPS_US = (0.0, 300.0)           # --direct's idle gaps by default
 WAKE_GAPS_US = (0.0, 300.0, 1000.0)     # --wake's
 DATA = {"cifar10-g4": os.path.join(ROOT, "..", "shared", "data", "cifar10", "cifar-10-batches-py"),
@@ -83,9 +90,24 @@ def offline(name: str) -> Optional[Dict]:
         for k in range(G - 1, 0, -1):          # the first level that is sure enough
             stop = np.where(prob[k] >= tau, k, stop)
         pred = np.choose(stop - 1, [logits[k].argmax(1) for k in range(1, G + 1)])
-        rows.append({"policy": "stop_at %.2f" % tau, "tau": tau, "acc": 100 * float((pred == y).mean()),
-                     "macs": 100 * float(macs[stop - 1].mean()) / macs[-1], "at1": 100 * float((stop == 1).mean())})
+        row = {"policy": "stop_at %.2f" % tau, "tau": tau, "acc": 100 * float((pred == y).mean()),
+               "macs": 100 * float(macs[stop - 1].mean()) / macs[-1], "at1": 100 * float((stop == 1).mean())}
+        rows.append(row)
+        if tau == SPECULATE_TAU:           # the same answers, more work
+            rows += [dict(row, policy="stop_at %.2f, columns in pairs past k=%d" % (tau, start), tau=None,
+                          macs=100 * float(paired_macs(stop, macs, start).mean()) / macs[-1]) for start in (1, 2)]
     return {"set": name, "images": len(y), "rows": rows}
+
+
+def paired_macs(stop: np.ndarray, macs: np.ndarray, start: int) -> np.ndarray:
+    """The MACs each image spends where, past level ``start``, columns run two at a time (the
+    second beside the first, on an idle processor, before the first's head has decided): an
+    image that stops at the first of a pair has run the second for nothing. ``stop``: each
+    image's stop level; ``macs``: each level's."""
+    G = len(macs)
+    first = np.arange(start + 1, G, 2)                    # the first level of each pair
+    wasted = np.isin(stop, first)
+    return macs[stop - 1] + np.where(wasted, macs[np.minimum(stop, G - 1)] - macs[stop - 1], 0.0)
 
 
 def through_daemon(name: str, images: int, stop_at: float, block: int = 100,
@@ -138,16 +160,26 @@ def direct(name: str, images: int, stop_at: float, gaps_us=DIRECT_GAPS_US, block
     """In this process, no daemon: per idle gap before each image, ``images`` test images one
     at a time in blocks of ``block`` that alternate run(G), run_anytime(stop_at) and run(k)
     for k < G; the time of each call (perf_counter), the level each image stopped at."""
+    with placed(name, images) as got:
+        return None if got is None else _direct(got[0], got[1], name, stop_at, gaps_us, block)
+
+
+@contextlib.contextmanager
+def placed(name: str, images: int):
+    """The set ``name`` and its first ``images`` test images, normalised, with this thread and
+    the set's pools placed as the daemon places them (this thread on the first CPU); this
+    thread's CPUs as they were after. None where the test set is not here."""
     from models import ModelSet, zoo
     ms = ModelSet.load(zoo.resolve(name))
     data = test_set(name, ms)
     if data is None:
-        return None
+        yield None
+        return
     x = ms.preprocess(data[0][:images])
     cpus = sorted(os.sched_getaffinity(0))
     try:
-        ms.pools.spread(ms.threads, cpus)    # as the daemon runs them (this thread on the first CPU)
-        return _direct(ms, x, name, stop_at, gaps_us, block)
+        ms.pools.spread(ms.threads, cpus)
+        yield ms, x
     finally:
         os.sched_setaffinity(0, cpus)
 
@@ -181,6 +213,71 @@ def _direct(ms, x, name: str, stop_at: float, gaps_us, block: int) -> Dict:
                                         for k in sorted(set(stops.tolist()))},
                             "floor_ms": float(np.mean([level_ms[k] for k in stops])), "level_ms": level_ms})
     return out
+
+
+def steps_floor(name: str, images: int, stop_at: float, repeat: int = 3, block: int = 100) -> Optional[Dict]:
+    """What the anytime steps cost by themselves, the floor of any way of running them in
+    these graphs: in this process, placed as ``direct`` places them, ``images`` test images
+    one at a time in blocks of ``block`` that alternate run(G) twice, run_anytime(stop_at),
+    and each step the image needs run twice on the features of the one before (the first
+    run as an anytime run meets it, the second with its pool just awake and its weights just
+    read: what a runtime that kept every step hot would pay). Per repetition, means over the
+    images: run(G) (first and second call), run_anytime, and per image the sum of its
+    steps' first and second runs."""
+    with placed(name, images) as got:
+        if got is None:
+            return None
+        ms, x = got
+        ms.warmup()
+        ms.warm_anytime()
+        steps = ms._steps(ms.threads, False)
+        stops = ms.run_anytime(x, stop_at)[1]
+        reps = []
+        for _ in range(repeat):
+            t = {m: [] for m in ("G", "G hot", "anytime", "steps", "steps hot")}
+            for start in range(0, len(x), block):
+                rows = range(start, min(start + block, len(x)))
+                for i in rows:
+                    t0 = time.perf_counter()
+                    ms.run(ms.groups, x[i:i + 1])
+                    t1 = time.perf_counter()
+                    ms.run(ms.groups, x[i:i + 1])
+                    t["G"].append(t1 - t0)
+                    t["G hot"].append(time.perf_counter() - t1)
+                for i in rows:
+                    t0 = time.perf_counter()
+                    ms.run_anytime(x[i:i + 1], stop_at)
+                    t["anytime"].append(time.perf_counter() - t0)
+                for i in rows:
+                    feed, first, second = {"input": x[i:i + 1]}, 0.0, 0.0
+                    for k in range(1, int(stops[i]) + 1):
+                        t0 = time.perf_counter()
+                        out = steps[k - 1].run(None, feed)
+                        t1 = time.perf_counter()
+                        steps[k - 1].run(None, feed)
+                        first, second = first + t1 - t0, second + time.perf_counter() - t1
+                        feed["previous"] = out[0]
+                    t["steps"].append(first)
+                    t["steps hot"].append(second)
+            reps.append({m: float(np.mean(v)) * 1e3 for m, v in t.items()})
+    return {"set": name, "images": len(x), "stop_at": stop_at, "block": block, "threads": ms.threads,
+            "mean_steps": float(np.mean(stops)), "reps": reps}
+
+
+def report_steps_floor(rows: List[Dict]) -> str:
+    lines = ["What the anytime steps cost by themselves (%s)" % machine(), ""]
+    for r in rows:
+        t = [[str(j + 1), "%.3f / %.3f" % (x["G"], x["G hot"]), "%.3f (%.2fx)" % (x["anytime"], x["anytime"] / x["G"]),
+              "%.3f (%.2fx)" % (x["steps"], x["steps"] / x["G"]),
+              "%.3f (%.2fx, %.2fx of the hot run(G))" % (x["steps hot"], x["steps hot"] / x["G"],
+                                                          x["steps hot"] / x["G hot"])]
+             for j, x in enumerate(r["reps"])]
+        lines += ["**%s**, %d test images, stop_at %g (%.2f steps per image), %d threads, blocks of %d alternating; "
+                  "mean ms per image, ratio to run(G):" % (r["set"], r["images"], r["stop_at"], r["mean_steps"],
+                                                           r["threads"], r["block"]), "",
+                  table(["repetition", "run(G), first / second call", "run_anytime", "its steps, first runs",
+                         "its steps, second runs (hot)"], t), ""]
+    return "\n".join(lines) + "\n"
 
 
 def wake(name: str, gaps_us=WAKE_GAPS_US, blocks: int = 6, block: int = 60) -> Dict:
@@ -385,8 +482,8 @@ def plot(off: List[Dict], path: str) -> Optional[str]:
         return None
     fig, axes = plt.subplots(1, len(off), figsize=(5.5 * len(off), 4), squeeze=False)
     for ax, r in zip(axes[0], off):
-        static = [x for x in r["rows"] if x["at1"] is None]
-        sweep = [x for x in r["rows"] if x["at1"] is not None]
+        static = [x for x in r["rows"] if x["policy"].startswith("static")]
+        sweep = [x for x in r["rows"] if x.get("tau")]
         ax.plot([x["macs"] for x in static], [x["acc"] for x in static], "s-", color="0.5", label="static k")
         for x in static:
             ax.annotate(x["policy"].split()[-1], (x["macs"], x["acc"]), textcoords="offset points",
@@ -432,7 +529,15 @@ def main(argv=None) -> None:
     ap.add_argument("--poll-idle", action="store_true",
                     help="with --wake: hold /dev/cpu_dma_latency at 0 meanwhile (root), so that an idle CPU "
                          "polls instead of entering an idle state: whether a slow wake is the idle state's")
+    ap.add_argument("--steps-floor", type=int, default=0, metavar="N",
+                    help="only: what the steps cost by themselves on N test images per set, each run twice "
+                         "(the second hot), against run(G) and run_anytime, --repeat times")
+    ap.add_argument("--repeat", type=int, default=3, help="with --steps-floor: repetitions (default 3)")
     a = ap.parse_args(argv)
+    if a.steps_floor:
+        print(report_steps_floor([r for r in (steps_floor(n, a.steps_floor, a.stop_at, a.repeat) for n in a.sets)
+                                  if r]))
+        return
     if a.wake:
         with poll_idle(a.poll_idle):
             r = wake(a.sets[0], a.gap_us or WAKE_GAPS_US)

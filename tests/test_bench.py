@@ -300,6 +300,31 @@ def test_anytime_wake_compares_one_pool_with_three():
     assert os.sched_getaffinity(0) == before, "the bench leaves this thread's CPUs as it found them"
 
 
+@needs_fashion
+def test_anytime_steps_floor_runs_each_image_s_steps_twice():
+    """`python -m bench.anytime --steps-floor N`: per repetition, run(G) twice, run_anytime,
+    and the steps each image needs run twice each; means per image, this thread's CPUs as
+    they were."""
+    from bench.anytime import report_steps_floor, steps_floor
+    before = os.sched_getaffinity(0)
+    r = steps_floor("fashion-mnist-g4", 30, 0.95, repeat=2, block=10)
+    assert os.sched_getaffinity(0) == before
+    assert len(r["reps"]) == 2 and 1.0 <= r["mean_steps"] <= 4.0
+    for rep in r["reps"]:
+        assert set(rep) == {"G", "G hot", "anytime", "steps", "steps hot"} and min(rep.values()) > 0
+    assert "its steps, second runs (hot)" in report_steps_floor([r])
+
+
+def test_columns_in_pairs_spend_a_column_on_images_that_stop_at_a_pair_s_first():
+    """The offline table's rows with columns run two at a time: an image that stops at the
+    first level of a pair has run the second's column too; the others spend their level's."""
+    import numpy as np
+    from bench.anytime import paired_macs
+    macs, stop = np.array([10.0, 20, 30, 40]), np.array([1, 2, 3, 4])
+    assert paired_macs(stop, macs, 1).tolist() == [10, 30, 30, 40]     # pairs (2, 3); 4 alone
+    assert paired_macs(stop, macs, 2).tolist() == [10, 20, 40, 40]     # 2 alone; pair (3, 4)
+
+
 def test_packing_bench_holds_each_set_smaller_packed():
     """`python -m bench.packing`, short: in fresh processes, a set held as the daemon holds it
     costs less PSS packed than unpacked (CIFAR: the re-laid-out copy per session is most of
