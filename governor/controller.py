@@ -508,6 +508,12 @@ class Governor:
         self._base_en = np.array([np.nan if p[1] is None else p[1] for p in preds])
         self._base_ekey = np.where(np.isnan(self._base_en), np.inf, self._base_en)
         self._lat_l, self._ekey_l = self._base_lat.tolist(), self._base_ekey.tolist()
+        # per target, the profile's fastest run of the most accurate level it serves: where no
+        # energy tells configurations apart, the stronger target, from which the next level up
+        # is likelier to fit without a move
+        top = {t: max(self._lvl[self._tgt == t]) for t in range(len(self.targets))}
+        self._reach = [float(self._base_lat[(self._tgt == t) & (self._lvl == top[t])].min())
+                       for t in range(len(self.targets))]
         # the unit of the shape fit per target (x = profile / ref ~ 1): its median profile latency
         self.tm = [TargetModel(self.p, float(np.median(self._base_lat[self._tgt == t])), self.miss_rate)
                    for t in range(len(self.targets))]
@@ -806,16 +812,22 @@ class Governor:
                 if j < 0:
                     continue
             i = lane.best[j]
-            key = (self._ekey(i), self._freq_l[i], self._lat(i))
+            key = self._key(i)
             if e_lim is not None and key[0] > e_lim / 1e3 and not math.isinf(key[0]):
                 continue
             if best_key is None or key < best_key:
                 best, best_key = i, key
         if extra is not None and self._lvl[extra] == lv:
-            key = (self._ekey(extra), self._freq_l[extra], self._lat(extra))
-            if best_key is None or key < best_key:
+            if best_key is None or self._key(extra) < best_key:
                 best = extra
         return best
+
+    def _key(self, i: int) -> Tuple:
+        """What orders the configurations of one level that meet the budget: the energy, then
+        the lower frequency; where neither tells them apart (no energy known), the stronger
+        target (``_reach``: the level above is likelier to fit there without a move), then
+        the faster. (A safe current configuration is not left for an equal one: ``decide``.)"""
+        return self._ekey(i), self._freq_l[i], self._reach[self._tgt_l[i]], self._lat(i)
 
     def decide(self, deadline_ms: Optional[float] = None, level: Optional[int] = None,
                stepped: bool = False) -> Decision:
@@ -860,8 +872,8 @@ class Governor:
                 else:
                     self._up_count = 0
                 if cand is not None and cand != cur and self._acc_l[cand] == self._acc_l[cur] \
-                        and not self._cheaper(cand, cur):
-                    cand = cur              # as accurate and no cheaper: a move would only add risk
+                        and not self._better_placed(cand, cur):
+                    cand = cur              # as accurate, no cheaper, no stronger: a move would only add risk
             else:
                 self._up_count = 0
                 for lv in order:
@@ -901,13 +913,18 @@ class Governor:
         moves so far); 1 for the target served now."""
         return 1.0 if self.current is None or self._tgt_l[self.current] == t else self.move_ratio
 
-    def _cheaper(self, a: int, b: int) -> bool:
-        """Whether configuration ``a`` is predicted to cost less energy than ``b``: by the
-        energy model where both have one, else a lower frequency of the same target."""
+    def _better_placed(self, a: int, b: int) -> bool:
+        """Whether configuration ``a`` is worth a move from ``b`` at the same accuracy: it is
+        predicted to cost less energy (by the energy model where both have one); else a lower
+        frequency of the same target; else (no energy known) a stronger target (``_key``),
+        where the level above is likelier to fit without a move."""
         ea, eb = self._ekey(a), self._ekey(b)
         if not math.isinf(ea) and not math.isinf(eb):
             return ea < eb
-        return self._tgt_l[a] == self._tgt_l[b] and self._freq_l[a] < self._freq_l[b]
+        ta, tb = self._tgt_l[a], self._tgt_l[b]
+        if ta == tb:
+            return self._freq_l[a] < self._freq_l[b]
+        return self._freq_l[a] == self._freq_l[b] and self._reach[ta] < self._reach[tb]
 
     def _floored(self, order: List[int]) -> List[int]:
         """The levels of ``order`` at or above the budget's accuracy floor (all of them where

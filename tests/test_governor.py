@@ -636,6 +636,37 @@ def test_a_lane_whose_first_run_after_a_move_missed_waits_longer_before_it_is_re
     assert g.tm[t].stale_s == g.p.stale_s
 
 
+def test_with_no_energy_known_a_level_is_served_on_the_target_the_next_level_fits_on():
+    """A host without energy sensors: two CPU targets, the one-CPU lane a hair faster at
+    level 1 and much slower above it. Where level 1 is all that fits, it runs on the stronger
+    target (the whole-network latency tells them apart), so that when the budget widens the
+    next level up is a step on the same target, not a move; at equal accuracy the governor
+    does not move over for the hair, and where a miss sent it to the weaker target it comes
+    back once the stronger fits again."""
+    fits = Profile({"cpu": TargetFit(8e-12, 0.12e-3), "cpu:1": TargetFit(19e-12, 0.0)})
+    g = Governor(build_space(LEVELS, {"cpu": [], "cpu:1": []}), LEVELS, fits, clock=Clock())
+    assert pred(g, Config(1, "cpu:1", None))[0] < pred(g, Config(1, "cpu", None))[0]
+    g.set_budget(Budget(latency_ms=0.25))            # level 1 only (x 1.1), on either
+    assert g.decide().config == Config(1, "cpu", None)
+    for _ in range(20):
+        g.observe(Config(1, "cpu", None), 0.2e-3)
+        assert g.decide().config == Config(1, "cpu", None)
+    g.observe(Config(1, "cpu", None), 0.3e-3)          # a miss: cpu's guard keeps level 1 out there
+    assert g.decide().config == Config(1, "cpu:1", None)
+    back = []
+    for _ in range(15):                               # the guard fades: back where level 2 can follow
+        back.append(g.decide().config)
+        g.observe(back[-1], 0.19e-3)
+    home = back.index(Config(1, "cpu", None))
+    assert 0 < home and set(back[:home]) == {Config(1, "cpu:1", None)} and set(back[home:]) == {Config(1, "cpu", None)}
+    g.set_budget(Budget(latency_ms=0.45))            # level 2 fits (with the miss in cpu's tail)
+    seen = []
+    for _ in range(g.p.up_patience + 2):
+        seen.append(g.decide().config)
+        g.observe(seen[-1], pred(g, seen[-1])[0])
+    assert seen[-1] == Config(2, "cpu", None) and {c.target for c in seen} == {"cpu"}
+
+
 def test_a_lane_unobserved_for_stale_runs_decisions_drifts_back_though_no_time_passed():
     """At a fast request rate ``stale_s`` is thousands of requests: a target unobserved for
     ``stale_runs`` decisions (doubled with ``stale_s`` after a move there missed) drifts
