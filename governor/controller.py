@@ -869,11 +869,15 @@ class Governor:
                         cand = self._best_at(lanes, int(self._lvl[cur]), limit_s, extra=cur)
                     else:                   # moving up: on probation (see observe)
                         self._probe, self._probation = cand, self.p.probation
+                elif cand is not None and cand != cur and self._acc_l[cand] == self._acc_l[cur] \
+                        and not self._cheaper(cand, cur):
+                    # as accurate and no cheaper: a move would only add risk, but to a stronger
+                    # target (the level above fits there without a move) after up_patience too
+                    self._up_count = self._up_count + 1 if self._stronger(cand, cur) else 0
+                    if self._up_count < self._patience:
+                        cand = cur
                 else:
                     self._up_count = 0
-                if cand is not None and cand != cur and self._acc_l[cand] == self._acc_l[cur] \
-                        and not self._better_placed(cand, cur):
-                    cand = cur              # as accurate, no cheaper, no stronger: a move would only add risk
             else:
                 self._up_count = 0
                 for lv in order:
@@ -913,18 +917,19 @@ class Governor:
         moves so far); 1 for the target served now."""
         return 1.0 if self.current is None or self._tgt_l[self.current] == t else self.move_ratio
 
-    def _better_placed(self, a: int, b: int) -> bool:
-        """Whether configuration ``a`` is worth a move from ``b`` at the same accuracy: it is
-        predicted to cost less energy (by the energy model where both have one); else a lower
-        frequency of the same target; else (no energy known) a stronger target (``_key``),
-        where the level above is likelier to fit without a move."""
+    def _cheaper(self, a: int, b: int) -> bool:
+        """Whether configuration ``a`` is predicted to cost less energy than ``b``: by the
+        energy model where both have one, else a lower frequency of the same target."""
         ea, eb = self._ekey(a), self._ekey(b)
         if not math.isinf(ea) and not math.isinf(eb):
             return ea < eb
-        ta, tb = self._tgt_l[a], self._tgt_l[b]
-        if ta == tb:
-            return self._freq_l[a] < self._freq_l[b]
-        return self._freq_l[a] == self._freq_l[b] and self._reach[ta] < self._reach[tb]
+        return self._tgt_l[a] == self._tgt_l[b] and self._freq_l[a] < self._freq_l[b]
+
+    def _stronger(self, a: int, b: int) -> bool:
+        """Whether ``a`` lies on a stronger target than ``b`` (``_key``) where no energy tells
+        them apart, at the same frequency."""
+        return math.isinf(self._ekey(a)) and math.isinf(self._ekey(b)) and self._freq_l[a] == self._freq_l[b] \
+            and self._reach[self._tgt_l[a]] < self._reach[self._tgt_l[b]]
 
     def _floored(self, order: List[int]) -> List[int]:
         """The levels of ``order`` at or above the budget's accuracy floor (all of them where
