@@ -826,7 +826,8 @@ class Governor:
         """What orders the configurations of one level that meet the budget: the energy, then
         the lower frequency; where neither tells them apart (no energy known), the stronger
         target (``_reach``: the level above is likelier to fit there without a move), then
-        the faster. (A safe current configuration is not left for an equal one: ``decide``.)"""
+        the faster. (``decide`` leaves a safe current configuration for an equally accurate one
+        only where that is cheaper, or on a stronger target after ``up_patience``.)"""
         return self._ekey(i), self._freq_l[i], self._reach[self._tgt_l[i]], self._lat(i)
 
     def decide(self, deadline_ms: Optional[float] = None, level: Optional[int] = None,
