@@ -1,7 +1,8 @@
 """How a configuration's latency tail grows with its size, through a real ``dnnscale serve``:
 whether a run's noise is a share of the run (the tail as a ratio: p99/p50 the same at every
 level) or a time of its own (p99 - p50 the same). The governor carries the tail it measured
-on one level to the others (governor/controller.py, ``additive_tail``), so this decides how.
+on one level to the others as a ratio (governor/controller.py, the margin), so this tells
+whether that holds.
 
     python -m bench.tails [--model NAME] [--blocks 4] [--requests 150] [--gap-ms 3]
 
