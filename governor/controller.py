@@ -30,11 +30,6 @@ highest accuracy, and the lowest energy among equals.
   the margin covers the tail that was measured, for the miss rate asked, instead of fixed
   percentages stacked on each other. ``quantile_margin=False``: the fixed ``1 + safety``.
   The current configuration is left as soon as it is at risk (step down at once).
-* Miss credit: the margins are read at the budget's rate plus the misses that the runs
-  since it was set left unused (``credit_share`` of the rate earned per run, one paid per
-  miss, leaking over ``credit_memory`` runs), spread over ``credit_horizon`` runs, at most
-  ``credit_max`` times the rate (:attr:`Governor.margin_rate`): a tail measured at one
-  level and carried to the next leaves misses unused, which the credit spends as accuracy.
 * Hysteresis: a move up in accuracy needs the better configuration to meet the budget for
   ``up_patience`` consecutive decisions (a count, not extra slack; doubled after a move up
   that missed within ``probation`` inferences), except right after the budget is set or
@@ -188,12 +183,6 @@ class Params:
     stale_max_s: float = 64.0      # the longest a target waits after moves there kept missing
     freq_interval_s: float = 0.05
     window: int = 2000             # observations kept for the status percentiles
-    # The miss credit: the misses the budget's rate allows and recent runs left unused, spent
-    # as accuracy by reading the margins at a higher miss rate (``Governor.margin_rate``).
-    credit_share: float = 0.5      # the share of the rate the credit aims at (the rest: a run's luck)
-    credit_memory: int = 500       # runs: the credit's leak (what a quiet hour earned does not last)
-    credit_horizon: int = 100      # runs a credit of one miss is spread over: rate + credit / this
-    credit_max: float = 4.0        # the margins' rate at most this many times the budget's
     # Accuracy points a level must beat every cheaper level (fewer MACs) by to be chosen on its
     # own: below this, its extra time and energy buy a difference the test set cannot resolve
     # (0.1 points = 10 of 10,000 images). Pins and a request's own groups still reach it.
@@ -492,7 +481,6 @@ class Governor:
         self.floors: Dict[str, int] = {}             # target → kHz other models on the board need there
         self._cap_at: Dict[str, float] = {}
         self.tm: List[TargetModel] = []
-        self._credit = 0.0                       # the miss credit (Params.credit_*; margin_rate)
         self.set_profile(profile)
         self.current: Optional[int] = None
         self._up_count = 0
@@ -530,7 +518,7 @@ class Governor:
         self._reach = [float(self._base_lat[(self._tgt == t) & (self._lvl == top[t])].min())
                        for t in range(len(self.targets))]
         # the unit of the shape fit per target (x = profile / ref ~ 1): its median profile latency
-        self.tm = [TargetModel(self.p, float(np.median(self._base_lat[self._tgt == t])), self.margin_rate)
+        self.tm = [TargetModel(self.p, float(np.median(self._base_lat[self._tgt == t])), self.miss_rate)
                    for t in range(len(self.targets))]
         self._build_lanes()
 
@@ -540,9 +528,8 @@ class Governor:
         this space has it), the statistics, and, under the same profile, each target's
         latency model and margin and the caps in force. Hysteresis starts afresh."""
         self.budget = old.budget
-        self._credit = old._credit
         for m in self.tm:
-            m.ask(self.margin_rate)
+            m.ask(self.miss_rate)
         pin = dict(old.pinned)
         if pin.get("target") is not None and pin["target"] not in self.targets:
             pin.pop("target")
@@ -663,9 +650,8 @@ class Governor:
         """A new budget is a fresh decision: no hysteresis carried over from the old one (after
         a clear, the best configuration from the next request), and the miss rate restarts."""
         self.budget = self.check_budget(budget)
-        self._credit = 0.0
         for m in self.tm:
-            m.ask(self.margin_rate)
+            m.ask(self.miss_rate)
         self._share_tails()                   # the fitted tails are for the new rate now
         self._fresh()
         self.stats.restart()
@@ -675,33 +661,6 @@ class Governor:
         """The miss rate the margins are for: the budget's, else ``Params.miss_target``."""
         b = self.budget.miss_rate
         return self.p.miss_target if b is None else b
-
-    @property
-    def margin_rate(self) -> float:
-        """The miss rate the margins are read at: the budget's (:attr:`miss_rate`) plus the
-        miss credit spread over ``credit_horizon`` runs, at most ``credit_max`` times it, in
-        quarter steps (a margin is refitted when its rate moves a step). The credit earns
-        ``credit_share`` of the rate per run with a latency limit, loses one per miss, and
-        leaks over ``credit_memory`` runs; below zero the rate is the budget's alone. The
-        margins measured for the rate asked left half its misses unused where the next level
-        stood just outside them; the credit spends what the runs so far did not (the idea of
-        adaptive conformal inference, Gibbs and Candes 2021: a quantile's level moved by the
-        misses seen, so that their rate holds whatever the tail's shape)."""
-        r = self.miss_rate
-        q = min(r + max(self._credit, 0.0) / self.p.credit_horizon, self.p.credit_max * r, 0.09)
-        step = r / 4
-        return max(r, math.floor(q / step + 1e-9) * step)
-
-    def _earn(self, missed: bool) -> None:
-        """One run under a latency limit: the credit leaks, earns its share, pays a miss."""
-        p = self.p
-        before = self.margin_rate
-        self._credit = self._credit * (1 - 1 / p.credit_memory) + p.credit_share * self.miss_rate - missed
-        rate = self.margin_rate
-        if rate != before:
-            for m in self.tm:
-                m.ask(rate)
-            self._share_tails()
 
     def check_budget(self, budget: Budget) -> Budget:
         """``budget`` validated, and its accuracy floor reachable by some level (ValueError)."""
@@ -971,8 +930,7 @@ class Governor:
         at another level on the same target that run is slower by ``cold_ratio`` (learnt from
         the level changes so far). Not stacked on the margin, which is for the runs after it:
         where the level fits with less to spare than its first run needs, a move up misses
-        there more often than not (on this VM, k=2 with a 1.25 margin fitted 0.42-0.45 ms
-        budgets, and its first run took 1.24x its median)."""
+        there more often than not."""
         return limit_s is None or self._tgt_l[cand] != self._tgt_l[cur] \
             or self._lat(cand) * self.cold_ratio <= limit_s
 
@@ -1067,9 +1025,9 @@ class Governor:
             limit_ms = self.last.latency_limit_ms
         missed = limit_ms is not None and latency_s * 1e3 > limit_ms
         # The first run at another level on the same target (its session's threads asleep, its
-        # weights out of cache: 1.15-1.3x a steady run in median on this VM, up to 1.6x) is the
-        # change's cost, as a move's first run is: a miss there is the change's (``switch``),
-        # neither the level's speed nor its tail, no burst's start and no failed probation.
+        # weights out of cache: docs/governor.md, "Moves between targets") is the change's cost,
+        # as a move's first run is: a miss there is the change's (``switch``), neither the
+        # level's speed nor its tail, no burst's start and no failed probation.
         cold = i == self._cold
         self._on_probation(i, missed and not cold)
         t = self._tgt_l[i]
@@ -1107,8 +1065,6 @@ class Governor:
         elif own_missed and not cold:    # not its speed, but a burst may have begun: the guard holds
             self.tm[t].raise_guard(own / self._lat(i))
         self.stats.count(latency_s, energy_j, missed, cause)
-        if limit_ms is not None:
-            self._earn(missed)
         return cause
 
     def _share_tails(self) -> None:
@@ -1166,8 +1122,6 @@ class Governor:
             "loaded": {t: m.loaded for t, m in zip(self.targets, self.tm)},
             "move_cost": round(self.move_ratio, 3),
             "level_change_cost": round(self.cold_ratio, 3),
-            "miss_credit": round(self._credit, 3),
-            "margin_miss_rate": round(self.margin_rate, 5),
             "up_patience": self._patience,
             "stale_after": {t: {"s": m.stale_s, "decisions": int(self._stale_runs(m))}
                             for t, m in zip(self.targets, self.tm)},

@@ -90,8 +90,8 @@ def test_hysteresis_waits_before_going_up():
 
 
 def test_the_first_run_at_another_level_is_the_changes_cost_not_the_levels_speed():
-    """A move up whose first run is slow (the level's session cold: 1.15-1.3x in median on
-    this VM, up to 1.6x) misses there: the miss is the change's (``switch``), the level is
+    """A move up whose first run is slow (the level's session cold: on this VM a p90 of up to
+    1.6x the level's p50, docs/governor.md) misses there: the miss is the change's (``switch``), the level is
     not learnt slower from it, no guard steps the governor down again and the next move up
     does not wait longer for it. The second run at the level is learnt as usual."""
     g, _ = gov(up_patience=5, quantile_margin=False)
@@ -168,46 +168,12 @@ def test_the_margin_is_the_measured_tail_and_the_misses_follow_it():
         m = g.status()["margins"]["big"]
         if quantile:
             from governor.controller import tail_quantile
-            rate = g.margin_rate                    # the rate asked, plus the credit left unused
-            assert 0.01 <= rate <= 0.04
-            assert m == pytest.approx(max(1.0, tail_quantile(g.tm[t].resid, rate)), rel=0.03)
-            assert m == pytest.approx(np.quantile(list(g.tm[t].resid), 1 - rate), rel=0.1)
+            assert m == pytest.approx(max(1.0, tail_quantile(g.tm[t].resid, 0.01)), rel=0.03)
+            assert m == pytest.approx(np.quantile(list(g.tm[t].resid), 0.99), rel=0.1)
             assert 1.15 < m < 1.5
             assert np.mean(misses[500:]) <= 0.02 and np.mean(levels[500:]) >= 3
         else:
             assert m == pytest.approx(1.1)
-
-
-def test_misses_the_rate_leaves_unused_are_spent_as_accuracy_and_a_miss_takes_them_back():
-    """A tail with a long reach (1 + exponential scatter), a budget where level 4 fits by the
-    margin read at a few percent but not at the 1% asked: the miss credit serves level 4 more
-    often than the margin at the rate asked alone (``credit_share=0``), and misses stay near
-    the half of the rate it aims at; misses take the credit back to the rate asked."""
-    import random
-
-    def serve(**params):
-        rnd = random.Random(3)
-        g, _ = gov(**params)
-        g.set_budget(Budget(latency_ms=2.4))
-        d, misses, top = g.decide(), [], []
-        for _ in range(3000):
-            lat = pred(g, d.config)[0] * (1 + rnd.expovariate(1 / 0.05))
-            misses.append(lat * 1e3 > 2.4)
-            top.append(d.config.level == 4)
-            g.observe(d.config, lat)
-            d = g.decide()
-        return g, np.mean(misses[500:]), np.mean(top[500:])
-
-    g, missed, top = serve()
-    _, missed_without, top_without = serve(credit_share=0.0)
-    assert top > 1.5 * top_without and top_without < 0.2
-    assert missed <= 0.006
-    assert g.margin_rate > 0.01 and g.status()["margin_miss_rate"] == pytest.approx(g.margin_rate)
-    d = g.decide()
-    for _ in range(3):                            # three misses in a row: the credit is spent
-        g.observe(d.config, 2.4e-3 * 1.5)
-        d = g.decide()
-    assert g.margin_rate == 0.01 and g.status()["miss_credit"] < 0
 
 
 def test_a_load_step_moves_the_model_not_the_margin_for_long():
