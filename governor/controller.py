@@ -32,8 +32,11 @@ highest accuracy, and the lowest energy among equals.
   The current configuration is left as soon as it is at risk (step down at once).
 * Hysteresis: a move up in accuracy needs the better configuration to meet the budget for
   ``up_patience`` consecutive decisions (a count, not extra slack; doubled after a move up
-  that missed within ``probation`` inferences), except right after the budget is set or
-  cleared or a pin released (the operator's change: at once).
+  that missed within ``probation`` inferences, its first run excepted), except right after
+  the budget is set or cleared or a pin released (the operator's change: at once). A move
+  up also expects its first run within the limit at the learnt cost of a change of level
+  (``cold_ratio``): that run, at a level whose session has been idle, is slower than the
+  level's own, and is not learnt from.
 * A request that forces its level (``decide(level=k)``) gets the best configuration of
   that level but leaves the governed state (and its hysteresis) where it was.
 * Settle time: a target's frequency change takes ``settle_s[target]`` to take effect (the

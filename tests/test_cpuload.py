@@ -148,11 +148,15 @@ def test_what_was_learnt_under_a_load_comes_back_with_it_and_leaves_with_it():
     g.set_load({"big": False}, lag_s=0.0)
     assert m.guard > 1.5 and len(m.resid) == 300 - 7        # the runs of the last 30 ms went with the load
     g.set_load({"big": True}, lag_s=0.0)
+    seen = []
     for i in range(300):                                 # loaded: 1.6x, with spikes of 2.5x
         g.observe(d.config, pred(g, d.config)[0] * (2.5 if i % 20 == 0 else 1.6))
         clock.t += 0.004
         d = g.decide()
-    assert modelled(g, d.config) > 1.5 * pred(g, d.config)[0]       # the level that ran under the load
+        seen.append(modelled(g, d.config) / pred(g, d.config)[0])
+    # the level that ran under the load (the mean of the last 50 decisions': the prediction of
+    # the level just moved to lags the shape, which its one level's runs cannot pin down)
+    assert np.mean(seen[-50:]) > 1.5
     loaded_lat, loaded_margin = modelled(g, c), m.margin
     assert loaded_lat > 1.2 * quiet_lat and loaded_margin > 1.3
     g.set_load({"big": False}, lag_s=0.0)
