@@ -906,7 +906,7 @@ class Governor:
                 self._switched = cand
         # the first run at another level on the same target finds that level's session cold
         prev, self._ran = self._ran, cand
-        self._cold = cand if prev is not None and self._lvl[cand] != self._lvl[prev] \
+        self._cold = cand if prev is not None and self.space[cand].level != self.space[prev].level \
             and self._tgt_l[cand] == self._tgt_l[prev] else None
         if not forced:   # a request that forces its level does not move the governed state
             self.current = cand
@@ -1044,8 +1044,7 @@ class Governor:
         # learnt without what the change's settling was predicted to cost it
         own = max(latency_s - self._switch_loss, 0.05 * latency_s) if i == switched else latency_s
         if self._last_target is not None and t != self._last_target:      # the first run after a move
-            a = self.p.alpha
-            self.move_ratio = (1 - a) * self.move_ratio + a * min(max(own / self._lat(i), 1.0), 3.0)
+            self.move_ratio = self._first_run_ratio(self.move_ratio, own, i)
             m = self.tm[t]                  # a move the prediction allowed that missed: retried later
             if cause == "switch":
                 m.stale_s = min(2 * m.stale_s, self.p.stale_max_s)
@@ -1053,8 +1052,7 @@ class Governor:
                 m.stale_s = self.p.stale_s
         self._last_target = t
         if cold:
-            a = self.p.alpha
-            self.cold_ratio = (1 - a) * self.cold_ratio + a * min(max(own / self._lat(i), 1.0), 3.0)
+            self.cold_ratio = self._first_run_ratio(self.cold_ratio, own, i)
         own_missed = limit_ms is not None and own * 1e3 > limit_ms
         if learn and not cold:
             if ran_khz is not None and config.freq_khz is not None and ran_khz != config.freq_khz:
@@ -1069,6 +1067,12 @@ class Governor:
             self.tm[t].raise_guard(own / self._lat(i))
         self.stats.count(latency_s, energy_j, missed, cause)
         return cause
+
+    def _first_run_ratio(self, ratio: float, own: float, i: int) -> float:
+        """``ratio`` (an EWMA of a first run's latency over its prediction: a move's, a change
+        of level's) updated with ``own``, the first run of configuration ``i``."""
+        a = self.p.alpha
+        return (1 - a) * ratio + a * min(max(own / self._lat(i), 1.0), 3.0)
 
     def _share_tails(self) -> None:
         """A target whose window is too short to fit a tail assumes the median of the other
