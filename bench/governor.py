@@ -120,7 +120,7 @@ def _real(model_dir: str, n: int, settle: int, label: str) -> List[Dict]:
         if name == "oracle":
             pol = _KnownTrace(Governor(space, levels, quiet), Governor(space, levels, loaded), n)
         else:
-            pol = S.policy_from_profile(name, space, levels, quiet)
+            pol = S.policy_from_profile(name, space, levels, quiet, targets=plat.targets)
         pol.set_budget(Budget(latency_ms=budget_ms))
         rt = Runtime(ms, model_dir, dict(plat.targets), "", levels, space, quiet, False, pol)
         burners: List[subprocess.Popen] = []

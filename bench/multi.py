@@ -219,8 +219,7 @@ def decision_cost(blocks: int = 6, n: int = 2000) -> str:
     rows = []
     for lat in (8.0, 4.0):
         def gov():
-            g = policy_from_profile("dnnscale", space, levels, prof,
-                                    settle_s={t: x.settle_s for t, x in b.targets.items()})
+            g = policy_from_profile("dnnscale", space, levels, prof, targets=b.targets)
             g.set_budget(Budget(latency_ms=lat))
             return g
         alone, two, board = gov(), (gov(), gov()), Board(["a", "b"], clocks=clock_table(b.targets))   # as the daemon
@@ -266,8 +265,7 @@ def simulated(board_name: str, sets, mults: Sequence[float], n: int = 3000, gap_
         for nm, levels in sets.items():
             space = board_space(board, levels)
             profile = measure_profile(SimBoard(board_name), space, levels)
-            gov = policy_from_profile("dnnscale", space, levels, profile, clock,
-                                      {t: x.settle_s for t, x in board.targets.items()})
+            gov = policy_from_profile("dnnscale", space, levels, profile, clock, board.targets)
             parts[nm] = (levels, gov, Work(board, levels, profile))
         for (nm, (levels, gov, _)), m in zip(parts.items(), mults):
             gov.set_budget(Budget(latency_ms=m * fastest_full_ms(board_name, levels)))

@@ -16,6 +16,7 @@ import numpy as np
 from governor import (Budget, Config, Governor, Level, Params, Profile, Sample, build_space, column_macs,
                       plan_measurements, split_cuts, split_macs)
 from governor.baselines import Fixed, Oracle, Ondemand, Performance, StepManager
+from platforms.model import Target
 from platforms.sim import Interference, SimBoard
 
 GROUP_ACC = [82.0, 85.0, 86.5, 87.5]   # placeholder accuracies when no manifest is given
@@ -112,11 +113,13 @@ POLICIES = ("dnnscale", FIXED, "performance", "ondemand", "step (Dynamic-OFA)", 
 
 
 def policy_from_profile(policy: str, space: List[Config], levels: List[Level], profile: Profile,
-                        clock=time.monotonic, settle_s: Optional[Dict[str, float]] = None):
+                        clock=time.monotonic, targets: Optional[Dict[str, Target]] = None):
     """Every policy of POLICIES but the oracle (each bench builds that from what it knows);
-    ``settle_s``: the targets' DVFS settle times, as the daemon gives them to its governor."""
+    ``targets``: the board's, whose DVFS settle times and CPUs the daemon gives its governor."""
     if policy in ("dnnscale", FIXED):
-        return Governor(space, levels, profile, clock=clock, settle_s=settle_s,
+        return Governor(space, levels, profile, clock=clock,
+                        settle_s={n: t.settle_s for n, t in (targets or {}).items()},
+                        cpus={n: t.cpus for n, t in (targets or {}).items()},
                         params=Params(quantile_margin=False) if policy == FIXED else None)
     if policy == "performance":
         return Performance(space, levels, profile, clock=clock)
@@ -145,8 +148,7 @@ def run(scenario: Scenario, policy, levels: List[Level], seed: int = 0,
             return board.predict(work(c), c.target, khz)
         pol = Oracle(space, levels, truth)
     else:
-        pol = policy_from_profile(policy, space, levels, profile, clock,
-                                  {n: t.settle_s for n, t in board.targets.items()})
+        pol = policy_from_profile(policy, space, levels, profile, clock, board.targets)
     events = {e.at: e for e in scenario.events}
     loads: Dict[str, Interference] = {}
     rows = []

@@ -255,8 +255,8 @@ class TargetModel:
         self.corr_en = 1 + (self.corr_en - 1) * d
         self.sums = [v * d for v in self.sums]
         self.fit_shape()
-        self.guard = 1.0
-        self.tail = self.margin = self.prior
+        self.tail = self.prior          # the guard after a miss fades by the runs (fade), not here
+        self.margin = max(self.tail, self.guard)
         if self.resid:
             self.resid.clear()
             self.resid_at.clear()
@@ -455,7 +455,8 @@ class Governor:
 
     def __init__(self, space: Sequence[Config], levels: Sequence[Level], profile: Profile,
                  clock: Callable[[], float] = time.monotonic, params: Optional[Params] = None,
-                 settle_s: Optional[Dict[str, float]] = None, splits: Sequence[str] = ()):
+                 settle_s: Optional[Dict[str, float]] = None, splits: Sequence[str] = (),
+                 cpus: Optional[Dict[str, Sequence[int]]] = None):
         if not space:
             raise ValueError("empty configuration space")
         self.space = list(space)
@@ -474,6 +475,12 @@ class Governor:
         self._acc = np.array([self.levels[c.level].accuracy for c in self.space])
         self._tgt_l, self._freq_l, self._acc_l = self._tgt.tolist(), self._freq.tolist(), self._acc.tolist()
         self.settle_s = [float((settle_s or {}).get(t, 0.0)) for t in self.targets]
+        # per target, the others that run on one of its CPUs (``cpus``: target → its CPUs): a
+        # burst that slows one slows them too
+        own = [set((cpus or {}).get(t, ())) for t in self.targets]
+        self._peers = [[u for u in range(len(own)) if u != t and own[t] & own[u]] for t in range(len(own))]
+        # ... and those that run on all of its CPUs: a load that slows it slows them as much
+        self._over = [[u for u in self._peers[t] if own[t] <= own[u]] for t in range(len(own))]
         self._khz_now: Dict[int, float] = {}        # target → the frequency of its last decision
         # levels by accuracy, best first (level number breaks ties)
         self._level_order = sorted({c.level for c in self.space},
@@ -1004,6 +1011,12 @@ class Governor:
         ok = allowed & (worst <= 1.0)
         feasible = bool(ok.any())
         if not feasible:
+            # closest, counting a move's first run to a target on all the current one's CPUs
+            # (the load that made the budget infeasible is there too); where the move leaves
+            # some of them behind, it may leave the load too, and is not held back
+            over = self._over[self._tgt_l[self.current]] if self.current is not None else ()
+            if over:
+                worst = worst * np.where(np.isin(self._tgt, over), self.move_ratio, 1.0)
             m = worst[allowed].min()
             ok = allowed & (worst <= m * (1 + 1e-9))
         idx = np.flatnonzero(ok)
@@ -1065,6 +1078,9 @@ class Governor:
                 self._share_tails()
         elif own_missed and not cold:    # not its speed, but a burst may have begun: the guard holds
             self.tm[t].raise_guard(own / self._lat(i))
+        if own_missed and not cold:      # ... on every target that shares a CPU with it
+            for u in self._peers[t]:
+                self.tm[u].raise_guard(self.tm[t].guard)
         self.stats.count(latency_s, energy_j, missed, cause)
         return cause
 

@@ -806,3 +806,37 @@ def test_a_target_seldom_used_is_taken_to_be_as_noisy_as_the_targets_measured():
     assert m["big"] == m["little"] == pytest.approx(1.1)             # no fitted tail left: 1 + safety
     g2, _ = gov(quantile_margin=False)
     assert g2.status()["margins"] == {"big": 1.1, "little": 1.1}
+
+
+def test_a_burst_on_shared_cpus_guards_every_target_there_and_the_governor_does_not_hop_between_them():
+    """``cpu`` (CPUs 0-1) and ``cpu:1`` (CPU 0) share CPU 0; ``gpu`` shares none. A miss on
+    ``cpu`` raises the guard on ``cpu:1`` as well (the burst is on its CPU too), not on the
+    GPU's. Then a burst that no configuration fits: the closest is no longer the target that
+    did not miss last (its quiet speed unproven and its first run after the move a miss too),
+    which had the governor alternating between the two at every run."""
+    fits = Profile({"cpu": TargetFit(8e-12, 0.12e-3), "cpu:1": TargetFit(19e-12, 0.0), "gpu": TargetFit(60e-12, 0.0)})
+    cpus = {"cpu": [0, 1], "cpu:1": [0], "gpu": []}
+
+    def burst(cpus):
+        g = Governor(build_space(LEVELS, {t: [] for t in fits.fits}), LEVELS, fits, clock=Clock(), cpus=cpus)
+        g.set_budget(Budget(latency_ms=0.25))                  # level 1 fits, on either CPU target
+        for _ in range(20):
+            prev = g.decide().config
+            g.observe(prev, 0.2e-3)
+        assert prev == Config(1, "cpu", None)
+        ran, margins = [], []
+        for _ in range(16):                                    # CPU 0 busy: every run 0.3 ms, a move's 0.39
+            c = g.decide().config
+            moved = c.target != prev.target
+            g.observe(c, 0.3e-3 * (1.3 if moved else 1), learn=not moved)
+            ran.append(c.target)
+            margins.append(g.status()["margins"])
+            prev = c
+        return ran, margins
+
+    ran, margins = burst(cpus)
+    assert margins[0]["cpu:1"] == margins[0]["cpu"] > 1.4 and margins[0]["gpu"] == pytest.approx(1.1)
+    moves = sum(a != b for a, b in zip(ran, ran[1:]))
+    assert set(ran) <= {"cpu", "cpu:1"} and moves <= 3
+    alone, _ = burst({})                                       # each target on CPUs of its own
+    assert sum(a != b for a, b in zip(alone, alone[1:])) >= 12
