@@ -503,6 +503,7 @@ class Governor:
         self._switch_loss = 0.0                  # what the last decision's settling was predicted to cost
         self.move_ratio = 1.0          # EWMA of the first run after a target move / its prediction
         self.cold_ratio = 1.0          # EWMA of the first run at another level, same target / its prediction
+        self._cold_at = (-math.inf, 0)  # (clock, decisions) at the last first run at another level
         self._last_target: Optional[int] = None
         self._observed_at = -math.inf
         self.last: Optional[Decision] = None
@@ -742,6 +743,12 @@ class Governor:
         requests at a fast request rate; decisions alone would let it stay out for minutes
         at a slow one."""
         now, n = self.clock(), self.stats.decisions
+        # so does the cost of a change of level, unobserved as long: one slow first run (2.4x,
+        # in a burst) kept k=2 out of a whole budget that k=2 alone kept at 0.17% misses, and
+        # with it the changes of level that would have taught the cost again
+        at, at_n = self._cold_at
+        if self.cold_ratio > 1.0001 and (now - at > self.p.stale_s or n - at_n > self.p.stale_runs):
+            self.cold_ratio = 1 + (self.cold_ratio - 1) * math.exp(-self.p.alpha)
         decayed = False
         for m in self.tm:
             if (now - m.seen > m.stale_s or n - m.seen_n > self._stale_runs(m)) and m.learnt():
@@ -1066,6 +1073,7 @@ class Governor:
         self._last_target = t
         if cold:
             self.cold_ratio = self._first_run_ratio(self.cold_ratio, own, i)
+            self._cold_at = (now, self.stats.decisions)
         own_missed = limit_ms is not None and own * 1e3 > limit_ms
         if learn and not cold:
             if ran_khz is not None and config.freq_khz is not None and ran_khz != config.freq_khz:

@@ -147,6 +147,36 @@ def test_a_move_up_waits_where_the_levels_first_run_would_miss():
     assert up_after_a_load(1.0) == 4
 
 
+def test_a_slow_first_run_at_another_level_does_not_keep_the_level_out_for_good():
+    """One first run at another level at 2.4x (in a burst) lifts the learnt cost of a change of
+    level (to 1.29) above what level 4's 2.0 ms leaves under a 2.25 ms budget, so the governor
+    stays a level below: then no change of level happens that could teach the cost again. Like
+    a target's model, the cost unobserved for ``stale_runs`` decisions drifts back towards 1,
+    and level 4 is tried again."""
+    g, _ = gov(up_patience=5, quantile_margin=False, stale_runs=50)
+    g.set_budget(Budget(latency_ms=2.25))
+    d = g.decide()
+    assert d.config.level == 4
+    g.observe(d.config, pred(g, d.config)[0])
+    for lv in (3, 4):                              # requests forcing their level: one change, slow
+        d = g.decide(level=lv)
+        g.observe(d.config, pred(g, d.config)[0] * (2.4 if lv == 3 else 1.0))
+    # an EWMA: 1.42 after the slow run, 1.29 after the one back at level 4
+    assert g.status()["level_change_cost"] == pytest.approx(1.294, abs=0.01)
+    d = g.decide()
+    for _ in range(3):                             # a load: level 4 no longer fits
+        g.observe(d.config, pred(g, d.config)[0] * 1.5)
+        d = g.decide()
+    assert d.config.level < 4
+    served = []
+    for _ in range(100):                           # the load is gone
+        g.observe(d.config, pred(g, d.config)[0])
+        d = g.decide()
+        served.append(d.config.level)
+    assert max(served[:40]) == 3                   # the cost holds it below while it is fresh
+    assert served[-1] == 4 and g.status()["level_change_cost"] < 1.1
+
+
 def test_the_margin_is_the_measured_tail_and_the_misses_follow_it():
     """With +-25% scatter around the profile, the margin becomes the 99th percentile of the
     observed / predicted ratios (the tail fit's, near the plain one's), and the closed loop misses its budget about as rarely as
