@@ -36,7 +36,8 @@ highest accuracy, and the lowest energy among equals.
   the budget is set or cleared or a pin released (the operator's change: at once). A move
   up also expects its first run within the limit at the learnt cost of a change of level
   (``cold_ratio``): that run, at a level whose session has been idle, is slower than the
-  level's own, and is not learnt from.
+  level's own, and is not learnt from; the cost drifts back towards 1 when no change of
+  level has been seen for ``stale_s`` or ``stale_runs`` decisions.
 * A request that forces its level (``decide(level=k)``) gets the best configuration of
   that level but leaves the governed state (and its hysteresis) where it was.
 * Settle time: a target's frequency change takes ``settle_s[target]`` to take effect (the
@@ -49,7 +50,11 @@ highest accuracy, and the lowest energy among equals.
 * Rate limit: a frequency change within ``freq_interval_s`` of the last one is avoided
   when a configuration at the current frequency is as accurate and feasible.
 * Infeasible budget: the configuration closest to it (the smallest worst-case ratio of
-  prediction to limit), and ``feasible`` is False in the decision and the status.
+  prediction to limit; on a target that runs on all of the current one's CPUs, times the
+  learnt cost of a move), and ``feasible`` is False in the decision and the status.
+* Bursts: after a miss, the margin of the target that missed, and of every target sharing a
+  CPU with it (``cpus``), is at least the missed run's ratio to its prediction, fading by
+  ``burst_decay`` per run.
 
 Speed: the model is increasing in the profile's latency on each target, so for each
 (level, target) "lane" the configurations that meet a latency limit are a prefix of the
