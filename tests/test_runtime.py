@@ -177,6 +177,26 @@ def test_one_cluster_losing_dvfs_leaves_the_other_its_frequencies(random_set, tm
         svc.stop()
 
 
+def test_the_governor_knows_which_targets_share_a_cpu(random_set, tmp_path):
+    """XU3: the runtime hands the governor each target's CPUs, so a miss on the A15 cluster
+    raises the guard on the split over both clusters (it runs columns there too), not on the
+    A7 cluster, whose CPUs the burst is not on."""
+    trees.build("odroid-xu3", str(tmp_path / "sysfs"))
+    svc = _service(random_set, tmp_path, board={"settle": False}, extra={"platform": "odroid-xu3"})
+    try:
+        gov = svc.governor
+        split = next(n for n, t in svc.platform.targets.items() if t.is_split)
+        assert set(gov.targets) == {"a15", "a7", split}
+        c = next(c for c in gov.space if c.target == "a15")
+        before = gov.status()["margins"]
+        gov.observe(c, 3 * gov.profile.predict(c, gov.levels[c.level].macs)[0], limit_ms=1e-3)
+        after = gov.status()["margins"]
+        assert after["a15"] > before["a15"] and after[split] == after["a15"]
+        assert after["a7"] == before["a7"]
+    finally:
+        svc.stop()
+
+
 def test_a_dvfs_off_for_another_cause_is_not_retried(random_set, tmp_path):
     svc = _service(random_set, tmp_path, extra={"dvfs": False})
     try:
