@@ -115,11 +115,11 @@ POLICIES = ("dnnscale", FIXED, "performance", "ondemand", "step (Dynamic-OFA)", 
 def policy_from_profile(policy: str, space: List[Config], levels: List[Level], profile: Profile,
                         clock=time.monotonic, targets: Optional[Dict[str, Target]] = None):
     """Every policy of POLICIES but the oracle (each bench builds that from what it knows);
-    ``targets``: the board's, whose DVFS settle times and CPUs the daemon gives its governor."""
+    ``targets``: the board's, whose DVFS settle times and processors the daemon gives its governor."""
     if policy in ("dnnscale", FIXED):
         return Governor(space, levels, profile, clock=clock,
                         settle_s={n: t.settle_s for n, t in (targets or {}).items()},
-                        cpus={n: t.cpus for n, t in (targets or {}).items()},
+                        processors={n: t.processors for n, t in (targets or {}).items()},
                         params=Params(quantile_margin=False) if policy == FIXED else None)
     if policy == "performance":
         return Performance(space, levels, profile, clock=clock)

@@ -159,7 +159,7 @@ class Builder:
         if any(khz.values()):             # targets without DVFS now: predicted at the frequency they run at
             use = profile.at_fixed_frequency(khz)
         gov = Governor(space, levels, use, settle_s={n: t.settle_s for n, t in targets.items()},
-                       splits=list(columns.lanes), cpus={n: t.cpus for n, t in targets.items()})
+                       splits=list(columns.lanes), processors={n: t.processors for n, t in targets.items()})
         if previous is not None:
             if previous.profile is not use and same_profile(previous.profile, use):
                 gov.set_profile(previous.profile)

@@ -50,10 +50,10 @@ highest accuracy, and the lowest energy among equals.
 * Rate limit: a frequency change within ``freq_interval_s`` of the last one is avoided
   when a configuration at the current frequency is as accurate and feasible.
 * Infeasible budget: the configuration closest to it (the smallest worst-case ratio of
-  prediction to limit; on a target that runs on all of the current one's CPUs, times the
+  prediction to limit; on a target that runs on all of the current one's processors, times the
   learnt cost of a move), and ``feasible`` is False in the decision and the status.
 * Bursts: after a miss, the margin of the target that missed, and of every target sharing a
-  CPU with it (``cpus``), is at least the missed run's ratio to its prediction, fading by
+  CPU or a GPU with it (``processors``), is at least the missed run's ratio to its prediction, fading by
   ``burst_decay`` per run.
 
 Speed: the model is increasing in the profile's latency on each target, so for each
@@ -461,7 +461,7 @@ class Governor:
     def __init__(self, space: Sequence[Config], levels: Sequence[Level], profile: Profile,
                  clock: Callable[[], float] = time.monotonic, params: Optional[Params] = None,
                  settle_s: Optional[Dict[str, float]] = None, splits: Sequence[str] = (),
-                 cpus: Optional[Dict[str, Sequence[int]]] = None):
+                 processors: Optional[Dict[str, Sequence]] = None):
         if not space:
             raise ValueError("empty configuration space")
         self.space = list(space)
@@ -480,11 +480,11 @@ class Governor:
         self._acc = np.array([self.levels[c.level].accuracy for c in self.space])
         self._tgt_l, self._freq_l, self._acc_l = self._tgt.tolist(), self._freq.tolist(), self._acc.tolist()
         self.settle_s = [float((settle_s or {}).get(t, 0.0)) for t in self.targets]
-        # per target, the others that run on one of its CPUs (``cpus``: target → its CPUs): a
-        # burst that slows one slows them too
-        own = [set((cpus or {}).get(t, ())) for t in self.targets]
+        # per target, the others that run on one of its processors (``processors``: target →
+        # its CPUs and GPU): a burst that slows one slows them too
+        own = [set((processors or {}).get(t, ())) for t in self.targets]
         self._peers = [[u for u in range(len(own)) if u != t and own[t] & own[u]] for t in range(len(own))]
-        # ... and those that run on all of its CPUs: a load that slows it slows them as much
+        # ... and those that run on all of its processors: a load that slows it slows them as much
         self._over = [[u for u in self._peers[t] if own[t] <= own[u]] for t in range(len(own))]
         self._khz_now: Dict[int, float] = {}        # target → the frequency of its last decision
         # levels by accuracy, best first (level number breaks ties)
@@ -1023,7 +1023,7 @@ class Governor:
         ok = allowed & (worst <= 1.0)
         feasible = bool(ok.any())
         if not feasible:
-            # closest, counting a move's first run to a target on all the current one's CPUs
+            # closest, counting a move's first run to a target on all the current one's processors
             # (the load that made the budget infeasible is there too); where the move leaves
             # some of them behind, it may leave the load too, and is not held back
             over = self._over[self._tgt_l[self.current]] if self.current is not None else ()
@@ -1091,7 +1091,7 @@ class Governor:
                 self._share_tails()
         elif own_missed and not cold:    # not its speed, but a burst may have begun: the guard holds
             self.tm[t].raise_guard(own / self._lat(i))
-        if own_missed and not cold:      # ... on every target that shares a CPU with it
+        if own_missed and not cold:      # ... on every target that shares a processor with it
             for u in self._peers[t]:
                 self.tm[u].raise_guard(self.tm[t].guard)
         self.stats.count(latency_s, energy_j, missed, cause)

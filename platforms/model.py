@@ -45,6 +45,15 @@ class Target:
     def is_split(self) -> bool:
         return bool(self.parts)
 
+    @property
+    def processors(self) -> List:
+        """What the target runs on, to tell which targets share hardware: its CPUs (numbers)
+        and a GPU (by name); a split, its parts' too."""
+        own = list(self.cpus) + ([self.name] if self.kind == "gpu" else [])
+        for p in self.parts:
+            own += [x for x in p.processors if x not in own]
+        return own
+
     def to_dict(self) -> Dict:
         return asdict(self)
 

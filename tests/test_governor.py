@@ -845,10 +845,10 @@ def test_a_burst_on_shared_cpus_guards_every_target_there_and_the_governor_does_
     did not miss last (its quiet speed unproven and its first run after the move a miss too),
     which had the governor alternating between the two at every run."""
     fits = Profile({"cpu": TargetFit(8e-12, 0.12e-3), "cpu:1": TargetFit(19e-12, 0.0), "gpu": TargetFit(60e-12, 0.0)})
-    cpus = {"cpu": [0, 1], "cpu:1": [0], "gpu": []}
+    cpus = {"cpu": [0, 1], "cpu:1": [0], "gpu": ["gpu"]}        # what each runs on
 
     def burst(cpus):
-        g = Governor(build_space(LEVELS, {t: [] for t in fits.fits}), LEVELS, fits, clock=Clock(), cpus=cpus)
+        g = Governor(build_space(LEVELS, {t: [] for t in fits.fits}), LEVELS, fits, clock=Clock(), processors=cpus)
         g.set_budget(Budget(latency_ms=0.25))                  # level 1 fits, on either CPU target
         for _ in range(20):
             prev = g.decide().config

@@ -125,6 +125,8 @@ def test_discover_nano(tmp_path):
     assert p.targets["gpu"].freqs_khz == [76800 * i for i in range(1, 13)]
     assert {r.name: r.kind for r in p.desc.rails} == {"in": "ina3221", "gpu": "ina3221", "cpu": "ina3221"}
     assert p.temperatures()["CPU-therm"] == 45.0
+    # what each runs on (the governor's guard after a miss spreads over shared processors)
+    assert p.targets["cpu+gpu"].processors == [0, 1, 2, 3, "gpu"] and p.targets["gpu"].processors == ["gpu"]
 
 
 def test_discover_generic_mapping_and_no_cpufreq(tmp_path):
