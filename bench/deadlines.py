@@ -12,7 +12,10 @@ bursts of a competing process in its middle third.
     budget: the governor's misses (all requests after the first 20), its mean accuracy (the
     served levels' test accuracy), the best static in hindsight (the most accurate one with
     <= 1% misses on its own run of the pattern), the miss causes and bursts from ``status``.
-    Repeated ``--runs`` times, a fresh daemon each.
+    Repeated ``--runs`` times, a fresh daemon each. ``--static-samples 2``: every static
+    configuration runs the pattern again after the governor, and the report adds the best
+    static in both samples (one whose tail sits at the budget qualifies in one sample of 580
+    requests by luck as often as not: how much of a gap is that luck).
 (b) The simulated XU3 and Nano (SIMULATED; simulated time, deterministic): the same shape of
     trace (a load of 50% of the serving target in bursts of 25 inferences in the middle
     third), budgets between the boards' k=1 and k=G latencies; the governor, the oracle
@@ -85,7 +88,7 @@ def _trace(c, bursts: Bursts, n: int, burst: int, gap_s: float, x) -> List[Dict]
 
 
 def one_run(model: str, n: int, burst: int, gap_s: float, at: Sequence[float], nice: int = 0,
-            miss_rates: Sequence[Optional[float]] = (None,)) -> Dict:
+            miss_rates: Sequence[Optional[float]] = (None,), static_samples: int = 1) -> Dict:
     from daemon.client import DaemonError
     bursts = Bursts()
     try:
@@ -107,17 +110,20 @@ def one_run(model: str, n: int, burst: int, gap_s: float, at: Sequence[float], n
                     time.sleep(gap_s)
                 tails[k] = float(np.percentile(lat, 99))
             budgets = [tails[1] + f * (tails[G] - tails[1]) for f in at]
-            statics = {}
-            for t in targets:
-                for k in range(1, G + 1):
-                    try:
-                        c.pin(groups=k, target=t)
-                    except DaemonError:            # not in the space (a split of n lanes: k >= n)
-                        continue
-                    for _ in range(10):
-                        c.infer(x)
-                    statics[(k, t)] = _trace(c, bursts, n, burst, gap_s, x)
-            c.release()
+            def statics() -> Dict:
+                out = {}
+                for t in targets:
+                    for k in range(1, G + 1):
+                        try:
+                            c.pin(groups=k, target=t)
+                        except DaemonError:            # not in the space (a split of n lanes: k >= n)
+                            continue
+                        for _ in range(10):
+                            c.infer(x)
+                        out[(k, t)] = _trace(c, bursts, n, burst, gap_s, x)
+                c.release()
+                return out
+            samples = [statics()]
             governed = []
             for b in budgets:
                 for q in miss_rates:          # one after the other on the same budget and pattern
@@ -127,27 +133,35 @@ def one_run(model: str, n: int, burst: int, gap_s: float, at: Sequence[float], n
                     governed.append({"budget_ms": b, "asked": q, "trace": tr, "misses": s["misses"],
                                      "miss_rate": s["miss_rate"]})
             c.clear_budget()
+            samples += [statics() for _ in range(static_samples - 1)]
     finally:
         bursts.close()
-    return {"tails": tails, "acc": acc, "statics": statics, "governed": governed}
+    return {"tails": tails, "acc": acc, "statics": samples[0], "statics_again": samples[1:], "governed": governed}
 
 
 def summarise(run: Dict) -> List[Dict]:
-    """Per budget: the governor's misses and accuracy, the best static in hindsight."""
+    """Per budget: the governor's misses and accuracy, the best static in hindsight (of the
+    first sample, as issue 35 defines it) and, where the statics ran again, the best static
+    in every sample (None where none kept within 1% in all)."""
     acc = run["acc"]
+    again = run.get("statics_again") or []
     rows = []
     for g in run["governed"]:
         b = g["budget_ms"]
         tr = g["trace"][SETTLE:]
         miss = float(np.mean([r["ms"] > b for r in tr]))
         mean_acc = float(np.mean([acc[r["k"] - 1] for r in g["trace"]]))
-        ok = []
+        miss_of = lambda st: float(np.mean([r["ms"] > b for r in st[SETTLE:]]))     # noqa: E731
+        ok, ok_all = [], []
         for (k, t), st in run["statics"].items():
-            m = float(np.mean([r["ms"] > b for r in st[SETTLE:]]))
+            m = miss_of(st)
             if m <= 0.01:
                 ok.append((acc[k - 1], -np.mean([r["ms"] for r in st]), k, t, m))
-        best = max(ok) if ok else None
-        rows.append({"budget_ms": b, "asked": g.get("asked"), "miss": miss, "acc": mean_acc, "best": best,
+                worst = max([m] + [miss_of(a[(k, t)]) for a in again])
+                if worst <= 0.01:
+                    ok_all.append((acc[k - 1], -np.mean([r["ms"] for r in st]), k, t, worst))
+        rows.append({"budget_ms": b, "asked": g.get("asked"), "miss": miss, "acc": mean_acc,
+                     "best": max(ok) if ok else None, "best_all": (max(ok_all) if ok_all else None) if again else None,
                      "misses": g["misses"]})
     return rows
 
@@ -158,23 +172,25 @@ def report_real(runs: List[Dict], at: Sequence[float], nice: int,
              "of k=1 / k=G per run: %s" % (nice, machine(), "; ".join("%.3f / %.3f ms" % (r["tails"][1], r["tails"][max(r["tails"])]) for r in runs)), ""]
     rows = []
     per = [summarise(r) for r in runs]
+    twice = any(r.get("statics_again") for r in runs)
     asked = lambda q: "default" if q is None else "%g" % q        # noqa: E731
+    static = lambda best: "-" if best is None else "k=%d on %s: %.2f (%.2f%% misses)" % (   # noqa: E731
+        best[2], best[3], best[0], 100 * best[4])
     for j, f in enumerate(at):
         for i, s in enumerate(per):
             for r in s[j * len(miss_rates):(j + 1) * len(miss_rates)]:
-                best = r["best"]
+                best, both = r["best"], r["best_all"]
                 m = r["misses"]
                 rows.append(["%.2f (%.3f ms)" % (f, r["budget_ms"]), i + 1, asked(r["asked"]),
-                             "%.2f" % (100 * r["miss"]), "%.2f" % r["acc"],
-                             "-" if best is None else "k=%d on %s: %.2f (%.2f%% misses)" % (
-                                 best[2], best[3], best[0], 100 * best[4]),
-                             "-" if best is None else "%+.2f" % (r["acc"] - best[0]),
-                             ", ".join("%s %d" % kv for kv in m["causes"].items() if kv[1]) or "-",
-                             m["longest_run"], "-" if m["p_miss_after_miss"] is None else "%.2f" % m["p_miss_after_miss"]])
+                             "%.2f" % (100 * r["miss"]), "%.2f" % r["acc"], static(best),
+                             "-" if best is None else "%+.2f" % (r["acc"] - best[0])]
+                            + ([static(both), "-" if both is None else "%+.2f" % (r["acc"] - both[0])] if twice else [])
+                            + [", ".join("%s %d" % kv for kv in m["causes"].items() if kv[1]) or "-",
+                               m["longest_run"], "-" if m["p_miss_after_miss"] is None else "%.2f" % m["p_miss_after_miss"]])
     lines.append(table(["budget: of the way k=1 → k=G", "run", "miss_rate asked", "governor misses %",
-                        "governor accuracy %",
-                        "best static <= 1% misses", "accuracy vs it", "miss causes", "longest run",
-                        "P(miss | miss)"], rows))
+                        "governor accuracy %", "best static <= 1% misses", "accuracy vs it"]
+                       + (["best static <= 1% in every sample (worst)", "accuracy vs it"] if twice else [])
+                       + ["miss causes", "longest run", "P(miss | miss)"], rows))
     lines.append("")
     flat = [i + 1 for i, r in enumerate(runs) if r["tails"][1] >= SEPARATE * r["tails"][max(r["tails"])]]
     if flat:
@@ -190,6 +206,12 @@ def report_real(runs: List[Dict], at: Sequence[float], nice: int,
                      "within 0.3 points of the best static: worst %+.2f points." % (
                          asked(q), 100 * worst, 100 * float(np.median([r["miss"] for r in mine])),
                          min(gaps) if gaps else float("nan")))
+        if twice:
+            both = [r["acc"] - r["best_all"][0] for r in mine if r["best_all"] is not None]
+            lines.append("Against the best static in every sample: worst %+.2f points; more than 0.3 below in %d "
+                         "(run, budget) pairs of %d, against %d of %d for the first sample's." % (
+                             min(both) if both else float("nan"), sum(g < -0.3 for g in both), len(both),
+                             sum(g < -0.3 for g in gaps), len(gaps)))
     return "\n".join(lines) + "\n"
 
 
@@ -255,9 +277,14 @@ def main(argv=None) -> int:
     p.add_argument("--miss-rates", type=float, nargs="+", default=None, metavar="Q",
                    help="the governor once per budget for each miss_rate asked, one after the other "
                         "(default: once, without miss_rate)")
+    p.add_argument("--static-samples", type=int, default=1, metavar="N",
+                   help="run every static configuration N times (the others after the governor) and add the "
+                        "best static that kept within 1%% in every sample (default 1)")
     p.add_argument("--sim-only", action="store_true")
     p.add_argument("--real-only", action="store_true")
     a = p.parse_args(argv)
+    if a.static_samples < 1:
+        p.error("--static-samples must be at least 1, got %d" % a.static_samples)
     rates = tuple(a.miss_rates) if a.miss_rates else (None,)
     from governor import levels_from_manifest
     from models import manifest as mf, zoo
@@ -269,7 +296,8 @@ def main(argv=None) -> int:
         nice = unit_nice() if a.nice is None else a.nice
         runs = []
         for i in range(a.runs):
-            runs.append(one_run(a.model, a.requests, a.burst, a.gap_ms / 1e3, a.at, nice, rates))
+            runs.append(one_run(a.model, a.requests, a.burst, a.gap_ms / 1e3, a.at, nice, rates,
+                                static_samples=a.static_samples))
             print("run %d of %d done" % (i + 1, a.runs), file=sys.stderr)
         print(report_real(runs, a.at, nice, rates))
     return 0

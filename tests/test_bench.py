@@ -210,6 +210,16 @@ def test_deadlines_best_static_in_hindsight_and_the_simulated_gap():
     assert "do not separate the levels" not in text
     run["tails"] = {1: 4.6, 3: 4.7}              # a host whose p99 is its own stall, whatever the level
     assert "In run 1 the quiet p99 of k=1 is within 10% of k=G's" in D.report_real([run], [0.5], 0, (None,))
+    # --static-samples 2: k=2 kept within 1% in the first sample only (2% in the second)
+    unlucky = [{"ms": 2.0, "k": 2, "target": "cpu"}] * (n - 4) + [{"ms": 9.0, "k": 2, "target": "cpu"}] * 4
+    run["statics_again"] = [{(1, "cpu"): fast, (2, "cpu"): unlucky, (3, "cpu"): slow}]
+    row = D.summarise(run)[0]
+    assert row["best"][2] == 2 and row["best_all"][2:] == (1, "cpu", 0.0)
+    text = D.report_real([run], [0.5], 0, (None,))
+    assert "k=1 on cpu: 80.00 (0.00% misses)          | +4.01" in text
+    assert "Against the best static in every sample: worst +4.01 points; more than 0.3 below in 0" in text
+    with pytest.raises(SystemExit):
+        D.main(["--static-samples", "0", "--real-only"])
     from bench.scenarios import default_levels
     rows = D.simulated(default_levels([1e7, 2e7, 3e7, 4e7]), n=150, at=(0.5,))
     assert {r["board"] for r in rows} == {"sim-odroid-xu3", "sim-jetson-nano"}
