@@ -334,11 +334,9 @@ class TargetModel:
         other = self._other
         if other is None:                   # the first time: start from all that is known here
             other = copy.deepcopy(mine)
-        # each ratio is against the level it was predicted at: carried over, against the new one's
-        rescale = mine["corr_lat"] / other["corr_lat"]
         for at, r in reversed(moved):
             other["resid_at"].append(at)
-            other["resid"].append(r * rescale)
+            other["resid"].append(r)
         self._other = mine
         for f in REGIME:
             setattr(self, f, other[f])
