@@ -367,3 +367,26 @@ def test_tails_bench_times_every_level_on_every_cpu_target_in_blocks():
     assert {k for k, _ in r["ms"]} == {1, 2, 3, 4}
     text = report(r)
     assert text.count("| k=1 on ") == len({t for _, t in r["ms"]}) and "p99 - p50" in text
+
+
+def test_loadsignal_counts_false_loads_in_the_quiet_thirds_and_the_lag_at_each_burst():
+    """bench.loadsignal: per target, the share of quiet-third reads that said loaded, the
+    others' time read there, and how many requests into each burst (and each gap after it)
+    the signal took to say so."""
+    from bench import loadsignal as L
+    from bench.deadlines import busy_at
+    n, burst = 60, 5
+    reads = []
+    for i in range(n):
+        busy = busy_at(i, n, burst)
+        start = (i - n // 3) % (2 * burst) if n // 3 <= i < 2 * n // 3 else None
+        lagged = busy and start >= 2 or (not busy and start is not None and start - burst < 3)
+        reads.append({"loaded": {"cpu": lagged or i == 5, "cpu:1": False},
+                      "others_cpus": {"cpu": 1.0 if i == 5 else 0.1, "cpu:1": None}})
+    s = L.summarise(reads, n, burst)
+    assert s["cpu"]["quiet_loaded"] == pytest.approx(1 / 40)          # request 5, of the 40 quiet ones
+    assert s["cpu"]["to_loaded"] == [2, 2] and s["cpu"]["to_quiet"] == [3, 3]
+    assert s["cpu"]["others_quiet"][2] == 1.0 and s["cpu:1"]["others_quiet"] is None
+    assert s["cpu:1"]["to_loaded"] == [None, None]
+    text = L.report([s], burst)
+    assert "| 1   | cpu    | 2.5 " in text and "| 0.10 / 0.10 / 1.00 " in text and "| 2, 2 " in text
