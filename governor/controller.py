@@ -245,8 +245,10 @@ class TargetModel:
         self.c0, self.c1 = c0 * self.ref, min(max(c1, 0.05), 50.0)
 
     def learnt(self) -> bool:
+        """Whether a decay has anything to take back (the guard after a miss it leaves: it fades
+        by the runs, so a stale target holding one is not decayed at every decision for it)."""
         return (abs(self.corr_lat - 1) > 1e-4 or abs(self.corr_en - 1) > 1e-4 or self.sums[0] > 1e-3
-                or abs(self.margin - self.prior) > 1e-3)
+                or abs(self.tail - self.prior) > 1e-3)
 
     def decay(self) -> None:
         """One step back towards the profile (unobserved for ``stale_s``): the corrections
