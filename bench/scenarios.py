@@ -16,7 +16,7 @@ import numpy as np
 from governor import (Budget, Config, Governor, Level, Params, Profile, Sample, build_space, column_macs,
                       plan_measurements, split_cuts, split_macs)
 from governor.baselines import Fixed, Oracle, Ondemand, Performance, StepManager
-from platforms.model import Target
+from platforms.model import Target, governor_facts
 from platforms.sim import Interference, SimBoard
 
 GROUP_ACC = [82.0, 85.0, 86.5, 87.5]   # placeholder accuracies when no manifest is given
@@ -117,9 +117,7 @@ def policy_from_profile(policy: str, space: List[Config], levels: List[Level], p
     """Every policy of POLICIES but the oracle (each bench builds that from what it knows);
     ``targets``: the board's, whose DVFS settle times and processors the daemon gives its governor."""
     if policy in ("dnnscale", FIXED):
-        return Governor(space, levels, profile, clock=clock,
-                        settle_s={n: t.settle_s for n, t in (targets or {}).items()},
-                        processors={n: t.processors for n, t in (targets or {}).items()},
+        return Governor(space, levels, profile, clock=clock, **governor_facts(targets or {}),
                         params=Params(quantile_margin=False) if policy == FIXED else None)
     if policy == "performance":
         return Performance(space, levels, profile, clock=clock)

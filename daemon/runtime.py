@@ -18,7 +18,7 @@ import numpy as np
 from governor import Config, Governor, Level, Profile, build_space, levels_from_manifest
 from models import ModelSet, zoo
 from platforms import Platform, PlatformError
-from platforms.model import Target
+from platforms.model import Target, governor_facts
 
 from .split import Columns
 
@@ -158,8 +158,7 @@ class Builder:
         khz = self.frequencies(fixed) if per_frequency else {}
         if any(khz.values()):             # targets without DVFS now: predicted at the frequency they run at
             use = profile.at_fixed_frequency(khz)
-        gov = Governor(space, levels, use, settle_s={n: t.settle_s for n, t in targets.items()},
-                       splits=list(columns.lanes), processors={n: t.processors for n, t in targets.items()})
+        gov = Governor(space, levels, use, splits=list(columns.lanes), **governor_facts(targets))
         if previous is not None:
             if previous.profile is not use and same_profile(previous.profile, use):
                 gov.set_profile(previous.profile)

@@ -80,6 +80,13 @@ def part_frequencies(t: Target, khz: int) -> List[Optional[int]]:
             for p in t.parts]
 
 
+def governor_facts(targets: Dict[str, Target]) -> Dict[str, Dict]:
+    """What a board tells its governor about its targets (``Governor``'s keyword arguments):
+    each one's DVFS settle time and what it runs on."""
+    return {"settle_s": {n: t.settle_s for n, t in targets.items()},
+            "processors": {n: t.processors for n, t in targets.items()}}
+
+
 def clock_table(targets: Dict[str, Target]) -> Dict[str, Dict[int, Dict[str, int]]]:
     """target → {its frequency step (kHz) → {clock (its control dir) → kHz}}: which clocks a
     target's frequency sets, and to what (a split's parts each at its own,
