@@ -24,7 +24,7 @@ from typing import Dict, List, Sequence
 import numpy as np
 
 from .common import machine, serving, table
-from .deadlines import Bursts, busy_at
+from .deadlines import Bursts, busy_at, pattern_args
 
 
 def summarise(reads: Sequence[Dict], n: int, burst: int) -> Dict[str, Dict]:
@@ -34,8 +34,7 @@ def summarise(reads: Sequence[Dict], n: int, burst: int) -> Dict[str, Dict]:
     quiet = [i for i in range(n) if not n // 3 <= i < 2 * n // 3]
     for t in reads[0]["loaded"]:
         flags = [bool(r["loaded"].get(t)) for r in reads]
-        others = [r["others_cpus"].get(t) for i, r in enumerate(reads) if i in quiet]
-        others = [v for v in others if v is not None]
+        others = [v for v in (reads[i]["others_cpus"].get(t) for i in quiet) if v is not None]
         on, off = [], []
         for s in range(n // 3, 2 * n // 3, 2 * burst):
             during, after = flags[s:s + burst], flags[s + burst:min(s + 2 * burst, 2 * n // 3)]
@@ -90,11 +89,8 @@ def report(runs: List[Dict[str, Dict]], burst: int) -> str:
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m bench.loadsignal", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", default="cifar10-g4")
+    pattern_args(p)
     p.add_argument("--runs", type=int, default=1)
-    p.add_argument("--requests", type=int, default=600)
-    p.add_argument("--burst", type=int, default=25)
-    p.add_argument("--gap-ms", type=float, default=3.0)
     a = p.parse_args(argv)
     if a.requests < 6 * a.burst:
         p.error("--requests must hold the middle third's bursts: at least 6 x --burst (%d)" % (6 * a.burst))
