@@ -113,6 +113,7 @@ class Config:
     threads: Optional[int] = None            # None: each CPU target as many as its CPUs
     max_batch: int = 64
     batch_requests: bool = True
+    rehearse: bool = True                  # run a change of level once before making it (while idle)
     queue_size: int = 256
     dvfs: bool = True
     gpu: bool = True
@@ -168,6 +169,9 @@ KEY_DOCS = {
     "threads": "onnxruntime intra-op threads per CPU target, at most (default: each target as many as its CPUs)",
     "max_batch": "most images in one request, and in one batch (default 64)",
     "batch_requests": "run requests of several clients that arrive together as one batch (default true; false: one request per run)",
+    "rehearse": "while no request waits, run once the change of level the governor expects to make next, so that "
+                "its first request does not find the level cold (default true; each costs one run's energy; "
+                "status rehearsals counts them)",
     "queue_size": "requests queued in all, a quarter of it per client (default 256)",
     "dvfs": "set CPU/GPU frequencies (default true)",
     "gpu": "use the GPU when onnxruntime has a CUDA/TensorRT provider (default true)",
@@ -251,7 +255,7 @@ def _check(key: str, value: Any, where: str) -> Any:
                                   or not 0 < value <= 1):
             raise ConfigError("%s: stop_at must be a top-1 probability in (0, 1] or null, got %s" % (where, _brief(value)))
         return None if value is None else float(value)
-    elif key in ("dvfs", "gpu", "batch_requests"):
+    elif key in ("dvfs", "gpu", "batch_requests", "rehearse"):
         if not isinstance(value, bool):
             raise ConfigError("%s: %s must be true or false, got %s" % (where, key, _brief(value)))
     elif value is not None and not isinstance(value, str):

@@ -62,6 +62,7 @@ class Executor:
         self.pin_moves = 0                  # times the threads were pinned to another target
         self.cpu_load = platform.cpu_load()      # others' use of the targets' CPUs (None: unknown)
         self.loaded: Dict[str, bool] = {}        # target → the load signal's state (between thresholds: kept)
+        self.rehearsals = 0                 # runs of a move up made before it (rehearse)
 
     def forget(self) -> None:
         """The board was put back to its own settings (after profiling): apply everything anew."""
@@ -252,6 +253,24 @@ class Executor:
             return ran.runtime.governor.observe(
                 c, ran.latency_s, ran.energy_j, d.latency_limit_ms,
                 ran_khz=self.freq_read.get(c.target) if c.freq_khz is not None else None, learn=not ran.moved)
+
+    def rehearse(self, rt: Runtime) -> bool:
+        """Run once, on a blank image, the change of level the governor expects to make at its
+        next decision (``Governor.upcoming``: same target and frequency, so nothing is applied),
+        so that the first request at that level does not find its session cold (its threads
+        asleep, its weights out of cache: a median 1.42x a steady run against 1.11x after one
+        such run here, ``python -m bench.firstrun``; docs/governor.md, "Moves between targets").
+        The caller calls it only while no request waits; the run is not the governor's to learn
+        from. False where there is nothing to do."""
+        with self.lock:
+            c, a = rt.governor.upcoming, self.applied
+            if c is None or a is None or self.last_target.get(rt.name) != c.target or c.target != a.target \
+                    or c.freq_khz != a.freq_khz or c.level == a.level:
+                return False
+            rt.governor.upcoming = None
+        rt.run(c.level, rt.models.blank(), c.target)
+        self.rehearsals += 1
+        return True
 
     def _refresh_frequency(self, target: str) -> None:
         try:

@@ -116,6 +116,10 @@ def _collector(service):
             for code, n in sorted(dict(service.errors).items()):
                 errs.add_metric([code], n)
             yield errs
+            reh = CounterMetricFamily("dnnscale_rehearsals", "runs on a blank image of the change of level the "
+                                      "governor was about to make, while no request waited (config rehearse)")
+            reh.add_metric([], service.executor.rehearsals)
+            yield reh
             freq = GaugeMetricFamily("dnnscale_frequency_khz", "frequency the kernel reports, by target",
                                      labels=["target"])
             for t, khz in service.frequencies().items():

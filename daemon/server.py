@@ -537,7 +537,8 @@ class Server:
                                                                                ", %d per client" % self.queues.per_client)))
 
     def _run_one_batch(self) -> None:
-        """infer → reply → learn: the replies go out before the governor learns from the run."""
+        """infer → reply → learn (→ rehearse, while no request waits): the replies go out before the
+        governor learns from the run."""
         envelopes, batch = self.queues.next_batch(self.cfg.batch_requests)
         try:
             results, ran = self.service.infer(batch, emit=lambda replies: [
@@ -556,6 +557,12 @@ class Server:
         except Exception:
             log.exception("learning from a run failed")
             self.service.count_error("internal")
+        if not self.queues and not self.infer.getsockopt(zmq.EVENTS) & zmq.POLLIN:
+            try:                     # only while no request waits: it would wait for the run
+                self.service.rehearse(ran)
+            except Exception:
+                log.exception("rehearsing a change of level failed")
+                self.service.count_error("internal")
 
     def _inference_loop(self, stop: threading.Event) -> None:
         # Idle, the thread waits inside recv itself (100 ms at most, for the stop flag, the

@@ -33,7 +33,7 @@ log = logging.getLogger("dnnscale.service")
 # Configuration keys a reload applies; the others need a restart (sockets, the board, the
 # profile's space, the queue sizes the server was built with). The models' folders reload;
 # their names and priorities need a restart.
-LIVE_KEYS = ("model", "models", "threads", "batch_requests", "log_level", "profile_runs", "stop_at")
+LIVE_KEYS = ("model", "models", "threads", "batch_requests", "rehearse", "log_level", "profile_runs", "stop_at")
 RELOAD_SWITCH_S = 0.0002     # the interpreter's thread switch interval while a reload loads
 DVFS_RETRY_S = 5.0           # a target whose frequency write failed is tried again after this,
 DVFS_RETRY_MAX_S = 300.0     # doubling at each failure up to this
@@ -290,6 +290,13 @@ class Service:
         if cause is not None:
             s.counters.miss(cause)
 
+    def rehearse(self, ran: Ran) -> None:
+        """While no request waits (the caller knows): the change of level that the governor of
+        the set that just ran expects to make next, run once (:meth:`Executor.rehearse`)."""
+        s = self.sets.get(ran.runtime.name)
+        if self.cfg.rehearse and s is not None and s.rt is ran.runtime and not ran.dvfs_lost:
+            self.executor.rehearse(s.rt)
+
     def _dvfs_lost(self) -> None:
         """A frequency write failed (and was rolled back): from now on the spaces have no
         frequencies for that target, predicted at the frequency the kernel reports for it
@@ -529,6 +536,7 @@ class Service:
             "cpu_load": self.cpu_load_status(),
             "mapping": {"ok": not self.executor.mapping_error, "reason": self.executor.mapping_error,
                         "moves": self.executor.pin_moves},
+            "rehearsals": self.executor.rehearsals,
             "energy": {"available": self.energy_measured, "reason": "" if self.energy_measured else self.energy_reason,
                        "degraded": p.energy_degraded},
             "temperatures_c": p.temperatures(),

@@ -34,10 +34,12 @@ highest accuracy, and the lowest energy among equals.
   ``up_patience`` consecutive decisions (a count, not extra slack; doubled after a move up
   that missed within ``probation`` inferences, its first run excepted), except right after
   the budget is set or cleared or a pin released (the operator's change: at once). A move
-  up also expects its first run within the limit at the learnt cost of a change of level
-  (``cold_ratio``): that run, at a level whose session has been idle, is slower than the
-  level's own, and is not learnt from; the cost drifts back towards 1 when no change of
-  level has been seen for ``stale_s`` or ``stale_runs`` decisions.
+  up also expects its first run within the limit at the learnt cost of a move up's first run
+  (``cold_ratio``, from those runs only): that run, at a level whose session has been idle, is
+  slower than the level's own, and is not learnt from; the cost drifts back towards 1 when no
+  change of level has been seen for ``stale_s`` or ``stale_runs`` decisions. ``upcoming``
+  names the move up the next decision makes if nothing changes (a change of level only), for
+  the executor to run once while no request waits (so that first run finds the level warm).
 * A request that forces its level (``decide(level=k)``) gets the best configuration of
   that level but leaves the governed state (and its hysteresis) where it was.
 * Settle time: a target's frequency change takes ``settle_s[target]`` to take effect (the
@@ -507,15 +509,20 @@ class Governor:
         self._switched: Optional[int] = None     # decided on another target or frequency: its first run
         self._ran: Optional[int] = None          # the last decision's configuration (forced ones too)
         self._cold: Optional[int] = None         # decided at another level than the run before, same target
+        self._cold_up = False                    # ... a more accurate one
         self._switch_loss = 0.0                  # what the last decision's settling was predicted to cost
         self.move_ratio = 1.0          # EWMA of the first run after a target move / its prediction
-        self.cold_ratio = 1.0          # EWMA of the first run at another level, same target / its prediction
+        self.cold_ratio = 1.0          # EWMA of a move up's first run (same target) / its prediction
         self._cold_at = (-math.inf, 0)  # (clock, decisions) at the last first run at another level
         self._last_target: Optional[int] = None
         self._observed_at = -math.inf
         self.last: Optional[Decision] = None
         self.stats = Stats(self.p.window)
         self._fresh_decision = False
+        # the move up the next decision makes if the budget still holds it, where it is a change of
+        # level only (same target and frequency): the executor may run it once while no request
+        # waits, so that its first run does not find the level's session cold (``rehearsal``)
+        self.upcoming: Optional[Config] = None
 
     # ------------------------------------------------------------------ inputs
     def set_profile(self, profile: Profile) -> None:
@@ -581,7 +588,11 @@ class Governor:
         self._lanes = self._lanes_of(self._allowed)
         self._forced = self._lanes_of(place)
         self._stepped: Dict[bool, Dict[int, List[_Lane]]] = {}   # forced → lanes off the splits (decide)
-        keep = worthwhile([self.levels[lv] for lv in self._level_order if self._lanes[lv]], self.p.acc_tolerance)
+        # where the caps leave nothing under the pin, the pin alone (``_slow``): its levels
+        levels = [lv for lv in self._level_order if self._lanes[lv]] or \
+            [lv for lv in self._level_order if (self._pin_place & (self._lvl == lv)).any()
+             and self.pinned.get("groups") in (None, lv)]
+        keep = worthwhile([self.levels[lv] for lv in levels], self.p.acc_tolerance)
         self._auto_order = [lv for lv in self._level_order if lv in keep]
 
     def _floor_mask(self, floors: Dict[str, int]):
@@ -738,6 +749,7 @@ class Governor:
         """The next decision moves wherever is best at once: hysteresis guards against noise,
         not against the operator's own change (the frequency rate limit still holds)."""
         self._fresh_decision = True
+        self.upcoming = None
         self._up_count = 0
         self._patience = self.p.up_patience
         self._probation = 0
@@ -879,6 +891,7 @@ class Governor:
             if lanes is None:                 # built on the first anytime decision after a change
                 lanes = self._stepped[forced] = self._lanes_of((self._place if forced else self._allowed) & self._whole)
         cur = self.current
+        self.upcoming = None
         if b.power_w is not None:
             cand, feasible = self._slow(order, limit_s, allowed)
         else:
@@ -894,6 +907,9 @@ class Governor:
                 if cand is not None and self._acc_l[cand] > self._acc_l[cur]:
                     self._up_count += 1
                     if self._up_count < self._patience:
+                        if self._up_count == self._patience - 1 and not forced and not stepped \
+                                and self._tgt_l[cand] == self._tgt_l[cur] and self._freq_l[cand] == self._freq_l[cur]:
+                            self.upcoming = self.space[cand]
                         cand = self._best_at(lanes, int(self._lvl[cur]), limit_s, extra=cur)
                     else:                   # moving up: on probation (see observe)
                         self._probe, self._probation = cand, self.p.probation
@@ -929,6 +945,7 @@ class Governor:
         prev, self._ran = self._ran, cand
         self._cold = cand if prev is not None and self.space[cand].level != self.space[prev].level \
             and self._tgt_l[cand] == self._tgt_l[prev] else None
+        self._cold_up = self._cold is not None and self._acc_l[cand] > self._acc_l[prev]
         if not forced:   # a request that forces its level does not move the governed state
             self.current = cand
             self._fresh_decision = False
@@ -1059,6 +1076,7 @@ class Governor:
         # as a move's first run is: a miss there is the change's (``switch``), neither the
         # level's speed nor its tail, no burst's start and no failed probation.
         cold = i == self._cold
+        up = cold and self._cold_up
         self._on_probation(i, missed and not cold)
         t = self._tgt_l[i]
         now = self.clock()
@@ -1078,7 +1096,7 @@ class Governor:
             elif not missed:
                 m.stale_s = self.p.stale_s
         self._last_target = t
-        if cold:
+        if up:      # what a move up must expect (_first_fits); a step down's first run is no guide to it
             self.cold_ratio = self._first_run_ratio(self.cold_ratio, own, i)
             self._cold_at = (now, self.stats.decisions)
         own_missed = limit_ms is not None and own * 1e3 > limit_ms

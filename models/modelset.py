@@ -387,7 +387,7 @@ class ModelSet:
         cannot stop early."""
         if self.no_anytime:
             return
-        x = np.zeros((1,) + self.input_shape, np.float32)
+        x = self.blank()
         for threads, gpu in [(n, False) for n in sorted(self._cpu)] + ([(self.threads, True)] if self._gpu else []):
             for _ in range(runs):
                 self.run_anytime(x, None, target="gpu" if gpu else None, threads=threads)
@@ -419,8 +419,12 @@ class ModelSet:
         if self._pack is not None:
             self._pack.close()
 
+    def blank(self) -> np.ndarray:
+        """One image of zeros, as the sessions take it (warm-up runs)."""
+        return np.zeros((1,) + self.input_shape, np.float32)
+
     def warmup(self, runs: int = 3) -> None:
-        x = np.zeros((1,) + self.input_shape, np.float32)
+        x = self.blank()
         for group in list(self._cpu.values()) + ([self._gpu] if self._gpu else []):
             for sess in group:
                 for _ in range(runs):

@@ -390,3 +390,20 @@ def test_loadsignal_counts_false_loads_in_the_quiet_thirds_and_the_lag_at_each_b
     assert s["cpu:1"]["to_loaded"] == [None, None]
     text = L.report([s], burst)
     assert "| 1   | cpu    | 2.5 " in text and "| 0.10 / 0.10 / 1.00 " in text and "| 2, 2 " in text
+
+
+def test_firstrun_sorts_the_changes_of_level_by_direction_and_rehearsal():
+    """bench.firstrun: each block's three runs over the new level's steady p50, the median and
+    p90 per direction (up, down) and kind (cold, rehearsed)."""
+    from bench import firstrun as F
+    p50 = {1: 1.0, 2: 2.0}
+    blocks = [{"from": 1, "to": 2, "rehearsed": False, "ms": [3.0, 2.2, 2.0]},
+              {"from": 1, "to": 2, "rehearsed": False, "ms": [2.6, 2.0, 2.0]},
+              {"from": 1, "to": 2, "rehearsed": True, "ms": [2.2, 2.0, 2.0]},
+              {"from": 2, "to": 1, "rehearsed": False, "ms": [1.4, 1.0, 1.0]}]
+    s = F.summarise({"p50": p50, "blocks": blocks})
+    assert s[(True, False)]["n"] == 2 and s[(True, False)]["median"] == pytest.approx([1.4, 1.05, 1.0])
+    assert s[(True, True)]["median"] == pytest.approx([1.1, 1.0, 1.0])
+    assert s[(False, False)]["p90"] == pytest.approx([1.4, 1.0, 1.0]) and s[(False, True)]["n"] == 0
+    text = F.report([{"p50": p50, "blocks": blocks}])
+    assert "| up     | cold      | 2 " in text and "1.40 / 1.05 / 1.00" in text and "| down   | rehearsed | 0 " in text

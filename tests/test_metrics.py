@@ -65,6 +65,8 @@ def test_metrics_endpoint(metered):
     assert sum(causes.values()) >= 5
     assert m[("dnnscale_longest_miss_run", M)] == 0                   # a new budget: counted afresh
     assert m[("dnnscale_errors_total", (("code", "bad_groups"),))] >= 1
+    with d.client() as c:                                               # the board's, as status counts them
+        assert m[("dnnscale_rehearsals_total", ())] == c.status()["rehearsals"]
     assert m[("dnnscale_latency_seconds_count", M)] >= 5
     assert m[("dnnscale_latency_seconds_bucket", (("le", "+Inf"),) + M)] == m[("dnnscale_latency_seconds_count", M)]
     assert any(k[0] == "dnnscale_frequency_khz" for k in m) and any(k[0] == "dnnscale_temperature_celsius" for k in m)

@@ -197,6 +197,45 @@ def test_the_governor_knows_which_targets_share_a_cpu(random_set, tmp_path):
         svc.stop()
 
 
+def test_a_move_up_is_rehearsed_once_while_idle_and_not_where_turned_off(random_set, tmp_path):
+    """The service, with the real model set: after a run, the change of level that the governor
+    expects to make next (``Governor.upcoming``) is run once on a blank image (the server calls
+    this only while no request waits), so that the request that makes it finds the level's
+    session warm; ``rehearse: false`` runs nothing extra. Nothing is rehearsed where no move
+    up is coming."""
+    for on in (True, False):
+        (tmp_path / str(on)).mkdir()
+        svc = _service(random_set, tmp_path / str(on), extra={"rehearse": on})
+        try:
+            gov = svc.governor
+            c = min(gov.space, key=lambda c: c.freq_khz or 0)       # (the tree caps the higher ones)
+            svc.control("pin", {"target": c.target, "freq_khz": c.freq_khz})     # level changes only
+            svc.control("set_budget", {"latency_ms": 1000.0})
+            _serve_one(svc)
+            # twice the top level's prediction: it fits, but not once a miss has raised the guard
+            limit = 2e3 * gov.last.predicted_latency_s
+            svc.control("set_budget", {"latency_ms": limit})
+            runs, real = [], svc.rt.run
+            svc.rt.run = lambda k, x, t: (runs.append(k), real(k, x, t))[1]
+            served = [_serve_one(svc)["config"]["groups"]]
+            with svc.lock:        # a miss far over the budget: the guard steps the governor down
+                gov.observe(gov.space[gov.current], 1.0, limit_ms=limit, learn=False)
+            for _ in range(60):          # the guard fades: it moves back up, after up_patience
+                replies, ran = svc.infer([_request()])
+                svc.learn(ran, 1)
+                svc.rehearse(ran)
+                served.append(replies[0][0]["config"]["groups"])
+            top = max(served)
+            ups = [i for i in range(1, len(served)) if served[i] > served[i - 1]]
+            assert served[0] == top and min(served) < top and ups, served
+            # the runs are the requests', each move up's preceded by one at its level
+            expected = [k for j, k in enumerate(served) for _ in range(2 if on and j in ups else 1)]
+            assert runs == expected, (runs, served)
+            assert svc.status()["rehearsals"] == (len(ups) if on else 0)
+        finally:
+            svc.stop()
+
+
 def test_a_dvfs_off_for_another_cause_is_not_retried(random_set, tmp_path):
     svc = _service(random_set, tmp_path, extra={"dvfs": False})
     try:
