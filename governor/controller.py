@@ -37,7 +37,7 @@ highest accuracy, and the lowest energy among equals.
   up also expects its first run within the limit at the learnt cost of a move up's first run
   (``cold_ratio``, from those runs only): that run, at a level whose session has been idle, is
   slower than the level's own, and is not learnt from; the cost drifts back towards 1 when no
-  change of level has been seen for ``stale_s`` or ``stale_runs`` decisions. ``upcoming``
+  move up has been seen for ``stale_s`` or ``stale_runs`` decisions. ``upcoming``
   names the move up the next decision makes if nothing changes (a change of level only), for
   the executor to run once while no request waits (so that first run finds the level warm).
 * A request that forces its level (``decide(level=k)``) gets the best configuration of
@@ -513,7 +513,7 @@ class Governor:
         self._switch_loss = 0.0                  # what the last decision's settling was predicted to cost
         self.move_ratio = 1.0          # EWMA of the first run after a target move / its prediction
         self.cold_ratio = 1.0          # EWMA of a move up's first run (same target) / its prediction
-        self._cold_at = (-math.inf, 0)  # (clock, decisions) at the last first run at another level
+        self._cold_at = (-math.inf, 0)  # (clock, decisions) at the last move up's first run
         self._last_target: Optional[int] = None
         self._observed_at = -math.inf
         self.last: Optional[Decision] = None
