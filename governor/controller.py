@@ -11,7 +11,8 @@ highest accuracy, and the lowest energy among equals.
   those not yet in), which absorbs a load step within a few inferences and ignores a lone
   spike, a target's first run included. A target that has not been observed for
   ``stale_s`` or for ``stale_runs`` decisions drifts back towards its profile, margin
-  included (so it is probed again);
+  included (so it is probed again), its latency shape too unless a load signal keeps its
+  quiet and loaded states apart (then the shape learnt quiet is its own, not a load's);
   where the first run after moving to a target missed (a budget something was predicted to
   meet: not while the budget is infeasible), that target waits twice as long
   before it drifts back (up to ``stale_max_s``), and ``stale_s`` again after a move there
@@ -231,6 +232,7 @@ class TargetModel:
         self.seen_n = 0                # the governor's decision count when it last learnt from a run here
         self.stale_s = p.stale_s       # unobserved this long → decay (doubled after a move here missed)
         self.loaded = False            # other processes use this target's CPUs (set_loaded)
+        self.signalled = False         # a load signal tells that (its quiet state's shape is its own)
         self._other: Optional[Dict] = None   # what was learnt in the other state (REGIME)
 
     def shape(self, base_s: float) -> float:
@@ -254,7 +256,8 @@ class TargetModel:
 
     def decay(self) -> None:
         """One step back towards the profile (unobserved for ``stale_s``): the corrections
-        and the shape, so a target that a load had slowed is tried again; its tail margin
+        and, unless a load signal keeps its loaded state apart (``signalled``), the shape, so
+        a target that a load had slowed is tried again; its tail margin
         goes back to the prior (the median of the other targets' fitted tails, at least
         ``1 + safety``; when it is used again, its window starts afresh). A tail kept for a
         minute instead kept the governor on the lanes it had not missed on, 2 points below
@@ -262,8 +265,9 @@ class TargetModel:
         d = math.exp(-self.p.alpha)
         self.corr_lat = 1 + (self.corr_lat - 1) * d
         self.corr_en = 1 + (self.corr_en - 1) * d
-        self.sums = [v * d for v in self.sums]
-        self.fit_shape()
+        if not self.signalled:          # else the shape learnt apart from others' load stays
+            self.sums = [v * d for v in self.sums]
+            self.fit_shape()
         self.tail = self.prior          # the guard after a miss fades by the runs (fade), not here
         self.margin = max(self.tail, self.guard)
         if self.resid:
@@ -784,9 +788,11 @@ class Governor:
         now = self.clock()
         for name, m in zip(self.targets, self.tm):
             flag = loaded.get(name)
-            if flag is not None and flag != m.loaded:
-                m.set_loaded(flag, now, lag_s)
-                changed = True
+            if flag is not None:
+                m.signalled = True
+                if flag != m.loaded:
+                    m.set_loaded(flag, now, lag_s)
+                    changed = True
         if changed:
             self._share_tails()
 

@@ -175,6 +175,30 @@ def test_the_move_up_to_come_is_announced_one_decision_ahead():
     assert g.decide(level=1).config.level == 1 and g.upcoming is None
 
 
+def test_a_stale_target_keeps_its_quiet_shape_where_a_load_signal_keeps_loads_apart():
+    """A stale target drifts back towards its profile. Without a load signal the shape it
+    learnt goes too (learnt under a load, it would keep the target out for good); where the
+    signal tells a target's quiet state from its loaded one (``set_load``), the shape learnt
+    quiet is the target's own (here a constant of 0.5 ms the profile missed: on this host the
+    start-up profile, timed back to back, predicted 0.15 ms for runs of 0.25 ms 3 ms apart)
+    and stays, so the target is not tried again as if it were faster than it is."""
+    from governor.controller import TargetModel
+    for signalled in (False, True):
+        m = TargetModel(Params(), 2e-3, 0.01)
+        m.signalled = signalled
+        for i in range(60):                      # three levels at 1, 2, 3 ms in the profile, each 0.5 ms more
+            base = (1 + i % 3) * 1e-3
+            m.observe(base, base + 0.5e-3, None, float("nan"), 0.0)
+        learnt = m.shape(1e-3) * m.corr_lat
+        assert learnt > 1.4e-3
+        for _ in range(30):
+            m.decay()
+        assert m.shape(1e-3) * m.corr_lat == pytest.approx(learnt if signalled else 1e-3, rel=0.02)
+    g, _ = gov()
+    g.set_load({"big": False}, 0.03)              # the daemon's executor, each decision
+    assert [m.signalled for m in g.tm] == [True, False]
+
+
 def test_a_slow_first_run_at_another_level_does_not_keep_the_level_out_for_good():
     """One first run of a move up at 2.4x (in a burst) lifts the learnt cost of a change of
     level (to 1.42) above what level 4's 2.0 ms leaves under a 2.25 ms budget, so the governor
