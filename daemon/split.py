@@ -51,7 +51,7 @@ class Columns:
 
     def warm(self) -> None:
         """Create and run every session the cuts use, so no request pays for one."""
-        x = np.zeros((1,) + self.models.input_shape, np.float32)
+        x = self.models.blank()
         for name, by_k in self.cuts.items():
             for k in by_k:
                 self.run(k, x, name)
