@@ -557,12 +557,12 @@ class Server:
         except Exception:
             log.exception("learning from a run failed")
             self.service.count_error("internal")
-        if not self.queues and not self.infer.getsockopt(zmq.EVENTS) & zmq.POLLIN:
-            try:                     # only while no request waits: it would wait for the run
-                self.service.rehearse(ran)
-            except Exception:
-                log.exception("rehearsing a change of level failed")
-                self.service.count_error("internal")
+        try:                         # only while no request waits: it would wait for the run
+            self.service.rehearse(ran, waiting=lambda: bool(self.queues)
+                                  or bool(self.infer.getsockopt(zmq.EVENTS) & zmq.POLLIN))
+        except Exception:
+            log.exception("rehearsing a change of level failed")
+            self.service.count_error("internal")
 
     def _inference_loop(self, stop: threading.Event) -> None:
         # Idle, the thread waits inside recv itself (100 ms at most, for the stop flag, the

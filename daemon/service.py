@@ -290,11 +290,14 @@ class Service:
         if cause is not None:
             s.counters.miss(cause)
 
-    def rehearse(self, ran: Ran) -> None:
-        """While no request waits (the caller knows): the change of level that the governor of
-        the set that just ran expects to make next, run once (:meth:`Executor.rehearse`)."""
+    def rehearse(self, ran: Ran, waiting: Optional[Callable[[], bool]] = None) -> None:
+        """The change of level that the governor of the set that just ran expects to make
+        next, run once (:meth:`Executor.rehearse`), unless a request waits (``waiting``, the
+        server's queues and socket: asked only where there is something to rehearse, so the
+        requests in between pay nothing for it)."""
         s = self.sets.get(ran.runtime.name)
-        if self.cfg.rehearse and s is not None and s.rt is ran.runtime and not ran.dvfs_lost:
+        if self.cfg.rehearse and s is not None and s.rt is ran.runtime and not ran.dvfs_lost \
+                and s.rt.governor.upcoming is not None and not (waiting is not None and waiting()):
             self.executor.rehearse(s.rt)
 
     def _dvfs_lost(self) -> None:
