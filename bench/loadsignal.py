@@ -12,11 +12,21 @@ the real daemon serving the shipped cifar10-g4 under a budget, one batch-1 reque
 The client's own work on the same CPUs counts as others' time (it does compete), and so does
 the ``status`` read after every request.
 
+``--stat-only``: how the two ways of reading ``/proc/stat`` see one CPU that a process keeps
+busy a known share of the time in short slices (0.3 ms busy of every 1 ms for 30%: a
+daemon's runs): per 30 ms window, the CPUs' worth by the busy fields (counted at the ticks)
+and by the time elapsed less the idle fields (what the signal reads: exact on a tickless
+kernel, printed in ticks); their mean, spread, and the share of windows at or above the
+signal's ``LOADED_AT``, where a quiet reading would tell a load that is not there.
+
     python -m bench.loadsignal [--model NAME] [--runs 1] [--requests 600] [--burst 25] [--gap-ms 3]
+    python -m bench.loadsignal --stat-only [--windows 300]
 """
 from __future__ import annotations
 
 import argparse
+import multiprocessing as mp
+import os
 import sys
 import time
 from typing import Dict, List, Sequence
@@ -86,12 +96,76 @@ def report(runs: List[Dict[str, Dict]], burst: int) -> str:
                     rows) + "\n")
 
 
+# ------------------------------------------------------------------ --stat-only
+def _busy_share(share: float, stop) -> None:
+    """Keep CPU 0 busy ``share`` of the time in slices of ``share`` ms of every 1 ms."""
+    os.sched_setaffinity(0, {0})
+    while not stop.is_set():
+        t = time.perf_counter()
+        while time.perf_counter() - t < share * 1e-3:
+            pass
+        time.sleep((1 - share) * 1e-3)
+
+
+def stat_readings(share: float, windows: int, window_s: float = 0.03) -> Dict[str, np.ndarray]:
+    """CPU 0's busy CPUs' worth per window, read both ways, while a process keeps it busy
+    ``share`` of the time (0: nothing of ours runs there)."""
+    from platforms.cpuload import BUSY_FIELDS, IDLE_FIELDS, parse_stat
+    hz = os.sysconf("SC_CLK_TCK")
+
+    def read():
+        text = open("/proc/stat").read()
+        return time.monotonic(), parse_stat(text, BUSY_FIELDS)[0], parse_stat(text, IDLE_FIELDS)[0]
+    if (os.cpu_count() or 1) > 1:
+        os.sched_setaffinity(0, set(range(1, os.cpu_count())))     # the reader off CPU 0
+    stop = mp.Event()
+    proc = mp.Process(target=_busy_share, args=(share, stop)) if share > 0 else None
+    if proc:
+        proc.start()
+        time.sleep(0.3)
+    busy, idle = [], []
+    try:
+        t0, b0, i0 = read()
+        for _ in range(windows):
+            time.sleep(window_s)
+            t1, b1, i1 = read()
+            busy.append((b1 - b0) / hz / (t1 - t0))
+            idle.append(1 - (i1 - i0) / hz / (t1 - t0))
+            t0, b0, i0 = t1, b1, i1
+    finally:
+        stop.set()
+        if proc:
+            proc.join()
+    return {"busy fields (sampled at the ticks)": np.array(busy), "elapsed less idle (the signal's)": np.array(idle)}
+
+
+def report_stat(windows: int, shares: Sequence[float] = (0.0, 0.3, 1.0)) -> str:
+    from platforms.cpuload import LOADED_AT
+    rows = []
+    for share in shares:
+        for way, v in stat_readings(share, windows).items():
+            rows.append(["%.0f%%" % (100 * share), way, "%.2f" % v.mean(), "%.2f" % v.std(),
+                         "%.2f" % np.percentile(v, 90), "%.1f" % (100 * np.mean(v >= LOADED_AT))])
+    return ("/proc/stat read two ways (%s): CPU 0 kept busy a share of the time in slices of under 1 ms, "
+            "%d windows of 30 ms; the other processes on CPU 0 count too\n\n" % (machine(), windows)
+            + table(["CPU 0 kept busy", "read by", "CPUs' worth: mean", "spread (sd)", "p90",
+                     "windows >= %.1f (loaded) %%" % LOADED_AT], rows) + "\n")
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m bench.loadsignal", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     pattern_args(p)
     p.add_argument("--runs", type=int, default=1)
+    p.add_argument("--stat-only", action="store_true",
+                   help="only compare the two ways of reading /proc/stat (no daemon)")
+    p.add_argument("--windows", type=int, default=300, help="--stat-only: 30 ms windows per share (default 300)")
     a = p.parse_args(argv)
+    if a.stat_only:
+        if a.windows < 10:
+            p.error("--windows must be at least 10, got %d" % a.windows)
+        print(report_stat(a.windows))
+        return 0
     if a.requests < 6 * a.burst:
         p.error("--requests must hold the middle third's bursts: at least 6 x --burst (%d)" % (6 * a.burst))
     runs = []

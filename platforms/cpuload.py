@@ -2,15 +2,21 @@
 has come onto a target's CPUs or has gone from them, before a run there shows it (and for
 the targets it is not running on, whose runs cannot show it).
 
-From ``/proc/stat``: each CPU's busy time (user, nice, system, irq, softirq, steal), which
-the kernel counts in ticks of ``USER_HZ`` (10 ms where it is 100), less this process's own
-CPU time (``time.process_time``, all its threads, wherever they ran: the share of others is
-under- rather than over-counted). Over the last ``window_s`` (at least three ticks, so that
-one tick more or less does not cross the executor's thresholds): on this machine a busy
-process held on a CPU counts at least 0.7 of it (tests/test_cpuload.py, which also has the
-arithmetic); through ``bench.deadlines``' bursts (one busy process per CPU) the two-CPU
-target read 1.4-2.5 CPUs, and 0-0.4 between them, a client's own work included (a probe
-reading ``status``; docs/platforms.md, "Other processes' load").
+From ``/proc/stat``: each CPU's idle time (idle and iowait, in ticks of ``USER_HZ``: 10 ms
+where it is 100); its busy time is the time elapsed less that, and others' is that less
+this process's own CPU time (``time.process_time``, all its threads, wherever they ran: the
+share of others is under- rather than over-counted). Over the last ``window_s`` (at least
+three ticks, so that one tick more or less does not cross the executor's thresholds).
+
+Idle, not the busy fields: on a tickless kernel (``NO_HZ``, the default on Debian's and the
+boards' configurations) the kernel counts idle time exactly and only prints it in ticks, where
+the busy fields count the ticks at which the CPU was busy, a sample; the daemon's own runs
+that held a tick read as others' time. A process busy 30% of one CPU in 0.3 ms slices read
+0.5 CPUs or more in 11.7% of 30 ms windows through the busy fields and in 0.3% through the
+idle time (``python -m bench.loadsignal --stat-only``; docs/platforms.md, "Other processes'
+load"). Where the kernel ticks when idle, idle is sampled too and the two are alike. On this
+machine a busy process held on a CPU counts at least 0.7 of it (tests/test_cpuload.py, which
+also has the arithmetic).
 """
 from __future__ import annotations
 
@@ -19,7 +25,8 @@ import os
 import time
 from typing import Callable, Deque, Dict, Optional, Sequence, Tuple
 
-BUSY_FIELDS = (0, 1, 2, 5, 6, 7)     # user nice system [idle iowait] irq softirq steal
+IDLE_FIELDS = (3, 4)                 # user nice system [idle iowait] irq softirq steal
+BUSY_FIELDS = (0, 1, 2, 5, 6, 7)     # the busy ones, counted at the ticks (bench.loadsignal compares them)
 LOADED_AT, QUIET_AT = 0.5, 0.25     # CPUs' worth that others use on a target: loaded at or above, quiet below
 
 
@@ -32,9 +39,10 @@ def loaded(others: Optional[float], was: Optional[bool]) -> Optional[bool]:
     return others >= LOADED_AT or (bool(was) and others >= QUIET_AT)
 
 
-def parse_stat(text: str) -> Dict[int, int]:
-    """Busy ticks per CPU from the text of ``/proc/stat`` (its ``cpuN`` lines)."""
-    busy = {}
+def parse_stat(text: str, fields: Sequence[int] = IDLE_FIELDS) -> Dict[int, int]:
+    """Ticks per CPU in ``fields`` (default: idle and iowait) from the text of ``/proc/stat``
+    (its ``cpuN`` lines)."""
+    out = {}
     for line in text.splitlines():
         if not line.startswith("cpu") or line.startswith("cpu "):
             continue
@@ -43,10 +51,12 @@ def parse_stat(text: str) -> Dict[int, int]:
             cpu, ticks = int(name[3:]), [int(v) for v in vals]
         except ValueError:
             raise ValueError("/proc/stat: unreadable line %r" % line[:80]) from None
-        busy[cpu] = sum(ticks[i] for i in BUSY_FIELDS if i < len(ticks))
-    if not busy:
+        if len(ticks) <= max(IDLE_FIELDS):
+            raise ValueError("/proc/stat: line %r has no idle and iowait fields" % line[:80])
+        out[cpu] = sum(ticks[i] for i in fields if i < len(ticks))
+    if not out:
         raise ValueError("/proc/stat: no cpuN line")
-    return busy
+    return out
 
 
 class OthersLoad:
@@ -70,21 +80,21 @@ class OthersLoad:
     def _read(self) -> Optional[Dict[int, int]]:
         try:
             with open(self.path, "rb") as f:
-                busy = parse_stat(f.read().decode("ascii", "replace"))
+                idle = parse_stat(f.read().decode("ascii", "replace"))
         except (OSError, ValueError) as e:
             self.error = str(e)         # the samples so far stand; the status says why
             return None
         self.error = ""
-        return busy
+        return idle
 
     def sample(self) -> None:
         now = self.clock()
         if self.samples and now - self.samples[-1][0] < self.min_gap_s:
             return
-        busy = self._read()
-        if busy is None:
+        idle = self._read()
+        if idle is None:
             return
-        self.samples.append((now, self.own(), busy))
+        self.samples.append((now, self.own(), idle))
         # keep the newest sample at least window_s old, and what came after it
         while len(self.samples) > 2 and now - self.samples[1][0] >= self.window_s:
             self.samples.popleft()
@@ -101,8 +111,8 @@ class OthersLoad:
         cpus = [c for c in cpus if c in b0 and c in b1]
         if not cpus:
             return None
-        ticks = sum(b1[c] - b0[c] for c in cpus)
-        return max(0.0, (ticks / self.hz - (own1 - own0)) / (t1 - t0))
+        busy = len(cpus) * (t1 - t0) - sum(b1[c] - b0[c] for c in cpus) / self.hz
+        return max(0.0, (busy - (own1 - own0)) / (t1 - t0))
 
 
 MODES = ("on", "off")

@@ -2,6 +2,8 @@
 import os
 import subprocess
 import sys
+import re
+
 import pytest
 
 from tests.daemon_harness import ROOT
@@ -390,6 +392,22 @@ def test_loadsignal_counts_false_loads_in_the_quiet_thirds_and_the_lag_at_each_b
     assert s["cpu:1"]["to_loaded"] == [None, None]
     text = L.report([s], burst)
     assert "| 1   | cpu    | 2.5 " in text and "| 0.10 / 0.10 / 1.00 " in text and "| 2, 2 " in text
+
+
+def test_loadsignal_stat_only_reads_proc_stat_both_ways_per_share(capsys):
+    """bench.loadsignal --stat-only: for each share CPU 0 is kept busy (none, 30%, all), a row
+    per way of reading /proc/stat; too few windows is refused with one line."""
+    from bench import loadsignal as L
+    if not os.path.exists("/proc/stat") or (os.cpu_count() or 1) < 2:
+        pytest.skip("needs /proc/stat and two CPUs")
+    assert L.main(["--stat-only", "--windows", "10"]) == 0
+    out = capsys.readouterr().out
+    for share in ("0%", "30%", "100%"):
+        for way in ("busy fields (sampled at the ticks)", "elapsed less idle (the signal's)"):
+            assert re.search(r"\| %s +\| %s +\|" % (share, re.escape(way)), out), (share, way)
+    with pytest.raises(SystemExit):
+        L.main(["--stat-only", "--windows", "5"])
+    assert "--windows must be at least 10, got 5" in capsys.readouterr().err
 
 
 def test_firstrun_sorts_the_changes_of_level_by_direction_and_rehearsal():

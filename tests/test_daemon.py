@@ -105,10 +105,18 @@ def test_a_miss_rate_through_the_daemon(served):
         c.pin(target=t)
         for _ in range(100):
             assert c.infer(img).config["target"] == t
-        wide = c.status()["margins"]
-        r = c.set_budget(latency_ms=50.0, miss_rate=0.002)
+        # the margins of one state of the load signal: where another process's load came or went
+        # between the two reads (seen once in a full run of the suite), each target took up the
+        # other state's window and the two reads compare different tails; then read both again
+        for _ in range(5):
+            before = c.status()
+            r = c.set_budget(latency_ms=50.0, miss_rate=0.002)
+            s = c.status()
+            if s["loaded"] == before["loaded"]:
+                break
+            c.set_budget(latency_ms=50.0)
+        wide = before["margins"]
         assert r["budget"]["miss_rate"] == 0.002 and r["replaced"]["miss_rate"] is None
-        s = c.status()
         assert s["budget"]["miss_rate"] == 0.002
         assert all(s["margins"][u] >= m for u, m in wide.items()) and s["margins"][t] > wide[t], (t, wide, s["margins"])
         assert json.load(open(os.path.join(d.state, "budget.json")))["miss_rate"] == 0.002

@@ -230,6 +230,37 @@ def test_a_slow_first_run_at_another_level_does_not_keep_the_level_out_for_good(
     assert served[-1] == 4 and g.status()["level_change_cost"] < 1.1
 
 
+def test_a_slow_first_run_after_a_move_does_not_keep_the_governor_on_the_lane_it_moved_to():
+    """Two targets: "a" serves level 2 under a 2.5 ms budget, "b" (1.4x slower, cheaper) level
+    1 only. A move to b (the operator's pin) whose first run took 1.7x its prediction (within
+    the limit) lifts the move cost to 1.21, and level 2 on a no longer fits with it: the governor stays on b, a level
+    below, and makes no move that could teach the cost otherwise. Like the cost of a change of
+    level, the move cost drifts back towards 1 when no move has been made for the longest wait
+    (``stale_max_s``, or as many decisions as ``stale_runs`` are to ``stale_s``), and the
+    governor moves back to level 2 on a."""
+    levels = LEVELS[:2]
+    prof = Profile({"a": TargetFit(1e-4, 0.0, {1000000: 2.0}), "b": TargetFit(1.4e-4, 0.0, {1000000: 1.0})})
+    g = Governor(build_space(levels, {"a": [1000000], "b": [1000000]}), levels, prof, clock=Clock(),
+                 params=Params(up_patience=5, quantile_margin=False, stale_runs=50, stale_max_s=4.0))
+    g.set_budget(Budget(latency_ms=2.5))
+    d = g.decide()
+    assert d.config == Config(2, "a", 1000000)
+    g.observe(d.config, pred(g, d.config)[0])
+    g.pin(target="b")
+    d = g.decide()
+    g.observe(d.config, pred(g, d.config)[0] * 1.7, learn=False)   # the move's first run, cold
+    assert g.status()["move_cost"] == pytest.approx(1.21)
+    g.release()
+    served = []
+    for _ in range(150):
+        d = g.decide()
+        g.observe(d.config, pred(g, d.config)[0])
+        served.append(d.config)
+    assert set(served[:90]) == {Config(1, "b", 1000000)}     # the cost holds it there: 100 decisions
+    assert served[-1] == Config(2, "a", 1000000)
+    assert g.status()["move_cost"] < 1.2
+
+
 def test_the_margin_is_the_measured_tail_and_the_misses_follow_it():
     """With +-25% scatter around the profile, the margin becomes the 99th percentile of the
     observed / predicted ratios (the tail fit's, near the plain one's), and the closed loop misses its budget about as rarely as
