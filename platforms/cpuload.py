@@ -12,8 +12,8 @@ Idle, not the busy fields: on a tickless kernel (``NO_HZ``, the default on Debia
 boards' configurations) the kernel counts idle time exactly and only prints it in ticks, where
 the busy fields count the ticks at which the CPU was busy, a sample; the daemon's own runs
 that held a tick read as others' time. A process busy 30% of one CPU in 0.3 ms slices read
-0.5 CPUs or more in 11.7% of 30 ms windows through the busy fields and in 0.3% through the
-idle time (``python -m bench.loadsignal --stat-only``; docs/platforms.md, "Other processes'
+0.5 CPUs or more in 11.7% and 8.0% of 30 ms windows through the busy fields and in 0.3%
+through the idle time, two runs (``python -m bench.loadsignal --stat-only``; docs/platforms.md, "Other processes'
 load"). Where the kernel ticks when idle, idle is sampled too and the two are alike. On this
 machine a busy process held on a CPU counts at least 0.7 of it (tests/test_cpuload.py, which
 also has the arithmetic).
