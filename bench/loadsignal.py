@@ -116,15 +116,16 @@ def stat_readings(share: float, windows: int, window_s: float = 0.03) -> Dict[st
     def read():
         text = open("/proc/stat").read()
         return time.monotonic(), parse_stat(text, BUSY_FIELDS)[0], parse_stat(text, IDLE_FIELDS)[0]
-    if (os.cpu_count() or 1) > 1:
-        os.sched_setaffinity(0, set(range(1, os.cpu_count())))     # the reader off CPU 0
+    mine = os.sched_getaffinity(0)
     stop = mp.Event()
     proc = mp.Process(target=_busy_share, args=(share, stop)) if share > 0 else None
-    if proc:
-        proc.start()
-        time.sleep(0.3)
     busy, idle = [], []
     try:
+        if (os.cpu_count() or 1) > 1:
+            os.sched_setaffinity(0, set(range(1, os.cpu_count())))     # the reader off CPU 0
+        if proc:
+            proc.start()
+            time.sleep(0.3)
         t0, b0, i0 = read()
         for _ in range(windows):
             time.sleep(window_s)
@@ -134,8 +135,9 @@ def stat_readings(share: float, windows: int, window_s: float = 0.03) -> Dict[st
             t0, b0, i0 = t1, b1, i1
     finally:
         stop.set()
-        if proc:
+        if proc and proc.is_alive():
             proc.join()
+        os.sched_setaffinity(0, mine)       # the caller's CPUs back (a test process runs on)
     return {"busy fields (sampled at the ticks)": np.array(busy), "elapsed less idle (the signal's)": np.array(idle)}
 
 

@@ -8,15 +8,17 @@ this process's own CPU time (``time.process_time``, all its threads, wherever th
 share of others is under- rather than over-counted). Over the last ``window_s`` (at least
 three ticks, so that one tick more or less does not cross the executor's thresholds).
 
-Idle, not the busy fields: on a tickless kernel (``NO_HZ``, the default on Debian's and the
-boards' configurations) the kernel counts idle time exactly and only prints it in ticks, where
-the busy fields count the ticks at which the CPU was busy, a sample; the daemon's own runs
-that held a tick read as others' time. A process busy 30% of one CPU in 0.3 ms slices read
-0.5 CPUs or more in 11.7% and 8.0% of 30 ms windows through the busy fields and in 0.3%
-through the idle time, two runs (``python -m bench.loadsignal --stat-only``; docs/platforms.md, "Other processes'
-load"). Where the kernel ticks when idle, idle is sampled too and the two are alike. On this
-machine a busy process held on a CPU counts at least 0.7 of it (tests/test_cpuload.py, which
-also has the arithmetic).
+Idle, not the busy fields: on a tickless kernel (``NO_HZ_IDLE``: this VM's, and Linux's
+arm64 defconfig; the boards' vendor kernels unproven) the kernel counts idle time exactly and
+only prints it in ticks, where the busy fields count the ticks at which the CPU was busy, a
+sample, so the daemon's own runs that held a tick read as others' time. A process busy 30% of
+one CPU in 0.3 ms slices read 0.5 CPUs or more in 11.7% and 8.0% of 30 ms windows through the
+busy fields and in 0.3% through the idle time, two runs (``python -m bench.loadsignal
+--stat-only``; docs/platforms.md, "Other processes' load"). Where the kernel ticks when idle,
+idle is sampled too and the two are alike. Idle and iowait together: the kernel counts a
+sleeping CPU's time in one or the other as I/O waits begin and end. On this machine a busy
+process held on a CPU counts at least 0.7 of it (tests/test_cpuload.py, which also has the
+arithmetic).
 """
 from __future__ import annotations
 
@@ -105,13 +107,13 @@ class OthersLoad:
         self.sample()
         if len(self.samples) < 2:
             return None
-        (t0, own0, b0), (t1, own1, b1) = self.samples[0], self.samples[-1]
+        (t0, own0, i0), (t1, own1, i1) = self.samples[0], self.samples[-1]
         if t1 - t0 < self.window_s:
             return None
-        cpus = [c for c in cpus if c in b0 and c in b1]
+        cpus = [c for c in cpus if c in i0 and c in i1]
         if not cpus:
             return None
-        busy = len(cpus) * (t1 - t0) - sum(b1[c] - b0[c] for c in cpus) / self.hz
+        busy = len(cpus) * (t1 - t0) - sum(i1[c] - i0[c] for c in cpus) / self.hz
         return max(0.0, (busy - (own1 - own0)) / (t1 - t0))
 
 
