@@ -72,15 +72,16 @@ def test_others_share_is_the_time_not_idle_less_own_time_over_the_window(tmp_pat
 def test_the_signal_counts_a_cpu_busy_in_short_slices_by_its_share_not_its_ticks():
     """The reason the signal reads idle time: CPU 0 kept 30% busy in 0.3 ms slices (a daemon's
     runs) reads at or above LOADED_AT in hardly any 30 ms window through the idle fields, where the
-    busy fields, counted at the ticks, read so in several percent of them (bench.loadsignal
-    --stat-only; on a kernel that ticks when idle the two would be alike)."""
+    busy fields, counted at the ticks, read so in 8-12% of them on this VM (bench.loadsignal
+    --stat-only; on a kernel that ticks when idle the two would be alike, which the last line allows)."""
     from bench.loadsignal import stat_readings
     if not os.path.exists("/proc/stat") or (os.cpu_count() or 1) < 2:
         pytest.skip("needs /proc/stat and two CPUs")
     v = stat_readings(0.3, 200)
     busy, idle = v["busy fields (sampled at the ticks)"], v["elapsed less idle (the signal's)"]
     assert 0.15 < idle.mean() < 0.6 and 0.15 < busy.mean() < 0.6     # both see the share on average
-    assert np.mean(idle >= LOADED_AT) < np.mean(busy >= LOADED_AT) or np.mean(busy >= LOADED_AT) == 0
+    assert np.mean(idle >= LOADED_AT) < 0.05                          # at most 10 windows of 200
+    assert np.mean(idle >= LOADED_AT) <= np.mean(busy >= LOADED_AT) + 0.02
 
 
 def test_the_signal_is_switched_by_the_environment(monkeypatch):
