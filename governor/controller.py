@@ -196,7 +196,7 @@ class Params:
     alpha: float = 0.3
     stale_s: float = 2.0           # unobserved for this long → the correction decays to 1
     stale_runs: int = 200          # ... or for this many decisions (a fast request stream)
-    stale_max_s: float = 64.0      # the longest a target waits after moves there kept missing; the move cost's wait
+    stale_max_s: float = 64.0      # the longest wait: a target's after moves there missed; the move cost's
     freq_interval_s: float = 0.05
     window: int = 2000             # observations kept for the status percentiles
     # Accuracy points a level must beat every cheaper level (fewer MACs) by to be chosen on its
