@@ -775,7 +775,7 @@ class Governor:
         # in a burst) kept k=2 out of a whole budget that k=2 alone kept at 0.17% misses, and
         # with it the changes of level that would have taught the cost again
         def stale(at: Tuple[float, int], wait_s: float) -> bool:
-            return now - at[0] > wait_s or n - at[1] > self.p.stale_runs * wait_s / self.p.stale_s
+            return now - at[0] > wait_s or n - at[1] > self._stale_runs(wait_s)
         if self.cold_ratio > 1.0001 and stale(self._cold_at, self.p.stale_s):
             self.cold_ratio = drift(self.cold_ratio, self.p.alpha)
         # and so does the cost of a move to another target, learnt from moves alone, after the
@@ -790,7 +790,7 @@ class Governor:
             self.move_ratio = drift(self.move_ratio, self.p.alpha)
         decayed = False
         for m in self.tm:
-            if (now - m.seen > m.stale_s or n - m.seen_n > self._stale_runs(m)) and m.learnt():
+            if stale((m.seen, m.seen_n), m.stale_s) and m.learnt():
                 m.decay()
                 decayed = True
         if decayed:
@@ -812,9 +812,10 @@ class Governor:
         if changed:
             self._share_tails()
 
-    def _stale_runs(self, m: TargetModel) -> float:
-        """The decisions target model ``m`` may go unobserved: ``stale_runs``, doubled with its ``stale_s``."""
-        return self.p.stale_runs * m.stale_s / self.p.stale_s
+    def _stale_runs(self, wait_s: float) -> float:
+        """The decisions that stand for a wait of ``wait_s``: ``stale_runs`` per ``stale_s``
+        (a target's wait, doubled after a move there missed, doubles them alike)."""
+        return self.p.stale_runs * wait_s / self.p.stale_s
 
     def _cap(self, t: int, khz: int) -> None:
         """The kernel ran target ``t`` below what was asked (a thermal or power cap): leave
@@ -1203,7 +1204,7 @@ class Governor:
             "move_cost": round(self.move_ratio, 3),
             "level_change_cost": round(self.cold_ratio, 3),
             "up_patience": self._patience,
-            "stale_after": {t: {"s": m.stale_s, "decisions": int(self._stale_runs(m))}
+            "stale_after": {t: {"s": m.stale_s, "decisions": int(self._stale_runs(m.stale_s))}
                             for t, m in zip(self.targets, self.tm)},
             "profile": self.profile.source,
         }
