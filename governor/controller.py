@@ -41,6 +41,11 @@ highest accuracy, and the lowest energy among equals.
   move up has been seen for ``stale_s`` or ``stale_runs`` decisions. ``upcoming``
   names the move up the next decision makes if nothing changes (a change of level only), for
   the executor to run once while no request waits (so that first run finds the level warm).
+* A move up held back by the learnt cost of a move alone (``move_ratio``, see :meth:`_move_cost`),
+  to a target that runs on all of the current one's processors and more and that a load signal
+  reports quiet, is made after ``move_patience`` decisions in a row in which it fits by its
+  margin: there the cost stands for the move's first runs, not for a load the target's model
+  has not seen, and a first run's miss, once, buys the level for every request after.
 * A request that forces its level (``decide(level=k)``) gets the best configuration of
   that level but leaves the governed state (and its hysteresis) where it was.
 * Settle time: a target's frequency change takes ``settle_s[target]`` to take effect (the
@@ -203,6 +208,8 @@ class Params:
     # own: below this, its extra time and energy buy a difference the test set cannot resolve
     # (0.1 points = 10 of 10,000 images). Pins and a request's own groups still reach it.
     acc_tolerance: float = 0.1
+    # decisions in a row a move up to a quiet wider target, held back by the move cost alone, waits (0: never)
+    move_patience: int = 40
 
 
 def worthwhile(levels: Sequence[Level], tolerance: float) -> set:
@@ -498,6 +505,8 @@ class Governor:
         self._peers = [[u for u in range(len(own)) if u != t and own[t] & own[u]] for t in range(len(own))]
         # ... and those that run on all of its processors: a load that slows it slows them as much
         self._over = [[u for u in self._peers[t] if own[t] <= own[u]] for t in range(len(own))]
+        # ... and those that run on all of them and more
+        self._wider = [[u for u in self._over[t] if own[t] < own[u]] for t in range(len(own))]
         self._khz_now: Dict[int, float] = {}        # target → the frequency of its last decision
         # levels by accuracy, best first (level number breaks ties)
         self._level_order = sorted({c.level for c in self.space},
@@ -511,6 +520,7 @@ class Governor:
         self.set_profile(profile)
         self.current: Optional[int] = None
         self._up_count = 0
+        self._blocked = 0                      # decisions a move up was held back by the move cost alone
         self._patience = self.p.up_patience    # doubled after each move up that missed at once
         self._probe, self._probation = None, 0
         self._freq_changed_at = -math.inf
@@ -760,6 +770,7 @@ class Governor:
         self._fresh_decision = True
         self.upcoming = None
         self._up_count = 0
+        self._blocked = 0
         self._patience = self.p.up_patience
         self._probation = 0
 
@@ -856,17 +867,19 @@ class Governor:
         return e is None or not self._ekey(i) > e / 1e3 or math.isinf(self._ekey(i))
 
     def _best_at(self, lanes: Dict[int, List[_Lane]], lv: int, lat_limit_s: Optional[float],
-                 extra: Optional[int] = None) -> Optional[int]:
+                 extra: Optional[int] = None, quiet_only: bool = False) -> Optional[int]:
         """Lowest-energy configuration of level ``lv`` among ``lanes`` meeting the budget
         (``extra``: one more candidate to consider, the current configuration)."""
         e_lim = self.budget.energy_mj
         best, best_key = None, None
         for lane in lanes.get(lv, ()):
+            if quiet_only and not self._quiet_move(lane.target):
+                continue
             if lat_limit_s is None:
                 j = len(lane.lat) - 1
             else:
                 m = self.tm[lane.target]
-                margin = m.margin * self._move_cost(lane.target)
+                margin = m.margin * (1.0 if quiet_only else self._move_cost(lane.target))
                 shape_max = lat_limit_s / (margin * m.corr_lat)     # c0 + c1 x profile <= this
                 j = bisect.bisect_right(lane.lat, (shape_max - m.c0) / m.c1) - 1
                 while j >= 0 and self._lat(lane.idx[j]) * margin > lat_limit_s:   # the 5% floor
@@ -945,8 +958,17 @@ class Governor:
                         cand = cur
                 else:
                     self._up_count = 0
+                if self.p.move_patience and not forced and not stepped and self._wider[self._tgt_l[cur]] \
+                        and self._acc_l[cand if cand is not None else cur] <= self._acc_l[cur]:
+                    # no move up found: one that a quiet wider target allows but for the move cost
+                    alt = self._blocked_up(lanes, order, cur, limit_s)
+                    self._blocked = self._blocked + 1 if alt is not None else 0
+                    if self._blocked >= self.p.move_patience:
+                        cand, self._blocked = alt, 0
+                        self._probe, self._probation = cand, self.p.probation
             else:
                 self._up_count = 0
+                self._blocked = 0
                 for lv in order:
                     cand = self._best_at(lanes, lv, limit_s)
                     if cand is not None:
@@ -982,6 +1004,24 @@ class Governor:
         if self._freq_l[cand]:
             self._khz_now[self._tgt_l[cand]] = self._freq_l[cand]
         return self.last
+
+    def _quiet_move(self, t: int) -> bool:
+        """Whether a move to target ``t`` may be judged without the move cost: a target that runs
+        on all of the current one's processors and more, which a load signal reports quiet (the
+        cost then stands for the first runs alone)."""
+        m = self.tm[t]
+        return self.current is not None and t in self._wider[self._tgt_l[self.current]] and m.signalled \
+            and not m.loaded
+
+    def _blocked_up(self, lanes, order, cur: int, limit_s: Optional[float]) -> Optional[int]:
+        """The move up in accuracy that a quiet wider target would allow but for the move cost."""
+        for lv in order:
+            if self.levels[lv].accuracy <= self._acc_l[cur]:
+                return None
+            alt = self._best_at(lanes, lv, limit_s, quiet_only=True)
+            if alt is not None:
+                return alt
+        return None
 
     def _move_cost(self, t: int) -> float:
         """How much slower than predicted the first run after a move to target ``t`` is
