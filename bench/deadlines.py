@@ -23,10 +23,16 @@ bursts of a competing process in its middle third.
     misses, accuracy and energy, and the governor's gaps to the oracle, as ALERT reports.
 
     python -m bench.deadlines [--model NAME] [--runs 5] [--sim-only | --real-only]
+                              [--save PATH [--status-every N]]
+
+``--save`` keeps every request of every run (JSON; :func:`run_from_json` reads a run back for
+:func:`summarise`), and ``--status-every N`` the governor's state every N requests of its
+budgets: the probes behind docs/governor.md's reading of the bursts.
 """
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import signal
 import subprocess
@@ -76,19 +82,30 @@ def busy_at(i: int, n: int, burst: int) -> bool:
     return n // 3 <= i < 2 * n // 3 and ((i - n // 3) // burst) % 2 == 0
 
 
-def _trace(c, bursts: Bursts, n: int, burst: int, gap_s: float, x) -> List[Dict]:
+# what --status-every records of the governor's state (status keys)
+WATCHED = ("feasible", "move_cost", "level_change_cost", "margins", "corrections", "loaded", "up_patience")
+
+
+def _trace(c, bursts: Bursts, n: int, burst: int, gap_s: float, x, status_every: int = 0,
+           log: Optional[List[Dict]] = None) -> List[Dict]:
+    """``n`` requests under the burst pattern; with ``status_every``, the governor's state
+    (``WATCHED``) after every ``status_every``-th request, appended to ``log``."""
     out = []
     for i in range(n):
         bursts.on() if busy_at(i, n, burst) else bursts.off()
         r = c.infer(x)
         out.append({"ms": r.latency_ms, "k": r.config["groups"], "target": r.config["target"]})
+        if status_every and log is not None and i % status_every == 0:
+            st = c.status()
+            log.append(dict({k: st.get(k) for k in WATCHED}, i=i))
         time.sleep(gap_s)
     bursts.off()
     return out
 
 
 def one_run(model: str, n: int, burst: int, gap_s: float, at: Sequence[float], nice: int = 0,
-            miss_rates: Sequence[Optional[float]] = (None,), static_samples: int = 1) -> Dict:
+            miss_rates: Sequence[Optional[float]] = (None,), static_samples: int = 1,
+            status_every: int = 0) -> Dict:
     from daemon.client import DaemonError
     bursts = Bursts()
     try:
@@ -128,15 +145,30 @@ def one_run(model: str, n: int, burst: int, gap_s: float, at: Sequence[float], n
             for b in budgets:
                 for q in miss_rates:          # one after the other on the same budget and pattern
                     c.set_budget(latency_ms=b, miss_rate=q)
-                    tr = _trace(c, bursts, n, burst, gap_s, x)
+                    log: List[Dict] = []
+                    tr = _trace(c, bursts, n, burst, gap_s, x, status_every, log)
                     s = c.status()
                     governed.append({"budget_ms": b, "asked": q, "trace": tr, "misses": s["misses"],
-                                     "miss_rate": s["miss_rate"]})
+                                     "miss_rate": s["miss_rate"], "status": log})
             c.clear_budget()
             samples += [statics() for _ in range(static_samples - 1)]
     finally:
         bursts.close()
     return {"tails": tails, "acc": acc, "statics": samples[0], "statics_again": samples[1:], "governed": governed}
+
+
+def run_to_json(run: Dict) -> Dict:
+    """A run of :func:`one_run` as JSON (``--save``): the statics keyed "k@target"."""
+    keyed = lambda st: {"%d@%s" % k: v for k, v in st.items()}          # noqa: E731
+    return dict(run, tails={str(k): v for k, v in run["tails"].items()}, statics=keyed(run["statics"]),
+                statics_again=[keyed(a) for a in run.get("statics_again", [])])
+
+
+def run_from_json(data: Dict) -> Dict:
+    """:func:`run_to_json` read back, for :func:`summarise` and :func:`report_real`."""
+    keyed = lambda st: {(int(k.split("@", 1)[0]), k.split("@", 1)[1]): v for k, v in st.items()}   # noqa: E731
+    return dict(data, tails={int(k): v for k, v in data["tails"].items()}, statics=keyed(data["statics"]),
+                statics_again=[keyed(a) for a in data.get("statics_again", [])])
 
 
 def summarise(run: Dict) -> List[Dict]:
@@ -287,11 +319,19 @@ def main(argv=None) -> int:
     p.add_argument("--static-samples", type=int, default=1, metavar="N",
                    help="run every static configuration N times (the others after the governor) and add the "
                         "best static that kept within 1%% in every sample (default 1)")
+    p.add_argument("--save", metavar="PATH",
+                   help="write every run's requests (latency, level, target per request; statics and governor) "
+                        "as JSON to PATH")
+    p.add_argument("--status-every", type=int, default=0, metavar="N",
+                   help="with --save: the governor's state (%s) after every N-th request of its budgets "
+                        "(default 0: none; a read costs the client, not the inference)" % ", ".join(WATCHED))
     p.add_argument("--sim-only", action="store_true")
     p.add_argument("--real-only", action="store_true")
     a = p.parse_args(argv)
     if a.static_samples < 1:
         p.error("--static-samples must be at least 1, got %d" % a.static_samples)
+    if a.status_every < 0 or (a.status_every and not a.save):
+        p.error("--status-every takes N >= 1 and --save")
     rates = tuple(a.miss_rates) if a.miss_rates else (None,)
     from governor import levels_from_manifest
     from models import manifest as mf, zoo
@@ -304,8 +344,11 @@ def main(argv=None) -> int:
         runs = []
         for i in range(a.runs):
             runs.append(one_run(a.model, a.requests, a.burst, a.gap_ms / 1e3, a.at, nice, rates,
-                                static_samples=a.static_samples))
+                                static_samples=a.static_samples, status_every=a.status_every))
             print("run %d of %d done" % (i + 1, a.runs), file=sys.stderr)
+            if a.save:             # after every run: a long bench stopped early keeps what it has
+                with open(a.save, "w") as f:
+                    json.dump({"machine": machine(), "args": vars(a), "runs": [run_to_json(r) for r in runs]}, f)
         print(report_real(runs, a.at, nice, rates))
     return 0
 

@@ -222,6 +222,12 @@ def test_deadlines_best_static_in_hindsight_and_the_simulated_gap():
     assert "Against the best static in every sample: worst +4.01 points; more than 0.3 below in 0" in text
     with pytest.raises(SystemExit):
         D.main(["--static-samples", "0", "--real-only"])
+    # --save: a run read back summarises as it was
+    import json
+    back = D.run_from_json(json.loads(json.dumps(D.run_to_json(run))))
+    assert back["statics"].keys() == run["statics"].keys() and D.summarise(back) == D.summarise(run)
+    with pytest.raises(SystemExit):
+        D.main(["--status-every", "10", "--real-only"])          # nowhere to keep what it reads
     from bench.scenarios import default_levels
     rows = D.simulated(default_levels([1e7, 2e7, 3e7, 4e7]), n=150, at=(0.5,))
     assert {r["board"] for r in rows} == {"sim-odroid-xu3", "sim-jetson-nano"}
@@ -369,6 +375,25 @@ def test_tails_bench_times_every_level_on_every_cpu_target_in_blocks():
     assert {k for k, _ in r["ms"]} == {1, 2, 3, 4}
     text = report(r)
     assert text.count("| k=1 on ") == len({t for _, t in r["ms"]}) and "p99 - p50" in text
+
+
+def test_deadlines_saves_every_request_and_the_governors_state_through_the_real_daemon(tmp_path):
+    """bench.deadlines --save --status-every: a short real run (30 requests per policy) keeps
+    each static configuration's and the governor's requests, the governor's state every 10
+    requests of its budget, and reads back to the table it printed."""
+    import json
+    from bench import deadlines as D
+    out = tmp_path / "run.json"
+    assert D.main(["--real-only", "--runs", "1", "--requests", "30", "--at", "0.5", "--gap-ms", "1",
+                   "--save", str(out), "--status-every", "10"]) == 0
+    saved = json.load(open(out))
+    run = D.run_from_json(saved["runs"][0])
+    assert {(1, "cpu"), (4, "cpu")} <= set(run["statics"]) and all(len(v) == 30 for v in run["statics"].values())
+    g = run["governed"][0]
+    assert len(g["trace"]) == 30 and [s["i"] for s in g["status"]] == [0, 10, 20]
+    assert set(D.WATCHED) <= set(g["status"][0]) and "cpu" in g["status"][0]["margins"]
+    row = D.summarise(run)[0]
+    assert row["budget_ms"] == g["budget_ms"] and 0 <= row["miss"] <= 1
 
 
 def test_loadsignal_counts_false_loads_in_the_quiet_thirds_and_the_lag_at_each_burst():
