@@ -1004,3 +1004,55 @@ def test_a_burst_on_shared_cpus_guards_every_target_there_and_the_governor_does_
     assert set(ran) <= {"cpu", "cpu:1"} and moves <= 3
     alone, _ = burst({})                                       # each target on CPUs of its own
     assert sum(a != b for a, b in zip(alone, alone[1:])) >= 12
+
+
+def test_a_quiet_state_unobserved_while_a_load_came_and_went_is_stale_when_the_quiet_returns():
+    """With a load signal, a target keeps what it learnt quiet apart from what it learnt loaded.
+    Observed in the loaded state only (the governor served it there and elsewhere when quiet),
+    its quiet state is as old as its last quiet run: when the quiet returns after
+    ``stale_runs`` decisions, the level learnt in a slow spell (1.09) drifts back to 1, where it
+    stayed for as long as the loaded state kept the target observed."""
+    levels = LEVELS[:2]
+    prof = Profile({"a": TargetFit(1e-4, 0.0, {1000000: 2.0}), "b": TargetFit(1.4e-4, 0.0, {1000000: 1.0})})
+    g = Governor(build_space(levels, {"a": [1000000], "b": [1000000]}), levels, prof, clock=Clock(),
+                 params=Params(stale_runs=50, quantile_margin=False), processors={"a": ["cpu0", "cpu1"], "b": ["cpu1"]})
+    g.set_load({"a": False, "b": False}, 0.03)
+    c = Config(1, "a", 1000000)
+    a = g.targets.index("a")
+    for _ in range(4):                                   # a slow spell, quiet
+        g.decide(level=1)
+        g.observe(c, pred(g, c)[0] * 1.3)
+    assert g.tm[a].corr_lat > 1.08
+    for i in range(60):                                  # a load comes and goes: a observed while loaded only
+        g.set_load({"a": i % 2 == 0, "b": False}, 0.03)
+        g.decide(level=1)
+        if i % 2 == 0:
+            g.observe(c, pred(g, c)[0])
+    g.set_load({"a": False, "b": False}, 0.03)
+    for _ in range(15):
+        g.decide(level=1)
+    assert g.tm[a].corr_lat < 1.01
+
+
+def test_where_nothing_fits_the_move_back_to_a_quiet_wider_target_is_not_charged_the_move_cost():
+    """Nothing meets the budget. The governor serves level 1 on b (one CPU); a (both CPUs, 1.4x
+    faster) is closer to the budget by its prediction, but not once a move's first run (the
+    move cost, learnt from three slow first runs) is counted. Where a load signal reports a
+    quiet, no load there made the budget infeasible and the move counts no cost: the closest is
+    a. Where it reports a loaded, b stays."""
+    levels = LEVELS[:2]
+    prof = Profile({"a": TargetFit(1e-4, 0.0, {1000000: 2.0}), "b": TargetFit(1.4e-4, 0.0, {1000000: 1.0})})
+    for a_loaded in (False, True):
+        g = Governor(build_space(levels, {"a": [1000000], "b": [1000000]}), levels, prof, clock=Clock(),
+                     params=Params(quantile_margin=False), processors={"a": ["cpu0", "cpu1"], "b": ["cpu1"]})
+        g.set_load({"a": a_loaded, "b": False}, 0.03)
+        for t in ("a", "b", "a", "b"):                   # first runs at 3x: the move cost 2.3
+            g.pin(level=1, target=t)
+            d = g.decide()
+            g.observe(d.config, pred(g, d.config)[0] * 3, learn=False)
+        assert g.move_ratio > 2
+        g.release()
+        g.set_budget(Budget(latency_ms=1.0))             # level 1: 1.0 ms on a, 1.4 ms on b (x 1.1)
+        d = g.decide()
+        assert not d.feasible
+        assert d.config == (Config(1, "b", 1000000) if a_loaded else Config(1, "a", 1000000))
