@@ -967,8 +967,9 @@ class Governor:
                         cand = cur
                 else:
                     self._up_count = 0
-                if self.p.move_patience and not forced and not stepped and self._wider[self._tgt_l[cur]] \
-                        and self._acc_l[cand if cand is not None else cur] <= self._acc_l[cur]:
+                if self.p.move_patience and not forced and not stepped \
+                        and self._acc_l[cand if cand is not None else cur] <= self._acc_l[cur] \
+                        and any(self._quiet_move(u) for u in self._wider[self._tgt_l[cur]]):
                     # no move up found: one that a quiet wider target allows but for the move cost
                     alt = self._blocked_up(lanes, order, cur, limit_s)
                     self._blocked = self._blocked + 1 if alt is not None else 0
