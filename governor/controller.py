@@ -20,8 +20,7 @@ highest accuracy, and the lowest energy among equals.
 * A load's coming and going (``set_load``, from the platform's load signal where it has one:
   other processes' time on a target's CPUs): each target model keeps what it learns apart
   for its CPUs quiet and loaded (``REGIME``) and takes up what it learnt in a state when the
-  state returns, so a load's tail leaves the margin when the load leaves; the quiet state
-  returns as old as its last quiet run (stale, as above, where that was long ago).
+  state returns, so a load's tail leaves the margin when the load leaves.
 * What ran: ``observe(ran_khz=)`` takes the kernel's frequency read-back; a target held
   below what was asked (a cap) has its higher frequencies left out for ``stale_s``.
 * Safety: a configuration meets a latency limit when prediction x margin <= limit, where a
@@ -60,8 +59,7 @@ highest accuracy, and the lowest energy among equals.
   when a configuration at the current frequency is as accurate and feasible.
 * Infeasible budget: the configuration closest to it (the smallest worst-case ratio of
   prediction to limit; on a target that runs on all of the current one's processors, times the
-  learnt cost of a move, unless it runs on more and a load signal reports it quiet), and
-  ``feasible`` is False in the decision and the status.
+  learnt cost of a move), and ``feasible`` is False in the decision and the status.
 * Bursts: after a miss, the margin of the target that missed, and of every target sharing a
   CPU or a GPU with it (``processors``), is at least the missed run's ratio to its prediction, fading by
   ``burst_decay`` per run.
@@ -248,7 +246,6 @@ class TargetModel:
         self.loaded = False            # other processes use this target's CPUs (set_loaded)
         self.signalled = False         # a load signal tells that (its quiet state's shape is its own)
         self._other: Optional[Dict] = None   # what was learnt in the other state (REGIME)
-        self._quiet_seen: Optional[Tuple[float, int]] = None   # (seen, seen_n) of its quiet state, while loaded
 
     def shape(self, base_s: float) -> float:
         return max(self.c0 + self.c1 * base_s, 0.05 * base_s)
@@ -362,12 +359,6 @@ class TargetModel:
         self._other = mine
         for f in REGIME:
             setattr(self, f, other[f])
-        # the quiet state is as old as its last quiet run: observed while loaded only, the
-        # target would keep a quiet level learnt in a slow spell for as long as loads recur
-        if loaded:
-            self._quiet_seen = (self.seen, self.seen_n)
-        elif self._quiet_seen is not None:
-            self.seen, self.seen_n = self._quiet_seen
         self.loaded = loaded
         self.fit_tail()
         if len(self.resid) < self.p.resid_min:
@@ -1118,10 +1109,8 @@ class Governor:
         if not feasible:
             # closest, counting a move's first run to a target on all the current one's processors
             # (the load that made the budget infeasible is there too); where the move leaves
-            # some of them behind, it may leave the load too, and is not held back; nor where the
-            # target runs on more and a load signal reports it quiet (no load is there)
-            over = [u for u in self._over[self._tgt_l[self.current]] if not self._quiet_move(u)] \
-                if self.current is not None else ()
+            # some of them behind, it may leave the load too, and is not held back
+            over = self._over[self._tgt_l[self.current]] if self.current is not None else ()
             if over:
                 worst = worst * np.where(np.isin(self._tgt, over), self.move_ratio, 1.0)
             m = worst[allowed].min()
