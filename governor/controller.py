@@ -967,6 +967,8 @@ class Governor:
                     if self._blocked >= self.p.move_patience:
                         cand, self._blocked = alt, 0
                         self._probe, self._probation = cand, self.p.probation
+                else:                         # in a row: a decision without such a move ends the count
+                    self._blocked = 0
             else:
                 self._up_count = 0
                 self._blocked = 0
