@@ -867,19 +867,20 @@ class Governor:
         return e is None or not self._ekey(i) > e / 1e3 or math.isinf(self._ekey(i))
 
     def _best_at(self, lanes: Dict[int, List[_Lane]], lv: int, lat_limit_s: Optional[float],
-                 extra: Optional[int] = None, quiet_only: bool = False) -> Optional[int]:
+                 extra: Optional[int] = None, costless: Optional[List[int]] = None) -> Optional[int]:
         """Lowest-energy configuration of level ``lv`` among ``lanes`` meeting the budget
-        (``extra``: one more candidate to consider, the current configuration)."""
+        (``extra``: one more candidate to consider, the current configuration; ``costless``:
+        only these targets, judged without the move cost)."""
         e_lim = self.budget.energy_mj
         best, best_key = None, None
         for lane in lanes.get(lv, ()):
-            if quiet_only and not self._quiet_move(lane.target):
+            if costless is not None and lane.target not in costless:
                 continue
             if lat_limit_s is None:
                 j = len(lane.lat) - 1
             else:
                 m = self.tm[lane.target]
-                margin = m.margin * (1.0 if quiet_only else self._move_cost(lane.target))
+                margin = m.margin * (1.0 if costless is not None else self._move_cost(lane.target))
                 shape_max = lat_limit_s / (margin * m.corr_lat)     # c0 + c1 x profile <= this
                 j = bisect.bisect_right(lane.lat, (shape_max - m.c0) / m.c1) - 1
                 while j >= 0 and self._lat(lane.idx[j]) * margin > lat_limit_s:   # the 5% floor
@@ -958,11 +959,14 @@ class Governor:
                         cand = cur
                 else:
                     self._up_count = 0
+                quiet: List[int] = []
                 if self.p.move_patience and not forced and not stepped \
-                        and self._acc_l[cand if cand is not None else cur] <= self._acc_l[cur] \
-                        and any(self._quiet_move(u) for u in self._wider[self._tgt_l[cur]]):
-                    # no move up found: one that a quiet wider target allows but for the move cost
-                    alt = self._blocked_up(lanes, order, cur, limit_s)
+                        and self._acc_l[cand if cand is not None else cur] <= self._acc_l[cur]:
+                    # no move up found: the wider targets a load signal reports quiet might allow
+                    # one but for the move cost
+                    quiet = [u for u in self._wider[self._tgt_l[cur]] if self.tm[u].signalled and not self.tm[u].loaded]
+                if quiet:
+                    alt = self._blocked_up(lanes, order, cur, limit_s, quiet)
                     self._blocked = self._blocked + 1 if alt is not None else 0
                     if self._blocked >= self.p.move_patience:
                         cand, self._blocked = alt, 0
@@ -1008,20 +1012,14 @@ class Governor:
             self._khz_now[self._tgt_l[cand]] = self._freq_l[cand]
         return self.last
 
-    def _quiet_move(self, t: int) -> bool:
-        """Whether a move to target ``t`` may be judged without the move cost: a target that runs
-        on all of the current one's processors and more, which a load signal reports quiet (the
-        cost then stands for the first runs alone)."""
-        m = self.tm[t]
-        return self.current is not None and t in self._wider[self._tgt_l[self.current]] and m.signalled \
-            and not m.loaded
-
-    def _blocked_up(self, lanes, order, cur: int, limit_s: Optional[float]) -> Optional[int]:
-        """The move up in accuracy that a quiet wider target would allow but for the move cost."""
+    def _blocked_up(self, lanes, order, cur: int, limit_s: Optional[float], quiet: List[int]) -> Optional[int]:
+        """The move up in accuracy that ``quiet`` (targets that run on all of ``cur``'s processors
+        and more, which a load signal reports quiet: there the move cost stands for the first
+        runs alone) would allow but for the move cost."""
         for lv in order:
             if self.levels[lv].accuracy <= self._acc_l[cur]:
                 return None
-            alt = self._best_at(lanes, lv, limit_s, quiet_only=True)
+            alt = self._best_at(lanes, lv, limit_s, costless=quiet)
             if alt is not None:
                 return alt
         return None
