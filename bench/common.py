@@ -100,12 +100,39 @@ def round_trip_args(p) -> None:
                    help="keep every CPU busy with an idle-class loop (this VM's halted vCPUs wake slowly)")
 
 
+def priority(nice: Optional[int], fifo: int = 0):
+    """What :func:`running_daemon` runs in the daemon's process before it starts: niceness
+    ``nice`` and, where ``fifo`` > 0, the real-time policy SCHED_FIFO at that priority (every
+    thread the daemon starts inherits both); None where neither is asked."""
+    if nice is None and not fifo:
+        return None
+
+    def apply() -> None:
+        if nice is not None:
+            os.setpriority(os.PRIO_PROCESS, 0, nice)
+        if fifo:
+            os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(fifo))
+    return apply
+
+
+def fifo_refused(prio: int) -> Optional[str]:
+    """Why a process started from here could not take SCHED_FIFO at ``prio`` (root without
+    CAP_SYS_NICE, as in most containers, or a user without RLIMIT_RTPRIO), tried in a child;
+    None where it can."""
+    code = "import os; os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(%d))" % prio
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    return None if r.returncode == 0 else (r.stderr.strip().splitlines() or ["exit %d" % r.returncode])[-1]
+
+
 @contextlib.contextmanager
-def running_daemon(model, profile_runs: int = 2, nice: Optional[int] = None, env: Optional[Dict[str, str]] = None):
+def running_daemon(model, profile_runs: int = 2, nice: Optional[int] = None, env: Optional[Dict[str, str]] = None,
+                   fifo: int = 0):
     """A real ``dnnscale serve`` of ``model`` (a folder or a shipped set's name, or a list of
     them: several sets in one daemon) as deployed: each target's own thread count, a quick
     start-up profile; ``nice``: the daemon's niceness (the systemd unit's ``Nice=``; lowering
-    it needs root); ``env``: added to its environment. Yields the running tests.daemon_harness.Daemon."""
+    it needs root); ``fifo``: run it under SCHED_FIFO at this priority (needs root; not as
+    deployed, docs/governor.md "Scheduling priority"); ``env``: added to its environment.
+    Yields the running tests.daemon_harness.Daemon."""
     import tempfile
     from models import zoo
     from tests.daemon_harness import Daemon
@@ -115,7 +142,7 @@ def running_daemon(model, profile_runs: int = 2, nice: Optional[int] = None, env
             f.write("profile_runs: %d\n" % profile_runs)
         models = [zoo.resolve(m) for m in ([model] if isinstance(model, str) else model)]
         d = Daemon(os.path.join(tmp, "run"), models, config=cfg, threads=None, env=env,
-                   preexec=None if nice is None else lambda: os.setpriority(os.PRIO_PROCESS, 0, nice))
+                   preexec=priority(nice, fifo))
         try:
             d.wait_ready()
             yield d
@@ -124,7 +151,7 @@ def running_daemon(model, profile_runs: int = 2, nice: Optional[int] = None, env
 
 
 @contextlib.contextmanager
-def serving(model, profile_runs: int = 2, nice: Optional[int] = None):
+def serving(model, profile_runs: int = 2, nice: Optional[int] = None, fifo: int = 0):
     """A client of :func:`running_daemon`."""
-    with running_daemon(model, profile_runs, nice) as d, d.client(timeout_s=30) as c:
+    with running_daemon(model, profile_runs, nice, fifo=fifo) as d, d.client(timeout_s=30) as c:
         yield c

@@ -23,11 +23,13 @@ bursts of a competing process in its middle third.
     misses, accuracy and energy, and the governor's gaps to the oracle, as ALERT reports.
 
     python -m bench.deadlines [--model NAME] [--runs 5] [--sim-only | --real-only]
-                              [--save PATH [--status-every N]]
+                              [--save PATH [--status-every N]] [--fifo PRIO]
 
 ``--save`` keeps every request of every run (JSON; :func:`run_from_json` reads a run back for
 :func:`summarise`), and ``--status-every N`` the governor's state every N requests of its
-budgets: the probes behind docs/governor.md's reading of the bursts.
+budgets: the probes behind docs/governor.md's reading of the bursts. Under (a)'s table, each
+static configuration's p99 over its median in the quiet thirds and in the bursts; ``--fifo PRIO``
+runs the daemon under SCHED_FIFO at that priority as well (root; not as deployed).
 """
 from __future__ import annotations
 
@@ -42,7 +44,7 @@ from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 
-from .common import machine, serving, table, whole_cpu
+from .common import fifo_refused, machine, serving, table, whole_cpu
 
 SETTLE = 20          # requests after a budget or pin change that are not counted
 SEPARATE = 0.9       # a run's quiet p99 of k=1 at this share of k=G's or more: its budgets cannot tell the levels apart
@@ -105,11 +107,11 @@ def _trace(c, bursts: Bursts, n: int, burst: int, gap_s: float, x, status_every:
 
 def one_run(model: str, n: int, burst: int, gap_s: float, at: Sequence[float], nice: int = 0,
             miss_rates: Sequence[Optional[float]] = (None,), static_samples: int = 1,
-            status_every: int = 0) -> Dict:
+            status_every: int = 0, fifo: int = 0) -> Dict:
     from daemon.client import DaemonError
     bursts = Bursts()
     try:
-        with serving(model, profile_runs=10, nice=nice) as c:
+        with serving(model, profile_runs=10, nice=nice, fifo=fifo) as c:
             st = c.status()
             acc = st["model"]["accuracy"]
             G = len(acc)
@@ -154,7 +156,8 @@ def one_run(model: str, n: int, burst: int, gap_s: float, at: Sequence[float], n
             samples += [statics() for _ in range(static_samples - 1)]
     finally:
         bursts.close()
-    return {"tails": tails, "acc": acc, "statics": samples[0], "statics_again": samples[1:], "governed": governed}
+    return {"tails": tails, "acc": acc, "statics": samples[0], "statics_again": samples[1:], "governed": governed,
+            "burst": burst}
 
 
 def run_to_json(run: Dict) -> Dict:
@@ -199,10 +202,30 @@ def summarise(run: Dict) -> List[Dict]:
     return rows
 
 
+def static_tails(runs: List[Dict]) -> List[List]:
+    """Per static configuration (first sample): its p99 over its median in the quiet thirds and
+    in the bursts' on-halves, the median over the runs, and the bursts' over the quiet's."""
+    rows = []
+    for key in dict.fromkeys(k for r in runs for k in r["statics"]):     # every run's, in order
+        quiet, busy = [], []
+        for r in runs:
+            ms = [q["ms"] for q in r["statics"].get(key, ())]
+            n, burst = len(ms), r.get("burst", 25)
+            for out, keep in ((quiet, lambda i: not n // 3 <= i < 2 * n // 3), (busy, lambda i: busy_at(i, n, burst))):
+                v = [m for i, m in enumerate(ms) if i >= SETTLE and keep(i)]
+                if v:
+                    out.append(float(np.percentile(v, 99) / np.median(v)))
+        if quiet and busy:
+            q, b = float(np.median(quiet)), float(np.median(busy))
+            rows.append(["k=%d on %s" % key, "%.2f" % q, "%.2f" % b, "%.2fx" % (b / q)])
+    return rows
+
+
 def report_real(runs: List[Dict], at: Sequence[float], nice: int,
-                miss_rates: Sequence[Optional[float]] = (None,)) -> str:
-    lines = ["**(a) This machine, measured**, the daemon at niceness %d, the competitors at 0 (%s); quiet p99 "
-             "of k=1 / k=G per run: %s" % (nice, machine(), "; ".join("%.3f / %.3f ms" % (r["tails"][1], r["tails"][max(r["tails"])]) for r in runs)), ""]
+                miss_rates: Sequence[Optional[float]] = (None,), fifo: int = 0) -> str:
+    lines = ["**(a) This machine, measured**, the daemon at niceness %d%s, the competitors at 0 (%s); quiet p99 "
+             "of k=1 / k=G per run: %s" % (nice, ", SCHED_FIFO %d" % fifo if fifo else "", machine(),
+                                            "; ".join("%.3f / %.3f ms" % (r["tails"][1], r["tails"][max(r["tails"])]) for r in runs)), ""]
     rows = []
     per = [summarise(r) for r in runs]
     twice = any(r.get("statics_again") for r in runs)
@@ -231,6 +254,11 @@ def report_real(runs: List[Dict], at: Sequence[float], nice: int,
                      "network's, so the budgets do not separate the levels, and those rows check the misses alone."
                      % ("s" if len(flat) > 1 else "", ", ".join(map(str, flat)), round(100 * (1 - SEPARATE))))
         lines.append("")
+    lines.append("The static configurations' tails, p99 over the median (the first sample; the median over "
+                 "the runs):")
+    lines.append("")
+    lines.append(table(["static", "quiet thirds", "in the bursts", "bursts / quiet"], static_tails(runs)))
+    lines.append("")
     for q in miss_rates:
         mine = [r for s in per for r in s if r["asked"] == q]
         worst = max(r["miss"] for r in mine)
@@ -313,6 +341,10 @@ def main(argv=None) -> int:
     p.add_argument("--nice", type=int, default=None,
                    help="the daemon's niceness (default: the systemd unit's Nice=, as deployed; 0: the "
                         "competitors' own)")
+    p.add_argument("--fifo", type=int, default=0, metavar="PRIO",
+                   help="also run the daemon under the real-time policy SCHED_FIFO at this priority (1-99; "
+                        "needs root; not as deployed: docs/governor.md, \"Scheduling priority\"; default 0: "
+                        "none)")
     p.add_argument("--miss-rates", type=float, nargs="+", default=None, metavar="Q",
                    help="the governor once per budget for each miss_rate asked, one after the other "
                         "(default: once, without miss_rate)")
@@ -330,6 +362,12 @@ def main(argv=None) -> int:
     a = p.parse_args(argv)
     if a.static_samples < 1:
         p.error("--static-samples must be at least 1, got %d" % a.static_samples)
+    if not 0 <= a.fifo <= 99:
+        p.error("--fifo takes a priority from 1 to 99 (0: none), got %d" % a.fifo)
+    refused = fifo_refused(a.fifo) if a.fifo else None
+    if refused:
+        p.error("--fifo %d: this process cannot take SCHED_FIFO (root with CAP_SYS_NICE, or an RLIMIT_RTPRIO "
+                "of %d: ulimit -r): %s" % (a.fifo, a.fifo, refused))
     if a.status_every < 0 or (a.status_every and not a.save):
         p.error("--status-every takes N >= 1 and --save")
     rates = tuple(a.miss_rates) if a.miss_rates else (None,)
@@ -344,12 +382,12 @@ def main(argv=None) -> int:
         runs = []
         for i in range(a.runs):
             runs.append(one_run(a.model, a.requests, a.burst, a.gap_ms / 1e3, a.at, nice, rates,
-                                static_samples=a.static_samples, status_every=a.status_every))
+                                static_samples=a.static_samples, status_every=a.status_every, fifo=a.fifo))
             print("run %d of %d done" % (i + 1, a.runs), file=sys.stderr)
             if a.save:             # after every run: a long bench stopped early keeps what it has
                 with open(a.save, "w") as f:
                     json.dump({"machine": machine(), "args": vars(a), "runs": [run_to_json(r) for r in runs]}, f)
-        print(report_real(runs, a.at, nice, rates))
+        print(report_real(runs, a.at, nice, rates, fifo=a.fifo))
     return 0
 
 

@@ -377,6 +377,42 @@ def test_tails_bench_times_every_level_on_every_cpu_target_in_blocks():
     assert text.count("| k=1 on ") == len({t for _, t in r["ms"]}) and "p99 - p50" in text
 
 
+def test_static_tails_compare_each_configurations_bursts_with_its_quiet_thirds():
+    """bench.deadlines' tails table: per static configuration, p99 over the median in the quiet
+    thirds (after the first SETTLE requests) and in the bursts' on-halves only, the median over the runs."""
+    from bench import deadlines as D
+    n, burst = 600, 25
+
+    def trace(spike):          # 1 ms but for the first SETTLE requests and 2 of the bursts' 100: `spike` ms
+        slow = lambda i: i < D.SETTLE or (D.busy_at(i, n, burst) and (i - n // 3) % 100 == 0)   # noqa: E731
+        return [{"ms": spike if slow(i) else 1.0, "k": 1, "target": "cpu"} for i in range(n)]
+    runs = [{"statics": {(1, "cpu"): trace(s), (2, "cpu"): trace(1.0)}, "burst": burst} for s in (3.0, 5.0, 4.0)]
+    rows = {r[0]: r[1:] for r in D.static_tails(runs)}
+    assert rows["k=1 on cpu"] == ["1.00", "4.00", "4.00x"]     # the median run's spike
+    assert rows["k=2 on cpu"] == ["1.00", "1.00", "1.00x"]
+
+
+def test_a_daemon_run_under_sched_fifo_has_every_thread_there():
+    """bench.deadlines --fifo: the real daemon runs under the real-time policy with all its
+    threads (onnxruntime's pools, libzmq's), which inherit it from the process; without it,
+    under the normal policy."""
+    from bench.common import fifo_refused, priority, running_daemon
+    assert priority(None, 0) is None
+    refused = fifo_refused(3)
+    if refused:
+        pytest.skip("SCHED_FIFO refused here: %s" % refused)
+
+    def policies(pid):         # /proc/PID/task/TID/stat: rt_priority and policy, fields 40 and 41
+        out = set()
+        for tid in os.listdir("/proc/%d/task" % pid):
+            f = open("/proc/%d/task/%s/stat" % (pid, tid)).read().rsplit(")", 1)[1].split()
+            out.add((int(f[38]), int(f[37])))
+        return out
+    for fifo, want in ((3, {(1, 3)}), (0, {(0, 0)})):
+        with running_daemon("cifar10-g4", profile_runs=1, fifo=fifo) as d:
+            assert policies(d.proc.pid) == want
+
+
 def test_deadlines_saves_every_request_and_the_governors_state_through_the_real_daemon(tmp_path):
     """bench.deadlines --save --status-every: a short real run (30 requests per policy) keeps
     each static configuration's and the governor's requests, the governor's state every 10
