@@ -79,9 +79,14 @@ class Bursts:
             p.wait()
 
 
+def middle_third(i: int, n: int) -> bool:
+    """Whether request ``i`` of ``n`` falls in the middle third, where the bursts come."""
+    return n // 3 <= i < 2 * n // 3
+
+
 def busy_at(i: int, n: int, burst: int) -> bool:
     """Whether request ``i`` of ``n`` falls in a burst: the middle third, ``burst`` on, ``burst`` off."""
-    return n // 3 <= i < 2 * n // 3 and ((i - n // 3) // burst) % 2 == 0
+    return middle_third(i, n) and ((i - n // 3) // burst) % 2 == 0
 
 
 # what --status-every records of the governor's state (status keys)
@@ -211,7 +216,7 @@ def static_tails(runs: List[Dict]) -> List[List]:
         for r in runs:
             ms = [q["ms"] for q in r["statics"].get(key, ())]
             n, burst = len(ms), r.get("burst", 25)
-            for out, keep in ((quiet, lambda i: not n // 3 <= i < 2 * n // 3), (busy, lambda i: busy_at(i, n, burst))):
+            for out, keep in ((quiet, lambda i: not middle_third(i, n)), (busy, lambda i: busy_at(i, n, burst))):
                 v = [m for i, m in enumerate(ms) if i >= SETTLE and keep(i)]
                 if v:
                     out.append(float(np.percentile(v, 99) / np.median(v)))
@@ -254,11 +259,13 @@ def report_real(runs: List[Dict], at: Sequence[float], nice: int,
                      "network's, so the budgets do not separate the levels, and those rows check the misses alone."
                      % ("s" if len(flat) > 1 else "", ", ".join(map(str, flat)), round(100 * (1 - SEPARATE))))
         lines.append("")
-    lines.append("The static configurations' tails, p99 over the median (the first sample; the median over "
-                 "the runs):")
-    lines.append("")
-    lines.append(table(["static", "quiet thirds", "in the bursts", "bursts / quiet"], static_tails(runs)))
-    lines.append("")
+    tails = static_tails(runs)
+    if tails:                  # none where a run is too short for requests in both past SETTLE
+        lines.append("The static configurations' tails, p99 over the median (the first sample; the median "
+                     "over the runs):")
+        lines.append("")
+        lines.append(table(["static", "quiet thirds", "in the bursts", "bursts / quiet"], tails))
+        lines.append("")
     for q in miss_rates:
         mine = [r for s in per for r in s if r["asked"] == q]
         worst = max(r["miss"] for r in mine)

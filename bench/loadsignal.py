@@ -34,14 +34,14 @@ from typing import Dict, List, Sequence
 import numpy as np
 
 from .common import machine, serving, table
-from .deadlines import Bursts, busy_at, pattern_args
+from .deadlines import Bursts, busy_at, middle_third, pattern_args
 
 
 def summarise(reads: Sequence[Dict], n: int, burst: int) -> Dict[str, Dict]:
     """Per target, from one read per request (``{"loaded": {target: bool}, "others_cpus":
     {target: float or None}}``) under the pattern of :func:`bench.deadlines.busy_at`."""
     out = {}
-    quiet = [i for i in range(n) if not n // 3 <= i < 2 * n // 3]
+    quiet = [i for i in range(n) if not middle_third(i, n)]
     for t in reads[0]["loaded"]:
         flags = [bool(r["loaded"].get(t)) for r in reads]
         others = [v for v in (reads[i]["others_cpus"].get(t) for i in quiet) if v is not None]
