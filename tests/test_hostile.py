@@ -196,7 +196,10 @@ def test_sighup_with_a_manifest_typo_keeps_serving(daemon, random_set, tmp_path)
     got = set()
     while len(got) < 200 and s.poll(20000):
         got.add(json.loads(s.recv_multipart()[0])["id"])
-    assert got == set(range(200))
+    if got != set(range(200)):
+        with d.client() as c:
+            errors = c.status()["errors"]
+        pytest.fail("unanswered: %s; errors %s\n%s" % (sorted(set(range(200)) - got), errors, d.output()[-4000:]))
     time.sleep(0.5)
     assert d.proc.poll() is None, d.output()
     with d.client() as c:
