@@ -40,7 +40,7 @@ import signal
 import subprocess
 import sys
 import time
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -201,10 +201,28 @@ def summarise(run: Dict) -> List[Dict]:
                 worst = max([m] + [miss_of(a[(k, t)]) for a in again])
                 if worst <= 0.01:
                     ok_all.append(which + (worst,))
+        best = max(ok) if ok else None
         rows.append({"budget_ms": b, "asked": g.get("asked"), "miss": miss, "acc": mean_acc,
-                     "best": max(ok) if ok else None, "best_all": (max(ok_all) if ok_all else None) if again else None,
-                     "misses": g["misses"]})
+                     "best": best, "best_all": (max(ok_all) if ok_all else None) if again else None,
+                     "replay": replay(best, again[0], acc, miss_of) if again else None, "misses": g["misses"]})
     return rows
+
+
+def replay(best: Optional[Tuple], second: Dict, acc: Sequence[float], miss_of) -> Optional[Dict]:
+    """The first sample's best static as a policy judged by issue 35's targets on the second
+    sample: its misses there and its accuracy against the second sample's own best (None
+    where the first found none). How often the best static in hindsight passes them again
+    is the noise floor of those targets on this host, for a static policy."""
+    if best is None or (best[2], best[3]) not in second:
+        return None
+    ok = [acc[k - 1] for (k, _), st in second.items() if miss_of(st) <= 0.01]
+    return {"miss": miss_of(second[(best[2], best[3])]), "gap": best[0] - max(ok) if ok else None}
+
+
+def both_targets(miss: float, gap: Optional[float]) -> bool:
+    """Issue 35's two targets: <= 1% misses and no more than 0.3 points below the best static
+    (met on accuracy where no static kept within 1%)."""
+    return miss <= 0.01 and (gap is None or gap >= -0.3)
 
 
 def static_tails(runs: List[Dict]) -> List[List]:
@@ -275,6 +293,15 @@ def report_real(runs: List[Dict], at: Sequence[float], nice: int,
                          asked(q), 100 * worst, 100 * float(np.median([r["miss"] for r in mine])),
                          min(gaps) if gaps else float("nan")))
         if twice:
+            again = [r["replay"] for r in mine if r["replay"] is not None]
+            gov = [r for r in mine if r["best"] is not None]
+            lines.append("Both targets met: by the governor (against the first sample's best) in %d (run, budget) "
+                         "pairs of %d; by the first sample's best static run again in the second sample (against "
+                         "that sample's best) in %d of %d: over 1%% misses in %d, more than 0.3 points below in %d." % (
+                             sum(both_targets(r["miss"], r["acc"] - r["best"][0]) for r in gov), len(gov),
+                             sum(both_targets(p["miss"], p["gap"]) for p in again), len(again),
+                             sum(p["miss"] > 0.01 for p in again),
+                             sum(p["gap"] is not None and p["gap"] < -0.3 for p in again)))
             both = [r["acc"] - r["best_all"][0] for r in mine if r["best_all"] is not None]
             lines.append("Against the best static in every sample: worst %+.2f points; more than 0.3 below in %d "
                          "(run, budget) pairs of %d, against %d of %d for the first sample's." % (

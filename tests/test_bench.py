@@ -220,6 +220,15 @@ def test_deadlines_best_static_in_hindsight_and_the_simulated_gap():
     text = D.report_real([run], [0.5], 0, (None,))
     assert "k=1 on cpu: 80.00 (0.00% misses)          | +4.01" in text
     assert "Against the best static in every sample: worst +4.01 points; more than 0.3 below in 0" in text
+    # the first sample's best (k=2) run again: 2% misses in the second sample, where k=1 is its best
+    assert row["replay"] == {"miss": pytest.approx(0.02), "gap": pytest.approx(4.0)}
+    assert "by the first sample's best static run again in the second sample (against that sample's best) " \
+           "in 0 of 1: over 1% misses in 1, more than 0.3 points below in 0" in text
+    assert "Both targets met: by the governor (against the first sample's best) in 1 (run, budget) pairs of 1" in text
+    run["statics_again"] = [{(1, "cpu"): fast, (2, "cpu"): mid, (3, "cpu"): fast}]   # k=3 kept within 1% there
+    assert D.summarise(run)[0]["replay"] == {"miss": pytest.approx(0.01), "gap": pytest.approx(-2.0)}
+    assert "in 0 of 1: over 1% misses in 0, more than 0.3 points below in 1" in D.report_real([run], [0.5], 0, (None,))
+    run["statics_again"] = [{(1, "cpu"): fast, (2, "cpu"): unlucky, (3, "cpu"): slow}]
     with pytest.raises(SystemExit):
         D.main(["--static-samples", "0", "--real-only"])
     # --save: a run read back summarises as it was
