@@ -357,6 +357,29 @@ def report_sim(rows: List[Dict]) -> str:
                    "energy vs oracle", "accuracy vs oracle", "best static (<= 1% misses)"], t) + "\n")
 
 
+def report_saved(paths: Sequence[str]) -> str:
+    """:func:`report_real` of the runs saved in ``paths`` (``--save``), which must have been
+    run with the same budgets, niceness, policy and miss rates."""
+    runs, keys = [], None
+    for path in paths:
+        with open(path) as f:
+            data = json.load(f)
+        args = data["args"]
+        rates = tuple(args["miss_rates"]) if args.get("miss_rates") else (None,)
+        nice = data.get("nice", args["nice"])
+        if nice is None:                                   # saved before the niceness was: the unit's
+            from .governor import unit_nice
+            nice = unit_nice()
+        mine = (tuple(args["at"]), nice, args.get("fifo", 0), rates)
+        if keys is not None and mine != keys:
+            raise ValueError("%s was run with --at/--nice/--fifo/--miss-rates %s, the files before it with %s"
+                             % (path, mine, keys))
+        keys = mine
+        runs += [run_from_json(r) for r in data["runs"]]
+    at, nice, fifo, rates = keys
+    return report_real(runs, at, nice, rates, fifo=fifo)
+
+
 def pattern_args(p) -> None:
     """The request pattern's arguments (shared with ``bench.loadsignal``, which measures the
     load signal under the same pattern)."""
@@ -391,9 +414,18 @@ def main(argv=None) -> int:
     p.add_argument("--status-every", type=int, default=0, metavar="N",
                    help="with --save: the governor's state (%s) after every N-th request of its budgets "
                         "(default 0: none; a read costs the client, not the inference)" % ", ".join(WATCHED))
+    p.add_argument("--report", nargs="+", metavar="SAVED",
+                   help="run nothing: print the measured table of the runs saved (--save) in these files, "
+                        "together (each file's own --at, --nice, --fifo and --miss-rates must agree)")
     p.add_argument("--sim-only", action="store_true")
     p.add_argument("--real-only", action="store_true")
     a = p.parse_args(argv)
+    if a.report:
+        try:
+            print(report_saved(a.report))
+        except (OSError, ValueError, KeyError) as e:
+            p.error("--report: %s" % e)
+        return 0
     if a.static_samples < 1:
         p.error("--static-samples must be at least 1, got %d" % a.static_samples)
     if not 0 <= a.fifo <= 99:
@@ -420,7 +452,8 @@ def main(argv=None) -> int:
             print("run %d of %d done" % (i + 1, a.runs), file=sys.stderr)
             if a.save:             # after every run: a long bench stopped early keeps what it has
                 with open(a.save, "w") as f:
-                    json.dump({"machine": machine(), "args": vars(a), "runs": [run_to_json(r) for r in runs]}, f)
+                    json.dump({"machine": machine(), "args": vars(a), "nice": nice,
+                               "runs": [run_to_json(r) for r in runs]}, f)
         print(report_real(runs, a.at, nice, rates, fifo=a.fifo))
     return 0
 

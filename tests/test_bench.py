@@ -184,7 +184,7 @@ def test_static_repeatability_counts_the_second_samples_picks_against_the_first(
     assert "more than 0.3 points below the first's at 1 of 3 budgets, above it at 1" in line
 
 
-def test_deadlines_best_static_in_hindsight_and_the_simulated_gap():
+def test_deadlines_best_static_in_hindsight_and_the_simulated_gap(tmp_path, capsys):
     """bench.deadlines: the best static is the most accurate one with <= 1% misses on the
     pattern (counted after the first requests), and the simulated part gives the governor,
     the oracle and the statics on one trace."""
@@ -235,6 +235,15 @@ def test_deadlines_best_static_in_hindsight_and_the_simulated_gap():
     import json
     back = D.run_from_json(json.loads(json.dumps(D.run_to_json(run))))
     assert back["statics"].keys() == run["statics"].keys() and D.summarise(back) == D.summarise(run)
+    # --report: the saved runs of several files, reported together as the runs themselves are
+    args = {"at": [0.5], "nice": 0, "fifo": 0, "miss_rates": None}
+    for name, a in (("a", args), ("b", args), ("c", dict(args, nice=-10))):
+        (tmp_path / name).write_text(json.dumps({"args": a, "nice": a["nice"], "runs": [D.run_to_json(run)]}))
+    assert D.main(["--report", str(tmp_path / "a"), str(tmp_path / "b")]) == 0
+    assert capsys.readouterr().out.strip() == D.report_real([run, run], [0.5], 0, (None,)).strip()
+    with pytest.raises(SystemExit):
+        D.main(["--report", str(tmp_path / "a"), str(tmp_path / "c")])
+    assert "c was run with --at/--nice/--fifo/--miss-rates" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         D.main(["--status-every", "10", "--real-only"])          # nowhere to keep what it reads
     from bench.scenarios import default_levels
