@@ -15,7 +15,9 @@ bursts of a competing process in its middle third.
     Repeated ``--runs`` times, a fresh daemon each. ``--static-samples 2``: every static
     configuration runs the pattern again after the governor, and the report adds the best
     static in both samples (one whose tail sits at the budget qualifies in one sample of 580
-    requests by luck as often as not: how much of a gap is that luck).
+    requests by luck as often as not: how much of a gap is that luck), and the first sample's
+    best static run again in the second, judged by issue 35's two targets against that
+    sample's best: how often the best static in hindsight meets them a minute later.
 (b) The simulated XU3 and Nano (SIMULATED; simulated time, deterministic): the same shape of
     trace (a load of 50% of the serving target in bursts of 25 inferences in the middle
     third), budgets between the boards' k=1 and k=G latencies; the governor, the oracle
@@ -24,10 +26,12 @@ bursts of a competing process in its middle third.
 
     python -m bench.deadlines [--model NAME] [--runs 5] [--sim-only | --real-only]
                               [--save PATH [--status-every N]] [--fifo PRIO]
+    python -m bench.deadlines --report SAVED [SAVED ...]
 
 ``--save`` keeps every request of every run (JSON; :func:`run_from_json` reads a run back for
-:func:`summarise`), and ``--status-every N`` the governor's state every N requests of its
-budgets: the probes behind docs/governor.md's reading of the bursts. Under (a)'s table, each
+:func:`summarise`; ``--report`` prints (a)'s report of saved runs, several files together),
+and ``--status-every N`` the governor's state every N requests of its budgets: the probes
+behind docs/governor.md's reading of the bursts. Under (a)'s table, each
 static configuration's p99 over its median in the quiet thirds and in the bursts; ``--fifo PRIO``
 runs the daemon under SCHED_FIFO at that priority as well (root; not as deployed).
 """
@@ -245,9 +249,10 @@ def static_tails(runs: List[Dict]) -> List[List]:
 
 
 def report_real(runs: List[Dict], at: Sequence[float], nice: int,
-                miss_rates: Sequence[Optional[float]] = (None,), fifo: int = 0) -> str:
+                miss_rates: Sequence[Optional[float]] = (None,), fifo: int = 0, host: Optional[str] = None) -> str:
+    """(a)'s report; ``host``: the machine the runs were measured on (default: this one)."""
     lines = ["**(a) This machine, measured**, the daemon at niceness %d%s, the competitors at 0 (%s); quiet p99 "
-             "of k=1 / k=G per run: %s" % (nice, ", SCHED_FIFO %d" % fifo if fifo else "", machine(),
+             "of k=1 / k=G per run: %s" % (nice, ", SCHED_FIFO %d" % fifo if fifo else "", host or machine(),
                                             "; ".join("%.3f / %.3f ms" % (r["tails"][1], r["tails"][max(r["tails"])]) for r in runs)), ""]
     rows = []
     per = [summarise(r) for r in runs]
@@ -360,7 +365,7 @@ def report_sim(rows: List[Dict]) -> str:
 def report_saved(paths: Sequence[str]) -> str:
     """:func:`report_real` of the runs saved in ``paths`` (``--save``), which must have been
     run with the same budgets, niceness, policy and miss rates."""
-    runs, keys = [], None
+    runs, keys, hosts = [], None, []
     for path in paths:
         with open(path) as f:
             data = json.load(f)
@@ -376,8 +381,9 @@ def report_saved(paths: Sequence[str]) -> str:
                              % (path, mine, keys))
         keys = mine
         runs += [run_from_json(r) for r in data["runs"]]
+        hosts.append(data.get("machine", "a machine not saved"))
     at, nice, fifo, rates = keys
-    return report_real(runs, at, nice, rates, fifo=fifo)
+    return report_real(runs, at, nice, rates, fifo=fifo, host="; ".join(dict.fromkeys(hosts)))
 
 
 def pattern_args(p) -> None:

@@ -238,9 +238,11 @@ def test_deadlines_best_static_in_hindsight_and_the_simulated_gap(tmp_path, caps
     # --report: the saved runs of several files, reported together as the runs themselves are
     args = {"at": [0.5], "nice": 0, "fifo": 0, "miss_rates": None}
     for name, a in (("a", args), ("b", args), ("c", dict(args, nice=-10))):
-        (tmp_path / name).write_text(json.dumps({"args": a, "nice": a["nice"], "runs": [D.run_to_json(run)]}))
+        (tmp_path / name).write_text(json.dumps({"machine": "host " + name, "args": a, "nice": a["nice"],
+                                                "runs": [D.run_to_json(run)]}))
     assert D.main(["--report", str(tmp_path / "a"), str(tmp_path / "b")]) == 0
-    assert capsys.readouterr().out.strip() == D.report_real([run, run], [0.5], 0, (None,)).strip()
+    out = capsys.readouterr().out.strip()
+    assert out == D.report_real([run, run], [0.5], 0, (None,), host="host a; host b").strip()
     with pytest.raises(SystemExit):
         D.main(["--report", str(tmp_path / "a"), str(tmp_path / "c")])
     assert "c was run with --at/--nice/--fifo/--miss-rates" in capsys.readouterr().err
