@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import json
+import math
 import os
 import random
 import shutil
@@ -59,7 +60,7 @@ def encode(h) -> bytes:
 def tensor_for(h, rng_bytes: bytes) -> bytes:
     """Mostly the right byte count for the declared shape, sometimes off by a little."""
     try:
-        n = int(np.prod(h.get("shape"))) * (1 if h.get("dtype") == "uint8" else 4)
+        n = int(math.prod(h.get("shape"))) * (1 if h.get("dtype") == "uint8" else 4)   # no int64 overflow
     except Exception:
         n = 0
     if not 0 <= n <= 64 * 12288:
