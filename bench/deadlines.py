@@ -365,22 +365,24 @@ def report_sim(rows: List[Dict]) -> str:
 def report_saved(paths: Sequence[str]) -> str:
     """:func:`report_real` of the runs saved in ``paths`` (``--save``), which must have been
     run with the same budgets, niceness, policy and miss rates."""
+    from .governor import unit_nice
     runs, keys, hosts = [], None, []
     for path in paths:
         with open(path) as f:
-            data = json.load(f)
-        args = data["args"]
-        rates = tuple(args["miss_rates"]) if args.get("miss_rates") else (None,)
-        nice = data.get("nice", args["nice"])
-        if nice is None:                                   # saved before the niceness was: the unit's
-            from .governor import unit_nice
-            nice = unit_nice()
-        mine = (tuple(args["at"]), nice, args.get("fifo", 0), rates)
+            try:
+                data = json.load(f)
+                args = data["args"]
+                rates = tuple(args["miss_rates"]) if args.get("miss_rates") else (None,)
+                nice = data.get("nice", args["nice"])
+                mine = (tuple(args["at"]), unit_nice() if nice is None else nice, args.get("fifo", 0), rates)
+                saved = [run_from_json(r) for r in data["runs"]]
+            except (AttributeError, KeyError, TypeError, ValueError) as e:
+                raise ValueError("%s is not a file that --save wrote (%s: %s)" % (path, type(e).__name__, e))
         if keys is not None and mine != keys:
             raise ValueError("%s was run with --at/--nice/--fifo/--miss-rates %s, the files before it with %s"
                              % (path, mine, keys))
         keys = mine
-        runs += [run_from_json(r) for r in data["runs"]]
+        runs += saved
         hosts.append(data.get("machine", "a machine not saved"))
     at, nice, fifo, rates = keys
     return report_real(runs, at, nice, rates, fifo=fifo, host="; ".join(dict.fromkeys(hosts)))
@@ -429,7 +431,7 @@ def main(argv=None) -> int:
     if a.report:
         try:
             print(report_saved(a.report))
-        except (OSError, ValueError, KeyError) as e:
+        except (OSError, ValueError) as e:
             p.error("--report: %s" % e)
         return 0
     if a.static_samples < 1:

@@ -246,6 +246,10 @@ def test_deadlines_best_static_in_hindsight_and_the_simulated_gap(tmp_path, caps
     with pytest.raises(SystemExit):
         D.main(["--report", str(tmp_path / "a"), str(tmp_path / "c")])
     assert "c was run with --at/--nice/--fifo/--miss-rates" in capsys.readouterr().err
+    (tmp_path / "d").write_text("[1]")
+    with pytest.raises(SystemExit):
+        D.main(["--report", str(tmp_path / "d")])
+    assert "d is not a file that --save wrote (TypeError" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         D.main(["--status-every", "10", "--real-only"])          # nowhere to keep what it reads
     from bench.scenarios import default_levels
