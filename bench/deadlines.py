@@ -196,20 +196,23 @@ def summarise(run: Dict) -> List[Dict]:
         miss = float(np.mean([r["ms"] > b for r in tr]))
         mean_acc = float(np.mean([acc[r["k"] - 1] for r in g["trace"]]))
         miss_of = lambda st: float(np.mean([r["ms"] > b for r in st[SETTLE:]]))     # noqa: E731
-        ok, ok_all = [], []
-        for (k, t), st in run["statics"].items():
-            m = miss_of(st)
-            if m <= 0.01:
-                which = (acc[k - 1], -np.mean([r["ms"] for r in st]), k, t)   # the most accurate, then the fastest
-                ok.append(which + (m,))
-                worst = max([m] + [miss_of(a[(k, t)]) for a in again])
-                if worst <= 0.01:
-                    ok_all.append(which + (worst,))
+        ok, ok_all = kept(run["statics"], acc, miss_of), []
+        for which in ok:
+            worst = max([which[4]] + [miss_of(a[which[2:4]]) for a in again])
+            if worst <= 0.01:
+                ok_all.append(which[:4] + (worst,))
         best = max(ok) if ok else None
         rows.append({"budget_ms": b, "asked": g.get("asked"), "miss": miss, "acc": mean_acc,
                      "best": best, "best_all": (max(ok_all) if ok_all else None) if again else None,
                      "replay": replay(best, again[0], acc, miss_of) if again else None, "misses": g["misses"]})
     return rows
+
+
+def kept(sample: Dict, acc: Sequence[float], miss_of) -> List[Tuple]:
+    """The static configurations of ``sample`` with <= 1% misses, each as (accuracy, minus its
+    mean latency, k, target, misses): the largest is the most accurate, then the fastest."""
+    return [(acc[k - 1], -np.mean([r["ms"] for r in st]), k, t, m)
+            for (k, t), st in sample.items() if (m := miss_of(st)) <= 0.01]
 
 
 def replay(best: Optional[Tuple], second: Dict, acc: Sequence[float], miss_of) -> Optional[Dict]:
@@ -219,8 +222,8 @@ def replay(best: Optional[Tuple], second: Dict, acc: Sequence[float], miss_of) -
     is the noise floor of those targets on this host, for a static policy."""
     if best is None or (best[2], best[3]) not in second:
         return None
-    ok = [acc[k - 1] for (k, _), st in second.items() if miss_of(st) <= 0.01]
-    return {"miss": miss_of(second[(best[2], best[3])]), "gap": best[0] - max(ok) if ok else None}
+    ok = kept(second, acc, miss_of)
+    return {"miss": miss_of(second[(best[2], best[3])]), "gap": best[0] - max(ok)[0] if ok else None}
 
 
 def both_targets(miss: float, gap: Optional[float]) -> bool:
