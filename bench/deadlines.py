@@ -166,7 +166,7 @@ def one_run(model: str, n: int, burst: int, gap_s: float, at: Sequence[float], n
     finally:
         bursts.close()
     return {"tails": tails, "acc": acc, "statics": samples[0], "statics_again": samples[1:], "governed": governed,
-            "burst": burst}
+            "burst": burst, "targets": {n: {"cpus": t["cpus"], "kind": t["kind"]} for n, t in st["targets"].items()}}
 
 
 def run_to_json(run: Dict) -> Dict:
@@ -365,9 +365,11 @@ def report_sim(rows: List[Dict]) -> str:
                    "energy vs oracle", "accuracy vs oracle", "best static (<= 1% misses)"], t) + "\n")
 
 
-def report_saved(paths: Sequence[str]) -> str:
-    """:func:`report_real` of the runs saved in ``paths`` (``--save``), which must have been
-    run with the same budgets, niceness, policy and miss rates."""
+def load_saved(paths: Sequence[str]) -> Tuple[List[Dict], Tuple, List[str]]:
+    """The runs saved in ``paths`` (``--save``), which must have been run with the same
+    budgets, niceness, policy and miss rates: the runs (:func:`run_from_json`), those keys
+    (``--at``, niceness, ``--fifo``, miss rates) and each file's host. ValueError naming
+    the file where one is not a file ``--save`` wrote or does not agree."""
     from .governor import unit_nice
     runs, keys, hosts = [], None, []
     for path in paths:
@@ -378,7 +380,7 @@ def report_saved(paths: Sequence[str]) -> str:
                 rates = tuple(args["miss_rates"]) if args.get("miss_rates") else (None,)
                 nice = data.get("nice", args["nice"])
                 mine = (tuple(args["at"]), unit_nice() if nice is None else nice, args.get("fifo", 0), rates)
-                saved = [run_from_json(r) for r in data["runs"]]
+                saved = [dict(run_from_json(r), model=args["model"], gap_ms=float(args["gap_ms"])) for r in data["runs"]]
             except (AttributeError, KeyError, TypeError, ValueError) as e:
                 raise ValueError("%s is not a file that --save wrote (%s: %s)" % (path, type(e).__name__, e))
         if keys is not None and mine != keys:
@@ -387,7 +389,12 @@ def report_saved(paths: Sequence[str]) -> str:
         keys = mine
         runs += saved
         hosts.append(data.get("machine", "a machine not saved"))
-    at, nice, fifo, rates = keys
+    return runs, keys, hosts
+
+
+def report_saved(paths: Sequence[str]) -> str:
+    """:func:`report_real` of the runs saved in ``paths`` (:func:`load_saved`)."""
+    runs, (at, nice, fifo, rates), hosts = load_saved(paths)
     return report_real(runs, at, nice, rates, fifo=fifo, host="; ".join(dict.fromkeys(hosts)))
 
 

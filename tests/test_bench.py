@@ -4,6 +4,7 @@ import subprocess
 import sys
 import re
 
+import numpy as np
 import pytest
 
 from tests.daemon_harness import ROOT
@@ -236,7 +237,7 @@ def test_deadlines_best_static_in_hindsight_and_the_simulated_gap(tmp_path, caps
     back = D.run_from_json(json.loads(json.dumps(D.run_to_json(run))))
     assert back["statics"].keys() == run["statics"].keys() and D.summarise(back) == D.summarise(run)
     # --report: the saved runs of several files, reported together as the runs themselves are
-    args = {"at": [0.5], "nice": 0, "fifo": 0, "miss_rates": None}
+    args = {"at": [0.5], "nice": 0, "fifo": 0, "miss_rates": None, "model": "cifar10-g4", "gap_ms": 3.0}
     for name, a in (("a", args), ("b", args), ("c", dict(args, nice=-10))):
         (tmp_path / name).write_text(json.dumps({"machine": "host " + name, "args": a, "nice": a["nice"],
                                                 "runs": [D.run_to_json(run)]}))
@@ -258,6 +259,101 @@ def test_deadlines_best_static_in_hindsight_and_the_simulated_gap(tmp_path, caps
     for r in rows:
         assert 0 <= r["ours"]["miss_rate"] <= 1 and r["oracle"]["policy"] == "oracle"
         assert r["best"] is None or r["best"]["miss_rate"] <= 0.01
+
+
+def _pattern_run(slow_gaps_k2: bool = False, seed: int = 0):
+    """A saved run of bench.deadlines' shape on cifar10-g4's levels, one target: level k takes
+    0.3 + 0.25 k ms (1% jitter), 1.5x in the bursts' on-halves; ``slow_gaps_k2``: in the
+    second sample k=2 runs 1.5x in the gaps between the bursts too."""
+    from bench import deadlines as D
+    rng = np.random.default_rng(seed)
+    n, burst = 600, 25
+
+    def sample(slow_gaps: bool):
+        out = {}
+        for k in range(1, 5):
+            ms = []
+            for i in range(n):
+                slow = D.busy_at(i, n, burst) or (slow_gaps and k == 2 and D.middle_third(i, n))
+                ms.append({"ms": (0.3 + 0.25 * k) * (1.5 if slow else 1.0) * (1 + 0.01 * rng.random()),
+                           "k": k, "target": "cpu"})
+            out[(k, "cpu")] = ms
+        return out
+    first = sample(False)
+    live = [{"ms": 0.6, "k": 1, "target": "cpu"}] * n
+    return {"tails": {1: 0.56, 4: 1.31}, "acc": [85.09, 87.18, 87.92, 88.26], "statics": first,
+            "statics_again": [sample(slow_gaps_k2)], "burst": burst, "model": "cifar10-g4", "gap_ms": 3.0,
+            "targets": {"cpu": {"cpus": [0, 1], "kind": "cpu"}},
+            "governed": [{"budget_ms": 0.95, "asked": None, "trace": live, "misses": {}}]}
+
+
+def test_counterfactual_judges_each_policy_on_the_second_sample(tmp_path, capsys):
+    """bench.counterfactual: at a budget that k=2 meets except in the bursts (k=1 always), the
+    oracle schedules k=2 in every phase but the bursts (no miss); the first sample's best static
+    is k=1; the first sample's best schedule, run on a second sample whose gaps k=2 no longer
+    meets, misses there; the real Governor, driven on the second sample with the load signal
+    late, serves k=2 in the quiet thirds and k=1 in most of the bursts."""
+    from bench import counterfactual as C, deadlines as D
+    run = _pattern_run()
+    among = list(run["statics"])
+    s = C.best_schedule(run["statics"], run["acc"], 0.95, 25, among)
+    assert [among[i][0] for i in s] == [2, 1, 2, 2]            # quiet, bursts, gaps, quiet
+    res = C.judge([run])
+    oracle, static, live = res["oracle"][0][0], res["static"][0][0], res["live"][0][0]
+    assert oracle["miss"] == 0 and oracle["gap"] == pytest.approx((87.18 - 85.09) * 5 / 6, abs=0.01)
+    assert static == {"miss": 0.0, "gap": 0.0} and live == {"miss": 0.0, "gap": pytest.approx(0.0)}
+    assert res["schedule"][0][0]["miss"] == 0
+    gov = C.counterfactual_governor(run, C.first_run_costs([run]))[0]
+    n = len(gov)
+    k_in = lambda keep: np.mean([k for i, (_, k, _) in enumerate(gov) if keep(i)])     # noqa: E731
+    assert k_in(lambda i: i >= 2 * n // 3 + 20) == pytest.approx(2, abs=0.1)
+    assert k_in(lambda i: D.busy_at(i, n, 25)) < 1.3
+    assert res["governor"][0][0]["gap"] > 0                         # more accurate than k=1 throughout
+    # the gaps turn slow for k=2 a minute later: the schedule chosen on the first sample misses
+    slow = _pattern_run(slow_gaps_k2=True)
+    res = C.judge([slow])
+    assert res["schedule"][0][0]["miss"] > 0.1 and res["oracle"][0][0]["miss"] == 0
+    # --set: a second governor on the same requests; the report names it
+    text = C.report([run], [0.5], C.parse_set(["up_patience=10"]), "up_patience=10")
+    assert "COUNTERFACTUAL" in text and "the governor, counterfactual, with up_patience=10" in text
+    assert "| the oracle: the best schedule per phase in hindsight | 1 (1)" in text
+    with pytest.raises(ValueError, match="nonsense=1: not PARAM=VALUE"):
+        C.parse_set(["nonsense=1"])
+    with pytest.raises(ValueError, match="up_patience takes a int"):
+        C.parse_set(["up_patience=soon"])
+    # from files --save wrote; one sample of the statics is refused with one line
+    import json
+    args = {"at": [0.5], "nice": 0, "fifo": 0, "miss_rates": None, "model": "cifar10-g4", "gap_ms": 3.0}
+    (tmp_path / "a").write_text(json.dumps({"machine": "host a", "args": args, "nice": 0,
+                                            "runs": [D.run_to_json(run)]}))
+    assert C.main([str(tmp_path / "a")]) == 0
+    assert "the first sample's best static" in capsys.readouterr().out
+    (tmp_path / "b").write_text(json.dumps({"machine": "host b", "args": args, "nice": 0,
+                                            "runs": [D.run_to_json(dict(run, statics_again=[]))]}))
+    with pytest.raises(SystemExit):
+        C.main([str(tmp_path / "b")])
+    assert "needs --static-samples 2" in capsys.readouterr().err
+
+
+def test_counterfactual_first_run_costs_come_from_the_live_runs():
+    """A move's first three runs and a move down's first run, against the pinned run at the
+    same requests, over the drift of the runs that changed nothing."""
+    from bench import counterfactual as C
+    n = 200
+    statics = {(1, "cpu"): [{"ms": 1.0}] * n, (2, "cpu"): [{"ms": 2.0}] * n, (1, "cpu:1"): [{"ms": 1.5}] * n}
+    tr = []
+    for i in range(n):
+        block = (i // 20) % 3          # cpu k=1, cpu:1 k=1 (a move), cpu k=2 (a move), cpu k=1 (down), ...
+        k, t = [(1, "cpu"), (1, "cpu:1"), (2, "cpu")][block]
+        j = i % 20
+        base = statics[(k, t)][0]["ms"] * 1.1                     # the live run 10% slower throughout
+        tr.append({"k": k, "target": t, "ms": base * (1.6 if j == 0 else 1.3 if j == 1 else 1.0)})
+    costs = C.first_run_costs([{"statics": statics, "governed": [{"trace": tr}]}])
+    assert costs["move"] == [pytest.approx(1.6), pytest.approx(1.3), pytest.approx(1.0)]
+    assert costs["down"] == [pytest.approx(1.6)] and costs["up"] == [1.0]       # none seen: no cost
+    assert C.targets_of({"statics": {(1, "cpu"): [], (1, "cpu:1"): [], (2, "cpu0+cpu1"): []}}) == {
+        "cpu": {"cpus": [0, 1], "kind": "cpu"}, "cpu:1": {"cpus": [0], "kind": "cpu"},
+        "cpu0+cpu1": {"cpus": [0, 1], "kind": "split"}}
 
 
 def test_the_boards_joint_decision_holds_the_nano_gpu_clock_where_independent_governors_flip_it():
