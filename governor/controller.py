@@ -320,10 +320,13 @@ class TargetModel:
         # until 3 are in, the level held so far stands for the missing ones: a target's first
         # run (the first of a fresh daemon there) is a lone run, not a step
         level = sorted(list(self.recent) + [self.corr_lat] * (3 - len(self.recent)))[1]
-        if len(self.recent) == 3 and not 2 - clip <= level / self.corr_lat <= clip:
+        step = len(self.recent) == 3 and not 2 - clip <= level / self.corr_lat <= clip
+        if step:
             for j in range(1, min(3, len(self.resid)) + 1):
                 self.resid[-j] = min(max(self.resid[-j], 2 - clip), clip)
-        w = p.alpha_signalled if self.signalled else a
+        # a step moves the level fast; within the clip, where a load signal tells others' load
+        # apart (the state's change), what is left is the host's noise: followed slowly
+        w = p.alpha_signalled if self.signalled and not step else a
         self.corr_lat = (1 - w) * self.corr_lat + w * level
         x, y, f = base_s / self.ref, latency_s / self.ref, p.shape_forget
         for j, v in enumerate((1.0, x, x * x, y, x * y)):
