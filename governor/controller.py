@@ -9,10 +9,7 @@ highest accuracy, and the lowest energy among equals.
   see is not read as a ratio that differs per level; ``level`` is a fast EWMA (``alpha``)
   of the median of the last 3 observed / modelled ratios (the level so far standing for
   those not yet in), which absorbs a load step within a few inferences and ignores a lone
-  spike, a target's first run included; where a load signal keeps the target's quiet and
-  loaded states apart (below), a step in others' load is the state's change, and the level
-  moves by ``alpha_signalled`` instead: a fast one there only chases the host's noise, which
-  then stacks on the margin (docs/governor.md, "Under bursts"). A target that has not been observed for
+  spike, a target's first run included. A target that has not been observed for
   ``stale_s`` or for ``stale_runs`` decisions drifts back towards its profile, margin
   included (so it is probed again), its latency shape too unless a load signal keeps its
   quiet and loaded states apart (then the shape learnt quiet is its own, not a load's);
@@ -202,7 +199,6 @@ class Params:
     up_patience: int = 5
     probation: int = 20            # inferences after a move up in which a miss doubles up_patience
     alpha: float = 0.3
-    alpha_signalled: float = 0.05  # the level's weight where a load signal keeps quiet and loaded apart
     stale_s: float = 2.0           # unobserved for this long → the correction decays to 1
     stale_runs: int = 200          # ... or for this many decisions (a fast request stream)
     stale_max_s: float = 64.0      # the longest wait: a target's after moves there missed; the move cost's
@@ -320,14 +316,10 @@ class TargetModel:
         # until 3 are in, the level held so far stands for the missing ones: a target's first
         # run (the first of a fresh daemon there) is a lone run, not a step
         level = sorted(list(self.recent) + [self.corr_lat] * (3 - len(self.recent)))[1]
-        step = len(self.recent) == 3 and not 2 - clip <= level / self.corr_lat <= clip
-        if step:
+        if len(self.recent) == 3 and not 2 - clip <= level / self.corr_lat <= clip:
             for j in range(1, min(3, len(self.resid)) + 1):
                 self.resid[-j] = min(max(self.resid[-j], 2 - clip), clip)
-        # a step moves the level fast; within the clip, where a load signal tells others' load
-        # apart (the state's change), what is left is the host's noise: followed slowly
-        w = p.alpha_signalled if self.signalled and not step else a
-        self.corr_lat = (1 - w) * self.corr_lat + w * level
+        self.corr_lat = (1 - a) * self.corr_lat + a * level
         x, y, f = base_s / self.ref, latency_s / self.ref, p.shape_forget
         for j, v in enumerate((1.0, x, x * x, y, x * y)):
             self.sums[j] = self.sums[j] * f + v

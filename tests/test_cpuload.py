@@ -180,43 +180,9 @@ def test_what_was_learnt_under_a_load_comes_back_with_it_and_leaves_with_it():
     # (the quiet window lacks the ratios of the 30 ms that went with the load: its refit moves a little)
     assert m.margin == pytest.approx(quiet_margin, rel=0.01) and modelled(g, c) == pytest.approx(quiet_lat)
     g.set_load({"big": True}, lag_s=0.0)
-    # (refitted on its window at the change: the runs since its last fit, every 10th, count now)
-    assert modelled(g, c) == pytest.approx(loaded_lat) and m.margin == pytest.approx(loaded_margin, rel=0.01)
+    assert modelled(g, c) == pytest.approx(loaded_lat) and m.margin == pytest.approx(loaded_margin)
     g.set_load({"big": None}, lag_s=0.0)                 # unknown: as it was
     assert m.loaded
-
-
-def test_with_the_signal_the_level_follows_the_noise_slowly_and_holds_a_level_whose_tail_fits():
-    """Where a load signal keeps a target's quiet and loaded states apart, a load step is
-    the state's change, and the level correction has only the host's noise left to follow:
-    it moves by ``alpha_signalled`` (0.05) instead of ``alpha`` (0.3). On a host's noise (p99
-    1.5x the median) at a budget that level 3's tail meets (0.3% of its runs over), a fast
-    level chases every run, its swings stack on the margin and the governor steps down on
-    them; the slow one holds level 3 within the miss rate asked."""
-    rnd = np.random.default_rng(3)
-    noise = np.exp(rnd.normal(0.0, 0.17, 3000))
-    c3 = Config(3, "big", 2000000)
-    served, corr = {}, {}
-    for signal in (True, False):
-        g, clock = gov()
-        g.pin(target="big", freq_khz=2000000)
-        g.set_budget(Budget(latency_ms=pred(g, c3)[0] * 1e3 * float(np.exp(2.75 * 0.17))))
-        levels, seen, misses = [], [], 0
-        for r in noise:
-            if signal:
-                g.set_load({"big": False, "little": False}, lag_s=0.03)
-            d = g.decide()
-            lat = pred(g, d.config)[0] * r
-            misses += lat * 1e3 > d.latency_limit_ms
-            g.observe(d.config, lat)
-            clock.t += 0.004
-            levels.append(d.config.level)
-            seen.append(g.tm[g.targets.index("big")].corr_lat)
-        served[signal], corr[signal] = np.mean(np.array(levels[500:]) == 3), np.std(seen[500:])
-        if signal:
-            assert misses / len(noise) <= 0.01
-    assert served[True] > served[False] + 0.1 and served[True] > 0.8
-    assert corr[True] < 0.5 * corr[False]
 
 
 def test_without_the_signal_nothing_changes():
