@@ -234,20 +234,26 @@ def both_targets(miss: float, gap: Optional[float]) -> bool:
 
 def static_tails(runs: List[Dict]) -> List[List]:
     """Per static configuration (first sample): its p99 over its median in the quiet thirds and
-    in the bursts' on-halves, the median over the runs, and the bursts' over the quiet's."""
+    in the bursts' on-halves, the median over the runs, the bursts' over the quiet's, and the
+    bursts' median over the quiet thirds' (how much slower a burst makes a typical run)."""
     rows = []
     for key in dict.fromkeys(k for r in runs for k in r["statics"]):     # every run's, in order
-        quiet, busy = [], []
+        quiet, busy, slower = [], [], []
         for r in runs:
             ms = [q["ms"] for q in r["statics"].get(key, ())]
             n, burst = len(ms), r.get("burst", 25)
+            meds = []
             for out, keep in ((quiet, lambda i: not middle_third(i, n)), (busy, lambda i: busy_at(i, n, burst))):
                 v = [m for i, m in enumerate(ms) if i >= SETTLE and keep(i)]
                 if v:
                     out.append(float(np.percentile(v, 99) / np.median(v)))
+                    meds.append(float(np.median(v)))
+            if len(meds) == 2:
+                slower.append(meds[1] / meds[0])
         if quiet and busy:
             q, b = float(np.median(quiet)), float(np.median(busy))
-            rows.append(["k=%d on %s" % key, "%.2f" % q, "%.2f" % b, "%.2fx" % (b / q)])
+            rows.append(["k=%d on %s" % key, "%.2f" % q, "%.2f" % b, "%.2fx" % (b / q),
+                         "%.2fx" % float(np.median(slower))])
     return rows
 
 
@@ -290,7 +296,8 @@ def report_real(runs: List[Dict], at: Sequence[float], nice: int,
         lines.append("The static configurations' tails, p99 over the median (the first sample; the median "
                      "over the runs):")
         lines.append("")
-        lines.append(table(["static", "quiet thirds", "in the bursts", "bursts / quiet"], tails))
+        lines.append(table(["static", "quiet thirds", "in the bursts", "bursts / quiet",
+                            "median: bursts / quiet"], tails))
         lines.append("")
     for q in miss_rates:
         mine = [r for s in per for r in s if r["asked"] == q]

@@ -499,17 +499,21 @@ def test_tails_bench_times_every_level_on_every_cpu_target_in_blocks():
 
 def test_static_tails_compare_each_configurations_bursts_with_its_quiet_thirds():
     """bench.deadlines' tails table: per static configuration, p99 over the median in the quiet
-    thirds (after the first SETTLE requests) and in the bursts' on-halves only, the median over the runs."""
+    thirds (after the first SETTLE requests) and in the bursts' on-halves only, the median over
+    the runs, and the bursts' median over the quiet thirds'."""
     from bench import deadlines as D
     n, burst = 600, 25
 
     def trace(spike):          # 1 ms but for the first SETTLE requests and 2 of the bursts' 100: `spike` ms
         slow = lambda i: i < D.SETTLE or (D.busy_at(i, n, burst) and (i - n // 3) % 100 == 0)   # noqa: E731
         return [{"ms": spike if slow(i) else 1.0, "k": 1, "target": "cpu"} for i in range(n)]
-    runs = [{"statics": {(1, "cpu"): trace(s), (2, "cpu"): trace(1.0)}, "burst": burst} for s in (3.0, 5.0, 4.0)]
+    slower = [{"ms": 1.5 if D.busy_at(i, n, burst) else 1.0, "k": 3, "target": "cpu"} for i in range(n)]
+    runs = [{"statics": {(1, "cpu"): trace(s), (2, "cpu"): trace(1.0), (3, "cpu"): slower}, "burst": burst}
+            for s in (3.0, 5.0, 4.0)]
     rows = {r[0]: r[1:] for r in D.static_tails(runs)}
-    assert rows["k=1 on cpu"] == ["1.00", "4.00", "4.00x"]     # the median run's spike
-    assert rows["k=2 on cpu"] == ["1.00", "1.00", "1.00x"]
+    assert rows["k=1 on cpu"] == ["1.00", "4.00", "4.00x", "1.00x"]     # the median run's spike
+    assert rows["k=2 on cpu"] == ["1.00", "1.00", "1.00x", "1.00x"]
+    assert rows["k=3 on cpu"] == ["1.00", "1.00", "1.00x", "1.50x"]     # every burst run slower, no wider
 
 
 def test_a_daemon_run_under_sched_fifo_has_every_thread_there():
