@@ -32,7 +32,8 @@ bursts of a competing process in its middle third.
 :func:`summarise`; ``--report`` prints (a)'s report of saved runs, several files together),
 and ``--status-every N`` the governor's state every N requests of its budgets: the probes
 behind docs/governor.md's reading of the bursts. Under (a)'s table, each
-static configuration's p99 over its median in the quiet thirds and in the bursts; ``--fifo PRIO``
+static configuration's p99 over its median in the quiet thirds and in the bursts, and its
+median in the bursts over the quiet thirds'; ``--fifo PRIO``
 runs the daemon under SCHED_FIFO at that priority as well (root; not as deployed).
 """
 from __future__ import annotations
