@@ -28,7 +28,7 @@ Counterfactual, not measured: the statics ran one after another, so request i of
 configurations met different moments of the host; the governor's row is compared with its
 live row for that reason.
 
-    python -m bench.counterfactual SAVED [SAVED ...] [--set PARAM=VALUE ...]
+    python -m bench.counterfactual SAVED [SAVED ...] [--set PARAM=VALUE [--set ...]]
 
 ``--set``: a second counterfactual governor with those ``governor.Params`` changed, on the same
 requests (a paired comparison of a change without the live runs' noise between the two).
@@ -307,8 +307,9 @@ def main(argv=None) -> int:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("saved", nargs="+", metavar="SAVED",
                    help="files that python -m bench.deadlines --static-samples 2 --save wrote")
-    p.add_argument("--set", nargs="+", default=[], metavar="PARAM=VALUE",
-                   help="also replay a governor with these governor.Params changed (e.g. up_patience=10)")
+    p.add_argument("--set", action="append", default=[], metavar="PARAM=VALUE",
+                   help="also replay a governor with this governor.Params field changed (e.g. up_patience=10; "
+                        "repeat for several)")
     a = p.parse_args(argv)
     try:
         params = parse_set(a.set) if a.set else None
