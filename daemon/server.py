@@ -341,8 +341,9 @@ class Server:
         self.control.setsockopt(zmq.SNDHWM, 100_000)
         # Inference replies queued for one peer: twice what it may have queued (its share of
         # the queue), not libzmq's 1000; a peer that sends and never reads holds at most that
-        # many replies (each at most max_batch logits and a short header), the rest are
-        # dropped and counted (reply_dropped).
+        # many replies (each at most max_batch logits and a short header; the `busy` refusals
+        # of a peer that sends past its share count among them), the rest are dropped and
+        # counted (reply_dropped).
         self.infer.setsockopt(zmq.SNDHWM, 2 * self.queues.per_client)
         # And requests from one peer waiting in libzmq: its share of the queue, not 1000; past
         # it libzmq stops reading that peer (it waits), so a peer that sends faster than it is
