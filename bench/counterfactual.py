@@ -42,7 +42,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import numpy as np
 
 from .common import table
-from .deadlines import SETTLE, both_targets, busy_at, kept, load_saved, middle_third
+from .deadlines import SETTLE, both_targets, busy_at, kept, load_saved, middle_third, replay
 
 LAG = 4          # requests the load signal reports a change late: half its 30 ms window at ~4 ms a request
 LAG_S = 0.03     # ... the window, as the governor is told (set_load's lag_s)
@@ -137,8 +137,8 @@ def governor_for(run: Dict, params=None):
     return gov, clock
 
 
-def drive(gov, clock: List[float], sample: Dict, burst: int, gap_ms: float, costs: Dict[str, List[float]],
-          budget_ms: Optional[float] = None) -> List[Tuple[float, int, str]]:
+def drive(gov, clock: List[float], sample: Dict, burst: int, gap_ms: float,
+          costs: Dict[str, List[float]]) -> List[Tuple[float, int, str]]:
     """The governor through ``sample``'s requests: (latency, level, target) per request."""
     from governor.space import Config
     n = len(next(iter(sample.values())))
@@ -184,23 +184,38 @@ def counterfactual_governor(run: Dict, costs: Dict, params=None) -> List[List[Tu
     return out
 
 
-def schedules(sample: Dict, acc: Sequence[float], budget_ms: float, burst: int, among: Sequence[Tuple]):
-    """Per schedule of one configuration of ``among`` per phase, its misses (after SETTLE) and
-    mean accuracy on ``sample``: two arrays over ``itertools.product(among, repeat=4)``."""
+def phase_misses(sample: Dict, budget_ms: float, burst: int, among: Sequence[Tuple]):
+    """Per configuration of ``among`` (rows) and phase (columns), its misses on ``sample``
+    (after SETTLE); the requests counted; each phase's share of the requests."""
     n = len(next(iter(sample.values())))
     ph = np.array([phase_of(i, n, burst) for i in range(n)])
     counted = np.arange(n) >= SETTLE
     miss = np.array([[np.sum((np.array([x["ms"] for x in sample[c]]) > budget_ms) & counted & (ph == p))
                       for p in range(len(PHASES))] for c in among])
-    share = np.array([np.mean(ph == p) for p in range(len(PHASES))])
+    return miss, int(counted.sum()), np.array([np.mean(ph == p) for p in range(len(PHASES))])
+
+
+def schedules(sample: Dict, acc: Sequence[float], budget_ms: float, burst: int, among: Sequence[Tuple]):
+    """Per schedule of one configuration of ``among`` per phase, its miss rate (after SETTLE)
+    and mean accuracy on ``sample``: two arrays over ``itertools.product(among, repeat=4)``."""
+    miss, counted, share = phase_misses(sample, budget_ms, burst, among)
     a = np.array([acc[k - 1] for k, _ in among])
     m_tot = sum(np.ix_(*[miss[:, p] for p in range(len(PHASES))]))      # broadcast over the product
     a_tot = sum(np.ix_(*[a * share[p] for p in range(len(PHASES))]))
-    return m_tot.ravel() / counted.sum(), a_tot.ravel()
+    return m_tot.ravel() / counted, a_tot.ravel()
+
+
+def run_schedule(sample: Dict, acc: Sequence[float], budget_ms: float, burst: int,
+                 schedule: Sequence[Tuple]) -> Tuple[float, float]:
+    """The miss rate and mean accuracy on ``sample`` of ``schedule``: a configuration per phase."""
+    miss, counted, share = phase_misses(sample, budget_ms, burst, schedule)
+    return (float(sum(miss[p, p] for p in range(len(PHASES)))) / counted,
+            float(sum(acc[k - 1] * share[p] for p, (k, _) in enumerate(schedule))))
 
 
 def best_schedule(sample: Dict, acc, budget_ms: float, burst: int, among) -> Optional[Tuple[int, ...]]:
-    """The most accurate schedule with <= 1% misses on ``sample`` (None: none)."""
+    """The most accurate schedule with <= 1% misses on ``sample`` (None: none): an index of
+    ``among`` per phase."""
     m, a = schedules(sample, acc, budget_ms, burst, among)
     ok = np.flatnonzero(m <= 0.01)
     if not len(ok):
@@ -208,10 +223,11 @@ def best_schedule(sample: Dict, acc, budget_ms: float, burst: int, among) -> Opt
     return tuple(int(i) for i in np.unravel_index(int(ok[np.argmax(a[ok])]), (len(among),) * len(PHASES)))
 
 
-def judge(runs: Sequence[Dict], params=None) -> Dict[str, List[List[Dict]]]:
+def judge(runs: Sequence[Dict], params=None, costs: Optional[Dict] = None) -> Dict[str, List[List[Dict]]]:
     """Per policy, per budget index, per run: {"miss", "gap"} against the second sample's best
-    static (``gap`` None where none kept within 1%)."""
-    costs = first_run_costs(runs)
+    static (``gap`` None where none kept within 1%); ``costs``: :func:`first_run_costs` of the
+    runs (measured here where not given)."""
+    costs = costs or first_run_costs(runs)
     pols = ["live", "governor"] + (["changed"] if params is not None else []) + ["static", "schedule", "oracle"]
     out: Dict[str, List[List[Dict]]] = {p: [] for p in pols}
     for r in runs:
@@ -233,16 +249,11 @@ def judge(runs: Sequence[Dict], params=None) -> Dict[str, List[List[Dict]]]:
                 tr = rep[j]
                 res[name] = row(float(np.mean([ms > b for ms, _, _ in tr[SETTLE:]])),
                                 float(np.mean([acc[k - 1] for _, k, _ in tr])))
-            best1 = max(kept(first, acc, miss_of), default=None)
-            res["static"] = None if best1 is None else row(miss_of(second[best1[2:4]]), best1[0])
+            res["static"] = replay(max(kept(first, acc, miss_of), default=None), second, acc, miss_of)
             for name, source in (("schedule", first), ("oracle", second)):
                 s = best_schedule(source, acc, b, r["burst"], among)
-                if s is None:
-                    res[name] = None
-                    continue
-                m, a = schedules(second, acc, b, r["burst"], [among[i] for i in s])
-                diag = int(np.ravel_multi_index(tuple(range(len(PHASES))), (len(PHASES),) * len(PHASES)))
-                res[name] = row(float(m[diag]), float(a[diag]))
+                res[name] = None if s is None else row(*run_schedule(second, acc, b, r["burst"],
+                                                                     [among[i] for i in s]))
             for p in pols:
                 while len(out[p]) <= j:
                     out[p].append([])
@@ -259,8 +270,8 @@ NAMES = {"live": "the governor, live (its own run)",
 
 
 def report(runs: Sequence[Dict], at: Sequence[float], params=None, changed: str = "", host: str = "") -> str:
-    res = judge(runs, params)
     costs = first_run_costs(runs)
+    res = judge(runs, params, costs)
     per = lambda f: "%d (%s)" % (sum(f(j) for j in range(len(at))), ", ".join(str(f(j)) for j in range(len(at))))  # noqa: E731
     rows = []
     for p, by in res.items():
@@ -313,8 +324,8 @@ def main(argv=None) -> int:
     a = p.parse_args(argv)
     try:
         params = parse_set(a.set) if a.set else None
-        runs, (at, _, _, _), hosts = load_saved(a.saved)
-        print(report(runs, at, params, " ".join(a.set), "; ".join(dict.fromkeys(hosts))))
+        runs, (at, _, _, _), host = load_saved(a.saved)
+        print(report(runs, at, params, " ".join(a.set), host))
     except (OSError, ValueError) as e:
         p.error(str(e))
     return 0

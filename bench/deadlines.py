@@ -373,11 +373,11 @@ def report_sim(rows: List[Dict]) -> str:
                    "energy vs oracle", "accuracy vs oracle", "best static (<= 1% misses)"], t) + "\n")
 
 
-def load_saved(paths: Sequence[str]) -> Tuple[List[Dict], Tuple, List[str]]:
+def load_saved(paths: Sequence[str]) -> Tuple[List[Dict], Tuple, str]:
     """The runs saved in ``paths`` (``--save``), which must have been run with the same
     budgets, niceness, policy and miss rates: the runs (:func:`run_from_json`), those keys
-    (``--at``, niceness, ``--fifo``, miss rates) and each file's host. ValueError naming
-    the file where one is not a file ``--save`` wrote or does not agree."""
+    (``--at``, niceness, ``--fifo``, miss rates) and the files' hosts ("; " between them).
+    ValueError naming the file where one is not a file ``--save`` wrote or does not agree."""
     from .governor import unit_nice
     runs, keys, hosts = [], None, []
     for path in paths:
@@ -397,13 +397,13 @@ def load_saved(paths: Sequence[str]) -> Tuple[List[Dict], Tuple, List[str]]:
         keys = mine
         runs += saved
         hosts.append(data.get("machine", "a machine not saved"))
-    return runs, keys, hosts
+    return runs, keys, "; ".join(dict.fromkeys(hosts))
 
 
 def report_saved(paths: Sequence[str]) -> str:
     """:func:`report_real` of the runs saved in ``paths`` (:func:`load_saved`)."""
-    runs, (at, nice, fifo, rates), hosts = load_saved(paths)
-    return report_real(runs, at, nice, rates, fifo=fifo, host="; ".join(dict.fromkeys(hosts)))
+    runs, (at, nice, fifo, rates), host = load_saved(paths)
+    return report_real(runs, at, nice, rates, fifo=fifo, host=host)
 
 
 def pattern_args(p) -> None:
