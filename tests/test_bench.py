@@ -226,6 +226,14 @@ def test_deadlines_best_static_in_hindsight_and_the_simulated_gap(tmp_path, caps
     assert "by the first sample's best static run again in the second sample (against that sample's best) " \
            "in 0 of 1: over 1% misses in 1, more than 0.3 points below in 0" in text
     assert "Both targets met: by the governor (against the first sample's best) in 1 (run, budget) pairs of 1" in text
+    assert 'At every budget of a run (the targets\' "each run"): the governor in 1 of 1 runs, the first ' \
+           "sample's best static run again in 0." in text
+    # a run passes "each run" where every budget in it does: one of two budgets at 5% misses fails it
+    two = lambda second: dict(run, governed=[{"budget_ms": 3.0, "asked": None, "trace": t, "misses": none}   # noqa: E731
+                                             for t in (gov, second)])
+    text = D.report_real([two(slow), two(gov)], [0.25, 0.5], 0, (None,))
+    assert "Both targets met: by the governor (against the first sample's best) in 3 (run, budget) pairs of 4" in text
+    assert "the governor in 1 of 2 runs" in text
     run["statics_again"] = [{(1, "cpu"): fast, (2, "cpu"): mid, (3, "cpu"): fast}]   # k=3 kept within 1% there
     assert D.summarise(run)[0]["replay"] == {"miss": pytest.approx(0.01), "gap": pytest.approx(-2.0)}
     assert "in 0 of 1: over 1% misses in 0, more than 0.3 points below in 1" in D.report_real([run], [0.5], 0, (None,))
