@@ -548,11 +548,10 @@ def cmd_release(a: argparse.Namespace) -> int:
 
 
 def cmd_top(a: argparse.Namespace) -> int:
-    try:
-        from . import top
-        import rich  # noqa: F401
-    except ImportError:
+    import importlib.util
+    if importlib.util.find_spec("rich") is None:
         raise CliError("dnnscale top needs rich: pip install 'dnnscale[top]'")
+    from . import top
     if not a.interval > 0:
         raise CliError("--interval must be > 0, got %s" % a.interval)
     return top.run(_client(a), interval=a.interval, once=a.once)

@@ -5,6 +5,7 @@ import json
 import re
 import os
 import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -225,6 +226,11 @@ def test_version_and_top_once_without_a_daemon(tmp_path):
     env = dict(os.environ, PYTHONPATH=ROOT)
     r = subprocess.run(dnnscale_cmd() + ["--version"], cwd=ROOT, env=env, capture_output=True, text=True)
     assert r.returncode == 0 and r.stdout.startswith("dnnscale "), r
+    # without rich, top says what to install (in one line, before reaching for a daemon)
+    code = "import sys; sys.modules['rich'] = None; from daemon.cli import main; sys.exit(main(['top', '--once']))"
+    r = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
+    assert r.returncode == 2 and r.stderr.strip() == "dnnscale top: error: dnnscale top needs rich: " \
+        "pip install 'dnnscale[top]'", r
     pytest.importorskip("rich")
     r = subprocess.run(dnnscale_cmd() + ["top", "--once", "--control-endpoint", "ipc://%s/none.sock" % tmp_path],
                        cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
