@@ -20,8 +20,7 @@ highest accuracy, and the lowest energy among equals.
 * A load's coming and going (``set_load``, from the platform's load signal where it has one:
   other processes' time on a target's CPUs): each target model keeps what it learns apart
   for its CPUs quiet and loaded (``REGIME``) and takes up what it learnt in a state when the
-  state returns, so a load's tail leaves the margin when the load leaves; the quiet state
-  returns as old as its last quiet run (stale, as above, where that was long ago).
+  state returns, so a load's tail leaves the margin when the load leaves.
 * What ran: ``observe(ran_khz=)`` takes the kernel's frequency read-back; a target held
   below what was asked (a cap) has its higher frequencies left out for ``stale_s``.
 * Safety: a configuration meets a latency limit when prediction x margin <= limit, where a
@@ -247,7 +246,6 @@ class TargetModel:
         self.loaded = False            # other processes use this target's CPUs (set_loaded)
         self.signalled = False         # a load signal tells that (its quiet state's shape is its own)
         self._other: Optional[Dict] = None   # what was learnt in the other state (REGIME)
-        self._quiet_seen: Optional[Tuple[float, int]] = None   # (seen, seen_n) of its quiet state, while loaded
 
     def shape(self, base_s: float) -> float:
         return max(self.c0 + self.c1 * base_s, 0.05 * base_s)
@@ -361,14 +359,6 @@ class TargetModel:
         self._other = mine
         for f in REGIME:
             setattr(self, f, other[f])
-        # The quiet state is as old as its last quiet run: refreshed by runs under the load, a
-        # quiet level learnt in a slow spell of the host (`cpu` at 1.35x, its margin 2.2) came
-        # back fresh in every gap between bursts, and the governor served k=1 on one CPU in 327
-        # requests of 600 at a budget where k=3 on both kept within 1% (2.48 points below; a probe).
-        if loaded:
-            self._quiet_seen = (self.seen, self.seen_n)
-        elif self._quiet_seen is not None:
-            self.seen, self.seen_n = self._quiet_seen
         self.loaded = loaded
         self.fit_tail()
         if len(self.resid) < self.p.resid_min:
