@@ -222,7 +222,8 @@ def test_the_system_service_and_a_users_daemon_share_nothing_unless_asked(monkey
 
 
 def test_version_and_top_once_without_a_daemon(tmp_path):
-    """`--version` names the installed version; `top --once` with nothing to show fails."""
+    """`--version` names the installed version; `top` without rich names what to install;
+    `top --once` with nothing to show fails."""
     env = dict(os.environ, PYTHONPATH=ROOT)
     r = subprocess.run(dnnscale_cmd() + ["--version"], cwd=ROOT, env=env, capture_output=True, text=True)
     assert r.returncode == 0 and r.stdout.startswith("dnnscale "), r
