@@ -227,7 +227,7 @@ def judge(runs: Sequence[Dict], params=None, costs: Optional[Dict] = None) -> Di
     """Per policy, per budget index, per run: {"miss", "gap"} against the second sample's best
     static (``gap`` None where none kept within 1%); ``costs``: :func:`first_run_costs` of the
     runs (measured here where not given)."""
-    costs = costs or first_run_costs(runs)
+    costs = first_run_costs(runs) if costs is None else costs
     pols = ["live", "governor"] + (["changed"] if params is not None else []) + ["static", "schedule", "oracle"]
     out: Dict[str, List[List[Dict]]] = {p: [] for p in pols}
     for r in runs:

@@ -309,22 +309,25 @@ def report_real(runs: List[Dict], at: Sequence[float], nice: int,
                          asked(q), 100 * worst, 100 * float(np.median([r["miss"] for r in mine])),
                          min(gaps) if gaps else float("nan")))
         if twice:
+            # each (run, budget) pair by both targets: the governor against the first sample's best,
+            # that static run again against the second's (None: no first-sample best to judge by)
+            verdict = lambda r: (   # noqa: E731
+                None if r["best"] is None else both_targets(r["miss"], r["acc"] - r["best"][0]),
+                None if r["replay"] is None else both_targets(r["replay"]["miss"], r["replay"]["gap"]))
+            judged = [verdict(r) for r in mine]
+            met = lambda i: sum(v[i] is True for v in judged)            # noqa: E731
+            pairs = lambda i: sum(v[i] is not None for v in judged)      # noqa: E731
+            # the targets ask for "each run": a run passes where every budget judged in it does
+            runs_met = lambda i: sum(all(verdict(r)[i] is not False for r in s if r["asked"] == q)   # noqa: E731
+                                     for s in per)
             again = [r["replay"] for r in mine if r["replay"] is not None]
-            gov = [r for r in mine if r["best"] is not None]
             lines.append("Both targets met: by the governor (against the first sample's best) in %d (run, budget) "
                          "pairs of %d; by the first sample's best static run again in the second sample (against "
                          "that sample's best) in %d of %d: over 1%% misses in %d, more than 0.3 points below in %d." % (
-                             sum(both_targets(r["miss"], r["acc"] - r["best"][0]) for r in gov), len(gov),
-                             sum(both_targets(p["miss"], p["gap"]) for p in again), len(again),
-                             sum(p["miss"] > 0.01 for p in again),
+                             met(0), pairs(0), met(1), pairs(1), sum(p["miss"] > 0.01 for p in again),
                              sum(p["gap"] is not None and p["gap"] < -0.3 for p in again)))
-            # the targets ask for "each run": a run passes where every budget judged in it does
-            runs_of = lambda ok: sum(all(ok(r) for r in s if r["asked"] == q) for s in per)   # noqa: E731
             lines.append("At every budget of a run (the targets' \"each run\"): the governor in %d of %d runs, "
-                         "the first sample's best static run again in %d." % (
-                             runs_of(lambda r: r["best"] is None or both_targets(r["miss"], r["acc"] - r["best"][0])),
-                             len(per), runs_of(lambda r: r["replay"] is None
-                                               or both_targets(r["replay"]["miss"], r["replay"]["gap"]))))
+                         "the first sample's best static run again in %d." % (runs_met(0), len(per), runs_met(1)))
             both = [r["acc"] - r["best_all"][0] for r in mine if r["best_all"] is not None]
             lines.append("Against the best static in every sample: worst %+.2f points; more than 0.3 below in %d "
                          "(run, budget) pairs of %d, against %d of %d for the first sample's." % (
